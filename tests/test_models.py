@@ -1,0 +1,272 @@
+"""core.models: loading for a task, errors that name the model, and the structural description."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+
+import pytest
+
+from core.config import ModelConfig
+from core.errors import UserError
+from core.models import (
+    _strings_in_jsonl,
+    describe_model,
+    load_model,
+    load_tokenizer,
+    model_max_positions,
+    resolve_model_path,
+)
+
+LABELS = ["negative", "positive"]
+
+# arch -> (blocks, embeddings, top) of the tiny 2-layer models; the head depends on the task.
+STRUCTURE = {
+    "gpt2": (["transformer.h.0", "transformer.h.1"], ["transformer.wte", "transformer.wpe"], ["transformer.ln_f"]),
+    "llama": (["model.layers.0", "model.layers.1"], ["model.embed_tokens"], ["model.norm"]),
+    "qwen2": (["model.layers.0", "model.layers.1"], ["model.embed_tokens"], ["model.norm"]),
+    "mistral": (["model.layers.0", "model.layers.1"], ["model.embed_tokens"], ["model.norm"]),
+    "bert": (
+        ["bert.encoder.layer.0", "bert.encoder.layer.1"],
+        ["bert.embeddings.word_embeddings", "bert.embeddings.position_embeddings",
+         "bert.embeddings.token_type_embeddings"],
+        ["bert.pooler"],
+    ),
+    "roberta": (
+        ["roberta.encoder.layer.0", "roberta.encoder.layer.1"],
+        ["roberta.embeddings.word_embeddings", "roberta.embeddings.token_type_embeddings",
+         "roberta.embeddings.position_embeddings"],
+        [],  # RoBERTa's classifier pools itself: the model has no pooler
+    ),
+    "distilbert": (
+        ["distilbert.transformer.layer.0", "distilbert.transformer.layer.1"],
+        ["distilbert.embeddings.word_embeddings", "distilbert.embeddings.position_embeddings"],
+        [],
+    ),
+}
+CLASSIFICATION_HEAD = {
+    "gpt2": ["score"], "llama": ["score"], "qwen2": ["score"], "mistral": ["score"],
+    "bert": ["classifier"], "roberta": ["classifier"], "distilbert": ["pre_classifier", "classifier"],
+}
+CASES = [(arch, "classification") for arch in STRUCTURE] + [
+    (arch, "causal-lm") for arch in ("gpt2", "llama", "qwen2", "mistral")
+]
+
+
+def _load(folder, task: str, **kwargs):
+    labels = LABELS if task == "classification" else None
+    return load_model(ModelConfig(name_or_path=str(folder)), task, labels, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_model(ModelConfig(name_or_path="demo:minilm"), "classification", LABELS)
+
+
+@pytest.mark.parametrize(("arch", "task"), CASES)
+def test_describe_finds_blocks_embeddings_head_and_top(tiny_model_dir, arch, task):
+    model = _load(tiny_model_dir(arch), task)
+    desc = describe_model(model)
+    blocks, embeddings, top = STRUCTURE[arch]
+    assert desc.blocks == blocks
+    assert desc.embeddings == embeddings
+    assert desc.top == top
+    assert desc.head == (CLASSIFICATION_HEAD[arch] if task == "classification" else ["lm_head"])
+    assert desc.model_type == arch
+    assert desc.architecture == type(model).__name__
+    assert desc.dtype == "float32"
+    json.dumps(asdict(desc))  # JSON-friendly all the way down
+
+
+@pytest.mark.parametrize(("arch", "task"), [("gpt2", "causal-lm"), ("bert", "classification"), ("llama", "causal-lm")])
+def test_param_counts_are_unique_params_in_every_node(tiny_model_dir, arch, task):
+    model = _load(tiny_model_dir(arch), task)
+    for p in model.get_submodule(describe_model(model).blocks[0]).parameters():
+        p.requires_grad_(False)
+    desc = describe_model(model)
+    assert desc.total_params == sum(p.numel() for p in model.parameters())  # parameters() skips tied copies
+    assert desc.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert desc.trainable_params < desc.total_params
+
+    def check(node):
+        module = model.get_submodule(node.path)
+        assert node.kind == type(module).__name__
+        assert node.params == sum(p.numel() for p in module.parameters())
+        assert node.trainable == sum(p.numel() for p in module.parameters() if p.requires_grad)
+        for child in node.children:
+            assert child.path == (f"{node.path}.{child.name}" if node.path else child.name)
+            check(child)
+
+    check(desc.root)
+
+
+def test_tied_lm_head_is_counted_once(tiny_model_dir):
+    model = _load(tiny_model_dir("gpt2"), "causal-lm")
+    assert model.lm_head.weight is model.transformer.wte.weight
+    desc = describe_model(model)
+    by_name = {child.name: child for child in desc.root.children}
+    assert by_name["lm_head"].params == model.lm_head.weight.numel()
+    assert desc.root.params == by_name["transformer"].params  # lm_head adds nothing new
+
+
+def test_minilm_demo_gets_a_new_labelled_head(minilm):
+    assert type(minilm).__name__ == "BertForSequenceClassification"
+    assert minilm.config.id2label == {0: "negative", 1: "positive"}
+    assert minilm.config.label2id == {"negative": 0, "positive": 1}
+    assert minilm.classifier.out_features == 2
+    desc = describe_model(minilm)
+    assert desc.blocks == [f"bert.encoder.layer.{i}" for i in range(6)]
+    assert desc.head == ["classifier"]
+    assert desc.top == ["bert.pooler"]
+    assert desc.max_positions == 512
+    assert 22_000_000 < desc.total_params < 23_000_000
+
+
+def test_existing_head_of_another_size_is_replaced(tiny_model_dir, tmp_path):
+    three = load_model(ModelConfig(name_or_path=str(tiny_model_dir("bert"))), "classification", ["a", "b", "c"])
+    three.save_pretrained(tmp_path)
+    shutil.copy(tiny_model_dir("bert") / "tokenizer.json", tmp_path)
+    two = _load(tmp_path, "classification")
+    assert two.classifier.out_features == 2
+    assert two.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_gpt_classifier_gets_the_pad_id_it_needs(tiny_model_dir, tmp_path):
+    import torch
+
+    folder = tmp_path / "no-pad"
+    shutil.copytree(tiny_model_dir("gpt2"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["pad_token_id"]
+    (folder / "config.json").write_text(json.dumps(config))
+    model = _load(folder, "classification", pad_token_id=0)
+    assert model.config.pad_token_id == 0
+    out = model(input_ids=torch.tensor([[7, 8, 9], [7, 8, 0]]), attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    assert out.logits.shape == (2, 2)
+
+
+def test_tokenizer_without_pad_token_pads_with_eos(tiny_model_dir, tmp_path):
+    folder = tmp_path / "no-pad"
+    shutil.copytree(tiny_model_dir("llama"), folder)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings.pop("pad_token")
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(folder)))
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
+
+
+def test_load_model_prints_nothing_and_logs_the_load_report(tiny_model_dir, capfd, caplog):
+    from transformers.utils import logging as hf_logging
+
+    folder = tiny_model_dir("bert")
+    hf_logging.enable_default_handler()  # as a fresh process has them
+    hf_logging.enable_progress_bar()
+    hf_logging.disable_propagation()
+    capfd.readouterr()
+    load_tokenizer(ModelConfig(name_or_path=str(folder)))
+    _load(folder, "classification")
+    assert capfd.readouterr() == ("", "")
+    assert "LOAD REPORT" in caplog.text  # the report still reaches Python logging
+
+
+def test_max_positions_from_config_alone(tiny_model_dir):
+    assert model_max_positions(ModelConfig(name_or_path=str(tiny_model_dir("gpt2")))) == 256
+    assert model_max_positions(ModelConfig(name_or_path="demo:minilm")) == 512
+
+
+def test_demo_tiny_lm_is_built_once_into_the_cache(monkeypatch, tmp_path, tiny_texts):
+    import core.models
+    import core.tiny
+
+    monkeypatch.setenv("SFT_TUI_CACHE", str(tmp_path))
+    monkeypatch.setattr(core.models, "_demo_texts", lambda: tiny_texts)
+    folder = resolve_model_path("demo:tiny-lm")
+    assert folder == str(tmp_path / "tiny-lm-v1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-lm-v1"]  # no half-built leftovers
+    monkeypatch.setattr(core.tiny, "build_tiny_model", lambda *a, **k: pytest.fail("rebuilt"))
+    assert resolve_model_path("demo:tiny-lm") == folder
+    model = load_model(ModelConfig(name_or_path="demo:tiny-lm"), "causal-lm")
+    desc = describe_model(model)
+    assert desc.model_type == "llama" and len(desc.blocks) == 4
+
+
+def test_demo_texts_gather_every_string_of_every_row_shape():
+    rows = [
+        {"prompt": "Say hi.", "completion": "Hi!"},
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+    ]
+    text = "\n".join(json.dumps(r) for r in rows) + "\n\n"
+    assert _strings_in_jsonl(text) == ["Say hi.", "Hi!", "user", "2+2?", "assistant", "4"]
+
+
+# ---- errors name the model and say what to do ---------------------------------------------------
+
+
+def test_missing_folder(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(UserError, match="does not exist") as err:
+        load_model(ModelConfig(name_or_path=str(missing)), "causal-lm")
+    assert str(missing) in err.value.message
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(UserError, match="not a model folder: no config.json") as err:
+        load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
+    assert str(tmp_path) in err.value.message
+
+
+def test_folder_without_tokenizer_files_is_not_an_empty_tokenizer(tiny_model_dir, tmp_path):
+    shutil.copy(tiny_model_dir("bert") / "config.json", tmp_path)
+    with pytest.raises(UserError, match="has no tokenizer files") as err:
+        load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
+    assert str(tmp_path) in err.value.message
+
+
+def test_file_instead_of_folder(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(UserError, match="is a file, not a model folder"):
+        resolve_model_path(str(weights))
+
+
+def test_architecture_without_the_task(tiny_model_dir):
+    folder = str(tiny_model_dir("distilbert"))
+    with pytest.raises(UserError, match="has no causal-lm architecture") as err:
+        load_model(ModelConfig(name_or_path=folder), "causal-lm")
+    assert folder in err.value.message and "distilbert" in err.value.message
+
+
+def test_unknown_task(tiny_model_dir):
+    folder = str(tiny_model_dir("gpt2"))
+    with pytest.raises(UserError, match="unknown task 'regression'") as err:
+        load_model(ModelConfig(name_or_path=folder), "regression")
+    assert folder in err.value.message
+
+
+def test_classification_needs_two_labels(tiny_model_dir):
+    with pytest.raises(UserError, match="at least 2 labels"):
+        load_model(ModelConfig(name_or_path=str(tiny_model_dir("bert"))), "classification", ["only"])
+
+
+def test_remote_code_needs_consent(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "homemade",
+        "auto_map": {"AutoConfig": "configuration_homemade.HomemadeConfig",
+                     "AutoModelForCausalLM": "modeling_homemade.HomemadeModel"},
+    }))
+    with pytest.raises(UserError, match="needs to run Python code") as err:
+        load_model(ModelConfig(name_or_path=str(tmp_path)), "causal-lm")
+    assert "model.trust_remote_code: true" in err.value.hint
+
+
+def test_hub_id_missing_from_the_offline_cache():
+    with pytest.raises(UserError, match="not in the local Hugging Face cache") as err:
+        load_model(ModelConfig(name_or_path="someone/some-model"), "causal-lm")
+    assert "hf download someone/some-model" in err.value.hint
+
+
+@pytest.mark.parametrize("name", ["demo:nothing", "not a hub id!"])
+def test_names_that_are_neither_demo_folder_nor_hub_id(name):
+    with pytest.raises(UserError):
+        resolve_model_path(name)
