@@ -284,8 +284,8 @@ def example_config(task: Task) -> RunConfig:
             model=ModelConfig(name_or_path="demo:minilm"),
             data=DataConfig(train="demo:sentiment", max_length=64),
             optim=OptimConfig(lr=5e-5, batch_size=16),
-            schedule=ScheduleConfig(epochs=2, warmup_ratio=0.1),
-            eval=EvalConfig(every_steps=20, metric="accuracy"),
+            schedule=ScheduleConfig(epochs=1, warmup_ratio=0.1),
+            eval=EvalConfig(every_steps=15, metric="accuracy"),
             checkpoint=CheckpointConfig(every_steps=0, keep_last=2),
         )
     return RunConfig(

@@ -1,0 +1,67 @@
+"""Commands from a front end to a running engine: pause, resume, stop, save now, evaluate now.
+
+Cooperative by design: the engine polls between optimizer steps, so a command never interrupts a
+half-done step and a stop always ends with consistent weights, optimizer and data position.
+Thread-safe: the app's UI thread and a signal handler set flags; the training thread reads them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class Control:
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self._save = threading.Event()
+        self._eval = threading.Event()
+
+    def stop(self) -> None:
+        """Finish the current step, save a checkpoint, end the run with RunFinished(reason=stopped)."""
+        self._stop.set()
+        self._running.set()  # a paused run must wake up to stop
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def save_now(self) -> None:
+        self._save.set()
+
+    def eval_now(self) -> None:
+        self._eval.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def should_stop(self, step: int) -> bool:
+        """Polled by the engine after optimizer step `step`; subclasses may stop at a chosen step."""
+        return self._stop.is_set()
+
+    def take_save_request(self) -> bool:
+        """True once per save_now() call."""
+        if self._save.is_set():
+            self._save.clear()
+            return True
+        return False
+
+    def take_eval_request(self) -> bool:
+        """True once per eval_now() call."""
+        if self._eval.is_set():
+            self._eval.clear()
+            return True
+        return False
+
+    def wait_while_paused(self, poll_s: float = 0.2) -> None:
+        """Block the training thread while paused; returns at once when running or stopping."""
+        while not self._running.wait(poll_s):
+            pass

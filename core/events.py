@@ -1,0 +1,195 @@
+"""What the engine tells the world: typed, frozen, JSON-serialisable events and the sink protocol.
+
+The engine never knows who listens. The run folder's `events.jsonl`, the headless progress bar and
+the Textual app are all sinks of the same stream, so the log on disk is the run's whole history:
+the runs browser and a re-attaching app rebuild everything from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of all events; `type` is the tag written to JSON, `time` a Unix timestamp."""
+
+    type: ClassVar[str] = "event"
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    type: ClassVar[str] = "run_started"
+    run_id: str
+    run_dir: str
+    task: str
+    model: str
+    config_digest: str
+    total_params: int
+    trainable_params: int
+    planned_steps: int
+    steps_per_epoch: int
+    train_rows: int
+    validation_rows: int
+    device: str
+    precision: str
+    world_size: int = 1
+    resumed_from_step: int = 0
+
+
+@dataclass(frozen=True)
+class StepMetrics(Event):
+    """Averages over the optimizer steps since the previous StepMetrics (sent a few times a second)."""
+
+    type: ClassVar[str] = "step"
+    step: int
+    epoch: float
+    loss: float
+    lr: float
+    grad_norm: float | None
+    tokens_per_s: float
+    samples_per_s: float
+    tokens_seen: int
+    elapsed_s: float
+    eta_s: float | None
+    memory: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalResult(Event):
+    type: ClassVar[str] = "eval"
+    step: int
+    epoch: float
+    metrics: dict[str, float]
+    is_best: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SampleGenerated(Event):
+    type: ClassVar[str] = "sample"
+    step: int
+    prompt: str
+    output: str
+    reference: str
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    type: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Paused(Event):
+    type: ClassVar[str] = "paused"
+    step: int
+
+
+@dataclass(frozen=True)
+class Resumed(Event):
+    type: ClassVar[str] = "resumed"
+    step: int
+
+
+@dataclass(frozen=True)
+class LogMessage(Event):
+    """A log record from the engine or the libraries it drives (transformers, datasets, ...)."""
+
+    type: ClassVar[str] = "log"
+    level: str
+    logger: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    """`reason`: completed, stopped (by the user), or early-stopped."""
+
+    type: ClassVar[str] = "run_finished"
+    step: int
+    reason: str
+    final_metrics: dict[str, float]
+    best_metrics: dict[str, float]
+    best_step: int | None
+    output_path: str | None
+    last_checkpoint: str | None
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class RunFailed(Event):
+    type: ClassVar[str] = "run_failed"
+    message: str
+    hint: str
+    last_checkpoint: str | None
+    step: int = 0
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls
+    for cls in (RunStarted, StepMetrics, EvalResult, SampleGenerated, CheckpointSaved, Paused, Resumed,
+                LogMessage, RunFinished, RunFailed)
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from its JSON form (reading `events.jsonl`)."""
+    data = dict(data)
+    cls = EVENT_TYPES[data.pop("type")]
+    return cls(**data)
+
+
+class EventSink(Protocol):
+    """Anything that receives events. Called on the training thread: keep it quick."""
+
+    def emit(self, event: Event) -> None: ...
+
+
+class JsonlSink:
+    """Appends each event as one JSON line and flushes, so a crash loses at most the current line."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    def emit(self, event: Event) -> None:
+        self._file.write(json.dumps(event.to_dict(), default=str) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ListSink:
+    """Keeps every event in memory: for tests and for callers that want the history afterwards."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of_type(self, cls: type[Event]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, cls)]
+
+
+def read_events(path: str | Path) -> list[Event]:
+    """All events of a run's `events.jsonl`; a torn last line (crash mid-write) is skipped."""
+    events = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(event_from_dict(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return events

@@ -1,0 +1,109 @@
+"""The `sft-tui` command: `init` writes a config, `train` runs one headless.
+
+Heavy imports (torch, transformers) happen inside the commands, so `sft-tui --help` is instant.
+A UserError is printed as its message and hint with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from core.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sft-tui", description="Supervised fine-tuning of Hugging Face models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    init = sub.add_parser("init", help="write a commented example config")
+    init.add_argument("--task", choices=["causal-lm", "classification"], default="classification")
+    init.add_argument("path", nargs="?", default="sft.yaml", help="where to write it (default: sft.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    train = sub.add_parser("train", help="run a fine-tune headless with a progress bar")
+    src = train.add_mutually_exclusive_group(required=True)
+    src.add_argument("config", nargs="?", help="a YAML config (see `sft-tui init`)")
+    src.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    src.add_argument("--demo", nargs="?", const="classification", choices=["classification", "causal-lm"],
+                     help="the bundled demo: MiniLM on sentiment, or a tiny LM on instructions")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config field, e.g. --set optim.lr=3e-5 (repeatable)")
+    return parser
+
+
+def _init(args: argparse.Namespace) -> int:
+    from core.config import commented_yaml, example_config
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise UserError(f"{path} already exists", "pass --force to overwrite it, or choose another path")
+    path.write_text(commented_yaml(example_config(args.task)), encoding="utf-8")
+    print(f"wrote {path}; run it with: sft-tui train {path}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from core.config import apply_overrides, example_config, load_config
+    from core.control import Control
+    from core.engine import train
+    from sft_tui.headless import ProgressDisplay
+
+    config = None
+    if args.demo:
+        config = example_config(args.demo)
+    elif args.config:
+        config = load_config(args.config)
+    if config is not None and args.overrides:
+        config = apply_overrides(config, args.overrides)
+    elif args.resume and args.overrides:
+        raise UserError("--set cannot change a run being resumed", "resume it as it was, or start a new run")
+
+    display = ProgressDisplay()
+    control = Control()
+
+    def on_interrupt(signum, frame):
+        if control.stop_requested:
+            raise KeyboardInterrupt
+        display.console.print("[yellow]stopping after this step and saving a checkpoint; "
+                              "press Ctrl+C again to abort without saving[/]")
+        control.stop()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        result = train(config, [display], control, resume_dir=args.resume)
+    except UserError:
+        if display.failure_shown:
+            return 2
+        raise
+    except KeyboardInterrupt:
+        display.progress.stop()
+        print("aborted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if result.reason == "stopped":
+        display.console.print(f"resume with: [bold]sft-tui train --resume {result.run_dir}[/]")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            return _init(args)
+        if args.command == "train":
+            return _train(args)
+        _parser().print_help()
+        return 0
+    except UserError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

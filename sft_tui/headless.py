@@ -1,0 +1,97 @@
+"""The headless front end: a rich progress bar and tables, fed by the same events as the app."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.events import (CheckpointSaved, EvalResult, Event, LogMessage, Paused, Resumed, RunFailed, RunFinished,
+                         RunStarted, SampleGenerated, StepMetrics)
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressDisplay:
+    """An EventSink that draws a progress bar (step, epoch, loss, tokens/s, ETA) and prints evaluations."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
+            TextColumn("epoch {task.fields[epoch]:.2f}  loss {task.fields[loss]}  {task.fields[tps]} tok/s"),
+            TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(),
+            console=self.console, transient=False,
+        )
+        self.task = None
+        self.failure_shown = False
+
+    def emit(self, event: Event) -> None:
+        handler = getattr(self, f"_on_{event.type}", None)
+        if handler:
+            handler(event)
+
+    def _on_run_started(self, e: RunStarted) -> None:
+        share = 100 * e.trainable_params / max(e.total_params, 1)
+        self.console.print(
+            f"[bold]{e.run_id}[/]  {e.task} · {e.model} · {e.trainable_params:,}/{e.total_params:,} "
+            f"trainable ({share:.1f}%) · {e.train_rows} train / {e.validation_rows} validation rows · "
+            f"{e.device} {e.precision} x{e.world_size}"
+            + (f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else "")
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=e.planned_steps, completed=e.resumed_from_step,
+                                           epoch=0.0, loss="-", tps="-", eta="-:--:--")
+
+    def _on_step(self, e: StepMetrics) -> None:
+        self.progress.update(self.task, completed=e.step, epoch=e.epoch, loss=f"{e.loss:.4f}",
+                             tps=f"{e.tokens_per_s:,.0f}", eta=_eta(e.eta_s))
+
+    def _on_eval(self, e: EvalResult) -> None:
+        self.console.print(f"[bold]evaluation[/] at step {e.step} (epoch {e.epoch:.2f}, {e.seconds:.1f}s)"
+                           + ("  [green]▲ best[/]" if e.is_best else ""))
+        table = Table()
+        for name in e.metrics:
+            table.add_column(name, justify="right")
+        table.add_row(*(f"{v:.4f}" for v in e.metrics.values()))
+        self.console.print(table)
+
+    def _on_sample(self, e: SampleGenerated) -> None:
+        self.console.print(f"  [dim]prompt[/] {e.prompt!r}\n  [dim]model [/] {e.output!r}\n"
+                           f"  [dim]ref   [/] {e.reference!r}")
+
+    def _on_checkpoint(self, e: CheckpointSaved) -> None:
+        self.console.print(f"[dim]checkpoint saved: {e.path} ({e.seconds:.1f}s)[/]")
+
+    def _on_paused(self, e: Paused) -> None:
+        self.console.print(f"paused at step {e.step}")
+
+    def _on_resumed(self, e: Resumed) -> None:
+        self.console.print(f"resumed at step {e.step}")
+
+    def _on_log(self, e: LogMessage) -> None:
+        style = "yellow" if e.level in ("warning", "error", "critical") else "dim"
+        self.console.print(f"[{style}]{e.level}: {e.message}[/]", markup=True, highlight=False)
+
+    def _on_run_finished(self, e: RunFinished) -> None:
+        self.progress.stop()
+        self.console.print(f"[bold green]run {e.reason}[/] at step {e.step} in {_eta(e.elapsed_s)}")
+        if e.best_metrics:
+            best = ", ".join(f"{k} {v:.4f}" for k, v in e.best_metrics.items())
+            self.console.print(f"best (step {e.best_step}): {best}")
+        if e.output_path:
+            self.console.print(f"model saved to {e.output_path}")
+
+    def _on_run_failed(self, e: RunFailed) -> None:
+        self.failure_shown = True
+        self.progress.stop()
+        self.console.print(f"[bold red]run failed:[/] {e.message}", highlight=False)
+        if e.hint:
+            self.console.print(f"hint: {e.hint}", highlight=False)
+        if e.last_checkpoint:
+            self.console.print(f"last checkpoint: {e.last_checkpoint}")

@@ -1,0 +1,258 @@
+"""The training loop end to end on tiny models: learning, freezing, resume, guards, export."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.checkpoint import latest_checkpoint, list_checkpoints
+from core.config import RunConfig, parse_config
+from core.control import Control
+from core.engine import train
+from core.errors import UserError
+from core.events import (CheckpointSaved, EvalResult, ListSink, Paused, Resumed, RunFailed, RunFinished, RunStarted,
+                         SampleGenerated, StepMetrics, read_events)
+
+WORDS = "red green blue cat dog bird sun moon tree rock".split()
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def sft_file(tmp_path):
+    """Prompt/completion rows with a learnable rule: the answer is the prompt's word repeated."""
+    rows = [{"prompt": f"Say {w} {i % 3}:", "completion": f" {w} {w}"} for i, w in enumerate(WORDS * 8)]
+    return write_jsonl(tmp_path / "sft.jsonl", rows)
+
+
+@pytest.fixture
+def cls_file(tmp_path):
+    rows = [{"text": f"{w} is {'good great fine' if i % 2 else 'bad awful poor'}", "label": "pos" if i % 2 else "neg"}
+            for i, w in enumerate(WORDS * 8)]
+    return write_jsonl(tmp_path / "cls.jsonl", rows)
+
+
+def lm_config(model_dir, data, tmp_path, **over) -> RunConfig:
+    base = {
+        "task": "causal-lm", "seed": 3,
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(data), "max_length": 32, "val_ratio": 0.2},
+        "optim": {"lr": 3e-3, "batch_size": 8, "weight_decay": 0.0},
+        "schedule": {"max_steps": 30, "warmup_steps": 2},
+        "eval": {"every_steps": 10, "num_samples": 2, "max_new_tokens": 6},
+        "checkpoint": {"every_steps": 0, "keep_last": 2},
+        "output": {"runs_dir": str(tmp_path / "runs"), "run_name": "lm"},
+    }
+    for key, value in over.items():
+        section, _, field = key.partition("__")
+        base.setdefault(section, {})[field] = value
+    return parse_config(base)
+
+
+def run(config, control=None, **kw):
+    sink = ListSink()
+    result = train(config, [sink], control, report_interval_s=0, **kw)
+    return result, sink
+
+
+def step_losses(sink) -> dict[int, float]:
+    return {e.step: e.loss for e in sink.of_type(StepMetrics)}
+
+
+def test_loss_falls_frozen_params_stay_trainable_change(tiny_model_factory, sft_file, tmp_path):
+    model_dir = tiny_model_factory("llama")
+    config = lm_config(model_dir, sft_file, tmp_path, freeze__preset="top-n", freeze__top_n=1)
+    result, sink = run(config)
+
+    losses = list(step_losses(sink).values())
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    started = sink.of_type(RunStarted)[0]
+    assert 0 < started.trainable_params < started.total_params
+    assert len(sink.of_type(EvalResult)) == 3
+    assert {"loss", "perplexity"} <= set(sink.of_type(EvalResult)[-1].metrics)
+    samples = sink.of_type(SampleGenerated)
+    assert len(samples) == 6 and all(s.prompt.startswith("Say") for s in samples)
+
+    before = load_file(str(model_dir / "model.safetensors"))
+    after = load_file(str(result.output_path / "model.safetensors"))
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed, "no parameter changed"
+    assert all(name.startswith(("model.layers.1.", "model.norm", "lm_head", "model.embed_tokens")) for name in changed)
+    assert not any(name.startswith("model.layers.0.") for name in changed)
+    assert result.reason == "completed"
+
+
+def test_events_log_and_run_folder(tiny_model_factory, sft_file, tmp_path):
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=4, eval__every_steps=2)
+    result, sink = run(config)
+    root = result.run_dir
+    assert (root / "config.yaml").exists() and (root / "final" / "config.json").exists()
+    on_disk = read_events(root / "events.jsonl")
+    assert [e.type for e in on_disk] == [e.type for e in sink.events]
+    assert on_disk[0].type == "run_started" and on_disk[-1].type == "run_finished"
+    assert isinstance(sink.events[-1], RunFinished) and sink.events[-1].output_path == str(root / "final")
+
+
+class StopAt(Control):
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.at = step
+
+    def should_stop(self, step: int) -> bool:
+        return step >= self.at or super().should_stop(step)
+
+
+def test_resume_equals_uninterrupted(tiny_model_factory, sft_file, tmp_path):
+    """GPT-2 has dropout, so this also checks that the RNG state is restored."""
+    model_dir = tiny_model_factory("gpt2")
+    full_cfg = lm_config(model_dir, sft_file, tmp_path, schedule__max_steps=12, eval__every_steps=0,
+                         eval__num_samples=0, optim__grad_accum=2, output__run_name="full")
+    _, full = run(full_cfg)
+
+    cut_cfg = full_cfg.model_copy(deep=True)
+    cut_cfg.output.run_name = "cut"
+    first, part1 = run(cut_cfg, StopAt(5))
+    assert first.reason == "stopped" and first.step == 5
+    assert first.last_checkpoint.name == "step-5"
+    resumed, part2 = run(None, resume_dir=first.run_dir)
+    assert resumed.step == 12 and part2.of_type(RunStarted)[0].resumed_from_step == 5
+
+    expected = step_losses(full)
+    got = {**step_losses(part1), **step_losses(part2)}
+    assert sorted(got) == list(range(1, 13))
+    torch.testing.assert_close(torch.tensor([got[s] for s in range(1, 13)]),
+                               torch.tensor([expected[s] for s in range(1, 13)]))
+    a = load_file(str(Path(full_cfg.output.runs_dir) / "full" / "final" / "model.safetensors"))
+    b = load_file(str(resumed.output_path / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+    assert read_events(first.run_dir / "events.jsonl")[-1].type == "run_finished"
+
+
+def test_interrupted_checkpoint_write_keeps_previous(tiny_model_factory, sft_file, tmp_path, monkeypatch):
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=8,
+                       checkpoint__every_steps=3, eval__num_samples=0)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def flaky_save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # first file of the second checkpoint
+            raise OSError("disk full")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", flaky_save)
+    with pytest.raises(OSError):
+        run(config)
+    ckpt_dir = Path(config.output.runs_dir) / "lm" / "checkpoints"
+    assert [p.name for p in list_checkpoints(ckpt_dir)] == ["step-3"]
+    assert not any(p.name.startswith(".tmp") for p in ckpt_dir.iterdir())
+    events = read_events(Path(config.output.runs_dir) / "lm" / "events.jsonl")
+    assert events[-1].type == "run_failed" and events[-1].last_checkpoint.endswith("step-3")
+
+    monkeypatch.setattr(torch, "save", real_save)
+    resumed, _ = run(None, resume_dir=Path(config.output.runs_dir) / "lm")
+    assert resumed.reason == "completed" and resumed.step == 8
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_factory, sft_file, tmp_path, monkeypatch):
+    import core.evaluate
+
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=10,
+                       checkpoint__every_steps=3, eval__num_samples=0)
+    real = core.evaluate.batch_loss_sum
+    calls = {"n": 0}
+
+    def poisoned(model, batch, task):
+        calls["n"] += 1
+        loss, logits = real(model, batch, task)
+        return (loss * float("nan") if calls["n"] >= 5 else loss), logits
+
+    monkeypatch.setattr(core.evaluate, "batch_loss_sum", poisoned)
+    with pytest.raises(UserError, match="NaN|nan"):
+        run(config)
+    root = Path(config.output.runs_dir) / "lm"
+    failed = read_events(root / "events.jsonl")[-1]
+    assert failed.type == "run_failed" and failed.last_checkpoint.endswith("step-3")
+    assert "lr" in failed.hint
+    assert latest_checkpoint(root / "checkpoints").name == "step-3"
+    state = load_file(str(root / "checkpoints" / "step-3" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in state.values())
+    assert not (root / "final").exists()
+
+
+def test_classification_exports_a_loadable_model(tiny_model_factory, cls_file, tmp_path):
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    config = parse_config({
+        "task": "classification", "model": {"name_or_path": str(tiny_model_factory("bert"))},
+        "data": {"train": str(cls_file), "max_length": 16},
+        "optim": {"lr": 1e-3, "batch_size": 8}, "schedule": {"epochs": 2},
+        "eval": {"metric": "accuracy"}, "output": {"runs_dir": str(tmp_path / "runs")},
+    })
+    result, sink = run(config)
+    evals = sink.of_type(EvalResult)
+    assert len(evals) == 2  # once per epoch
+    assert {"loss", "accuracy", "f1"} == set(evals[-1].metrics)
+    model = AutoModelForSequenceClassification.from_pretrained(result.output_path)
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    classify = pipeline("text-classification", model=str(result.output_path), device="cpu")
+    assert classify("cat is good great fine")[0]["label"] in {"neg", "pos"}
+    assert sink.of_type(CheckpointSaved)  # saved after the first epoch's evaluation
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "mistral", "bert", "roberta", "distilbert"])
+def test_every_architecture_trains_a_step_with_top_n_freezing(arch, tiny_model_factory, sft_file, cls_file, tmp_path):
+    encoder = arch in ("bert", "roberta", "distilbert")
+    data = cls_file if encoder else sft_file
+    config = parse_config({
+        "task": "classification" if encoder else "causal-lm",
+        "model": {"name_or_path": str(tiny_model_factory(arch))},
+        "data": {"train": str(data), "max_length": 16},
+        "freeze": {"preset": "top-n", "top_n": 1},
+        "optim": {"batch_size": 4}, "schedule": {"max_steps": 1},
+        "eval": {"num_samples": 1, "max_new_tokens": 2},
+        "output": {"runs_dir": str(tmp_path / "runs"), "save_final": False},
+    })
+    result, sink = run(config)
+    started = sink.of_type(RunStarted)[0]
+    assert result.step == 1 and 0 < started.trainable_params < started.total_params
+    assert sink.of_type(StepMetrics)[0].loss > 0
+
+
+def test_pause_and_resume_from_another_thread(tiny_model_factory, sft_file, tmp_path):
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=6, eval__num_samples=0)
+    control = Control()
+
+    class PauseAtTwo(ListSink):
+        def emit(self, event):
+            super().emit(event)
+            if isinstance(event, StepMetrics) and event.step == 2:
+                control.pause()
+                threading.Timer(0.3, control.resume).start()
+
+    sink = PauseAtTwo()
+    result = train(config, [sink], control, report_interval_s=0)
+    assert result.step == 6
+    assert [e.step for e in sink.of_type(Paused)] == [2] and [e.step for e in sink.of_type(Resumed)] == [2]
+
+
+def test_unknown_label_column_fails_before_training(tiny_model_factory, cls_file, tmp_path):
+    config = parse_config({
+        "task": "classification", "model": {"name_or_path": str(tiny_model_factory("bert"))},
+        "data": {"train": str(cls_file), "columns": {"label": "sentiment"}},
+        "output": {"runs_dir": str(tmp_path / "runs"), "run_name": "bad"},
+    })
+    with pytest.raises(UserError, match="sentiment"):
+        run(config)
+    failed = read_events(tmp_path / "runs" / "bad" / "events.jsonl")[-1]
+    assert isinstance(failed, RunFailed) and "sentiment" in failed.message
