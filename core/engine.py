@@ -184,7 +184,7 @@ class _Loop:
             config_digest=config_digest(cfg), total_params=summary.total_params,
             trainable_params=summary.trainable_params, planned_steps=total_steps, steps_per_epoch=steps_per_epoch,
             train_rows=len(data.train), validation_rows=len(data.validation), device=str(acc.device),
-            precision=acc.mixed_precision, world_size=world, resumed_from_step=self.step,
+            precision={"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision), world_size=world, resumed_from_step=self.step,
         ))
         return self._loop(plan, micro_per_epoch, steps_per_epoch, rank, world)
 

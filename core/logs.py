@@ -17,15 +17,20 @@ ROUTED_LOGGERS = ("core", "transformers", "datasets", "accelerate", "peft")
 
 
 def quiet_libraries() -> None:
-    """Stop transformers/datasets from writing to stderr themselves; their records still propagate."""
-    import datasets
-    import transformers
+    """Keep transformers and datasets off the terminal: no tqdm bars, and their log records go
+    through Python logging to whatever handlers the app or CLI set up, instead of straight to
+    stderr. The NullHandlers stop Python's last-resort handler printing them when there are none."""
+    from datasets.utils import logging as ds_logging
+    from transformers.utils import logging as hf_logging
 
-    transformers.utils.logging.disable_default_handler()
-    transformers.utils.logging.enable_propagation()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.utils.logging.disable_progress_bar()
-    datasets.utils.logging.set_verbosity_warning()
+    hf_logging.disable_progress_bar()
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    ds_logging.disable_progress_bar()
+    for name in ("transformers", "datasets"):
+        lib = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in lib.handlers):
+            lib.addHandler(logging.NullHandler())
 
 
 class EventLogHandler(logging.Handler):

@@ -23,6 +23,9 @@ from typing import Any
 
 from core.config import ModelConfig
 from core.errors import UserError
+from core.logs import quiet_libraries
+
+log = logging.getLogger("core.models")
 
 TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM"}
 DEMO_MODELS = ("demo:minilm", "demo:tiny-lm")
@@ -147,7 +150,7 @@ def _tiny_lm_folder() -> Path:
     root.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{TINY_LM_FOLDER}-", dir=root))
     try:
-        quiet_transformers()
+        quiet_libraries()
         build_tiny_model("llama", building, _demo_texts(), hidden=128, layers=4, vocab_size=1024)
         try:
             os.replace(building, final)
@@ -160,20 +163,6 @@ def _tiny_lm_folder() -> Path:
 
 
 # ---- loading --------------------------------------------------------------------------------------
-
-
-def quiet_transformers() -> None:
-    """Keep transformers off the terminal: no tqdm bars, and log records (the load report included)
-    go through Python logging to whatever handlers the app or CLI set up, instead of straight to
-    stderr. The NullHandler stops Python's last-resort handler printing them when there are none."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.disable_default_handler()
-    hf_logging.enable_propagation()
-    lib = logging.getLogger("transformers")
-    if not any(isinstance(h, logging.NullHandler) for h in lib.handlers):
-        lib.addHandler(logging.NullHandler())
 
 
 def _load_error(
@@ -218,7 +207,7 @@ def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(cfg.name_or_path)
-    quiet_transformers()
+    quiet_libraries()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as err:
@@ -240,7 +229,7 @@ def load_tokenizer(cfg: ModelConfig):
 def _model_config(cfg: ModelConfig, path: str):
     from transformers import AutoConfig
 
-    quiet_transformers()
+    quiet_libraries()
     try:
         return AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as err:
@@ -283,12 +272,44 @@ def load_model(
             config.pad_token_id = pad_token_id
         extra["ignore_mismatched_sizes"] = True
     auto = getattr(transformers, TASK_CLASSES[task])
+    report = logging.getLogger("transformers.modeling_utils")
+    report.addFilter(_drop_load_report)
     try:
-        return auto.from_pretrained(
-            path, config=config, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype, **extra
+        model, info = auto.from_pretrained(
+            path, config=config, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype,
+            output_loading_info=True, **extra,
         )
     except (OSError, ValueError) as err:
         raise _load_error(err, cfg, path, "model", task=task, model_type=config.model_type) from err
+    finally:
+        report.removeFilter(_drop_load_report)
+    _log_load_info(model, info)
+    return model
+
+
+def _drop_load_report(record: logging.LogRecord) -> bool:
+    """The load report is a wide terminal table; _log_load_info says the same in a line or two.
+    (Raising the logger's level instead would make transformers log its tensor-parallel check.)"""
+    return "LOAD REPORT" not in str(record.msg)
+
+
+def _log_load_info(model, info: dict) -> None:
+    """One line per kind of mismatch: a new head is expected news, new weights elsewhere a warning."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    missing = sorted(info.get("missing_keys") or [])
+    new_head = [k for k in missing if not k.startswith(prefix)]
+    new_body = [k for k in missing if k.startswith(prefix)]
+    if new_head:
+        log.info("new task head initialised: %s", ", ".join(new_head))
+    if new_body:
+        log.warning("%d weights were not in the checkpoint and start random: %s", len(new_body),
+                    ", ".join(new_body[:5]) + (" ..." if len(new_body) > 5 else ""))
+    mismatched = [k for k, *_ in info.get("mismatched_keys") or []]
+    if mismatched:
+        log.info("replaced weights of another shape: %s", ", ".join(sorted(mismatched)))
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        log.info("unused checkpoint weights (not part of this task's model): %s", ", ".join(unexpected[:5]))
 
 
 def _max_positions(config) -> int | None:

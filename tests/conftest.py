@@ -45,14 +45,14 @@ def tiny_model_factory(tmp_path_factory, tiny_texts):
     """A function arch -> folder of a tiny random model of that architecture (core.tiny.ARCHITECTURES),
     built on first use and shared by the whole session. Decoders are saved with an LM head,
     encoders as bare base models."""
-    from core.models import quiet_transformers
+    from core.logs import quiet_libraries
     from core.tiny import build_tiny_model
 
     built: dict[str, Path] = {}
 
     def folder(arch: str) -> Path:
         if arch not in built:
-            quiet_transformers()
+            quiet_libraries()
             built[arch] = build_tiny_model(arch, tmp_path_factory.mktemp(f"tiny-{arch}"), tiny_texts)
         return built[arch]
 

@@ -156,9 +156,10 @@ def test_tokenizer_without_pad_token_pads_with_eos(tiny_model_dir, tmp_path):
     assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
 
 
-def test_load_model_prints_nothing_and_logs_the_load_report(tiny_model_dir, capfd, caplog):
+def test_load_model_prints_nothing_and_logs_the_new_head(tiny_model_dir, capfd, caplog):
     from transformers.utils import logging as hf_logging
 
+    caplog.set_level("INFO", logger="core.models")
     folder = tiny_model_dir("bert")
     hf_logging.enable_default_handler()  # as a fresh process has them
     hf_logging.enable_progress_bar()
@@ -167,7 +168,8 @@ def test_load_model_prints_nothing_and_logs_the_load_report(tiny_model_dir, capf
     load_tokenizer(ModelConfig(name_or_path=str(folder)))
     _load(folder, "classification")
     assert capfd.readouterr() == ("", "")
-    assert "LOAD REPORT" in caplog.text  # the report still reaches Python logging
+    assert "LOAD REPORT" not in caplog.text  # the wide table is replaced by one line:
+    assert "new task head initialised: classifier.bias, classifier.weight" in caplog.text
 
 
 def test_max_positions_from_config_alone(tiny_model_dir):
