@@ -130,7 +130,8 @@ class _Loop:
         cfg, acc = self.config, self.acc
         set_seed(cfg.seed)
         tokenizer = load_tokenizer(cfg.model)
-        data = prepare_data(cfg, tokenizer, model_max_positions(cfg.model))
+        positions = [n for n in (model_max_positions(cfg.model), tokenizer.model_max_length) if n]
+        data = prepare_data(cfg, tokenizer, min(positions) if positions else None)
         for warning in data.warnings:
             log.warning(warning)
         if not data.validation:

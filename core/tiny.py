@@ -64,7 +64,6 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, encoder: bool =
     )
     if not encoder:
         wrapped.chat_template = CHATML_TEMPLATE
-    wrapped.model_max_length = 1024
     return wrapped
 
 
@@ -106,6 +105,7 @@ def build_tiny_model(
     vocab_size: int = 512,
     hidden: int = 64,
     layers: int = 2,
+    positions: int = 256,
     seed: int = 0,
 ) -> Path:
     """Save a randomly initialised tiny `arch` model plus its trained tokenizer into `out_dir`.
@@ -118,7 +118,8 @@ def build_tiny_model(
 
     out = Path(out_dir)
     tokenizer = build_tokenizer(texts, vocab_size=vocab_size, encoder=arch in ENCODERS)
-    config = tiny_config(arch, tokenizer, hidden=hidden, layers=layers)
+    config = tiny_config(arch, tokenizer, hidden=hidden, layers=layers, positions=positions)
+    tokenizer.model_max_length = positions
     torch.manual_seed(seed)
     auto = AutoModel if arch in ENCODERS else AutoModelForCausalLM
     model = auto.from_config(config)

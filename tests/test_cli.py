@@ -1,0 +1,133 @@
+"""The headless command line as a user meets it: real subprocesses, real output, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.events import read_events
+
+
+def sft(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sft_tui.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "120"})
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump(sections), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def lm_setup(tmp_path, tiny_model_factory):
+    rows = [{"prompt": f"Echo {w}:", "completion": f" {w}"} for w in "abc def ghi jkl mno pqr stu vwx".split() * 6]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return {
+        "task": "causal-lm",
+        "model": {"name_or_path": str(tiny_model_factory("llama"))},
+        "data": {"train": "train.jsonl", "max_length": 32},
+        "optim": {"lr": 1e-3, "batch_size": 4},
+        "schedule": {"max_steps": 6},
+        "eval": {"every_steps": 3, "num_samples": 1, "max_new_tokens": 4},
+        "output": {"runs_dir": "runs", "run_name": "cli"},
+    }
+
+
+def test_init_writes_a_config_that_trains(lm_setup, tmp_path):
+    out = sft("init", "--task", "causal-lm", "my.yaml", cwd=tmp_path)
+    assert out.returncode == 0 and "sft-tui train my.yaml" in out.stdout
+    text = (tmp_path / "my.yaml").read_text()
+    assert "# Base learning rate of AdamW" in text
+    again = sft("init", "my.yaml", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
+
+    write_config(tmp_path / "run.yaml", **lm_setup)
+    out = sft("train", "run.yaml", "--set", "optim.lr=2e-3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "evaluation at step 3" in out.stderr and "perplexity" in out.stderr
+    assert "run completed at step 6" in out.stderr and "Traceback" not in out.stderr
+    run = tmp_path / "runs" / "cli"
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 2e-3
+    assert (run / "final" / "model.safetensors").exists()
+
+
+def test_ctrl_c_stops_gracefully_and_resume_finishes(lm_setup, tmp_path):
+    lm_setup["schedule"] = {"max_steps": 400}
+    lm_setup["eval"] = {"every_steps": 1000, "num_samples": 0}
+    write_config(tmp_path / "run.yaml", **lm_setup)
+    proc = subprocess.Popen([sys.executable, "-m", "sft_tui.cli", "train", "run.yaml"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = tmp_path / "runs" / "cli" / "events.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (events.exists() and '"type": "step"' in events.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "resume with: sft-tui train --resume runs/cli" in " ".join(err.split())
+    stopped = read_events(events)[-1]
+    assert stopped.type == "run_finished" and stopped.reason == "stopped" and 0 < stopped.step < 400
+    assert stopped.last_checkpoint.endswith(f"step-{stopped.step}")
+
+    out = sft("train", "--resume", "runs/cli", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"resumed at step {stopped.step}" in out.stderr and "run completed at step 400" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"model": {"name_or_path": "./no-such-model"}}, "model folder ./no-such-model does not exist"),
+        ({"model": {"name_or_path": "empty-folder"}}, "no config.json"),
+        ({"data": {"train": "train.jsonl", "columns": {"completion": "answer"}}}, "'answer'"),
+        ({"data": {"train": "empty.jsonl"}}, "empty.jsonl"),
+        ({"data": {"train": "latin1.jsonl"}}, "UTF-8"),
+        ({"data": {"train": "missing.jsonl"}}, "missing.jsonl"),
+        ({"optim": {"lr": "fast"}}, "optim.lr: Input should be a valid number"),
+        ({"optim": {"batch_size": 0}}, "optim.batch_size: Input should be greater than or equal to 1"),
+    ],
+)
+def test_bad_input_gets_a_message_not_a_traceback(change, expected, lm_setup, tmp_path):
+    (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "empty.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "caf\xe9", "completion": "x"}\n'.encode("latin-1"))
+    for section, values in change.items():
+        lm_setup[section] = {**lm_setup.get(section, {}), **values}
+    write_config(tmp_path / "run.yaml", **lm_setup)
+    out = sft("train", "run.yaml", cwd=tmp_path)
+    assert out.returncode == 2
+    assert expected in " ".join(out.stderr.split())
+    assert "hint:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("task: causal-lm\nmodel:\n  name_or_path: [oops\n", encoding="utf-8")
+    out = sft("train", "bad.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "line 4" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_max_length_beyond_positions_warns_and_clips(lm_setup, tmp_path):
+    lm_setup["data"]["max_length"] = 4096
+    lm_setup["schedule"] = {"max_steps": 1}
+    write_config(tmp_path / "run.yaml", **lm_setup)
+    out = sft("train", "run.yaml", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "data.max_length 4096 is beyond the model's 256 positions; clipped to 256" in " ".join(out.stderr.split())
+
+
+def test_demo_runs_the_pretrained_minilm(tmp_path):
+    """The bundled demo, cut to a few steps: the real pretrained model and data, offline."""
+    out = sft("train", "--demo", "--set", "schedule.max_steps=2", "--set", "output.run_name=demo", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "22,713,986/22,713,986" in out.stderr and "720 train / 80 validation rows" in out.stderr
+    assert "accuracy" in out.stderr
+    labels = json.loads((tmp_path / "runs" / "demo" / "final" / "config.json").read_text())["id2label"]
+    assert labels == {"0": "negative", "1": "positive"}
