@@ -101,6 +101,13 @@ def test_events_log_and_run_folder(tiny_model_factory, sft_file, tmp_path):
     assert on_disk[0].type == "run_started" and on_disk[-1].type == "run_finished"
     assert isinstance(sink.events[-1], RunFinished) and sink.events[-1].output_path == str(root / "final")
 
+    from transformers import AutoModelForCausalLM, pipeline
+
+    assert AutoModelForCausalLM.from_pretrained(root / "final").config.model_type == "llama"
+    generate = pipeline("text-generation", model=str(root / "final"), device="cpu")
+    out = generate("Say red 1:", max_new_tokens=3, do_sample=False)[0]["generated_text"]
+    assert out.startswith("Say red 1:")
+
 
 class StopAt(Control):
     def __init__(self, step: int) -> None:
@@ -256,3 +263,42 @@ def test_unknown_label_column_fails_before_training(tiny_model_factory, cls_file
         run(config)
     failed = read_events(tmp_path / "runs" / "bad" / "events.jsonl")[-1]
     assert isinstance(failed, RunFailed) and "sentiment" in failed.message
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(tiny_model_factory, sft_file, tmp_path,
+                                                                       monkeypatch):
+    import core.evaluate
+
+    losses = iter([1.0, 0.9, 0.95, 0.97, 0.5])
+
+    def scripted(*args, **kwargs):
+        loss = next(losses)
+        return {"loss": loss, "perplexity": 2.718 ** loss}
+
+    monkeypatch.setattr(core.evaluate, "evaluate", scripted)
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=20, eval__every_steps=2,
+                       eval__patience=2, eval__num_samples=0)
+    result, sink = run(config)
+    assert result.reason == "early-stopped" and result.step == 8
+    assert [e.is_best for e in sink.of_type(EvalResult)] == [True, True, False, False]
+    finished = sink.of_type(RunFinished)[0]
+    assert finished.best_step == 4 and finished.best_metrics["loss"] == 0.9
+    assert (result.run_dir / "final" / "model.safetensors").exists()
+
+
+def test_save_now_and_eval_now_from_the_control(tiny_model_factory, sft_file, tmp_path):
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=6, eval__every_steps=100,
+                       checkpoint__every_steps=100, eval__num_samples=0)
+    control = Control()
+
+    class AskAtTwo(ListSink):
+        def emit(self, event):
+            super().emit(event)
+            if isinstance(event, StepMetrics) and event.step == 2:
+                control.save_now()
+                control.eval_now()
+
+    sink = AskAtTwo()
+    train(config, [sink], control, report_interval_s=0)
+    assert [e.step for e in sink.of_type(CheckpointSaved)] == [2]
+    assert [e.step for e in sink.of_type(EvalResult)] == [2, 6]  # on request, then at the end
