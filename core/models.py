@@ -236,30 +236,16 @@ def _model_config(cfg: ModelConfig, path: str):
         raise _load_error(err, cfg, path, "config") from err
 
 
-def load_model(
-    cfg: ModelConfig,
-    task: str,
-    labels: list[str] | None = None,
-    dtype=None,
-    pad_token_id: int | None = None,
-):
-    """Load the model with the Auto class of `task`.
-
-    Classification gets a new head sized and named from `labels` (an existing head of another size
-    is replaced), and `pad_token_id` when the config has none, because GPT-style classifiers find
-    the last real token through it. `dtype` None loads the checkpoint's own dtype (transformers 5's
-    "auto"); pass torch.float32 to train fp32 master weights of a half-precision checkpoint.
-    """
-    import transformers
-
+def _task_config(cfg: ModelConfig, path: str, task: str, labels: list[str] | None, pad_token_id: int | None):
+    """The model config for `task`: classification gets a head sized and named from `labels`, and
+    `pad_token_id` when the config has none, because GPT-style classifiers find the last real token
+    through it."""
     if task not in TASK_CLASSES:
         raise UserError(
             f"cannot load model {cfg.name_or_path} for unknown task {task!r}",
             hint=f"task is one of: {', '.join(TASK_CLASSES)}",
         )
-    path = resolve_model_path(cfg.name_or_path)
     config = _model_config(cfg, path)
-    extra: dict[str, Any] = {}
     if task == "classification":
         if not labels or len(labels) < 2:
             raise UserError(
@@ -270,7 +256,26 @@ def load_model(
         config.label2id = {str(label): i for i, label in enumerate(labels)}
         if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:
             config.pad_token_id = pad_token_id
-        extra["ignore_mismatched_sizes"] = True
+    return config
+
+
+def load_model(
+    cfg: ModelConfig,
+    task: str,
+    labels: list[str] | None = None,
+    dtype=None,
+    pad_token_id: int | None = None,
+):
+    """Load the model with the Auto class of `task` (an existing head of another size is replaced).
+
+    `dtype` None loads the checkpoint's own dtype (transformers 5's "auto"); pass torch.float32 to
+    train fp32 master weights of a half-precision checkpoint.
+    """
+    import transformers
+
+    path = resolve_model_path(cfg.name_or_path)
+    config = _task_config(cfg, path, task, labels, pad_token_id)
+    extra: dict[str, Any] = {"ignore_mismatched_sizes": True} if task == "classification" else {}
     auto = getattr(transformers, TASK_CLASSES[task])
     report = logging.getLogger("transformers.modeling_utils")
     report.addFilter(_drop_load_report)
@@ -285,6 +290,22 @@ def load_model(
         report.removeFilter(_drop_load_report)
     _log_load_info(model, info)
     return model
+
+
+def build_skeleton(cfg: ModelConfig, task: str, labels: list[str] | None = None, pad_token_id: int | None = None):
+    """The model's structure on the meta device: every module and parameter shape, no weights read
+    and no memory used, so even a 70B model's freeze map can be edited in a second over SSH."""
+    import torch
+    import transformers
+
+    path = resolve_model_path(cfg.name_or_path)
+    config = _task_config(cfg, path, task, labels or ["label-0", "label-1"], pad_token_id)
+    auto = getattr(transformers, TASK_CLASSES[task])
+    try:
+        with torch.device("meta"):
+            return auto.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    except ValueError as err:
+        raise _load_error(err, cfg, path, "model", task=task, model_type=config.model_type) from err
 
 
 def _drop_load_report(record: logging.LogRecord) -> bool:

@@ -12,6 +12,7 @@ from core.config import ModelConfig
 from core.errors import UserError
 from core.models import (
     _strings_in_jsonl,
+    build_skeleton,
     describe_model,
     load_model,
     load_tokenizer,
@@ -272,3 +273,14 @@ def test_hub_id_missing_from_the_offline_cache():
 def test_names_that_are_neither_demo_folder_nor_hub_id(name):
     with pytest.raises(UserError):
         resolve_model_path(name)
+
+
+@pytest.mark.parametrize(("arch", "task"), [("gpt2", "causal-lm"), ("bert", "classification")])
+def test_skeleton_has_the_loaded_models_structure_without_weights(arch, task, tiny_model_dir):
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir(arch)))
+    labels = ["a", "b", "c"] if task == "classification" else None
+    skeleton = build_skeleton(cfg, task, labels, pad_token_id=0)
+    loaded = load_model(cfg, task, labels, pad_token_id=0)
+    assert all(p.device.type == "meta" for p in skeleton.parameters())
+    a, b = describe_model(skeleton), describe_model(loaded)
+    assert (a.total_params, a.blocks, a.embeddings, a.head, a.top) == (b.total_params, b.blocks, b.embeddings, b.head, b.top)
