@@ -89,15 +89,37 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sft-tui", epilog="commands: `sft-tui init --help`, `sft-tui train --help`",
+        description="Supervised fine-tuning of Hugging Face models in the terminal. "
+                    "Without a config it opens on the bundled demo.")
+    parser.add_argument("config", nargs="?", help="a YAML config to open (see `sft-tui init`)")
+    parser.add_argument("--task", choices=["classification", "causal-lm"], default="classification",
+                        help="which bundled demo to open when no config is given")
+    args = parser.parse_args(argv)
+    from sft_tui.app import create_app
+
+    try:
+        app = create_app(args.config, args.task)
+    except UserError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return 2
+    app.run()
+    return app.return_code or 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("init", "train"):
+        return _app(argv)
     args = _parser().parse_args(argv)
     try:
         if args.command == "init":
             return _init(args)
-        if args.command == "train":
-            return _train(args)
-        _parser().print_help()
-        return 0
+        return _train(args)
     except UserError as err:
         print(f"error: {err.message}", file=sys.stderr)
         if err.hint:

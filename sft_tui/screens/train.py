@@ -1,0 +1,16 @@
+"""Scaffolding for the train step; replaced by the real screen."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.widgets import Static
+
+from sft_tui.screens.base import StepScreen
+
+
+class TrainScreen(StepScreen):
+    STEP = "train"
+    BINDINGS = []
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("train")

@@ -1,0 +1,44 @@
+"""The line at the top of every step: what the draft run is, and whether it can start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.widgets import Static
+
+RUN_STYLES = {"idle": "dim", "running": "bold green", "paused": "bold yellow", "stopping": "bold yellow",
+              "finished": "bold cyan", "failed": "bold red"}
+
+
+class DraftBar(Static):
+    DEFAULT_CSS = """
+    DraftBar { height: 1; background: $panel; padding: 0 1; }
+    """
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "session_version", self._redraw)
+        self.watch(self.app, "run_state", self._redraw)
+
+    def _redraw(self, _value=None) -> None:
+        session = self.app.session
+        config = session.config
+        model = config.model.name_or_path.removeprefix("demo:")
+        model = Path(model).name or model
+        data = Path(config.data.train.removeprefix("demo:")).name
+        share = session.trainable_share
+        parts = [
+            model, config.task, data,
+            f"{100 * share:.1f}% trainable" if share is not None else f"freeze {config.freeze.preset}",
+            f"lr {config.optim.lr:g}", f"bs {config.optim.batch_size}x{config.optim.grad_accum}",
+        ]
+        text = Text.assemble(("sft-tui", "bold"), " · ", " · ".join(parts))
+        problems = session.problems()
+        state = self.app.run_state
+        if state != "idle":
+            status = (state.upper(), RUN_STYLES[state])
+        else:
+            status = (f"{len(problems)} invalid field(s)", "bold red") if problems else ("ready", "green")
+        text.append("  ")
+        text.append(*status)
+        self.update(text)

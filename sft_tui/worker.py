@@ -1,0 +1,61 @@
+"""Work that must not run on the UI thread: loading models and data, and training.
+
+These functions run inside Textual thread workers. They import torch and transformers lazily (the
+first screen draws before either is imported), return plain results or post messages, and never
+touch widgets.
+"""
+
+from __future__ import annotations
+
+from textual.message_pump import MessagePump
+
+from core.config import RunConfig
+from core.control import Control
+from core.events import Event
+from sft_tui.messages import EngineEvent
+from sft_tui.session import ModelInfo
+
+
+def warm_up() -> None:
+    """Import the heavy libraries while the user reads the first screen."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    from core.logs import quiet_libraries
+
+    quiet_libraries()
+
+
+def load_model_info(config: RunConfig, labels: list[str] | None = None) -> ModelInfo:
+    """Tokenizer and weightless structure of the configured model (seconds, even for big models)."""
+    from core.models import build_skeleton, describe_model, load_tokenizer, model_max_positions
+
+    tokenizer = load_tokenizer(config.model)
+    skeleton = build_skeleton(config.model, config.task, labels, pad_token_id=tokenizer.pad_token_id)
+    positions = [n for n in (model_max_positions(config.model), tokenizer.model_max_length) if n]
+    return ModelInfo(describe_model(skeleton), skeleton, tokenizer, config.task, labels,
+                     min(positions) if positions else None)
+
+
+def load_data(config: RunConfig, model: ModelInfo):
+    """Tokenize the configured data with the model's tokenizer (core.data.PreparedData)."""
+    from core.data import prepare_data
+
+    return prepare_data(config, model.tokenizer, model.max_positions)
+
+
+class PostingSink:
+    """An engine EventSink that hands each event to a Textual widget as a message (thread-safe)."""
+
+    def __init__(self, target: MessagePump) -> None:
+        self.target = target
+
+    def emit(self, event: Event) -> None:
+        self.target.post_message(EngineEvent(event))
+
+
+def run_training(config: RunConfig, target: MessagePump, control: Control, resume_dir=None):
+    """The engine in this (worker) thread, reporting to `target`. Returns core.engine.RunResult."""
+    from core.engine import train
+
+    return train(config, [PostingSink(target)], control, resume_dir=resume_dir)
