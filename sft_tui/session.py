@@ -71,7 +71,11 @@ class Session:
         """Share of trainable parameters under the current freeze map, once the model is known."""
         if self.model is None:
             return None
+        from core.errors import UserError
         from core.freeze import effective_rules, summarize_freeze
 
         rules = effective_rules(self.config.freeze, self.model.description)
-        return summarize_freeze(self.model.skeleton, rules).trainable_share
+        try:
+            return summarize_freeze(self.model.skeleton, rules).trainable_share
+        except UserError:  # e.g. an invalid regex in a loaded config: the freeze screen explains it
+            return None

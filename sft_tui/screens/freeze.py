@@ -1,16 +1,279 @@
-"""Scaffolding for the freeze step; replaced by the real screen."""
+"""Step 3, the freeze map: which modules train, and at what learning-rate scale.
+
+The module tree (left) and the rule list (right) are two views of config.freeze: every key edits the
+config through session.update, and one refresh per change resolves the map once
+(core.freeze.resolve) and aggregates it over the tree, so both views and the summary stay in sync.
+"""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
-from textual.widgets import Static
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import ContentSwitcher, DataTable, LoadingIndicator, Static, Tree
 
+from core.config import FreezeRule
+from core.errors import UserError
+from core.freeze import effective_rules, preset_rules, resolve, summarize_freeze
 from sft_tui.screens.base import StepScreen
-
+from sft_tui.widgets.freeze_rule_dialog import RuleDialog
+from sft_tui.widgets.freeze_rules import RuleTable
+from sft_tui.widgets.freeze_state import format_count, format_share, node_states, tensor_index
+from sft_tui.widgets.freeze_summary import PRESETS, FreezeSummaryBar
+from sft_tui.widgets.freeze_tree import ModuleTree
 
 class FreezeScreen(StepScreen):
     STEP = "freeze"
-    BINDINGS = []
+    CSS_PATH = "freeze.tcss"
+    BINDINGS = [
+        Binding("space", "toggle_freeze", "Train/freeze", id="freeze-toggle"),
+        Binding("a", "preset('all')", "Preset: train all", id="freeze-preset-all", show=False),
+        Binding("h", "preset('head-only')", "Preset: head only", id="freeze-preset-head", show=False),
+        Binding("t", "preset('top-n')", "Preset: top N blocks", id="freeze-preset-top", show=False),
+        Binding("e", "preset('freeze-embeddings')", "Preset: freeze embeddings", id="freeze-preset-emb", show=False),
+        Binding("plus", "top_n(1)", "More top blocks", id="freeze-top-more", show=False),
+        Binding("minus", "top_n(-1)", "Fewer top blocks", id="freeze-top-fewer", show=False),
+        Binding("n", "add_rule", "New rule", id="freeze-rule-add"),
+        Binding("r", "edit_rule", "Edit rule", id="freeze-rule-edit"),
+        Binding("x,delete", "delete_rule", "Delete rule", id="freeze-rule-delete"),
+        Binding("left_square_bracket,ctrl+up", "move_rule(-1)", "Move rule up", id="freeze-rule-up",
+                show=False),
+        Binding("right_square_bracket,ctrl+down", "move_rule(1)", "Move rule down", id="freeze-rule-down",
+                show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._model = None  # the session.model the tree shows
+        self._tensors: dict = {}
+        self._shown = None  # the FreezeConfig the views show
+        self._states: dict = {}  # module path -> NodeState under the shown map
+        self._preset_shares: dict[tuple[str, int], float] = {}
 
     def compose_body(self) -> ComposeResult:
-        yield Static("freeze")
+        with ContentSwitcher(initial="freeze-loading", id="freeze-body"):
+            yield LoadingIndicator(id="freeze-loading")
+            yield Static("", id="freeze-failed")
+            with Vertical(id="freeze-editor"):
+                with Horizontal(id="freeze-panes"):
+                    yield ModuleTree(id="freeze-tree")
+                    yield RuleTable(id="freeze-rules")
+                yield FreezeSummaryBar(id="freeze-summary")
+
+    def on_mount(self) -> None:
+        self.query_one("#freeze-tree").border_title = "modules · space train/freeze"
+        self.query_one("#freeze-rules").border_title = "rules · later ones win"
+        self.watch(self.app, "model_state", self._model_state_changed)
+        self.watch(self.app, "session_version", self._session_changed)
+        self._ensure_model()
+
+    def on_screen_resume(self) -> None:
+        self._ensure_model()
+
+    def _ensure_model(self) -> None:
+        """Load the model structure when nothing has loaded it (or a config change dropped it)."""
+        if self.session.model is None and self.app.model_state in ("none", "ready"):
+            self.app.load_model()
+
+    # ---- what is shown ------------------------------------------------------------------------
+    def _model_state_changed(self, state: str) -> None:
+        switcher = self.query_one(ContentSwitcher)
+        if state == "failed":
+            message, hint = self.app.load_errors.get("model", ("the model could not be loaded", ""))
+            text = Text.assemble(("Cannot show the freeze map\n\n", "bold"), (message, "red"))
+            if hint:
+                text.append(f"\n\nhint: {hint}", "dim")
+            text.append("\n\nFix the model on step 1.", "dim")
+            self.query_one("#freeze-failed", Static).update(text)
+            switcher.current = "freeze-failed"
+        elif state == "ready" and self.session.model is not None:
+            self._session_changed()
+        else:
+            switcher.current = "freeze-loading"
+
+    def _session_changed(self, _version: int | None = None) -> None:
+        """Redraw when the model or the freeze map changed; other edits of the session cost nothing."""
+        model = self.session.model
+        if model is None or self.app.model_state != "ready":
+            return
+        self.query_one(ContentSwitcher).current = "freeze-editor"
+        if model is not self._model:
+            self._show_model(model)
+        elif self.session.config.freeze == self._shown:
+            return
+        self._refresh()
+
+    def _show_model(self, model) -> None:
+        self._model, self._shown, self._preset_shares = model, None, {}
+        self._tensors = tensor_index(model.skeleton)
+        tree = self.query_one(ModuleTree)
+        tree.show_model(model.description.root, model.description.blocks)
+        tree.focus()
+
+    def _refresh(self) -> None:
+        """Resolve the map once, then relabel the tree and redraw the rule list and the summary."""
+        freeze, description, skeleton = self.session.config.freeze, self._model.description, self._model.skeleton
+        self._shown = freeze
+        rules = effective_rules(freeze, description)
+        try:
+            summary = summarize_freeze(skeleton, rules)
+            states = resolve(skeleton, rules)
+        except UserError as err:  # an invalid regex from a loaded config: fix or delete the rule
+            summary, error = None, err
+            self._states = {}
+        else:
+            error = None
+            self._states = node_states(description.root, self._tensors, states)
+        self.query_one(ModuleTree).relabel(self._states)
+        self.query_one(RuleTable).show_rules(
+            rules, len(preset_rules(freeze.preset, description, freeze.top_n)),
+            [rule.params for rule in summary.rules] if summary else None, self._deciding())
+        shares = {preset: self._preset_share(preset) for _, preset, _ in PRESETS}
+        self.query_one(FreezeSummaryBar).show(summary, error, freeze, shares)
+
+    def _deciding(self) -> frozenset:
+        node = self.query_one(ModuleTree).cursor_node
+        state = self._states.get(node.data.path) if node is not None and node.data is not None else None
+        return state.rules if state is not None else frozenset()
+
+    def on_tree_node_highlighted(self, _event: Tree.NodeHighlighted) -> None:
+        if self._model is not None:
+            self.query_one(RuleTable).mark(self._deciding())
+
+    def _preset_share(self, preset: str) -> float:
+        """The trainable share a preset alone would give (what pressing its key does)."""
+        top_n = self.session.config.freeze.top_n
+        key = (preset, top_n if preset == "top-n" else 0)
+        if key not in self._preset_shares:
+            rules = preset_rules(preset, self._model.description, top_n)
+            self._preset_shares[key] = summarize_freeze(self._model.skeleton, rules).trainable_share
+        return self._preset_shares[key]
+
+    # ---- changing the map ----------------------------------------------------------------------
+    def _apply(self, changes: dict) -> bool:
+        try:
+            self.session.update(changes)
+        except UserError as err:
+            self.notify(err.message, title="Not applied", severity="error")
+            return False
+        self.app.changed()
+        return True
+
+    def _user_rules(self) -> list[FreezeRule]:
+        return list(self.session.config.freeze.rules)
+
+    def _set_rules(self, rules: list[FreezeRule], cursor: int | None = None) -> None:
+        """Store the user's rules; `cursor` is the user rule to select in the list afterwards."""
+        if self._apply({"freeze.rules": [rule.model_dump() for rule in rules]}) and cursor is not None:
+            table = self.query_one(RuleTable)
+            table.move_cursor(row=table.preset_count + cursor)
+
+    def _ready(self) -> bool:
+        return self._model is not None and self.query_one(ContentSwitcher).current == "freeze-editor"
+
+    def action_preset(self, preset: str) -> None:
+        if self._ready():
+            self._apply({"freeze.preset": preset, "freeze.rules": []})
+
+    def action_top_n(self, step: int) -> None:
+        if self._ready():
+            top_n = self.session.config.freeze.top_n + step
+            if 0 <= top_n <= len(self._model.description.blocks):
+                self._apply({"freeze.top_n": top_n})
+
+    def action_toggle_freeze(self) -> None:
+        """Flip the selected module: a rule for it at the end, or the last rule flipped or dropped
+        when it already names this module, so toggling back and forth adds nothing."""
+        node = self.query_one(ModuleTree).cursor_node
+        if not self._ready() or node is None or node.data is None or not self._states:
+            return
+        module = node.data
+        train = self._states[module.path].train != "train"
+        match = module.path or "*"
+        rules = self._user_rules()
+        if rules and rules[-1].match == match:
+            last = rules.pop()
+            if self._train_state(rules, module.path) != ("train" if train else "frozen"):
+                rules.append(last.model_copy(update={"train": train}))
+        else:
+            rules.append(FreezeRule(match=match, train=train))
+        self._set_rules(rules)
+
+    def _train_state(self, user_rules: list[FreezeRule], path: str) -> str:
+        """The state of module `path` if the user's rules were `user_rules`."""
+        freeze = self.session.config.freeze.model_copy(update={"rules": user_rules})
+        states = resolve(self._model.skeleton, effective_rules(freeze, self._model.description))
+        return node_states(self._model.description.root, self._tensors, states)[path].train
+
+    def _selected_rule(self) -> int | None:
+        """The user-rule index under the list's cursor; None (with a note) on a preset row."""
+        table = self.query_one(RuleTable)
+        index = table.cursor_row - table.preset_count
+        if table.row_count == 0 or index < 0:
+            self.notify("Preset rules change only with the preset (a, h, t, e); add your own rule with n.",
+                        severity="warning")
+            return None
+        return index
+
+    def _check(self, rules: list[FreezeRule], position: int):
+        """For the rule dialog: what the rule would decide at `position` of the user's rules (an
+        invalid regex raises core.freeze's UserError, which the dialog shows under the field)."""
+
+        def check(rule: FreezeRule) -> str:
+            trial = rules[:position] + [rule] + rules[position + 1:]
+            freeze = self.session.config.freeze.model_copy(update={"rules": trial})
+            effective = effective_rules(freeze, self._model.description)
+            summary = summarize_freeze(self._model.skeleton, effective)
+            decided = summary.rules[len(effective) - len(trial) + position]
+            if not decided.tensors:
+                return "decides no parameter (nothing matches, or later rules win)"
+            return (f"decides {decided.tensors} tensors, {format_count(decided.params)} parameters; "
+                    f"trainable then {format_share(summary.trainable_share)}")
+
+        return check
+
+    def action_add_rule(self) -> None:
+        if not self._ready():
+            return
+        node = self.query_one(ModuleTree).cursor_node
+        match = node.data.path if node is not None and node.data is not None and node.data.path else "*"
+        rules = self._user_rules()
+
+        def added(rule: FreezeRule | None) -> None:
+            if rule is not None:
+                self._set_rules(rules + [rule], cursor=len(rules))
+
+        self.app.push_screen(RuleDialog("New rule", FreezeRule(match=match), self._check(rules, len(rules))),
+                             added)
+
+    def action_edit_rule(self) -> None:
+        if not self._ready() or (index := self._selected_rule()) is None:
+            return
+        rules = self._user_rules()
+
+        def edited(rule: FreezeRule | None) -> None:
+            if rule is not None:
+                self._set_rules(rules[:index] + [rule] + rules[index + 1:], cursor=index)
+
+        title = f"Edit rule {self.query_one(RuleTable).cursor_row}"
+        self.app.push_screen(RuleDialog(title, rules[index], self._check(rules, index)), edited)
+
+    def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
+        self.action_edit_rule()
+
+    def action_delete_rule(self) -> None:
+        if self._ready() and (index := self._selected_rule()) is not None:
+            rules = self._user_rules()
+            del rules[index]
+            self._set_rules(rules, cursor=min(index, len(rules) - 1) if rules else None)
+
+    def action_move_rule(self, step: int) -> None:
+        if not self._ready() or (index := self._selected_rule()) is None:
+            return
+        rules = self._user_rules()
+        target = index + step
+        if 0 <= target < len(rules):
+            rules[index], rules[target] = rules[target], rules[index]
+            self._set_rules(rules, cursor=target)
+

@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.text import Text
 from textual.widgets import Static
 
+from sft_tui.widgets.freeze_state import format_share
+
 RUN_STYLES = {"idle": "dim", "running": "bold green", "paused": "bold yellow", "stopping": "bold yellow",
               "finished": "bold cyan", "failed": "bold red"}
 
@@ -29,7 +31,7 @@ class DraftBar(Static):
         share = session.trainable_share
         parts = [
             model, config.task, data,
-            f"{100 * share:.1f}% trainable" if share is not None else f"freeze {config.freeze.preset}",
+            f"{format_share(share)} trainable" if share is not None else f"freeze {config.freeze.preset}",
             f"lr {config.optim.lr:g}", f"bs {config.optim.batch_size}x{config.optim.grad_accum}",
         ]
         text = Text.assemble(("sft-tui", "bold"), " · ", " · ".join(parts))

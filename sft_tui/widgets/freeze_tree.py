@@ -1,0 +1,86 @@
+"""The model's module tree, each node labelled with its size and its state under the freeze map."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from sft_tui.widgets.freeze_state import NodeState, format_count, format_share
+
+STATE_STYLES = {"train": "green", "frozen": "dim", "partial": "yellow"}
+
+
+class ModuleTree(Tree):
+    """Modules without parameters (dropout, activations) are left out: no rule can change them.
+
+    Space is taken from Tree's expand/collapse (enter still does that) for the freeze toggle, the
+    screen's action, because toggling is what this tree is for.
+    """
+
+    BINDINGS = [Binding("space", "screen.toggle_freeze", "Train/freeze", id="freeze-tree-toggle")]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("model", **kwargs)
+        self._module_nodes: list[TreeNode] = []
+
+    def show_model(self, root, blocks: list[str]) -> None:
+        """Rebuild from a core.models.ModuleNode tree: the way down to the blocks is expanded, the
+        blocks themselves stay collapsed. The cursor stays on the module it was on, if the new model
+        has it (a reload for new labels changes only the head)."""
+        selected = self.cursor_node.data.path if self.cursor_node is not None and self.cursor_node.data else ""
+        opened = {""} | {prefix for block in blocks[:1] for prefix in _ancestors(block)}
+        self.reset(root.kind, root)
+        self._module_nodes = [self.root]
+        self._add_children(self.root, root, opened)
+        self.root.expand()
+        self.select_path(selected)
+
+    def select_path(self, path: str) -> None:
+        """Put the cursor on the module at `path` (opening the modules above it), else on the root."""
+        node = next((node for node in self._module_nodes if node.data.path == path), self.root)
+        parent = node.parent
+        while parent is not None:
+            parent.expand()
+            parent = parent.parent
+        # Lines are laid out again on the next refresh; only then does the node know its line.
+        self.call_after_refresh(self.move_cursor, node)
+
+    def _add_children(self, parent: TreeNode, module, opened: set[str]) -> None:
+        for child in module.children:
+            if not child.params:
+                continue
+            if any(grandchild.params for grandchild in child.children):
+                node = parent.add(child.name, child, expand=child.path in opened)
+                self._add_children(node, child, opened)
+            else:
+                node = parent.add_leaf(child.name, child)
+            self._module_nodes.append(node)
+
+    def relabel(self, states: dict[str, NodeState]) -> None:
+        """New labels from the states of the current freeze map (no state shown where it is missing,
+        e.g. while a rule is invalid)."""
+        for node in self._module_nodes:
+            node.set_label(module_label(node.data, states.get(node.data.path)))
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def module_label(module, state: NodeState | None) -> Text:
+    """`0 train lr x0.5 1.8M BertLayer`: the state right after the name, so that a narrow terminal
+    cuts the class name, not the state; the root shows its class as its name."""
+    text = Text(module.name or module.kind, "bold")
+    if state is not None and state.train:
+        text.append(f" {state.train}", STATE_STYLES[state.train])
+        if state.train == "partial":
+            text.append(f" {format_share(state.trainable / state.params)}", "yellow")
+        if state.lr:
+            text.append(f" {state.lr}", "magenta")
+    text.append(f" {format_count(module.params)}")
+    if module.path:
+        text.append(f" {module.kind}", "dim cyan")
+    return text

@@ -1,0 +1,309 @@
+"""The freeze-map screen (step 3), driven through the real app: presets, toggles, the rule dialog and
+the rule list, checked against core.freeze on the same model skeleton."""
+
+from __future__ import annotations
+
+from textual.widgets import Input, Static
+
+from core.config import FreezeRule, example_config, save_config
+from core.freeze import effective_rules, summarize_freeze
+from sft_tui.app import create_app
+from sft_tui.widgets.freeze_rule_dialog import RuleDialog
+from sft_tui.widgets.freeze_rules import RuleTable
+from sft_tui.widgets.freeze_tree import ModuleTree
+
+BLOCK = "bert.encoder.layer.{}"
+
+
+async def open_freeze(pilot) -> None:
+    """Go to step 3 and wait until the model structure has loaded and the screen shows it."""
+    await pilot.press("3")
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def labels(app) -> dict[str, str]:
+    """Module path -> plain label of every node in the tree (collapsed ones included)."""
+    out = {}
+
+    def walk(node) -> None:
+        out[node.data.path] = str(node.label)
+        for child in node.children:
+            walk(child)
+
+    walk(app.screen.query_one(ModuleTree).root)
+    return out
+
+
+def state(app, path: str) -> str:
+    """`train`, `frozen` or `partial`: the word after the module's name in its label."""
+    return labels(app)[path].split()[1]
+
+
+def summary(app) -> str:
+    return str(app.screen.query_one("#freeze-summary", Static).content)
+
+
+def expected(app):
+    """What core.freeze says about the session's freeze map, on the very skeleton the screen shows."""
+    model, freeze = app.session.model, app.session.config.freeze
+    return summarize_freeze(model.skeleton, effective_rules(freeze, model.description))
+
+
+async def select(pilot, path: str) -> None:
+    tree = pilot.app.screen.query_one(ModuleTree)
+    tree.select_path(path)
+    tree.focus()
+    await pilot.pause()
+    assert tree.cursor_node.data.path == path
+
+
+async def test_head_only_preset_trains_only_the_classifier_and_marks_the_deciding_rules():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        assert state(app, "") == "train" and "22,713,986 of 22,713,986" in summary(app)
+        await pilot.press("h")
+        await pilot.pause()
+        assert app.session.config.freeze.preset == "head-only"
+        assert state(app, "classifier") == "train"
+        assert {state(app, path) for path in ("bert", "bert.embeddings", BLOCK.format(0), "bert.pooler")} == {"frozen"}
+        truth = expected(app)
+        assert truth.trainable_params == 770
+        assert f"Trainable {truth.trainable_params:,} of {truth.total_params:,}" in summary(app)
+        # the rule list marks the rules that decided the selected module: "*" frozen, then "classifier"
+        table = app.screen.query_one(RuleTable)
+        await select(pilot, "classifier")
+        assert table.deciding == {1}
+        assert str(table.get_cell("1", "index")).startswith("▶") and str(table.get_cell("0", "index")).strip() == "0"
+        await select(pilot, BLOCK.format(0))
+        assert table.deciding == {0}
+        await select(pilot, "")
+        assert table.deciding == {0, 1}
+        await pilot.press("a")  # another preset undoes it
+        await pilot.pause()
+        assert app.session.config.freeze.preset == "all" and state(app, "bert") == "train"
+
+
+async def test_top_n_preset_trains_the_top_blocks():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        assert app.session.config.freeze.top_n == 2
+        await pilot.press("t")
+        await pilot.pause()
+        assert app.session.config.freeze.preset == "top-n"
+        assert [state(app, BLOCK.format(i)) for i in range(6)] == ["frozen"] * 4 + ["train"] * 2
+        assert "top-2" in summary(app)
+        await pilot.press("plus")
+        await pilot.pause()
+        assert app.session.config.freeze.top_n == 3
+        assert [state(app, BLOCK.format(i)) for i in range(6)] == ["frozen"] * 3 + ["train"] * 3
+        assert f"Trainable {expected(app).trainable_params:,}" in summary(app)
+
+
+async def test_space_toggles_a_block_and_toggling_back_leaves_no_rule():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        await select(pilot, BLOCK.format(0))
+        await pilot.press("space")
+        await pilot.pause()
+        rules = app.session.config.freeze.rules
+        assert [(r.match, r.train) for r in rules] == [(BLOCK.format(0), False)]
+        assert state(app, BLOCK.format(0)) == "frozen" and state(app, BLOCK.format(1)) == "train"
+        assert state(app, "bert.encoder") == "partial"
+        assert f"Trainable {expected(app).trainable_params:,}" in summary(app)
+        await pilot.press("space")
+        await pilot.pause()
+        assert app.session.config.freeze.rules == [] and state(app, BLOCK.format(0)) == "train"
+
+
+async def test_rule_added_in_the_dialog_with_lr_scale_shows_on_matched_modules():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        await select(pilot, BLOCK.format(1))
+        await pilot.press("n")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, RuleDialog)
+        assert dialog.query_one("#rule-match", Input).value == BLOCK.format(1)
+        dialog.query_one("#rule-lr", Input).value = "0.5"
+        await pilot.pause()
+        assert "decides 16 tensors" in str(dialog.query_one("#rule-preview", Static).content)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, RuleDialog)
+        [rule] = app.session.config.freeze.rules
+        assert (rule.match, rule.train, rule.lr_scale) == (BLOCK.format(1), True, 0.5)
+        shown = labels(app)
+        assert "train lr x0.5" in shown[BLOCK.format(1)]
+        assert "lr x0.5" in shown[BLOCK.format(1) + ".attention.self.query"]
+        assert "lr x" not in shown[BLOCK.format(0)]
+        assert "lr mixed" in shown["bert.encoder"]
+
+
+async def test_invalid_values_keep_the_dialog_open_with_a_message():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        await pilot.press("n")
+        await pilot.pause()
+        dialog = app.screen
+        lr, lr_error = dialog.query_one("#rule-lr", Input), dialog.query_one("#lr-error", Static)
+        for bad, message in [("abc", "valid number"), ("0", "greater than 0"), ("-1", "greater than 0")]:
+            lr.value = bad
+            await pilot.pause()
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.screen is dialog, bad
+            assert lr_error.display and message in str(lr_error.content), bad
+            assert lr.value == bad  # what the user typed stays
+        lr.value = "1"
+        dialog.query_one("#rule-match", Input).value = "re:("
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        match_error = dialog.query_one("#match-error", Static)
+        assert app.screen is dialog and not lr_error.display
+        assert "not a valid regular expression" in str(match_error.content)
+        lr.value = "abc"  # both fields wrong: both say so
+        await pilot.pause()
+        assert lr_error.display and match_error.display
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is not dialog and app.session.config.freeze.rules == []
+
+
+async def test_rules_are_edited_moved_and_deleted_in_the_list():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        for i in (0, 1):
+            await select(pilot, BLOCK.format(i))
+            await pilot.press("space")
+            await pilot.pause()
+        table = app.screen.query_one(RuleTable)
+        assert table.row_count == 3  # the preset's "*" then the two rules
+        table.focus()
+        table.move_cursor(row=2)
+        await pilot.press("left_square_bracket")
+        await pilot.pause()
+        assert [r.match for r in app.session.config.freeze.rules] == [BLOCK.format(1), BLOCK.format(0)]
+        assert table.cursor_row == 1
+        await pilot.press("enter")  # edit: freeze -> train at half the lr
+        await pilot.pause()
+        dialog = app.screen
+        dialog.query_one("#rule-train").value = True
+        dialog.query_one("#rule-lr", Input).value = "0.5"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert (app.session.config.freeze.rules[0].train, app.session.config.freeze.rules[0].lr_scale) == (True, 0.5)
+        assert "lr x0.5" in labels(app)[BLOCK.format(1)]
+        table.move_cursor(row=2)
+        await pilot.press("x")
+        await pilot.pause()
+        assert [r.match for r in app.session.config.freeze.rules] == [BLOCK.format(1)]
+        assert state(app, BLOCK.format(0)) == "train"  # deleting the rule restored the block
+        table.move_cursor(row=0)
+        await pilot.press("x")  # the preset's rule is not the user's to delete
+        await pilot.pause()
+        assert len(app.session.config.freeze.rules) == 1
+
+
+async def test_a_reloaded_model_keeps_the_map_and_the_selected_module():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        await select(pilot, BLOCK.format(3) + ".attention")
+        await pilot.press("space")
+        before = app.session.model
+        app.load_model()  # as after new labels from the data
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.session.model is not before
+        assert app.screen.query_one(ModuleTree).cursor_node.data.path == BLOCK.format(3) + ".attention"
+        assert state(app, BLOCK.format(3) + ".attention") == "frozen" and state(app, BLOCK.format(3)) == "partial"
+
+
+async def test_an_invalid_regex_from_a_config_file_is_shown_and_can_be_deleted(tmp_path):
+    config = example_config("classification")
+    config.freeze.rules = [FreezeRule(match="re:(", train=False)]
+    save_config(config, tmp_path / "run.yaml")
+    app = create_app(tmp_path / "run.yaml")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        assert "not a valid regular expression" in summary(app)
+        assert state(app, "bert") == "22.7M"  # no state shown while the map cannot be resolved
+        table = app.screen.query_one(RuleTable)
+        table.focus()
+        table.move_cursor(row=1)
+        await pilot.press("x")
+        await pilot.pause()
+        assert app.session.config.freeze.rules == []
+        assert state(app, "bert") == "train" and "Trainable 22,713,986" in summary(app)
+
+
+async def test_a_model_that_fails_to_load_is_explained_in_place(tmp_path):
+    config = example_config("classification")
+    config.model.name_or_path = str(tmp_path / "no-such-model")
+    save_config(config, tmp_path / "run.yaml")
+    app = create_app(tmp_path / "run.yaml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_freeze(pilot)
+        assert app.model_state == "failed"
+        shown = str(app.screen.query_one("#freeze-failed", Static).content)
+        assert "Cannot show the freeze map" in shown and "no-such-model" in shown
+
+
+async def test_tied_gpt2_embeddings_toggle_with_the_lm_head(tmp_path, tiny_model_dir):
+    config = example_config("causal-lm")
+    config.model.name_or_path = str(tiny_model_dir("gpt2"))
+    save_config(config, tmp_path / "run.yaml")
+    app = create_app(tmp_path / "run.yaml", task="causal-lm")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        assert app.session.model.description.head == ["lm_head"]
+        await select(pilot, "transformer.wte")
+        await pilot.press("space")
+        await pilot.pause()
+        assert [(r.match, r.train) for r in app.session.config.freeze.rules] == [("transformer.wte", False)]
+        # lm_head.weight is transformer.wte.weight: one tensor, frozen under either name
+        assert state(app, "transformer.wte") == "frozen" and state(app, "lm_head") == "frozen"
+        assert state(app, "transformer.h.0") == "train"
+        truth = expected(app)
+        assert 0 < truth.trainable_params < truth.total_params
+        assert f"Trainable {truth.trainable_params:,} of {truth.total_params:,}" in summary(app)
+        await pilot.press("h")  # head only: the tied head trains, and so do the embeddings with it
+        await pilot.pause()
+        assert state(app, "lm_head") == "train" and state(app, "transformer.wte") == "train"
+        assert state(app, "transformer.h.0") == "frozen"
+        assert f"Trainable {expected(app).trainable_params:,}" in summary(app)
+
+
+async def _loaded(pilot) -> None:
+    await open_freeze(pilot)
+
+
+async def _loaded_top_n(pilot) -> None:
+    await open_freeze(pilot)
+    await pilot.press("t")
+    await pilot.pause()
+
+
+def test_snapshot_demo_120x40(snap_compare):
+    assert snap_compare(create_app(), run_before=_loaded, terminal_size=(120, 40))
+
+
+def test_snapshot_demo_80x24(snap_compare):
+    assert snap_compare(create_app(), run_before=_loaded, terminal_size=(80, 24))
+
+
+def test_snapshot_top_n_120x40(snap_compare):
+    assert snap_compare(create_app(), run_before=_loaded_top_n, terminal_size=(120, 40))
+
+
+def test_snapshot_top_n_80x24(snap_compare):
+    assert snap_compare(create_app(), run_before=_loaded_top_n, terminal_size=(80, 24))
