@@ -15,7 +15,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from core.config import RunConfig, example_config, load_config
 from core.logs import ROUTED_LOGGERS, EventLogHandler
@@ -108,10 +108,14 @@ class SftApp(App):
     def _load(self, what: str, work) -> None:
         from core.errors import UserError
 
+        worker = get_current_worker()
         try:
             result = work()
         except UserError as err:
-            self.call_from_thread(self._load_failed, what, err.message, err.hint)
+            if not worker.is_cancelled:
+                self.call_from_thread(self._load_failed, what, err.message, err.hint)
+            return
+        if worker.is_cancelled:  # a newer load replaced this one while it ran: its result is stale
             return
         self.call_from_thread(self._model_ready if what == "model" else self._data_ready, result)
 

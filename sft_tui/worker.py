@@ -7,6 +7,8 @@ touch widgets.
 
 from __future__ import annotations
 
+import threading
+
 from textual.message_pump import MessagePump
 
 from core.config import RunConfig
@@ -16,18 +18,29 @@ from sft_tui.messages import EngineEvent
 from sft_tui.session import ModelInfo
 
 
+_import_lock = threading.Lock()
+
+
 def warm_up() -> None:
-    """Import the heavy libraries while the user reads the first screen."""
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
+    """Import the heavy libraries while the user reads the first screen.
 
-    from core.logs import quiet_libraries
+    Every worker calls it first: two threads importing transformers at once can see a half
+    initialised module ("cannot import name 'AutoTokenizer'"), so imports happen under one lock;
+    once done, the call costs nothing.
+    """
+    with _import_lock:
+        import datasets  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
 
-    quiet_libraries()
+        from core.logs import quiet_libraries
+
+        quiet_libraries()
 
 
 def load_model_info(config: RunConfig, labels: list[str] | None = None) -> ModelInfo:
     """Tokenizer and weightless structure of the configured model (seconds, even for big models)."""
+    warm_up()
     from core.models import build_skeleton, describe_model, load_tokenizer, model_max_positions
 
     tokenizer = load_tokenizer(config.model)
@@ -39,6 +52,7 @@ def load_model_info(config: RunConfig, labels: list[str] | None = None) -> Model
 
 def load_data(config: RunConfig, model: ModelInfo):
     """Tokenize the configured data with the model's tokenizer (core.data.PreparedData)."""
+    warm_up()
     from core.data import prepare_data
 
     return prepare_data(config, model.tokenizer, model.max_positions)
@@ -56,6 +70,7 @@ class PostingSink:
 
 def run_training(config: RunConfig, target: MessagePump, control: Control, resume_dir=None):
     """The engine in this (worker) thread, reporting to `target`. Returns core.engine.RunResult."""
+    warm_up()
     from core.engine import train
 
     return train(config, [PostingSink(target)], control, resume_dir=resume_dir)

@@ -1,16 +1,274 @@
-"""Scaffolding for the data step; replaced by the real screen."""
+"""Step 2: choose the training data and see it the way the model will: tokenized and masked.
+
+The form edits the `data` section; Load (Enter in any field, the button or ctrl+l) applies it and
+tokenizes the data in a worker (core.data.prepare_data). Below the form: the first training rows
+(for causal LM with the tokens that carry no loss dimmed and the trained ones bold, so a wrong
+column mapping shows before training), and the statistics: token lengths, truncation, dropped
+rows, the validation split, labels and warnings. Numbers that do not validate are marked next to
+their field and in session.invalid (which keeps Start disabled) until they are fixed.
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.widgets import Static
+from functools import partial
+from typing import get_args
 
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, DataTable, Input, Label, LoadingIndicator, Select, Static
+
+from core.config import ColumnMap, DataFormat
+from core.errors import UserError
 from sft_tui.screens.base import StepScreen
+from sft_tui.widgets.data_form import check_data_field
+from sft_tui.widgets.data_summary import data_stats, preview, row_detail
+from sft_tui.widgets.model_data_loading import model_settled
+from sft_tui.widgets.model_data_paths import PathSuggester
+
+FORMATS = get_args(DataFormat)
+ROLES = tuple(ColumnMap.model_fields)
+NUMBER_FIELDS = {"data-val-ratio": "val_ratio", "data-max-length": "max_length"}
+"""Inputs whose text must validate as a DataConfig number, by widget id."""
+DATA_FILES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+"""File kinds core.data reads: the path completion offers these besides folders."""
+PREVIEW_ROWS = 20
+
+
+def _field(label: str, widget, field_id: str) -> Vertical:
+    """A form field: its name above its widget."""
+    return Vertical(Label(label, classes="field-label"), widget, classes="field", id=field_id)
 
 
 class DataScreen(StepScreen):
     STEP = "data"
-    BINDINGS = []
+    CSS_PATH = "data.tcss"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    BINDINGS = [Binding("ctrl+l", "load", "Load data", id="load-data")]
 
     def compose_body(self) -> ComposeResult:
-        yield Static("data")
+        with Vertical(id="data-form"):
+            with Horizontal(classes="form-row"):
+                yield _field("Train: file, folder or datasets name",
+                             Input(id="data-train", compact=True, suggester=PathSuggester(DATA_FILES)), "f-train")
+                yield _field("Validation: empty holds out val_ratio",
+                             Input(id="data-validation", compact=True, suggester=PathSuggester(DATA_FILES),
+                                   placeholder="none"), "f-validation")
+            with Horizontal(classes="form-row"):
+                yield _field("Format", Select([(f, f) for f in FORMATS], id="data-format", compact=True,
+                                              allow_blank=False), "f-format")
+                yield _field("val_ratio", Input(id="data-val-ratio", compact=True), "f-val-ratio")
+                yield _field("max_length", Input(id="data-max-length", compact=True), "f-max-length")
+                yield Button("Load", id="data-load", compact=True, variant="primary")
+                yield Static(id="data-pending")
+            with Horizontal(classes="form-row", id="data-columns"):
+                for role in ROLES:
+                    yield _field(role, Input(id=f"col-{role}", compact=True, placeholder="auto"), f"f-col-{role}")
+            yield Static(id="data-field-errors")
+        with Horizontal(id="data-status-row"):
+            yield LoadingIndicator(id="data-spinner")
+            yield Static(id="data-status")
+        yield Static(id="data-error", markup=False)
+        with Horizontal(id="data-results"):
+            with Vertical(id="data-rows"):
+                yield DataTable(id="data-preview", cursor_type="row", zebra_stripes=True)
+                yield Static(id="data-row-detail")
+            with VerticalScroll(id="data-stats-scroll"):
+                yield Static(id="data-stats")
+
+    def on_mount(self) -> None:
+        self._synced = None
+        self._previewed: tuple | None = None
+        """The (data, tokenizer) the preview table shows; it is refilled only when they change."""
+        self._field_errors: dict[str, str] = {}
+        self._sync_form()
+        self.query_one("#data-preview", DataTable).focus()
+        self.watch(self.app, "data_state", self._show_results)
+        self.watch(self.app, "model_state", self._show_results)
+
+    def on_screen_resume(self) -> None:
+        """Each time the screen is shown (the first time too): catch up with the session."""
+        self._sync_form()
+        self._load_if_missing()
+
+    def _load_if_missing(self) -> None:
+        """Load when nothing is loaded for the current settings (first visit, or the settings
+        changed elsewhere, e.g. another demo); a failed load waits for the user's fix."""
+        if self._needs_load():
+            self._start_load(only_if_needed=True)
+
+    def _needs_load(self) -> bool:
+        return self.session.data is None and self.app.data_state in ("none", "ready")
+
+    def _start_load(self, only_if_needed: bool = False) -> None:
+        """Tokenize once no model load is running: the data worker then reuses that model's
+        tokenizer (see model_data_loading).
+        An automatic load is skipped if another screen started one meanwhile."""
+        self.run_worker(partial(self._load_when_settled, only_if_needed), group="data-start", exclusive=True,
+                        exit_on_error=False)
+
+    async def _load_when_settled(self, only_if_needed: bool) -> None:
+        if self.app.data_state != "loading":
+            self.query_one("#data-spinner").display = True
+            self.query_one("#data-status", Static).update("Waiting for the model to load …")
+        await model_settled(self.app)
+        if not only_if_needed or self._needs_load():
+            self.app.load_data()
+
+    # ---- the form ------------------------------------------------------------------------------
+    def _sync_form(self) -> None:
+        """Show the session's data settings unless the form already shows them (then what the
+        user typed and has not applied stays)."""
+        data = self.session.config.data
+        if data == self._synced:
+            return
+        self._synced = data
+        self.query_one("#data-train", Input).value = data.train
+        self.query_one("#data-validation", Input).value = data.validation or ""
+        self.query_one("#data-format", Select).value = data.format
+        self.query_one("#data-val-ratio", Input).value = f"{data.val_ratio:g}"
+        self.query_one("#data-max-length", Input).value = str(data.max_length)
+        for role in ROLES:
+            self.query_one(f"#col-{role}", Input).value = getattr(data.columns, role) or ""
+
+    def _form_changes(self) -> dict:
+        """The form as session.update() changes; numbers only where they validate."""
+        value = self._text
+        changes = {
+            "data.train": value("data-train"),
+            "data.validation": value("data-validation") or None,
+            "data.format": self.query_one("#data-format", Select).value,
+        }
+        for role in ROLES:
+            changes[f"data.columns.{role}"] = value(f"col-{role}") or None
+        current = self.session.config.data
+        for widget_id, name in NUMBER_FIELDS.items():
+            number, error = check_data_field(current, name, value(widget_id))
+            if error is None:
+                changes[f"data.{name}"] = number
+        return changes
+
+    def _text(self, widget_id: str) -> str:
+        return self.query_one(f"#{widget_id}", Input).value.strip()
+
+    def _check_number(self, widget: Input) -> None:
+        """Mark a number field that does not validate, next to it and in session.invalid."""
+        name = NUMBER_FIELDS[widget.id]
+        _, error = check_data_field(self.session.config.data, name, widget.value)
+        widget.set_class(error is not None, "-invalid")
+        key = f"data.{name}"
+        before = self.session.invalid.get(key)
+        if error is None:
+            self.session.invalid.pop(key, None)
+            self._field_errors.pop(name, None)
+        else:
+            self.session.invalid[key] = error
+            self._field_errors[name] = error
+        errors = self.query_one("#data-field-errors", Static)
+        errors.update(Text("\n".join(f"{n}: {e}" for n, e in self._field_errors.items()), style="red"))
+        errors.display = bool(self._field_errors)
+        if self.session.invalid.get(key) != before:
+            self.app.changed()
+
+    def _show_pending(self) -> None:
+        """Say when the form holds edits that Load has not applied yet."""
+        data = self.session.config.data
+        current = {"data.train": data.train, "data.validation": data.validation, "data.format": data.format,
+                   "data.val_ratio": data.val_ratio, "data.max_length": data.max_length,
+                   **{f"data.columns.{role}": getattr(data.columns, role) for role in ROLES}}
+        edited = self._form_changes() != current or bool(self._field_errors)
+        self.query_one("#data-pending", Static).update(
+            Text("edited: Enter applies", style="yellow") if edited else "")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id in NUMBER_FIELDS:
+            self._check_number(event.input)
+        self._show_pending()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self._show_pending()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_load()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "data-load":
+            self.action_load()
+
+    def action_load(self) -> None:
+        """Apply the form to the session and tokenize the data."""
+        if self._field_errors:
+            self._show_error("fix the fields marked in red first", "the lines under the form say what each one takes")
+            return
+        try:
+            self.session.update(self._form_changes())
+        except UserError as err:
+            self._show_error(err.message, err.hint)
+            return
+        self._synced = self.session.config.data
+        self._show_pending()
+        self.app.changed()
+        self._start_load()
+
+    # ---- what is loaded ------------------------------------------------------------------------
+    def _show_results(self, _state: str | None = None) -> None:
+        state = self.app.data_state
+        self.query_one("#data-spinner", LoadingIndicator).display = state == "loading"
+        status = self.query_one("#data-status", Static)
+        source = self.session.config.data.train
+        data = self.session.data
+        if state == "loading":
+            self._show_error(None)
+            status.update(Text.assemble("Loading and tokenizing ", (source, "bold"), " …"))
+        elif state == "failed":
+            status.update(Text.assemble(("✗ ", "red"), "could not load ", (source, "bold")))
+            self._show_error(*self.app.load_errors.get("data", ("loading failed", "")))
+            self._clear_results()
+        elif state == "ready" and data is not None:
+            self._show_error(None)
+            status.update(Text.assemble(("✓ ", "green"), (source, "bold"), f" · {data.format} · "
+                                        f"{data.stats.rows_out['train']:,} training rows"))
+            self._show_data(data)
+        else:
+            status.update(Text("No data loaded: press Enter in a field or ctrl+l", style="dim"))
+            self._clear_results()
+
+    def _show_data(self, data) -> None:
+        for role in ROLES:
+            detected = getattr(data.columns, role)
+            self.query_one(f"#col-{role}", Input).placeholder = f"auto: {detected}" if detected else "auto"
+        self.query_one("#data-stats", Static).update(data_stats(data, self.session.config.data))
+        # The model may be reloading with the data's labels: its tokenizer, the same, comes with it.
+        tokenizer = self.session.model.tokenizer if self.session.model is not None else None
+        if self._previewed is not None and all(a is b for a, b in zip(self._previewed, (data, tokenizer))):
+            return
+        self._previewed = (data, tokenizer)
+        table = self.query_one("#data-preview", DataTable)
+        table.clear(columns=True)
+        if tokenizer is not None:
+            columns, rows = preview(data, tokenizer, PREVIEW_ROWS)
+            for label, width in columns:
+                table.add_column(label, width=width)
+            table.add_rows(rows)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """The highlighted row in full below the table (the cells are cut to one line)."""
+        detail = self.query_one("#data-row-detail", Static)
+        if self._previewed is None or self._previewed[1] is None:
+            detail.update("")
+            return
+        data, tokenizer = self._previewed
+        detail.update(row_detail(data, tokenizer, event.cursor_row))
+
+    def _clear_results(self) -> None:
+        self._previewed = None
+        self.query_one("#data-preview", DataTable).clear(columns=True)
+        self.query_one("#data-stats", Static).update("")
+        self.query_one("#data-row-detail", Static).update("")
+
+    def _show_error(self, message: str | None, hint: str = "") -> None:
+        error = self.query_one("#data-error", Static)
+        error.display = message is not None
+        if message is not None:
+            error.update(Text.assemble((message, "bold"), *(("\nhint: ", hint) if hint else ())))

@@ -1,16 +1,234 @@
-"""Scaffolding for the model step; replaced by the real screen."""
+"""Step 1: choose the model and the task, and see what the model is before training it.
+
+The form (folder or hub id, task, trust_remote_code) is applied to the session by Load; the list
+below it offers the bundled demos and the models already in the local Hugging Face cache, so
+picking one needs no typing. The right side shows the loaded structure (from core.models, on the
+meta device: seconds even for big models), a memory estimate, or the loader's error and its hint.
+On the demo the model loads by itself when the screen is first shown, in the app's thread worker:
+this module never imports torch, so the first frame never waits for it.
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.widgets import Static
+from typing import get_args
 
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, Checkbox, Input, Label, LoadingIndicator, OptionList, RadioButton, RadioSet, Static
+from textual.widgets.option_list import Option, OptionDoesNotExist
+
+from core.config import Task, example_config
+from core.errors import UserError
 from sft_tui.screens.base import StepScreen
+from sft_tui.widgets.model_data_paths import PathSuggester
+from sft_tui.widgets.model_sources import DEMO_MODELS, cached_models
+from sft_tui.widgets.model_summary import model_summary
+
+TASKS = get_args(Task)
+HF_PREFIX = "hf:"
+"""Option ids of cached models are the repo id after this prefix (demo ids are the demo names)."""
 
 
 class ModelScreen(StepScreen):
     STEP = "model"
-    BINDINGS = []
+    CSS_PATH = "model.tcss"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    BINDINGS = [
+        Binding("ctrl+l", "load", "Load model", id="load-model"),
+        Binding("ctrl+r", "rescan_cache", "Rescan HF cache", id="rescan-hf-cache"),
+    ]
 
     def compose_body(self) -> ComposeResult:
-        yield Static("model")
+        with Horizontal(id="model-body"):
+            with Vertical(id="model-form"):
+                yield Label("Model folder or hub id", classes="field-label")
+                with Horizontal(classes="field-row"):
+                    yield Input(id="model-path", compact=True, suggester=PathSuggester(),
+                                placeholder="folder with config.json, or org/name")
+                    yield Button("Load", id="model-load", compact=True, variant="primary")
+                yield Label("Task", classes="field-label")
+                with RadioSet(id="model-task", compact=True):
+                    for task in TASKS:
+                        yield RadioButton(task, id=f"task-{task}", compact=True)
+                yield Checkbox("trust remote code", id="model-trust", compact=True)
+                yield Label("Demos · local HF cache", classes="field-label")
+                yield OptionList(*self._source_options([]), id="model-sources")
+                yield Static("→ completes a folder name as you type\nEnter on the path or in the list loads\n"
+                             "ctrl+r rescans the HF cache (HF_HOME)", id="model-hint")
+            with Vertical(id="model-info"):
+                with Horizontal(id="model-status-row"):
+                    yield LoadingIndicator(id="model-spinner")
+                    yield Static(id="model-status")
+                yield Static(id="model-error", markup=False)
+                with VerticalScroll(id="model-details"):
+                    yield Static(id="model-description")
+
+    def on_mount(self) -> None:
+        self._synced: tuple | None = None
+        self._sync_form()
+        self.query_one("#model-sources", OptionList).focus()
+        self.watch(self.app, "model_state", self._show_state)
+        self._scan_cache()
+
+    def on_screen_resume(self) -> None:
+        """Each time the screen is shown (the first time too): catch up with the session."""
+        self._sync_form()
+        self._load_if_missing()
+
+    # ---- the form --------------------------------------------------------------------------
+    def _sync_form(self) -> None:
+        """Show the session's model settings, unless the form already shows them (then what the
+        user typed and has not loaded yet stays)."""
+        config = self.session.config
+        current = (config.model.name_or_path, config.task, config.model.trust_remote_code)
+        if current == self._synced:
+            return
+        self._synced = current
+        self.query_one("#model-path", Input).value = config.model.name_or_path
+        self.query_one(f"#task-{config.task}", RadioButton).value = True
+        self.query_one("#model-trust", Checkbox).value = config.model.trust_remote_code
+        self._highlight_source(config.model.name_or_path)
+
+    def _form_task(self) -> str:
+        pressed = self.query_one("#model-task", RadioSet).pressed_button
+        return str(pressed.label) if pressed is not None else self.session.config.task
+
+    def _load_if_missing(self) -> None:
+        """Load when nothing is loaded for the current settings (first visit, or the settings
+        changed elsewhere); a failed load waits for the user to fix and Load again."""
+        if self._needs_load():
+            self.app.load_model()
+
+    def _needs_load(self) -> bool:
+        return self.session.model is None and self.app.model_state in ("none", "ready")
+
+    # ---- actions -----------------------------------------------------------------------------
+    def action_load(self) -> None:
+        """Apply the form to the session and load the model's structure and tokenizer."""
+        name = self.query_one("#model-path", Input).value.strip()
+        if not name:
+            self._show_error("no model given", "type a folder or a hub id, or pick one from the list")
+            return
+        task = self._form_task()
+        changes = {"model.name_or_path": name, "task": task,
+                   "model.trust_remote_code": self.query_one("#model-trust", Checkbox).value}
+        config = self.session.config
+        if task != config.task:
+            # Only "loss" is a metric of both tasks, and packing is for causal LM only.
+            if config.eval.metric != "loss":
+                changes["eval.metric"] = "loss"
+            if task == "classification":
+                changes["data.packing"] = False
+        try:
+            self.session.update(changes)
+        except UserError as err:
+            self._show_error(err.message, err.hint)
+            return
+        self._after_change()
+
+    def action_rescan_cache(self) -> None:
+        self._scan_cache()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "model-path":
+            self.action_load()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "model-load":
+            self.action_load()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        choice = event.option.id or ""
+        demo = next((d for d in DEMO_MODELS if d.name == choice), None)
+        if demo is not None:
+            self._pick_demo(demo)
+        elif choice.startswith(HF_PREFIX):
+            self.query_one("#model-path", Input).value = choice.removeprefix(HF_PREFIX)
+            self.action_load()
+
+    def _pick_demo(self, demo) -> None:
+        """A demo comes with its data and settings: the task's example config, as `sft-tui init`
+        writes it. Picking the demo that is already configured keeps the user's other edits."""
+        config = self.session.config
+        if (config.model.name_or_path, config.task) != (demo.name, demo.task):
+            self.session.replace_config(example_config(demo.task))
+            self._after_change()
+        else:
+            self._synced = None  # drop unapplied edits: the form shows the demo again
+            self._sync_form()
+            self._load_if_missing()
+
+    def _after_change(self) -> None:
+        self._synced = None
+        self._sync_form()
+        self.app.changed()
+        self.app.load_model()
+
+    # ---- the list of demos and cached models ----------------------------------------------------
+    def _scan_cache(self) -> None:
+        self.run_worker(self._read_cache, thread=True, exclusive=True, group="model-hf-cache", exit_on_error=False)
+
+    def _read_cache(self) -> None:
+        folder, models = cached_models()
+        self.app.call_from_thread(self._show_cached, folder, models)
+
+    def _show_cached(self, folder: str, models) -> None:
+        sources = self.query_one("#model-sources", OptionList)
+        sources.set_options(self._source_options(models))
+        sources.tooltip = f"HF cache: {folder}"
+        self._highlight_source(self.session.config.model.name_or_path)
+
+    @staticmethod
+    def _source_options(models) -> list[Option | None]:
+        options: list[Option | None] = [
+            Option(Text.assemble((demo.name, "bold"), "\n", (demo.about, "dim")), id=demo.name)
+            for demo in DEMO_MODELS
+        ]
+        options.append(None)
+        if not models:
+            options.append(Option(Text("no models in the local HF cache", style="dim italic"), disabled=True))
+        for model in models:
+            options.append(Option(Text.assemble(model.repo_id, "  ", (model.size, "dim")),
+                                  id=HF_PREFIX + model.repo_id))
+        return options
+
+    def _highlight_source(self, name: str) -> None:
+        sources = self.query_one("#model-sources", OptionList)
+        for option_id in (name, HF_PREFIX + name):
+            try:
+                sources.highlighted = sources.get_option_index(option_id)
+                return
+            except OptionDoesNotExist:
+                continue
+        sources.highlighted = None  # a folder or an id that is not in the list
+
+    # ---- what is loaded ------------------------------------------------------------------------
+    def _show_state(self, state: str) -> None:
+        spinner = self.query_one("#model-spinner", LoadingIndicator)
+        spinner.display = state == "loading"
+        status = self.query_one("#model-status", Static)
+        description = self.query_one("#model-description", Static)
+        name = self.session.config.model.name_or_path
+        if state == "loading":
+            self._show_error(None)
+            status.update(Text.assemble("Loading ", (name, "bold"), " (structure and tokenizer) …"))
+        elif state == "ready" and self.session.model is not None:
+            self._show_error(None)
+            info = self.session.model
+            status.update(Text.assemble(("✓ ", "green"), (name, "bold"), f" · {info.task}"))
+            description.update(model_summary(info.description))
+        elif state == "failed":
+            status.update(Text.assemble(("✗ ", "red"), "could not load ", (name, "bold")))
+            description.update("")
+            self._show_error(*self.app.load_errors.get("model", ("loading failed", "")))
+        else:
+            status.update(Text("No model loaded: press Enter on the path or ctrl+l", style="dim"))
+            description.update("")
+
+    def _show_error(self, message: str | None, hint: str = "") -> None:
+        error = self.query_one("#model-error", Static)
+        error.display = message is not None
+        if message is not None:
+            error.update(Text.assemble((message, "bold"), *(("\nhint: ", hint) if hint else ())))

@@ -1,0 +1,130 @@
+"""The model screen's account of a loaded model: what it is, where its parts are, what it costs.
+
+Pure functions from a core.models.ModelDescription to rich renderables, so they can be read (and
+tested) without a terminal, and never need torch: the description is plain data.
+"""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from core.memory import estimate_training_memory, format_bytes
+
+PARAM_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
+"""Bytes per parameter of the dtypes a checkpoint comes in (others are estimated as float32)."""
+
+
+def format_count(n: int) -> str:
+    """`22.7M`: parameter counts the way model cards write them."""
+    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def _find(node, path: str):
+    """The ModuleNode at a dotted path (None if there is none)."""
+    for name in path.split(".") if path else []:
+        node = next((child for child in node.children if child.name == name), None)
+        if node is None:
+            return None
+    return node
+
+
+def _paths(paths: list[str]) -> str:
+    """Module paths one per line, siblings together: `bert.embeddings: word_embeddings, position_embeddings`."""
+    if not paths:
+        return "none found"
+    siblings: dict[str, list[str]] = {}
+    for path in paths:
+        parent, _, name = path.rpartition(".")
+        siblings.setdefault(parent, []).append(name)
+    lines = []
+    for parent, names in siblings.items():
+        if len(names) > 1 and parent:
+            lines.append(f"{parent}: {', '.join(names)}")
+        else:
+            lines += [f"{parent}.{name}" if parent else name for name in names]
+    return "\n".join(lines)
+
+
+def _blocks(description) -> str:
+    blocks = description.blocks
+    if not blocks:
+        return "no stack of repeated blocks found"
+    first = _find(description.root, blocks[0])
+    kind = f" × {first.kind}" if first is not None else ""
+    span = blocks[0] if len(blocks) == 1 else f"{blocks[0]} …\n{blocks[-1]}"
+    return f"{len(blocks)}{kind}\n{span}"
+
+
+def overview(description) -> Group:
+    """Architecture, then size, dtype, positions, blocks, embeddings and head, one labelled row each."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    total, trainable = description.total_params, description.trainable_params
+    params = Text(format_count(total), style="bold")
+    params.append(f" ({total:,}", style="dim")
+    params.append(")" if trainable == total else f", {format_count(trainable)} trainable)", style="dim")
+    rows = [
+        ("Parameters", params),
+        ("dtype", description.dtype),
+        ("Max positions", str(description.max_positions) if description.max_positions else "not set"),
+        ("Blocks", _blocks(description)),
+        ("Embeddings", _paths(description.embeddings)),
+        ("Head", _paths(description.head) if description.head else "none (a base model without a task head)"),
+        ("After blocks", _paths(description.top) if description.top else "nothing"),
+    ]
+    for label, value in rows:
+        grid.add_row(label, value)
+    title = Text.assemble((description.architecture, "bold cyan"), (f" ({description.model_type})", "dim"))
+    return Group(title, grid)
+
+
+def top_modules(description, depth: int = 2) -> Table:
+    """The first levels of the module tree (modules with parameters only), with their sizes."""
+    table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
+    table.add_column("module", no_wrap=True, overflow="ellipsis")
+    table.add_column("kind", style="dim", no_wrap=True, overflow="ellipsis")
+    table.add_column("params", justify="right", no_wrap=True)
+
+    def add(node, level: int) -> None:
+        for child in node.children:
+            if not child.params:
+                continue
+            table.add_row("  " * (level - 1) + child.name, child.kind, format_count(child.params))
+            if level < depth:
+                add(child, level + 1)
+
+    add(description.root, 1)
+    return table
+
+
+def memory(description) -> Table:
+    """Weights, gradients and AdamW state for training every parameter (activations come on top)."""
+    sizes = estimate_training_memory(
+        description.total_params, description.total_params, PARAM_BYTES.get(description.dtype, 4)
+    )
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column(justify="right", no_wrap=True)
+    for name in ("weights", "gradients", "optimizer"):
+        grid.add_row(name, format_bytes(sizes[name]))
+    grid.add_row(Text("total", style="bold"), Text(format_bytes(sizes["total"]), style="bold"))
+    return grid
+
+
+def model_summary(description) -> Group:
+    """Everything the model screen shows about a loaded model, top to bottom."""
+    return Group(
+        overview(description),
+        Text(),
+        Text.assemble(("Memory for a full fine-tune with AdamW", "bold"), (" (activations come on top)", "dim")),
+        memory(description),
+        Text(),
+        Text("Top modules", style="bold"),
+        top_modules(description),
+    )

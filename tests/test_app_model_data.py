@@ -1,0 +1,354 @@
+"""The model (step 1) and data (step 2) screens, driven through the real app: what a user sees after
+opening the demo, pointing at a folder, a cached hub model or a data file, and typing bad values."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+from textual.widgets import DataTable, Input, OptionList, Static
+
+from sft_tui.app import create_app
+from sft_tui.widgets.data_summary import ANSWER_MARK, MASKED_STYLE, TRAINED_STYLE
+
+
+async def settle(pilot) -> None:
+    """Wait until every worker has finished: the warm-up, the screens' deferred starts (which start
+    the loaders only after the warm-up) and the loaders themselves."""
+    app = pilot.app
+    for _ in range(200):
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        if not len(app.workers) and "loading" not in (app.model_state, app.data_state):
+            return
+    raise AssertionError("workers did not finish")
+
+
+def shown(app, selector: str) -> str:
+    """The plain text of a Static on the current screen, as it is rendered."""
+    widget = app.screen.query_one(selector, Static)
+    if not widget.display:
+        return ""
+    console = Console(width=200, file=io.StringIO(), color_system=None)
+    console.print(widget.content)
+    return console.file.getvalue()
+
+
+async def load_model_from(pilot, name: str) -> None:
+    """Type a folder or hub id into the model input and press Enter."""
+    path_input = pilot.app.screen.query_one("#model-path", Input)
+    path_input.value = name
+    path_input.focus()
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump(sections), encoding="utf-8")
+    return path
+
+
+# ---- start-up -------------------------------------------------------------------------------------
+
+
+def test_app_and_its_first_screens_import_neither_torch_nor_transformers():
+    code = (
+        "import sys\n"
+        "from sft_tui.app import create_app\n"
+        "import sft_tui.screens.model, sft_tui.screens.data\n"
+        "create_app()\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_model_screen_draws_with_the_demo_preselected_before_torch_is_imported():
+    """Run the app with the warm-up (which imports torch on purpose) and the loader stubbed out: the
+    model screen is drawn, the demo is preselected and its load requested, and nothing drawn so far
+    needed torch or transformers."""
+    code = """
+import asyncio, sys
+import sft_tui.app
+sft_tui.app.warm_up = lambda: None
+from textual.widgets import Input, OptionList
+
+async def main():
+    app = sft_tui.app.create_app()
+    requested = []
+
+    def load_model():  # what SftApp.load_model does, less the worker that imports torch
+        requested.append(app.session.config.model.name_or_path)
+        app.model_state = "loading"
+
+    app.load_model = load_model
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        sources = app.screen.query_one("#model-sources", OptionList)
+        print(type(app.screen).__name__, app.screen.query_one("#model-path", Input).value,
+              sources.highlighted_option.id, requested, "torch" in sys.modules, "transformers" in sys.modules)
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "ModelScreen demo:minilm demo:minilm ['demo:minilm'] False False"
+
+
+# ---- the model screen -----------------------------------------------------------------------------
+
+
+async def test_demo_minilm_loads_by_itself_and_shows_its_structure():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.model_state == "ready"
+        text = shown(app, "#model-description")
+        assert "BertForSequenceClassification" in text
+        assert "22.7M (22,713,986)" in text
+        assert "6 × BertLayer" in text and "bert.encoder.layer.0 …" in text and "bert.encoder.layer.5" in text
+        assert "bert.embeddings: word_embeddings, position_embeddings, token_type_embeddings" in text
+        assert "classifier" in text and "bert.pooler" in text
+        assert "Max positions  512" in text
+        assert "86.6 MB" in text and "346.6 MB" in text  # fp32 weights, and weights + gradients + AdamW
+        assert "✓ demo:minilm" in shown(app, "#model-status")
+
+
+async def test_tiny_gpt2_from_a_local_folder_as_a_causal_lm(tiny_model_factory):
+    folder = str(tiny_model_factory("gpt2"))
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.click("#task-causal-lm")
+        await load_model_from(pilot, folder)
+        config = app.session.config
+        assert (config.model.name_or_path, config.task) == (folder, "causal-lm")
+        assert config.eval.metric == "loss"  # the demo's "accuracy" is no causal-LM metric
+        text = shown(app, "#model-description")
+        assert "GPT2LMHeadModel" in text and "2 × GPT2Block" in text and "lm_head" in text
+        assert "transformer.h.0 …" in text and "transformer.h.1" in text
+
+
+@pytest.mark.parametrize("make_name, message", [
+    (lambda tmp: str(tmp), "is not a model folder: no config.json"),
+    (lambda tmp: "sft-tui-test/not-cached", "is not in the local Hugging Face cache"),
+])
+async def test_a_model_that_cannot_load_shows_the_error_in_place(tmp_path, make_name, message):
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await load_model_from(pilot, make_name(tmp_path))
+        assert app.model_state == "failed"
+        assert type(app.screen).__name__ == "ModelScreen"  # no error dialog: the error is on the screen
+        error = shown(app, "#model-error")
+        assert message in error and "hint:" in error
+        assert shown(app, "#model-description").strip() == ""
+        # The app keeps working: the demo loads again from the list.
+        sources = app.screen.query_one("#model-sources", OptionList)
+        sources.focus()
+        sources.highlighted = sources.get_option_index("demo:minilm")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.model_state == "ready" and shown(app, "#model-error") == ""
+
+
+@pytest.fixture
+def cached_tiny_gpt2(tiny_model_factory):
+    """The tiny GPT-2 laid out in the offline hub cache as a download leaves it (blobs, a snapshot of
+    links, refs/main); removed afterwards so that other tests and the snapshots see an empty cache."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / "models--sft-tui-test--tiny-gpt2"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for file in sorted(tiny_model_factory("gpt2").iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    yield "sft-tui-test/tiny-gpt2"
+    shutil.rmtree(repo)
+
+
+async def test_cached_models_are_listed_and_one_loads_by_its_repo_id(cached_tiny_gpt2):
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        sources = app.screen.query_one("#model-sources", OptionList)
+        index = sources.get_option_index(f"hf:{cached_tiny_gpt2}")
+        assert str(sources.get_option_at_index(index).prompt).endswith("K")  # its size on disk, e.g. 579.9K
+        sources.focus()
+        sources.highlighted = index
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.session.config.model.name_or_path == cached_tiny_gpt2
+        assert app.model_state == "ready"
+        assert "GPT2ForSequenceClassification" in shown(app, "#model-description")
+
+
+async def test_picking_the_tiny_lm_demo_switches_to_its_task_and_data():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        sources = app.screen.query_one("#model-sources", OptionList)
+        sources.focus()
+        sources.highlighted = sources.get_option_index("demo:tiny-lm")
+        await pilot.press("enter")
+        await settle(pilot)
+        config = app.session.config
+        assert (config.model.name_or_path, config.task, config.data.train) == (
+            "demo:tiny-lm", "causal-lm", "demo:instructions")
+        assert app.screen.query_one("#model-path", Input).value == "demo:tiny-lm"
+        assert "LlamaForCausalLM" in shown(app, "#model-description")
+
+
+# ---- the data screen ------------------------------------------------------------------------------
+
+
+async def open_data(pilot) -> None:
+    await pilot.press("2")
+    await settle(pilot)
+
+
+async def test_demo_sentiment_preview_shows_labels_and_statistics():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_data(pilot)
+        data = app.session.data
+        table = app.screen.query_one("#data-preview", DataTable)
+        assert table.row_count == 20
+        assert [str(c.label) for c in table.columns.values()] == ["#", "label", "tokens", "text"]
+        first = table.get_row_at(0)
+        assert first[1] == data.labels[data.train[0].labels] and first[2] == str(len(data.train[0].input_ids))
+        assert "went to the new restaurant" in str(first[3])
+        stats = shown(app, "#data-stats")
+        s = data.stats
+        assert "text-label (detected)" in stats and "text → text, label → label" in stats
+        assert f"min {s.length_min} · mean {s.length_mean:.1f} · p50 {s.length_p50}" in stats
+        assert "720 rows" in stats and "80 rows, held out of train (val_ratio 0.1)" in stats
+        assert "0 of 720 rows at max_length 64" in stats
+        for label, count in s.label_counts.items():
+            assert label in stats and f"█ {count}" in stats
+        # the columns found are shown in the empty (auto) column fields
+        assert app.screen.query_one("#col-label", Input).placeholder == "auto: label"
+
+
+def write_prompt_completion(path: Path) -> Path:
+    rows = [{"prompt": f"Question: what is {i} plus {i}?", "completion": f" The answer is {2 * i}."}
+            for i in range(40)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+async def test_prompt_completion_rows_show_the_prompt_dim_and_the_answer_bold(tmp_path, tiny_model_factory):
+    train = write_prompt_completion(tmp_path / "train.jsonl")
+    config = write_config(tmp_path / "run.yaml", task="causal-lm", eval={"metric": "loss"},
+                          model={"name_or_path": str(tiny_model_factory("gpt2"))},
+                          data={"train": str(train), "max_length": 64})
+    app = create_app(config)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_data(pilot)
+        table = app.screen.query_one("#data-preview", DataTable)
+        assert table.row_count == 20
+        row = table.get_row_at(0)[-1]
+        parts = {str(span.style): row.plain[span.start:span.end] for span in row.spans}
+        question, answer = parts[MASKED_STYLE], parts[TRAINED_STYLE]
+        assert "what is" in question and "plus" in question and "answer" not in question
+        assert "answer is" in answer and "what is" not in answer
+        assert ANSWER_MARK in row.plain
+        stats = shown(app, "#data-stats")
+        assert "prompt-completion (detected)" in stats and "36 rows" in stats and "4 rows, held out" in stats
+        assert "Trained" in stats
+
+
+async def test_an_unknown_column_shows_the_error_naming_the_columns():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_data(pilot)
+        column = app.screen.query_one("#col-text", Input)
+        column.value = "review_text"
+        column.focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.data_state == "failed" and type(app.screen).__name__ == "DataScreen"
+        error = shown(app, "#data-error")
+        assert "column 'review_text' not found; columns are: text, label" in error and "hint:" in error
+        assert app.screen.query_one("#data-preview", DataTable).row_count == 0
+
+
+async def test_a_missing_file_shows_the_error_in_place(tmp_path):
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_data(pilot)
+        train = app.screen.query_one("#data-train", Input)
+        train.value = str(tmp_path / "nowhere.jsonl")
+        train.focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "does not exist" in shown(app, "#data-error")
+
+
+BAD_NUMBERS = [
+    ("max-length", "abc", "max_length: Input should be a valid integer"),
+    ("max-length", "3", "max_length: Input should be greater than or equal to 8"),
+    ("val-ratio", "1.5", "val_ratio: Input should be less than 1"),
+]
+
+
+async def test_bad_numbers_are_marked_next_to_their_field_and_keep_start_off():
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_data(pilot)
+        before = app.session.config.data
+        for field, typed, message in BAD_NUMBERS:
+            widget = app.screen.query_one(f"#data-{field}", Input)
+            widget.focus()
+            good = widget.value
+            await pilot.press("ctrl+a", "ctrl+k", *typed)
+            await pilot.pause()
+            key = "data." + field.replace("-", "_")
+            assert message in shown(app, "#data-field-errors")
+            assert key in app.session.invalid and widget.has_class("-invalid")
+            assert "1 invalid field(s)" in str(app.screen.query_one("DraftBar", Static).content)
+            await pilot.press("enter")  # not applied while invalid; the text stays as typed
+            await pilot.pause()
+            assert app.session.config.data == before and widget.value == typed
+            assert "fix the fields marked in red first" in shown(app, "#data-error")
+            await pilot.press("ctrl+a", "ctrl+k", *good)
+            await pilot.pause()
+            assert key not in app.session.invalid and shown(app, "#data-field-errors") == ""
+            assert not widget.has_class("-invalid")
+        widget = app.screen.query_one("#data-max-length", Input)
+        widget.focus()
+        await pilot.press("ctrl+a", "ctrl+k", "3", "2", "enter")
+        await settle(pilot)
+        assert app.data_state == "ready" and app.session.config.data.max_length == 32
+        assert "at max_length 32" in shown(app, "#data-stats")
+
+
+# ---- snapshots --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+def test_model_screen_snapshot(snap_compare, size):
+    assert snap_compare(create_app(), terminal_size=size, run_before=settle)
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+def test_data_screen_snapshot(snap_compare, size):
+    assert snap_compare(create_app(), terminal_size=size, run_before=open_data)
