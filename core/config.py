@@ -21,6 +21,12 @@ Preset = Literal["all", "head-only", "top-n", "freeze-embeddings"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal["linear", "cosine", "constant"]
 
+METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
+    "classification": ("loss", "accuracy", "f1"),
+    "causal-lm": ("loss", "perplexity"),
+}
+"""Evaluation metrics each task reports, i.e. the allowed values of eval.metric."""
+
 
 class _Section(BaseModel):
     """Base of every section: unknown keys are rejected, assignments are validated."""
@@ -189,7 +195,7 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:
-        allowed = {"classification": ("loss", "accuracy", "f1"), "causal-lm": ("loss", "perplexity")}[self.task]
+        allowed = METRICS_BY_TASK[self.task]
         if self.eval.metric not in allowed:
             raise ValueError(
                 f"eval.metric {self.eval.metric!r} is not available for task {self.task!r}; "
@@ -208,7 +214,7 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; `sft-tui init` writes an example with every field)"
-        elif "input" in e and e["type"] != "missing":
+        elif "input" in e and e["type"] != "missing" and e["loc"]:  # a whole-config check: no dump
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"{path}: {msg}")
     return f"invalid {source}:\n  " + "\n  ".join(lines)

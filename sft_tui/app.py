@@ -115,6 +115,9 @@ class SftApp(App):
             if not worker.is_cancelled:
                 self.call_from_thread(self._load_failed, what, err.message, err.hint)
             return
+        except Exception as err:  # a bug: the state must not stay "loading"; the dialog shows it
+            self.call_from_thread(self._load_failed, what, f"{type(err).__name__}: {err}", "")
+            raise
         if worker.is_cancelled:  # a newer load replaced this one while it ran: its result is stale
             return
         self.call_from_thread(self._model_ready if what == "model" else self._data_ready, result)

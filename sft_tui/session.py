@@ -52,9 +52,12 @@ class Session:
         self.replace_config(parse_config(data))
 
     def replace_config(self, config: RunConfig, path: Path | None = None) -> None:
-        """Take a new config; what was loaded for the old model or data is dropped if they changed."""
+        """Take a new config; what was loaded for the old model or data is dropped if they changed.
+        A loaded config replaces whatever invalid text the forms held."""
         model_changed = (config.model, config.task) != (self.config.model, self.config.task)
         data_changed = model_changed or config.data != self.config.data
+        if path is not None:
+            self.invalid.clear()
         self.config, self.config_path = config, path or self.config_path
         if model_changed:
             self.model = None

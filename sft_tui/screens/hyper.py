@@ -1,16 +1,186 @@
-"""Scaffolding for the hyper step; replaced by the real screen."""
+"""Step 4: the optimizer, schedule, evaluation and checkpoint settings, with a live preview of the
+steps and the learning-rate curve they give, and saving/loading the whole config as YAML.
+
+The form is generated from the pydantic config sections (sft_tui.widgets.hyper_form), and every
+change is validated by pydantic through Session.update, so the rules and messages live in one place:
+core/config.py.
+"""
 
 from __future__ import annotations
 
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+from textual import events
 from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Static
 
+from core.config import METRICS_BY_TASK, RunConfig, load_config, save_config
+from core.errors import UserError
 from sft_tui.screens.base import StepScreen
+from sft_tui.widgets.hyper_file_dialog import ConfigFileDialog
+from sft_tui.widgets.hyper_form import ConfigField, FieldSpec, field_spec, section_specs
+from sft_tui.widgets.hyper_preview import NO_DATA, SchedulePreview
+
+SECTIONS = [("Optimizer", "optim"), ("Schedule", "schedule"), ("Evaluation", "eval"), ("Checkpoints", "checkpoint")]
+TOP_LEVEL = ("Run", ["seed", "precision"])
+
+"""The eval.metric values RunConfig accepts per task (its cross-field check)."""
+
+HELP = "Tab / shift+tab move between fields, Esc leaves them · ctrl+s saves the config as YAML, ctrl+o loads one"
+
+
+def form_sections(task: str) -> list[tuple[str, list[FieldSpec]]]:
+    """(title, field specs) of the form; eval.metric offers the metrics of `task`."""
+    sections = [(title, section_specs(RunConfig.model_fields[name].annotation, name)) for title, name in SECTIONS]
+    title, names = TOP_LEVEL
+    sections.append((title, [field_spec(RunConfig, name) for name in names]))
+    return [(title, [_with_metrics(spec, task) for spec in specs]) for title, specs in sections]
+
+
+def _with_metrics(spec: FieldSpec, task: str) -> FieldSpec:
+    if spec.dotted != "eval.metric":
+        return spec
+    return FieldSpec(spec.dotted, "choice", spec.optional, METRICS_BY_TASK[task], spec.limits, spec.help)
+
+
+def value_at(config: RunConfig, dotted: str) -> Any:
+    return reduce(getattr, dotted.split("."), config)
+
+
+def field_message(message: str, dotted: str) -> str:
+    """The lines of a config validation error (core.config.format_validation_error) about `dotted`:
+    its own errors, else whole-config errors that name it, else all of them."""
+    lines = [line.strip() for line in message.splitlines()[1:] if line.strip()]
+    own = [line for line in lines if line.startswith(f"{dotted}:")]
+    naming = [line.removeprefix("(top level): ") for line in lines
+              if line.startswith("(top level): ") and dotted in line]
+    return "\n".join(own or naming or lines or [message])
 
 
 class HyperScreen(StepScreen):
     STEP = "hyper"
-    BINDINGS = []
+    CSS_PATH = "hyper.tcss"
+    AUTO_FOCUS = ""
+    """No field takes the focus on arrival, so the number keys still switch steps (Tab enters the form)."""
+    BINDINGS = [
+        Binding("ctrl+s", "save_config", "Save YAML", id="hyper-save"),
+        Binding("ctrl+o", "load_config", "Load YAML", id="hyper-load"),
+        Binding("escape", "leave_field", "Leave field", id="hyper-leave"),
+    ]
 
     def compose_body(self) -> ComposeResult:
-        yield Static("hyper")
+        config = self.session.config
+        with Horizontal(id="hyper-body"):
+            with Vertical(id="hyper-left"):
+                with VerticalScroll(id="hyper-form", can_focus=False):
+                    for title, specs in form_sections(config.task):
+                        yield Static(title, classes="form-section")
+                        for spec in specs:
+                            yield ConfigField(spec, value_at(config, spec.dotted))
+                yield Static(HELP, id="hyper-help", markup=False)
+            yield SchedulePreview(id="hyper-preview")
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "session_version", self._show_preview)
+        self.watch(self.app, "data_state", self._show_preview)
+
+    def on_screen_resume(self) -> None:
+        self.refresh_form()
+
+    def on_resize(self, event: events.Resize) -> None:
+        """Below 100 columns the form drops its limits column (the help line still shows them) so
+        the preview keeps room for the LR curve."""
+        self.set_class(event.size.width < 100, "-narrow")
+
+    @property
+    def fields(self) -> dict[str, ConfigField]:
+        return {field.spec.dotted: field for field in self.query(ConfigField)}
+
+    def refresh_form(self) -> None:
+        """Show the session's config; fields still invalid keep what the user typed."""
+        config = self.session.config
+        for dotted, field in self.fields.items():
+            if dotted in self.session.invalid:
+                field.show_error(self.session.invalid[dotted])
+                continue
+            if dotted == "eval.metric":
+                field.set_choices(METRICS_BY_TASK[config.task], config.eval.metric)
+            else:
+                field.set_value(value_at(config, dotted))
+            field.show_error(None)
+
+    def on_config_field_edited(self, event: ConfigField.Edited) -> None:
+        field, dotted = event.field, event.field.spec.dotted
+        try:
+            self.session.update({dotted: event.value})
+        except UserError as err:
+            message = field_message(err.message, dotted)
+            self.session.invalid[dotted] = message
+            field.show_error(message)
+        else:
+            self.session.invalid.pop(dotted, None)
+            field.show_error(None)
+        self.app.changed()
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        """The help line shows the docstring of the field being edited."""
+        for node in event.widget.ancestors_with_self:
+            if isinstance(node, ConfigField):
+                spec = node.spec
+                limits = f" ({spec.limits})" if spec.limits else ""
+                self.query_one("#hyper-help", Static).update(f"{spec.dotted}{limits}: {spec.help}")
+                return
+
+    def _show_preview(self, _value: object = None) -> None:
+        data = self.session.data
+        rows = data.stats.rows_out if data is not None else {}
+        waiting = {"loading": "loading the data…", "failed": "the data did not load: see step 2"}
+        self.query_one(SchedulePreview).show(self.session.config, rows.get("train"), rows.get("validation"),
+                                             waiting.get(self.app.data_state, NO_DATA))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Esc only shows in the footer while a field has the focus."""
+        return self.focused is not None if action == "leave_field" else True
+
+    def action_leave_field(self) -> None:
+        """Unfocus the form, so the number keys switch steps again instead of typing."""
+        self.set_focus(None)
+
+    # ---- YAML -------------------------------------------------------------------------------
+    def _default_path(self) -> str:
+        return str(self.session.config_path or "sft.yaml")
+
+    def action_save_config(self) -> None:
+        if self.session.invalid:
+            self.notify(f"fix the invalid field(s) first: {', '.join(self.session.invalid)}",
+                        title="Not saved", severity="error", markup=False)
+            return
+
+        def save(path: Path) -> None:
+            save_config(self.session.config, path)
+            self.session.config_path = path
+
+        def saved(path: Path | None) -> None:
+            if path is not None:
+                self.notify(f"saved {path}", title="Config", markup=False)
+
+        self.app.push_screen(ConfigFileDialog("Save the whole config as YAML", "Save", self._default_path(), save),
+                             saved)
+
+    def action_load_config(self) -> None:
+        def load(path: Path) -> None:
+            self.session.replace_config(load_config(path), path)
+            for dotted in self.fields:
+                self.session.invalid.pop(dotted, None)
+
+        def loaded(path: Path | None) -> None:
+            if path is not None:
+                self.refresh_form()
+                self.app.changed()
+                self.notify(f"loaded {path}", title="Config", markup=False)
+
+        self.app.push_screen(ConfigFileDialog("Load a config from YAML", "Load", self._default_path(), load), loaded)

@@ -1,0 +1,336 @@
+"""The hyperparameter step: the generated form validates every field through pydantic in place, the
+preview counts steps as the engine does and draws transformers' LR schedules, and the config
+round-trips through YAML from the screen."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import get_scheduler  # imported up front: the app then never imports it from two threads at once
+
+from core.config import example_config, load_config
+from sft_tui.app import create_app
+from sft_tui.screens.dialogs import ErrorDialog
+from sft_tui.screens.hyper import HyperScreen, form_sections
+from sft_tui.widgets.draft_bar import DraftBar
+from sft_tui.widgets.hyper_file_dialog import ConfigFileDialog
+from sft_tui.widgets.hyper_form import ConfigField, field_spec
+from sft_tui.widgets.hyper_preview import NO_DATA, SchedulePreview
+from sft_tui.widgets.hyper_schedule import lr_curve, plan_steps
+
+# A typed value that breaks each field's constraint, a fragment of pydantic's message for it, and a
+# valid value that fixes it. Select fields cannot hold a bad value and are tested separately.
+BAD_VALUES = {
+    "optim.lr": ("0", "greater than 0", "0.1"),
+    "optim.weight_decay": ("-1", "greater than or equal to 0", "1"),
+    "optim.beta1": ("1.5", "less than 1", "0"),
+    "optim.beta2": ("1", "less than 1", "0"),
+    "optim.eps": ("0", "greater than 0", "1"),
+    "optim.max_grad_norm": ("-1", "greater than or equal to 0", "2"),
+    "optim.batch_size": ("0", "greater than or equal to 1", "8"),
+    "optim.grad_accum": ("0", "greater than or equal to 1", "2"),
+    "schedule.warmup_ratio": ("1.5", "less than 1", "0"),
+    "schedule.warmup_steps": ("-1", "greater than or equal to 0", "5"),
+    "schedule.epochs": ("0", "greater than 0", "2"),
+    "schedule.max_steps": ("0", "greater than or equal to 1", "9"),
+    "eval.every_steps": ("-1", "greater than or equal to 0", "5"),
+    "eval.patience": ("-1", "greater than or equal to 0", "3"),
+    "eval.batch_size": ("0", "greater than or equal to 1", "8"),
+    "eval.num_samples": ("-1", "greater than or equal to 0", "1"),
+    "eval.max_new_tokens": ("0", "greater than or equal to 1", "9"),
+    "checkpoint.every_steps": ("-1", "greater than or equal to 0", "5"),
+    "checkpoint.keep_last": ("0", "greater than or equal to 1", "3"),
+    "seed": ("-", "valid integer", "7"),
+}
+CHOICES = {"schedule.scheduler": "cosine", "eval.metric": "f1", "precision": "fp32"}
+
+
+def value_at(config, dotted):
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+async def open_hyper(pilot) -> HyperScreen:
+    await pilot.pause()  # the app shows its first step before it takes keys
+    await pilot.press("4")
+    await pilot.pause()
+    assert isinstance(pilot.app.screen, HyperScreen)
+    return pilot.app.screen
+
+
+async def settle(pilot) -> None:
+    """Wait until every worker (warm-up, model and data loads, and loads they start) is done."""
+    app = pilot.app
+    while any(w.is_running for w in app.workers):
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+
+
+async def load_demo_data(pilot) -> None:
+    await settle(pilot)  # let the warm-up import transformers before a loader does
+    pilot.app.load_data()
+    await settle(pilot)
+    assert pilot.app.data_state == "ready", pilot.app.load_errors
+
+
+async def type_into(pilot, field: ConfigField, text: str) -> None:
+    """Type over the field's text, as a user does after tabbing into it (focus selects the text);
+    empty text is a backspace."""
+    if field.control.has_focus:
+        await pilot.press("end", "shift+home")
+    else:
+        field.control.focus()
+    await pilot.press(*(text or ["backspace"]))
+    await pilot.pause()
+
+
+def draft_bar_text(app) -> str:
+    return str(app.screen.query_one(DraftBar).content)
+
+
+# ---- the schedule arithmetic -------------------------------------------------------------------
+
+@pytest.mark.parametrize(("scheduler", "warmup", "total"), [
+    ("linear", 0, 10), ("linear", 3, 20), ("linear", 30, 20), ("cosine", 5, 50), ("cosine", 0, 7),
+    ("constant", 4, 12), ("constant", 0, 5),
+])
+def test_lr_curve_matches_transformers(scheduler, warmup, total):
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=3e-4)
+    name = "constant_with_warmup" if scheduler == "constant" and warmup else scheduler  # as core/engine.py
+    schedule = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    expected = []
+    for _ in range(total + 1):
+        expected.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    ours = [lr for _, lr in lr_curve(scheduler, 3e-4, warmup, total)]
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64))
+
+
+def test_lr_curve_thins_long_runs_but_keeps_warmup_end_and_last_step():
+    points = lr_curve("cosine", 1e-3, 137, 10_000, points=200)
+    steps = [s for s, _ in points]
+    assert len(points) <= 202 and steps[0] == 0 and steps[-1] == 10_000 and 137 in steps
+    assert dict(points)[137] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(("epochs", "eval_every", "save_every", "max_steps"), [
+    (2.5, 0, 0, None), (1, 7, 0, None), (3, 0, 4, None), (1, 5, 0, 23), (0.3, 0, 0, None),
+])
+def test_step_plan_follows_the_engine_loop(epochs, eval_every, save_every, max_steps):
+    cfg = example_config("classification")
+    cfg.optim.batch_size, cfg.optim.grad_accum = 16, 2
+    cfg.schedule.epochs, cfg.schedule.max_steps = epochs, max_steps
+    cfg.eval.every_steps, cfg.checkpoint.every_steps = eval_every, save_every
+    plan = plan_steps(cfg, 100)  # 7 micro-batches of 16 rows, 4 optimizer steps per epoch
+    assert (plan.steps_per_epoch, plan.effective_batch) == (4, 32)
+
+    # core/engine.py's loop and _after_step, step by step
+    evals, saves, step, epoch = [], [], 0, 0
+    while step < plan.total_steps:
+        for index in range(plan.steps_per_epoch):
+            step += 1
+            final = step >= plan.total_steps
+            due_eval = (eval_every and step % eval_every == 0) or (
+                not eval_every and (epoch + (index + 1) / plan.steps_per_epoch) % 1 == 0) or final
+            if due_eval:
+                evals.append(step)
+            if (save_every and step % save_every == 0) or (not save_every and due_eval and not final):
+                saves.append(step)
+            if final:
+                break
+        epoch += 1
+    assert plan.total_steps == (max_steps or math.ceil(epochs * 4))
+    assert (plan.eval_steps, plan.checkpoint_steps) == (evals, saves)
+
+
+def test_field_specs_come_from_the_pydantic_models():
+    from core.config import OutputConfig, RunConfig, ScheduleConfig
+
+    max_steps = field_spec(ScheduleConfig, "max_steps", "schedule")
+    assert (max_steps.dotted, max_steps.kind, max_steps.optional, max_steps.limits) == (
+        "schedule.max_steps", "int", True, "≥ 1 or empty")
+    assert "overrides epochs" in max_steps.help
+    assert field_spec(RunConfig, "precision").choices == ("auto", "fp32", "bf16", "fp16")
+    assert field_spec(OutputConfig, "save_final", "output").kind == "bool"
+    metrics = {task: [spec.choices for _, specs in form_sections(task) for spec in specs
+                      if spec.dotted == "eval.metric"] for task in ("classification", "causal-lm")}
+    assert metrics == {"classification": [("loss", "accuracy", "f1")], "causal-lm": [("loss", "perplexity")]}
+
+
+# ---- inline validation -------------------------------------------------------------------------
+
+async def test_every_field_shows_pydantic_message_inline_and_clears_when_fixed():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_hyper(pilot)
+        fields = screen.fields
+        assert set(fields) == set(BAD_VALUES) | set(CHOICES), "every field of the screen is covered"
+        before = app.session.config
+        for count, (dotted, (bad, allowed, _)) in enumerate(BAD_VALUES.items(), 1):
+            field = fields[dotted]
+            await type_into(pilot, field, bad)
+            assert field.control.value == bad, "the form keeps what was typed"
+            assert field.error.startswith(f"{dotted}:") and allowed in field.error, field.error
+            assert field.query_one(".field-error").display
+            assert app.session.invalid[dotted] == field.error and len(app.session.invalid) == count
+            assert f"{count} invalid field(s)" in draft_bar_text(app)
+        assert app.session.config == before, "invalid values are not applied"
+        assert app.is_running and app.screen is screen
+
+        for count, (dotted, (_, _, good)) in reversed(list(enumerate(BAD_VALUES.items()))):
+            field = fields[dotted]
+            await type_into(pilot, field, good)
+            assert field.error == "" and not field.query_one(".field-error").display
+            assert dotted not in app.session.invalid and len(app.session.invalid) == count
+            assert value_at(app.session.config, dotted) == pytest.approx(float(good))
+        assert "ready" in draft_bar_text(app)
+
+
+async def test_typing_is_restricted_to_numbers_pydantic_names_what_is_wrong_and_empty_means_none():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        fields = (await open_hyper(pilot)).fields
+        await type_into(pilot, fields["optim.batch_size"], "abc")
+        assert fields["optim.batch_size"].control.value == "16"  # letters never reach a number field
+        assert fields["optim.batch_size"].error == "" and app.session.invalid == {}
+        await type_into(pilot, fields["optim.batch_size"], "-")
+        assert fields["optim.batch_size"].error.startswith("optim.batch_size: Input should be a valid integer")
+        await type_into(pilot, fields["optim.lr"], "1e")
+        assert "optim.lr: Input should be a valid number" in fields["optim.lr"].error
+        assert set(app.session.invalid) == {"optim.batch_size", "optim.lr"}
+        assert "2 invalid field(s)" in draft_bar_text(app)
+
+        await type_into(pilot, fields["eval.batch_size"], "48")
+        assert app.session.config.eval.batch_size == 48
+        await type_into(pilot, fields["eval.batch_size"], "")
+        assert app.session.config.eval.batch_size is None and fields["eval.batch_size"].error == ""
+
+
+async def test_select_fields_offer_what_pydantic_allows_and_cross_field_errors_show_in_place():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_hyper(pilot)
+        overlay = screen.fields["eval.metric"].query_one("SelectOverlay")
+        options = [str(overlay.get_option_at_index(i).prompt) for i in range(overlay.option_count)]
+        assert options == ["loss", "accuracy", "f1"]  # the metrics of the classification task
+        for dotted, choice in CHOICES.items():
+            screen.fields[dotted].control.focus()
+            await pilot.press("enter", *choice, "enter")  # open the list, type to search, pick
+            await pilot.pause()
+            assert value_at(app.session.config, dotted) == choice
+
+        field = screen.fields["eval.metric"]
+        field.post_message(ConfigField.Edited(field, "perplexity"))  # a causal-LM metric
+        await pilot.pause()
+        assert field.error == ("eval.metric 'perplexity' is not available for task 'classification'; "
+                               "use one of: loss, accuracy, f1")
+        assert app.session.invalid == {"eval.metric": field.error}
+        assert app.session.config.eval.metric == "f1"
+
+
+# ---- the preview -------------------------------------------------------------------------------
+
+async def test_step_preview_counts_like_the_engine_and_follows_the_form():
+    from core.data import batch_plan
+
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_hyper(pilot)
+        preview = screen.query_one(SchedulePreview)
+        assert preview.plan is None and dict(preview.lines)["steps"] == NO_DATA
+        await load_demo_data(pilot)
+        data = app.session.data
+        lengths = [len(ex.input_ids) for ex in data.train]
+        for batch, accum, max_steps in [("16", "1", ""), ("7", "3", ""), ("16", "2", "11")]:
+            await type_into(pilot, screen.fields["optim.batch_size"], batch)
+            await type_into(pilot, screen.fields["optim.grad_accum"], accum)
+            await type_into(pilot, screen.fields["schedule.max_steps"], max_steps)
+            cfg = app.session.config
+            # core/engine.py: micro-batches from batch_plan, steps rounded up, warmup from the ratio
+            micro = len(batch_plan(lengths, cfg.optim.batch_size, cfg.seed, 0, cfg.data.group_by_length))
+            per_epoch = math.ceil(micro / cfg.optim.grad_accum)
+            total = cfg.schedule.max_steps or math.ceil(cfg.schedule.epochs * per_epoch)
+            plan = preview.plan
+            assert plan.train_rows == data.stats.rows_out["train"] == len(data.train)
+            assert (plan.effective_batch, plan.steps_per_epoch, plan.total_steps, plan.warmup_steps) == (
+                cfg.optim.batch_size * cfg.optim.grad_accum, per_epoch, total, round(cfg.schedule.warmup_ratio * total))
+            assert plan.eval_steps == [*range(15, total + 1, 15), *([total] if total % 15 else [])]
+            assert plan.checkpoint_steps == plan.eval_steps[:-1]
+            shown = dict(preview.lines)
+            assert shown["steps / epoch"] == f"{per_epoch:,}" and shown["total steps"].startswith(f"{total:,} (")
+
+
+# ---- YAML --------------------------------------------------------------------------------------
+
+async def submit_path(pilot, path) -> ConfigFileDialog:
+    dialog = pilot.app.screen
+    assert isinstance(dialog, ConfigFileDialog)
+    dialog.query_one("#file-path").value = str(path)
+    await pilot.press("enter")
+    await pilot.pause()
+    return dialog
+
+
+async def test_save_then_load_round_trips_and_bad_yaml_shows_in_the_dialog(tmp_path):
+    app = create_app()
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        screen = await open_hyper(pilot)
+        await type_into(pilot, screen.fields["optim.lr"], "0")
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.1)
+        assert app.screen is screen, "no saving while a field is invalid"
+        toasts = [str(toast.render()) for toast in app.screen.query("Toast")]
+        assert any("Not saved" in text and "optim.lr" in text for text in toasts), toasts
+
+        await type_into(pilot, screen.fields["optim.lr"], "2e-4")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen.query_one("#file-path").value == "sft.yaml"
+        await submit_path(pilot, tmp_path / "run.yaml")
+        assert app.screen is screen
+        saved = load_config(tmp_path / "run.yaml")
+        assert saved == app.session.config and saved.optim.lr == 2e-4
+
+        await type_into(pilot, screen.fields["optim.lr"], "0")  # loading replaces what was typed
+        await pilot.press("escape", "ctrl+o")
+        await pilot.pause()
+        assert app.screen.query_one("#file-path").value == str(tmp_path / "run.yaml")
+        await submit_path(pilot, tmp_path / "run.yaml")
+        assert app.session.config == saved and app.session.invalid == {}
+        assert screen.fields["optim.lr"].control.value == "0.0002" and screen.fields["optim.lr"].error == ""
+
+        (tmp_path / "broken.yaml").write_text("optim:\n  lr: [0.1\n  batch_size: 4\n")
+        await pilot.press("ctrl+o")
+        dialog = await submit_path(pilot, tmp_path / "broken.yaml")
+        assert app.screen is dialog and "YAML syntax error" in dialog.error and "line 3" in dialog.error
+        (tmp_path / "typo.yaml").write_text("optim:\n  lrr: 0.1\n")
+        await submit_path(pilot, tmp_path / "typo.yaml")
+        assert "optim.lrr: unknown field" in dialog.error
+        await pilot.press("escape")
+        assert app.screen is screen and app.session.config == saved
+
+
+# ---- snapshots ---------------------------------------------------------------------------------
+
+def test_snapshot_120x40(snap_compare):
+    async def prepare(pilot):
+        await open_hyper(pilot)
+        await load_demo_data(pilot)
+        await type_into(pilot, pilot.app.screen.fields["optim.grad_accum"], "0")
+        await pilot.press("escape")
+
+    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=prepare)
+
+
+def test_snapshot_80x24(snap_compare):
+    async def prepare(pilot):
+        await open_hyper(pilot)
+        await load_demo_data(pilot)
+
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=prepare)
+
