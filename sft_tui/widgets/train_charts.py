@@ -1,0 +1,136 @@
+"""Live loss and learning-rate curves of a run, cheap to draw however long the run gets.
+
+The engine reports a few times a second, and the UI thread shares the interpreter with the
+training thread, so every millisecond spent drawing here is felt in how fast keys are answered:
+- points arrive into a `Curve` that keeps at most a few hundred of them (neighbours merge when it
+  is full: a terminal is at most a few hundred braille dots wide anyway);
+- a timer redraws at most twice a second, and only when something changed;
+- a plot keeps its drawing until its data or size changes, so switching screens costs no redraw.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult, RenderResult
+from textual.containers import Container
+from textual_plotext import PlotextPlot
+
+REDRAW_INTERVAL_S = 0.5
+MAX_POINTS = 400
+
+
+class Curve:
+    """(x, y) points, at most `limit`: when full, neighbouring pairs merge into their mean."""
+
+    def __init__(self, limit: int = MAX_POINTS) -> None:
+        self.limit = limit
+        self.points: list[tuple[float, float]] = []
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __iter__(self):
+        return iter(self.points)
+
+    def add(self, x: float, y: float) -> None:
+        self.points.append((x, y))
+        if len(self.points) > self.limit:
+            pts = self.points
+            merged = [((a[0] + b[0]) / 2, (a[1] + b[1]) / 2) for a, b in zip(pts[::2], pts[1::2])]
+            self.points = merged + pts[len(merged) * 2:]
+
+    def clear(self) -> None:
+        self.points.clear()
+
+
+class CachedPlot(PlotextPlot):
+    """A PlotextPlot that rebuilds its text only after `changed()` or a resize."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._version = 0
+        self._cache: tuple[tuple, RenderResult] | None = None
+
+    def changed(self) -> None:
+        self._version += 1
+        self.refresh()
+
+    def render(self) -> RenderResult:
+        key = (self._version, self.size, self.app.theme, self.theme)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, super().render())
+        return self._cache[1]
+
+
+class TrainCharts(Container):
+    DEFAULT_CSS = """
+    TrainCharts { height: 1fr; }
+    TrainCharts CachedPlot {
+        height: 1fr; min-height: 5; border: round $primary-darken-2; border-title-color: $text-accent;
+    }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.train_loss = Curve()
+        self.eval_loss = Curve()
+        self.lr = Curve()
+        self._dirty = False
+
+    def compose(self) -> ComposeResult:
+        yield CachedPlot(id="loss-plot")
+        yield CachedPlot(id="lr-plot")
+
+    def on_mount(self) -> None:
+        self.query_one("#loss-plot").border_title = "loss: train ⠉⠒⠤ eval •"
+        self.query_one("#lr-plot").border_title = "learning rate"
+        self.set_interval(REDRAW_INTERVAL_S, self._redraw_if_dirty)
+        self.redraw()
+
+    def reset(self) -> None:
+        for curve in (self.train_loss, self.eval_loss, self.lr):
+            curve.clear()
+        self.redraw()
+
+    def add_step(self, step: int, loss: float, lr: float) -> None:
+        self.train_loss.add(step, loss)
+        self.lr.add(step, lr)
+        self._dirty = True
+
+    def add_eval(self, step: int, loss: float) -> None:
+        self.eval_loss.add(step, loss)
+        self._dirty = True
+
+    def _redraw_if_dirty(self) -> None:
+        if self._dirty:
+            self.redraw()
+
+    def _step_ticks(self, plt) -> None:
+        """Whole optimizer steps on the x axis (plotext would label merged points 11.5, 21.0, ...)."""
+        if not self.train_loss:
+            return
+        first, last = self.train_loss.points[0][0], self.train_loss.points[-1][0]
+        ticks = sorted({round(first + (last - first) * i / 4) for i in range(5)})
+        plt.xticks(ticks, [f"{t:,}" for t in ticks])
+
+    def redraw(self) -> None:
+        """Draw now (the timer calls this; the screen too when a run ends)."""
+        self._dirty = False
+        loss = self.query_one("#loss-plot", CachedPlot)
+        plt = loss.plt
+        plt.clear_data()
+        if self.train_loss:
+            plt.plot(*zip(*self.train_loss), marker="braille")
+        if self.eval_loss:
+            plt.scatter(*zip(*self.eval_loss), marker="dot")
+        self._step_ticks(plt)
+        loss.changed()
+        lr = self.query_one("#lr-plot", CachedPlot)
+        plt = lr.plt
+        plt.clear_data()
+        if self.lr:
+            plt.plot(*zip(*self.lr), marker="braille")
+            low, high = min(v for _, v in self.lr), max(v for _, v in self.lr)
+            ticks = [low + (high - low) * i / 3 for i in range(4)] if high > low else [low]
+            plt.yticks(ticks, [f"{t:.1e}" for t in ticks])  # plotext's own labels print 1e-5 as 0.0000100
+        self._step_ticks(plt)
+        lr.changed()

@@ -1,0 +1,48 @@
+"""The evaluations of a run as a table that grows with each EvalResult; the best row is marked."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable
+
+from core.events import EvalResult
+from sft_tui.widgets.train_format import format_metric
+
+BEST = "▲ best"
+
+
+class EvalTable(DataTable):
+    DEFAULT_CSS = """
+    EvalTable { height: 1fr; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.metric_names: list[str] = []
+        self._best_row: str | None = None
+
+    def reset(self) -> None:
+        self.clear(columns=True)
+        self.metric_names = []
+        self._best_row = None
+
+    def add_result(self, result: EvalResult) -> None:
+        if not self.metric_names:
+            self.metric_names = list(result.metrics)
+            self.add_column("step", key="step")
+            self.add_column("epoch", key="epoch")
+            for name in self.metric_names:
+                self.add_column(name, key=name)
+            self.add_column("", key="best")
+        key = str(self.row_count)
+        cells = [str(result.step), f"{result.epoch:.2f}"]
+        cells += [format_metric(result.metrics[n]) if n in result.metrics else "-" for n in self.metric_names]
+        self.add_row(*cells, BEST if result.is_best else "", key=key)
+        if result.is_best:
+            if self._best_row is not None:
+                self.update_cell(self._best_row, "best", "")
+            self._best_row = key
+        self.move_cursor(row=self.row_count - 1)
+
+    def rows_as_text(self) -> list[list[str]]:
+        """The cells of every row as shown (for tests and for copying)."""
+        return [[str(cell) for cell in self.get_row_at(i)] for i in range(self.row_count)]

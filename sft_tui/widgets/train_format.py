@@ -1,0 +1,77 @@
+"""Plain text helpers of the train screen: durations, metric lines, the load snippet, the draft
+summary and where to resume from. Pure functions, so the screen's wording is tested without a UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.config import RunConfig
+
+LOADERS = {
+    "classification": ("AutoModelForSequenceClassification",
+                       'AutoModelForSequenceClassification.from_pretrained("{}")'),
+    "causal-lm": ("pipeline", 'pipeline("text-generation", model="{}")'),
+}
+"""Per task: what to import from transformers, and the call that loads the exported folder."""
+
+
+def format_duration(seconds: float | None) -> str:
+    """`0:41`, `12:05`, `1:02:03`; `-:--` while unknown."""
+    if seconds is None:
+        return "-:--"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_metric(value: float) -> str:
+    """Four significant decimals for losses and scores; large values (perplexity) get fewer."""
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return " · ".join(f"{name} {format_metric(value)}" for name, value in metrics.items()) or "-"
+
+
+def load_snippet(task: str, path: str) -> str:
+    """Two lines of Python that load the exported model, to copy into a notebook."""
+    name, call = LOADERS.get(task, LOADERS["causal-lm"])
+    return f"from transformers import {name}\n{call.format(path)}"
+
+
+def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tuple[str, str]]:
+    """(label, value) rows describing what Start would train."""
+    optim, schedule, evals = config.optim, config.schedule, config.eval
+    length = f"{schedule.max_steps} steps" if schedule.max_steps else f"{schedule.epochs:g} epoch(s)"
+    warmup = (f"warmup {schedule.warmup_steps} steps" if schedule.warmup_steps
+              else f"warmup {100 * schedule.warmup_ratio:g}%")
+    share = (f"{100 * trainable_share:.1f}% of parameters" if trainable_share is not None
+             else "known once the model is loaded")
+    rules = f" + {len(config.freeze.rules)} rule(s)" if config.freeze.rules else ""
+    every = f"every {evals.every_steps} steps" if evals.every_steps else "every epoch"
+    patience = f" · early stop after {evals.patience} evaluations without progress" if evals.patience else ""
+    saves = (f"every {config.checkpoint.every_steps} steps" if config.checkpoint.every_steps
+             else "after each evaluation")
+    return [
+        ("model", f"{config.model.name_or_path}  ({config.task})"),
+        ("data", f"{config.data.train} · format {config.data.format} · max length {config.data.max_length}"),
+        ("trainable", f"{share} · freeze preset {config.freeze.preset}{rules}"),
+        ("optimizer", f"AdamW lr {optim.lr:g} · batch {optim.batch_size} x {optim.grad_accum} · "
+                      f"weight decay {optim.weight_decay:g} · clip {optim.max_grad_norm:g}"),
+        ("schedule", f"{length} · {schedule.scheduler} · {warmup}"),
+        ("evaluate", f"{every} · metric {evals.metric}{patience}"),
+        ("checkpoint", f"{saves} · keep {config.checkpoint.keep_last}"),
+        ("output", f"{config.output.runs_dir}/{config.output.run_name or '<time>-<model>'} · precision "
+                   f"{config.precision} · seed {config.seed}"),
+    ]
+
+
+def latest_resumable(runs_dir: str | Path) -> Path | None:
+    """The run folder under `runs_dir` whose newest checkpoint was written last, if any."""
+    newest: tuple[float, Path] | None = None
+    for checkpoint in Path(runs_dir).glob("*/checkpoints/step-*"):
+        mtime = checkpoint.stat().st_mtime
+        if newest is None or mtime > newest[0]:
+            newest = (mtime, checkpoint.parent.parent)
+    return newest[1] if newest else None

@@ -1,0 +1,137 @@
+"""What a finished run produced: best and final metrics, the exported model and how to load it, and
+a "try it" box that runs the fine-tuned model on a typed prompt or text.
+
+The model is loaded once per exported folder, in a thread worker, with `transformers.pipeline`, the
+same way the snippet shown to the user loads it.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Input, Static
+
+from core.events import RunFinished
+from sft_tui.widgets.train_format import format_duration, format_metrics, load_snippet
+from sft_tui.worker import warm_up
+
+MAX_NEW_TOKENS = 32
+
+
+class ResultsPanel(Vertical):
+    DEFAULT_CSS = """
+    ResultsPanel { height: auto; }
+    ResultsPanel #results-text { height: auto; }
+    ResultsPanel #try-answer { height: auto; min-height: 1; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.finished: RunFinished | None = None
+        self.run_dir = ""
+        self.run_task = ""
+        self._pipeline = None
+        self._pipeline_path: str | None = None
+        self._chat: dict[str, tuple[bool, str | None]] = {}
+        """run folder -> (whether it trained on chat data, the chat template to pass)"""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="results-text")
+        yield Input(placeholder="try it: type a prompt and press Enter", id="try-input")
+        yield Static(id="try-answer", markup=False)
+
+    def show_run(self, finished: RunFinished, run_dir: str, task: str) -> None:
+        self.finished, self.run_dir, self.run_task = finished, run_dir, task
+        text = Text()
+        text.append(f"{finished.reason} at step {finished.step} in {format_duration(finished.elapsed_s)}", style="bold")
+        text.append(" · run folder ", style="dim")
+        text.append(run_dir)
+        if finished.best_metrics:
+            text.append(f"\nbest  (step {finished.best_step}) ", style="dim")
+            text.append(format_metrics(finished.best_metrics), style="green")
+        if finished.final_metrics:
+            text.append("\nfinal ", style="dim")
+            text.append(format_metrics(finished.final_metrics))
+        if finished.output_path:
+            text.append("\nmodel ", style="dim")
+            text.append(finished.output_path)
+            text.append("\nload  ", style="dim")
+            text.append(load_snippet(task, finished.output_path).splitlines()[-1], style="cyan")
+            text.append("  y copies", style="dim")
+        else:
+            text.append("\nno final model was saved", style="yellow")
+            if finished.last_checkpoint:
+                text.append(f"; R resumes from the last checkpoint {finished.last_checkpoint}")
+        self.query_one("#results-text", Static).update(text)
+        box = self.query_one("#try-input", Input)
+        box.display = finished.output_path is not None
+        box.placeholder = ("try it: type a text to classify and press Enter" if task == "classification"
+                           else "try it: type a prompt and press Enter")
+        self.query_one("#try-answer", Static).update("")
+
+    @property
+    def snippet(self) -> str | None:
+        if self.finished is None or not self.finished.output_path:
+            return None
+        return load_snippet(self.run_task, self.finished.output_path)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if self.finished is None or not self.finished.output_path or not event.value.strip():
+            return
+        self.query_one("#try-answer", Static).update("running the model…")
+        self._try(event.value, self.finished.output_path, self.run_dir, self.run_task)
+
+    @work(thread=True, exclusive=True, group="try-it", exit_on_error=False)
+    def _try(self, text: str, model_path: str, run_dir: str, task: str) -> None:
+        try:
+            answer = self._answer(text, model_path, run_dir, task)
+        except Exception as err:  # shown in place: a broken export must not cost the session
+            answer = f"could not run the model: {type(err).__name__}: {err}"
+        self.app.call_from_thread(self._show_answer, answer)
+
+    def _show_answer(self, answer: str) -> None:
+        self.query_one("#try-answer", Static).update(answer)
+
+    def _answer(self, text: str, model_path: str, run_dir: str, task: str) -> str:
+        pipe = self._load_pipeline(model_path, task)
+        if task == "classification":
+            best = pipe(text)[0]
+            return f"{best['label']} (score {best['score']:.3f})"
+        if run_dir not in self._chat:
+            self._chat[run_dir] = _chat_settings(run_dir)
+        chat, template = self._chat[run_dir]
+        if chat:  # framed as in training; the rendered template holds its own special tokens
+            text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                      chat_template=None if pipe.tokenizer.chat_template else template,
+                                                      tokenize=False, add_generation_prompt=True)
+        out = pipe(text, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, return_full_text=False,
+                   add_special_tokens=not chat)
+        return out[0]["generated_text"].strip() or "(the model generated nothing)"
+
+    def _load_pipeline(self, model_path: str, task: str):
+        if self._pipeline_path != model_path:
+            warm_up()  # imports torch and transformers under the lock every worker shares
+            import torch
+            from transformers import pipeline
+
+            kind = "text-classification" if task == "classification" else "text-generation"
+            self._pipeline = pipeline(kind, model=model_path, device="cuda" if torch.cuda.is_available() else "cpu")
+            self._pipeline_path = model_path
+        return self._pipeline
+
+
+def _chat_settings(run_dir: str) -> tuple[bool, str | None]:
+    """Whether the run trained on chat data (then prompts go through the chat template, else they are
+    the raw text with the tokenizer's framing, e.g. BOS), and the template the config names."""
+    from core.data import detect_format, load_raw
+    from core.runs import open_run
+
+    _, config = open_run(run_dir)
+    fmt = config.data.format
+    if fmt == "auto":
+        train, _ = load_raw(config.data)
+        fmt, _ = detect_format(train.column_names, config.task, config.data)
+    return fmt == "chat", config.data.chat_template

@@ -1,0 +1,435 @@
+"""The train screen (step 5) driven through the real app: tiny runs to their results and "try it",
+pause/resume/stop from the keys, resuming a stopped run, failures in a dialog, a UI that answers
+while the engine trains, and snapshots of the screen before a run and after one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+from textual import events
+from textual.widgets import Button, ContentSwitcher, Input, ProgressBar, RichLog, Static
+
+from core.checkpoint import latest_checkpoint
+from core.config import parse_config, save_config
+from core.control import Control
+from core.events import (CheckpointSaved, EvalResult, RunFinished, RunStarted, SampleGenerated, StepMetrics,
+                         read_events)
+from sft_tui.app import create_app
+from sft_tui.messages import EngineEvent
+from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog
+from sft_tui.screens.help import HelpScreen
+from sft_tui.screens.train import TrainScreen
+from sft_tui.widgets.train_evals import BEST, EvalTable
+from sft_tui.widgets.train_results import ResultsPanel
+from sft_tui.widgets.train_setup import ResumeDialog
+from sft_tui.widgets.train_stats import RunStats
+
+WORDS = "red green blue cat dog bird sun moon tree rock".split()
+
+
+@pytest.fixture(autouse=True)
+def no_gpu(monkeypatch):
+    """The same screen on every machine: the GPU pane always says there is none."""
+    monkeypatch.setattr(RunStats, "gpu_probe", staticmethod(lambda: []))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def lm_config_file(tmp_path: Path, model_dir: Path, **sections) -> Path:
+    """A causal-LM config on a tiny model and prompt/completion rows; `sections` override fields."""
+    data = write_jsonl(tmp_path / "sft.jsonl",
+                       [{"prompt": f"Say {w} {i % 3}:", "completion": f" {w} {w}"} for i, w in enumerate(WORDS * 4)])
+    config = {
+        "task": "causal-lm", "seed": 3,
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(data), "max_length": 32, "val_ratio": 0.2},
+        "optim": {"lr": 3e-3, "batch_size": 8, "weight_decay": 0.0},
+        "schedule": {"max_steps": 20, "warmup_steps": 2},
+        "eval": {"every_steps": 5, "num_samples": 1, "max_new_tokens": 4},
+        "checkpoint": {"every_steps": 0, "keep_last": 1},
+        "output": {"runs_dir": str(tmp_path / "runs"), "run_name": "lm"},
+    }
+    for name, fields in sections.items():
+        config[name].update(fields)
+    path = tmp_path / "config.yaml"
+    save_config(parse_config(config), path)
+    return path
+
+
+def cls_config_file(tmp_path: Path, model_dir: Path) -> Path:
+    data = write_jsonl(tmp_path / "cls.jsonl", [
+        {"text": f"{w} is {'good great fine' if i % 2 else 'bad awful poor'}", "label": "pos" if i % 2 else "neg"}
+        for i, w in enumerate(WORDS * 4)])
+    path = tmp_path / "config.yaml"
+    save_config(parse_config({
+        "task": "classification", "seed": 3, "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(data), "max_length": 16, "val_ratio": 0.2},
+        "optim": {"lr": 1e-3, "batch_size": 8}, "schedule": {"max_steps": 10},
+        "eval": {"every_steps": 5, "metric": "accuracy"},
+        "output": {"runs_dir": str(tmp_path / "runs"), "run_name": "cls"},
+    }), path)
+    return path
+
+
+def text_of(widget: Static) -> str:
+    return str(widget.render())
+
+
+async def wait_until(pilot, condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the app")
+        await pilot.pause(0.05)
+
+
+@contextlib.asynccontextmanager
+async def live_run_test(app):
+    """run_test for long runs: a failing assertion must not leave a 100,000-step run training in a
+    thread that the test process then waits for at exit."""
+    async with app.run_test(size=(120, 40)) as pilot:
+        try:
+            yield pilot
+        finally:
+            if app.control is not None:
+                app.control.stop()
+
+
+async def finish(pilot) -> None:
+    """Wait for every worker (training, try-it, loaders) and for the messages they queued."""
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    await pilot.pause()
+
+
+async def seconds_to_handle(pilot, key: str, char: str | None, handled) -> float:
+    """Time from a key press to its effect, polled every 2 ms. (pilot.press itself waits until the
+    process is idle, up to a second per wait, which it never is while a run trains here.)"""
+    started = time.perf_counter()
+    pilot.app.post_message(events.Key(key, char))
+    while not handled():
+        if time.perf_counter() - started > 5:
+            raise AssertionError(f"key {key} not handled within 5 s")
+        await asyncio.sleep(0.002)
+    return time.perf_counter() - started
+
+
+def on_screen(app) -> str:
+    return "help" if isinstance(app.screen, HelpScreen) else app.current_mode
+
+
+async def start_run(pilot) -> TrainScreen:
+    await pilot.press("5")
+    await pilot.pause()
+    screen = pilot.app.screen
+    assert isinstance(screen, TrainScreen)
+    await pilot.press("s")
+    return screen
+
+
+async def try_it(pilot, screen: TrainScreen, text: str) -> str:
+    await pilot.press("t")
+    box = screen.query_one("#try-input", Input)
+    assert box.has_focus
+    box.value = text
+    await pilot.press("enter")
+    await finish(pilot)
+    return text_of(screen.query_one("#try-answer", Static))
+
+
+async def test_causal_lm_run_shows_progress_evals_samples_results_and_try_it(tiny_model_factory, tmp_path):
+    app = create_app(lm_config_file(tmp_path, tiny_model_factory("llama")))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await start_run(pilot)
+        await finish(pilot)
+
+        assert app.run_state == "finished" and app.control is None
+        bar = screen.query_one("#progress", ProgressBar)
+        assert bar.total == 20 and bar.progress == 20
+        assert "step 20/20" in text_of(screen.query_one("#progress-label", Static))
+
+        events = read_events(tmp_path / "runs" / "lm" / "events.jsonl")
+        evals = [e for e in events if isinstance(e, EvalResult)]
+        rows = screen.query_one(EvalTable).rows_as_text()
+        assert [int(r[0]) for r in rows] == [e.step for e in evals] == [5, 10, 15, 20]
+        assert [float(r[2]) for r in rows] == pytest.approx([e.metrics["loss"] for e in evals], abs=1e-4)
+        best = max(i for i, e in enumerate(evals) if e.is_best)
+        assert [r[-1] for r in rows] == [BEST if i == best else "" for i in range(len(rows))]
+
+        sample = [e for e in events if isinstance(e, SampleGenerated)][-1]
+        samples = screen.query_one("#samples", Static)
+        assert samples.display and sample.prompt in text_of(samples) and sample.reference in text_of(samples)
+
+        finished = [e for e in events if isinstance(e, RunFinished)][0]
+        results = text_of(screen.query_one("#results-text", Static))
+        assert finished.output_path and finished.output_path in results
+        assert f'pipeline("text-generation", model="{finished.output_path}")' in results
+        assert screen.query_one(ResultsPanel).display
+
+        log = "\n".join(line.text for line in screen.query_one("#log", RichLog).lines)
+        assert "checkpoint step-5 saved" in log and "run completed at step 20" in log
+
+        answer = await try_it(pilot, screen, "Say red 1:")
+        assert answer and not answer.startswith(("could not", "running"))
+
+
+async def test_classification_run_and_try_it_labels_a_text(tiny_model_factory, tmp_path):
+    app = create_app(cls_config_file(tmp_path, tiny_model_factory("bert")))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await start_run(pilot)
+        await finish(pilot)
+        assert app.run_state == "finished"
+        rows = screen.query_one(EvalTable).rows_as_text()
+        assert [r[0] for r in rows] == ["5", "10"]
+        assert screen.query_one(EvalTable).metric_names == ["loss", "accuracy", "f1"]
+        assert not screen.query_one("#samples", Static).display  # no generations for classification
+        output = str(tmp_path / "runs" / "cls" / "final")
+        assert f'AutoModelForSequenceClassification.from_pretrained("{output}")' in text_of(
+            screen.query_one("#results-text", Static))
+        answer = await try_it(pilot, screen, "cat is good great fine")
+        assert answer.split(" ")[0] in ("neg", "pos") and "score" in answer
+
+
+async def test_keys_pause_resume_save_and_stop_a_live_run(tiny_model_factory, tmp_path):
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"), schedule={"max_steps": 100_000},
+                            eval={"every_steps": 100_000, "num_samples": 0}, checkpoint={"every_steps": 100_000})
+    app = create_app(config)
+    async with live_run_test(app) as pilot:
+        screen = await start_run(pilot)
+        bar = screen.query_one("#progress", ProgressBar)
+        await wait_until(pilot, lambda: bar.progress >= 2)
+        assert app.run_state == "running"
+
+        await pilot.press("p")
+        assert app.run_state == "paused" and app.control.paused
+        log = screen.query_one("#log", RichLog)
+        await wait_until(pilot, lambda: any("paused at step" in line.text for line in log.lines))
+        paused_at = bar.progress
+        await pilot.pause(0.5)
+        assert bar.progress == paused_at  # nothing trains while paused
+        await pilot.press("p")
+        assert app.run_state == "running" and not app.control.paused
+        await wait_until(pilot, lambda: bar.progress > paused_at)
+
+        await pilot.press("c")  # the only checkpoint before the stop: none is due for 100,000 steps
+        await wait_until(pilot, lambda: any("checkpoint step-" in line.text for line in log.lines))
+        await pilot.press("e")
+        await wait_until(pilot, lambda: screen.query_one(EvalTable).row_count == 1)
+
+        control = app.control
+        await pilot.press("s")
+        assert control.stop_requested and app.run_state in ("stopping", "finished")
+        await finish(pilot)
+        events = read_events(tmp_path / "runs" / "lm" / "events.jsonl")
+        finished = [e for e in events if isinstance(e, RunFinished)][0]
+        assert finished.reason == "stopped" and finished.output_path is None
+        assert latest_checkpoint(tmp_path / "runs" / "lm" / "checkpoints") is not None
+        assert app.run_state == "finished" and screen.resumable == str(tmp_path / "runs" / "lm")
+        assert "no final model was saved" in text_of(screen.query_one("#results-text", Static))
+
+
+async def test_resume_continues_the_last_stopped_run(tiny_model_factory, tmp_path):
+    from core.engine import train
+
+    config_path = lm_config_file(tmp_path, tiny_model_factory("llama"), eval={"every_steps": 10, "num_samples": 0})
+    from core.config import load_config
+
+    class StopAtSix(Control):
+        def should_stop(self, step: int) -> bool:
+            return step >= 6
+
+    train(load_config(config_path), [], StopAtSix())
+    app = create_app(config_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5", "R")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, ResumeDialog)
+        assert dialog.query_one(Input).value == str(tmp_path / "runs" / "lm")
+        await pilot.press("enter")
+        await finish(pilot)
+        screen = app.screen
+        assert app.run_state == "finished" and screen.query_one("#progress", ProgressBar).progress == 20
+        started = [e for e in read_events(tmp_path / "runs" / "lm" / "events.jsonl") if isinstance(e, RunStarted)]
+        assert [e.resumed_from_step for e in started] == [0, 6]
+        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["10", "20"]
+
+
+async def test_resume_dialog_refuses_a_folder_that_is_not_a_run(tmp_path):
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5", "R")
+        await pilot.pause()
+        dialog = app.screen
+        dialog.query_one(Input).value = str(tmp_path)
+        await pilot.press("enter")
+        assert app.screen is dialog and "is not a run folder" in text_of(dialog.query_one("#resume-error", Static))
+        await pilot.press("escape")
+        assert isinstance(app.screen, TrainScreen) and app.run_state == "idle"
+
+
+async def test_a_vanished_data_file_fails_into_a_dialog_and_the_app_keeps_running(tiny_model_factory, tmp_path):
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"))
+    app = create_app(config)
+    async with app.run_test(size=(120, 40)) as pilot:
+        (tmp_path / "sft.jsonl").unlink()
+        screen = await start_run(pilot)
+        await finish(pilot)
+        dialog = app.screen
+        assert isinstance(dialog, ErrorDialog) and "sft.jsonl" in dialog.message
+        assert app.run_state == "failed" and app.control is None
+        await pilot.press("escape")
+        assert app.screen is screen and app.is_running
+        assert len(app.screen_stack) == 1  # one dialog: the RunFailed event and the worker error agree
+        assert screen.check_action("start", ()) is True
+
+
+async def test_an_engine_crash_outside_the_engine_handler_opens_the_dialog(monkeypatch, tmp_path):
+    def crash(config, target, control, resume_dir=None):
+        raise RuntimeError("the engine fell over")
+
+    monkeypatch.setattr("sft_tui.screens.train.run_training", crash)
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await start_run(pilot)
+        await finish(pilot)
+        assert isinstance(app.screen, ErrorDialog) and "RuntimeError: the engine fell over" in app.screen.message
+        assert app.run_state == "failed"
+
+
+async def test_the_ui_answers_within_100ms_while_training_and_quit_asks_first(tiny_model_factory, tmp_path):
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"), schedule={"max_steps": 100_000},
+                            eval={"every_steps": 100_000, "num_samples": 0})
+    app = create_app(config)
+    async with live_run_test(app) as pilot:
+        screen = await start_run(pilot)
+        bar = screen.query_one("#progress", ProgressBar)
+        await wait_until(pilot, lambda: bar.progress >= 2)
+
+        visits = (("4", "4", "hyper"), ("5", "5", "train"))  # first visits load each screen's stylesheet
+        help_and_back = (("question_mark", "?", "help"), ("escape", None, "train"))
+        timed = help_and_back * 4 + (("4", "4", "hyper"), ("5", "5", "train"))
+        timings = []
+        for i, (key, char, shown) in enumerate(visits + timed):
+            seconds = await seconds_to_handle(pilot, key, char, lambda: on_screen(app) == shown)
+            if i >= len(visits) and key != "4":  # drawing step 4 is that screen's cost, not this one's
+                timings.append(seconds)
+            await asyncio.sleep(0.2)
+        # help opens and closes in ~10 ms; a return to step 5 restyles and repaints the whole screen,
+        # 0.1-0.5 s on 2 busy cores: the bound on the slowest press leaves room for loaded CI machines
+        assert statistics.median(timings) < 0.1 and max(timings) < 1.0, timings
+        await pilot.press("4")
+        steps = bar.progress
+        await wait_until(pilot, lambda: bar.progress > steps)  # the screen follows the run from the background
+        await pilot.press("5")
+
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog) and app.is_running
+        await pilot.press("escape")
+        assert app.screen is screen and app.run_state == "running"
+        await pilot.press("s")
+        await finish(pilot)
+        assert app.run_state == "finished"
+
+
+async def test_start_is_disabled_while_the_draft_has_problems():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5")
+        await pilot.pause()
+        screen = app.screen
+        app.session.invalid["optim.lr"] = "must be > 0"
+        app.changed()
+        await pilot.pause()
+        assert screen.query_one("#start", Button).disabled
+        assert "optim.lr: must be > 0" in text_of(screen.query_one("#draft-problems", Static))
+        await pilot.press("s")
+        assert app.run_state == "idle"
+        del app.session.invalid["optim.lr"]
+        app.changed()
+        await pilot.pause()
+        assert not screen.query_one("#start", Button).disabled
+
+
+# ---- a finished run from a fixed sequence of events: the handlers, and the snapshots --------------
+FINISHED_RUN = [
+    RunStarted(run_id="demo-run", run_dir="runs/demo-run", task="causal-lm", model="demo:tiny-lm",
+               config_digest="0123456789ab", total_params=1_200_000, trainable_params=1_200_000, planned_steps=40,
+               steps_per_epoch=20, train_rows=320, validation_rows=32, device="cpu", precision="fp32", time=0),
+    *(StepMetrics(step=s, epoch=s / 20, loss=4.0 * 0.96 ** s, lr=3e-3 * min(1.0, s / 4) * (1 - s / 48), grad_norm=1.5,
+                  tokens_per_s=1010.0, samples_per_s=31.0, tokens_seen=s * 512, elapsed_s=s * 0.5,
+                  eta_s=(40 - s) * 0.5, memory={"rss_bytes": 1_181_116_006}, time=0) for s in range(2, 41, 2)),
+    *(EvalResult(step=s, epoch=s / 20, metrics={"loss": loss, "perplexity": ppl}, is_best=best, seconds=1.0, time=0)
+      for s, loss, ppl, best in ((10, 2.91, 18.4, True), (20, 2.42, 11.2, True), (30, 2.47, 11.8, False),
+                                 (40, 2.35, 10.5, True))),
+    SampleGenerated(step=40, prompt="Uppercase: lake small", output="LAKE SMALL", reference="LAKE SMALL", time=0),
+    CheckpointSaved(step=40, path="runs/demo-run/checkpoints/step-40", seconds=0.2, time=0),
+    RunFinished(step=40, reason="completed", final_metrics={"loss": 2.35, "perplexity": 10.5},
+                best_metrics={"loss": 2.35, "perplexity": 10.5}, best_step=40, output_path="runs/demo-run/final",
+                last_checkpoint="runs/demo-run/checkpoints/step-40", elapsed_s=42.0, time=0),
+]
+
+
+async def settle(pilot) -> None:
+    """Every worker done (warm-up, the model and data loaders the other steps start)."""
+    for _ in range(200):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        if not len(pilot.app.workers) and "loading" not in (pilot.app.model_state, pilot.app.data_state):
+            return
+    raise AssertionError("workers did not finish")
+
+
+async def open_train(pilot) -> None:
+    await settle(pilot)
+    await pilot.press("5")
+    await pilot.pause()
+
+
+async def post_finished_run(pilot) -> None:
+    await open_train(pilot)
+    screen = pilot.app.screen
+    for event in FINISHED_RUN:  # one at a time: queued step metrics would merge (EngineEvent.can_replace)
+        screen.post_message(EngineEvent(event))
+        await pilot.pause()
+    await pilot.pause()
+
+
+async def test_a_fixed_event_sequence_fills_every_pane():
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await post_finished_run(pilot)
+        screen = app.screen
+        assert screen.query_one(ContentSwitcher).current == "run" and app.run_state == "finished"
+        assert screen.query_one("#progress", ProgressBar).progress == 40
+        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["10", "20", "30", "40"]
+        assert [r[-1] for r in screen.query_one(EvalTable).rows_as_text()] == ["", "", "", BEST]
+        charts = screen.query_one("#charts")
+        assert len(charts.train_loss) == 20 and [s for s, _ in charts.eval_loss] == [10, 20, 30, 40]
+        assert "LAKE SMALL" in text_of(screen.query_one("#samples", Static))
+        stats = text_of(screen.query_one(RunStats))
+        assert "1,010 tok/s" in stats and "RSS 1.1 GB" in stats and "no GPU" in stats
+        assert "best  (step 40) loss 2.3500" in text_of(screen.query_one("#results-text", Static))
+        snippet = screen.query_one(ResultsPanel).snippet
+        assert snippet == 'from transformers import pipeline\npipeline("text-generation", model="runs/demo-run/final")'
+
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+def test_snapshot_before_a_run(snap_compare, size):
+    assert snap_compare(create_app(), terminal_size=size, run_before=open_train)
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+def test_snapshot_after_a_run(snap_compare, size):
+    assert snap_compare(create_app(task="causal-lm"), terminal_size=size, run_before=post_finished_run)
