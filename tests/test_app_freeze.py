@@ -17,10 +17,14 @@ BLOCK = "bert.encoder.layer.{}"
 
 async def open_freeze(pilot) -> None:
     """Go to step 3 and wait until the model structure has loaded and the screen shows it."""
+    app = pilot.app
     await pilot.press("3")
-    await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+    for _ in range(100):  # a load may start another (e.g. labels size the head): wait for all of them
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.05)
+        if app.model_state in ("ready", "failed") and all(w.is_finished for w in app.workers):
+            break
+    await pilot.pause(0.2)  # the tree's cursor highlight marks the deciding rule a moment later
 
 
 def labels(app) -> dict[str, str]:

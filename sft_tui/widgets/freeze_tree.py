@@ -45,7 +45,13 @@ class ModuleTree(Tree):
             parent.expand()
             parent = parent.parent
         # Lines are laid out again on the next refresh; only then does the node know its line.
-        self.call_after_refresh(self.move_cursor, node)
+        self.call_after_refresh(self._put_cursor, node)
+
+    def _put_cursor(self, node: TreeNode) -> None:
+        self.move_cursor(node)
+        # Tree announces a highlight only when the cursor line changes; after a rebuild the line is
+        # often the same, and the screen must still mark the rule deciding this (new) node.
+        self.post_message(Tree.NodeHighlighted(node))
 
     def _add_children(self, parent: TreeNode, module, opened: set[str]) -> None:
         for child in module.children:
