@@ -1,0 +1,127 @@
+"""Training throughput in the app (on the training screen, drawn in a real terminal) against the
+headless CLI on the same config, and the time from launch to the app's first screen.
+
+    .venv/bin/python bench/app_vs_headless.py [--repeats 2] [--startup-repeats 5]
+
+The app runs in tmux at 120x40 exactly as a user runs it (keys: 5, then enter to start); both
+runs write events.jsonl, and throughput is read from there the same way for both: tokens seen
+at the last step report divided by the training time at that report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pty
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SFT = str(Path(sys.executable).with_name("sft-tui"))
+CASES = {
+    "causal-lm": {"schedule.max_steps": 300, "eval.every_steps": 100000},
+    "classification": {"schedule.max_steps": 30, "eval.every_steps": 100000},
+}
+
+
+def write_config(folder: Path, task: str, run_name: str) -> Path:
+    from core.config import config_to_dict, example_config
+    from sft_tui.session import Session
+
+    session = Session(example_config(task))
+    session.update({**CASES[task], "output.runs_dir": str(folder / "runs"), "output.run_name": run_name,
+                    "output.save_final": False, "checkpoint.every_steps": 100000})
+    path = folder / f"{run_name}.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(session.config), sort_keys=False))
+    return path
+
+
+def throughput(events_file: Path) -> float:
+    steps = [json.loads(line) for line in events_file.read_text().splitlines()]
+    last = [e for e in steps if e["type"] == "step"][-1]
+    return last["tokens_seen"] / last["elapsed_s"]
+
+
+def run_headless(folder: Path, task: str) -> float:
+    config = write_config(folder, task, "headless")
+    subprocess.run([SFT, "train", str(config)], check=True, capture_output=True, cwd=folder)
+    return throughput(folder / "runs" / "headless" / "events.jsonl")
+
+
+def run_app(folder: Path, task: str) -> float:
+    config = write_config(folder, task, "app")
+    events = folder / "runs" / "app" / "events.jsonl"
+    session = f"bench-{os.getpid()}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+                    f"cd {folder} && {SFT} {config}"], check=True)
+    try:
+        time.sleep(3)
+        subprocess.run(["tmux", "send-keys", "-t", session, "5"], check=True)
+        time.sleep(1)
+        subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            if events.exists() and '"run_finished"' in events.read_text():
+                break
+            time.sleep(1)
+        else:
+            raise RuntimeError("the app's run did not finish")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+    return throughput(events)
+
+
+def startup_seconds(folder: Path) -> float:
+    """Launch `sft-tui` in a pseudo-terminal and wait for its draft bar to be drawn."""
+    started = time.perf_counter()
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(folder)
+        os.execvpe(SFT, [SFT], {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"})
+    seen = b""
+    try:
+        while time.perf_counter() - started < 30:
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if ready:
+                seen += os.read(fd, 65536)
+                if b"ready" in seen and b"sft-tui" in seen:
+                    return time.perf_counter() - started
+        raise RuntimeError("the first screen did not appear within 30 s")
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--startup-repeats", type=int, default=5)
+    parser.add_argument("--case", choices=[*CASES, "both"], default="both")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        times = [startup_seconds(Path(tmp)) for _ in range(args.startup_repeats)]
+        print(f"launch to first screen: median {statistics.median(times):.2f} s "
+              f"(min {min(times):.2f}, max {max(times):.2f}, n={len(times)})")
+    for task in CASES if args.case == "both" else [args.case]:
+        headless, app = [], []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                headless.append(run_headless(Path(tmp), task))
+            with tempfile.TemporaryDirectory() as tmp:
+                app.append(run_app(Path(tmp), task))
+        h, a = statistics.median(headless), statistics.median(app)
+        print(f"{task}: headless {h:,.0f} tok/s {[round(x) for x in headless]}, app {a:,.0f} tok/s "
+              f"{[round(x) for x in app]}, app/headless {a / h:.3f}")
+
+
+if __name__ == "__main__":
+    main()
