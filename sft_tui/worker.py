@@ -69,8 +69,11 @@ class PostingSink:
 
 
 def run_training(config: RunConfig, target: MessagePump, control: Control, resume_dir=None):
-    """The engine in this (worker) thread, reporting to `target`. Returns core.engine.RunResult."""
+    """The engine in this (worker) thread, reporting to `target`. Returns core.engine.RunResult.
+
+    Reports come twice a second (headless: four): on 2 cores every redraw competes with the
+    training threads for the CPU and the GIL (bench/app_vs_headless.py)."""
     warm_up()
     from core.engine import train
 
-    return train(config, [PostingSink(target)], control, resume_dir=resume_dir)
+    return train(config, [PostingSink(target)], control, resume_dir=resume_dir, report_interval_s=0.5)

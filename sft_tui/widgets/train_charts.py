@@ -14,7 +14,7 @@ from textual.app import ComposeResult, RenderResult
 from textual.containers import Container
 from textual_plotext import PlotextPlot
 
-REDRAW_INTERVAL_S = 0.5
+REDRAW_INTERVAL_S = 1.0
 MAX_POINTS = 400
 
 
