@@ -125,13 +125,12 @@ class _Loop:
         from core.checkpoint import latest_checkpoint, load_checkpoint
         from core.data import batch_plan, prepare_data
         from core.freeze import apply_freeze_map, effective_rules, param_groups
-        from core.models import describe_model, load_model, load_tokenizer, model_max_positions
+        from core.models import describe_model, load_model, load_tokenizer, usable_positions
 
         cfg, acc = self.config, self.acc
         set_seed(cfg.seed)
         tokenizer = load_tokenizer(cfg.model)
-        positions = [n for n in (model_max_positions(cfg.model), tokenizer.model_max_length) if n]
-        data = prepare_data(cfg, tokenizer, min(positions) if positions else None)
+        data = prepare_data(cfg, tokenizer, usable_positions(cfg.model, tokenizer))
         for warning in data.warnings:
             log.warning(warning)
         if not data.validation:

@@ -347,6 +347,13 @@ def model_max_positions(cfg: ModelConfig) -> int | None:
     return _max_positions(_model_config(cfg, resolve_model_path(cfg.name_or_path)))
 
 
+def usable_positions(cfg: ModelConfig, tokenizer) -> int | None:
+    """The longest input the model and its tokenizer both accept: RoBERTa-style models have two
+    positions fewer than max_position_embeddings, which only the tokenizer's limit says."""
+    limits = [n for n in (model_max_positions(cfg), tokenizer.model_max_length) if n]
+    return min(limits) if limits else None
+
+
 # ---- description ----------------------------------------------------------------------------------
 
 

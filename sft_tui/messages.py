@@ -1,12 +1,12 @@
-"""Textual messages: engine events and worker results, delivered to the UI thread.
+"""Textual messages: engine events, delivered to the UI thread.
 
 Workers never touch widgets; they post these, and the screens update themselves in handlers.
+(Model and data loads report through the app's model_state/data_state reactives instead.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from textual.message import Message
 
@@ -23,22 +23,3 @@ class EngineEvent(Message):
     def can_replace(self, message: Message) -> bool:
         return (isinstance(message, EngineEvent) and isinstance(message.event, StepMetrics)
                 and isinstance(self.event, StepMetrics))
-
-
-@dataclass
-class ModelLoaded(Message):
-    info: Any  # sft_tui.session.ModelInfo
-
-
-@dataclass
-class DataLoaded(Message):
-    data: Any  # core.data.PreparedData
-
-
-@dataclass
-class LoadFailed(Message):
-    """A UserError from a model or data worker, to show in place on the screen that asked."""
-
-    what: str  # "model" or "data"
-    message: str
-    hint: str

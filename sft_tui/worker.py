@@ -41,13 +41,12 @@ def warm_up() -> None:
 def load_model_info(config: RunConfig, labels: list[str] | None = None) -> ModelInfo:
     """Tokenizer and weightless structure of the configured model (seconds, even for big models)."""
     warm_up()
-    from core.models import build_skeleton, describe_model, load_tokenizer, model_max_positions
+    from core.models import build_skeleton, describe_model, load_tokenizer, usable_positions
 
     tokenizer = load_tokenizer(config.model)
     skeleton = build_skeleton(config.model, config.task, labels, pad_token_id=tokenizer.pad_token_id)
-    positions = [n for n in (model_max_positions(config.model), tokenizer.model_max_length) if n]
     return ModelInfo(describe_model(skeleton), skeleton, tokenizer, config.task, labels,
-                     min(positions) if positions else None)
+                     usable_positions(config.model, tokenizer))
 
 
 def load_data(config: RunConfig, model: ModelInfo):
