@@ -17,7 +17,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, DataTable, Input, Label, LoadingIndicator, Select, Static
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from core.config import ColumnMap, DataFormat
 from core.errors import UserError
@@ -26,6 +26,7 @@ from sft_tui.widgets.data_form import check_data_field
 from sft_tui.widgets.data_summary import data_stats, preview, row_detail
 from sft_tui.widgets.model_data_loading import model_settled
 from sft_tui.widgets.model_data_paths import PathSuggester
+from sft_tui.widgets.spinner import Spinner
 
 FORMATS = get_args(DataFormat)
 ROLES = tuple(ColumnMap.model_fields)
@@ -67,7 +68,7 @@ class DataScreen(StepScreen):
                     yield _field(role, Input(id=f"col-{role}", compact=True, placeholder="auto"), f"f-col-{role}")
             yield Static(id="data-field-errors")
         with Horizontal(id="data-status-row"):
-            yield LoadingIndicator(id="data-spinner")
+            yield Spinner(id="data-spinner")
             yield Static(id="data-status")
         yield Static(id="data-error", markup=False)
         with Horizontal(id="data-results"):
@@ -110,7 +111,7 @@ class DataScreen(StepScreen):
 
     async def _load_when_settled(self, only_if_needed: bool) -> None:
         if self.app.data_state != "loading":
-            self.query_one("#data-spinner").display = True
+            self.query_one("#data-spinner", Spinner).spinning = True
             self.query_one("#data-status", Static).update("Waiting for the model to load …")
         await model_settled(self.app)
         if not only_if_needed or self._needs_load():
@@ -214,7 +215,7 @@ class DataScreen(StepScreen):
     # ---- what is loaded ------------------------------------------------------------------------
     def _show_results(self, _state: str | None = None) -> None:
         state = self.app.data_state
-        self.query_one("#data-spinner", LoadingIndicator).display = state == "loading"
+        self.query_one("#data-spinner", Spinner).spinning = state == "loading"
         status = self.query_one("#data-status", Static)
         source = self.session.config.data.train
         data = self.session.data

@@ -11,7 +11,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import ContentSwitcher, DataTable, LoadingIndicator, Static, Tree
+from textual.widgets import ContentSwitcher, DataTable, Static, Tree
 
 from core.config import FreezeRule
 from core.errors import UserError
@@ -22,6 +22,7 @@ from sft_tui.widgets.freeze_rules import RuleTable
 from sft_tui.widgets.freeze_state import format_count, format_share, node_states, tensor_index
 from sft_tui.widgets.freeze_summary import PRESETS, FreezeSummaryBar
 from sft_tui.widgets.freeze_tree import ModuleTree
+from sft_tui.widgets.spinner import Spinner
 
 class FreezeScreen(StepScreen):
     STEP = "freeze"
@@ -53,7 +54,7 @@ class FreezeScreen(StepScreen):
 
     def compose_body(self) -> ComposeResult:
         with ContentSwitcher(initial="freeze-loading", id="freeze-body"):
-            yield LoadingIndicator(id="freeze-loading")
+            yield Spinner(id="freeze-loading")
             yield Static("", id="freeze-failed")
             with Vertical(id="freeze-editor"):
                 with Horizontal(id="freeze-panes"):
@@ -91,6 +92,7 @@ class FreezeScreen(StepScreen):
             self._session_changed()
         else:
             switcher.current = "freeze-loading"
+        self.query_one("#freeze-loading", Spinner).spinning = switcher.current == "freeze-loading"
 
     def _session_changed(self, _version: int | None = None) -> None:
         """Redraw when the model or the freeze map changed; other edits of the session cost nothing."""

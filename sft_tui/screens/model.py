@@ -16,7 +16,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Checkbox, Input, Label, LoadingIndicator, OptionList, RadioButton, RadioSet, Static
+from textual.widgets import Button, Checkbox, Input, Label, OptionList, RadioButton, RadioSet, Static
 from textual.widgets.option_list import Option, OptionDoesNotExist
 
 from core.config import Task, example_config
@@ -25,6 +25,7 @@ from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.model_data_paths import PathSuggester
 from sft_tui.widgets.model_sources import DEMO_MODELS, cached_models
 from sft_tui.widgets.model_summary import model_summary
+from sft_tui.widgets.spinner import Spinner
 
 TASKS = get_args(Task)
 HF_PREFIX = "hf:"
@@ -59,7 +60,7 @@ class ModelScreen(StepScreen):
                              "ctrl+r rescans the HF cache (HF_HOME)", id="model-hint")
             with Vertical(id="model-info"):
                 with Horizontal(id="model-status-row"):
-                    yield LoadingIndicator(id="model-spinner")
+                    yield Spinner(id="model-spinner")
                     yield Static(id="model-status")
                 yield Static(id="model-error", markup=False)
                 with VerticalScroll(id="model-details"):
@@ -206,8 +207,7 @@ class ModelScreen(StepScreen):
 
     # ---- what is loaded ------------------------------------------------------------------------
     def _show_state(self, state: str) -> None:
-        spinner = self.query_one("#model-spinner", LoadingIndicator)
-        spinner.display = state == "loading"
+        self.query_one("#model-spinner", Spinner).spinning = state == "loading"
         status = self.query_one("#model-status", Static)
         description = self.query_one("#model-description", Static)
         name = self.session.config.model.name_or_path
