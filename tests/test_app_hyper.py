@@ -12,10 +12,9 @@ from transformers import get_scheduler  # imported up front: the app then never 
 
 from core.config import example_config, load_config
 from sft_tui.app import create_app
-from sft_tui.screens.dialogs import ErrorDialog
+from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog
 from sft_tui.screens.hyper import HyperScreen, form_sections
 from sft_tui.widgets.draft_bar import DraftBar
-from sft_tui.widgets.hyper_file_dialog import ConfigFileDialog
 from sft_tui.widgets.hyper_form import ConfigField, field_spec
 from sft_tui.widgets.hyper_preview import NO_DATA, SchedulePreview
 from sft_tui.widgets.hyper_schedule import lr_curve, plan_steps
@@ -267,10 +266,10 @@ async def test_step_preview_counts_like_the_engine_and_follows_the_form():
 
 # ---- YAML --------------------------------------------------------------------------------------
 
-async def submit_path(pilot, path) -> ConfigFileDialog:
+async def submit_path(pilot, path) -> PathDialog:
     dialog = pilot.app.screen
-    assert isinstance(dialog, ConfigFileDialog)
-    dialog.query_one("#file-path").value = str(path)
+    assert isinstance(dialog, PathDialog)
+    dialog.query_one("#path-input").value = str(path)
     await pilot.press("enter")
     await pilot.pause()
     return dialog
@@ -290,19 +289,33 @@ async def test_save_then_load_round_trips_and_bad_yaml_shows_in_the_dialog(tmp_p
         await type_into(pilot, screen.fields["optim.lr"], "2e-4")
         await pilot.press("ctrl+s")
         await pilot.pause()
-        assert app.screen.query_one("#file-path").value == "sft.yaml"
+        assert app.screen.query_one("#path-input").value == "sft.yaml"
         await submit_path(pilot, tmp_path / "run.yaml")
         assert app.screen is screen
         saved = load_config(tmp_path / "run.yaml")
         assert saved == app.session.config and saved.optim.lr == 2e-4
 
+        await type_into(pilot, screen.fields["optim.lr"], "3e-4")  # saving over a file asks first
+        await pilot.press("escape", "ctrl+s")
+        await submit_path(pilot, tmp_path / "run.yaml")
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("enter")  # the focused answer is "Keep it"
+        await pilot.pause()
+        assert isinstance(app.screen, PathDialog) and load_config(tmp_path / "run.yaml") == saved
+        await pilot.press("enter")
+        await pilot.pause()
+        await pilot.click("#yes")
+        await pilot.pause()
+        saved = load_config(tmp_path / "run.yaml")
+        assert app.screen is screen and saved == app.session.config and saved.optim.lr == 3e-4
+
         await type_into(pilot, screen.fields["optim.lr"], "0")  # loading replaces what was typed
         await pilot.press("escape", "ctrl+o")
         await pilot.pause()
-        assert app.screen.query_one("#file-path").value == str(tmp_path / "run.yaml")
+        assert app.screen.query_one("#path-input").value == str(tmp_path / "run.yaml")
         await submit_path(pilot, tmp_path / "run.yaml")
         assert app.session.config == saved and app.session.invalid == {}
-        assert screen.fields["optim.lr"].control.value == "0.0002" and screen.fields["optim.lr"].error == ""
+        assert screen.fields["optim.lr"].control.value == "0.0003" and screen.fields["optim.lr"].error == ""
 
         (tmp_path / "broken.yaml").write_text("optim:\n  lr: [0.1\n  batch_size: 4\n")
         await pilot.press("ctrl+o")

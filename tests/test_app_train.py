@@ -22,12 +22,11 @@ from core.events import (CheckpointSaved, EvalResult, RunFinished, RunStarted, S
                          read_events)
 from sft_tui.app import create_app
 from sft_tui.messages import EngineEvent
-from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog
+from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog
 from sft_tui.screens.help import HelpScreen
 from sft_tui.screens.train import TrainScreen
 from sft_tui.widgets.train_evals import BEST, EvalTable
 from sft_tui.widgets.train_results import ResultsPanel
-from sft_tui.widgets.train_setup import ResumeDialog
 from sft_tui.widgets.train_stats import RunStats
 
 WORDS = "red green blue cat dog bird sun moon tree rock".split()
@@ -253,7 +252,7 @@ async def test_resume_continues_the_last_stopped_run(tiny_model_factory, tmp_pat
         await pilot.press("5", "R")
         await pilot.pause()
         dialog = app.screen
-        assert isinstance(dialog, ResumeDialog)
+        assert isinstance(dialog, PathDialog)
         assert dialog.query_one(Input).value == str(tmp_path / "runs" / "lm")
         await pilot.press("enter")
         await finish(pilot)
@@ -272,7 +271,7 @@ async def test_resume_dialog_refuses_a_folder_that_is_not_a_run(tmp_path):
         dialog = app.screen
         dialog.query_one(Input).value = str(tmp_path)
         await pilot.press("enter")
-        assert app.screen is dialog and "is not a run folder" in text_of(dialog.query_one("#resume-error", Static))
+        assert app.screen is dialog and "is not a run folder" in dialog.error
         await pilot.press("escape")
         assert isinstance(app.screen, TrainScreen) and app.run_state == "idle"
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, Static
+from textual.widgets import Button, Input, Label, Static
+
+from core.errors import UserError
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -53,3 +58,84 @@ class ErrorDialog(ModalScreen[None]):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss()
+
+
+class PathDialog(ModalScreen[Path | None]):
+    """Asks for a path and acts on it (save or load a config, pick a run to resume); answers the
+    path, or None when cancelled.
+
+    The dialog runs `perform(path)` itself and stays open when it raises a UserError or an OSError,
+    showing the message under the input: a YAML syntax error (with its line), an unknown field, an
+    unwritable folder or a folder that is not a run is fixed in place instead of starting over.
+    With `confirm_overwrite`, an existing file is replaced only after a yes.
+    """
+
+    DEFAULT_CSS = """
+    PathDialog { align: center middle; }
+    PathDialog #path-error { color: $error; margin-top: 1; }
+    PathDialog #path-error.-empty { display: none; }
+    """
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="path-cancel")]
+
+    def __init__(self, title: str, verb: str, path: str, perform: Callable[[Path], object], *,
+                 explanation: str = "", placeholder: str = "", confirm_overwrite: bool = False) -> None:
+        super().__init__()
+        self.title_text, self.verb, self.path, self.perform = title, verb, path, perform
+        self.explanation, self.placeholder, self.confirm_overwrite = explanation, placeholder, confirm_overwrite
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            if self.explanation:
+                yield Static(self.explanation, classes="dialog-text")
+            yield Input(self.path, placeholder=self.placeholder, id="path-input")
+            yield Static("", id="path-error", classes="-empty", markup=False)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.verb, variant="primary", id="path-go")
+                yield Button("Cancel", id="path-cancel")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._go()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "path-go":
+            self._go()
+        else:
+            self.dismiss(None)
+
+    @property
+    def error(self) -> str:
+        """The message of the last failure ("" when none)."""
+        return str(self.query_one("#path-error", Static).content)
+
+    def _show_error(self, message: str) -> None:
+        error = self.query_one("#path-error", Static)
+        error.update(message)
+        error.set_class(not message, "-empty")
+
+    def _go(self) -> None:
+        text = self.query_one(Input).value.strip()
+        if not text:
+            self._show_error(f"type a path{f' ({self.placeholder})' if self.placeholder else ''}")
+            return
+        path = Path(text).expanduser()
+        if self.confirm_overwrite and path.is_file():
+            self.app.push_screen(ConfirmDialog(f"{path} exists. Replace it?", yes="Replace", no="Keep it"),
+                                 lambda replace: replace and self._perform(path))
+        else:
+            self._perform(path)
+
+    def _perform(self, path: Path) -> None:
+        try:
+            self.perform(path)
+        except UserError as err:
+            self._show_error(f"{err.message}\nhint: {err.hint}" if err.hint else err.message)
+        except OSError as err:
+            self._show_error(f"cannot {self.verb.lower()} {path}: {err.strerror or err}")
+        else:
+            self.dismiss(path)

@@ -21,7 +21,7 @@ from textual.widgets import Static
 from core.config import METRICS_BY_TASK, RunConfig, load_config, save_config
 from core.errors import UserError
 from sft_tui.screens.base import StepScreen
-from sft_tui.widgets.hyper_file_dialog import ConfigFileDialog
+from sft_tui.screens.dialogs import PathDialog
 from sft_tui.widgets.hyper_form import ConfigField, FieldSpec, field_spec, section_specs
 from sft_tui.widgets.hyper_preview import NO_DATA, SchedulePreview
 
@@ -168,8 +168,8 @@ class HyperScreen(StepScreen):
             if path is not None:
                 self.notify(f"saved {path}", title="Config", markup=False)
 
-        self.app.push_screen(ConfigFileDialog("Save the whole config as YAML", "Save", self._default_path(), save),
-                             saved)
+        self.app.push_screen(PathDialog("Save the whole config as YAML", "Save", self._default_path(), save,
+                                        placeholder="path/to/config.yaml", confirm_overwrite=True), saved)
 
     def action_load_config(self) -> None:
         def load(path: Path) -> None:
@@ -183,4 +183,5 @@ class HyperScreen(StepScreen):
                 self.app.changed()
                 self.notify(f"loaded {path}", title="Config", markup=False)
 
-        self.app.push_screen(ConfigFileDialog("Load a config from YAML", "Load", self._default_path(), load), loaded)
+        self.app.push_screen(PathDialog("Load a config from YAML", "Load", self._default_path(), load,
+                                        placeholder="path/to/config.yaml"), loaded)

@@ -16,16 +16,18 @@ from textual.widgets import Button, ContentSwitcher, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from core.control import Control
+from core.runs import open_run
 from core.events import (CheckpointSaved, EvalResult, Paused, Resumed, RunFailed, RunFinished, RunStarted,
                          SampleGenerated, StepMetrics)
 from sft_tui.messages import EngineEvent
 from sft_tui.screens.base import StepScreen
+from sft_tui.screens.dialogs import ErrorDialog, PathDialog
 from sft_tui.widgets.train_charts import TrainCharts
 from sft_tui.widgets.train_evals import EvalTable
 from sft_tui.widgets.train_format import format_duration, latest_resumable
 from sft_tui.widgets.train_log import RunLog
 from sft_tui.widgets.train_results import ResultsPanel
-from sft_tui.widgets.train_setup import ResumeDialog, SetupPanel
+from sft_tui.widgets.train_setup import SetupPanel
 from sft_tui.widgets.train_stats import RunStats
 from sft_tui.worker import run_training
 
@@ -138,7 +140,10 @@ class TrainScreen(StepScreen):
         if self.live:
             return
         default = self.resumable or latest_resumable(self.session.config.output.runs_dir) or ""
-        self.app.push_screen(ResumeDialog(str(default)), lambda folder: folder and self._launch(resume_dir=folder))
+        dialog = PathDialog("Resume a run", "Resume", str(default), open_run, placeholder="runs/<run-id>",
+                            explanation="Run folder to continue: training goes on from its newest checkpoint, "
+                                        "with the config the run was started with.")
+        self.app.push_screen(dialog, lambda folder: folder and self._launch(resume_dir=str(folder)))
 
     def _launch(self, resume_dir: str | None = None) -> None:
         """Start the engine in a thread worker with a fresh Control; the views start empty."""
@@ -293,8 +298,6 @@ class TrainScreen(StepScreen):
         self._fail(e.message, e.hint, e.last_checkpoint)
 
     def _fail(self, message: str, hint: str, last_checkpoint: str | None = None) -> None:
-        from sft_tui.screens.dialogs import ErrorDialog
-
         self._failure_shown = True
         self.app.run_state = "failed"
         detail = f"last checkpoint: {last_checkpoint} (R resumes from it)" if last_checkpoint else ""
