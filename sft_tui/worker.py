@@ -75,4 +75,4 @@ def run_training(config: RunConfig, target: MessagePump, control: Control, resum
     warm_up()
     from core.engine import train
 
-    return train(config, [PostingSink(target)], control, resume_dir=resume_dir, report_interval_s=0.5)
+    return train(config, [PostingSink(target)], control, resume_dir=resume_dir, report_interval_s=1.0)

@@ -8,10 +8,11 @@ import json
 
 import yaml
 from rich.console import Console
-from textual.widgets import Input, ProgressBar
+from textual.widgets import Input
 
 from core.events import EvalResult, RunFinished, StepMetrics, read_events
 from sft_tui.app import create_app
+from sft_tui.widgets.train_progress import RunProgress
 
 
 def visible_text(app) -> str:
@@ -83,7 +84,7 @@ async def test_model_data_freeze_hyper_train_results(tmp_path, tiny_model_factor
         events = read_events(tmp_path / "runs" / "flow" / "events.jsonl")
         finished = [e for e in events if isinstance(e, RunFinished)][0]
         assert finished.step == 12 and finished.reason == "completed"
-        progress = app.screen.query_one(ProgressBar)
+        progress = app.screen.query_one(RunProgress)
         assert progress.progress == progress.total == 12
         text = visible_text(app)
         assert "completed at step 12" in text and "runs/flow" in text  # results: run folder, model path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from textual import events
-from textual.widgets import Button, ContentSwitcher, Input, ProgressBar, RichLog, Static
+from textual.widgets import Button, ContentSwitcher, Input, RichLog, Static
 
 from core.checkpoint import latest_checkpoint
 from core.config import parse_config, save_config
@@ -27,6 +27,7 @@ from sft_tui.screens.help import HelpScreen
 from sft_tui.screens.train import TrainScreen
 from sft_tui.widgets.train_evals import BEST, EvalTable
 from sft_tui.widgets.train_results import ResultsPanel
+from sft_tui.widgets.train_progress import RunProgress
 from sft_tui.widgets.train_stats import RunStats
 
 WORDS = "red green blue cat dog bird sun moon tree rock".split()
@@ -152,9 +153,9 @@ async def test_causal_lm_run_shows_progress_evals_samples_results_and_try_it(tin
         await finish(pilot)
 
         assert app.run_state == "finished" and app.control is None
-        bar = screen.query_one("#progress", ProgressBar)
+        bar = screen.query_one(RunProgress)
         assert bar.total == 20 and bar.progress == 20
-        assert "step 20/20" in text_of(screen.query_one("#progress-label", Static))
+        assert bar.label.startswith("step 20/20 · completed in ")
 
         events = read_events(tmp_path / "runs" / "lm" / "events.jsonl")
         evals = [e for e in events if isinstance(e, EvalResult)]
@@ -204,7 +205,7 @@ async def test_keys_pause_resume_save_and_stop_a_live_run(tiny_model_factory, tm
     app = create_app(config)
     async with live_run_test(app) as pilot:
         screen = await start_run(pilot)
-        bar = screen.query_one("#progress", ProgressBar)
+        bar = screen.query_one(RunProgress)
         await wait_until(pilot, lambda: bar.progress >= 2)
         assert app.run_state == "running"
 
@@ -257,7 +258,7 @@ async def test_resume_continues_the_last_stopped_run(tiny_model_factory, tmp_pat
         await pilot.press("enter")
         await finish(pilot)
         screen = app.screen
-        assert app.run_state == "finished" and screen.query_one("#progress", ProgressBar).progress == 20
+        assert app.run_state == "finished" and screen.query_one(RunProgress).progress == 20
         started = [e for e in read_events(tmp_path / "runs" / "lm" / "events.jsonl") if isinstance(e, RunStarted)]
         assert [e.resumed_from_step for e in started] == [0, 6]
         assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["10", "20"]
@@ -311,7 +312,7 @@ async def test_the_ui_answers_within_100ms_while_training_and_quit_asks_first(ti
     app = create_app(config)
     async with live_run_test(app) as pilot:
         screen = await start_run(pilot)
-        bar = screen.query_one("#progress", ProgressBar)
+        bar = screen.query_one(RunProgress)
         await wait_until(pilot, lambda: bar.progress >= 2)
 
         visits = (("4", "4", "hyper"), ("5", "5", "train"))  # first visits load each screen's stylesheet
@@ -410,7 +411,7 @@ async def test_a_fixed_event_sequence_fills_every_pane():
         await post_finished_run(pilot)
         screen = app.screen
         assert screen.query_one(ContentSwitcher).current == "run" and app.run_state == "finished"
-        assert screen.query_one("#progress", ProgressBar).progress == 40
+        assert screen.query_one(RunProgress).progress == 40
         assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["10", "20", "30", "40"]
         assert [r[-1] for r in screen.query_one(EvalTable).rows_as_text()] == ["", "", "", BEST]
         charts = screen.query_one("#charts")

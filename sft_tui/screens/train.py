@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, ContentSwitcher, ProgressBar, Static
+from textual.widgets import Button, ContentSwitcher, Static
 from textual.worker import Worker, WorkerState
 
 from core.control import Control
@@ -26,6 +26,7 @@ from sft_tui.widgets.train_charts import TrainCharts
 from sft_tui.widgets.train_evals import EvalTable
 from sft_tui.widgets.train_format import format_duration, latest_resumable
 from sft_tui.widgets.train_log import RunLog
+from sft_tui.widgets.train_progress import RunProgress
 from sft_tui.widgets.train_results import ResultsPanel
 from sft_tui.widgets.train_setup import SetupPanel
 from sft_tui.widgets.train_stats import RunStats
@@ -68,9 +69,7 @@ class TrainScreen(StepScreen):
             with VerticalScroll(id="setup"):
                 yield SetupPanel(id="setup-panel")
             with Vertical(id="run"):
-                with Horizontal(id="progress-row"):
-                    yield ProgressBar(id="progress", show_eta=False)
-                    yield Static(id="progress-label")
+                yield RunProgress(id="progress")
                 with Horizontal(id="top"):
                     yield TrainCharts(id="charts")
                     yield EvalTable(id="evals")
@@ -161,8 +160,7 @@ class TrainScreen(StepScreen):
         self.query_one(TrainCharts).reset()
         self.query_one(EvalTable).reset()
         self.query_one(RunStats).reset()
-        self.query_one("#progress", ProgressBar).update(total=None, progress=0)
-        self.query_one("#progress-label", Static).update("starting: loading the model and the data…")
+        self.query_one(RunProgress).show(0, None, "starting: loading the model and the data…")
         samples = self.query_one("#samples", Static)
         samples.update("")
         samples.display = False
@@ -227,25 +225,24 @@ class TrainScreen(StepScreen):
         self.query_one(ContentSwitcher).current = "run"
         if not self.live:
             self.app.run_state = "running"
-        self.query_one("#progress", ProgressBar).update(total=e.planned_steps, progress=e.resumed_from_step)
         resumed = f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""
         share = 100 * e.trainable_params / max(e.total_params, 1)
         self._log(f"run {e.run_id} started: {e.trainable_params:,}/{e.total_params:,} parameters trainable "
                   f"({share:.1f}%) · {e.train_rows} train / {e.validation_rows} validation rows · {e.device} "
                   f"{e.precision}{resumed}", "bold")
-        self._show_progress(e.resumed_from_step, e.planned_steps, 0.0, None)
+        self.query_one(RunProgress).show(e.resumed_from_step, e.planned_steps, self._step_label(
+            e.resumed_from_step, e.planned_steps, 0.0, None))
         self.query_one("#samples").display = e.task == "causal-lm"
 
     def _on_step(self, e: StepMetrics) -> None:
-        bar = self.query_one("#progress", ProgressBar)
-        bar.update(progress=e.step)
-        self._show_progress(e.step, int(bar.total or e.step), e.epoch, e.eta_s)
+        bar = self.query_one(RunProgress)
+        bar.show(e.step, bar.total, self._step_label(e.step, bar.total, e.epoch, e.eta_s))
         self.query_one(TrainCharts).add_step(e.step, e.loss, e.lr)
         self.query_one(RunStats).show_step(e)
 
-    def _show_progress(self, step: int, total: int, epoch: float, eta_s: float | None) -> None:
-        self.query_one("#progress-label", Static).update(
-            f" step {step}/{total} · epoch {epoch:.2f} · ETA {format_duration(eta_s)}")
+    @staticmethod
+    def _step_label(step: int, total: int | None, epoch: float, eta_s: float | None) -> str:
+        return f"step {step}/{total or step} · epoch {epoch:.2f} · ETA {format_duration(eta_s)}"
 
     def _on_eval(self, e: EvalResult) -> None:
         self.query_one(EvalTable).add_result(e)
@@ -281,10 +278,9 @@ class TrainScreen(StepScreen):
     def _on_run_finished(self, e: RunFinished) -> None:
         if e.reason == "stopped" and e.last_checkpoint:
             self.resumable = self.run_dir
-        bar = self.query_one("#progress", ProgressBar)
-        bar.update(progress=e.step)
-        self.query_one("#progress-label", Static).update(
-            f" step {e.step}/{int(bar.total or e.step)} · {e.reason} in {format_duration(e.elapsed_s)}")
+        bar = self.query_one(RunProgress)
+        bar.show(e.step, bar.total,
+                 f"step {e.step}/{bar.total or e.step} · {e.reason} in {format_duration(e.elapsed_s)}")
         self.query_one(TrainCharts).redraw()
         self.query_one(ResultsPanel).show_run(e, self.run_dir or "", self.run_task)
         self._log(f"run {e.reason} at step {e.step}" + (f"; model saved to {e.output_path}" if e.output_path else ""),

@@ -4,17 +4,22 @@ The engine reports a few times a second, and the UI thread shares the interprete
 training thread, so every millisecond spent drawing here is felt in how fast keys are answered:
 - points arrive into a `Curve` that keeps at most a few hundred of them (neighbours merge when it
   is full: a terminal is at most a few hundred braille dots wide anyway);
-- a timer redraws at most twice a second, and only when something changed;
+- they are redrawn with a step report, the loss at most once a second and the learning rate (a
+  known schedule, no news) every five, so that the curves are painted in the same screen update
+  as the progress bar rather than in one of their own;
 - a plot keeps its drawing until its data or size changes, so switching screens costs no redraw.
 """
 
 from __future__ import annotations
+
+import time
 
 from textual.app import ComposeResult, RenderResult
 from textual.containers import Container
 from textual_plotext import PlotextPlot
 
 REDRAW_INTERVAL_S = 1.0
+LR_REDRAW_INTERVAL_S = 5.0
 MAX_POINTS = 400
 
 
@@ -74,7 +79,7 @@ class TrainCharts(Container):
         self.train_loss = Curve()
         self.eval_loss = Curve()
         self.lr = Curve()
-        self._dirty = False
+        self._drawn_at = self._lr_drawn_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield CachedPlot(id="loss-plot")
@@ -83,7 +88,6 @@ class TrainCharts(Container):
     def on_mount(self) -> None:
         self.query_one("#loss-plot").border_title = "loss: train ⠉⠒⠤ eval •"
         self.query_one("#lr-plot").border_title = "learning rate"
-        self.set_interval(REDRAW_INTERVAL_S, self._redraw_if_dirty)
         self.redraw()
 
     def reset(self) -> None:
@@ -94,15 +98,13 @@ class TrainCharts(Container):
     def add_step(self, step: int, loss: float, lr: float) -> None:
         self.train_loss.add(step, loss)
         self.lr.add(step, lr)
-        self._dirty = True
+        now = time.monotonic()
+        if now - self._drawn_at >= REDRAW_INTERVAL_S:
+            self.redraw(lr=now - self._lr_drawn_at >= LR_REDRAW_INTERVAL_S)
 
     def add_eval(self, step: int, loss: float) -> None:
+        """The point shows with the next step report (or the end of the run)."""
         self.eval_loss.add(step, loss)
-        self._dirty = True
-
-    def _redraw_if_dirty(self) -> None:
-        if self._dirty:
-            self.redraw()
 
     def _step_ticks(self, plt) -> None:
         """Whole optimizer steps on the x axis (plotext would label merged points 11.5, 21.0, ...)."""
@@ -112,9 +114,10 @@ class TrainCharts(Container):
         ticks = sorted({round(first + (last - first) * i / 4) for i in range(5)})
         plt.xticks(ticks, [f"{t:,}" for t in ticks])
 
-    def redraw(self) -> None:
-        """Draw now (the timer calls this; the screen too when a run ends)."""
-        self._dirty = False
+    def redraw(self, lr: bool = True) -> None:
+        """Draw the loss, and the learning rate unless `lr` is False, now (step reports call this;
+        the screen too when a run ends)."""
+        self._drawn_at = time.monotonic()
         loss = self.query_one("#loss-plot", CachedPlot)
         plt = loss.plt
         plt.clear_data()
@@ -124,6 +127,11 @@ class TrainCharts(Container):
             plt.scatter(*zip(*self.eval_loss), marker="dot")
         self._step_ticks(plt)
         loss.changed()
+        if lr:
+            self._draw_lr()
+
+    def _draw_lr(self) -> None:
+        self._lr_drawn_at = time.monotonic()
         lr = self.query_one("#lr-plot", CachedPlot)
         plt = lr.plt
         plt.clear_data()

@@ -68,4 +68,4 @@ class RunStats(Static):
                         f"{format_bytes(gpu['memory_total'])}{util}")
         if not self.gpus:
             text.append("\nno GPU", style="dim")
-        self.update(text)
+        self.update(text, layout=False)  # its size comes from the screen's grid, not from the text
