@@ -35,6 +35,7 @@ class Session:
     invalid: dict[str, str] = field(default_factory=dict)
     """Form fields whose typed value does not validate: dotted field -> message. Start stays off."""
     version: int = 0
+    _share: tuple | None = field(default=None, repr=False, compare=False)
 
     def touch(self) -> None:
         self.version += 1
@@ -71,9 +72,19 @@ class Session:
 
     @property
     def trainable_share(self) -> float | None:
-        """Share of trainable parameters under the current freeze map, once the model is known."""
+        """Share of trainable parameters under the current freeze map, once the model is known.
+
+        The draft bar asks on every change of the session (every keystroke in a form), and matching
+        the rules walks every parameter tensor, so the answer is kept until the model or the freeze
+        map changes."""
         if self.model is None:
             return None
+        cached = self._share
+        if cached is None or cached[0] is not self.model or cached[1] != self.config.freeze:
+            self._share = cached = (self.model, self.config.freeze, self._compute_share())
+        return cached[2]
+
+    def _compute_share(self) -> float | None:
         from core.errors import UserError
         from core.freeze import effective_rules, summarize_freeze
 

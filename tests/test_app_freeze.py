@@ -311,3 +311,28 @@ def test_snapshot_top_n_120x40(snap_compare):
 
 def test_snapshot_top_n_80x24(snap_compare):
     assert snap_compare(create_app(), run_before=_loaded_top_n, terminal_size=(80, 24))
+
+
+def test_trainable_share_is_recomputed_only_when_the_model_or_the_freeze_map_changes(tiny_model_factory,
+                                                                                     monkeypatch):
+    """The draft bar asks for it on every keystroke; walking every tensor each time is wasted."""
+    import core.freeze
+    from core.config import example_config
+    from sft_tui.session import Session
+    from sft_tui.worker import load_model_info
+
+    session = Session(example_config("causal-lm"))
+    session.update({"model.name_or_path": str(tiny_model_factory("gpt2"))})
+    session.model = load_model_info(session.config)
+    walks = []
+    real = core.freeze.summarize_freeze
+    monkeypatch.setattr(core.freeze, "summarize_freeze", lambda *a: walks.append(1) or real(*a))
+
+    everything = session.trainable_share
+    session.update({"optim.lr": 1e-4, "schedule.max_steps": 7})
+    assert session.trainable_share == everything == 1.0 and len(walks) == 1
+    session.update({"freeze.preset": "head-only"})
+    head = session.trainable_share
+    assert 0 < head < everything and len(walks) == 2
+    session.model = load_model_info(session.config)
+    assert session.trainable_share == head and len(walks) == 3
