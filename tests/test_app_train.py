@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -324,9 +323,9 @@ async def test_the_ui_answers_within_100ms_while_training_and_quit_asks_first(ti
             if i >= len(visits) and key != "4":  # drawing step 4 is that screen's cost, not this one's
                 timings.append(seconds)
             await asyncio.sleep(0.2)
-        # help opens and closes in ~10 ms; a return to step 5 restyles and repaints the whole screen,
-        # 0.1-0.5 s on 2 busy cores: the bound on the slowest press leaves room for loaded CI machines
-        assert statistics.median(timings) < 0.1 and max(timings) < 1.0, timings
+        # help opens and closes in 5-30 ms on 2 cores both busy training; a return to step 5
+        # restyles the whole screen, 30-50 ms
+        assert max(timings) < 0.1, timings
         await pilot.press("4")
         steps = bar.progress
         await wait_until(pilot, lambda: bar.progress > steps)  # the screen follows the run from the background
