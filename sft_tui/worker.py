@@ -70,8 +70,9 @@ class PostingSink:
 def run_training(config: RunConfig, target: MessagePump, control: Control, resume_dir=None):
     """The engine in this (worker) thread, reporting to `target`. Returns core.engine.RunResult.
 
-    Reports come twice a second (headless: four): on 2 cores every redraw competes with the
-    training threads for the CPU and the GIL (bench/app_vs_headless.py)."""
+    Reports come once a second (headless: four times): every redraw they cause competes with the
+    training threads for the CPU and the GIL, and on 2 cores a third busy thread stalls torch's
+    two, which wait for each other (bench/app_vs_headless.py)."""
     warm_up()
     from core.engine import train
 

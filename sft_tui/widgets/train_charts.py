@@ -1,6 +1,6 @@
 """Live loss and learning-rate curves of a run, cheap to draw however long the run gets.
 
-The engine reports a few times a second, and the UI thread shares the interpreter with the
+The engine reports once a second, and the UI thread shares the interpreter with the
 training thread, so every millisecond spent drawing here is felt in how fast keys are answered:
 - points arrive into a `Curve` that keeps at most a few hundred of them (neighbours merge when it
   is full: a terminal is at most a few hundred braille dots wide anyway);
