@@ -1,11 +1,14 @@
 """Training throughput in the app (on the training screen, drawn in a real terminal) against the
 headless CLI on the same config, and the time from launch to the app's first screen.
 
-    .venv/bin/python bench/app_vs_headless.py [--repeats 2] [--startup-repeats 5]
+    .venv/bin/python bench/app_vs_headless.py [--repeats 4] [--startup-repeats 5]
 
 The app runs in tmux at 120x40 exactly as a user runs it (keys: 5, then enter to start); both
-runs write events.jsonl, and throughput is read from there the same way for both: tokens seen
-at the last step report divided by the training time at that report.
+runs write events.jsonl, and throughput is read from there the same way for both: the tokens
+trained between the first and the last step report, over the time between them (the first
+report window, with its warm-up steps, is left out). Headless and app runs alternate, and which
+goes first alternates too, so a drift of the machine's speed falls on both alike; the figure is
+the median of the per-pair ratios.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SFT = str(Path(sys.executable).with_name("sft-tui"))
 CASES = {
-    "causal-lm": {"schedule.max_steps": 300, "eval.every_steps": 100000},
-    "classification": {"schedule.max_steps": 30, "eval.every_steps": 100000},
+    "causal-lm": {"schedule.max_steps": 1500, "eval.every_steps": 100000},
+    "classification": {"schedule.max_steps": 40, "eval.every_steps": 100000},
 }
 
 
@@ -45,9 +48,9 @@ def write_config(folder: Path, task: str, run_name: str) -> Path:
 
 
 def throughput(events_file: Path) -> float:
-    steps = [json.loads(line) for line in events_file.read_text().splitlines()]
-    last = [e for e in steps if e["type"] == "step"][-1]
-    return last["tokens_seen"] / last["elapsed_s"]
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
+    first, *_, last = [e for e in events if e["type"] == "step"]
+    return (last["tokens_seen"] - first["tokens_seen"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
 def run_headless(folder: Path, task: str) -> float:
@@ -102,25 +105,26 @@ def startup_seconds(folder: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--startup-repeats", type=int, default=5)
     parser.add_argument("--case", choices=[*CASES, "both"], default="both")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         times = [startup_seconds(Path(tmp)) for _ in range(args.startup_repeats)]
+    if times:
         print(f"launch to first screen: median {statistics.median(times):.2f} s "
               f"(min {min(times):.2f}, max {max(times):.2f}, n={len(times)})")
     for task in CASES if args.case == "both" else [args.case]:
         headless, app = [], []
-        for _ in range(args.repeats):
-            with tempfile.TemporaryDirectory() as tmp:
-                headless.append(run_headless(Path(tmp), task))
-            with tempfile.TemporaryDirectory() as tmp:
-                app.append(run_app(Path(tmp), task))
-        h, a = statistics.median(headless), statistics.median(app)
-        print(f"{task}: headless {h:,.0f} tok/s {[round(x) for x in headless]}, app {a:,.0f} tok/s "
-              f"{[round(x) for x in app]}, app/headless {a / h:.3f}")
+        for repeat in range(args.repeats):
+            for run, results in [(run_headless, headless), (run_app, app)][::1 if repeat % 2 == 0 else -1]:
+                with tempfile.TemporaryDirectory() as tmp:
+                    results.append(run(Path(tmp), task))
+        ratios = [a / h for a, h in zip(app, headless)]
+        print(f"{task}: headless {statistics.median(headless):,.0f} tok/s {[round(x) for x in headless]}, "
+              f"app {statistics.median(app):,.0f} tok/s {[round(x) for x in app]}, app/headless per pair "
+              f"{[round(r, 3) for r in ratios]}, median {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ class RunStats(Static):
     def on_mount(self) -> None:
         self.gpus = self.gpu_probe()
         self._draw()
-        self.set_interval(GPU_POLL_S, self._poll_gpus)
+        if self.gpus:  # a machine without an NVIDIA GPU at start will not grow one
+            self.set_interval(GPU_POLL_S, self._poll_gpus)
 
     def reset(self) -> None:
         self.last = None
