@@ -3,24 +3,14 @@ training to completion, results; checked against what is on screen and the run's
 
 from __future__ import annotations
 
-import io
-import json
 
 import yaml
-from rich.console import Console
 from textual.widgets import Input
 
 from core.events import EvalResult, RunFinished, StepMetrics, read_events
 from sft_tui.app import create_app
 from sft_tui.widgets.train_progress import RunProgress
-
-
-def visible_text(app) -> str:
-    """The current screen as the terminal shows it, in plain text (as Textual's own screenshots
-    render it)."""
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True)
-    console.print(app.screen._compositor.render_update(full=True))
-    return console.export_text()
+from helpers import visible_text, write_jsonl
 
 
 async def settle(app, pilot, rounds: int = 3) -> None:
@@ -31,7 +21,7 @@ async def settle(app, pilot, rounds: int = 3) -> None:
 
 async def test_model_data_freeze_hyper_train_results(tmp_path, tiny_model_factory):
     rows = [{"prompt": f"Copy {w}:", "completion": f" {w}"} for w in "red green blue cat dog sun moon".split() * 8]
-    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(tmp_path / "sft.jsonl", rows)
     config = {
         "task": "causal-lm",
         "model": {"name_or_path": str(tiny_model_factory("llama"))},

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from pathlib import Path
 
@@ -25,22 +24,16 @@ from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog
 from sft_tui.screens.help import HelpScreen
 from sft_tui.screens.train import TrainScreen
 from sft_tui.widgets.train_evals import BEST, EvalTable
-from sft_tui.widgets.train_results import ResultsPanel
 from sft_tui.widgets.train_progress import RunProgress
+from sft_tui.widgets.train_results import ResultsPanel
 from sft_tui.widgets.train_stats import RunStats
-
-WORDS = "red green blue cat dog bird sun moon tree rock".split()
+from helpers import WORDS, visible_text, write_jsonl
 
 
 @pytest.fixture(autouse=True)
 def no_gpu(monkeypatch):
     """The same screen on every machine: the GPU pane always says there is none."""
     monkeypatch.setattr(RunStats, "gpu_probe", staticmethod(lambda: []))
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def lm_config_file(tmp_path: Path, model_dir: Path, **sections) -> Path:
@@ -181,9 +174,9 @@ async def test_causal_lm_run_shows_progress_evals_samples_results_and_try_it(tin
         assert answer and not answer.startswith(("could not", "running"))
 
 
-async def test_classification_run_and_try_it_labels_a_text(tiny_model_factory, tmp_path):
+async def test_classification_run_and_try_it_labels_a_text_visible_at_80x24(tiny_model_factory, tmp_path):
     app = create_app(cls_config_file(tmp_path, tiny_model_factory("bert")))
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(80, 24)) as pilot:
         screen = await start_run(pilot)
         await finish(pilot)
         assert app.run_state == "finished"
@@ -196,6 +189,8 @@ async def test_classification_run_and_try_it_labels_a_text(tiny_model_factory, t
             screen.query_one("#results-text", Static))
         answer = await try_it(pilot, screen, "cat is good great fine")
         assert answer.split(" ")[0] in ("neg", "pos") and "score" in answer
+        await pilot.pause(0.1)
+        assert answer in visible_text(app)  # the results panel scrolls to it in a short terminal
 
 
 async def test_keys_pause_resume_save_and_stop_a_live_run(tiny_model_factory, tmp_path):
@@ -421,7 +416,6 @@ async def test_a_fixed_event_sequence_fills_every_pane():
         assert "best  (step 40) loss 2.3500" in text_of(screen.query_one("#results-text", Static))
         snippet = screen.query_one(ResultsPanel).snippet
         assert snippet == 'from transformers import pipeline\npipeline("text-generation", model="runs/demo-run/final")'
-
 
 
 @pytest.mark.parametrize("size", [(120, 40), (80, 24)])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -17,13 +16,7 @@ from core.engine import train
 from core.errors import UserError
 from core.events import (CheckpointSaved, EvalResult, ListSink, Paused, Resumed, RunFailed, RunFinished, RunStarted,
                          SampleGenerated, StepMetrics, read_events)
-
-WORDS = "red green blue cat dog bird sun moon tree rock".split()
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+from helpers import WORDS, write_jsonl
 
 
 @pytest.fixture

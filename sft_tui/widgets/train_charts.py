@@ -49,10 +49,14 @@ class Curve:
 
 
 class CachedPlot(PlotextPlot):
-    """A PlotextPlot that rebuilds its text only after `changed()` or a resize."""
+    """A PlotextPlot that rebuilds its text only after `changed()` or a resize.
 
-    def __init__(self, **kwargs) -> None:
+    `fit(plot)`, when given, runs before each rebuild: what depends on the size the plot has now
+    (e.g. how many axis labels fit) goes there, not into the drawing that `changed()` follows."""
+
+    def __init__(self, fit=None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.fit = fit
         self._version = 0
         self._cache: tuple[tuple, RenderResult] | None = None
 
@@ -63,6 +67,8 @@ class CachedPlot(PlotextPlot):
     def render(self) -> RenderResult:
         key = (self._version, self.size, self.app.theme, self.theme)
         if self._cache is None or self._cache[0] != key:
+            if self.fit is not None:
+                self.fit(self)
             self._cache = (key, super().render())
         return self._cache[1]
 
@@ -84,7 +90,7 @@ class TrainCharts(Container):
 
     def compose(self) -> ComposeResult:
         yield CachedPlot(id="loss-plot")
-        yield CachedPlot(id="lr-plot")
+        yield CachedPlot(id="lr-plot", fit=self._lr_ticks)
 
     def on_mount(self) -> None:
         self.query_one("#loss-plot").border_title = "loss: train ⠉⠒⠤ eval •"
@@ -138,8 +144,16 @@ class TrainCharts(Container):
         plt.clear_data()
         if self.lr:
             plt.plot(*zip(*self.lr), marker="braille")
-            low, high = min(v for _, v in self.lr), max(v for _, v in self.lr)
-            ticks = [low + (high - low) * i / 3 for i in range(4)] if high > low else [low]
-            plt.yticks(ticks, [f"{t:.1e}" for t in ticks])  # plotext's own labels print 1e-5 as 0.0000100
         self._step_ticks(plt)
         lr.changed()
+
+    def _lr_ticks(self, plot: CachedPlot) -> None:
+        """Labels of the LR axis in scientific notation (plotext's own print 1e-5 as 0.0000100): four
+        where the plot has the rows, else the lowest and highest only; labels sharing a row would
+        be drawn in an order that changes from one process to the next."""
+        if not self.lr:
+            return
+        low, high = min(v for _, v in self.lr), max(v for _, v in self.lr)
+        count = 4 if plot.size.height >= 10 else 2
+        ticks = [low + (high - low) * i / (count - 1) for i in range(count)] if high > low else [low]
+        plot.plt.yticks(ticks, [f"{t:.1e}" for t in ticks])

@@ -22,7 +22,7 @@ MAX_NEW_TOKENS = 32
 
 class ResultsPanel(Vertical):
     DEFAULT_CSS = """
-    ResultsPanel { height: auto; }
+    ResultsPanel { height: auto; overflow-y: auto; }
     ResultsPanel #results-text { height: auto; }
     ResultsPanel #try-answer { height: auto; min-height: 1; }
     """
@@ -81,7 +81,7 @@ class ResultsPanel(Vertical):
         event.stop()
         if self.finished is None or not self.finished.output_path or not event.value.strip():
             return
-        self.query_one("#try-answer", Static).update("running the model…")
+        self._show_answer("running the model…")
         self._try(event.value, self.finished.output_path, self.run_dir, self.run_task)
 
     @work(thread=True, exclusive=True, group="try-it", exit_on_error=False)
@@ -93,7 +93,10 @@ class ResultsPanel(Vertical):
         self.app.call_from_thread(self._show_answer, answer)
 
     def _show_answer(self, answer: str) -> None:
-        self.query_one("#try-answer", Static).update(answer)
+        """In a short terminal the panel scrolls: the answer is what the user waits to see."""
+        shown = self.query_one("#try-answer", Static)
+        shown.update(answer)
+        self.call_after_refresh(shown.scroll_visible, animate=False)
 
     def _answer(self, text: str, model_path: str, run_dir: str, task: str) -> str:
         pipe = self._load_pipeline(model_path, task)
