@@ -63,9 +63,10 @@ async def shoot_training(runs_dir: str) -> None:
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # the run folder shows as runs/screenshot, the same on every regeneration
         asyncio.run(shoot_steps("classification", ""))
         asyncio.run(shoot_steps("causal-lm", "lm-"))
-        asyncio.run(shoot_training(tmp))
+        asyncio.run(shoot_training("runs"))
     print("\n".join(sorted(p.name for p in OUT.glob("*.svg"))), file=sys.stderr)
 
 
