@@ -125,27 +125,20 @@ class TrainCharts(Container):
         """Draw the loss, and the learning rate unless `lr` is False, now (step reports call this;
         the screen too when a run ends)."""
         self._drawn_at = time.monotonic()
-        loss = self.query_one("#loss-plot", CachedPlot)
-        plt = loss.plt
-        plt.clear_data()
-        if self.train_loss:
-            plt.plot(*zip(*self.train_loss), marker="braille")
-        if self.eval_loss:
-            plt.scatter(*zip(*self.eval_loss), marker="dot")
-        self._step_ticks(plt)
-        loss.changed()
+        self._draw(self.query_one("#loss-plot", CachedPlot), self.train_loss, self.eval_loss)
         if lr:
-            self._draw_lr()
+            self._lr_drawn_at = self._drawn_at
+            self._draw(self.query_one("#lr-plot", CachedPlot), self.lr)
 
-    def _draw_lr(self) -> None:
-        self._lr_drawn_at = time.monotonic()
-        lr = self.query_one("#lr-plot", CachedPlot)
-        plt = lr.plt
+    def _draw(self, plot: CachedPlot, line: Curve, dots: Curve | None = None) -> None:
+        plt = plot.plt
         plt.clear_data()
-        if self.lr:
-            plt.plot(*zip(*self.lr), marker="braille")
+        if line:
+            plt.plot(*zip(*line), marker="braille")
+        if dots:
+            plt.scatter(*zip(*dots), marker="dot")
         self._step_ticks(plt)
-        lr.changed()
+        plot.changed()
 
     def _lr_ticks(self, plot: CachedPlot) -> None:
         """Labels of the LR axis in scientific notation (plotext's own print 1e-5 as 0.0000100): four
