@@ -82,14 +82,6 @@ def _aggregate(tensors: Iterable[tuple[int, object]]) -> NodeState:
     return NodeState(params, trainable, frozenset(scales), frozenset(rules))
 
 
-def format_count(n: int) -> str:
-    """`770`, `147.8K`, `1.8M`, `6.7B`: parameter counts short enough for a tree label."""
-    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
-
-
 def format_share(share: float) -> str:
     """A percentage that stays informative when tiny: a head-only map trains 0.0034%, not 0.0%."""
     percent = 100 * share

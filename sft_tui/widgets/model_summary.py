@@ -17,7 +17,8 @@ PARAM_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 
 
 def format_count(n: int) -> str:
-    """`22.7M`: parameter counts the way model cards write them."""
+    """`770`, `147.8K`, `22.7M`, `6.7B`: parameter counts the way model cards write them, short
+    enough for a tree label."""
     for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if n >= scale:
             return f"{n / scale:.1f}{unit}"
