@@ -24,6 +24,7 @@ from core.errors import UserError
 from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.data_form import check_data_field
 from sft_tui.widgets.data_summary import data_stats, preview, row_detail
+from sft_tui.widgets.error_line import ErrorLine
 from sft_tui.widgets.model_data_loading import model_settled
 from sft_tui.widgets.model_data_paths import PathSuggester
 from sft_tui.widgets.spinner import Spinner
@@ -70,7 +71,7 @@ class DataScreen(StepScreen):
         with Horizontal(id="data-status-row"):
             yield Spinner(id="data-spinner")
             yield Static(id="data-status")
-        yield Static(id="data-error", markup=False)
+        yield ErrorLine(id="data-error")
         with Horizontal(id="data-results"):
             with Vertical(id="data-rows"):
                 yield DataTable(id="data-preview", cursor_type="row", zebra_stripes=True)
@@ -200,12 +201,13 @@ class DataScreen(StepScreen):
     def action_load(self) -> None:
         """Apply the form to the session and tokenize the data."""
         if self._field_errors:
-            self._show_error("fix the fields marked in red first", "the lines under the form say what each one takes")
+            self.query_one(ErrorLine).show("fix the fields marked in red first",
+                                           "the lines under the form say what each one takes")
             return
         try:
             self.session.update(self._form_changes())
         except UserError as err:
-            self._show_error(err.message, err.hint)
+            self.query_one(ErrorLine).show(err.message, err.hint)
             return
         self._synced = self.session.config.data
         self._show_pending()
@@ -220,14 +222,14 @@ class DataScreen(StepScreen):
         source = self.session.config.data.train
         data = self.session.data
         if state == "loading":
-            self._show_error(None)
+            self.query_one(ErrorLine).show(None)
             status.update(Text.assemble("Loading and tokenizing ", (source, "bold"), " …"))
         elif state == "failed":
             status.update(Text.assemble(("✗ ", "red"), "could not load ", (source, "bold")))
-            self._show_error(*self.app.load_errors.get("data", ("loading failed", "")))
+            self.query_one(ErrorLine).show(*self.app.load_errors.get("data", ("loading failed", "")))
             self._clear_results()
         elif state == "ready" and data is not None:
-            self._show_error(None)
+            self.query_one(ErrorLine).show(None)
             status.update(Text.assemble(("✓ ", "green"), (source, "bold"), f" · {data.format} · "
                                         f"{data.stats.rows_out['train']:,} training rows"))
             self._show_data(data)
@@ -268,8 +270,3 @@ class DataScreen(StepScreen):
         self.query_one("#data-stats", Static).update("")
         self.query_one("#data-row-detail", Static).update("")
 
-    def _show_error(self, message: str | None, hint: str = "") -> None:
-        error = self.query_one("#data-error", Static)
-        error.display = message is not None
-        if message is not None:
-            error.update(Text.assemble((message, "bold"), *(("\nhint: ", hint) if hint else ())))

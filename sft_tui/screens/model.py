@@ -22,6 +22,7 @@ from textual.widgets.option_list import Option, OptionDoesNotExist
 from core.config import Task, example_config
 from core.errors import UserError
 from sft_tui.screens.base import StepScreen
+from sft_tui.widgets.error_line import ErrorLine
 from sft_tui.widgets.model_data_paths import PathSuggester
 from sft_tui.widgets.model_sources import DEMO_MODELS, cached_models
 from sft_tui.widgets.model_summary import model_summary
@@ -62,7 +63,7 @@ class ModelScreen(StepScreen):
                 with Horizontal(id="model-status-row"):
                     yield Spinner(id="model-spinner")
                     yield Static(id="model-status")
-                yield Static(id="model-error", markup=False)
+                yield ErrorLine(id="model-error")
                 with VerticalScroll(id="model-details"):
                     yield Static(id="model-description")
 
@@ -110,7 +111,8 @@ class ModelScreen(StepScreen):
         """Apply the form to the session and load the model's structure and tokenizer."""
         name = self.query_one("#model-path", Input).value.strip()
         if not name:
-            self._show_error("no model given", "type a folder or a hub id, or pick one from the list")
+            self.query_one(ErrorLine).show("no model given",
+                                           "type a folder or a hub id, or pick one from the list")
             return
         task = self._form_task()
         changes = {"model.name_or_path": name, "task": task,
@@ -125,7 +127,7 @@ class ModelScreen(StepScreen):
         try:
             self.session.update(changes)
         except UserError as err:
-            self._show_error(err.message, err.hint)
+            self.query_one(ErrorLine).show(err.message, err.hint)
             return
         self._after_change()
 
@@ -212,23 +214,18 @@ class ModelScreen(StepScreen):
         description = self.query_one("#model-description", Static)
         name = self.session.config.model.name_or_path
         if state == "loading":
-            self._show_error(None)
+            self.query_one(ErrorLine).show(None)
             status.update(Text.assemble("Loading ", (name, "bold"), " (structure and tokenizer) …"))
         elif state == "ready" and self.session.model is not None:
-            self._show_error(None)
+            self.query_one(ErrorLine).show(None)
             info = self.session.model
             status.update(Text.assemble(("✓ ", "green"), (name, "bold"), f" · {info.task}"))
             description.update(model_summary(info.description))
         elif state == "failed":
             status.update(Text.assemble(("✗ ", "red"), "could not load ", (name, "bold")))
             description.update("")
-            self._show_error(*self.app.load_errors.get("model", ("loading failed", "")))
+            self.query_one(ErrorLine).show(*self.app.load_errors.get("model", ("loading failed", "")))
         else:
             status.update(Text("No model loaded: press Enter on the path or ctrl+l", style="dim"))
             description.update("")
 
-    def _show_error(self, message: str | None, hint: str = "") -> None:
-        error = self.query_one("#model-error", Static)
-        error.display = message is not None
-        if message is not None:
-            error.update(Text.assemble((message, "bold"), *(("\nhint: ", hint) if hint else ())))

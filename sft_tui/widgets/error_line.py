@@ -1,0 +1,21 @@
+"""A load or input error shown in place, under what caused it, with the hint that says what to do."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+
+class ErrorLine(Static):
+    DEFAULT_CSS = """
+    ErrorLine { height: auto; padding: 0 1; border-left: thick $error; color: $text-error; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(markup=False, **kwargs)
+
+    def show(self, message: str | None, hint: str = "") -> None:
+        """The message in bold and its hint below; None hides the line."""
+        self.display = message is not None
+        if message is not None:
+            self.update(Text.assemble((message, "bold"), *(("\nhint: ", hint) if hint else ())))
