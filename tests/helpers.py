@@ -16,6 +16,24 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def tiny_lm_config(model_dir: Path, data: Path, runs_dir: Path, **sections: dict) -> dict:
+    """The causal-LM config the engine and app tests train: a tiny model on prompt/completion rows,
+    thirty steps. `sections` update fields section by section: schedule={"max_steps": 20}."""
+    config = {
+        "task": "causal-lm", "seed": 3,
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(data), "max_length": 32, "val_ratio": 0.2},
+        "optim": {"lr": 3e-3, "batch_size": 8, "weight_decay": 0.0},
+        "schedule": {"max_steps": 30, "warmup_steps": 2},
+        "eval": {"every_steps": 10, "num_samples": 2, "max_new_tokens": 6},
+        "checkpoint": {"every_steps": 0, "keep_last": 2},
+        "output": {"runs_dir": str(runs_dir), "run_name": "lm"},
+    }
+    for name, fields in sections.items():
+        config.setdefault(name, {}).update(fields)
+    return config
+
+
 def visible_text(app) -> str:
     """The current screen as the terminal shows it, in plain text (as Textual's own screenshots
     render it): what scrolled or was clipped away is not in it."""

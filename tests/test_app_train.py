@@ -27,7 +27,7 @@ from sft_tui.widgets.train_evals import BEST, EvalTable
 from sft_tui.widgets.train_progress import RunProgress
 from sft_tui.widgets.train_results import ResultsPanel
 from sft_tui.widgets.train_stats import RunStats
-from helpers import WORDS, visible_text, write_jsonl
+from helpers import WORDS, tiny_lm_config, visible_text, write_jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -40,18 +40,11 @@ def lm_config_file(tmp_path: Path, model_dir: Path, **sections) -> Path:
     """A causal-LM config on a tiny model and prompt/completion rows; `sections` override fields."""
     data = write_jsonl(tmp_path / "sft.jsonl",
                        [{"prompt": f"Say {w} {i % 3}:", "completion": f" {w} {w}"} for i, w in enumerate(WORDS * 4)])
-    config = {
-        "task": "causal-lm", "seed": 3,
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"train": str(data), "max_length": 32, "val_ratio": 0.2},
-        "optim": {"lr": 3e-3, "batch_size": 8, "weight_decay": 0.0},
-        "schedule": {"max_steps": 20, "warmup_steps": 2},
-        "eval": {"every_steps": 5, "num_samples": 1, "max_new_tokens": 4},
-        "checkpoint": {"every_steps": 0, "keep_last": 1},
-        "output": {"runs_dir": str(tmp_path / "runs"), "run_name": "lm"},
-    }
+    shorter = {"schedule": {"max_steps": 20}, "eval": {"every_steps": 5, "num_samples": 1, "max_new_tokens": 4},
+               "checkpoint": {"keep_last": 1}}
     for name, fields in sections.items():
-        config[name].update(fields)
+        shorter.setdefault(name, {}).update(fields)
+    config = tiny_lm_config(model_dir, data, tmp_path / "runs", **shorter)
     path = tmp_path / "config.yaml"
     save_config(parse_config(config), path)
     return path

@@ -16,7 +16,7 @@ from core.engine import train
 from core.errors import UserError
 from core.events import (CheckpointSaved, EvalResult, ListSink, Paused, Resumed, RunFailed, RunFinished, RunStarted,
                          SampleGenerated, StepMetrics, read_events)
-from helpers import WORDS, write_jsonl
+from helpers import WORDS, tiny_lm_config, write_jsonl
 
 
 @pytest.fixture
@@ -34,20 +34,12 @@ def cls_file(tmp_path):
 
 
 def lm_config(model_dir, data, tmp_path, **over) -> RunConfig:
-    base = {
-        "task": "causal-lm", "seed": 3,
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"train": str(data), "max_length": 32, "val_ratio": 0.2},
-        "optim": {"lr": 3e-3, "batch_size": 8, "weight_decay": 0.0},
-        "schedule": {"max_steps": 30, "warmup_steps": 2},
-        "eval": {"every_steps": 10, "num_samples": 2, "max_new_tokens": 6},
-        "checkpoint": {"every_steps": 0, "keep_last": 2},
-        "output": {"runs_dir": str(tmp_path / "runs"), "run_name": "lm"},
-    }
+    """helpers.tiny_lm_config with `section__field=value` overrides."""
+    sections: dict[str, dict] = {}
     for key, value in over.items():
         section, _, field = key.partition("__")
-        base.setdefault(section, {})[field] = value
-    return parse_config(base)
+        sections.setdefault(section, {})[field] = value
+    return parse_config(tiny_lm_config(model_dir, data, tmp_path / "runs", **sections))
 
 
 def run(config, control=None, **kw):
