@@ -163,8 +163,8 @@ class _Loop:
                             f"(optim.batch_size {cfg.optim.batch_size}, {world} processes)",
                             "lower optim.batch_size or add data")
         steps_per_epoch = math.ceil(micro_per_epoch / cfg.optim.grad_accum)
-        total_steps = cfg.schedule.max_steps or math.ceil(cfg.schedule.epochs * steps_per_epoch)
-        warmup = cfg.schedule.warmup_steps or round(cfg.schedule.warmup_ratio * total_steps)
+        total_steps = cfg.schedule.total_steps(steps_per_epoch)
+        warmup = cfg.schedule.warmup_for(total_steps)
         name = "constant_with_warmup" if cfg.schedule.scheduler == "constant" and warmup else cfg.schedule.scheduler
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
         self.scheduler, self.total_steps = scheduler, total_steps

@@ -36,23 +36,13 @@ def plan_steps(config: RunConfig, train_rows: int) -> StepPlan:
     batch, accum = config.optim.batch_size, config.optim.grad_accum
     micro_per_epoch = math.ceil(train_rows / batch) // PROCESSES
     steps_per_epoch = math.ceil(micro_per_epoch / accum)
-    total = total_steps(config, steps_per_epoch)
+    total = config.schedule.total_steps(steps_per_epoch)
     evals = _every(config.eval.every_steps or steps_per_epoch, total)
     if not evals or evals[-1] != total:
         evals.append(total)
     saves = _every(config.checkpoint.every_steps, total) if config.checkpoint.every_steps else evals[:-1]
-    return StepPlan(train_rows, batch * accum * PROCESSES, steps_per_epoch, total, warmup_steps(config, total),
+    return StepPlan(train_rows, batch * accum * PROCESSES, steps_per_epoch, total, config.schedule.warmup_for(total),
                     evals, saves)
-
-
-def total_steps(config: RunConfig, steps_per_epoch: int) -> int:
-    """max_steps when set, else the epochs' worth of steps (rounded up)."""
-    return config.schedule.max_steps or math.ceil(config.schedule.epochs * steps_per_epoch)
-
-
-def warmup_steps(config: RunConfig, total: int) -> int:
-    """warmup_steps when set, else warmup_ratio of the total steps."""
-    return config.schedule.warmup_steps or round(config.schedule.warmup_ratio * total)
 
 
 def _every(n: int, total: int) -> list[int]:
