@@ -7,8 +7,10 @@ from textual.widgets import Static
 
 
 class ErrorLine(Static):
+    """Hidden until there is an error to show (an empty one would still draw its red bar)."""
+
     DEFAULT_CSS = """
-    ErrorLine { height: auto; padding: 0 1; border-left: thick $error; color: $text-error; }
+    ErrorLine { display: none; height: auto; padding: 0 1; border-left: thick $error; color: $text-error; }
     """
 
     def __init__(self, **kwargs) -> None:
