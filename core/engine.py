@@ -84,13 +84,23 @@ def train(
                            step=loop.step))
         raise
     except Exception as err:
-        out.emit(RunFailed(message=f"{type(err).__name__}: {err}", hint="this looks like a bug in sft-tui or a "
-                           "library; the traceback is in the terminal", last_checkpoint=_str(loop.last_checkpoint),
-                           step=loop.step))
+        log_file = _write_traceback(paths) if accelerator.is_main_process else None
+        out.emit(RunFailed(message=f"{type(err).__name__}: {err}",
+                           hint=f"this looks like a bug in sft-tui or a library; the traceback is in {log_file}",
+                           last_checkpoint=_str(loop.last_checkpoint), step=loop.step, log_file=_str(log_file)))
         raise
     finally:
         if jsonl:
             jsonl.close()
+
+
+def _write_traceback(paths: RunPaths) -> Path:
+    """Append the exception being handled to the run's error log, so a front end can name a file."""
+    import traceback
+
+    with open(paths.error_log, "a", encoding="utf-8") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} step failure\n{traceback.format_exc()}\n")
+    return paths.error_log
 
 
 def _str(path: Path | None) -> str | None:

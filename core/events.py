@@ -130,11 +130,14 @@ class RunFinished(Event):
 
 @dataclass(frozen=True)
 class RunFailed(Event):
+    """`log_file`: where the traceback of an unexpected failure (a bug, not bad input) was written."""
+
     type: ClassVar[str] = "run_failed"
     message: str
     hint: str
     last_checkpoint: str | None
     step: int = 0
+    log_file: str | None = None
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -17,6 +17,7 @@ CONFIG_FILE = "config.yaml"
 EVENTS_FILE = "events.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
+ERROR_LOG = "error.log"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class RunPaths:
     @property
     def final(self) -> Path:
         return self.root / FINAL_DIR
+
+    @property
+    def error_log(self) -> Path:
+        """The traceback of an unexpected failure: front ends name this file instead of printing it."""
+        return self.root / ERROR_LOG
 
 
 def config_digest(config: RunConfig) -> str:
