@@ -7,12 +7,14 @@ default), and every validation error names the dotted field path and what is all
 
 from __future__ import annotations
 
+import difflib
 import math
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PureWindowsPath
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from core.errors import UserError
 
@@ -29,10 +31,21 @@ METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
 """Evaluation metrics each task reports, i.e. the allowed values of eval.metric."""
 
 
-class _Section(BaseModel):
-    """Base of every section: unknown keys are rejected, assignments are validated."""
+MAX_EPOCHS = 10_000
+"""Upper bound of schedule.epochs: far beyond any real run, and small enough that a step count stays an int."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+def _invalid(kind: str, message: str, hint: str) -> PydanticCustomError:
+    """A validation error whose hint (what to do) travels to UserError.hint through the error's context."""
+    return PydanticCustomError(kind, message, {"hint": hint})
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are rejected, assignments are validated, and a float must be
+    finite (`.inf` or `.nan` in YAML would otherwise train, or compare as "best", without a word)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -137,7 +150,7 @@ class ScheduleConfig(_Section):
     """Share of the total steps spent warming up; ignored when warmup_steps > 0."""
     warmup_steps: int = Field(0, ge=0)
     """Warmup length in optimizer steps."""
-    epochs: float = Field(3.0, gt=0.0)
+    epochs: float = Field(3.0, gt=0.0, le=MAX_EPOCHS)
     """Passes over the training data (fractions allowed)."""
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimizer steps; overrides epochs when set."""
@@ -183,6 +196,18 @@ class OutputConfig(_Section):
     save_final: bool = True
     """Write `final/` (save_pretrained of model and tokenizer) at the end of the run."""
 
+    @field_validator("run_name")
+    @classmethod
+    def _one_folder_name(cls, name: str | None) -> str | None:
+        """The run folder is runs_dir/run_name: a path here (`..`, `/abs`, `a/b`) would put the run, and
+        overwrite files, outside runs_dir."""
+        if name is None:
+            return name
+        if name.strip(" .") == "" or any(c in name for c in "/\\\0") or PureWindowsPath(name).drive:
+            raise _invalid("run_name", "must be a single folder name, not a path or dots",
+                           "set output.run_name to a plain folder name such as my-run (no /, \\, . or ..)")
+        return name
+
 
 class RunConfig(_Section):
     """A whole fine-tune: what `sft-tui train CONFIG.yaml` runs and the app edits."""
@@ -190,7 +215,7 @@ class RunConfig(_Section):
     task: Task = "classification"
     """causal-lm: supervised fine-tuning with the loss on answers only; classification: a new
     sequence-classification head sized from the labels in the data."""
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     """Seed for initialisation, shuffling, dropout and the validation split."""
     precision: Precision = "auto"
     """auto uses bf16 on GPUs that support it and fp32 elsewhere."""
@@ -207,27 +232,81 @@ class RunConfig(_Section):
     def _check_cross_fields(self) -> RunConfig:
         allowed = METRICS_BY_TASK[self.task]
         if self.eval.metric not in allowed:
-            raise ValueError(
-                f"eval.metric {self.eval.metric!r} is not available for task {self.task!r}; "
-                f"use one of: {', '.join(allowed)}"
-            )
+            raise _invalid("metric_for_task",
+                           f"eval.metric {self.eval.metric!r} is not available for task {self.task!r}; "
+                           f"use one of: {', '.join(allowed)}",
+                           f"set eval.metric to one of: {', '.join(allowed)}")
         if self.data.packing and self.task != "causal-lm":
-            raise ValueError("data.packing only applies to task 'causal-lm'; set it to false")
+            raise _invalid("packing_for_task", "data.packing only applies to task 'causal-lm'; set it to false",
+                           "set data.packing: false (packing concatenates causal-LM rows)")
         return self
 
 
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
     """One line per problem: the dotted field path, what was given and what is allowed."""
-    lines = []
+    return _explain(err, source)[0]
+
+
+def _explain(err: ValidationError, source: str) -> tuple[str, str]:
+    """The message (one line per problem) and the hint (what to do about each) of a validation error."""
+    lines, hints = [], []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
+        msg, hint = e["msg"].removeprefix("Value error, "), _hint(path, e)
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; `sft-tui init` writes an example with every field)"
+            fields = _section_fields(e["loc"]) if err.title == RunConfig.__name__ else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), fields, n=1)
+            section = path.rpartition(".")[0]
+            msg = f"unknown field; did you mean {close[0]!r}?" if close else "unknown field"
+            hint = (f"rename it to {section + '.' if section else ''}{close[0]}" if close else
+                    f"remove it, or use one of the fields of {section or 'the top level'}: {', '.join(fields)}"
+                    if fields else "remove it, or check its spelling: `sft-tui init` writes an example")
         elif "input" in e and e["type"] != "missing" and e["loc"]:  # a whole-config check: no dump
-            msg = f"{msg} (got {e['input']!r})"
+            msg = f"{msg} (got {_short(e['input'])})"
         lines.append(f"{path}: {msg}")
-    return f"invalid {source}:\n  " + "\n  ".join(lines)
+        if hint not in hints:
+            hints.append(hint)
+    return f"invalid {source}:\n  " + "\n  ".join(lines), "; ".join(hints)
+
+
+def _hint(path: str, e: dict) -> str:
+    """What to do about one pydantic error: the validator's own hint, else one made from what is allowed."""
+    if hint := (e.get("ctx") or {}).get("hint"):
+        return hint
+    kind = e["type"]
+    if kind == "missing":
+        return f"add {path}"
+    if kind == "string_type":
+        return f"set {path} to text (in YAML, quote a value that would read as a number or true/false)"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"set {path} to true or false"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"write {path} as a section: its fields as `key: value` lines indented below it"
+    expected = e["msg"].removeprefix("Input should be ")
+    if expected != e["msg"]:
+        expected = expected.split(", ")[0]
+        return f"set {path} to {'a value ' if expected.startswith(('greater', 'less')) else ''}{expected}"
+    return f"fix {path}"
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    """The field names of the section that holds the field at `loc`, to suggest the one meant."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):  # an index into a list of sections (freeze.rules)
+            continue
+        field = model.model_fields.get(part)
+        sections = [t for t in (field.annotation, *get_args(field.annotation))
+                    if isinstance(t, type) and issubclass(t, BaseModel)] if field else []
+        if not sections:
+            return []
+        model = sections[0]
+    return list(model.model_fields)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -235,7 +314,61 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise UserError(format_validation_error(err, source), "fix the fields named above") from None
+        raise UserError(*_explain(err, source)) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps
+    the last one silently, so `lr` set twice would lose the first value without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears a second time (first at line {first.line + 1})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+_OPENED = {"a flow sequence": "[...] list", "a flow mapping": "{...} mapping", "a quoted scalar": "quoted text"}
+"""PyYAML's names for what a bracket or quote opens, in the words of someone writing a config."""
+
+
+def _yaml_error(path: Path, text: str, err: yaml.YAMLError) -> UserError:
+    """A YAML error at the line to look at: where an unclosed bracket, quote or flow began (PyYAML's
+    context mark), else where the parser stopped (its problem mark, e.g. a bad indentation)."""
+    if isinstance(err, yaml.reader.ReaderError):  # a control character: no marks, a position
+        line = text.count("\n", 0, err.position) + 1
+        return UserError(f"YAML syntax error in {path} at line {line}: {err.reason} (#x{err.character:04x})",
+                         f"delete that character from line {line}")
+    problem = getattr(err, "problem", None) or str(err)
+    context, opened, stopped = (getattr(err, name, None) for name in ("context", "context_mark", "problem_mark"))
+    if not (context or "").startswith(("while parsing a flow", "while scanning a")):
+        opened = None  # e.g. "while parsing a block mapping": the whole file, not the line to fix
+    mark = opened or stopped
+    if mark is None:
+        return UserError(f"YAML syntax error in {path}: {problem}", "fix the YAML; `sft-tui init` writes an example")
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    if opened is not None:
+        noun = context.removeprefix("while parsing ").removeprefix("while scanning ")
+        at = ("the end of the file" if stopped is None or stopped.index >= len(text)
+              else f"line {stopped.line + 1}, column {stopped.column + 1}")
+        problem = f"in the {_OPENED.get(noun, noun.partition(' ')[2])} that starts there, {problem} (at {at})"
+    if "'\\t'" in problem:
+        hint = "indent with spaces: YAML does not allow tabs"
+    elif "a second time" in problem:
+        hint = "keep one of the two, and delete the other"
+    elif "for the tag" in problem:
+        hint = f"remove the `!` tag on line {mark.line + 1}: a config holds plain values"
+    else:
+        hint = f"fix line {mark.line + 1}: indent with spaces, close every bracket and quote, write `key: value`"
+    return UserError(f"YAML syntax error in {path} at {where}: {problem}", hint)
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -244,20 +377,26 @@ def load_config(path: str | Path) -> RunConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist", "write one with `sft-tui init`") from None
+        raise UserError(f"config file {path} does not exist",
+                        "check the path, or write one with `sft-tui init`") from None
     except UnicodeDecodeError:
         raise UserError(f"config file {path} is not UTF-8 text", "save it as UTF-8") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a folder", "pass a YAML file (`sft-tui init` writes one)") from None
     except OSError as err:
-        raise UserError(f"cannot read config file {path}: {err.strerror}") from None
+        raise UserError(f"cannot read config file {path}: {err.strerror}",
+                        "check the path and its permissions") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise UserError(f"YAML syntax error in {path}{where}: {problem}", "fix the YAML at that line") from None
+        raise _yaml_error(path, text, err) from None
+    if data is None:
+        raise UserError(f"config file {path} holds no settings (it is empty or only comments)",
+                        "write the settings into it; `sft-tui init` writes an example with every field")
     if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping of sections (task, model, data, ...)")
+        raise UserError(f"config file {path} must hold a mapping of sections (task, model, data, ...), "
+                        f"not a {type(data).__name__}",
+                        "write `section:` lines with `key: value` fields below; `sft-tui init` writes an example")
     return parse_config(data, source=str(path))
 
 
@@ -286,7 +425,10 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         parts = key.split(".")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
-                raise UserError(f"--set {key}: {part!r} is not a config section")
+                sections = [name for name, value in node.items() if isinstance(value, dict)]
+                close = difflib.get_close_matches(part, sections, n=1)
+                raise UserError(f"--set {key}: {part!r} is not a config section",
+                                (f"did you mean {close[0]}? " if close else "") + f"sections: {', '.join(sections)}")
             node = node[part]
         node[parts[-1]] = value
     return parse_config(data, source="config with --set overrides")

@@ -36,6 +36,10 @@ def lm_metrics(loss_sum: float, tokens: int) -> dict[str, float]:
 
 
 def is_better(metric: str, value: float, best: float | None) -> bool:
-    if best is None:
+    """Whether `value` beats `best`. NaN is never better (a diverged evaluation must not become the
+    best checkpoint), and anything finite beats a NaN best kept from before this rule."""
+    if math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
         return True
     return value < best if metric in LOWER_IS_BETTER else value > best

@@ -111,7 +111,8 @@ def test_bad_input_gets_a_message_not_a_traceback(change, expected, lm_setup, tm
 def test_yaml_syntax_error_names_the_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("task: causal-lm\nmodel:\n  name_or_path: [oops\n", encoding="utf-8")
     out = sft("train", "bad.yaml", cwd=tmp_path)
-    assert out.returncode == 2 and "line 4" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "line 3" in out.stderr and "line 4" not in out.stderr  # the unclosed `[`, not the end of the file
 
 
 def test_max_length_beyond_positions_warns_and_clips(lm_setup, tmp_path):

@@ -1,11 +1,14 @@
 """RunConfig: YAML round-trip, the commented example, and errors that name the field."""
 
+import math
+
 import pytest
 import yaml
 
 from core.config import (FreezeRule, RunConfig, apply_overrides, commented_yaml, example_config, load_config,
                          parse_config, save_config)
 from core.errors import UserError
+from core.metrics import is_better
 
 
 @pytest.mark.parametrize("task", ["classification", "causal-lm"])
@@ -48,12 +51,49 @@ def test_bad_values_name_field_and_allowed(data, expected):
     assert expected in err.value.message
 
 
-def test_yaml_syntax_error_reports_line(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "where", "hint"),
+    [
+        ("task: causal-lm\noptim:\n  lr: [1e-4\n  batch_size: 4\n", "at line 3, column 7", "fix line 3"),
+        ("task: causal-lm\nmodel:\n  name_or_path: [oops\n", "at line 3, column 17", "fix line 3"),
+        ("optim: {lr: 1e-4\nseed: 3\n", "at line 1, column 8", "fix line 1"),
+        ("task: 'causal-lm\nseed: 3\n", "at line 1, column 7", "fix line 1"),
+        ("task: causal-lm\nmodel:\n  name_or_path: x\n revision: main\n", "at line 4, column 2", "fix line 4"),
+        ("model:\n\tname_or_path: x\n", "at line 2, column 1", "indent with spaces"),
+        ("seed: 3\nseed: 4\n", "at line 2, column 1", "keep one of the two"),
+        ("seed: !!python/object:os.system x\n", "at line 1, column 7", "remove the `!` tag on line 1"),
+        ("seed: 3\n\x00\n", "at line 2", "delete that character from line 2"),
+    ],
+    ids=["unclosed-list", "unclosed-at-end-of-file", "unclosed-mapping", "unclosed-quote", "bad-indent", "tab",
+         "duplicate-key", "python-tag", "nul"],
+)
+def test_yaml_error_names_the_line_to_fix(text, where, hint, tmp_path):
+    """Defect: the line reported was where PyYAML gave up, one past the unclosed bracket (and past
+    the end of a 3-line file); the line to fix is where the bracket or quote was opened."""
     path = tmp_path / "bad.yaml"
-    path.write_text("task: causal-lm\noptim:\n  lr: [1e-4\n  batch_size: 4\n", encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     with pytest.raises(UserError) as err:
         load_config(path)
-    assert "YAML syntax error" in err.value.message and "line 4" in err.value.message
+    assert err.value.message.startswith(f"YAML syntax error in {path} {where}")
+    assert hint in err.value.hint
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path):
+    """Defect: PyYAML keeps the last of two equal keys, so the first `lr` was lost without a word."""
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 1e-3\n  lr: 2e-3\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"at line 3, column 3: the key 'lr' appears a second time \(first at line 2\)"):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# just a comment\n# and another\n", "---\n"])
+def test_a_config_without_settings_is_refused_not_run_on_defaults(text, tmp_path):
+    """Defect: an empty file (or one of comments) loaded as {} and trained the built-in demo."""
+    path = tmp_path / "empty.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert err.value.message == f"config file {path} holds no settings (it is empty or only comments)"
+    assert "`sft-tui init`" in err.value.hint
 
 
 def test_missing_and_non_utf8_config(tmp_path):
@@ -71,3 +111,96 @@ def test_overrides_are_parsed_and_validated():
         apply_overrides(config, ["optim.batch_size=0"])
     with pytest.raises(UserError, match="section.key=value"):
         apply_overrides(config, ["optim.lr"])
+
+
+@pytest.mark.parametrize(
+    "name", ["..", ".", "", "  ", "/abs/run", "a/b", "../../etc", "a\\b", "C:run", "run\x00x", "runs/"])
+def test_run_name_must_be_one_folder_name(name):
+    """Defect: output.run_name `..` (or any path) put the run folder outside runs_dir and overwrote files."""
+    with pytest.raises(UserError) as err:
+        parse_config({"output": {"run_name": name}})
+    assert err.value.message.startswith("invalid config:\n  output.run_name: must be a single folder name")
+    assert "a plain folder name such as my-run" in err.value.hint
+
+
+@pytest.mark.parametrize("name", ["my-run", "run.2", ".hidden", "2024-01-01_lr3e-5"])
+def test_plain_run_names_are_kept(name):
+    assert parse_config({"output": {"run_name": name}}).output.run_name == name
+
+
+@pytest.mark.parametrize(
+    ("data", "expected", "hint"),
+    [
+        ({"seed": -1}, "seed: Input should be greater than or equal to 0 (got -1)", "set seed to a value greater"),
+        ({"seed": 2**32}, "seed: Input should be less than or equal to 4294967295", "set seed to a value less"),
+        ({"schedule": {"epochs": 1e308}}, "schedule.epochs: Input should be less than or equal to 10000",
+         "set schedule.epochs to a value less than or equal to 10000"),
+        ({"optim": {"weight_decay": math.inf}}, "optim.weight_decay: Input should be a finite number (got inf)",
+         "set optim.weight_decay to a finite number"),
+        ({"optim": {"lr": math.nan}}, "optim.lr: Input should be a finite number (got nan)", "finite number"),
+        ({"freeze": {"rules": [{"match": "x", "lr_scale": math.inf}]}}, "freeze.rules.0.lr_scale: Input should be a "
+         "finite number", "set freeze.rules.0.lr_scale to a finite number"),
+        ({"data": {"val_ratio": -math.inf}}, "data.val_ratio: Input should be a finite number", "finite number"),
+    ],
+    ids=["seed-negative", "seed-too-big", "epochs-1e308", "weight-decay-inf", "lr-nan", "lr-scale-inf",
+         "val-ratio-minus-inf"],
+)
+def test_out_of_range_and_non_finite_numbers_are_refused(data, expected, hint):
+    """Defects: a seed of -1 failed deep in the engine, epochs 1e308 raised OverflowError when the steps
+    were counted, and `.inf`/`.nan` passed every bound (weight_decay: .inf trained)."""
+    with pytest.raises(UserError) as err:
+        parse_config(data)
+    assert expected in err.value.message and hint in err.value.hint
+
+
+def test_a_nan_evaluation_is_never_the_best():
+    """Defect: a NaN evaluation compared as better than nothing, and then nothing beat it."""
+    assert not is_better("loss", math.nan, None)
+    assert not is_better("accuracy", math.nan, 0.5)
+    assert is_better("loss", 2.0, math.nan) and is_better("accuracy", 0.1, math.nan)
+    assert is_better("loss", 1.0, 2.0) and not is_better("accuracy", 0.4, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected", "hint"),
+    [
+        ({"optim": {"learning_rate": 1e-4}}, "optim.learning_rate: unknown field",
+         "use one of the fields of optim: lr, weight_decay"),
+        ({"optim": {"lrr": 1e-4}}, "optim.lrr: unknown field; did you mean 'lr'?", "rename it to optim.lr"),
+        ({"optimizer": {"lr": 1e-4}}, "optimizer: unknown field; did you mean 'optim'?", "rename it to optim"),
+        ({"freeze": {"rules": [{"mach": "x"}]}}, "freeze.rules.0.mach: unknown field; did you mean 'match'?",
+         "rename it to freeze.rules.0.match"),
+        ({"output": {"run_name": 2024}}, "output.run_name: Input should be a valid string", "quote"),
+        ({"data": {"packing": "maybe"}}, "data.packing: Input should be a valid boolean", "true or false"),
+        ({"optim": 5}, "optim: Input should be a valid dictionary", "write optim as a section"),
+        ({"task": "causal-lm", "eval": {"metric": "accuracy"}}, "eval.metric 'accuracy' is not available",
+         "set eval.metric to one of: loss, perplexity"),
+    ],
+)
+def test_each_error_comes_with_a_hint_that_says_what_to_do(data, expected, hint):
+    with pytest.raises(UserError) as err:
+        parse_config(data)
+    assert expected in err.value.message and hint in err.value.hint
+
+
+def test_several_errors_get_one_hint_each():
+    with pytest.raises(UserError) as err:
+        parse_config({"optim": {"lr": 0, "batch_size": 0}})
+    assert err.value.hint == ("set optim.lr to a value greater than 0; "
+                              "set optim.batch_size to a value greater than or equal to 1")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected", "hint"),
+    [
+        ("output.run_name=..", "output.run_name: must be a single folder name", "such as my-run"),
+        ("seed=-1", "seed: Input should be greater than or equal to 0", "set seed"),
+        ("optim.weight_decay=.inf", "optim.weight_decay: Input should be a finite number", "finite number"),
+        ("schedule.epochs=1e308", "schedule.epochs: Input should be less than or equal to 10000", "schedule.epochs"),
+        ("optm.lr=1e-4", "--set optm.lr: 'optm' is not a config section", "did you mean optim?"),
+    ],
+)
+def test_overrides_get_the_same_validation(override, expected, hint):
+    with pytest.raises(UserError) as err:
+        apply_overrides(example_config("causal-lm"), [override])
+    assert expected in err.value.message and hint in err.value.hint
