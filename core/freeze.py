@@ -22,6 +22,19 @@ from core.errors import UserError
 from core.models import ModelDescription
 
 
+class PresetRule(FreezeRule):
+    """A rule contributed by freeze.preset. It is none of config.freeze.rules, so messages name it by
+    the preset, and a user rule by its place in the config (`freeze.rules.N`)."""
+
+
+def rule_name(rules: list[FreezeRule], index: int) -> str:
+    """How messages name rules[index]: `freeze.rules.N` (N counts from 0, as in the config's own
+    errors) for a user's rule, `freeze.preset` for a preset's."""
+    if isinstance(rules[index], PresetRule):
+        return "freeze.preset"
+    return f"freeze.rules.{index - sum(isinstance(rule, PresetRule) for rule in rules[:index])}"
+
+
 @dataclass(frozen=True)
 class ParamState:
     """What the map decided for one parameter; `rule` is the deciding rule's index, None for none."""
@@ -57,16 +70,16 @@ class FreezeSummary:
 def preset_rules(preset: str, desc: ModelDescription, top_n: int) -> list[FreezeRule]:
     """The rules of a preset, naming exact module paths from the description."""
     if preset == "all":
-        return [FreezeRule(match="*", train=True)]
+        return [PresetRule(match="*", train=True)]
     if preset == "freeze-embeddings":
-        return [FreezeRule(match="*", train=True)] + [FreezeRule(match=p, train=False) for p in desc.embeddings]
+        return [PresetRule(match="*", train=True)] + [PresetRule(match=p, train=False) for p in desc.embeddings]
     if preset == "head-only":
         trained = desc.head
     elif preset == "top-n":
         trained = (desc.blocks[-top_n:] if top_n else []) + desc.top + desc.head
     else:
         raise ValueError(f"unknown freeze preset {preset!r}")
-    return [FreezeRule(match="*", train=False)] + [FreezeRule(match=p, train=True) for p in trained]
+    return [PresetRule(match="*", train=False)] + [PresetRule(match=p, train=True) for p in trained]
 
 
 def effective_rules(freeze: FreezeConfig, desc: ModelDescription) -> list[FreezeRule]:
@@ -74,14 +87,14 @@ def effective_rules(freeze: FreezeConfig, desc: ModelDescription) -> list[Freeze
     return preset_rules(freeze.preset, desc, freeze.top_n) + list(freeze.rules)
 
 
-def _matcher(index: int, rule: FreezeRule) -> Callable[[str], bool]:
-    pattern = rule.match
+def _matcher(rules: list[FreezeRule], index: int) -> Callable[[str], bool]:
+    pattern = rules[index].match
     if pattern.startswith("re:"):
         try:
             return re.compile(pattern[3:]).fullmatch
         except re.error as err:
             raise UserError(
-                f"freeze rule {index} ({pattern!r}) is not a valid regular expression: {err}",
+                f"{rule_name(rules, index)}.match {pattern!r} is not a valid regular expression: {err}",
                 hint="fix the regex after 're:', or use a glob or a module path",
             ) from None
     if any(c in pattern for c in "*?["):
@@ -108,7 +121,7 @@ def _tensors(model) -> list[tuple[list[str], object]]:
 
 def _decide(model, rules: list[FreezeRule]) -> tuple[list[tuple[list[str], object, int | None]], list[bool]]:
     """Per tensor: names, parameter and deciding rule index; and per rule: whether it matched anything."""
-    matchers = [_matcher(i, rule) for i, rule in enumerate(rules)]
+    matchers = [_matcher(rules, i) for i in range(len(rules))]
     matched_any = [False] * len(rules)
     decided = []
     for names, param in _tensors(model):
@@ -144,7 +157,7 @@ def _summarize(rules: list[FreezeRule], decided, matched_any: list[bool]) -> Fre
         else:
             per_rule[index].params += n
             per_rule[index].tensors += 1
-    warnings = [f"freeze rule {i} ({r.match!r}) matches no parameter"
+    warnings = [f"{rule_name(rules, i)} ({r.match!r}) matches no parameter"
                 for i, r in enumerate(rules) if not matched_any[i]]
     return FreezeSummary(total, trainable, trainable / total if total else 0.0, unmatched, per_rule, warnings)
 

@@ -13,6 +13,7 @@ from core.config import FreezeConfig, FreezeRule, ModelConfig
 from core.errors import UserError
 from core.freeze import (
     ParamState,
+    PresetRule,
     apply_freeze_map,
     effective_rules,
     param_groups,
@@ -115,8 +116,20 @@ def test_regex_is_a_full_match_on_names_or_module_paths():
 
 
 def test_invalid_regex_names_the_rule():
-    with pytest.raises(UserError, match=r"freeze rule 1 \('re:\(unclosed'\) is not a valid regular expression"):
+    with pytest.raises(UserError, match=r"freeze.rules.1.match 're:\(unclosed' is not a valid regular expression"):
         resolve(Stack(), [R("*"), R("re:(unclosed")])
+
+
+def test_rules_are_named_by_their_place_in_the_config_not_in_the_preset_plus_rules_list(bert):
+    """Defect: messages numbered the preset's rules and the user's together, so with the head-only
+    preset (2 rules) the user's first rule was "freeze rule 2" while the config's own errors call it
+    freeze.rules.0. Both now say freeze.rules.N, counted in the YAML's list."""
+    config = FreezeConfig(preset="head-only", rules=[R("classifier"), R("re:(unclosed")])
+    with pytest.raises(UserError, match=r"^freeze.rules.1.match 're:\(unclosed' is not a valid"):
+        summarize_freeze(bert, effective_rules(config, describe_model(bert)))
+    config = FreezeConfig(preset="head-only", rules=[R("classifier"), R("bert.no_such_module")])
+    summary = summarize_freeze(bert, effective_rules(config, describe_model(bert)))
+    assert summary.warnings == ["freeze.rules.1 ('bert.no_such_module') matches no parameter"]
 
 
 def test_tied_weights_follow_the_last_rule_matching_any_name(gpt2):
@@ -144,7 +157,7 @@ def test_summary_counts_add_up_and_warn_about_rules_that_match_nothing(bert):
     assert by_index[1].params == sum(p.numel() for p in bert.bert.encoder.layer[1].parameters())
     assert by_index[2].tensors == 2 and by_index[2].lr_scale == 5.0
     assert by_index[3].params == 0
-    assert summary.warnings == ["freeze rule 3 ('bert.no_such_module') matches no parameter"]
+    assert summary.warnings == ["freeze.rules.3 ('bert.no_such_module') matches no parameter"]
     assert _trainable(bert) == _names_under(bert, ["bert.encoder.layer.1", "classifier"])
 
 
@@ -198,7 +211,7 @@ def test_effective_rules_put_user_rules_after_the_preset(bert):
     desc = describe_model(bert)
     user = [R("bert.encoder.layer.0", lr_scale=0.5)]
     rules = effective_rules(FreezeConfig(preset="head-only", rules=user), desc)
-    assert rules == [R("*", False), R("classifier"), *user]
+    assert rules == [PresetRule(match="*", train=False), PresetRule(match="classifier"), *user]
 
 
 def test_tied_head_only_on_a_causal_lm_trains_the_shared_embedding(gpt2):
