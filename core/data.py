@@ -10,10 +10,14 @@ functions that need them, so importing this module (as the app does at start-up)
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
+import logging
 import math
+import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -56,6 +60,14 @@ _FORMAT_ROLES = {
     "text-label": ("text", "label"),
     "text": ("text",),
 }
+CHARS_PER_TOKEN = 32
+"""Characters kept per token of data.max_length when a text field is cut before tokenizing.
+
+Tokenizing a 50 MB field costs minutes and gigabytes, all for tokens that truncation then throws
+away. English averages about 4 characters a token, code and other languages fewer; 32 leaves room
+for runs of long tokens (indentation, "-----" rules, whitespace a BERT tokenizer drops), so for any
+normal text the cut never reaches what truncation to max_length tokens would keep.
+"""
 _TASK_FORMATS = {"classification": ("text-label",), "causal-lm": ("prompt-completion", "chat", "text")}
 # ShareGPT-style turns ({"from": "human", "value": ...}) are mapped onto role/content.
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
@@ -236,22 +248,59 @@ def _load_files(paths: list[Path], field_name: str) -> datasets.Dataset:
             _check_text_file(path, field_name)
     # The app owns the terminal; datasets' progress bars would draw over it.
     datasets.disable_progress_bars()
-    builder, options = ("csv", {"sep": "\t"}) if kind == "tsv" else (kind, {})
-    try:
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", **options)
-    except Exception as err:  # noqa: BLE001 - parsers raise many types; all mean "this file is unreadable"
-        raise _read_error(paths, kind, field_name, err) from None
+    with _datasets_silenced():
+        try:
+            ds = _read_files(paths, kind)
+        except Exception as err:  # noqa: BLE001 - parsers raise many types; all mean "this file is unreadable"
+            raise _read_error(paths, kind, field_name, err) from None
     if len(ds) == 0:
         raise UserError(f"{field_name}: {_names(paths)} has no rows", "point at a file with data rows")
     return ds
 
 
+def _read_files(paths: list[Path], kind: str) -> datasets.Dataset:
+    """The rows of local files through `Dataset.from_*`, not `load_dataset`: the latter pings the Hub
+    to count a download on every load unless HF_HUB_OFFLINE is set, and local data must never touch
+    the network. This leaves the user's settings for named datasets as they are."""
+    from datasets import Dataset
+
+    files = [str(p) for p in paths]
+    if kind == "json":
+        return Dataset.from_json(files)
+    if kind == "parquet":
+        return Dataset.from_parquet(files)
+    return Dataset.from_csv(files, sep="\t" if kind == "tsv" else ",")
+
+
+@contextlib.contextmanager
+def _datasets_silenced() -> Iterator[None]:
+    """Mute the `datasets` logger while local files load: on a bad file its readers log the raw
+    parser error (which the front ends would print, some twice) before raising, and every such
+    failure becomes a UserError that names the file and line instead."""
+    lib = logging.getLogger("datasets")
+    level = lib.level
+    lib.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        lib.setLevel(level)
+
+
+def _folder(paths: list[Path]) -> Path:
+    """The folder the files were found in (they may lie in its subfolders)."""
+    return Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
+
+
 def _names(paths: list[Path]) -> str:
-    return str(paths[0]) if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} files)"
+    return str(paths[0]) if len(paths) == 1 else f"{_folder(paths)} ({len(paths)} files)"
 
 
 def _read_error(paths: list[Path], kind: str, field_name: str, err: Exception) -> UserError:
-    """Turn a `datasets` load failure into a message that names the file and, for JSON, the line."""
+    """Turn a `datasets` load failure into a message that names the file and, for JSON, the line.
+
+    When several files fail together, each is read alone (this is the failure path, so the cost
+    does not matter) to name the one that is broken, or the columns that differ between them.
+    """
     if kind == "json":
         for path in paths:
             problem = _first_json_problem(path)
@@ -259,8 +308,33 @@ def _read_error(paths: list[Path], kind: str, field_name: str, err: Exception) -
                 return UserError(f"{field_name}: {path} {problem}", "fix that line (one JSON object per line)")
     if isinstance(err, ValueError) and "corresponds to no data" in str(err):
         return UserError(f"{field_name}: {_names(paths)} has no rows", "point at a file with data rows")
+    if len(paths) > 1:
+        return _folder_error(paths, kind, field_name) or _read_error(paths[:1], kind, field_name, err)
     cause = err.__cause__ or err
     return UserError(f"{field_name}: cannot read {_names(paths)}: {cause}", f"check that it is valid {kind.upper()}")
+
+
+def _folder_error(paths: list[Path], kind: str, field_name: str) -> UserError | None:
+    """The first file of a folder that fails on its own, or which files have which columns."""
+    folder = _folder(paths)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for path in paths:
+        try:
+            columns = tuple(_read_files([path], kind).column_names)
+        except Exception as err:  # noqa: BLE001 - as in _load_files
+            return _read_error([path], kind, field_name, err)
+        groups.setdefault(columns, []).append(str(path.relative_to(folder)))
+    if len(groups) < 2:
+        return None
+    listing = "; ".join(
+        f"{', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''} "
+        f"{'has' if len(names) == 1 else 'have'} columns {', '.join(columns)}"
+        for columns, names in groups.items()
+    )
+    return UserError(
+        f"{field_name}: the files in folder {folder} do not have the same columns: {listing}",
+        "all files in a folder must share their columns; move the others out, or point at one file",
+    )
 
 
 def _first_json_problem(path: Path) -> str | None:
@@ -364,6 +438,8 @@ class _Encoded:
 
     examples: list[Example] = field(default_factory=list)
     truncated: int = 0
+    cut: int = 0
+    """Rows with a field cut to `_Context.max_chars` before tokenizing."""
     dropped: Counter[str] = field(default_factory=Counter)
 
 
@@ -376,6 +452,34 @@ class _Context:
     chat_template: str | None
     held_out: bool
     """Validation was carved off the training rows (changes the hint of an unknown-label error)."""
+    sources: dict[str, str]
+    """Where each split's rows come from ("train", "validation"), for messages."""
+
+    @property
+    def max_chars(self) -> int:
+        return CHARS_PER_TOKEN * self.max_length
+
+    def cut(self, out: _Encoded, *texts: str) -> list[str]:
+        """A row's text fields, each cut to max_chars; `out` counts the row if any was cut."""
+        if all(len(text) <= self.max_chars for text in texts):
+            return list(texts)
+        out.cut += 1
+        return [text[: self.max_chars] for text in texts]
+
+    def cut_turns(self, out: _Encoded, turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The turns within max_chars characters of content, the last one cut to fit; `out` counts
+        a cut row. Turns past that budget start beyond data.max_length tokens, so dropping them
+        also bounds the work of rendering a conversation of thousands of turns."""
+        budget = self.max_chars
+        for i, turn in enumerate(turns):
+            content = turn["content"]
+            if not isinstance(content, str):
+                continue
+            if len(content) > budget:
+                out.cut += 1
+                return turns[:i] + ([{**turn, "content": content[:budget]}] if budget else [])
+            budget -= len(content)
+        return turns
 
 
 def prepare_data(config: RunConfig, tokenizer: Any, max_positions: int | None = None) -> PreparedData:
@@ -402,12 +506,19 @@ def prepare_data(config: RunConfig, tokenizer: Any, max_positions: int | None = 
         held_out = True
     rows_in = {"train": len(train_ds), "validation": len(val_ds) if val_ds is not None else 0}
 
-    labels = _label_names(train_ds, cols.label) if fmt == "text-label" else None
+    sources = {"train": data.train, "validation": data.validation or data.train}
+    labels = _label_names(train_ds, cols.label, sources["train"]) if fmt == "text-label" else None
     encode = _ENCODERS[fmt]
-    context = _Context(tokenizer, max_length, cols, labels, data.chat_template, held_out)
+    context = _Context(tokenizer, max_length, cols, labels, data.chat_template, held_out, sources)
     train = encode(train_ds, context, "train")
     validation = encode(val_ds, context, "validation") if val_ds is not None else _Encoded()
 
+    for split, name, encoded in (("train", "training", train), ("validation", "validation", validation)):
+        if encoded.cut:
+            warnings.append(
+                f"cut {encoded.cut} of {rows_in[split]} {name} rows to {context.max_chars} characters before "
+                f"tokenizing ({CHARS_PER_TOKEN} per token of data.max_length); the rest lies beyond max_length"
+            )
     _check_trainable(train, rows_in["train"], max_length, warnings)
     if validation.dropped:
         warnings.append(_dropped_note("validation", validation.dropped, rows_in["validation"]))
@@ -446,14 +557,24 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _label_values(ds: datasets.Dataset, column: str) -> list[str | None]:
-    """Label strings of a column; integer ClassLabel columns give their names."""
+def _blank(value: Any) -> bool:
+    """Missing, or a string of whitespace only: a target made of it trains on the end token alone."""
+    return _missing(value) or (isinstance(value, str) and not value.strip())
+
+
+def _label_values(ds: datasets.Dataset, column: str, source: str) -> list[str | None]:
+    """Label strings of a column; integer ClassLabel columns give their names.
+
+    A JSON column may hold values of several types (1 and "positive"); their strings would become
+    separate classes without a word, so mixed types are an error.
+    """
     import datasets
 
     values = list(ds[column])
     feature = ds.features.get(column)
     if isinstance(feature, datasets.ClassLabel):
         return [None if _missing(v) else feature.int2str(int(v)) for v in values]
+    by_type: dict[str, list[Any]] = {}
     for v in values:
         if isinstance(v, (list, dict)):
             raise UserError(
@@ -461,12 +582,22 @@ def _label_values(ds: datasets.Dataset, column: str) -> list[str | None]:
                 "classification needs one label per row",
                 "point data.columns.label at a column with one string or integer per row",
             )
+        if not _missing(v):
+            seen = by_type.setdefault(type(v).__name__, [])
+            if len(seen) < 3 and v not in seen:
+                seen.append(v)
+    if len(by_type) > 1:
+        kinds = " and ".join(f"{kind} ({', '.join(map(repr, seen))})" for kind, seen in by_type.items())
+        raise UserError(
+            f"data.columns.label: the label column {column!r} of {source} mixes value types: {kinds}",
+            "use one type for every label (all strings or all integers), so that each class is written one way",
+        )
     return [None if _missing(v) else str(v) for v in values]
 
 
-def _label_names(ds: datasets.Dataset, column: str) -> list[str]:
+def _label_names(ds: datasets.Dataset, column: str, source: str) -> list[str]:
     """Sorted unique training labels (integers numerically, so "10" comes after "9")."""
-    names = sorted({v for v in _label_values(ds, column) if v is not None}, key=_label_order)
+    names = sorted({v for v in _label_values(ds, column, source) if v is not None}, key=_label_order)
     if len(names) < 2:
         raise UserError(
             f"data.train: the label column {column!r} has {len(names)} distinct value(s) ({', '.join(names)}); "
@@ -501,7 +632,7 @@ def _encode_text_label(ds: datasets.Dataset, ctx: _Context, split: str) -> _Enco
     out = _Encoded()
     index = {name: i for i, name in enumerate(ctx.labels)}
     rows = []
-    for text, label in zip(ds[ctx.columns.text], _label_values(ds, ctx.columns.label)):
+    for text, label in zip(ds[ctx.columns.text], _label_values(ds, ctx.columns.label, ctx.sources[split])):
         if _missing(text) or label is None:
             out.dropped["the text or the label is empty"] += 1
         elif label not in index:
@@ -511,7 +642,7 @@ def _encode_text_label(ds: datasets.Dataset, ctx: _Context, split: str) -> _Enco
                 f"{label!r} occurs only in {where}; add training rows with it, or remove those rows",
             )
         else:
-            rows.append((str(text), index[label]))
+            rows.append((ctx.cut(out, str(text))[0], index[label]))
     for (text, label), ids in zip(rows, _ids(ctx.tokenizer, [t for t, _ in rows], special=True)):
         if len(ids) > ctx.max_length:
             ids = ctx.tokenizer(text, truncation=True, max_length=ctx.max_length)["input_ids"]
@@ -543,10 +674,19 @@ def _encode_prompt_completion(ds: datasets.Dataset, ctx: _Context, split: str) -
     out = _Encoded()
     rows = []
     for prompt, completion in zip(ds[ctx.columns.prompt], ds[ctx.columns.completion]):
-        if _missing(prompt) or _missing(completion):
-            out.dropped["the prompt or the completion is empty"] += 1
+        if _blank(completion):
+            out.dropped["the completion is empty"] += 1
+        elif _missing(prompt):
+            out.dropped["the prompt is empty"] += 1
         else:
-            rows.append((str(prompt), str(completion)))
+            prompt, completion = ctx.cut(out, str(prompt), str(completion))
+            rows.append((prompt, completion))
+    if split == "train" and out.dropped["the completion is empty"] == len(ds):
+        raise UserError(
+            f"data.columns.completion: every completion in column {ctx.columns.completion!r} of {ctx.sources[split]} "
+            "is empty, so the model would learn nothing but to end its answer at once",
+            "point data.columns.completion at the column that holds the answers, or fill them in",
+        )
     prompts = _ids(ctx.tokenizer, [p for p, _ in rows], special=True)
     answers = _ids(ctx.tokenizer, [c for _, c in rows], special=False)
     eos = [] if ctx.tokenizer.eos_token_id is None else [ctx.tokenizer.eos_token_id]
@@ -570,7 +710,7 @@ def _encode_text(ds: datasets.Dataset, ctx: _Context, split: str) -> _Encoded:
         if _missing(text):
             out.dropped["the text is empty"] += 1
         else:
-            texts.append(str(text))
+            texts.append(ctx.cut(out, str(text))[0])
     eos = ctx.tokenizer.eos_token_id
     for ids in _ids(ctx.tokenizer, texts, special=True):
         if eos is not None and (not ids or ids[-1] != eos):
@@ -614,21 +754,33 @@ def _encode_chat(ds: datasets.Dataset, ctx: _Context, split: str) -> _Encoded:
         )
     template = None if getattr(tok, "chat_template", None) else ctx.chat_template
     out = _Encoded()
+    silent = "the conversation has no assistant turn with content"
+    reason = f"no assistant token within data.max_length ({ctx.max_length} tokens)"
     for value in ds[ctx.columns.messages]:
         turns = _turns(value)
+        if not any(turn["role"] == "assistant" and not _blank(turn["content"]) for turn in turns):
+            out.dropped[silent] += 1
+            continue
+        cut = out.cut
+        turns = ctx.cut_turns(out, turns)
         text, spans = _assistant_spans(tok, turns, template)
         if not spans:
-            out.dropped["the conversation has no assistant turn after a prompt"] += 1
+            out.dropped[reason if out.cut > cut else "the conversation has no assistant turn after a prompt"] += 1
             continue
         ids, trained = _tokenize_spans(tok, text, [(start, end) for _, start, end in spans])
         labels = [t if keep else IGNORE_INDEX for t, keep in zip(ids, trained)]
-        reason = f"no assistant token within data.max_length ({ctx.max_length} tokens)"
         example = _lm_example(ids, labels, ctx, out, reason)
         if example is None:
             continue
         if split == "validation":
             _set_chat_sample(example, tok, turns, text, spans, ctx.max_length)
         out.examples.append(example)
+    if split == "train" and out.dropped[silent] == len(ds):
+        raise UserError(
+            f"data.columns.messages: no conversation in column {ctx.columns.messages!r} of {ctx.sources[split]} "
+            "has an assistant turn with content, and the loss is taken on assistant turns only",
+            "point data.columns.messages at conversations with assistant replies, or fill the replies in",
+        )
     return out
 
 
@@ -669,12 +821,13 @@ def _assistant_spans(tokenizer: Any, turns: list[dict[str, Any]], template: str 
     ends, and stops where the conversation up to it ends, less trailing whitespace (formatting after
     the end-of-turn token that generation never produces). This needs a prefix-stable template:
     rendering a shorter conversation must give a prefix of the longer one. An assistant turn with
-    nothing before it has no prompt to answer and is kept as context only.
+    nothing before it has no prompt to answer, and an empty one would train the end-of-turn token
+    alone; both are kept as context only.
     """
     full = _render(tokenizer, turns, template, generation_prompt=False)
     spans = []
     for i, turn in enumerate(turns):
-        if turn["role"] != "assistant" or i == 0:
+        if turn["role"] != "assistant" or i == 0 or _blank(turn["content"]):
             continue
         before = _render(tokenizer, turns[:i], template, generation_prompt=True)
         upto = _render(tokenizer, turns[: i + 1], template, generation_prompt=False)
