@@ -410,16 +410,21 @@ def detect_format(column_names: list[str], task: str, data: DataConfig) -> tuple
         fmt = next((f for f, roles in _FORMAT_ROLES.items() if all(found[r] for r in roles)), None)
         if fmt is None:
             raise UserError(
-                f"cannot tell the data format from the columns: {available}",
+                f"data.train: cannot tell the data format of {data.train} from its columns: {available}",
                 "set data.format and data.columns (e.g. data.columns.text and data.columns.label)",
             )
     allowed = _TASK_FORMATS[task]
     if fmt not in allowed:
-        if task == "causal-lm":  # only text-label rows do not fit a language model
-            hint = f"set task: classification, or data.format: text to train on the {found['text']!r} column alone"
-        else:
+        if task == "classification":
             hint = "set task: causal-lm, or data.columns.text and data.columns.label for classification"
-        raise UserError(f"data format {fmt!r} does not fit task {task!r}, which reads: {', '.join(allowed)}", hint)
+        elif found["text"]:
+            hint = f"set task: classification, or set data.format: text to train on the {found['text']!r} column alone"
+        else:
+            hint = f"set data.format to auto or one of: {', '.join(allowed)}; or set task: classification"
+        detected = "the detected format" if data.format == "auto" else "format"
+        raise UserError(
+            f"data.format: {detected} {fmt!r} does not fit task {task!r}, which reads: {', '.join(allowed)}", hint
+        )
     for role in _FORMAT_ROLES[fmt]:
         if found[role] is None:
             raise UserError(

@@ -103,13 +103,17 @@ def test_unknown_column_names_it_and_lists_columns():
 def test_missing_role_and_wrong_task_are_explained():
     with pytest.raises(UserError, match=r"data.columns.label: no label column found .*columns are: text, id"):
         detect_format(["text", "id"], "classification", DataConfig(format="text-label"))
-    with pytest.raises(UserError, match="cannot tell the data format from the columns: a, b"):
-        detect_format(["a", "b"], "causal-lm", DataConfig())
+    with pytest.raises(UserError, match="data.train: cannot tell the data format of data.jsonl from its columns: a, b"):
+        detect_format(["a", "b"], "causal-lm", DataConfig(train="data.jsonl"))
     with pytest.raises(UserError) as err:
         detect_format(["text", "label"], "causal-lm", DataConfig())
     assert "data.format: text" in err.value.hint
-    with pytest.raises(UserError, match="does not fit task 'classification'"):
+    with pytest.raises(UserError, match="data.format: the detected format .* does not fit task 'classification'"):
         detect_format(["prompt", "completion"], "classification", DataConfig())
+    with pytest.raises(UserError) as err:  # the hint named "the None column" when there was no text column
+        detect_format(["prompt", "completion"], "causal-lm", DataConfig(format="text-label"))
+    assert err.value.message.startswith("data.format: format 'text-label' does not fit task 'causal-lm'")
+    assert err.value.hint == "set data.format to auto or one of: prompt-completion, chat, text; or set task: classification"
 
 
 # ----------------------------------------------------------------------------- causal LM masks
