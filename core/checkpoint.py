@@ -1,49 +1,80 @@
-"""Atomic checkpoints and exact resume.
+"""Atomic checkpoints and exact resume, with nothing in a run folder able to execute code.
 
 A checkpoint holds everything the next step depends on: the weights (safetensors), optimizer and
-scheduler state, every RNG, and the data position (epoch and step within it). It is written to a
-hidden temporary folder and renamed into place, so a crash mid-write never leaves a folder that
-`latest_checkpoint` would pick up: the previous checkpoint stays the newest complete one.
+scheduler state, every RNG, and the data position (epoch and step within it), then a manifest of
+file sizes written last (core.manifest). It is written through `core.atomic.atomic_folder`, so a
+crash mid-write leaves the previous checkpoint as the newest complete one.
+
+Run folders travel between machines and users, so loading one must never run code: weights and
+RNG states are safetensors, the training state is JSON, and the optimizer and scheduler states are
+read with `torch.load(weights_only=True)`, which refuses any pickle that names a Python callable.
+A checkpoint that fails any of this is reported by file and the previous one is tried.
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_model, save_file, save_model
 
-PREFIX = "step-"
-_TMP_PREFIX = ".tmp-"
+from core.atomic import atomic_folder
+from core.errors import UserError
+from core.manifest import PREFIX, checkpoint_problem, list_checkpoints, step_of, write_manifest
+
+STATE_FILE = "state.json"
+_FULL_DISK = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EFBIG: "the file size limit (ulimit -f) is reached"}
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every RNG as tensors plus JSON metadata: a safetensors file, never a pickle."""
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    version, internal, gauss = random.getstate()
+    meta = {"python": json.dumps([version, list(internal), gauss])}
     try:
         import numpy as np
 
-        state["numpy"] = np.random.get_state()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
+        meta["numpy"] = json.dumps([kind, int(pos), int(has_gauss), float(cached)])
     except ImportError:
         pass
-    return state
+    return tensors, meta
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state:
+def _set_rng_state(path: Path) -> None:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    version, internal, gauss = json.loads(meta["python"])
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    if "numpy" in tensors:
         import numpy as np
 
-        np.random.set_state(state["numpy"])
+        kind, pos, has_gauss, cached = json.loads(meta["numpy"])
+        np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _needed_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """About what one checkpoint takes: the weights plus the optimizer's state tensors."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    moments = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                  if isinstance(t, torch.Tensor))
+    return max(1, (weights + moments) >> 20)
 
 
 def save_checkpoint(
@@ -55,48 +86,77 @@ def save_checkpoint(
     state: dict[str, Any],
     keep_last: int,
 ) -> Path:
-    """Write `checkpoints_dir/step-N` atomically, then delete all but the newest `keep_last`."""
+    """Write `checkpoints_dir/step-N` atomically, then delete all but the newest `keep_last`.
+
+    A full disk or a file-size limit becomes a UserError that says how much room a checkpoint
+    needs; the previous checkpoints stay as they were."""
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoints_dir / f"{PREFIX}{step}"
-    tmp = checkpoints_dir / f"{_TMP_PREFIX}{PREFIX}{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(final) as tmp:
+            save_model(model, str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            tensors, meta = _rng_state()
+            save_file(tensors, str(tmp / "rng.safetensors"), metadata=meta)
+            (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1), encoding="utf-8")
+            write_manifest(tmp, step)
+    except OSError as err:
+        if err.errno not in _FULL_DISK:
+            raise
+        kept = list_checkpoints(checkpoints_dir)
+        raise UserError(
+            f"cannot write checkpoint {final}: {_FULL_DISK[err.errno]} "
+            f"(a checkpoint needs about {_needed_mb(model, optimizer):,} MB)",
+            "free space under " + str(checkpoints_dir) + " (or lower checkpoint.keep_last), then resume with "
+            f"`sft-tui train --resume {checkpoints_dir.parent}`"
+            + (f"; the last complete checkpoint is {kept[-1].name}" if kept else ""),
+        ) from None
     for old in list_checkpoints(checkpoints_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary folders of interrupted writes are skipped)."""
-    if not checkpoints_dir.is_dir():
-        return []
-    found = [p for p in checkpoints_dir.iterdir()
-             if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()
-             and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
-
-
-def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
-    found = list_checkpoints(checkpoints_dir)
-    return found[-1] if found else None
-
-
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict:
-    """Restore weights, optimizer, scheduler and RNG in place; return the saved training state."""
-    load_model(model, str(path / "model.safetensors"), device=str(next(model.parameters()).device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    return json.loads((path / "state.json").read_text(encoding="utf-8"))
+    """Restore weights, optimizer, scheduler and RNG in place; return the saved training state.
+
+    Raises UserError naming the first file that is incomplete, corrupt or not safely loadable."""
+    problem = checkpoint_problem(path)
+    if problem:
+        raise UserError(problem)
+
+    def read(name: str, load: Callable[[Path], Any]) -> Any:
+        try:
+            return load(path / name)
+        except Exception as err:  # any failure to parse a file is the same news: that file is bad
+            reason = "it holds Python objects, which sft-tui never unpickles" \
+                if "weights_only" in str(err) else f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            raise UserError(f"{path / name} cannot be loaded ({reason})") from None
+
+    device = str(next(model.parameters()).device)
+    state = read(STATE_FILE, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    read("model.safetensors", lambda p: load_model(model, str(p), device=device))
+    optimizer.load_state_dict(read("optimizer.pt", lambda p: torch.load(p, weights_only=True)))
+    scheduler.load_state_dict(read("scheduler.pt", lambda p: torch.load(p, weights_only=True)))
+    read("rng.safetensors", _set_rng_state)
+    return state
+
+
+def load_latest(checkpoints_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                warn: Callable[[str], None]) -> tuple[Path, dict]:
+    """Load the newest checkpoint that loads, newest first; each one skipped is reported through
+    `warn` with the file that broke it. Raises UserError when none loads."""
+    candidates = sorted((p for p in checkpoints_dir.iterdir() if p.is_dir() and step_of(p) is not None),
+                        key=step_of, reverse=True) if checkpoints_dir.is_dir() else []
+    problems = []
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path, model, optimizer, scheduler)
+        except UserError as err:
+            problems.append(err.message)
+            warn(f"checkpoint {path.name} is unusable: {err.message}; trying the one before it")
+    raise UserError(
+        f"{checkpoints_dir.parent} has no checkpoint to resume from"
+        + (": " + "; ".join(problems) if problems else ""),
+        "start the run again with `sft-tui train " + str(checkpoints_dir.parent / "config.yaml") + "`",
+    )

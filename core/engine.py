@@ -20,7 +20,8 @@ from core.errors import UserError
 from core.events import (CheckpointSaved, EvalResult, Event, EventSink, JsonlSink, Paused, Resumed, RunFailed,
                          RunFinished, RunStarted, SampleGenerated, StepMetrics)
 from core.logs import logs_to_events
-from core.runs import RunPaths, config_digest, create_run, new_run_id, open_run
+from core.runs import (RunLock, RunPaths, config_digest, create_run, discard_stub, new_run_id, open_run,
+                       resume_problem)
 
 log = logging.getLogger("core.engine")
 
@@ -50,6 +51,15 @@ class _Broadcast:
         for sink in self.sinks:
             sink.emit(event)
 
+    def emit_failure(self, event: RunFailed) -> None:
+        """Tell every sink that can still hear it: on a full disk the event log cannot take the
+        failure, and that must not hide the message from the terminal or the app."""
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except OSError:
+                continue
+
 
 def train(
     config: RunConfig,
@@ -67,31 +77,48 @@ def train(
     if resume_dir is not None:
         paths, config = open_run(resume_dir)
     accelerator = Accelerator(mixed_precision=_mixed_precision(config.precision), step_scheduler_with_optimizer=False)
-    if resume_dir is None:
-        holder = [new_run_id(config) if accelerator.is_main_process else None]
+    main = accelerator.is_main_process
+    lock = None
+    if resume_dir is not None:
+        if main:
+            lock = RunLock(paths)
+            problem = resume_problem(paths)
+            if problem:
+                lock.release()
+                raise problem
+    else:
+        holder = [new_run_id(config) if main else None]
         broadcast_object_list(holder)
-        paths = create_run(config, holder[0]) if accelerator.is_main_process else RunPaths(
-            Path(config.output.runs_dir) / holder[0])
+        if main:
+            paths, lock = create_run(config, holder[0])
+        else:
+            paths = RunPaths(Path(config.output.runs_dir) / holder[0])
     accelerator.wait_for_everyone()
-    jsonl = JsonlSink(paths.events) if accelerator.is_main_process else None
-    out = _Broadcast([jsonl, *sinks] if jsonl else [], accelerator.is_main_process)
+    jsonl = JsonlSink(paths.events) if main else None
+    out = _Broadcast([jsonl, *sinks] if jsonl else [], main)
     loop = _Loop(config, paths, accelerator, out, control, report_interval_s)
     try:
         with logs_to_events(out):
             return loop.run(resume=resume_dir is not None)
     except UserError as err:
-        out.emit(RunFailed(message=err.message, hint=err.hint, last_checkpoint=_str(loop.last_checkpoint),
-                           step=loop.step))
+        out.emit_failure(RunFailed(message=err.message, hint=err.hint, last_checkpoint=_str(loop.last_checkpoint),
+                                   step=loop.step))
+        if main and resume_dir is None and loop.step == 0:
+            jsonl.close()
+            discard_stub(paths)  # a start that failed on its input must not block its run name
         raise
     except Exception as err:
-        log_file = _write_traceback(paths) if accelerator.is_main_process else None
-        out.emit(RunFailed(message=f"{type(err).__name__}: {err}",
-                           hint=f"this looks like a bug in sft-tui or a library; the traceback is in {log_file}",
-                           last_checkpoint=_str(loop.last_checkpoint), step=loop.step, log_file=_str(log_file)))
+        log_file = _write_traceback(paths) if main else None
+        out.emit_failure(RunFailed(message=f"{type(err).__name__}: {err}",
+                                   hint=f"this looks like a bug in sft-tui or a library; the traceback is in {log_file}",
+                                   last_checkpoint=_str(loop.last_checkpoint), step=loop.step,
+                                   log_file=_str(log_file)))
         raise
     finally:
         if jsonl:
             jsonl.close()
+        if lock:
+            lock.release()
 
 
 def _write_traceback(paths: RunPaths) -> Path:
@@ -132,7 +159,7 @@ class _Loop:
         import torch
         from transformers import get_scheduler, set_seed
 
-        from core.checkpoint import latest_checkpoint, load_checkpoint
+        from core.checkpoint import load_latest
         from core.data import batch_plan, prepare_data
         from core.freeze import apply_freeze_map, effective_rules, param_groups
         from core.models import describe_model, load_model, load_tokenizer, usable_positions
@@ -182,11 +209,9 @@ class _Loop:
         state = {"epoch": 0, "step_in_epoch": 0, "tokens_seen": 0, "best": None, "best_step": None,
                  "best_metrics": {}, "bad_evals": 0, "elapsed_s": 0.0}
         if resume:
-            ckpt = latest_checkpoint(self.paths.checkpoints)
-            if ckpt is None:
-                raise UserError(f"{self.paths.root} has no complete checkpoint to resume from",
-                                "start the run again instead")
-            state.update(load_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler))
+            ckpt, saved = load_latest(self.paths.checkpoints, acc.unwrap_model(model), optimizer, scheduler,
+                                      warn=log.warning)
+            state.update(saved)
             self.step, self.last_checkpoint = state["step"], ckpt
             log.info("resumed from %s", ckpt)
         self.state = state
@@ -202,7 +227,6 @@ class _Loop:
 
     # ---- the loop ----------------------------------------------------------------------------
     def _loop(self, plan, micro_per_epoch, steps_per_epoch, rank, world) -> RunResult:
-        import torch
 
         from core.data import collate
         from core.evaluate import batch_loss_sum, count_items
@@ -376,6 +400,8 @@ class _Loop:
     def _checkpoint(self) -> None:
         from core.checkpoint import save_checkpoint
 
+        if self.last_checkpoint is not None and self.last_checkpoint.name == f"step-{self.step}":
+            return  # e.g. a stop right after a scheduled save: that checkpoint is this step's
         if self.window_steps:
             self._report(has_grad=self.config.optim.max_grad_norm > 0)  # NaN guard before saving weights
         self.acc.wait_for_everyone()

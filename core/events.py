@@ -164,10 +164,14 @@ class JsonlSink:
     """Appends each event as one JSON line and flushes, so a crash loses at most the current line."""
 
     def __init__(self, path: str | Path) -> None:
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._file = open(path, "a+b")  # noqa: SIM115 - closed by close()
+        if self._file.tell() > 0:
+            self._file.seek(-1, 2)
+            if self._file.read(1) != b"\n":  # a torn last line: never glue the next event onto it
+                self._file.write(b"\n")
 
     def emit(self, event: Event) -> None:
-        self._file.write(json.dumps(event.to_dict(), default=str) + "\n")
+        self._file.write((json.dumps(event.to_dict(), default=str) + "\n").encode("utf-8"))
         self._file.flush()
 
     def close(self) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from core.control import Control
+
 WORDS = "red green blue cat dog bird sun moon tree rock".split()
 
 
@@ -32,6 +34,17 @@ def tiny_lm_config(model_dir: Path, data: Path, runs_dir: Path, **sections: dict
     for name, fields in sections.items():
         config.setdefault(name, {}).update(fields)
     return config
+
+
+class StopAt(Control):
+    """A Control that stops the run after optimizer step `at`, as a Ctrl+C at that moment would."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def should_stop(self, step: int) -> bool:
+        return step >= self.at or super().should_stop(step)
 
 
 def visible_text(app) -> str:

@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.checkpoint import latest_checkpoint, list_checkpoints
 from core.config import RunConfig, parse_config
 from core.control import Control
 from core.engine import train
 from core.errors import UserError
+from core.manifest import latest_checkpoint, list_checkpoints
 from core.events import (CheckpointSaved, EvalResult, ListSink, Paused, Resumed, RunFailed, RunFinished, RunStarted,
                          SampleGenerated, StepMetrics, read_events)
-from helpers import WORDS, tiny_lm_config, write_jsonl
+from helpers import WORDS, StopAt, tiny_lm_config, write_jsonl
 
 
 @pytest.fixture
@@ -92,15 +92,6 @@ def test_events_log_and_run_folder(tiny_model_factory, sft_file, tmp_path):
     generate = pipeline("text-generation", model=str(root / "final"), device="cpu")
     out = generate("Say red 1:", max_new_tokens=3, do_sample=False)[0]["generated_text"]
     assert out.startswith("Say red 1:")
-
-
-class StopAt(Control):
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.at = step
-
-    def should_stop(self, step: int) -> bool:
-        return step >= self.at or super().should_stop(step)
 
 
 def test_resume_equals_uninterrupted(tiny_model_factory, sft_file, tmp_path):
@@ -244,10 +235,25 @@ def test_unknown_label_column_fails_before_training(tiny_model_factory, cls_file
         "data": {"train": str(cls_file), "columns": {"label": "sentiment"}},
         "output": {"runs_dir": str(tmp_path / "runs"), "run_name": "bad"},
     })
+    sink = ListSink()
     with pytest.raises(UserError, match="sentiment"):
-        run(config)
-    failed = read_events(tmp_path / "runs" / "bad" / "events.jsonl")[-1]
+        train(config, [sink])
+    failed = sink.events[-1]
     assert isinstance(failed, RunFailed) and "sentiment" in failed.message
+
+
+def test_a_failed_start_does_not_block_its_run_name(tiny_model_factory, cls_file, tmp_path):
+    """Issue 7.5: a start that failed on bad data left a stub folder, and the fixed config was then
+    refused with "already holds a run"."""
+    bad = {"task": "classification", "model": {"name_or_path": str(tiny_model_factory("bert"))},
+           "data": {"train": str(cls_file), "columns": {"label": "sentiment"}},
+           "schedule": {"max_steps": 2}, "output": {"runs_dir": str(tmp_path / "runs"), "run_name": "again"}}
+    with pytest.raises(UserError, match="sentiment"):
+        run(parse_config(bad))
+    assert not (tmp_path / "runs" / "again").exists()
+    bad["data"]["columns"] = {}
+    result, _ = run(parse_config(bad))
+    assert result.reason == "completed" and result.step == 2
 
 
 def test_early_stopping_after_patience_evaluations_without_improvement(tiny_model_factory, sft_file, tmp_path,

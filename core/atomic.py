@@ -1,0 +1,76 @@
+"""Folders that appear whole or not at all: the one writer behind checkpoints and `final/`.
+
+A folder is written under a hidden temporary name beside its destination, its files are flushed to
+disk and given the permissions the user's umask asks for, and only then is it renamed into place.
+A crash (kill -9, a full disk, a power cut after the flush) therefore leaves either the previous
+folder or the new one, never a half-written folder where a resume or a user would pick it up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+_OLD_PREFIX = ".old-"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _settle(folder: Path) -> None:
+    """One mode for every file, as the umask says (safetensors writes 0600, torch.save 0644), and
+    every byte on disk before the rename makes the folder visible."""
+    mask = _umask()
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir():
+            path.chmod(0o777 & ~mask)
+            continue
+        path.chmod(0o666 & ~mask)
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder; on a clean exit it replaces `final` in one rename.
+
+    On an exception the temporary folder is removed and `final` (if any) is left as it was."""
+    tmp = final.with_name(TMP_PREFIX + final.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        _settle(tmp)
+        old = final.with_name(_OLD_PREFIX + final.name)
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
