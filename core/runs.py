@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import RunConfig, config_to_dict, load_config, save_config
 from core.errors import UserError
+from core.events import read_events
+from core.manifest import incomplete_checkpoints, latest_checkpoint
 
 CONFIG_FILE = "config.yaml"
 EVENTS_FILE = "events.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
 ERROR_LOG = "error.log"
+LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,10 @@ class RunPaths:
         """The traceback of an unexpected failure: front ends name this file instead of printing it."""
         return self.root / ERROR_LOG
 
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
 
 def config_digest(config: RunConfig) -> str:
     """Short stable hash of the resolved config: two runs with equal digests trained the same thing."""
@@ -60,20 +69,87 @@ def new_run_id(config: RunConfig) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
 
 
-def create_run(config: RunConfig, run_id: str) -> RunPaths:
-    """Make the run folder and write the config it runs with; refuse to overwrite another run."""
-    paths = RunPaths(Path(config.output.runs_dir) / run_id)
-    if paths.events.exists():
-        raise UserError(
-            f"run folder {paths.root} already holds a run",
-            "choose another output.run_name, or resume it with `sft-tui train --resume " + str(paths.root) + "`",
-        )
+def _run_root(runs_dir: str | Path, run_id: str) -> Path:
+    """`runs_dir/run_id`, refusing any id that is not one plain folder name: a run folder is
+    created, replaced and cleaned up by this module, which must never reach outside runs_dir."""
+    if run_id in ("", ".", "..") or any(c in run_id for c in "/\\\0") or Path(run_id).is_absolute():
+        raise UserError(f"output.run_name {run_id!r} is not a plain folder name",
+                        "use letters, digits, '-', '_' or '.', e.g. my-run (it is created inside output.runs_dir)")
+    return Path(runs_dir) / run_id
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the lifetime of the engine that writes it.
+
+    `fcntl.flock` on `.lock`: the kernel drops it when the process dies, however it dies, so a
+    crashed run never needs unlocking by hand. The holder's pid is written into the file so that a
+    refused second engine can name it."""
+
+    def __init__(self, paths: RunPaths) -> None:
+        import fcntl
+
+        self._file = open(paths.lock, "a+", encoding="utf-8")  # noqa: SIM115 - closed by release()
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise UserError(f"run folder {paths.root} is in use by another sft-tui engine (pid {holder})",
+                            f"wait for it to end, or stop it with `kill -TERM {holder}` (it saves a checkpoint)"
+                            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def holds_a_run(paths: RunPaths) -> bool:
+    """Whether a run folder holds something worth keeping: a complete checkpoint or a final model.
+    A folder of a start that failed (or was killed) before its first checkpoint does not."""
+    return paths.final.exists() or latest_checkpoint(paths.checkpoints) is not None
+
+
+def create_run(config: RunConfig, run_id: str) -> tuple[RunPaths, RunLock]:
+    """Make (and lock) the run folder and write the config it runs with.
+
+    A folder that holds a run is refused; one left by a start that never saved a checkpoint is
+    taken over with the new config, so a failed start never blocks its name."""
+    paths = RunPaths(_run_root(config.output.runs_dir, run_id))
     try:
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create run folder {paths.root}: {err.strerror}", "check output.runs_dir") from None
+    lock = RunLock(paths)
+    if holds_a_run(paths):
+        lock.release()
+        raise UserError(
+            f"run folder {paths.root} already holds a run",
+            "choose another output.run_name, or resume it with `sft-tui train --resume " + str(paths.root) + "`",
+        )
+    paths.events.unlink(missing_ok=True)
+    shutil.rmtree(paths.checkpoints)  # nothing complete in it: interrupted writes only
+    paths.checkpoints.mkdir()
     save_config(config, paths.config)
-    return paths
+    return paths, lock
+
+
+def discard_stub(paths: RunPaths) -> None:
+    """Remove what a start that failed before its first checkpoint left: only the files this module
+    writes, so a folder holding anything else is left in place."""
+    if holds_a_run(paths):
+        return
+    for path in (paths.config, paths.events, paths.lock):
+        path.unlink(missing_ok=True)
+    for folder in (paths.checkpoints, paths.root):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def open_run(run_dir: str | Path) -> tuple[RunPaths, RunConfig]:
@@ -82,3 +158,20 @@ def open_run(run_dir: str | Path) -> tuple[RunPaths, RunConfig]:
     if not paths.config.exists():
         raise UserError(f"{paths.root} is not a run folder: it has no {CONFIG_FILE}", "pass a folder under runs/")
     return paths, load_config(paths.config)
+
+
+def resume_problem(paths: RunPaths) -> UserError | None:
+    """Why the run in `paths` cannot be resumed (it is complete, or has no checkpoint), or None.
+    Cheap: no torch, no model, so a resume fails before any loading."""
+    finished = [e for e in read_events(paths.events) if e.type in ("run_started", "run_finished")] \
+        if paths.events.exists() else []
+    if finished and finished[-1].type == "run_finished" and finished[-1].reason != "stopped":
+        return UserError(f"run {paths.root} is complete ({finished[-1].reason} at step {finished[-1].step}"
+                         + (", model in final/)" if paths.final.exists() else ")"),
+                         f"start a new run from its config: `sft-tui train {paths.config} --set output.run_name=NEW`")
+    if latest_checkpoint(paths.checkpoints) is None:
+        found = incomplete_checkpoints(paths.checkpoints)
+        return UserError(f"run {paths.root} has no complete checkpoint to resume from"
+                         + (f" ({'; '.join(found)})" if found else " (it ended before its first checkpoint)"),
+                         f"start it again: `sft-tui train {paths.config}`")
+    return None
