@@ -1,7 +1,8 @@
 """The `sft-tui` command: `init` writes a config, `train` runs one headless.
 
 Heavy imports (torch, transformers) happen inside the commands, so `sft-tui --help` is instant.
-A UserError is printed as its message and hint with exit status 2, never as a traceback.
+A UserError is printed as its message and hint with exit status 2, never as a traceback; a run
+stopped by a signal exits with EXIT_STOPPED after saving a checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ import sys
 from pathlib import Path
 
 from core.errors import UserError
+
+EXIT_STOPPED = 3
+"""Exit status of a run stopped before its end with a checkpoint saved (Ctrl+C, SIGTERM, SIGHUP):
+not 0, so a job scheduler or script can tell it from a completed run and resume it."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What a person, a job scheduler or `systemctl stop`, and a dropped SSH connection send. Each
+stops the run like the first Ctrl+C; only a second Ctrl+C aborts without saving."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,14 +72,19 @@ def _train(args: argparse.Namespace) -> int:
     display = ProgressDisplay()
     control = Control()
 
-    def on_interrupt(signum, frame):
-        if control.stop_requested:
-            raise KeyboardInterrupt
-        display.console.print("[yellow]stopping after this step and saving a checkpoint; "
-                              "press Ctrl+C again to abort without saving[/]")
+    def on_signal(signum, frame):
+        if signum == signal.SIGINT and control.stop_requested:
+            raise KeyboardInterrupt  # a person pressing Ctrl+C twice means it
+        if signum == signal.SIGHUP:
+            display.detach()  # the terminal is gone: writing to it would fail
+        if not control.stop_requested:
+            display.note(f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint"
+                         + ("; press Ctrl+C again to abort without saving" if signum == signal.SIGINT else ""))
         control.stop()
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    # `nohup` ignores SIGHUP so that the run outlives the terminal: keep a signal ignored if it is.
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         result = train(config, [display], control, resume_dir=args.resume)
     except UserError:
@@ -83,9 +96,11 @@ def _train(args: argparse.Namespace) -> int:
         print("aborted", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if result.reason == "stopped":
-        display.console.print(f"resume with: [bold]sft-tui train --resume {result.run_dir}[/]")
+        display.note(f"resume with: sft-tui train --resume {result.run_dir}")
+        return EXIT_STOPPED
     return 0
 
 

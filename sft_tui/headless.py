@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -30,11 +32,30 @@ class ProgressDisplay:
         )
         self.task = None
         self.failure_shown = False
+        self._terminal = self.console.is_terminal  # asked now: a hung-up terminal no longer says so
 
     def emit(self, event: Event) -> None:
         handler = getattr(self, f"_on_{event.type}", None)
         if handler:
-            handler(event)
+            try:
+                handler(event)
+            except OSError:  # a terminal that hung up (EIO) must not end the run it shows
+                self.detach(always=True)
+
+    def note(self, text: str) -> None:
+        """A line from the command itself (a signal received, how to resume)."""
+        try:
+            self.console.print(f"[yellow]{text}[/]", highlight=False)
+        except OSError:
+            self.detach(always=True)
+
+    def detach(self, always: bool = False) -> None:
+        """Stop drawing to a terminal that went away (SIGHUP); output into a file or a pipe goes on
+        unless `always` (a write failed). The run itself goes on to its checkpoint and events.jsonl."""
+        if not (always or self._terminal):
+            return
+        self.console.file = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the display
+        self.progress.stop()
 
     def _on_run_started(self, e: RunStarted) -> None:
         share = 100 * e.trainable_params / max(e.total_params, 1)
