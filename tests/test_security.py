@@ -1,0 +1,138 @@
+"""Run folders travel between machines and users (issue 7, SECURITY.md): nothing in one may execute
+code when it is resumed, a run name never leads outside runs_dir, and no secret from the
+environment is written into one."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from core.config import RunConfig, parse_config
+from core.engine import train
+from core.errors import UserError
+from core.manifest import MANIFEST
+from core.runs import create_run
+from sft_tui.cli import main
+from helpers import StopAt, tiny_lm_config, write_jsonl
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command that leaves a file behind: the proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def lm(tmp_path, tiny_model_factory) -> dict:
+    rows = [{"prompt": f"Echo {w}:", "completion": f" {w}"} for w in "abc def ghi jkl mno pqr".split() * 6]
+    config = tiny_lm_config(tiny_model_factory("llama"), write_jsonl(tmp_path / "train.jsonl", rows),
+                            tmp_path / "runs", schedule={"max_steps": 6}, eval={"every_steps": 100, "num_samples": 0},
+                            checkpoint={"every_steps": 2, "keep_last": 3})
+    config["model"]["name_or_path"], config["data"]["train"] = str(config["model"]["name_or_path"]), \
+        str(config["data"]["train"])
+    return config
+
+
+def _payloads(marker: Path) -> dict[str, bytes]:
+    torch_file = marker.with_suffix(".pt")
+    torch.save({"state": _RunsCode(marker)}, torch_file)
+    return {"pickle": pickle.dumps(_RunsCode(marker)), "torch.save": torch_file.read_bytes()}
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch.save"])
+@pytest.mark.parametrize("file", ["optimizer.pt", "scheduler.pt", "model.safetensors", "rng.safetensors",
+                                  "state.json", MANIFEST])
+def test_a_crafted_pickle_in_a_checkpoint_never_runs(file, kind, lm, tmp_path, capsys):
+    """Issue 7.1: a crafted rng.pt ran a shell command on `sft-tui train --resume RUN`."""
+    marker = tmp_path / "code-ran"
+    payload = _payloads(marker)[kind]
+    pickle.loads(payload) if kind == "pickle" else torch.load(marker.with_suffix(".pt"), weights_only=False)
+    assert marker.exists(), "the payload must be live, or this test proves nothing"
+    marker.unlink()
+
+    first = train(parse_config(lm), control=StopAt(4))
+    step_4 = first.run_dir / "checkpoints" / "step-4"
+    (step_4 / file).write_bytes(payload)
+    if file != MANIFEST:  # the sizes agree, so only loading the file can catch it
+        manifest = json.loads((step_4 / MANIFEST).read_text())
+        manifest["files"][file] = len(payload)
+        (step_4 / MANIFEST).write_text(json.dumps(manifest))
+
+    assert main(["train", "--resume", str(first.run_dir)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert not marker.exists()
+    assert f"checkpoint step-4 is unusable: {step_4}" in err and "resumed at step 2" in err
+    if file.endswith(".pt"):
+        assert "it holds Python objects, which sft-tui never unpickles" in err
+
+
+def test_a_python_tag_in_a_run_config_never_runs(lm, tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    run_dir = train(parse_config(lm)).run_dir
+    (run_dir / "config.yaml").write_text(f"task: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert not marker.exists()
+    assert str(run_dir / "config.yaml") in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../outside", "a/b", "/tmp/elsewhere", "a\\b", ""])
+def test_run_name_cannot_leave_runs_dir(name, lm, tmp_path, capsys):
+    """Issue 7.2: `run_name: ..` overwrote config.yaml beside runs_dir and replaced a final/ there."""
+    (tmp_path / "runs").mkdir()
+    beside = {tmp_path / "config.yaml": "mine", tmp_path / "final" / "keep.txt": "mine too"}
+    for path, text in beside.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    lm["output"]["run_name"] = name
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(lm))
+    assert main(["train", str(tmp_path / "run.yaml")]) == 2
+    assert "output.run_name" in " ".join(capsys.readouterr().err.split())
+    assert all(path.read_text() == text for path, text in beside.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "final", "run.yaml", "runs", "train.jsonl"]
+    assert not any((tmp_path / "runs").iterdir())
+
+
+def test_the_run_folder_refuses_an_escaping_name_even_past_validation(lm, tmp_path):
+    """Defence in depth: the module that creates and deletes run folders checks the name itself."""
+    config = parse_config(lm)
+    config.output.__dict__["run_name"] = ".."  # bypasses pydantic, as a future caller might
+    with pytest.raises(UserError, match="output.run_name '..' is not a plain folder name"):
+        create_run(RunConfig.model_construct(**dict(config)), "..")
+
+
+def test_no_environment_secret_is_written_into_a_run_folder(lm, tmp_path, monkeypatch):
+    secrets = {"HF_TOKEN": "hf_s3cretTokenValue0123456789", "WANDB_API_KEY": "wandb-secret-4242",
+               "MY_PASSWORD": "hunter2-but-longer"}
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    done = train(parse_config(lm))
+    lm["output"]["run_name"] = "crashed"
+    import core.evaluate
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(core.evaluate, "evaluate", crash)
+    lm["eval"]["every_steps"] = 2
+    with pytest.raises(RuntimeError):
+        train(parse_config(lm))
+    crashed = tmp_path / "runs" / "crashed"
+    assert (crashed / "error.log").exists()
+    files = [p for root in (done.run_dir, crashed) for p in root.rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for path in files:
+        data = path.read_bytes()
+        for key, value in secrets.items():
+            assert value.encode() not in data, f"{key} leaked into {path}"
+    shutil.rmtree(tmp_path / "runs")
