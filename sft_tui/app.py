@@ -64,8 +64,6 @@ class SftApp(App):
         self.control = None  # core.control.Control of the live run
         self.log_lines: list[tuple[str, str, str]] = []  # (level, logger, message), for the train screen
         self._log_handler = EventLogHandler(PostingSink(self))
-        self.load_errors: dict[str, tuple[str, str]] = {}
-        """Last UserError (message, hint) of the model and data loaders, shown in place by the screens."""
 
     # ---- start-up and shutdown ----------------------------------------------------------------
     def on_mount(self) -> None:
@@ -73,14 +71,25 @@ class SftApp(App):
             logging.getLogger(name).addHandler(self._log_handler)
         logging.getLogger("core").setLevel(logging.INFO)
         self.switch_mode("model")
-        self.run_worker(warm_up, thread=True, name="warm-up", group="warm-up", exit_on_error=False)
+        self.run_worker(self._warm_up, thread=True, name="warm-up", group="warm-up", exit_on_error=False)
+
+    def _warm_up(self) -> None:
+        self.call_from_thread(self._cuda_known, warm_up())
+
+    def _cuda_known(self, cuda: bool) -> None:
+        self.session.cuda = cuda
+        self.changed()
 
     def on_unmount(self) -> None:
         for name in ROUTED_LOGGERS:
             logging.getLogger(name).removeHandler(self._log_handler)
 
     def changed(self) -> None:
-        """Tell the summary widgets that the Session changed."""
+        """Tell the summary widgets that the Session changed. A failed load whose error the change
+        dropped (its settings changed) is no longer failed: nothing is loaded for the new ones."""
+        for kind in ("model", "data"):
+            if getattr(self, f"{kind}_state") == "failed" and kind not in self.session.load_errors:
+                setattr(self, f"{kind}_state", "none")
         self.session.touch()
         self.session_version = self.session.version
 
@@ -90,7 +99,7 @@ class SftApp(App):
         self.model_state = "loading"
         config = self.session.config
         labels = self.session.data.labels if self.session.data is not None else None
-        self.run_worker(lambda: self._load("model", lambda: load_model_info(config, labels)),
+        self.run_worker(lambda: self._load("model", config, lambda: load_model_info(config, labels)),
                         thread=True, exclusive=True, group="model", exit_on_error=False)
 
     def load_data(self) -> None:
@@ -102,10 +111,11 @@ class SftApp(App):
             info = model if model is not None and model.task == config.task else load_model_info(config)
             return info, load_data(config, info)
 
-        self.run_worker(lambda: self._load("data", work), thread=True, exclusive=True, group="data",
+        self.run_worker(lambda: self._load("data", config, work), thread=True, exclusive=True, group="data",
                         exit_on_error=False)
 
-    def _load(self, what: str, work) -> None:
+    def _load(self, what: str, config: RunConfig, work) -> None:
+        """Run a load of `config` in this worker and hand its result or its error to the UI thread."""
         from core.errors import UserError
 
         worker = get_current_worker()
@@ -113,28 +123,31 @@ class SftApp(App):
             result = work()
         except UserError as err:
             if not worker.is_cancelled:
-                self.call_from_thread(self._load_failed, what, err.message, err.hint)
+                self.call_from_thread(self._load_failed, what, config, err.message, err.hint)
             return
         except Exception as err:  # a bug: the state must not stay "loading"; the dialog shows it
-            self.call_from_thread(self._load_failed, what, f"{type(err).__name__}: {err}", "")
+            self.call_from_thread(self._load_failed, what, config, f"{type(err).__name__}: {err}", "")
             raise
         if worker.is_cancelled:  # a newer load replaced this one while it ran: its result is stale
             return
         self.call_from_thread(self._model_ready if what == "model" else self._data_ready, result)
 
-    def _load_failed(self, what: str, message: str, hint: str) -> None:
-        self.load_errors[what] = (message, hint)
-        setattr(self, f"{what}_state", "failed")
+    def _load_failed(self, what: str, config: RunConfig, message: str, hint: str) -> None:
+        """The error becomes one of the session's problems; one about settings changed meanwhile
+        leaves nothing loaded for the current ones."""
+        failed = self.session.load_failed(what, config, message, hint)
+        setattr(self, f"{what}_state", "failed" if failed else "none")
+        self.changed()
 
     def _model_ready(self, info) -> None:
-        self.load_errors.pop("model", None)
+        self.session.load_succeeded("model")
         self.session.model = info
         self.model_state = "ready"
         self.changed()
 
     def _data_ready(self, result) -> None:
         info, data = result
-        self.load_errors.pop("data", None)
+        self.session.load_succeeded("data")
         self.session.data = data
         self.data_state = "ready"
         if info.labels != data.labels:

@@ -1,12 +1,14 @@
-"""The draft run the screens edit, and what has been loaded for it.
+"""The draft run the screens edit, what has been loaded for it, and what keeps it from starting.
 
 Plain Python, no widgets: the screens read and change it on the UI thread, workers only return new
 values that a screen then stores here. `version` grows on every change so that widgets showing a
-summary (the draft bar, the freeze summary) know when to redraw.
+summary (the draft bar, the freeze summary) know when to redraw. `problems()` is the one list of
+what would make the engine fail at once: the draft bar, step 5 and its Start key all read it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,22 @@ class ModelInfo:
     max_positions: int | None
 
 
+@dataclass(frozen=True)
+class LoadError:
+    """Why the model or the data did not load, for the settings they were loaded with."""
+
+    message: str
+    hint: str
+    source: tuple
+    """What the load read (see `_load_source`): the error stands until those settings change."""
+
+
+def _load_source(kind: str, config: RunConfig) -> tuple:
+    """The settings a model or data load depends on (the data is tokenized with the model's tokenizer)."""
+    model = (config.model, config.task)
+    return model if kind == "model" else (*model, config.data)
+
+
 @dataclass
 class Session:
     config: RunConfig
@@ -34,6 +52,11 @@ class Session:
     data: Any = None  # core.data.PreparedData of the current data settings
     invalid: dict[str, str] = field(default_factory=dict)
     """Form fields whose typed value does not validate: dotted field -> message. Start stays off."""
+    load_errors: dict[str, LoadError] = field(default_factory=dict)
+    """The failed "model" or "data" load of the current settings: shown in place by the screens, and
+    a problem that keeps Start off until a load succeeds or the settings change."""
+    cuda: bool | None = None
+    """Whether torch sees a CUDA GPU; None until the app's warm-up has imported torch."""
     version: int = 0
     _share: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -64,11 +87,47 @@ class Session:
             self.model = None
         if data_changed:
             self.data = None
+        self.load_errors = {kind: error for kind, error in self.load_errors.items()
+                            if error.source == _load_source(kind, config)}
         self.touch()
 
-    def problems(self) -> list[str]:
-        """Why the run cannot start now (empty when it can)."""
-        return [f"{name}: {message}" for name, message in self.invalid.items()]
+    def load_failed(self, kind: str, config: RunConfig, message: str, hint: str) -> bool:
+        """Keep the error of a `kind` load of `config`; False (nothing kept) when the settings have
+        changed since that load started: the error is not about the current draft."""
+        source = _load_source(kind, config)
+        if source != _load_source(kind, self.config):
+            return False
+        self.load_errors[kind] = LoadError(message, hint, source)
+        return True
+
+    def load_succeeded(self, kind: str) -> None:
+        self.load_errors.pop(kind, None)
+
+    def problems(self) -> dict[str, str]:
+        """Why the engine would fail at once if the run started now, as {where: what} (empty when it
+        can start): fields that do not validate, a model or data that did not load, a freeze map that
+        cannot be applied, a precision this machine lacks."""
+        problems = dict(self.invalid)
+        for kind, error in self.load_errors.items():
+            problems[kind] = f"did not load: {error.message}"
+        problems.update(self._freeze_problems())
+        if self.config.precision == "fp16" and self.cuda is False:
+            problems["precision"] = "fp16 needs a CUDA GPU; use bf16 or fp32 on this machine"
+        return problems
+
+    def _freeze_problems(self) -> dict[str, str]:
+        """Regexes that do not compile, named as config errors name the rules (core.freeze compiles
+        `re:` patterns the same way, but only with a model); with a model, a map that trains nothing."""
+        problems = {}
+        for i, rule in enumerate(self.config.freeze.rules):
+            if rule.match.startswith("re:"):
+                try:
+                    re.compile(rule.match[3:])
+                except re.error as err:
+                    problems[f"freeze.rules.{i}.match"] = f"{rule.match!r} is not a valid regular expression: {err}"
+        if self.trainable_share == 0:
+            problems["freeze"] = "the map leaves no trainable parameters; pick another preset or add a rule that trains"
+        return problems
 
     @property
     def trainable_share(self) -> float | None:
@@ -91,5 +150,5 @@ class Session:
         rules = effective_rules(self.config.freeze, self.model.description)
         try:
             return summarize_freeze(self.model.skeleton, rules).trainable_share
-        except UserError:  # e.g. an invalid regex in a loaded config: the freeze screen explains it
+        except UserError:  # an invalid regex in a loaded config: problems() names it
             return None

@@ -21,8 +21,9 @@ from sft_tui.session import ModelInfo
 _import_lock = threading.Lock()
 
 
-def warm_up() -> None:
-    """Import the heavy libraries while the user reads the first screen.
+def warm_up() -> bool:
+    """Import the heavy libraries while the user reads the first screen; answers whether torch sees
+    a CUDA GPU (the app refuses precision fp16 without one, as the engine would).
 
     Every worker calls it first: two threads importing transformers at once can see a half
     initialised module ("cannot import name 'AutoTokenizer'"), so imports happen under one lock;
@@ -30,12 +31,13 @@ def warm_up() -> None:
     """
     with _import_lock:
         import datasets  # noqa: F401
-        import torch  # noqa: F401
+        import torch
         import transformers  # noqa: F401
 
         from core.logs import quiet_libraries
 
         quiet_libraries()
+        return torch.cuda.is_available()
 
 
 def load_model_info(config: RunConfig, labels: list[str] | None = None) -> ModelInfo:

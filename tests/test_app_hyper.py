@@ -72,7 +72,7 @@ async def load_demo_data(pilot) -> None:
     await settle(pilot)  # let the warm-up import transformers before a loader does
     pilot.app.load_data()
     await settle(pilot)
-    assert pilot.app.data_state == "ready", pilot.app.load_errors
+    assert pilot.app.data_state == "ready", pilot.app.session.load_errors
 
 
 async def type_into(pilot, field: ConfigField, text: str) -> None:
@@ -177,7 +177,7 @@ async def test_every_field_shows_pydantic_message_inline_and_clears_when_fixed()
             assert field.error.startswith(f"{dotted}:") and allowed in field.error, field.error
             assert field.query_one(".field-error").display
             assert app.session.invalid[dotted] == field.error and len(app.session.invalid) == count
-            assert f"{count} invalid field(s)" in draft_bar_text(app)
+            assert f"{count} problem(s): " in draft_bar_text(app)
         assert app.session.config == before, "invalid values are not applied"
         assert app.is_running and app.screen is screen
 
@@ -202,7 +202,7 @@ async def test_typing_is_restricted_to_numbers_pydantic_names_what_is_wrong_and_
         await type_into(pilot, fields["optim.lr"], "1e")
         assert "optim.lr: Input should be a valid number" in fields["optim.lr"].error
         assert set(app.session.invalid) == {"optim.batch_size", "optim.lr"}
-        assert "2 invalid field(s)" in draft_bar_text(app)
+        assert "2 problem(s): optim.batch_size, optim.lr ·" in draft_bar_text(app)
 
         await type_into(pilot, fields["eval.batch_size"], "48")
         assert app.session.config.eval.batch_size == 48

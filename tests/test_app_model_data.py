@@ -324,7 +324,7 @@ async def test_bad_numbers_are_marked_next_to_their_field_and_keep_start_off():
             key = "data." + field.replace("-", "_")
             assert message in shown(app, "#data-field-errors")
             assert key in app.session.invalid and widget.has_class("-invalid")
-            assert "1 invalid field(s)" in str(app.screen.query_one("DraftBar", Static).content)
+            assert f"1 problem(s): {key} ·" in str(app.screen.query_one("DraftBar", Static).content)
             await pilot.press("enter")  # not applied while invalid; the text stays as typed
             await pilot.pause()
             assert app.session.config.data == before and widget.value == typed

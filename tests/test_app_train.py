@@ -13,16 +13,17 @@ import pytest
 from textual import events
 from textual.widgets import Button, ContentSwitcher, Input, RichLog, Static
 
-from core.checkpoint import latest_checkpoint
-from core.config import parse_config, save_config
+from core.config import load_config, parse_config, save_config
 from core.control import Control
 from core.events import (CheckpointSaved, EvalResult, RunFinished, RunStarted, SampleGenerated, StepMetrics,
                          read_events)
+from core.manifest import latest_checkpoint
 from sft_tui.app import create_app
 from sft_tui.messages import EngineEvent
 from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog
 from sft_tui.screens.help import HelpScreen
 from sft_tui.screens.train import TrainScreen
+from sft_tui.widgets.freeze_rules import RuleTable
 from sft_tui.widgets.train_evals import BEST, EvalTable
 from sft_tui.widgets.train_progress import RunProgress
 from sft_tui.widgets.train_results import ResultsPanel
@@ -228,7 +229,6 @@ async def test_resume_continues_the_last_stopped_run(tiny_model_factory, tmp_pat
     from core.engine import train
 
     config_path = lm_config_file(tmp_path, tiny_model_factory("llama"), eval={"every_steps": 10, "num_samples": 0})
-    from core.config import load_config
 
     class StopAtSix(Control):
         def should_stop(self, step: int) -> bool:
@@ -339,13 +339,134 @@ async def test_start_is_disabled_while_the_draft_has_problems():
         app.changed()
         await pilot.pause()
         assert screen.query_one("#start", Button).disabled
-        assert "optim.lr: must be > 0" in text_of(screen.query_one("#draft-problems", Static))
+        assert "• optim.lr: must be > 0" in squeezed(visible_text(app))
         await pilot.press("s")
         assert app.run_state == "idle"
         del app.session.invalid["optim.lr"]
         app.changed()
         await pilot.pause()
         assert not screen.query_one("#start", Button).disabled
+
+
+# ---- problems the engine would fail on at once: listed on step 5, Start refused ------------------
+BROKEN_JSONL = '{"prompt": "Say red:", "completion": " red red"}\n{not json\n'
+
+
+def squeezed(text: str) -> str:
+    """Screen text with every run of blanks and line breaks as one space: wrapped lines read on."""
+    return " ".join(text.split())
+
+
+async def press_enter_on_setup(pilot) -> None:
+    """Enter on the setup view (the view itself has the focus): refused, with a note saying why."""
+    app = pilot.app
+    assert app.screen.query_one(ContentSwitcher).current == "setup"
+    await pilot.press("s", "enter")
+    await pilot.pause(0.2)
+    assert app.run_state == "idle" and app.control is None
+    assert "Cannot start yet" in visible_text(app)
+
+
+async def test_data_that_failed_to_load_is_listed_and_enter_starts_nothing_until_it_loads(tiny_model_factory,
+                                                                                         tmp_path):
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"))
+    data = tmp_path / "sft.jsonl"
+    good = data.read_text()
+    data.write_text(BROKEN_JSONL)
+    app = create_app(config)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await pilot.press("2")
+        await settle(pilot)
+        assert app.data_state == "failed"
+        await pilot.press("5")
+        await pilot.pause()
+        screen = app.screen
+        shown = squeezed(visible_text(app))
+        assert "1 problem(s) keep Start disabled: • data: did not load: data.train:" in shown
+        assert "line 2: malformed JSON" in shown and "ready to start" not in shown
+        assert "sft-tui 1 problem(s): data ·" in shown  # the draft bar
+        assert screen.query_one("#start", Button).disabled and screen.check_action("start", ()) is None
+        await press_enter_on_setup(pilot)
+        assert "fix first: data" in squeezed(visible_text(app))
+        assert not (tmp_path / "runs").exists()  # nothing started, not even a run folder
+
+        data.write_text(good)
+        await pilot.press("2", "ctrl+l")  # load the fixed file
+        await settle(pilot)
+        assert app.data_state == "ready" and not app.session.problems()
+        await pilot.press("5")
+        await pilot.pause()
+        assert "no problems: ready to start" in visible_text(app)
+        assert not screen.query_one("#start", Button).disabled
+        await pilot.press("enter")
+        await finish(pilot)
+        assert app.run_state == "finished"
+
+
+async def test_a_bad_freeze_regex_from_a_yaml_config_keeps_start_off_until_the_rule_is_deleted(tiny_model_factory,
+                                                                                               tmp_path):
+    bad_rule = {"match": "re:[", "train": False}
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"), freeze={"rules": [bad_rule]})
+    app = create_app(config)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await pilot.press("5")  # before the model has loaded: the regex alone is the problem
+        await pilot.pause()
+        screen = app.screen
+        shown = squeezed(visible_text(app))
+        assert "• freeze.rules.0.match: 're:[' is not a valid regular expression" in shown
+        assert "sft-tui 1 problem(s): freeze.rules.0.match ·" in shown
+        assert screen.check_action("start", ()) is None
+        await press_enter_on_setup(pilot)
+
+        await pilot.press("3")
+        await settle(pilot)
+        table = app.screen.query_one(RuleTable)
+        table.focus()
+        table.move_cursor(row=1)  # the user's rule, after the preset's one
+        await pilot.press("x")
+        await pilot.press("5")
+        await pilot.pause()
+        assert app.session.config.freeze.rules == []
+        assert "no problems: ready to start" in visible_text(app)
+        assert "sft-tui ready ·" in visible_text(app)
+        await pilot.press("s")
+        await finish(pilot)
+        assert app.run_state == "finished"
+
+
+async def test_every_problem_is_visible_at_80x24(tiny_model_factory, tmp_path):
+    bad_rule = {"match": "re:(", "train": False}
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"), freeze={"rules": [bad_rule]})
+    (tmp_path / "sft.jsonl").write_text(BROKEN_JSONL)
+    app = create_app(config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await settle(pilot)
+        await pilot.press("5")
+        await pilot.pause()
+        shown = squeezed(visible_text(app))
+        assert "sft-tui 2 problem(s): data, freeze.rules.0.match ·" in shown
+        assert "2 problem(s) keep Start disabled: • data: did not load: data.train:" in shown
+        assert "• freeze.rules.0.match: 're:(' is not a valid regular expression" in shown
+        assert "fix them on their step" in shown
+
+
+async def test_a_map_that_trains_nothing_and_fp16_without_a_gpu_are_problems(tiny_model_factory, tmp_path):
+    """Both fail the engine at once: apply_freeze_map refuses an empty map, and fp16 needs CUDA."""
+    path = lm_config_file(tmp_path, tiny_model_factory("llama"), freeze={"rules": [{"match": "*", "train": False}]})
+    config = load_config(path)
+    config.precision = "fp16"
+    save_config(config, path)
+    app = create_app(path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)  # the warm-up has asked torch for a GPU, the model screen loaded the model
+        await pilot.press("5")
+        await pilot.pause()
+        shown = squeezed(visible_text(app))
+        assert "• freeze: the map leaves no trainable parameters" in shown
+        assert "• precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine" in shown
+        assert app.session.cuda is False
+        assert app.screen.check_action("start", ()) is None
 
 
 # ---- a finished run from a fixed sequence of events: the handlers, and the snapshots --------------

@@ -226,7 +226,8 @@ class DataScreen(StepScreen):
             status.update(Text.assemble("Loading and tokenizing ", (source, "bold"), " …"))
         elif state == "failed":
             status.update(Text.assemble(("✗ ", "red"), "could not load ", (source, "bold")))
-            self.query_one(ErrorLine).show(*self.app.load_errors.get("data", ("loading failed", "")))
+            error = self.session.load_errors.get("data")
+            self.query_one(ErrorLine).show(*((error.message, error.hint) if error else ("loading failed", "")))
             self._clear_results()
         elif state == "ready" and data is not None:
             self.query_one(ErrorLine).show(None)

@@ -82,7 +82,8 @@ class FreezeScreen(StepScreen):
     def _model_state_changed(self, state: str) -> None:
         switcher = self.query_one(ContentSwitcher)
         if state == "failed":
-            message, hint = self.app.load_errors.get("model", ("the model could not be loaded", ""))
+            error = self.session.load_errors.get("model")
+            message, hint = (error.message, error.hint) if error else ("the model could not be loaded", "")
             text = Text.assemble(("Cannot show the freeze map\n\n", "bold"), (message, "red"))
             if hint:
                 text.append(f"\n\nhint: {hint}", "dim")

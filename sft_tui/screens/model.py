@@ -224,7 +224,8 @@ class ModelScreen(StepScreen):
         elif state == "failed":
             status.update(Text.assemble(("✗ ", "red"), "could not load ", (name, "bold")))
             description.update("")
-            self.query_one(ErrorLine).show(*self.app.load_errors.get("model", ("loading failed", "")))
+            error = self.session.load_errors.get("model")
+            self.query_one(ErrorLine).show(*((error.message, error.hint) if error else ("loading failed", "")))
         else:
             status.update(Text("No model loaded: press Enter on the path or ctrl+l", style="dim"))
             description.update("")

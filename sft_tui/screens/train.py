@@ -107,9 +107,9 @@ class TrainScreen(StepScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Keys that don't apply now are hidden; Start shows greyed out while the draft has problems."""
         has_run = self.run_dir is not None
-        if action == "start_from_setup" and self.query_one(ContentSwitcher).current != "setup":
-            return False  # after a run, Enter must not start the next one by accident
-        if action in ("start", "start_from_setup"):
+        if action == "start_from_setup":  # after a run, Enter must not start the next one by accident
+            return not self.live and self.query_one(ContentSwitcher).current == "setup"
+        if action == "start":
             return False if self.live else None if self.session.problems() else True
         if action == "resume_run":
             return not self.live
@@ -129,10 +129,16 @@ class TrainScreen(StepScreen):
             self.action_resume_run()
 
     def action_start(self) -> None:
-        if not self.live and not self.session.problems():
-            self._launch()
+        if self.live:
+            return
+        if problems := self.session.problems():
+            self.notify(f"fix first: {', '.join(problems)} (listed above the Start button)",
+                        title="Cannot start yet", severity="warning", markup=False)
+            return
+        self._launch()
 
     def action_start_from_setup(self) -> None:
+        """Enter on the setup view: starts, or says what keeps Start disabled (s is greyed out then)."""
         self.action_start()
 
     def action_resume_run(self) -> None:

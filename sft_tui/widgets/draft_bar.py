@@ -34,12 +34,13 @@ class DraftBar(Static):
             f"{format_share(share)} trainable" if share is not None else f"freeze {config.freeze.preset}",
             f"lr {config.optim.lr:g}", f"bs {config.optim.batch_size}x{config.optim.grad_accum}",
         ]
-        problems = session.problems()
         state = self.app.run_state
         if state != "idle":
             status = (state.upper(), RUN_STYLES[state])
+        elif problems := session.problems():
+            status = (f"{len(problems)} problem(s): {', '.join(problems)}", "bold red")
         else:
-            status = (f"{len(problems)} invalid field(s)", "bold red") if problems else ("ready", "green")
+            status = ("ready", "green")
         # The status comes first so that a narrow terminal cuts the details, not the verdict.
         text = Text.assemble(("sft-tui", "bold"), " ", status, " · ", " · ".join(parts))
         self.update(text, layout=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -36,13 +37,17 @@ class SetupPanel(Vertical):
             table.add_row(label, value)
         self.query_one("#draft-summary", Static).update(table)
         problems = session.problems()
-        text = Text()
         if problems:
-            text.append(f"{len(problems)} problem(s) keep Start disabled:\n", style="bold red")
-            for problem in problems:
-                text.append(f"  • {problem}\n", style="red")
+            bullets = Table.grid(padding=(0, 1))
+            bullets.add_column(no_wrap=True)
+            bullets.add_column(style="red")  # wrapped lines stay indented under their bullet
+            for where, message in problems.items():
+                bullets.add_row(" •", Text.assemble((where, "bold"), f": {message}"))
+            shown = Group(Text.assemble((f"{len(problems)} problem(s) keep Start disabled:", "bold red")), bullets,
+                          Text.assemble(("fix them on their step: 1 model, 2 data, 3 freeze, 4 the other fields",
+                                         "dim")))
         else:
-            text.append("no problems: ready to start", style="green")
-        self.query_one("#draft-problems", Static).update(text)
+            shown = Text.assemble(("no problems: ready to start", "green"))
+        self.query_one("#draft-problems", Static).update(shown)
         self.query_one("#start", Button).disabled = bool(problems) or live
         self.query_one("#resume", Button).disabled = live
