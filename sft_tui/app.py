@@ -206,8 +206,14 @@ class SftApp(App):
         if isinstance(error, UserError):
             self.push_screen(ErrorDialog("Error", error.message, error.hint))
         else:
+            from sft_tui.error_log import APP_ERROR_LOG, write_traceback
+
+            log_file = write_traceback(error, Path(self.session.config.output.runs_dir) / APP_ERROR_LOG,
+                                       f"{event.worker.name or event.worker.group} failed")
             self.push_screen(ErrorDialog("Unexpected error", f"{type(error).__name__}: {error}",
-                                         "the app keeps running; please report this with the run's events.jsonl"))
+                                         "the app keeps running; this looks like a bug, please report it"
+                                         + (" with the traceback" if log_file else ""),
+                                         f"traceback: {log_file}" if log_file else ""))
 
     def on_engine_event(self, message: EngineEvent) -> None:
         """Log records from any thread (engine, transformers, datasets) arrive here as LogMessage

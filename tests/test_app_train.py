@@ -280,17 +280,49 @@ async def test_a_vanished_data_file_fails_into_a_dialog_and_the_app_keeps_runnin
         assert screen.check_action("start", ()) is True
 
 
-async def test_an_engine_crash_outside_the_engine_handler_opens_the_dialog(monkeypatch, tmp_path):
+async def test_an_engine_crash_outside_the_engine_handler_opens_the_dialog_naming_its_traceback(monkeypatch,
+                                                                                                tmp_path):
     def crash(config, target, control, resume_dir=None):
         raise RuntimeError("the engine fell over")
 
     monkeypatch.setattr("sft_tui.screens.train.run_training", crash)
+    monkeypatch.chdir(tmp_path)  # the demo's output.runs_dir is ./runs
     app = create_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await start_run(pilot)
         await finish(pilot)
-        assert isinstance(app.screen, ErrorDialog) and "RuntimeError: the engine fell over" in app.screen.message
+        dialog = app.screen
+        assert isinstance(dialog, ErrorDialog) and "RuntimeError: the engine fell over" in dialog.message
         assert app.run_state == "failed"
+        log = Path("runs") / "sft-tui-error.log"  # no run folder yet: the run never started
+        assert f"traceback: {log}" in dialog.detail and "terminal" not in dialog.hint + dialog.detail
+        text = log.read_text()
+        assert "Traceback (most recent call last)" in text and "RuntimeError: the engine fell over" in text
+        assert "in crash" in text  # the frame that raised
+
+
+async def test_an_unexpected_engine_failure_names_the_run_folders_error_log(monkeypatch, tiny_model_factory,
+                                                                           tmp_path):
+    def evaluate(*args, **kwargs):
+        raise RuntimeError("evaluation fell over")
+
+    monkeypatch.setattr("core.evaluate.evaluate", evaluate)
+    app = create_app(lm_config_file(tmp_path, tiny_model_factory("llama")))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await start_run(pilot)
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))  # finish() re-raises the failure
+        await pilot.pause(0.2)
+        dialog = app.screen
+        assert "RuntimeError: evaluation fell over" in dialog.message
+        log = tmp_path / "runs" / "lm" / "error.log"
+        assert str(log) in dialog.hint + dialog.detail and "terminal" not in dialog.hint + dialog.detail
+        assert "error.log" in visible_text(app)
+        text = log.read_text()
+        assert "Traceback (most recent call last)" in text and "RuntimeError: evaluation fell over" in text
+        await pilot.press("escape")
+        assert len(app.screen_stack) == 1  # one dialog: the RunFailed event and the worker error agree
+        logged = "".join(line.text for line in app.screen.query_one("#log", RichLog).lines)
+        assert f"evaluation fell over (traceback in {log})".replace(" ", "") in logged.replace(" ", "")  # wrapped
 
 
 async def test_the_ui_answers_within_100ms_while_training_and_quit_asks_first(tiny_model_factory, tmp_path):
@@ -467,6 +499,24 @@ async def test_a_map_that_trains_nothing_and_fp16_without_a_gpu_are_problems(tin
         assert "• precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine" in shown
         assert app.session.cuda is False
         assert app.screen.check_action("start", ()) is None
+
+
+async def test_a_loader_bug_names_its_traceback_and_the_model_is_a_problem(monkeypatch, tiny_model_factory, tmp_path):
+    def load_model_info(config, labels=None):
+        raise RuntimeError("the loader fell over")
+
+    monkeypatch.setattr("sft_tui.app.load_model_info", load_model_info)
+    app = create_app(lm_config_file(tmp_path, tiny_model_factory("llama")))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))  # settle() re-raises the failure
+        await pilot.pause(0.2)
+        dialog = app.screen
+        assert "RuntimeError: the loader fell over" in dialog.message
+        log = tmp_path / "runs" / "sft-tui-error.log"
+        assert f"traceback: {log}" in dialog.detail and "RuntimeError: the loader fell over" in log.read_text()
+        await pilot.press("escape", "5")
+        await pilot.pause()
+        assert "• model: did not load: RuntimeError: the loader fell over" in squeezed(visible_text(app))
 
 
 # ---- a finished run from a fixed sequence of events: the handlers, and the snapshots --------------

@@ -8,6 +8,8 @@ the engine polls between optimizer steps. The screen holds no run state the even
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -16,9 +18,10 @@ from textual.widgets import Button, ContentSwitcher, Static
 from textual.worker import Worker, WorkerState
 
 from core.control import Control
-from core.runs import open_run
+from core.runs import RunPaths, open_run
 from core.events import (CheckpointSaved, EvalResult, Paused, Resumed, RunFailed, RunFinished, RunStarted,
                          SampleGenerated, StepMetrics)
+from sft_tui.error_log import APP_ERROR_LOG, write_traceback
 from sft_tui.messages import EngineEvent
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.dialogs import ErrorDialog, PathDialog
@@ -296,19 +299,22 @@ class TrainScreen(StepScreen):
     def _on_run_failed(self, e: RunFailed) -> None:
         if e.last_checkpoint:
             self.resumable = self.run_dir
-        self._log(f"run failed: {e.message}", "bold red")
-        self._fail(e.message, e.hint, e.last_checkpoint)
+        self._log(f"run failed: {e.message}" + (f" (traceback in {e.log_file})" if e.log_file else ""), "bold red")
+        self._fail(e.message, e.hint, e.last_checkpoint, e.log_file)
 
-    def _fail(self, message: str, hint: str, last_checkpoint: str | None = None) -> None:
+    def _fail(self, message: str, hint: str, last_checkpoint: str | None = None,
+              log_file: str | Path | None = None) -> None:
         self._failure_shown = True
         self.app.run_state = "failed"
-        detail = f"last checkpoint: {last_checkpoint} (R resumes from it)" if last_checkpoint else ""
-        self.app.push_screen(ErrorDialog("Training failed", message, hint, detail))
+        detail = [f"traceback: {log_file}"] if log_file and str(log_file) not in hint else []
+        if last_checkpoint:
+            detail.append(f"last checkpoint: {last_checkpoint} (R resumes from it)")
+        self.app.push_screen(ErrorDialog("Training failed", message, hint, "\n".join(detail)))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The end of the training worker. A failure the engine reported (RunFailed, queued before
         this) already has its dialog; one before the engine's own handling (e.g. a bad resume
-        folder) gets it here."""
+        folder) gets it here, and an unexpected one's traceback goes to a file the dialog names."""
         if event.worker.group != "train" or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR,
                                                                  WorkerState.CANCELLED):
             return
@@ -320,10 +326,19 @@ class TrainScreen(StepScreen):
             if isinstance(error, UserError):
                 self._fail(error.message, error.hint)
             else:
-                self._fail(f"{type(error).__name__}: {error}", "this looks like a bug; please report it")
+                log_file = write_traceback(error, self._error_log(), "training failed before the engine's handling")
+                self._fail(f"{type(error).__name__}: {error}",
+                           "this looks like a bug; please report it" + (" with the traceback" if log_file else ""),
+                           log_file=log_file)
         elif self.live:
             self.app.run_state = "failed" if event.state != WorkerState.SUCCESS else "finished"
         self.refresh_bindings()
+
+    def _error_log(self) -> Path:
+        """The run folder's error.log once the run has one, else a log in output.runs_dir."""
+        if self.run_dir is not None:
+            return RunPaths(Path(self.run_dir)).error_log
+        return Path(self.session.config.output.runs_dir) / APP_ERROR_LOG
 
     # ---- the log pane -------------------------------------------------------------------------
     def _show_new_log_lines(self, count: int) -> None:
