@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import random
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,15 @@ def _set_rng_state(path: Path) -> None:
         np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
+def _os_errno(err: Exception) -> int | None:
+    """The errno behind a failed write: an OSError's, or the one safetensors' Rust writer quotes
+    in its message ("I/O error: File too large (os error 27)")."""
+    if isinstance(err, OSError):
+        return err.errno
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    return int(found.group(1)) if found else None
+
+
 def _needed_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """About what one checkpoint takes: the weights plus the optimizer's state tensors."""
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -101,12 +111,13 @@ def save_checkpoint(
             save_file(tensors, str(tmp / "rng.safetensors"), metadata=meta)
             (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1), encoding="utf-8")
             write_manifest(tmp, step)
-    except OSError as err:
-        if err.errno not in _FULL_DISK:
+    except Exception as err:
+        code = _os_errno(err)
+        if code not in _FULL_DISK:
             raise
         kept = list_checkpoints(checkpoints_dir)
         raise UserError(
-            f"cannot write checkpoint {final}: {_FULL_DISK[err.errno]} "
+            f"cannot write checkpoint {final}: {_FULL_DISK[code]} "
             f"(a checkpoint needs about {_needed_mb(model, optimizer):,} MB)",
             "free space under " + str(checkpoints_dir) + " (or lower checkpoint.keep_last), then resume with "
             f"`sft-tui train --resume {checkpoints_dir.parent}`"
