@@ -7,6 +7,7 @@ import os
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from core.events import (CheckpointSaved, EvalResult, Event, LogMessage, Paused, Resumed, RunFailed, RunFinished,
                          RunStarted, SampleGenerated, StepMetrics)
@@ -45,9 +46,14 @@ class ProgressDisplay:
     def note(self, text: str) -> None:
         """A line from the command itself (a signal received, how to resume)."""
         try:
-            self.console.print(f"[yellow]{text}[/]", highlight=False)
+            self._line(text, "yellow")
         except OSError:
             self.detach(always=True)
+
+    def _line(self, text: str, style: str = "") -> None:
+        """Text that may hold paths and library messages: no markup is read from it, and it is not
+        broken into lines, so a path copied from the terminal is whole."""
+        self.console.print(Text(text, style=style), soft_wrap=True)
 
     def detach(self, always: bool = False) -> None:
         """Stop drawing to a terminal that went away (SIGHUP); output into a file or a pipe goes on
@@ -59,12 +65,13 @@ class ProgressDisplay:
 
     def _on_run_started(self, e: RunStarted) -> None:
         share = 100 * e.trainable_params / max(e.total_params, 1)
-        self.console.print(
-            f"[bold]{e.run_id}[/]  {e.task} · {e.model} · {e.trainable_params:,}/{e.total_params:,} "
+        self.console.print(Text.assemble(
+            (e.run_id, "bold"),
+            f"  {e.task} · {e.model} · {e.trainable_params:,}/{e.total_params:,} "
             f"trainable ({share:.1f}%) · {e.train_rows} train / {e.validation_rows} validation rows · "
             f"{e.device} {e.precision} x{e.world_size}"
-            + (f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else "")
-        )
+            + (f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""),
+        ))
         self.progress.start()
         self.task = self.progress.add_task("train", total=e.planned_steps, completed=e.resumed_from_step,
                                            epoch=0.0, loss="-", tps="-", eta="-:--:--")
@@ -83,11 +90,11 @@ class ProgressDisplay:
         self.console.print(table)
 
     def _on_sample(self, e: SampleGenerated) -> None:
-        self.console.print(f"  [dim]prompt[/] {e.prompt!r}\n  [dim]model [/] {e.output!r}\n"
-                           f"  [dim]ref   [/] {e.reference!r}")
+        for label, text in (("prompt", e.prompt), ("model ", e.output), ("ref   ", e.reference)):
+            self.console.print(Text.assemble("  ", (label, "dim"), f" {text!r}"))  # model output is not markup
 
     def _on_checkpoint(self, e: CheckpointSaved) -> None:
-        self.console.print(f"[dim]checkpoint saved: {e.path} ({e.seconds:.1f}s)[/]")
+        self._line(f"checkpoint saved: {e.path} ({e.seconds:.1f}s)", "dim")
 
     def _on_paused(self, e: Paused) -> None:
         self.console.print(f"paused at step {e.step}")
@@ -97,7 +104,7 @@ class ProgressDisplay:
 
     def _on_log(self, e: LogMessage) -> None:
         style = "yellow" if e.level in ("warning", "error", "critical") else "dim"
-        self.console.print(f"[{style}]{e.level}: {e.message}[/]", markup=True, highlight=False)
+        self._line(f"{e.level}: {e.message}", style)
 
     def _on_run_finished(self, e: RunFinished) -> None:
         self.progress.stop()
@@ -106,13 +113,13 @@ class ProgressDisplay:
             best = ", ".join(f"{k} {v:.4f}" for k, v in e.best_metrics.items())
             self.console.print(f"best (step {e.best_step}): {best}")
         if e.output_path:
-            self.console.print(f"model saved to {e.output_path}")
+            self._line(f"model saved to {e.output_path}")
 
     def _on_run_failed(self, e: RunFailed) -> None:
         self.failure_shown = True
         self.progress.stop()
-        self.console.print(f"[bold red]run failed:[/] {e.message}", highlight=False)
+        self._line(f"run failed: {e.message}", "bold red")
         if e.hint:
-            self.console.print(f"hint: {e.hint}", highlight=False)
+            self._line(f"hint: {e.hint}")
         if e.last_checkpoint:
-            self.console.print(f"last checkpoint: {e.last_checkpoint}")
+            self._line(f"last checkpoint: {e.last_checkpoint}")

@@ -106,3 +106,23 @@ def test_demo_runs_the_pretrained_minilm(tmp_path):
     assert "accuracy" in out.stderr
     labels = json.loads((tmp_path / "runs" / "demo" / "final" / "config.json").read_text())["id2label"]
     assert labels == {"0": "negative", "1": "positive"}
+
+
+def test_model_output_and_messages_are_printed_as_text_not_markup():
+    """A sample the model generated, or a path, holding `[/]` raised rich's MarkupError inside the
+    training loop; long paths were broken across lines, so a copied resume path had a newline in it."""
+    import io
+
+    from rich.console import Console
+
+    from core.events import LogMessage, RunFailed, SampleGenerated
+    from sft_tui.headless import ProgressDisplay
+
+    display = ProgressDisplay(Console(file=io.StringIO(), width=40))
+    display.emit(SampleGenerated(step=1, prompt="[/]", output="[bold]x[/]", reference="[/oops]"))
+    path = "/runs/" + "a-very-long-folder-name/" * 4 + "step-50/model.safetensors"
+    display.emit(LogMessage(level="warning", logger="core", message=f"[/] {path}"))
+    display.emit(RunFailed(message="[/x]", hint="[/]", last_checkpoint=None))
+    out = display.console.file.getvalue()
+    assert "model  '[bold]x[/]'" in out and f"warning: [/] {path}\n" in out
+    assert "run failed: [/x]\nhint: [/]\n" in out
