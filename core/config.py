@@ -284,7 +284,8 @@ def _hint(path: str, e: dict) -> str:
         return f"write {path} as a section: its fields as `key: value` lines indented below it"
     expected = e["msg"].removeprefix("Input should be ")
     if expected != e["msg"]:
-        expected = expected.split(", ")[0]
+        if kind != "literal_error":  # "a valid integer, unable to parse ...": the part before the why
+            expected = expected.split(", ")[0]
         return f"set {path} to {'a value ' if expected.startswith(('greater', 'less')) else ''}{expected}"
     return f"fix {path}"
 

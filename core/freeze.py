@@ -173,7 +173,7 @@ def apply_freeze_map(model, rules: list[FreezeRule]) -> FreezeSummary:
     summary = _summarize(rules, decided, matched_any)
     if summary.trainable_params == 0:
         raise UserError(
-            "the freeze map leaves no trainable parameters",
+            "the freeze map leaves no trainable parameters (freeze.preset, then freeze.rules)",
             hint="choose another freeze.preset, or add a rule with train: true (e.g. for the head)",
         )
     for _, param, index in decided:

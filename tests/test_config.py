@@ -175,9 +175,14 @@ def test_a_nan_evaluation_is_never_the_best():
         ({"optim": 5}, "optim: Input should be a valid dictionary", "write optim as a section"),
         ({"task": "causal-lm", "eval": {"metric": "accuracy"}}, "eval.metric 'accuracy' is not available",
          "set eval.metric to one of: loss, perplexity"),
+        ({"schedule": {"scheduler": "step"}}, "schedule.scheduler: Input should be 'linear', 'cosine' or 'constant'",
+         "set schedule.scheduler to 'linear', 'cosine' or 'constant'"),
     ],
+    ids=["unknown-field", "misspelt-field", "misspelt-section", "misspelt-rule-field", "number-for-text",
+         "not-a-bool", "not-a-section", "metric-for-other-task", "not-a-choice"],
 )
 def test_each_error_comes_with_a_hint_that_says_what_to_do(data, expected, hint):
+    """Defect: every validation error had the one hint "fix the fields named above"."""
     with pytest.raises(UserError) as err:
         parse_config(data)
     assert expected in err.value.message and hint in err.value.hint
@@ -199,6 +204,7 @@ def test_several_errors_get_one_hint_each():
         ("schedule.epochs=1e308", "schedule.epochs: Input should be less than or equal to 10000", "schedule.epochs"),
         ("optm.lr=1e-4", "--set optm.lr: 'optm' is not a config section", "did you mean optim?"),
     ],
+    ids=["run-name", "seed", "weight-decay", "epochs", "section"],
 )
 def test_overrides_get_the_same_validation(override, expected, hint):
     with pytest.raises(UserError) as err:

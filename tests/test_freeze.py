@@ -168,7 +168,7 @@ def test_summarize_does_not_touch_the_model(bert):
 
 
 def test_a_map_that_trains_nothing_is_an_error_and_changes_nothing(bert):
-    with pytest.raises(UserError, match="the freeze map leaves no trainable parameters"):
+    with pytest.raises(UserError, match=r"the freeze map leaves no trainable parameters \(freeze.preset, then"):
         apply_freeze_map(bert, [R("*"), R("*", False)])
     assert all(p.requires_grad for p in bert.parameters())
 
