@@ -29,6 +29,9 @@ def quiet_libraries() -> None:
     ds_logging.disable_progress_bar()
     for name in ("transformers", "datasets"):
         lib = logging.getLogger(name)
+        for handler in list(lib.handlers):  # datasets has no disable_default_handler(): its own
+            if type(handler) is logging.StreamHandler:  # stderr handler would draw over the TUI
+                lib.removeHandler(handler)
         if not any(isinstance(h, logging.NullHandler) for h in lib.handlers):
             lib.addHandler(logging.NullHandler())
 

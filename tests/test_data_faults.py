@@ -199,3 +199,14 @@ def test_local_files_never_touch_the_network(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == []
+
+
+def test_datasets_warnings_do_not_reach_the_terminal_directly():
+    """`datasets` installs its own stderr handler when imported: its warnings were drawn over the
+    TUI, and printed a second time by the run's log route."""
+    code = ("import datasets, logging\n"
+            "from core.logs import quiet_libraries\n"
+            "quiet_libraries()\n"
+            "logging.getLogger('datasets.builder').warning('raw datasets line')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "raw datasets line" not in out.stderr

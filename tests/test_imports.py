@@ -27,3 +27,11 @@ def test_cli_help_does_not_import_torch():
     code = "import sys; from sft_tui import cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+@pytest.mark.parametrize("module", ["core.runs", "core.manifest", "core.atomic"])
+def test_run_folder_queries_import_no_torch(module):
+    """The app lists runs and resumable checkpoints on the UI thread: no 3-second torch import."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
