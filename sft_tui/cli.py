@@ -22,9 +22,17 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 stops the run like the first Ctrl+C; only a second Ctrl+C aborts without saving."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error reads like every other error: a message, then a hint."""
+
+    def error(self, message: str):
+        print(f"error: {message}\nhint: {self.format_usage().strip()} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sft-tui", description="Supervised fine-tuning of Hugging Face models.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="sft-tui", description="Supervised fine-tuning of Hugging Face models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     init = sub.add_parser("init", help="write a commented example config")
     init.add_argument("--task", choices=["causal-lm", "classification"], default="classification")
@@ -48,7 +56,11 @@ def _init(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.exists() and not args.force:
         raise UserError(f"{path} already exists", "pass --force to overwrite it, or choose another path")
-    path.write_text(commented_yaml(example_config(args.task)), encoding="utf-8")
+    try:
+        path.write_text(commented_yaml(example_config(args.task)), encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror}",
+                        "create its folder first, or choose a path in an existing folder you can write to") from None
     print(f"wrote {path}; run it with: sft-tui train {path}")
     return 0
 
@@ -105,7 +117,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _app(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sft-tui", epilog="commands: `sft-tui init --help`, `sft-tui train --help`",
         description="Supervised fine-tuning of Hugging Face models in the terminal. "
                     "Without a config it opens on the bundled demo.")

@@ -11,6 +11,7 @@ to run.yaml. The CLI runs in-process, so the whole corpus takes seconds, not a p
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -90,10 +91,11 @@ CASES = [
          argv=["train", "--resume", "runs/stub", "--set", "seed=1"]),
     # ---- init ----
     case("init-over-existing-file", None, "run.yaml already exists", "pass --force", argv=["init", "run.yaml"]),
-    case("init-into-missing-folder", None, "no/such/folder", "", argv=["init", "no/such/folder/sft.yaml"],
-         xfail="owner: sft_tui/cli.py"),
-    case("init-unknown-task", None, "--task", "causal-lm", argv=["init", "--task", "translation"],
-         xfail="owner: sft_tui/cli.py"),
+    case("init-into-missing-folder", None, "cannot write no/such/folder/sft.yaml", "create its folder first",
+         argv=["init", "no/such/folder/sft.yaml"]),
+    case("init-into-a-folder", None, "cannot write a-folder", "choose a path", argv=["init", "--force", "a-folder"]),
+    case("init-unknown-task", None, "--task", "causal-lm", argv=["init", "--task", "translation"]),
+    case("train-without-config", None, "one of the arguments", "sft-tui train", argv=["train"]),
     # ---- data ----
     case("data-missing-file", {"data": {"train": "missing.jsonl"}}, "missing.jsonl", "check the path"),
     case("data-empty-file", {"data": {"train": "empty.jsonl"}}, "empty.jsonl", "point at a file with data rows"),
@@ -110,6 +112,12 @@ CASES = [
     case("data-unknown-demo", {"data": {"train": "demo:nope"}}, "data.train", "use one of"),
     case("data-dataset-not-cached", {"data": {"train": "someone/no-dataset"}}, "someone/no-dataset", "download"),
     case("data-validation-missing", {"data": {"validation": "missing.jsonl"}}, "data.validation", "check the path"),
+    case("data-every-completion-empty", {"data": {"train": "no-answers.jsonl"}}, "data.columns.completion",
+         "point data.columns.completion"),
+    case("data-labels-mixed-types", {"task": "classification", "eval": {"metric": "loss"},
+                                     "data": {"train": "mixed-labels.jsonl"}}, "data.columns.label", "use one type"),
+    case("data-folder-mismatched-columns", {"data": {"train": "mixed-folder"}}, "do not have the same columns",
+         "must share their columns"),
     case("data-split-of-a-file", {"data": {"validation_split": "test"}}, "data.validation_split",
          "set data.validation"),
     # ---- model ----
@@ -121,6 +129,10 @@ CASES = [
     case("model-unknown-demo", {"model": {"name_or_path": "demo:nope"}}, "demo:nope", "use one of"),
     case("model-hub-id-not-cached", {"model": {"name_or_path": "someone/not-cached"}}, "someone/not-cached",
          "model.name_or_path"),
+    case("model-without-tokenizer", {"model": {"name_or_path": "no-tokenizer"}}, "has no tokenizer files",
+         "tokenizer.save_pretrained"),
+    case("model-truncated-weights", {"model": {"name_or_path": "half-weights"}}, "is incomplete or corrupt",
+         "re-download"),
     # ---- freeze map ----
     case("freeze-regex-broken", {"freeze": {"rules": [{"match": "re:(x"}]}}, "freeze.rules.0.match", "fix the regex"),
     case("freeze-nothing-trains", {"freeze": {"rules": [{"match": "*", "train": False}]}}, "freeze.rules",
@@ -146,6 +158,18 @@ def workdir(tmp_path, monkeypatch, tiny_model_factory):
     (tmp_path / "data.txt").write_text("some text\n", encoding="utf-8")
     (tmp_path / "a-folder").mkdir()
     (tmp_path / "a-file").write_text("not a folder\n", encoding="utf-8")
+    (tmp_path / "no-answers.jsonl").write_text("".join(f'{{"prompt": "q {i}", "completion": ""}}\n' for i in range(20)))
+    (tmp_path / "mixed-labels.jsonl").write_text("".join(
+        json.dumps({"text": f"t {i}", "label": 1 if i % 2 else "positive"}) + "\n" for i in range(20)))
+    (tmp_path / "mixed-folder").mkdir()
+    (tmp_path / "mixed-folder" / "a.jsonl").write_text('{"prompt": "a", "completion": "b"}\n' * 4)
+    (tmp_path / "mixed-folder" / "b.jsonl").write_text('{"text": "a", "label": "b"}\n' * 4)
+    model = tiny_model_factory("llama")
+    for name, files in (("no-tokenizer", ["config.json", "model.safetensors"]), ("half-weights", None)):
+        shutil.copytree(model, tmp_path / name, ignore=None if files is None else
+                        lambda folder, names, keep=files: [n for n in names if n not in keep])
+    weights = tmp_path / "half-weights" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     (tmp_path / "one-label.jsonl").write_text("".join(f'{{"text": "t {i}", "label": "pos"}}\n' for i in range(20)))
     config = {
         "task": "causal-lm", "seed": 3,
