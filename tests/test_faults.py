@@ -107,7 +107,7 @@ def wait_for(path: Path, text: str, count: int = 1, timeout: float = 120) -> Non
 
 
 # ---- signals ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_signal_saves_a_checkpoint_exits_3_and_resumes(sig, setup, capsys):
     """Issue 7.3: SIGTERM (a job scheduler, `systemctl stop`) killed a run at once, with no
     checkpoint; a stopped run exited 0 like a completed one."""
