@@ -320,7 +320,7 @@ async def test_save_then_load_round_trips_and_bad_yaml_shows_in_the_dialog(tmp_p
         (tmp_path / "broken.yaml").write_text("optim:\n  lr: [0.1\n  batch_size: 4\n")
         await pilot.press("ctrl+o")
         dialog = await submit_path(pilot, tmp_path / "broken.yaml")
-        assert app.screen is dialog and "YAML syntax error" in dialog.error and "line 3" in dialog.error
+        assert app.screen is dialog and "YAML syntax error" in dialog.error and "at line 2," in dialog.error  # the open `[`
         (tmp_path / "typo.yaml").write_text("optim:\n  lrr: 0.1\n")
         await submit_path(pilot, tmp_path / "typo.yaml")
         assert "optim.lrr: unknown field" in dialog.error
