@@ -188,6 +188,12 @@ class CheckpointConfig(_Section):
     """How many checkpoints to keep; older ones are deleted."""
 
 
+def is_folder_name(name: str) -> bool:
+    """One plain folder name: not empty or dots, no separator, NUL or drive. Checked by the config
+    and again by core.runs, which creates and deletes folders by this name."""
+    return name.strip(" .") != "" and not any(c in name for c in "/\\\0") and not PureWindowsPath(name).drive
+
+
 class OutputConfig(_Section):
     runs_dir: str = "runs"
     """Folder that holds one sub-folder per run."""
@@ -203,7 +209,7 @@ class OutputConfig(_Section):
         overwrite files, outside runs_dir."""
         if name is None:
             return name
-        if name.strip(" .") == "" or any(c in name for c in "/\\\0") or PureWindowsPath(name).drive:
+        if not is_folder_name(name):
             raise _invalid("run_name", "must be a single folder name, not a path or dots",
                            "set output.run_name to a plain folder name such as my-run (no /, \\, . or ..)")
         return name

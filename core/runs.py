@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import RunConfig, config_to_dict, load_config, save_config
+from core.config import RunConfig, config_to_dict, is_folder_name, load_config, save_config
 from core.errors import UserError
 from core.events import read_events
 from core.manifest import incomplete_checkpoints, latest_checkpoint
@@ -72,7 +72,7 @@ def new_run_id(config: RunConfig) -> str:
 def _run_root(runs_dir: str | Path, run_id: str) -> Path:
     """`runs_dir/run_id`, refusing any id that is not one plain folder name: a run folder is
     created, replaced and cleaned up by this module, which must never reach outside runs_dir."""
-    if run_id in ("", ".", "..") or any(c in run_id for c in "/\\\0") or Path(run_id).is_absolute():
+    if not is_folder_name(run_id):
         raise UserError(f"output.run_name {run_id!r} is not a plain folder name",
                         "use letters, digits, '-', '_' or '.', e.g. my-run (it is created inside output.runs_dir)")
     return Path(runs_dir) / run_id
