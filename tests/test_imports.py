@@ -1,8 +1,10 @@
-"""core/ is the engine: usable without the terminal UI, so it must never import textual or rich."""
+"""The layers stay apart: core/ (the engine) imports no terminal UI library, and the app's UI thread
+imports no training library (ARCHITECTURE.md)."""
 
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +37,23 @@ def test_run_folder_queries_import_no_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_layering_contracts_hold():
+    """pyproject.toml's import-linter contracts (ARCHITECTURE.md): core knows no terminal, and the
+    app and its screens import no training library themselves."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    out = subprocess.run([str(lint)], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_app_and_its_screens_import_no_training_library_at_module_level():
+    """The first screen draws before torch (3 s) or transformers (11 s) is imported: what the app
+    and its screens import at module level, core modules included, must not pull them in."""
+    import sft_tui.screens
+
+    screens = sorted(f"sft_tui.screens.{m.name}" for m in pkgutil.walk_packages(sft_tui.screens.__path__))
+    code = (f"import sys, sft_tui.app, {', '.join(screens)}\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
