@@ -229,7 +229,7 @@ class _Loop:
     def _loop(self, plan, micro_per_epoch, steps_per_epoch, rank, world) -> RunResult:
 
         from core.data import collate
-        from core.evaluate import batch_loss_sum, count_items
+        from core.loss import batch_loss_sum, count_items
 
         cfg, acc, model, optimizer, scheduler = self.config, self.acc, self.model, self.optimizer, self.scheduler
         state, task, accum = self.state, cfg.task, cfg.optim.grad_accum

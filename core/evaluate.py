@@ -9,36 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from core.data import collate
+from core.loss import batch_loss_sum, count_items
 from core.metrics import classification_metrics, lm_metrics
-
-
-def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross entropy over the trained (label != -100) positions, in fp32."""
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-
-
-def batch_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: str) -> tuple[torch.Tensor, Any]:
-    """(summed loss, logits) of one batch; the caller divides by the items of the whole step."""
-    if task == "classification":
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-        return loss, logits
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return lm_loss_sum(logits, batch["labels"]), logits
-
-
-def count_items(examples: list[Any], task: str) -> int:
-    """What a step's loss is averaged over: rows for classification, trained tokens for causal LM."""
-    if task == "classification":
-        return len(examples)
-    return sum(sum(1 for t in ex.labels[1:] if t != -100) for ex in examples)
 
 
 @torch.no_grad()
@@ -57,12 +31,10 @@ def evaluate(model, examples, *, task, num_labels, batch_size, pad_token_id, acc
         with accelerator.autocast():
             loss, logits = batch_loss_sum(model, batch, task)
         loss_sum += loss.double()
+        count += count_items(chunk, task)
         if task == "classification":
-            count += len(chunk)
             preds = logits.argmax(-1)
             confusion.index_put_((batch["labels"], preds), torch.ones_like(preds, dtype=torch.float64), accumulate=True)
-        else:
-            count += (batch["labels"][:, 1:] != -100).sum()
     loss_sum, count, confusion = (accelerator.reduce(t, "sum") for t in (loss_sum, count, confusion))
     model.train()
     if task == "classification":

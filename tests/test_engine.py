@@ -148,11 +148,11 @@ def test_interrupted_checkpoint_write_keeps_previous(tiny_model_factory, sft_fil
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_factory, sft_file, tmp_path, monkeypatch):
-    import core.evaluate
+    import core.loss
 
     config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=10,
                        checkpoint__every_steps=3, eval__num_samples=0)
-    real = core.evaluate.batch_loss_sum
+    real = core.loss.batch_loss_sum
     calls = {"n": 0}
 
     def poisoned(model, batch, task):
@@ -160,7 +160,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_factory, sft_f
         loss, logits = real(model, batch, task)
         return (loss * float("nan") if calls["n"] >= 5 else loss), logits
 
-    monkeypatch.setattr(core.evaluate, "batch_loss_sum", poisoned)
+    monkeypatch.setattr(core.loss, "batch_loss_sum", poisoned)
     with pytest.raises(UserError, match="NaN|nan"):
         run(config)
     root = Path(config.output.runs_dir) / "lm"
