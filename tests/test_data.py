@@ -10,12 +10,14 @@ from __future__ import annotations
 import copy
 import importlib.resources
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from core import data as data_mod
+import core.data.sources
 from core.config import ColumnMap, DataConfig, RunConfig, example_config
 from core.data import DEMO_DATASETS, IGNORE_INDEX, Example, batch_plan, collate, detect_format, load_raw, prepare_data
 from core.errors import UserError
@@ -332,7 +334,7 @@ def test_loads_each_file_kind_and_folders(tmp_path):
 @pytest.mark.parametrize("chunk", [11, 29, 1 << 20], ids=["split-char", "bad-lead-at-chunk-end", "one-chunk"])
 def test_non_utf8_file_names_file_and_byte(tmp_path, monkeypatch, chunk):
     """The file is streamed in chunks; chunk 11 splits the valid é, chunk 29 ends on the bad byte."""
-    monkeypatch.setattr(data_mod, "_CHUNK", chunk)
+    monkeypatch.setattr(core.data.sources, "_CHUNK", chunk)
     path = tmp_path / "latin.jsonl"
     path.write_bytes('{"text": "é"}\n'.encode() + b'{"text": "caf\xe9"}\n')
     with pytest.raises(UserError) as err:
@@ -431,3 +433,10 @@ def test_collate_pads_right():
     torch.testing.assert_close(out["labels"], torch.tensor([1, 0]))
     torch.testing.assert_close(out["input_ids"], torch.tensor([[1, 2], [3, 9]]))
     assert collate(batch, pad_token_id=None, task="causal-lm")["input_ids"][1, 1] == 0
+
+
+def test_importing_core_data_stays_light():
+    """The app imports core.data at start-up: torch, transformers and datasets load only when data is prepared."""
+    code = "import sys, core.data; print(sorted({'torch', 'transformers', 'datasets'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

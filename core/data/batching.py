@@ -1,0 +1,68 @@
+"""Batches: which rows go together in each step (`batch_plan`) and how they become tensors (`collate`).
+
+The plan depends on nothing but the row lengths and (seed, epoch), so a resumed run recomputes
+the batches it already trained on and skips them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from core.data.examples import IGNORE_INDEX, Example
+
+if TYPE_CHECKING:
+    import torch
+
+def batch_plan(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool, drop_last: bool = False
+) -> list[list[int]]:
+    """The batches of one epoch as lists of example indices; the same inputs give the same plan.
+
+    With `group_by_length`, the shuffled order is cut into chunks of 50 batches, each chunk sorted
+    by length so batches hold rows of similar length (less padding), and the batch order shuffled
+    again; the batch with the longest row goes first, so running out of memory shows at the first
+    step rather than mid-epoch. The generator is seeded with a string of (seed, epoch): string
+    seeds are hashed with SHA-512, so different pairs never collide the way seed+epoch would.
+    """
+    rng = random.Random(f"batch-plan:{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not group_by_length:
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    else:
+        chunk = batch_size * 50
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start : start + chunk], key=lambda i: -lengths[i])
+            batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        rng.shuffle(batches)
+        if batches:
+            longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+            batches.insert(0, batches.pop(longest))
+    if drop_last:
+        batches = [b for b in batches if len(b) == batch_size]
+    return batches
+
+
+def collate(examples: list[Example], pad_token_id: int | None, task: str) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids (pad id), attention_mask, labels (-100 padding for causal LM,
+    one class id per row for classification). Tokenizers without a pad token (GPT-2) pad with id 0,
+    which the attention mask and the -100 labels hide."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    pad = 0 if pad_token_id is None else pad_token_id
+    input_ids = torch.full((len(examples), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids, dtype=torch.long)
+        attention_mask[row, :n] = 1
+    if task == "classification":
+        labels = torch.tensor([e.labels for e in examples], dtype=torch.long)
+    else:
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        for row, example in enumerate(examples):
+            labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

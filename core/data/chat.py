@@ -1,0 +1,159 @@
+"""Chat data: conversations rendered with the chat template, loss on the assistant turns only.
+
+The trained tokens are found by rendering the conversation up to each assistant turn and mapping
+those character spans onto tokens. That logic is the largest of the encoders and the only one
+that runs the tokenizer's template, so it has a module of its own; it shares `Encoded`,
+`Context` and the truncation of `encoding`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from core.data.encoding import Context, Encoded, is_blank, lm_example, token_ids
+from core.data.examples import IGNORE_INDEX, Example
+from core.errors import UserError
+
+if TYPE_CHECKING:
+    import datasets
+
+# ShareGPT-style turns ({"from": "human", "value": ...}) are mapped onto role/content.
+_SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
+
+
+def _turns(value: Any) -> list[dict[str, Any]]:
+    """A row's messages as [{role, content}], accepting ShareGPT's {from, value} spelling."""
+    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+        raise UserError(
+            f"data.columns.messages: expected a non-empty list of {{role, content}} turns, got {str(value)[:80]!r}",
+            "point data.columns.messages at a column of chat turns",
+        )
+    turns = []
+    for message in value:
+        role = message.get("role") or _SHAREGPT_ROLES.get(message.get("from"), message.get("from"))
+        # Arrow gives every turn every key seen in the column, the absent ones as None.
+        content = message.get("content") if message.get("content") is not None else message.get("value")
+        if role is None or content is None:
+            raise UserError(f"data.columns.messages: a turn lacks its role or content: {str(message)[:80]!r}")
+        turns.append({"role": role, "content": content})
+    return turns
+
+
+def encode_chat(ds: datasets.Dataset, ctx: Context, split: str) -> Encoded:
+    """Render each conversation with the chat template and train on the assistant turns only."""
+    tok = ctx.tokenizer
+    if not getattr(tok, "chat_template", None) and not ctx.chat_template:
+        raise UserError(
+            "the chat format needs a chat template, and the tokenizer has none",
+            "set data.chat_template to a Jinja chat template (e.g. ChatML), or use prompt-completion data",
+        )
+    template = None if getattr(tok, "chat_template", None) else ctx.chat_template
+    out = Encoded()
+    silent = "the conversation has no assistant turn with content"
+    reason = f"no assistant token within data.max_length ({ctx.max_length} tokens)"
+    for value in ds[ctx.columns.messages]:
+        turns = _turns(value)
+        if not any(turn["role"] == "assistant" and not is_blank(turn["content"]) for turn in turns):
+            out.dropped[silent] += 1
+            continue
+        cut = out.cut
+        turns = ctx.cut_turns(out, turns)
+        text, spans = _assistant_spans(tok, turns, template)
+        if not spans:
+            out.dropped[reason if out.cut > cut else "the conversation has no assistant turn after a prompt"] += 1
+            continue
+        ids, trained = _tokenize_spans(tok, text, [(start, end) for _, start, end in spans])
+        labels = [t if keep else IGNORE_INDEX for t, keep in zip(ids, trained)]
+        example = lm_example(ids, labels, ctx, out, reason)
+        if example is None:
+            continue
+        if split == "validation":
+            _set_chat_sample(example, tok, turns, text, spans, ctx.max_length)
+        out.examples.append(example)
+    if split == "train" and out.dropped[silent] == len(ds):
+        raise UserError(
+            f"data.columns.messages: no conversation in column {ctx.columns.messages!r} of {ctx.sources[split]} "
+            "has an assistant turn with content, and the loss is taken on assistant turns only",
+            "point data.columns.messages at conversations with assistant replies, or fill the replies in",
+        )
+    return out
+
+
+def _set_chat_sample(example: Example, tokenizer: Any, turns: list[dict[str, Any]], text: str,
+                     spans: list[tuple[int, int, int]], max_length: int) -> None:
+    """Sample the last assistant turn whose prompt fits in max_length (else the first one, its
+    prompt cut to the last max_length - 1 tokens). A turn's prompt is the rendered text up to where
+    the turn starts, which prefix stability makes equal to rendering the turns before it with the
+    generation prompt."""
+    for turn, start, _ in reversed(spans):
+        prompt_ids = token_ids(tokenizer, [text[:start]], special=False)[0]
+        if len(prompt_ids) < max_length:
+            break
+    example.prompt_ids = prompt_ids[-(max_length - 1):]
+    example.prompt_text = str(turns[turn - 1]["content"])
+    example.reference = str(turns[turn]["content"])
+
+
+def _render(tokenizer: Any, turns: list[dict[str, Any]], template: str | None, generation_prompt: bool) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            turns, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except TemplateError as err:
+        raise UserError(
+            f"the chat template failed on a conversation ({err}): {str(turns)[:120]!r}",
+            "fix the conversation (e.g. roles in the order the template expects) or data.chat_template",
+        ) from None
+
+
+def _assistant_spans(tokenizer: Any, turns: list[dict[str, Any]], template: str | None
+                     ) -> tuple[str, list[tuple[int, int, int]]]:
+    """The rendered conversation and (turn index, start, end) character spans of the trained turns.
+
+    A turn's span starts where the conversation before it, rendered with the generation prompt,
+    ends, and stops where the conversation up to it ends, less trailing whitespace (formatting after
+    the end-of-turn token that generation never produces). This needs a prefix-stable template:
+    rendering a shorter conversation must give a prefix of the longer one. An assistant turn with
+    nothing before it has no prompt to answer, and an empty one would train the end-of-turn token
+    alone; both are kept as context only.
+    """
+    full = _render(tokenizer, turns, template, generation_prompt=False)
+    spans = []
+    for i, turn in enumerate(turns):
+        if turn["role"] != "assistant" or i == 0 or is_blank(turn["content"]):
+            continue
+        before = _render(tokenizer, turns[:i], template, generation_prompt=True)
+        upto = _render(tokenizer, turns[: i + 1], template, generation_prompt=False)
+        if not (upto.startswith(before) and full.startswith(upto)):
+            raise UserError(
+                "the chat template is not prefix-stable: rendering a conversation up to an assistant turn does not "
+                "give the start of the whole conversation, so the assistant tokens cannot be located",
+                "convert the data to prompt-completion, or use a model whose chat template renders each turn "
+                "on its own (e.g. ChatML)",
+            )
+        spans.append((i, len(before), len(before) + len(upto[len(before):].rstrip())))
+    return full, spans
+
+
+def _tokenize_spans(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
+    """Token ids of `text` (no added special tokens: the template wrote them) and, per token,
+    whether it lies in a trained span.
+
+    Fast tokenizers tokenize the whole text once and place tokens by their character offsets, so
+    the ids are exactly those the model sees for this text; tokenizers without offsets tokenize
+    the text piece by piece between span boundaries.
+    """
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        trained = [any(s < end and start < e for s, e in spans) for start, end in enc["offset_mapping"]]
+        return list(enc["input_ids"]), trained
+    ids: list[int] = []
+    trained: list[bool] = []
+    cuts = [0, *(b for span in spans for b in span), len(text)]
+    for k, (start, end) in enumerate(zip(cuts, cuts[1:])):
+        piece = token_ids(tokenizer, [text[start:end]], special=False)[0] if end > start else []
+        ids += piece
+        trained += [k % 2 == 1] * len(piece)
+    return ids, trained

@@ -1,0 +1,69 @@
+"""The shapes prepared data takes: one tokenized row (`Example`) and the whole result of
+`prepare_data` (`PreparedData`, with its `DataStats`).
+
+They live apart from the code that makes them because everything downstream (batching, the engine,
+the evaluation, the data screen) reads them without needing to know how rows were loaded or encoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.config import ColumnMap
+
+IGNORE_INDEX = -100
+"""Label of a token that carries no loss (the value PyTorch's cross-entropy skips)."""
+
+
+@dataclass(slots=True)
+class Example:
+    """One tokenized row.
+
+    `labels` is a class id for classification, and for causal LM one target per token with -100
+    where no loss is taken. Causal-LM validation rows also carry what sample generation needs: the
+    prompt's token ids (ready to feed `generate`), the prompt as text for display, and the
+    reference answer.
+    """
+
+    input_ids: list[int]
+    labels: list[int] | int
+    prompt_ids: list[int] | None = None
+    prompt_text: str | None = None
+    reference: str | None = None
+
+
+@dataclass
+class DataStats:
+    """What tokenization did, for the data screen and the run log.
+
+    Per-split counts are keyed "train" and "validation". Token lengths and totals are of the
+    training rows before packing; with packing, rows_out["train"] counts blocks.
+    """
+
+    rows_in: dict[str, int]
+    rows_out: dict[str, int]
+    rows_truncated: dict[str, int]
+    rows_dropped: dict[str, int]
+    length_min: int
+    length_mean: float
+    length_p50: int
+    length_p95: int
+    length_max: int
+    tokens_total: int
+    """Real (non-padding) tokens in the training rows."""
+    loss_tokens: int
+    """Causal LM: training tokens that carry loss; 0 for classification."""
+    label_counts: dict[str, int] | None
+    """Classification: training rows per label."""
+
+
+@dataclass
+class PreparedData:
+    train: list[Example]
+    validation: list[Example]
+    format: str
+    columns: ColumnMap
+    labels: list[str] | None
+    """Classification: the label names; class id i is labels[i]."""
+    stats: DataStats
+    warnings: list[str] = field(default_factory=list)

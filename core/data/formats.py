@@ -1,0 +1,75 @@
+"""Which format rows are in (chat, prompt-completion, text-label, plain text) and which column
+plays each role, from the column names alone: the data screen calls it before any tokenizer exists.
+"""
+
+from __future__ import annotations
+
+from core.config import ColumnMap, DataConfig
+from core.errors import UserError
+
+# Column names each role is detected from, in order of preference (matched case-insensitively).
+_SYNONYMS = {
+    "messages": ("messages", "conversations"),
+    "prompt": ("prompt", "instruction", "question", "input"),
+    "completion": ("completion", "response", "output", "answer"),
+    "text": ("text", "sentence", "content", "review"),
+    "label": ("label", "labels", "class", "category", "sentiment"),
+}
+# Formats in detection order, with the roles each one needs.
+_FORMAT_ROLES = {
+    "chat": ("messages",),
+    "prompt-completion": ("prompt", "completion"),
+    "text-label": ("text", "label"),
+    "text": ("text",),
+}
+_TASK_FORMATS = {"classification": ("text-label",), "causal-lm": ("prompt-completion", "chat", "text")}
+
+
+def detect_format(column_names: list[str], task: str, data: DataConfig) -> tuple[str, ColumnMap]:
+    """The row format and the column that plays each of its roles.
+
+    Explicit `data.columns` entries always win over names found by synonym; `data.format` other
+    than "auto" skips detection. The result must fit the task: classification reads text-label
+    rows, causal LM reads prompt-completion, chat or plain text.
+    """
+    columns = list(column_names)
+    available = ", ".join(columns)
+    explicit = data.columns.model_dump()
+    for role, column in explicit.items():
+        if column is not None and column not in columns:
+            raise UserError(
+                f"data.columns.{role}: column {column!r} not found; columns are: {available}",
+                f"set data.columns.{role} to one of those columns",
+            )
+    lowered = {c.lower(): c for c in reversed(columns)}
+    found = {
+        role: explicit[role] or next((lowered[s] for s in names if s in lowered), None)
+        for role, names in _SYNONYMS.items()
+    }
+    fmt = data.format
+    if fmt == "auto":
+        fmt = next((f for f, roles in _FORMAT_ROLES.items() if all(found[r] for r in roles)), None)
+        if fmt is None:
+            raise UserError(
+                f"data.train: cannot tell the data format of {data.train} from its columns: {available}",
+                "set data.format and data.columns (e.g. data.columns.text and data.columns.label)",
+            )
+    allowed = _TASK_FORMATS[task]
+    if fmt not in allowed:
+        if task == "classification":
+            hint = "set task: causal-lm, or data.columns.text and data.columns.label for classification"
+        elif found["text"]:
+            hint = f"set task: classification, or set data.format: text to train on the {found['text']!r} column alone"
+        else:
+            hint = f"set data.format to auto or one of: {', '.join(allowed)}; or set task: classification"
+        detected = "the detected format" if data.format == "auto" else "format"
+        raise UserError(
+            f"data.format: {detected} {fmt!r} does not fit task {task!r}, which reads: {', '.join(allowed)}", hint
+        )
+    for role in _FORMAT_ROLES[fmt]:
+        if found[role] is None:
+            raise UserError(
+                f"data.columns.{role}: no {role} column found for format {fmt!r}; columns are: {available}",
+                f"set data.columns.{role} to the column that holds the {role}",
+            )
+    return fmt, ColumnMap(**{role: found[role] for role in _FORMAT_ROLES[fmt]})
