@@ -20,38 +20,9 @@ from pathlib import Path
 SEED = 1234
 HERE = Path(__file__).resolve().parent
 
-DOMAINS = {
-    "product": {
-        "things": ["blender", "pair of headphones", "backpack", "phone case", "desk lamp", "coffee maker",
-                   "keyboard", "water bottle", "vacuum cleaner", "umbrella", "office chair", "toaster"],
-        "aspects": ["battery life", "build quality", "price", "sound", "design", "packaging", "manual",
-                    "material", "size", "setup", "handle", "warranty service"],
-        "openers": ["I bought this {thing} last month.", "Got this {thing} as a gift.",
-                    "I have used this {thing} every day for two weeks.", "Ordered the {thing} online."],
-        "good_end": ["I would buy it again.", "Worth every penny.", "It does exactly what it promises."],
-        "bad_end": ["I am sending it back.", "I want my money back.", "It broke within days."],
-    },
-    "movie": {
-        "things": ["film", "movie", "sequel", "documentary", "thriller", "comedy", "drama", "animated feature",
-                   "mystery", "western"],
-        "aspects": ["acting", "plot", "soundtrack", "dialogue", "ending", "pacing", "camera work", "cast",
-                    "script", "story", "lead actress", "villain"],
-        "openers": ["Watched this {thing} with friends on Saturday.", "I saw the {thing} at the cinema.",
-                    "We streamed this {thing} last night.", "My sister picked this {thing} for movie night."],
-        "good_end": ["I would watch it again.", "The two hours flew by.", "It stayed with me for days."],
-        "bad_end": ["I nearly walked out.", "Two hours I will never get back.", "I fell asleep halfway."],
-    },
-    "restaurant": {
-        "things": ["restaurant", "cafe", "bistro", "diner", "pizza place", "sushi bar", "bakery", "food truck",
-                   "noodle shop", "steakhouse"],
-        "aspects": ["service", "food", "pasta", "dessert", "staff", "atmosphere", "main course", "coffee", "menu",
-                    "waiting time", "bread", "soup"],
-        "openers": ["We had dinner at this {thing} on Friday.", "Stopped by this {thing} for lunch.",
-                    "Went to the new {thing} downtown.", "Booked a table at this {thing} for a birthday."],
-        "good_end": ["We will definitely be back.", "Our new favourite spot.", "Already planning the next visit."],
-        "bad_end": ["We will not be back.", "Never again.", "We left hungry and annoyed."],
-    },
-}
+DOMAINS = json.loads((HERE / "review_domains.json").read_text(encoding="utf-8"))
+"""Per review domain (product, movie, restaurant): the things reviewed, their aspects, the opening
+sentences and the domain's own endings; a table of word lists, so it is kept as data."""
 GOOD = ["great", "excellent", "wonderful", "fantastic", "superb", "delightful", "impressive", "lovely", "solid",
         "brilliant", "outstanding", "pleasant", "charming", "reliable", "top notch", "amazing"]
 BAD = ["terrible", "awful", "disappointing", "poor", "bland", "boring", "mediocre", "dreadful", "sloppy",
