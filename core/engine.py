@@ -163,6 +163,7 @@ class _Loop:
         from core.data import batch_plan, prepare_data
         from core.freeze import apply_freeze_map, effective_rules, param_groups
         from core.models import describe_model, load_model, load_tokenizer, usable_positions
+        from core.plan import plan_steps
 
         cfg, acc = self.config, self.acc
         set_seed(cfg.seed)
@@ -194,17 +195,16 @@ class _Loop:
         world, rank = acc.num_processes, acc.process_index
         plan = lambda epoch: batch_plan(lengths, cfg.optim.batch_size, cfg.seed, epoch,  # noqa: E731
                                         cfg.data.group_by_length)
-        micro_per_epoch = len(plan(0)) // world
+        steps = plan_steps(cfg, len(data.train), world)
+        micro_per_epoch = steps.micro_batches_per_epoch
         if micro_per_epoch == 0:
             raise UserError(f"{len(data.train)} training rows make no full batch per process "
                             f"(optim.batch_size {cfg.optim.batch_size}, {world} processes)",
                             "lower optim.batch_size or add data")
-        steps_per_epoch = math.ceil(micro_per_epoch / cfg.optim.grad_accum)
-        total_steps = cfg.schedule.total_steps(steps_per_epoch)
-        warmup = cfg.schedule.warmup_for(total_steps)
-        name = "constant_with_warmup" if cfg.schedule.scheduler == "constant" and warmup else cfg.schedule.scheduler
-        scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-        self.scheduler, self.total_steps = scheduler, total_steps
+        steps_per_epoch, total_steps = steps.steps_per_epoch, steps.total_steps
+        scheduler = get_scheduler(steps.scheduler, optimizer, num_warmup_steps=steps.warmup_steps,
+                                  num_training_steps=total_steps)
+        self.scheduler, self.total_steps, self.steps = scheduler, total_steps, steps
 
         state = {"epoch": 0, "step_in_epoch": 0, "tokens_seen": 0, "best": None, "best_step": None,
                  "best_metrics": {}, "bad_evals": 0, "elapsed_s": 0.0}
@@ -331,17 +331,12 @@ class _Loop:
     # ---- between optimizer steps --------------------------------------------------------------
     def _after_step(self, final_step: bool) -> str:
         """Evaluate, checkpoint and obey the Control; returns the reason to end, or 'completed'."""
-        cfg, control = self.config, self.control
-        epoch_end = self.state["epoch_progress"] % 1 == 0
-        every = cfg.eval.every_steps
-        due_eval = (every and self.step % every == 0) or (not every and epoch_end) or final_step
+        control = self.control
         reason = "completed"
-        if control.take_eval_request() or due_eval:
+        if control.take_eval_request() or self.steps.evaluates_after(self.step):
             if self._evaluate():
                 reason = "early-stopped"
-        save_every = cfg.checkpoint.every_steps
-        due_save = (save_every and self.step % save_every == 0) or (not save_every and due_eval and not final_step)
-        if control.take_save_request() or due_save:
+        if control.take_save_request() or self.steps.checkpoints_after(self.step):
             self._checkpoint()
         if control.paused:
             self.out.emit(Paused(step=self.step))
