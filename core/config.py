@@ -13,12 +13,23 @@ from pathlib import Path, PureWindowsPath
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from core.config_errors import validation_error
+from core.config_yaml import read_config_file
 from core.errors import UserError
 
 Task = Literal["causal-lm", "classification"]
+TASKS: tuple[str, ...] = get_args(Task)
+"""The task names, for command-line choices and the app's task picker."""
 DataFormat = Literal["auto", "text-label", "prompt-completion", "chat", "text"]
 Preset = Literal["all", "head-only", "top-n", "freeze-embeddings"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -31,13 +42,19 @@ METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
 """Evaluation metrics each task reports, i.e. the allowed values of eval.metric."""
 
 
+DEMO_MINILM = "demo:minilm"
+DEMO_TINY_LM = "demo:tiny-lm"
+DEMO_MODELS: dict[str, Task] = {DEMO_MINILM: "classification", DEMO_TINY_LM: "causal-lm"}
+"""The bundled demo models (core.models resolves them) and the task each one is made for."""
+
 MAX_EPOCHS = 10_000
 """Upper bound of schedule.epochs: far beyond any real run, and small enough that a step count stays an int."""
 
 
-def _invalid(kind: str, message: str, hint: str) -> PydanticCustomError:
-    """A validation error whose hint (what to do) travels to UserError.hint through the error's context."""
-    return PydanticCustomError(kind, message, {"hint": hint})
+def _invalid(kind: str, message: str, hint: str, field: str | None = None) -> PydanticCustomError:
+    """A validation error whose hint (what to do) travels to UserError.hint through the error's context,
+    and, for a check of the whole config, the dotted field it is about (to UserError.fields)."""
+    return PydanticCustomError(kind, message, {"hint": hint} if field is None else {"hint": hint, "field": field})
 
 
 class _Section(BaseModel):
@@ -49,7 +66,7 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    name_or_path: str = "demo:minilm"
+    name_or_path: str = DEMO_MINILM
     """A local folder with config.json, a Hugging Face hub id (read from the local cache when
     offline), or a bundled demo model: `demo:minilm` (pretrained all-MiniLM-L6-v2) or `demo:tiny-lm`
     (a tiny Llama-style model built on the fly)."""
@@ -241,79 +258,11 @@ class RunConfig(_Section):
             raise _invalid("metric_for_task",
                            f"eval.metric {self.eval.metric!r} is not available for task {self.task!r}; "
                            f"use one of: {', '.join(allowed)}",
-                           f"set eval.metric to one of: {', '.join(allowed)}")
+                           f"set eval.metric to one of: {', '.join(allowed)}", field="eval.metric")
         if self.data.packing and self.task != "causal-lm":
             raise _invalid("packing_for_task", "data.packing only applies to task 'causal-lm'; set it to false",
-                           "set data.packing: false (packing concatenates causal-LM rows)")
+                           "set data.packing: false (packing concatenates causal-LM rows)", field="data.packing")
         return self
-
-
-def format_validation_error(err: ValidationError, source: str = "config") -> str:
-    """One line per problem: the dotted field path, what was given and what is allowed."""
-    return _explain(err, source)[0]
-
-
-def _explain(err: ValidationError, source: str) -> tuple[str, str]:
-    """The message (one line per problem) and the hint (what to do about each) of a validation error."""
-    lines, hints = [], []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg, hint = e["msg"].removeprefix("Value error, "), _hint(path, e)
-        if e["type"] == "extra_forbidden":
-            fields = _section_fields(e["loc"]) if err.title == RunConfig.__name__ else []
-            close = difflib.get_close_matches(str(e["loc"][-1]), fields, n=1)
-            section = path.rpartition(".")[0]
-            msg = f"unknown field; did you mean {close[0]!r}?" if close else "unknown field"
-            hint = (f"rename it to {section + '.' if section else ''}{close[0]}" if close else
-                    f"remove it, or use one of the fields of {section or 'the top level'}: {', '.join(fields)}"
-                    if fields else "remove it, or check its spelling: `sft-tui init` writes an example")
-        elif "input" in e and e["type"] != "missing" and e["loc"]:  # a whole-config check: no dump
-            msg = f"{msg} (got {_short(e['input'])})"
-        lines.append(f"{path}: {msg}")
-        if hint not in hints:
-            hints.append(hint)
-    return f"invalid {source}:\n  " + "\n  ".join(lines), "; ".join(hints)
-
-
-def _hint(path: str, e: dict) -> str:
-    """What to do about one pydantic error: the validator's own hint, else one made from what is allowed."""
-    if hint := (e.get("ctx") or {}).get("hint"):
-        return hint
-    kind = e["type"]
-    if kind == "missing":
-        return f"add {path}"
-    if kind == "string_type":
-        return f"set {path} to text (in YAML, quote a value that would read as a number or true/false)"
-    if kind in ("bool_type", "bool_parsing"):
-        return f"set {path} to true or false"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"write {path} as a section: its fields as `key: value` lines indented below it"
-    expected = e["msg"].removeprefix("Input should be ")
-    if expected != e["msg"]:
-        if kind != "literal_error":  # "a valid integer, unable to parse ...": the part before the why
-            expected = expected.split(", ")[0]
-        return f"set {path} to {'a value ' if expected.startswith(('greater', 'less')) else ''}{expected}"
-    return f"fix {path}"
-
-
-def _section_fields(loc: tuple) -> list[str]:
-    """The field names of the section that holds the field at `loc`, to suggest the one meant."""
-    model: type[BaseModel] = RunConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):  # an index into a list of sections (freeze.rules)
-            continue
-        field = model.model_fields.get(part)
-        sections = [t for t in (field.annotation, *get_args(field.annotation))
-                    if isinstance(t, type) and issubclass(t, BaseModel)] if field else []
-        if not sections:
-            return []
-        model = sections[0]
-    return list(model.model_fields)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -321,90 +270,13 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise UserError(*_explain(err, source)) from None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps
-    the last one silently, so `lr` set twice would lose the first value without a word."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, yaml.Mark] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                first = seen.setdefault(key, key_node.start_mark)
-            except TypeError:  # an unhashable key: the base class says so
-                continue
-            if first is not key_node.start_mark:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} appears a second time (first at line {first.line + 1})",
-                    key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
-_OPENED = {"a flow sequence": "[...] list", "a flow mapping": "{...} mapping", "a quoted scalar": "quoted text"}
-"""PyYAML's names for what a bracket or quote opens, in the words of someone writing a config."""
-
-
-def _yaml_error(path: Path, text: str, err: yaml.YAMLError) -> UserError:
-    """A YAML error at the line to look at: where an unclosed bracket, quote or flow began (PyYAML's
-    context mark), else where the parser stopped (its problem mark, e.g. a bad indentation)."""
-    if isinstance(err, yaml.reader.ReaderError):  # a control character: no marks, a position
-        line = text.count("\n", 0, err.position) + 1
-        return UserError(f"YAML syntax error in {path} at line {line}: {err.reason} (#x{err.character:04x})",
-                         f"delete that character from line {line}")
-    problem = getattr(err, "problem", None) or str(err)
-    context, opened, stopped = (getattr(err, name, None) for name in ("context", "context_mark", "problem_mark"))
-    if not (context or "").startswith(("while parsing a flow", "while scanning a")):
-        opened = None  # e.g. "while parsing a block mapping": the whole file, not the line to fix
-    mark = opened or stopped
-    if mark is None:
-        return UserError(f"YAML syntax error in {path}: {problem}", "fix the YAML; `sft-tui init` writes an example")
-    where = f"line {mark.line + 1}, column {mark.column + 1}"
-    if opened is not None:
-        noun = context.removeprefix("while parsing ").removeprefix("while scanning ")
-        at = ("the end of the file" if stopped is None or stopped.index >= len(text)
-              else f"line {stopped.line + 1}, column {stopped.column + 1}")
-        problem = f"in the {_OPENED.get(noun, noun.partition(' ')[2])} that starts there, {problem} (at {at})"
-    if "'\\t'" in problem:
-        hint = "indent with spaces: YAML does not allow tabs"
-    elif "a second time" in problem:
-        hint = "keep one of the two, and delete the other"
-    elif "for the tag" in problem:
-        hint = f"remove the `!` tag on line {mark.line + 1}: a config holds plain values"
-    else:
-        hint = f"fix line {mark.line + 1}: indent with spaces, close every bracket and quote, write `key: value`"
-    return UserError(f"YAML syntax error in {path} at {where}: {problem}", hint)
+        raise validation_error(err, source, RunConfig) from None
 
 
 def load_config(path: str | Path) -> RunConfig:
     """Read a YAML config; syntax errors report the line, schema errors the field."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist",
-                        "check the path, or write one with `sft-tui init`") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file {path} is not UTF-8 text", "save it as UTF-8") from None
-    except IsADirectoryError:
-        raise UserError(f"config file {path} is a folder", "pass a YAML file (`sft-tui init` writes one)") from None
-    except OSError as err:
-        raise UserError(f"cannot read config file {path}: {err.strerror}",
-                        "check the path and its permissions") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as err:
-        raise _yaml_error(path, text, err) from None
-    if data is None:
-        raise UserError(f"config file {path} holds no settings (it is empty or only comments)",
-                        "write the settings into it; `sft-tui init` writes an example with every field")
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections (task, model, data, ...), "
-                        f"not a {type(data).__name__}",
-                        "write `section:` lines with `key: value` fields below; `sft-tui init` writes an example")
-    return parse_config(data, source=str(path))
+    return parse_config(read_config_file(path), source=str(path))
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
@@ -428,17 +300,38 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             value = yaml.safe_load(raw) if raw else None
         except yaml.YAMLError:
             value = raw
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                sections = [name for name, value in node.items() if isinstance(value, dict)]
-                close = difflib.get_close_matches(part, sections, n=1)
-                raise UserError(f"--set {key}: {part!r} is not a config section",
-                                (f"did you mean {close[0]}? " if close else "") + f"sections: {', '.join(sections)}")
-            node = node[part]
-        node[parts[-1]] = value
+        try:
+            set_dotted(data, key, value)
+        except UserError as err:
+            raise UserError(f"--set {err.message}", err.hint) from None
     return parse_config(data, source="config with --set overrides")
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set the field `dotted` ("optim.lr") of a config dict (config_to_dict's form) to `value`.
+
+    The one way a config is changed by field name: the CLI's --set and the app's forms both set
+    fields here and then validate the whole dict with parse_config. Raises UserError when a part
+    before the last is not a section, suggesting the section meant."""
+    node = data
+    *sections, leaf = dotted.split(".")
+    for part in sections:
+        if not isinstance(node.get(part), dict):
+            names = [name for name, child in node.items() if isinstance(child, dict)]
+            close = difflib.get_close_matches(part, names, n=1)
+            raise UserError(f"{dotted}: {part!r} is not a config section",
+                            (f"did you mean {close[0]}? " if close else "") + f"sections: {', '.join(names)}")
+        node = node[part]
+    node[leaf] = value
+
+
+def precision_problem(precision: str, cuda_available: bool) -> UserError | None:
+    """Why `precision` cannot train on this machine, or None. fp16 mixed precision needs a CUDA GPU
+    (accelerate refuses it on a CPU); auto, bf16 and fp32 run anywhere. The engine raises it before
+    loading anything, and the app lists it among the problems that keep Start off."""
+    if precision == "fp16" and not cuda_available:
+        return UserError("precision fp16 needs a CUDA GPU", "use precision: bf16 or fp32 on this machine")
+    return None
 
 
 def example_config(task: Task) -> RunConfig:
@@ -446,7 +339,7 @@ def example_config(task: Task) -> RunConfig:
     if task == "classification":
         return RunConfig(
             task="classification",
-            model=ModelConfig(name_or_path="demo:minilm"),
+            model=ModelConfig(name_or_path=DEMO_MINILM),
             data=DataConfig(train="demo:sentiment", max_length=64),
             optim=OptimConfig(lr=5e-5, batch_size=16),
             schedule=ScheduleConfig(epochs=1, warmup_ratio=0.1),
@@ -455,39 +348,10 @@ def example_config(task: Task) -> RunConfig:
         )
     return RunConfig(
         task="causal-lm",
-        model=ModelConfig(name_or_path="demo:tiny-lm"),
+        model=ModelConfig(name_or_path=DEMO_TINY_LM),
         data=DataConfig(train="demo:instructions", max_length=96),
         optim=OptimConfig(lr=3e-3, batch_size=16, weight_decay=0.0),
         schedule=ScheduleConfig(epochs=4, warmup_ratio=0.05, scheduler="cosine"),
         eval=EvalConfig(every_steps=40, metric="loss", num_samples=3, max_new_tokens=24),
         checkpoint=CheckpointConfig(every_steps=0, keep_last=2),
     )
-
-
-def commented_yaml(config: RunConfig) -> str:
-    """YAML of the config with each field's docstring as a comment above it (`sft-tui init`)."""
-    out: list[str] = []
-
-    def emit(model: BaseModel, indent: int) -> None:
-        pad = "  " * indent
-        for name, field in type(model).model_fields.items():
-            value = getattr(model, name)
-            if field.description:
-                out.extend(f"{pad}# {line.strip()}" for line in field.description.split("\n") if line.strip())
-            if isinstance(value, BaseModel):
-                out.append(f"{pad}{name}:")
-                emit(value, indent + 1)
-            else:
-                dumped = yaml.safe_dump({name: _plain(value)}, sort_keys=False, default_flow_style=False)
-                out.extend(pad + line for line in dumped.rstrip("\n").split("\n"))
-
-    emit(config, 0)
-    return "\n".join(out) + "\n"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value

@@ -11,12 +11,16 @@ class UserError(Exception):
     """Bad input: a config value, a file, a model or a dataset the user pointed at.
 
     `message` says what is wrong and names the field or file; `hint` says what to do about it.
+    `fields` holds the same problems by dotted config field ({"optim.lr": "Input should be ..."}),
+    where the error is about config fields, so that a form can mark each field without parsing
+    `message` back.
     """
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", fields: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.fields = dict(fields or {})
 
     def __str__(self) -> str:
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message

@@ -6,8 +6,6 @@ across processes once, so every rank sees the same numbers (early stopping must 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from core.data import collate

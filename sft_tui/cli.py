@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from core.config import commented_yaml, example_config
+    from core.config import example_config
+    from core.config_yaml import commented_yaml
 
     path = Path(args.path)
     if path.exists() and not args.force:

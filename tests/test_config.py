@@ -5,8 +5,9 @@ import math
 import pytest
 import yaml
 
-from core.config import (FreezeRule, RunConfig, apply_overrides, commented_yaml, example_config, load_config,
-                         parse_config, save_config)
+from core.config import (TASKS, FreezeRule, RunConfig, apply_overrides, config_to_dict, example_config, load_config,
+                         parse_config, precision_problem, save_config, set_dotted)
+from core.config_yaml import commented_yaml
 from core.errors import UserError
 from core.metrics import is_better
 
@@ -210,3 +211,46 @@ def test_overrides_get_the_same_validation(override, expected, hint):
     with pytest.raises(UserError) as err:
         apply_overrides(example_config("causal-lm"), [override])
     assert expected in err.value.message and hint in err.value.hint
+
+
+def test_errors_carry_their_problems_by_field():
+    """A form marks its own field from UserError.fields, never by parsing the message back."""
+    with pytest.raises(UserError) as err:
+        parse_config({"optim": {"lr": 0, "lrr": 1}, "seed": -1})
+    assert err.value.fields == {"optim.lr": "Input should be greater than 0 (got 0)",
+                                "optim.lrr": "unknown field; did you mean 'lr'?",
+                                "seed": "Input should be greater than or equal to 0 (got -1)"}
+    with pytest.raises(UserError) as err:
+        parse_config({"task": "causal-lm", "eval": {"metric": "accuracy"}})
+    assert list(err.value.fields) == ["eval.metric"]  # a whole-config check names the field it is about
+    assert err.value.message.startswith("invalid config:\n  (top level): eval.metric 'accuracy'")
+    with pytest.raises(UserError) as err:
+        parse_config({"data": {"packing": True}})
+    assert list(err.value.fields) == ["data.packing"]
+    assert UserError("no such file").fields == {}
+
+
+def test_one_dotted_path_setter():
+    data = config_to_dict(example_config("classification"))
+    set_dotted(data, "optim.lr", 1e-3)
+    set_dotted(data, "seed", 7)
+    assert (data["optim"]["lr"], data["seed"]) == (1e-3, 7)
+    with pytest.raises(UserError) as err:
+        set_dotted(data, "optm.lr", 1)
+    assert err.value.message == "optm.lr: 'optm' is not a config section"
+    assert err.value.hint.startswith("did you mean optim? sections: model, data")
+    with pytest.raises(UserError, match="'lr' is not a config section"):
+        set_dotted(data, "optim.lr.x", 1)
+
+
+def test_fp16_needs_a_cuda_gpu():
+    problem = precision_problem("fp16", cuda_available=False)
+    assert (problem.message, problem.hint) == ("precision fp16 needs a CUDA GPU",
+                                               "use precision: bf16 or fp32 on this machine")
+    assert precision_problem("fp16", cuda_available=True) is None
+    assert all(precision_problem(p, cuda_available=False) is None for p in ("auto", "fp32", "bf16"))
+
+
+def test_task_names_are_the_task_literal():
+    assert TASKS == ("causal-lm", "classification")
+    assert {example_config(task).task for task in TASKS} == set(TASKS)
