@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.resources
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ import core.data.sources
 from core.config import ColumnMap, DataConfig, RunConfig, example_config
 from core.data import DEMO_DATASETS, IGNORE_INDEX, Example, batch_plan, collate, detect_format, load_raw, prepare_data
 from core.errors import UserError
+from core.loss import count_items, lm_loss_sum, trained_tokens
 from core.tiny import CHATML_TEMPLATE, build_tokenizer
 
 CORPUS = [
@@ -199,6 +201,26 @@ def test_plain_text_trains_every_token(tok, tmp_path):
     half = len(example.input_ids) // 2
     assert sample.prompt_ids == example.input_ids[:half]
     assert sample.reference == tok.decode(example.input_ids[half:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("rows", [
+    [{"text": text} for text in CORPUS[:3]],
+    [{"prompt": "What is 3 + 4?", "completion": "7"}, {"prompt": "", "completion": "tac"}],
+    [{"messages": CONVERSATION}, {"messages": CONVERSATION[:3]}],
+], ids=["text", "prompt-completion", "chat"])
+def test_trained_token_counts_agree_with_the_loss(tok, tmp_path, rows):
+    """The stats' total of trained tokens is the sum of the per-row counts (core.loss.trained_tokens),
+    and each row's count is the number of positions the loss sums over in the collated batch: with
+    uniform logits each such position costs exactly log(vocabulary size)."""
+    train = write_jsonl(tmp_path / "d.jsonl", rows)
+    prepared = prepare_data(config(train=str(train), val_ratio=0), tok)
+    per_row = [trained_tokens(example.labels) for example in prepared.train]
+    assert prepared.stats.loss_tokens == sum(per_row) == count_items(prepared.train, "causal-lm") > 0
+    labels = collate(prepared.train, tok.pad_token_id, "causal-lm")["labels"]
+    vocab = len(tok)
+    for row, count in enumerate(per_row):
+        loss = lm_loss_sum(torch.zeros(1, labels.shape[1], vocab), labels[row : row + 1])
+        torch.testing.assert_close(loss, torch.tensor(count * math.log(vocab)))
 
 
 def test_all_masked_rows_are_an_error_with_the_count(tok, tmp_path):

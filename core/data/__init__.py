@@ -15,10 +15,11 @@ encoder shares), `chat` (chat templates and assistant spans), `labels` (classifi
 
 from core.data.batching import batch_plan, collate
 from core.data.encoding import CHARS_PER_TOKEN
-from core.data.examples import IGNORE_INDEX, DataStats, Example, PreparedData
+from core.data.examples import DataStats, Example, PreparedData
 from core.data.formats import detect_format
 from core.data.prepare import prepare_data
 from core.data.sources import DEMO_DATASETS, load_raw
+from core.loss import IGNORE_INDEX
 
 __all__ = [
     "CHARS_PER_TOKEN",

@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from core.data.examples import IGNORE_INDEX, Example
+from core.data.examples import Example
+from core.loss import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import torch

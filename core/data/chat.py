@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from core.data.encoding import Context, Encoded, is_blank, lm_example, token_ids
-from core.data.examples import IGNORE_INDEX, Example
+from core.data.examples import Example
 from core.errors import UserError
+from core.loss import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import datasets

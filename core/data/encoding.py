@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from core.config import ColumnMap
-from core.data.examples import IGNORE_INDEX, Example
+from core.data.examples import Example
 from core.errors import UserError
+from core.loss import IGNORE_INDEX, trained_tokens
 
 if TYPE_CHECKING:
     import datasets
@@ -97,18 +98,12 @@ def token_ids(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]
     return tokenizer(texts, add_special_tokens=special, verbose=False)["input_ids"]
 
 
-def trainable(labels: list[int]) -> bool:
-    """Whether any position carries loss. Position 0 never does: the model predicts token i from
-    the tokens before it, so the first label has nothing to be predicted from."""
-    return any(label != IGNORE_INDEX for label in labels[1:])
-
-
 def lm_example(ids: list[int], labels: list[int], ctx: Context, out: Encoded, reason: str) -> Example | None:
     """Truncate to max_length; None (counted under `reason`) when no token is left to train on."""
     if len(ids) > ctx.max_length:
         ids, labels = ids[: ctx.max_length], labels[: ctx.max_length]
         out.truncated += 1
-    if not trainable(labels):
+    if not trained_tokens(labels):
         out.dropped[reason] += 1
         return None
     return Example(ids, labels)

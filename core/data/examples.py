@@ -11,9 +11,6 @@ from dataclasses import dataclass, field
 
 from core.config import ColumnMap
 
-IGNORE_INDEX = -100
-"""Label of a token that carries no loss (the value PyTorch's cross-entropy skips)."""
-
 
 @dataclass(slots=True)
 class Example:
@@ -52,7 +49,7 @@ class DataStats:
     tokens_total: int
     """Real (non-padding) tokens in the training rows."""
     loss_tokens: int
-    """Causal LM: training tokens that carry loss; 0 for classification."""
+    """Causal LM: trained tokens (core.loss.trained_tokens) of the training rows; 0 for classification."""
     label_counts: dict[str, int] | None
     """Classification: training rows per label."""
 

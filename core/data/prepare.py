@@ -19,13 +19,13 @@ from core.data.encoding import (
     Encoded,
     encode_prompt_completion,
     encode_text,
-    trainable,
 )
-from core.data.examples import IGNORE_INDEX, DataStats, Example, PreparedData
+from core.data.examples import DataStats, Example, PreparedData
 from core.data.formats import detect_format
 from core.data.labels import encode_text_label, label_names
 from core.data.sources import load_raw
 from core.errors import UserError
+from core.loss import trained_tokens
 
 if TYPE_CHECKING:
     import datasets
@@ -142,7 +142,7 @@ def _pack(examples: list[Example], block: int) -> list[Example]:
             "turn data.packing off or lower data.max_length",
         )
     blocks = (Example(ids[i : i + block], labels[i : i + block]) for i in range(0, len(ids) - block + 1, block))
-    return [b for b in blocks if trainable(b.labels)]
+    return [b for b in blocks if trained_tokens(b.labels)]
 
 
 def _stats(rows_in: dict[str, int], train: Encoded, validation: Encoded, train_out: int,
@@ -154,7 +154,7 @@ def _stats(rows_in: dict[str, int], train: Encoded, validation: Encoded, train_o
         counts = Counter(e.labels for e in train.examples)
         label_counts = {name: counts[i] for i, name in enumerate(labels)}
     else:
-        loss_tokens = sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in train.examples)
+        loss_tokens = sum(trained_tokens(e.labels) for e in train.examples)
     return DataStats(
         rows_in=rows_in,
         rows_out={"train": train_out, "validation": len(validation.examples)},
