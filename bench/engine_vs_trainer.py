@@ -322,11 +322,9 @@ def run_trainer(spec: dict) -> dict:
 
 
 def quiet() -> None:
-    """Keep transformers' bars and load reports off the terminal (core's helper, wherever it lives)."""
-    try:
-        from core.logs import quiet_libraries
-    except ImportError:
-        from core.models import quiet_transformers as quiet_libraries
+    """Keep transformers' bars and load reports off the terminal."""
+    from core.logs import quiet_libraries
+
     quiet_libraries()
 
 

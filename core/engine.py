@@ -162,7 +162,8 @@ class _Loop:
         from core.checkpoint import load_latest
         from core.data import batch_plan, prepare_data
         from core.freeze import apply_freeze_map, effective_rules, param_groups
-        from core.models import describe_model, load_model, load_tokenizer, usable_positions
+        from core.describe import describe_model
+        from core.models import load_model, load_tokenizer, usable_positions
         from core.plan import plan_steps
 
         cfg, acc = self.config, self.acc

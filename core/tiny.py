@@ -3,13 +3,24 @@
 Nothing can be downloaded at run time, so a "pretrained" causal LM for the demo and for tests is
 built here from a config: a byte-level BPE tokenizer trained on the given texts (with a ChatML chat
 template), and a randomly initialised model of the requested architecture, saved with
-save_pretrained so that it loads through the same Auto-class path as any real model.
+save_pretrained so that it loads through the same Auto-class path as any real model. The demo
+model (`demo:tiny-lm`) is built once into the user's cache, its tokenizer trained on the demo
+instruction data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import importlib.resources
+import json
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
+
+from core.atomic import atomic_folder
+from core.errors import UserError
+from core.logs import quiet_libraries
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -25,6 +36,8 @@ CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
 ENCODERS = ("bert", "roberta", "distilbert")
 DECODERS = ("gpt2", "llama", "qwen2", "mistral")
 ARCHITECTURES = DECODERS + ENCODERS
+TINY_LM_FOLDER = "tiny-lm-v1"
+"""Cache folder of the built demo:tiny-lm; bump the version when its recipe or data change."""
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, encoder: bool = False):
@@ -127,3 +140,66 @@ def build_tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def demo_tiny_lm() -> Path:
+    """The folder of demo:tiny-lm, built on first use. It is written through atomic_folder, so a
+    crash never leaves half a model where the next start would take it for a whole one, and under a
+    lock on the cache folder, so two processes starting at once build it once between them."""
+    root = _cache_root()
+    final = root / TINY_LM_FOLDER
+    if (final / "config.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root):
+        if not (final / "config.json").is_file():  # not built by the process that held the lock
+            quiet_libraries()
+            with atomic_folder(final) as building:
+                build_tiny_model("llama", building, _demo_texts(), hidden=128, layers=4, vocab_size=1024)
+    return final
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("SFT_TUI_CACHE") or Path.home() / ".cache" / "sft-tui")
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive flock on the folder itself: no lock file is left behind, and the kernel drops
+    the lock when the process dies, however it dies."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _demo_texts() -> list[str]:
+    """The demo instruction data: the corpus the demo tiny model's tokenizer learns."""
+    source = importlib.resources.files("core") / "demo_data" / "instructions.jsonl"
+    if not source.is_file():
+        raise UserError("the demo instruction data is missing from this installation", hint="reinstall sft-tui")
+    return strings_in_jsonl(source.read_text(encoding="utf-8"))
+
+
+def strings_in_jsonl(text: str) -> list[str]:
+    """Every string value in JSON lines of any shape ({prompt, completion}, {messages: [...]})."""
+    texts: list[str] = []
+
+    def gather(value: Any) -> None:
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                gather(item)
+        elif isinstance(value, list):
+            for item in value:
+                gather(item)
+
+    for line in text.splitlines():
+        if line.strip():
+            gather(json.loads(line))
+    return texts

@@ -43,7 +43,8 @@ def warm_up() -> bool:
 def load_model_info(config: RunConfig, labels: list[str] | None = None) -> ModelInfo:
     """Tokenizer and weightless structure of the configured model (seconds, even for big models)."""
     warm_up()
-    from core.models import build_skeleton, describe_model, load_tokenizer, usable_positions
+    from core.describe import describe_model
+    from core.models import build_skeleton, load_tokenizer, usable_positions
 
     tokenizer = load_tokenizer(config.model)
     skeleton = build_skeleton(config.model, config.task, labels, pad_token_id=tokenizer.pad_token_id)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from core.config import FreezeConfig, FreezeRule, ModelConfig
+from core.describe import describe_model
 from core.errors import UserError
 from core.freeze import (
     ParamState,
@@ -22,7 +23,7 @@ from core.freeze import (
     summarize_freeze,
 )
 from core.memory import estimate_training_memory, format_bytes, gpu_stats, process_memory
-from core.models import describe_model, load_model
+from core.models import load_model
 
 CASES = [("gpt2", "causal-lm"), ("llama", "causal-lm"), ("qwen2", "causal-lm"), ("mistral", "causal-lm"),
          ("gpt2", "classification"), ("bert", "classification"), ("roberta", "classification"),

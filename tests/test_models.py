@@ -1,4 +1,5 @@
-"""core.models: loading for a task, errors that name the model, and the structural description."""
+"""core.models and core.describe: loading for a task, errors that name the model, and the structural
+description."""
 
 from __future__ import annotations
 
@@ -11,15 +12,9 @@ import pytest
 
 from core.config import ModelConfig
 from core.errors import UserError
-from core.models import (
-    _strings_in_jsonl,
-    build_skeleton,
-    describe_model,
-    load_model,
-    load_tokenizer,
-    model_max_positions,
-    resolve_model_path,
-)
+from core.describe import describe_model
+from core.models import build_skeleton, load_model, load_tokenizer, model_max_positions, resolve_model_path
+from core.tiny import strings_in_jsonl
 
 LABELS = ["negative", "positive"]
 
@@ -180,11 +175,10 @@ def test_max_positions_from_config_alone(tiny_model_dir):
 
 
 def test_demo_tiny_lm_is_built_once_into_the_cache(monkeypatch, tmp_path, tiny_texts):
-    import core.models
     import core.tiny
 
     monkeypatch.setenv("SFT_TUI_CACHE", str(tmp_path))
-    monkeypatch.setattr(core.models, "_demo_texts", lambda: tiny_texts)
+    monkeypatch.setattr(core.tiny, "_demo_texts", lambda: tiny_texts)
     folder = resolve_model_path("demo:tiny-lm")
     assert folder == str(tmp_path / "tiny-lm-v1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-lm-v1"]  # no half-built leftovers
@@ -201,7 +195,7 @@ def test_demo_texts_gather_every_string_of_every_row_shape():
         {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
     ]
     text = "\n".join(json.dumps(r) for r in rows) + "\n\n"
-    assert _strings_in_jsonl(text) == ["Say hi.", "Hi!", "user", "2+2?", "assistant", "4"]
+    assert strings_in_jsonl(text) == ["Say hi.", "Hi!", "user", "2+2?", "assistant", "4"]
 
 
 # ---- errors name the model and say what to do ---------------------------------------------------

@@ -1,0 +1,139 @@
+"""Describe a model's structure for the freeze map and the screens: its module tree with parameter
+counts, and which modules are the transformer blocks, the embeddings, the head and the top.
+
+All of it is found from the module structure alone (the largest list of same-class modules is the
+stack of transformer blocks, `nn.Embedding` modules are embeddings, the children beside the base
+model are the head), so a new architecture needs no entry in any table. Works the same on a loaded
+model and on a skeleton on the meta device. torch is imported inside describe_model only, so the
+app can hold a description (and core.freeze can name its type) without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModuleNode:
+    """One module of the model tree: parameters are counted once even when shared (tied)."""
+
+    path: str
+    name: str
+    kind: str
+    params: int
+    trainable: int
+    children: list[ModuleNode] = field(default_factory=list)
+
+
+@dataclass
+class ModelDescription:
+    """What the freeze map and the screens need to know about a model; JSON-friendly via asdict."""
+
+    name_or_path: str
+    architecture: str
+    model_type: str
+    dtype: str
+    total_params: int
+    trainable_params: int
+    max_positions: int | None
+    blocks: list[str]
+    embeddings: list[str]
+    head: list[str]
+    top: list[str]
+    root: ModuleNode
+
+
+def max_positions(config) -> int | None:
+    """The position limit a transformers config states, or None when it states none."""
+    text = config.get_text_config()
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(text, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _tree(module, path: str, name: str) -> tuple[ModuleNode, dict[int, Any]]:
+    """The node of `module` and its parameters by id, so shared parameters count once per subtree."""
+    params = {id(p): p for p in module.parameters(recurse=False)}
+    children = []
+    for child_name, child in module.named_children():
+        node, below = _tree(child, f"{path}.{child_name}" if path else child_name, child_name)
+        children.append(node)
+        params.update(below)
+    total = sum(p.numel() for p in params.values())
+    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
+    return ModuleNode(path, name, type(module).__name__, total, trainable, children), params
+
+
+def _walk(node: ModuleNode):
+    yield node
+    for child in node.children:
+        yield from _walk(child)
+
+
+def _within(path: str, ancestors: list[str]) -> bool:
+    return any(path == a or path.startswith(a + ".") for a in ancestors)
+
+
+def describe_model(model) -> ModelDescription:
+    """Module tree with counts, and the blocks, embeddings, head and top modules, found structurally."""
+    from torch import nn
+
+    root, _ = _tree(model, "", "")
+    nodes = {node.path: node for node in _walk(root)}
+    modules = dict(model.named_modules(remove_duplicate=False))
+
+    stacks = [
+        (nodes[path].params, path)
+        for path, module in modules.items()
+        if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1
+    ]
+    stack = max(stacks, key=lambda item: item[0])[1] if stacks else None
+    blocks = [child.path for child in nodes[stack].children] if stack is not None else []
+    embeddings = [
+        path for path, module in modules.items() if isinstance(module, nn.Embedding) and not _within(path, blocks)
+    ]
+    # A task model holds its base model as the child named base_model_prefix; a bare base model has no head.
+    prefix = model.base_model_prefix
+    wrapped = any(child.name == prefix for child in root.children)
+    head = [child.path for child in root.children if child.name != prefix and child.params] if wrapped else []
+    top = _top_modules(nodes[prefix] if wrapped else root, stack, blocks + embeddings, list(modules))
+
+    config = model.config
+    return ModelDescription(
+        name_or_path=str(getattr(config, "name_or_path", "") or ""),
+        architecture=type(model).__name__,
+        model_type=str(getattr(config, "model_type", "") or ""),
+        dtype=str(model.dtype).removeprefix("torch."),
+        total_params=root.params,
+        trainable_params=root.trainable,
+        max_positions=max_positions(config),
+        blocks=blocks,
+        embeddings=embeddings,
+        head=head,
+        top=top,
+        root=root,
+    )
+
+
+def _top_modules(base: ModuleNode, stack: str | None, marked: list[str], order: list[str]) -> list[str]:
+    """Modules of the base model that come after the block stack (final norm, pooler): the largest
+    subtrees with parameters that hold no block and no embedding, registered after the stack."""
+    if stack is None:
+        return []
+    position = {path: i for i, path in enumerate(order)}
+    top: list[str] = []
+
+    def visit(node: ModuleNode) -> None:
+        for child in node.children:
+            if _within(child.path, marked) or not child.params:
+                continue
+            if any(m.startswith(child.path + ".") for m in marked):
+                visit(child)
+            elif position[child.path] > position[stack]:
+                top.append(child.path)
+
+    visit(base)
+    return top
