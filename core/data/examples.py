@@ -56,6 +56,8 @@ class DataStats:
 
 @dataclass
 class PreparedData:
+    """What `prepare_data` returns: the tokenized splits, the format and columns it read, and notes."""
+
     train: list[Example]
     validation: list[Example]
     format: str

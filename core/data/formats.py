@@ -1,5 +1,6 @@
 """Which format rows are in (chat, prompt-completion, text-label, plain text) and which column
-plays each role, from the column names alone: the data screen calls it before any tokenizer exists.
+plays each role. It reads the column names alone, with no tokenizer and no row, so a client can
+ask it on its own (the results of a finished run do, to tell whether it trained on chat data).
 """
 
 from __future__ import annotations
