@@ -3,21 +3,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
+
+from core.atomic import atomic_folder
 
 
 def save_final(model, tokenizer, out_dir: Path) -> Path:
-    """Save model and tokenizer atomically (temporary folder, then rename) into `out_dir`."""
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Save model and tokenizer into `out_dir` through atomic_folder, so a crash mid-save leaves no
+    half-written `final/` for a user or `pipeline` to load. The generation config takes the
+    tokenizer's pad token, so generating from the saved model pads as training did."""
     generation = getattr(model, "generation_config", None)
     if generation is not None and tokenizer.pad_token_id is not None:
         generation.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_folder(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out_dir
