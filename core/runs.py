@@ -175,3 +175,18 @@ def resume_problem(paths: RunPaths) -> UserError | None:
                          + (f" ({'; '.join(found)})" if found else " (it ended before its first checkpoint)"),
                          f"start it again: `sft-tui train {paths.config}`")
     return None
+
+
+def latest_resumable(runs_dir: str | Path) -> Path | None:
+    """The run folder under `runs_dir` a resume most likely means: of the runs `resume_problem`
+    accepts, the one whose newest complete checkpoint was written last; None if there is none.
+    Cheap enough for the UI thread: no torch, and the events of the newest candidates only."""
+    found = []
+    for root in Path(runs_dir).iterdir() if Path(runs_dir).is_dir() else ():
+        checkpoint = latest_checkpoint(RunPaths(root).checkpoints) if root.is_dir() else None
+        if checkpoint is not None:
+            found.append((checkpoint.stat().st_mtime, root))
+    for _, root in sorted(found, reverse=True):
+        if resume_problem(RunPaths(root)) is None:
+            return root
+    return None

@@ -1,29 +1,43 @@
 """The Textual app: five steps of a draft run (model, data, freeze map, hyperparameters, train)
 that the user visits in any order with the number keys, around one Session.
 
+The app is where outcomes land: load workers post ModelLoaded, DataLoaded or LoadFailed here, every
+change of the run's state arrives as a RunStateChanged, and one Worker.StateChanged handler turns
+the failure of any worker into the error dialog.
+
 Importing this module must stay cheap: torch and transformers load in a worker after the first
 screen is drawn (see `warm_up`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.message import Message
+from textual.message_pump import MessagePump
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.worker import Worker, WorkerState
 
 from core.config import RunConfig, example_config, load_config
+from core.control import Control
 from core.logs import ROUTED_LOGGERS, EventLogHandler
-from sft_tui.messages import EngineEvent
+from core.runs import RunPaths
+from sft_tui.error_log import APP_ERROR_LOG
+from sft_tui.messages import DataLoaded, EngineEvent, LoadFailed, ModelLoaded, RunState, RunStateChanged
 from sft_tui.session import Session
-from sft_tui.worker import PostingSink, load_data, load_model_info, warm_up
+from sft_tui.worker import PostingSink, RunSink, load_data, load_model_info, report_load, run_training, warm_up
 
 STEPS = [("model", "Model"), ("data", "Data"), ("freeze", "Freeze"), ("hyper", "Hyper"), ("train", "Train")]
+LOG_KEEP = 1000
+"""Log lines kept for the train screen's log pane."""
+SETTLE_POLL_S = 0.05
 
 
 def _screen(name: str):
@@ -49,8 +63,8 @@ class SftApp(App):
 
     session_version: reactive[int] = reactive(0)
     """Bumped whenever the Session changes; widgets that summarise the draft watch it."""
-    run_state: reactive[str] = reactive("idle")
-    """idle, running, paused, stopping, finished or failed: shown in the draft bar."""
+    run_state: reactive[RunState] = reactive(RunState.IDLE)
+    """The state of the run, shown in the draft bar; set only by `on_run_state_changed`."""
     log_count: reactive[int] = reactive(0)
     """Number of log lines received so far; the train screen's log pane watches it."""
     model_state: reactive[str] = reactive("none")
@@ -61,9 +75,16 @@ class SftApp(App):
     def __init__(self, session: Session) -> None:
         super().__init__()
         self.session = session
-        self.control = None  # core.control.Control of the live run
-        self.log_lines: list[tuple[str, str, str]] = []  # (level, logger, message), for the train screen
+        self.control: Control | None = None
+        """The live run's commands (pause, stop, ...); None when no run is training."""
+        self.last_run: RunSink | None = None
+        """The sink of the latest run: what its engine reported of its start and failure."""
+        self.log_lines: list[tuple[str, str, str]] = []
+        """(level, logger, message) of the last LOG_KEEP log records, for the train screen."""
         self._log_handler = EventLogHandler(PostingSink(self))
+        self._ended_with: tuple | None = None
+        """The draft (config, invalid fields) when the last run ended: the bar shows how it ended
+        until the draft changes."""
 
     # ---- start-up and shutdown ----------------------------------------------------------------
     def on_mount(self) -> None:
@@ -86,75 +107,107 @@ class SftApp(App):
 
     def changed(self) -> None:
         """Tell the summary widgets that the Session changed. A failed load whose error the change
-        dropped (its settings changed) is no longer failed: nothing is loaded for the new ones."""
+        dropped (its settings changed) is no longer failed: nothing is loaded for the new ones. An
+        edit after a run ended is the draft of the next run: the bar shows it as ready or not."""
         for kind in ("model", "data"):
             if getattr(self, f"{kind}_state") == "failed" and kind not in self.session.load_errors:
                 setattr(self, f"{kind}_state", "none")
+        if self.run_state.ended and self._draft() != self._ended_with:
+            self.run_state = RunState.IDLE
         self.session.touch()
         self.session_version = self.session.version
 
+    def _draft(self) -> tuple:
+        return self.session.config, dict(self.session.invalid)
+
     # ---- loading the model structure and the data (thread workers) ---------------------------
     def load_model(self) -> None:
-        """(Re)load the configured model's structure and tokenizer; session.model when done."""
+        """(Re)load the configured model's structure and tokenizer; ModelLoaded or LoadFailed."""
         self.model_state = "loading"
         config = self.session.config
         labels = self.session.data.labels if self.session.data is not None else None
-        self.run_worker(lambda: self._load("model", config, lambda: load_model_info(config, labels)),
-                        thread=True, exclusive=True, group="model", exit_on_error=False)
+        self._load("model", config, lambda: ModelLoaded(load_model_info(config, labels), config))
 
     def load_data(self) -> None:
-        """(Re)tokenize the configured data; loads the model's tokenizer first when needed."""
+        """(Re)tokenize the configured data, loading the model's tokenizer first when there is none
+        for this task; DataLoaded or LoadFailed."""
         self.data_state = "loading"
         config, model = self.session.config, self.session.model
 
-        def work():
+        def work() -> DataLoaded:
             info = model if model is not None and model.task == config.task else load_model_info(config)
-            return info, load_data(config, info)
+            return DataLoaded(info, load_data(config, info), config)
 
-        self.run_worker(lambda: self._load("data", config, work), thread=True, exclusive=True, group="data",
+        self._load("data", config, work)
+
+    def _load(self, kind: str, config: RunConfig, work: Callable[[], Message]) -> None:
+        self.run_worker(partial(report_load, self, kind, config, work), thread=True, exclusive=True, group=kind,
                         exit_on_error=False)
 
-    def _load(self, what: str, config: RunConfig, work) -> None:
-        """Run a load of `config` in this worker and hand its result or its error to the UI thread."""
-        from core.errors import UserError
+    async def model_settled(self) -> None:
+        """Return once the warm-up has imported torch and transformers and no model load is
+        running: a data load started then reuses the model's tokenizer instead of loading a
+        second one at the same time."""
+        while self.model_state == "loading" or any(
+            worker.group == "warm-up" and not worker.is_finished for worker in self.workers
+        ):
+            await asyncio.sleep(SETTLE_POLL_S)
 
-        worker = get_current_worker()
-        try:
-            result = work()
-        except UserError as err:
-            if not worker.is_cancelled:
-                self.call_from_thread(self._load_failed, what, config, err.message, err.hint)
-            return
-        except Exception as err:  # a bug: the state must not stay "loading"; the dialog shows it
-            self.call_from_thread(self._load_failed, what, config, f"{type(err).__name__}: {err}", "")
-            raise
-        if worker.is_cancelled:  # a newer load replaced this one while it ran: its result is stale
-            return
-        self.call_from_thread(self._model_ready if what == "model" else self._data_ready, result)
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        if self.session.is_current("model", message.config):
+            self._take_model(message.info)
+            self.changed()
 
-    def _load_failed(self, what: str, config: RunConfig, message: str, hint: str) -> None:
-        """The error becomes one of the session's problems; one about settings changed meanwhile
-        leaves nothing loaded for the current ones."""
-        failed = self.session.load_failed(what, config, message, hint)
-        setattr(self, f"{what}_state", "failed" if failed else "none")
-        self.changed()
-
-    def _model_ready(self, info) -> None:
+    def _take_model(self, info) -> None:
         self.session.load_succeeded("model")
         self.session.model = info
         self.model_state = "ready"
-        self.changed()
 
-    def _data_ready(self, result) -> None:
-        info, data = result
+    def on_data_loaded(self, message: DataLoaded) -> None:
+        if not self.session.is_current("data", message.config):
+            return
+        info, data = message.info, message.data
         self.session.load_succeeded("data")
         self.session.data = data
         self.data_state = "ready"
         if info.labels != data.labels:
             self.load_model()  # the classification head is sized from the data's labels
         elif self.session.model is not info:
-            self._model_ready(info)
+            self._take_model(info)
         self.changed()
+
+    def on_load_failed(self, message: LoadFailed) -> None:
+        """The error becomes one of the session's problems; one about settings changed meanwhile
+        leaves nothing loaded for the current ones."""
+        failed = self.session.load_failed(message.kind, message.config, message.message, message.hint)
+        setattr(self, f"{message.kind}_state", "failed" if failed else "none")
+        self.changed()
+
+    # ---- the run --------------------------------------------------------------------------------
+    def start_run(self, view: MessagePump, resume_dir: str | None = None) -> None:
+        """Train the draft (or continue the run in `resume_dir`) in a thread worker; the engine's
+        events go to `view` as EngineEvent messages."""
+        if self.control is not None:
+            return
+        config, control, sink = self.session.config, Control(), RunSink(view)
+        self.control, self.last_run = control, sink
+        self.post_message(RunStateChanged(RunState.RUNNING))
+        self.run_worker(lambda: run_training(config, sink, control, resume_dir=resume_dir), name="training",
+                        thread=True, exclusive=True, group="train", exit_on_error=False)
+
+    def on_run_state_changed(self, message: RunStateChanged) -> None:
+        """The one place that sets `run_state`. A live state reported after the run's worker ended
+        (an engine event still queued for the train screen) is stale."""
+        state = message.state
+        if state.live and self.control is None:
+            return
+        if state.ended:
+            self._ended_with = self._draft()
+        self.run_state = state
+
+    def _run_ended(self, state: WorkerState) -> None:
+        self.control = None
+        self.post_message(RunStateChanged(RunState.FINISHED if state == WorkerState.SUCCESS else RunState.FAILED))
 
     # ---- actions ------------------------------------------------------------------------------
     def action_go(self, name: str) -> None:
@@ -166,7 +219,7 @@ class SftApp(App):
         self.push_screen(HelpScreen())
 
     async def action_quit_app(self) -> None:
-        if self.run_state in ("running", "paused", "stopping"):
+        if self.run_state.live:
             from sft_tui.screens.dialogs import ConfirmDialog
 
             def answer(stop: bool | None) -> None:
@@ -194,34 +247,38 @@ class SftApp(App):
                                     binding.tooltip or binding.description,
                                     _runner(target, binding.action))
 
-    # ---- workers and engine events -------------------------------------------------------------
+    # ---- workers and log records ---------------------------------------------------------------
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """The one place where an unexpected worker failure becomes an error dialog."""
-        if event.state != WorkerState.ERROR or event.worker.group == "warm-up":
+        """The one place where the failure of a worker becomes an error dialog; every worker runs
+        on the app so that its end arrives here. The end of the training worker ends the run."""
+        worker = event.worker
+        if worker.group == "train" and worker.is_finished:
+            self._run_ended(event.state)
+        if event.state != WorkerState.ERROR or worker.group == "warm-up":
             return
-        from core.errors import UserError
         from sft_tui.screens.dialogs import ErrorDialog
 
-        error = event.worker.error
-        if isinstance(error, UserError):
-            self.push_screen(ErrorDialog("Error", error.message, error.hint))
-        else:
-            from sft_tui.error_log import APP_ERROR_LOG, write_traceback
-
-            log_file = write_traceback(error, Path(self.session.config.output.runs_dir) / APP_ERROR_LOG,
-                                       f"{event.worker.name or event.worker.group} failed")
-            self.push_screen(ErrorDialog("Unexpected error", f"{type(error).__name__}: {error}",
-                                         "the app keeps running; this looks like a bug, please report it"
-                                         + (" with the traceback" if log_file else ""),
-                                         f"traceback: {log_file}" if log_file else ""))
+        app_log = Path(self.session.config.output.runs_dir) / APP_ERROR_LOG
+        run = self.last_run if worker.group == "train" else None
+        if run is None:
+            dialog = ErrorDialog.for_error("Error", worker.error, app_log, f"{worker.name or worker.group} failed")
+        elif run.failed is not None:  # the engine's own account, naming the run's error.log
+            dialog = ErrorDialog.for_run_failed(run.failed)
+        else:  # a failure before the engine's handling: a bad resume folder, a crash in the worker
+            log = RunPaths(Path(run.started.run_dir)).error_log if run.started is not None else app_log
+            dialog = ErrorDialog.for_error("Training failed", worker.error, log,
+                                           "training failed before the engine's handling")
+        self.push_screen(dialog)
 
     def on_engine_event(self, message: EngineEvent) -> None:
-        """Log records from any thread (engine, transformers, datasets) arrive here as LogMessage
-        events; they are kept for the train screen's log pane, which watches `log_count`."""
+        """Log records from any thread (engine, transformers, datasets) arrive here through the
+        app's logging handler, the one route of every log line: they are kept for the train
+        screen's log pane, which watches `log_count`. (The train screen takes the run's other
+        events itself.)"""
         event = message.event
         if event.type == "log":
             self.log_lines.append((event.level, event.logger, event.message))
-            del self.log_lines[:-1000]
+            del self.log_lines[:-LOG_KEEP]
             self.log_count += 1
 
 

@@ -1,16 +1,42 @@
-"""Textual messages: engine events, delivered to the UI thread.
+"""Textual messages: what workers report to the UI thread, one type per outcome.
 
-Workers never touch widgets; they post these, and the screens update themselves in handlers.
-(Model and data loads report through the app's model_state/data_state reactives instead.)
+Workers never touch widgets: a load worker posts ModelLoaded, DataLoaded or LoadFailed to the app;
+the training engine's events arrive at the train screen as EngineEvent; whatever changes the state
+of the run (a key, an engine event, the end of the training worker) is a RunStateChanged that the
+app alone applies to `app.run_state`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Literal
 
 from textual.message import Message
 
+from core.config import RunConfig
 from core.events import Event, StepMetrics
+
+
+class RunState(str, Enum):
+    """The state of the app's run, as the draft bar shows it."""
+
+    IDLE = "idle"
+    """No run yet, or the draft changed since the last one ended."""
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+    @property
+    def live(self) -> bool:
+        """A run is training (or pausing, or stopping at its next step)."""
+        return self in (RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
+
+    @property
+    def ended(self) -> bool:
+        return self in (RunState.FINISHED, RunState.FAILED)
 
 
 @dataclass
@@ -23,3 +49,40 @@ class EngineEvent(Message):
     def can_replace(self, message: Message) -> bool:
         return (isinstance(message, EngineEvent) and isinstance(message.event, StepMetrics)
                 and isinstance(self.event, StepMetrics))
+
+
+@dataclass
+class ModelLoaded(Message):
+    """A model's structure and tokenizer (sft_tui.session.ModelInfo) loaded for `config`."""
+
+    info: Any
+    config: RunConfig
+
+
+@dataclass
+class DataLoaded(Message):
+    """The data of `config` tokenized (core.data.PreparedData) with the tokenizer of `info`, the
+    model loaded for it (the one already loaded, or a fresh one when there was none)."""
+
+    info: Any
+    data: Any
+    config: RunConfig
+
+
+@dataclass
+class LoadFailed(Message):
+    """The model or the data of `config` did not load: a UserError's message and hint, or for a bug
+    the exception's name and text (its traceback goes to the error dialog too)."""
+
+    kind: Literal["model", "data"]
+    config: RunConfig
+    message: str
+    hint: str = ""
+
+
+@dataclass
+class RunStateChanged(Message):
+    """The run entered `state`. Posted where the change is seen; `SftApp.on_run_state_changed` is
+    the one place that sets `app.run_state`."""
+
+    state: RunState

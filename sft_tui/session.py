@@ -91,13 +91,17 @@ class Session:
                             if error.source == _load_source(kind, config)}
         self.touch()
 
+    def is_current(self, kind: str, config: RunConfig) -> bool:
+        """Whether a `kind` load of `config` is about the current draft (its settings have not
+        changed since the load started)."""
+        return _load_source(kind, config) == _load_source(kind, self.config)
+
     def load_failed(self, kind: str, config: RunConfig, message: str, hint: str) -> bool:
         """Keep the error of a `kind` load of `config`; False (nothing kept) when the settings have
         changed since that load started: the error is not about the current draft."""
-        source = _load_source(kind, config)
-        if source != _load_source(kind, self.config):
+        if not self.is_current(kind, config):
             return False
-        self.load_errors[kind] = LoadError(message, hint, source)
+        self.load_errors[kind] = LoadError(message, hint, _load_source(kind, config))
         return True
 
     def load_succeeded(self, kind: str) -> None:

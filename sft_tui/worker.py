@@ -1,22 +1,25 @@
 """Work that must not run on the UI thread: loading models and data, and training.
 
 These functions run inside Textual thread workers. They import torch and transformers lazily (the
-first screen draws before either is imported), return plain results or post messages, and never
-touch widgets.
+first screen draws before either is imported), post their outcome as a message
+(sft_tui.messages), and never touch widgets.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
+from textual.message import Message
 from textual.message_pump import MessagePump
+from textual.worker import get_current_worker
 
 from core.config import RunConfig
 from core.control import Control
-from core.events import Event
-from sft_tui.messages import EngineEvent
+from core.errors import UserError
+from core.events import Event, LogMessage, RunFailed, RunStarted
+from sft_tui.messages import EngineEvent, LoadFailed
 from sft_tui.session import ModelInfo
-
 
 _import_lock = threading.Lock()
 
@@ -60,6 +63,27 @@ def load_data(config: RunConfig, model: ModelInfo):
     return prepare_data(config, model.tokenizer, model.max_positions)
 
 
+def report_load(target: MessagePump, kind: str, config: RunConfig, work: Callable[[], Message]) -> None:
+    """Run a `kind` ("model" or "data") load of `config` in this worker and post its outcome to
+    `target`: the message `work` returns (ModelLoaded, DataLoaded), or LoadFailed.
+
+    The outcome of a load that a newer one replaced (its worker was cancelled) is dropped: it is
+    about settings the user has left. An exception other than UserError is a bug: LoadFailed still
+    goes out, so nothing stays "loading", and the exception is raised again for the app's worker
+    handler, which writes its traceback and shows the error dialog.
+    """
+    worker = get_current_worker()
+    try:
+        outcome = work()
+    except UserError as err:
+        outcome = LoadFailed(kind, config, err.message, err.hint)
+    except Exception as err:
+        target.post_message(LoadFailed(kind, config, f"{type(err).__name__}: {err}"))
+        raise
+    if not worker.is_cancelled:
+        target.post_message(outcome)
+
+
 class PostingSink:
     """An engine EventSink that hands each event to a Textual widget as a message (thread-safe)."""
 
@@ -70,8 +94,29 @@ class PostingSink:
         self.target.post_message(EngineEvent(event))
 
 
-def run_training(config: RunConfig, target: MessagePump, control: Control, resume_dir=None):
-    """The engine in this (worker) thread, reporting to `target`. Returns core.engine.RunResult.
+class RunSink(PostingSink):
+    """The sink of the app's run: its events go to the train screen, except log records, which reach
+    the log pane through the app's logging handler (the one route of every log line, during a run
+    or not; the engine's copy of them goes to events.jsonl). The run's RunStarted and RunFailed are
+    kept for the failure dialog the app opens when the worker ends."""
+
+    def __init__(self, target: MessagePump) -> None:
+        super().__init__(target)
+        self.started: RunStarted | None = None
+        self.failed: RunFailed | None = None
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, LogMessage):
+            return
+        if isinstance(event, RunStarted):
+            self.started = event
+        elif isinstance(event, RunFailed):
+            self.failed = event
+        super().emit(event)
+
+
+def run_training(config: RunConfig, sink: RunSink, control: Control, resume_dir=None):
+    """The engine in this (worker) thread, reporting to `sink`. Returns core.engine.RunResult.
 
     Reports come once a second (headless: four times): every redraw they cause competes with the
     training threads for the CPU and the GIL, and on 2 cores a third busy thread stalls torch's
@@ -79,4 +124,4 @@ def run_training(config: RunConfig, target: MessagePump, control: Control, resum
     warm_up()
     from core.engine import train
 
-    return train(config, [PostingSink(target)], control, resume_dir=resume_dir, report_interval_s=1.0)
+    return train(config, [sink], control, resume_dir=resume_dir, report_interval_s=1.0)

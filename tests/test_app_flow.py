@@ -9,7 +9,7 @@ from textual.widgets import Input
 
 from core.events import EvalResult, RunFinished, StepMetrics, read_events
 from sft_tui.app import create_app
-from sft_tui.widgets.train_progress import RunProgress
+from sft_tui.widgets.train.progress import RunProgress
 from helpers import visible_text, write_jsonl
 
 

@@ -8,9 +8,9 @@ from textual.widgets import Input, Static
 from core.config import FreezeRule, example_config, save_config
 from core.freeze import effective_rules, summarize_freeze
 from sft_tui.app import create_app
-from sft_tui.widgets.freeze_rule_dialog import RuleDialog
-from sft_tui.widgets.freeze_rules import RuleTable
-from sft_tui.widgets.freeze_tree import ModuleTree
+from sft_tui.screens.dialogs.freeze_rule import RuleDialog
+from sft_tui.widgets.freeze.rules import RuleTable
+from sft_tui.widgets.freeze.tree import ModuleTree
 
 BLOCK = "bert.encoder.layer.{}"
 

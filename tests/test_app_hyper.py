@@ -15,9 +15,9 @@ from sft_tui.app import create_app
 from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog
 from sft_tui.screens.hyper import HyperScreen, form_sections
 from sft_tui.widgets.draft_bar import DraftBar
-from sft_tui.widgets.hyper_form import ConfigField, field_spec
-from sft_tui.widgets.hyper_preview import NO_DATA, SchedulePreview
-from sft_tui.widgets.hyper_schedule import lr_curve, plan_steps
+from sft_tui.widgets.hyper.form import ConfigField, field_spec
+from sft_tui.widgets.hyper.preview import NO_DATA, SchedulePreview
+from sft_tui.widgets.hyper.schedule import lr_curve, plan_steps
 
 # A typed value that breaks each field's constraint, a fragment of pydantic's message for it, and a
 # valid value that fixes it. Select fields cannot hold a bad value and are tested separately.

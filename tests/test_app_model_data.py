@@ -18,7 +18,7 @@ from rich.console import Console
 from textual.widgets import DataTable, Input, OptionList, Static
 
 from sft_tui.app import create_app
-from sft_tui.widgets.data_summary import ANSWER_MARK, MASKED_STYLE, TRAINED_STYLE
+from sft_tui.format.data import ANSWER_MARK, MASKED_STYLE, TRAINED_STYLE
 
 
 async def settle(pilot) -> None:

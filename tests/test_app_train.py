@@ -23,11 +23,11 @@ from sft_tui.messages import EngineEvent
 from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog
 from sft_tui.screens.help import HelpScreen
 from sft_tui.screens.train import TrainScreen
-from sft_tui.widgets.freeze_rules import RuleTable
-from sft_tui.widgets.train_evals import BEST, EvalTable
-from sft_tui.widgets.train_progress import RunProgress
-from sft_tui.widgets.train_results import ResultsPanel
-from sft_tui.widgets.train_stats import RunStats
+from sft_tui.widgets.freeze.rules import RuleTable
+from sft_tui.widgets.train.evals import BEST, EvalTable
+from sft_tui.widgets.train.progress import RunProgress
+from sft_tui.widgets.train.results import ResultsPanel
+from sft_tui.widgets.train.stats import RunStats
 from helpers import WORDS, tiny_lm_config, visible_text, write_jsonl
 
 
@@ -282,10 +282,10 @@ async def test_a_vanished_data_file_fails_into_a_dialog_and_the_app_keeps_runnin
 
 async def test_an_engine_crash_outside_the_engine_handler_opens_the_dialog_naming_its_traceback(monkeypatch,
                                                                                                 tmp_path):
-    def crash(config, target, control, resume_dir=None):
+    def crash(config, sink, control, resume_dir=None):
         raise RuntimeError("the engine fell over")
 
-    monkeypatch.setattr("sft_tui.screens.train.run_training", crash)
+    monkeypatch.setattr("sft_tui.app.run_training", crash)
     monkeypatch.chdir(tmp_path)  # the demo's output.runs_dir is ./runs
     app = create_app()
     async with app.run_test(size=(120, 40)) as pilot:

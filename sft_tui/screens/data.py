@@ -22,11 +22,10 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from core.config import ColumnMap, DataFormat
 from core.errors import UserError
 from sft_tui.screens.base import StepScreen
-from sft_tui.widgets.data_form import check_data_field
-from sft_tui.widgets.data_summary import data_stats, preview, row_detail
+from sft_tui.widgets.data.form import check_data_field
+from sft_tui.format.data import data_stats, preview, row_detail
 from sft_tui.widgets.error_line import ErrorLine
-from sft_tui.widgets.model_data_loading import model_settled
-from sft_tui.widgets.model_data_paths import PathSuggester
+from sft_tui.widgets.paths import PathSuggester
 from sft_tui.widgets.spinner import Spinner
 
 FORMATS = get_args(DataFormat)
@@ -105,16 +104,16 @@ class DataScreen(StepScreen):
 
     def _start_load(self, only_if_needed: bool = False) -> None:
         """Tokenize once no model load is running: the data worker then reuses that model's
-        tokenizer (see model_data_loading).
+        tokenizer (SftApp.model_settled).
         An automatic load is skipped if another screen started one meanwhile."""
-        self.run_worker(partial(self._load_when_settled, only_if_needed), group="data-start", exclusive=True,
-                        exit_on_error=False)
+        self.app.run_worker(partial(self._load_when_settled, only_if_needed), group="data-start", exclusive=True,
+                            exit_on_error=False)
 
     async def _load_when_settled(self, only_if_needed: bool) -> None:
         if self.app.data_state != "loading":
             self.query_one("#data-spinner", Spinner).spinning = True
             self.query_one("#data-status", Static).update("Waiting for the model to load …")
-        await model_settled(self.app)
+        await self.app.model_settled()
         if not only_if_needed or self._needs_load():
             self.app.load_data()
 

@@ -17,12 +17,12 @@ from core.config import FreezeRule
 from core.errors import UserError
 from core.freeze import effective_rules, preset_rules, resolve, summarize_freeze
 from sft_tui.screens.base import StepScreen
-from sft_tui.widgets.freeze_rule_dialog import RuleDialog
-from sft_tui.widgets.freeze_rules import RuleTable
-from sft_tui.widgets.freeze_state import format_share, node_states, tensor_index
-from sft_tui.widgets.freeze_summary import PRESETS, FreezeSummaryBar
-from sft_tui.widgets.freeze_tree import ModuleTree
-from sft_tui.widgets.model_summary import format_count
+from sft_tui.screens.dialogs.freeze_rule import RuleDialog
+from sft_tui.widgets.freeze.rules import RuleTable
+from sft_tui.widgets.freeze.state import node_states, tensor_index
+from sft_tui.widgets.freeze.summary import PRESETS, FreezeSummaryBar
+from sft_tui.widgets.freeze.tree import ModuleTree
+from sft_tui.format.numbers import format_count, format_share
 from sft_tui.widgets.spinner import Spinner
 
 class FreezeScreen(StepScreen):

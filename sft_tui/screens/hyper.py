@@ -1,7 +1,7 @@
 """Step 4: the optimizer, schedule, evaluation and checkpoint settings, with a live preview of the
 steps and the learning-rate curve they give, and saving/loading the whole config as YAML.
 
-The form is generated from the pydantic config sections (sft_tui.widgets.hyper_form), and every
+The form is generated from the pydantic config sections (sft_tui.widgets.hyper.form), and every
 change is validated by pydantic through Session.update, so the rules and messages live in one place:
 core/config.py.
 """
@@ -22,8 +22,9 @@ from core.config import METRICS_BY_TASK, RunConfig, load_config, save_config
 from core.errors import UserError
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.dialogs import PathDialog
-from sft_tui.widgets.hyper_form import ConfigField, FieldSpec, field_spec, section_specs
-from sft_tui.widgets.hyper_preview import NO_DATA, SchedulePreview
+from sft_tui.widgets.hyper.form import ConfigField, FieldSpec, field_spec, section_specs
+from sft_tui.format.hyper import NO_DATA
+from sft_tui.widgets.hyper.preview import SchedulePreview
 
 SECTIONS = [("Optimizer", "optim"), ("Schedule", "schedule"), ("Evaluation", "eval"), ("Checkpoints", "checkpoint")]
 TOP_LEVEL = ("Run", ["seed", "precision"])

@@ -23,9 +23,9 @@ from core.config import Task, example_config
 from core.errors import UserError
 from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.error_line import ErrorLine
-from sft_tui.widgets.model_data_paths import PathSuggester
-from sft_tui.widgets.model_sources import DEMO_MODELS, cached_models
-from sft_tui.widgets.model_summary import model_summary
+from sft_tui.widgets.paths import PathSuggester
+from sft_tui.widgets.model.sources import DEMO_MODELS, cached_models
+from sft_tui.format.model import model_summary
 from sft_tui.widgets.spinner import Spinner
 
 TASKS = get_args(Task)
@@ -171,7 +171,8 @@ class ModelScreen(StepScreen):
 
     # ---- the list of demos and cached models ----------------------------------------------------
     def _scan_cache(self) -> None:
-        self.run_worker(self._read_cache, thread=True, exclusive=True, group="model-hf-cache", exit_on_error=False)
+        self.app.run_worker(self._read_cache, thread=True, exclusive=True, group="model-hf-cache",
+                            exit_on_error=False)
 
     def _read_cache(self) -> None:
         folder, models = cached_models()

@@ -1,9 +1,10 @@
 """Step 5: start (or resume) the draft run and watch it train; the results and a "try it" box after.
 
-The engine runs in a thread worker and reports through sft_tui.worker.PostingSink: every engine
-event arrives here as an EngineEvent message, on the UI thread, and updates one widget. Commands go
-the other way through the run's core.control.Control (pause, stop, save now, evaluate now), which
-the engine polls between optimizer steps. The screen holds no run state the events don't carry.
+The app runs the engine in a thread worker (SftApp.start_run) that reports to this screen: every
+engine event arrives here as an EngineEvent message, on the UI thread, and updates one widget; the
+ones that change the run's state are passed on to the app as RunStateChanged. Commands go the other
+way through the run's core.control.Control (pause, stop, save now, evaluate now), which the engine
+polls between optimizer steps. A failed run's dialog is the app's: it opens when the worker ends.
 """
 
 from __future__ import annotations
@@ -15,27 +16,22 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, ContentSwitcher, Static
-from textual.worker import Worker, WorkerState
 
-from core.control import Control
-from core.runs import RunPaths, open_run
 from core.events import (CheckpointSaved, EvalResult, Paused, Resumed, RunFailed, RunFinished, RunStarted,
                          SampleGenerated, StepMetrics)
-from sft_tui.error_log import APP_ERROR_LOG, write_traceback
-from sft_tui.messages import EngineEvent
+from core.runs import latest_resumable, open_run, resume_problem
+from sft_tui.format.numbers import format_duration
+from sft_tui.messages import EngineEvent, RunState, RunStateChanged
 from sft_tui.screens.base import StepScreen
-from sft_tui.screens.dialogs import ErrorDialog, PathDialog
-from sft_tui.widgets.train_charts import TrainCharts
-from sft_tui.widgets.train_evals import EvalTable
-from sft_tui.widgets.train_format import format_duration, latest_resumable
-from sft_tui.widgets.train_log import RunLog
-from sft_tui.widgets.train_progress import RunProgress
-from sft_tui.widgets.train_results import ResultsPanel
-from sft_tui.widgets.train_setup import SetupPanel
-from sft_tui.widgets.train_stats import RunStats
-from sft_tui.worker import run_training
+from sft_tui.screens.dialogs import PathDialog
+from sft_tui.widgets.train.charts import TrainCharts
+from sft_tui.widgets.train.evals import EvalTable
+from sft_tui.widgets.train.log import RunLog
+from sft_tui.widgets.train.progress import RunProgress
+from sft_tui.widgets.train.results import ResultsPanel
+from sft_tui.widgets.train.setup import SetupPanel
+from sft_tui.widgets.train.stats import RunStats
 
-LIVE = ("running", "paused", "stopping")
 LOG_STYLES = {"warning": "yellow", "error": "bold red", "critical": "bold red"}
 
 
@@ -64,7 +60,6 @@ class TrainScreen(StepScreen):
         self.run_task: str = ""
         self.resumable: str | None = None
         """Run folder of the last run this session stopped or lost with a checkpoint: R's default."""
-        self._failure_shown = False
         self._log_seen = 0
 
     def compose_body(self) -> ComposeResult:
@@ -90,22 +85,21 @@ class TrainScreen(StepScreen):
         self.query_one("#log").border_title = "log"
         self.query_one("#results").border_title = "results"
         self.watch(self.app, "session_version", self._redraw_setup)
-        self.watch(self.app, "run_state", self._run_state_changed)
+        self.watch(self.app, "run_state", self._redraw_setup)
         self.watch(self.app, "log_count", self._show_new_log_lines)
         self.query_one("#samples").display = False
 
     # ---- the draft and the state ------------------------------------------------------------
     @property
     def live(self) -> bool:
-        return self.app.run_state in LIVE
+        return self.app.run_state.live
 
     def _redraw_setup(self, _value=None) -> None:
         self.query_one(SetupPanel).redraw(self.session, self.live)
         self.refresh_bindings()
 
-    def _run_state_changed(self, state: str) -> None:
-        self.set_class(state == "finished", "-finished")
-        self._redraw_setup()
+    def _set_state(self, state: RunState) -> None:
+        self.post_message(RunStateChanged(state))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Keys that don't apply now are hidden; Start shows greyed out while the draft has problems."""
@@ -121,7 +115,7 @@ class TrainScreen(StepScreen):
         if action == "toggle_view":
             return has_run and not self.live
         if action in ("copy_snippet", "try_it"):
-            return self.query_one(ResultsPanel).snippet is not None and self.app.run_state == "finished"
+            return self.query_one(ResultsPanel).snippet is not None and not self.live
         return True
 
     # ---- starting a run ---------------------------------------------------------------------
@@ -148,24 +142,21 @@ class TrainScreen(StepScreen):
         if self.live:
             return
         default = self.resumable or latest_resumable(self.session.config.output.runs_dir) or ""
-        dialog = PathDialog("Resume a run", "Resume", str(default), open_run, placeholder="runs/<run-id>",
+        dialog = PathDialog("Resume a run", "Resume", str(default), _check_resumable, placeholder="runs/<run-id>",
                             explanation="Run folder to continue: training goes on from its newest checkpoint, "
                                         "with the config the run was started with.")
         self.app.push_screen(dialog, lambda folder: folder and self._launch(resume_dir=str(folder)))
 
     def _launch(self, resume_dir: str | None = None) -> None:
-        """Start the engine in a thread worker with a fresh Control; the views start empty."""
-        config, control = self.session.config, Control()
-        self.app.control = control
-        self._failure_shown = False
+        """Have the app start the run, reporting here; the views start empty."""
         self.run_dir = None
         self._reset_views()
-        self.app.run_state = "running"
         self.query_one(ContentSwitcher).current = "run"
-        self.run_worker(lambda: run_training(config, self, control, resume_dir=resume_dir), thread=True,
-                        exclusive=True, group="train", exit_on_error=False)
+        self.app.start_run(self, resume_dir)
 
     def _reset_views(self) -> None:
+        self.remove_class("-finished")
+        self.query_one(ResultsPanel).reset()
         self.query_one(TrainCharts).reset()
         self.query_one(EvalTable).reset()
         self.query_one(RunStats).reset()
@@ -177,20 +168,20 @@ class TrainScreen(StepScreen):
     # ---- commands to the live run -------------------------------------------------------------
     def action_pause(self) -> None:
         control = self.app.control
-        if control is None or self.app.run_state == "stopping":
+        if control is None or self.app.run_state == RunState.STOPPING:
             return
         if control.paused:
             control.resume()
-            self.app.run_state = "running"
+            self._set_state(RunState.RUNNING)
         else:
             control.pause()
-            self.app.run_state = "paused"
+            self._set_state(RunState.PAUSED)
             self.notify("pausing after the current step (p resumes)")
 
     def action_stop(self) -> None:
         if self.app.control is not None:
             self.app.control.stop()
-            self.app.run_state = "stopping"
+            self._set_state(RunState.STOPPING)
             self.notify("stopping after the current step; a checkpoint is saved")
 
     def action_save_now(self) -> None:
@@ -222,8 +213,7 @@ class TrainScreen(StepScreen):
 
     # ---- engine events ----------------------------------------------------------------------
     def on_engine_event(self, message: EngineEvent) -> None:
-        """One handler per event type. Log records are skipped: they reach app.log_lines through
-        logging already. Stopped here so the app's own log handler does not see them twice."""
+        """One handler per event type (log records come the app's way, see SftApp.on_engine_event)."""
         message.stop()
         handler = getattr(self, f"_on_{message.event.type}", None)
         if handler is not None:
@@ -232,8 +222,6 @@ class TrainScreen(StepScreen):
     def _on_run_started(self, e: RunStarted) -> None:
         self.run_dir, self.run_task = e.run_dir, e.task
         self.query_one(ContentSwitcher).current = "run"
-        if not self.live:
-            self.app.run_state = "running"
         resumed = f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""
         share = 100 * e.trainable_params / max(e.total_params, 1)
         self._log(f"run {e.run_id} started: {e.trainable_params:,}/{e.total_params:,} parameters trainable "
@@ -276,13 +264,13 @@ class TrainScreen(StepScreen):
 
     def _on_paused(self, e: Paused) -> None:
         self._log(f"paused at step {e.step}", "yellow")
-        if self.app.run_state == "running":
-            self.app.run_state = "paused"
+        if self.app.run_state == RunState.RUNNING:
+            self._set_state(RunState.PAUSED)
 
     def _on_resumed(self, e: Resumed) -> None:
         self._log(f"resumed at step {e.step}", "yellow")
-        if self.app.run_state == "paused":
-            self.app.run_state = "running"
+        if self.app.run_state == RunState.PAUSED:
+            self._set_state(RunState.RUNNING)
 
     def _on_run_finished(self, e: RunFinished) -> None:
         if e.reason == "stopped" and e.last_checkpoint:
@@ -292,53 +280,16 @@ class TrainScreen(StepScreen):
                  f"step {e.step}/{bar.total or e.step} · {e.reason} in {format_duration(e.elapsed_s)}")
         self.query_one(TrainCharts).redraw()
         self.query_one(ResultsPanel).show_run(e, self.run_dir or "", self.run_task)
+        self.add_class("-finished")
         self._log(f"run {e.reason} at step {e.step}" + (f"; model saved to {e.output_path}" if e.output_path else ""),
                   "bold")
-        self.app.run_state = "finished"
+        self._set_state(RunState.FINISHED)
 
     def _on_run_failed(self, e: RunFailed) -> None:
         if e.last_checkpoint:
             self.resumable = self.run_dir
         self._log(f"run failed: {e.message}" + (f" (traceback in {e.log_file})" if e.log_file else ""), "bold red")
-        self._fail(e.message, e.hint, e.last_checkpoint, e.log_file)
-
-    def _fail(self, message: str, hint: str, last_checkpoint: str | None = None,
-              log_file: str | Path | None = None) -> None:
-        self._failure_shown = True
-        self.app.run_state = "failed"
-        detail = [f"traceback: {log_file}"] if log_file and str(log_file) not in hint else []
-        if last_checkpoint:
-            detail.append(f"last checkpoint: {last_checkpoint} (R resumes from it)")
-        self.app.push_screen(ErrorDialog("Training failed", message, hint, "\n".join(detail)))
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """The end of the training worker. A failure the engine reported (RunFailed, queued before
-        this) already has its dialog; one before the engine's own handling (e.g. a bad resume
-        folder) gets it here, and an unexpected one's traceback goes to a file the dialog names."""
-        if event.worker.group != "train" or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR,
-                                                                 WorkerState.CANCELLED):
-            return
-        self.app.control = None
-        if event.state == WorkerState.ERROR and not self._failure_shown:
-            from core.errors import UserError
-
-            error = event.worker.error
-            if isinstance(error, UserError):
-                self._fail(error.message, error.hint)
-            else:
-                log_file = write_traceback(error, self._error_log(), "training failed before the engine's handling")
-                self._fail(f"{type(error).__name__}: {error}",
-                           "this looks like a bug; please report it" + (" with the traceback" if log_file else ""),
-                           log_file=log_file)
-        elif self.live:
-            self.app.run_state = "failed" if event.state != WorkerState.SUCCESS else "finished"
-        self.refresh_bindings()
-
-    def _error_log(self) -> Path:
-        """The run folder's error.log once the run has one, else a log in output.runs_dir."""
-        if self.run_dir is not None:
-            return RunPaths(Path(self.run_dir)).error_log
-        return Path(self.session.config.output.runs_dir) / APP_ERROR_LOG
+        self._set_state(RunState.FAILED)
 
     # ---- the log pane -------------------------------------------------------------------------
     def _show_new_log_lines(self, count: int) -> None:
@@ -350,3 +301,11 @@ class TrainScreen(StepScreen):
 
     def _log(self, line: str, style: str = "") -> None:
         self.query_one(RunLog).add(Text(line, style=style))
+
+
+def _check_resumable(path: Path) -> None:
+    """For the resume dialog: a folder that is no run, a completed run or one without a complete
+    checkpoint is refused in the dialog (UserError), not after a start."""
+    paths, _ = open_run(path)
+    if problem := resume_problem(paths):
+        raise problem

@@ -7,10 +7,11 @@ from pathlib import Path
 from rich.text import Text
 from textual.widgets import Static
 
-from sft_tui.widgets.freeze_state import format_share
+from sft_tui.format.numbers import format_share
+from sft_tui.messages import RunState
 
-RUN_STYLES = {"idle": "dim", "running": "bold green", "paused": "bold yellow", "stopping": "bold yellow",
-              "finished": "bold cyan", "failed": "bold red"}
+RUN_STYLES = {RunState.RUNNING: "bold green", RunState.PAUSED: "bold yellow", RunState.STOPPING: "bold yellow",
+              RunState.FINISHED: "bold cyan", RunState.FAILED: "bold red"}
 
 
 class DraftBar(Static):
@@ -35,8 +36,8 @@ class DraftBar(Static):
             f"lr {config.optim.lr:g}", f"bs {config.optim.batch_size}x{config.optim.grad_accum}",
         ]
         state = self.app.run_state
-        if state != "idle":
-            status = (state.upper(), RUN_STYLES[state])
+        if state != RunState.IDLE:
+            status = (state.value.upper(), RUN_STYLES[state])
         elif problems := session.problems():
             status = (f"{len(problems)} problem(s): {', '.join(problems)}", "bold red")
         else:

@@ -11,18 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from core.memory import estimate_training_memory, format_bytes
+from sft_tui.format.numbers import format_count
 
 PARAM_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 """Bytes per parameter of the dtypes a checkpoint comes in (others are estimated as float32)."""
-
-
-def format_count(n: int) -> str:
-    """`770`, `147.8K`, `22.7M`, `6.7B`: parameter counts the way model cards write them, short
-    enough for a tree label."""
-    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(n)
 
 
 def _find(node, path: str):

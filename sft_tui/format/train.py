@@ -1,9 +1,7 @@
-"""Plain text helpers of the train screen: durations, metric lines, the load snippet, the draft
-summary and where to resume from. Pure functions, so the screen's wording is tested without a UI."""
+"""Plain text of the train screen: the load snippet and the draft summary. Pure functions, so the
+screen's wording is tested without a UI."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from core.config import RunConfig
 
@@ -13,25 +11,6 @@ LOADERS = {
     "causal-lm": ("pipeline", 'pipeline("text-generation", model="{}")'),
 }
 """Per task: what to import from transformers, and the call that loads the exported folder."""
-
-
-def format_duration(seconds: float | None) -> str:
-    """`0:41`, `12:05`, `1:02:03`; `-:--` while unknown."""
-    if seconds is None:
-        return "-:--"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def format_metric(value: float) -> str:
-    """Four significant decimals for losses and scores; large values (perplexity) get fewer."""
-    return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
-
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    return " · ".join(f"{name} {format_metric(value)}" for name, value in metrics.items()) or "-"
 
 
 def load_snippet(task: str, path: str) -> str:
@@ -66,12 +45,3 @@ def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tupl
                    f"{config.precision} · seed {config.seed}"),
     ]
 
-
-def latest_resumable(runs_dir: str | Path) -> Path | None:
-    """The run folder under `runs_dir` whose newest checkpoint was written last, if any."""
-    newest: tuple[float, Path] | None = None
-    for checkpoint in Path(runs_dir).glob("*/checkpoints/step-*"):
-        mtime = checkpoint.stat().st_mtime
-        if newest is None or mtime > newest[0]:
-            newest = (mtime, checkpoint.parent.parent)
-    return newest[1] if newest else None

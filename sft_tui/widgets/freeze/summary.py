@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from core.memory import estimate_training_memory, format_bytes
-from sft_tui.widgets.freeze_state import format_share
+from sft_tui.format.numbers import format_share
 
 PRESETS = [("a", "all", "all"), ("h", "head-only", "head-only"), ("t", "top-n", "top-{n}"),
            ("e", "freeze-embeddings", "freeze-emb")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
-from sft_tui.widgets.model_summary import format_count
+from sft_tui.format.numbers import format_count
 
 DECIDING = "▶"
 """Marks the rules that decided the module selected in the tree."""

@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Static
 
-from sft_tui.widgets.train_format import draft_summary
+from sft_tui.format.train import draft_summary
 
 
 class SetupPanel(Vertical):

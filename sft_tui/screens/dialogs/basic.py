@@ -1,4 +1,4 @@
-"""Modal dialogs that return their answer through dismiss()."""
+"""The plain dialogs: a yes/no question, an error with its hint, and a path to act on."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from core.errors import UserError
+from core.events import RunFailed
+from sft_tui.error_log import write_traceback
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -41,6 +43,27 @@ class ErrorDialog(ModalScreen[None]):
     def __init__(self, title: str, message: str, hint: str = "", detail: str = "") -> None:
         super().__init__()
         self.title_text, self.message, self.hint, self.detail = title, message, hint, detail
+
+    @classmethod
+    def for_error(cls, title: str, error: BaseException, log: Path, what: str) -> ErrorDialog:
+        """A UserError's message and hint; any other exception is a bug: its traceback goes to
+        `log` (see sft_tui.error_log), which the dialog names."""
+        if isinstance(error, UserError):
+            return cls(title, error.message, error.hint)
+        log_file = write_traceback(error, log, what)
+        return cls("Unexpected error" if title == "Error" else title, f"{type(error).__name__}: {error}",
+                   "the app keeps running; this looks like a bug, please report it"
+                   + (" with the traceback" if log_file else ""),
+                   f"traceback: {log_file}" if log_file else "")
+
+    @classmethod
+    def for_run_failed(cls, failed: RunFailed) -> ErrorDialog:
+        """The engine's account of a failed run: its message and hint, the file with the traceback
+        (unless the hint names it) and the checkpoint a resume would start from."""
+        detail = [f"traceback: {failed.log_file}"] if failed.log_file and failed.log_file not in failed.hint else []
+        if failed.last_checkpoint:
+            detail.append(f"last checkpoint: {failed.last_checkpoint} (R resumes from it)")
+        return cls("Training failed", failed.message, failed.hint, "\n".join(detail))
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog error-dialog"):

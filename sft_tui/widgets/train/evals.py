@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.widgets import DataTable
 
 from core.events import EvalResult
-from sft_tui.widgets.train_format import format_metric
+from sft_tui.format.numbers import format_metric
 
 BEST = "▲ best"
 

@@ -14,7 +14,8 @@ from textual.containers import Vertical
 from textual.widgets import Input, Static
 
 from core.events import RunFinished
-from sft_tui.widgets.train_format import format_duration, format_metrics, load_snippet
+from sft_tui.format.train import load_snippet
+from sft_tui.format.numbers import format_duration, format_metrics
 from sft_tui.worker import warm_up
 
 MAX_NEW_TOKENS = 32
@@ -41,6 +42,10 @@ class ResultsPanel(Vertical):
         yield Static(id="results-text")
         yield Input(placeholder="try it: type a prompt and press Enter", id="try-input")
         yield Static(id="try-answer", markup=False)
+
+    def reset(self) -> None:
+        """No results while the next run trains: nothing to copy or to try."""
+        self.finished = None
 
     def show_run(self, finished: RunFinished, run_dir: str, task: str) -> None:
         self.finished, self.run_dir, self.run_task = finished, run_dir, task

@@ -81,10 +81,3 @@ def _aggregate(tensors: Iterable[tuple[int, object]]) -> NodeState:
             scales.add(state.lr_scale)
     return NodeState(params, trainable, frozenset(scales), frozenset(rules))
 
-
-def format_share(share: float) -> str:
-    """A percentage that stays informative when tiny: a head-only map trains 0.0034%, not 0.0%."""
-    percent = 100 * share
-    if 0 < percent < 0.1:
-        return f"{percent:.2g}%"
-    return f"{percent:.1f}%"

@@ -1,0 +1,40 @@
+"""The hyperparameter preview in words: effective batch, step counts, when the run evaluates and saves."""
+
+from __future__ import annotations
+
+from core.config import RunConfig
+from sft_tui.widgets.hyper.schedule import PROCESSES, StepPlan
+
+NO_DATA = "load the data (step 2) to see steps"
+
+
+def _some(steps: list[int]) -> str:
+    """A list of steps, shortened in the middle when long."""
+    shown = steps if len(steps) <= 5 else [*steps[:3], "…", steps[-1]]
+    return ", ".join(str(s) for s in shown) + f" ({len(steps)}×)"
+
+
+def describe_plan(config: RunConfig, plan: StepPlan | None, validation_rows: int | None,
+                  waiting: str = NO_DATA) -> list[tuple[str, str]]:
+    """(label, text) lines of the preview; `plan` is None until the data is loaded (`waiting` says
+    why)."""
+    optim, schedule, evals, ckpt = config.optim, config.schedule, config.eval, config.checkpoint
+    effective = optim.batch_size * optim.grad_accum * PROCESSES
+    lines = [("effective batch",
+              f"{effective} = {optim.batch_size} × {optim.grad_accum} accum × {PROCESSES} proc")]
+    when_eval = f"every {evals.every_steps} steps" if evals.every_steps else "at each epoch end"
+    when_save = f"every {ckpt.every_steps} steps" if ckpt.every_steps else "at each eval but the last"
+    if plan is None:
+        lines.append(("steps", waiting))
+    else:
+        why = "max_steps" if schedule.max_steps else f"{schedule.epochs:g} epoch" + "s" * (schedule.epochs != 1)
+        source = "warmup_steps" if schedule.warmup_steps else f"ratio {schedule.warmup_ratio:g}"
+        lines += [("training rows", f"{plan.train_rows:,}"), ("steps / epoch", f"{plan.steps_per_epoch:,}"),
+                  ("total steps", f"{plan.total_steps:,} ({why})"), ("warmup", f"{plan.warmup_steps:,} steps ({source})")]
+        when_eval += ": " + _some(plan.eval_steps)
+        when_save += ": " + (_some(plan.checkpoint_steps) if plan.checkpoint_steps else "none")
+    if validation_rows == 0:
+        when_eval = "never: no validation rows"
+    elif evals.patience:
+        when_eval += f"; stops after {evals.patience} without a better {evals.metric}"
+    return lines + [("evaluation", when_eval), ("checkpoints", f"{when_save}; keep {ckpt.keep_last}")]

@@ -1,0 +1,6 @@
+"""Modal dialogs that return their answer through dismiss()."""
+
+from sft_tui.screens.dialogs.basic import ConfirmDialog, ErrorDialog, PathDialog
+from sft_tui.screens.dialogs.freeze_rule import RuleDialog
+
+__all__ = ["ConfirmDialog", "ErrorDialog", "PathDialog", "RuleDialog"]

@@ -1,0 +1,1 @@
+"""What step 2 (the data) needs besides its form widgets: checking typed numbers."""

@@ -1,0 +1,1 @@
+"""Step 4's widgets: form fields generated from the config models, and the step and LR preview."""
