@@ -27,12 +27,49 @@ class PresetRule(FreezeRule):
     the preset, and a user rule by its place in the config (`freeze.rules.N`)."""
 
 
+def user_rule_index(rules: list[FreezeRule], index: int) -> int | None:
+    """The place of rules[index] in config.freeze.rules (from 0), None for a preset's rule."""
+    if isinstance(rules[index], PresetRule):
+        return None
+    return index - sum(isinstance(rule, PresetRule) for rule in rules[:index])
+
+
 def rule_name(rules: list[FreezeRule], index: int) -> str:
     """How messages name rules[index]: `freeze.rules.N` (N counts from 0, as in the config's own
     errors) for a user's rule, `freeze.preset` for a preset's."""
-    if isinstance(rules[index], PresetRule):
-        return "freeze.preset"
-    return f"freeze.rules.{index - sum(isinstance(rule, PresetRule) for rule in rules[:index])}"
+    n = user_rule_index(rules, index)
+    return "freeze.preset" if n is None else f"freeze.rules.{n}"
+
+
+def match_problem(pattern: str) -> str | None:
+    """Why a rule's `match` cannot be used (a `re:` pattern that does not compile), or None."""
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as err:
+            return f"{pattern!r} is not a valid regular expression: {err}"
+    return None
+
+
+def rule_problems(rules: list[FreezeRule]) -> UserError | None:
+    """The rules whose `match` cannot be used, as one UserError with a field per rule
+    ({"freeze.rules.0.match": why}), or None. Needs no model: the app checks a config with it
+    before any model has loaded, and matching a model raises the same error."""
+    fields = {f"{rule_name(rules, i)}.match": problem
+              for i, rule in enumerate(rules) if (problem := match_problem(rule.match))}
+    if not fields:
+        return None
+    return UserError("; ".join(f"{name} {problem}" for name, problem in fields.items()),
+                     hint="fix the regex after 're:', or use a glob or a module path", fields=fields)
+
+
+def training_problem(summary: FreezeSummary) -> UserError | None:
+    """A map that leaves nothing to train, which apply_freeze_map refuses; None when it trains something."""
+    if summary.trainable_params:
+        return None
+    return UserError("the freeze map leaves no trainable parameters (freeze.preset, then freeze.rules)",
+                     hint="choose another freeze.preset, or add a rule with train: true (e.g. for the head)",
+                     fields={"freeze": "the map leaves no trainable parameters"})
 
 
 @dataclass(frozen=True)
@@ -90,13 +127,7 @@ def effective_rules(freeze: FreezeConfig, desc: ModelDescription) -> list[Freeze
 def _matcher(rules: list[FreezeRule], index: int) -> Callable[[str], bool]:
     pattern = rules[index].match
     if pattern.startswith("re:"):
-        try:
-            return re.compile(pattern[3:]).fullmatch
-        except re.error as err:
-            raise UserError(
-                f"{rule_name(rules, index)}.match {pattern!r} is not a valid regular expression: {err}",
-                hint="fix the regex after 're:', or use a glob or a module path",
-            ) from None
+        return re.compile(pattern[3:]).fullmatch
     if any(c in pattern for c in "*?["):
         return lambda name: fnmatch.fnmatchcase(name, pattern)
     return pattern.__eq__
@@ -121,6 +152,8 @@ def _tensors(model) -> list[tuple[list[str], object]]:
 
 def _decide(model, rules: list[FreezeRule]) -> tuple[list[tuple[list[str], object, int | None]], list[bool]]:
     """Per tensor: names, parameter and deciding rule index; and per rule: whether it matched anything."""
+    if problem := rule_problems(rules):
+        raise problem
     matchers = [_matcher(rules, i) for i in range(len(rules))]
     matched_any = [False] * len(rules)
     decided = []
@@ -171,11 +204,8 @@ def apply_freeze_map(model, rules: list[FreezeRule]) -> FreezeSummary:
     """Set requires_grad from the map; a map that trains nothing is an error, not a silent no-op."""
     decided, matched_any = _decide(model, rules)
     summary = _summarize(rules, decided, matched_any)
-    if summary.trainable_params == 0:
-        raise UserError(
-            "the freeze map leaves no trainable parameters (freeze.preset, then freeze.rules)",
-            hint="choose another freeze.preset, or add a rule with train: true (e.g. for the head)",
-        )
+    if problem := training_problem(summary):
+        raise problem
     for _, param, index in decided:
         param.requires_grad_(_state(rules, index).train)
     return summary

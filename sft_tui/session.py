@@ -8,12 +8,14 @@ what would make the engine fail at once: the draft bar, step 5 and its Start key
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
-from core.config import RunConfig, config_to_dict, parse_config
+from core.config import RunConfig, config_to_dict, parse_config, precision_problem, set_dotted
+from core.errors import UserError
+from core.freeze import FreezeSummary, effective_rules, rule_problems, summarize_freeze, training_problem
 
 
 @dataclass
@@ -65,15 +67,23 @@ class Session:
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply dotted-path changes ({"optim.lr": 3e-5}) through pydantic; raises UserError if invalid
-        and then changes nothing."""
+        (its `fields` say which field is wrong and why) and then changes nothing."""
+        self.replace_config(self._with(changes))
+
+    def check(self, dotted: str, value: Any) -> tuple[Any, str | None]:
+        """What the config would make of `value` at field `dotted` ("data.max_length"), without
+        changing the draft: the validated value and None, or None and why it is not valid (the words
+        a config file with that value would get)."""
+        try:
+            return reduce(getattr, dotted.split("."), self._with({dotted: value})), None
+        except UserError as err:
+            return None, field_problem(err, dotted)
+
+    def _with(self, changes: dict[str, Any]) -> RunConfig:
         data = config_to_dict(self.config)
         for dotted, value in changes.items():
-            node = data
-            *sections, leaf = dotted.split(".")
-            for section in sections:
-                node = node[section]
-            node[leaf] = value
-        self.replace_config(parse_config(data))
+            set_dotted(data, dotted, value)
+        return parse_config(data)
 
     def replace_config(self, config: RunConfig, path: Path | None = None) -> None:
         """Take a new config; what was loaded for the old model or data is dropped if they changed.
@@ -114,28 +124,24 @@ class Session:
         problems = dict(self.invalid)
         for kind, error in self.load_errors.items():
             problems[kind] = f"did not load: {error.message}"
-        problems.update(self._freeze_problems())
-        if self.config.precision == "fp16" and self.cuda is False:
-            problems["precision"] = "fp16 needs a CUDA GPU; use bf16 or fp32 on this machine"
-        return problems
-
-    def _freeze_problems(self) -> dict[str, str]:
-        """Regexes that do not compile, named as config errors name the rules (core.freeze compiles
-        `re:` patterns the same way, but only with a model); with a model, a map that trains nothing."""
-        problems = {}
-        for i, rule in enumerate(self.config.freeze.rules):
-            if rule.match.startswith("re:"):
-                try:
-                    re.compile(rule.match[3:])
-                except re.error as err:
-                    problems[f"freeze.rules.{i}.match"] = f"{rule.match!r} is not a valid regular expression: {err}"
-        if self.trainable_share == 0:
-            problems["freeze"] = "the map leaves no trainable parameters; pick another preset or add a rule that trains"
+        if error := rule_problems(list(self.config.freeze.rules)):
+            problems.update(error.fields)
+        if (summary := self.freeze_summary) is not None and (error := training_problem(summary)):
+            problems["freeze"] = f"{error.fields['freeze']}; {error.hint}"
+        if self.cuda is not None and (error := precision_problem(self.config.precision, self.cuda)):
+            problems["precision"] = f"{error.fields.get('precision', error.message)}; {error.hint}"
         return problems
 
     @property
     def trainable_share(self) -> float | None:
-        """Share of trainable parameters under the current freeze map, once the model is known.
+        """Share of trainable parameters under the current freeze map, once the model is known."""
+        summary = self.freeze_summary
+        return summary.trainable_share if summary is not None else None
+
+    @property
+    def freeze_summary(self) -> FreezeSummary | None:
+        """What the current freeze map does to the model (core.freeze.FreezeSummary), once the model
+        is known and while every rule can be used.
 
         The draft bar asks on every change of the session (every keystroke in a form), and matching
         the rules walks every parameter tensor, so the answer is kept until the model or the freeze
@@ -144,15 +150,20 @@ class Session:
             return None
         cached = self._share
         if cached is None or cached[0] is not self.model or cached[1] != self.config.freeze:
-            self._share = cached = (self.model, self.config.freeze, self._compute_share())
+            self._share = cached = (self.model, self.config.freeze, self._summarize_freeze())
         return cached[2]
 
-    def _compute_share(self) -> float | None:
-        from core.errors import UserError
-        from core.freeze import effective_rules, summarize_freeze
-
+    def _summarize_freeze(self) -> FreezeSummary | None:
         rules = effective_rules(self.config.freeze, self.model.description)
         try:
-            return summarize_freeze(self.model.skeleton, rules).trainable_share
+            return summarize_freeze(self.model.skeleton, rules)
         except UserError:  # an invalid regex in a loaded config: problems() names it
             return None
+
+
+def field_problem(error: UserError, dotted: str) -> str:
+    """What a config error says about field `dotted`: its own problem, else every problem by field,
+    else the whole message."""
+    if dotted in error.fields:
+        return error.fields[dotted]
+    return "\n".join(f"{name}: {problem}" for name, problem in error.fields.items()) or error.message

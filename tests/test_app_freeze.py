@@ -80,7 +80,7 @@ async def test_head_only_preset_trains_only_the_classifier_and_marks_the_decidin
         table = app.screen.query_one(RuleTable)
         await select(pilot, "classifier")
         assert table.deciding == {1}
-        assert str(table.get_cell("1", "index")).startswith("▶") and str(table.get_cell("0", "index")).strip() == "0"
+        assert str(table.get_cell("1", "index")).startswith("▶") and str(table.get_cell("0", "index")).strip() == ""
         await select(pilot, BLOCK.format(0))
         assert table.deciding == {0}
         await select(pilot, "")
@@ -191,6 +191,8 @@ async def test_rules_are_edited_moved_and_deleted_in_the_list():
             await pilot.pause()
         table = app.screen.query_one(RuleTable)
         assert table.row_count == 3  # the preset's "*" then the two rules
+        # numbered as messages name them (freeze.rules.N, from 0); the preset's rule has no number
+        assert [str(table.get_cell_at((row, 0))).strip(" ▶") for row in range(3)] == ["", "0", "1"]
         table.focus()
         table.move_cursor(row=2)
         await pilot.press("left_square_bracket")
@@ -200,6 +202,7 @@ async def test_rules_are_edited_moved_and_deleted_in_the_list():
         await pilot.press("enter")  # edit: freeze -> train at half the lr
         await pilot.pause()
         dialog = app.screen
+        assert dialog.title_text == "Edit freeze.rules.0"
         dialog.query_one("#rule-train").value = True
         dialog.query_one("#rule-lr", Input).value = "0.5"
         await pilot.press("ctrl+s")
@@ -316,7 +319,7 @@ def test_snapshot_top_n_80x24(snap_compare):
 def test_trainable_share_is_recomputed_only_when_the_model_or_the_freeze_map_changes(tiny_model_factory,
                                                                                      monkeypatch):
     """The draft bar asks for it on every keystroke; walking every tensor each time is wasted."""
-    import core.freeze
+    import sft_tui.session
     from core.config import example_config
     from sft_tui.session import Session
     from sft_tui.worker import load_model_info
@@ -325,8 +328,8 @@ def test_trainable_share_is_recomputed_only_when_the_model_or_the_freeze_map_cha
     session.update({"model.name_or_path": str(tiny_model_factory("gpt2"))})
     session.model = load_model_info(session.config)
     walks = []
-    real = core.freeze.summarize_freeze
-    monkeypatch.setattr(core.freeze, "summarize_freeze", lambda *a: walks.append(1) or real(*a))
+    real = sft_tui.session.summarize_freeze
+    monkeypatch.setattr(sft_tui.session, "summarize_freeze", lambda *a: walks.append(1) or real(*a))
 
     everything = session.trainable_share
     session.update({"optim.lr": 1e-4, "schedule.max_steps": 7})

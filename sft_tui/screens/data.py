@@ -22,7 +22,6 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from core.config import ColumnMap, DataFormat
 from core.errors import UserError
 from sft_tui.screens.base import StepScreen
-from sft_tui.widgets.data.form import check_data_field
 from sft_tui.format.data import data_stats, preview, row_detail
 from sft_tui.widgets.error_line import ErrorLine
 from sft_tui.widgets.paths import PathSuggester
@@ -143,9 +142,8 @@ class DataScreen(StepScreen):
         }
         for role in ROLES:
             changes[f"data.columns.{role}"] = value(f"col-{role}") or None
-        current = self.session.config.data
         for widget_id, name in NUMBER_FIELDS.items():
-            number, error = check_data_field(current, name, value(widget_id))
+            number, error = self.session.check(f"data.{name}", value(widget_id))
             if error is None:
                 changes[f"data.{name}"] = number
         return changes
@@ -156,9 +154,9 @@ class DataScreen(StepScreen):
     def _check_number(self, widget: Input) -> None:
         """Mark a number field that does not validate, next to it and in session.invalid."""
         name = NUMBER_FIELDS[widget.id]
-        _, error = check_data_field(self.session.config.data, name, widget.value)
-        widget.set_class(error is not None, "-invalid")
         key = f"data.{name}"
+        _, error = self.session.check(key, widget.value.strip())
+        widget.set_class(error is not None, "-invalid")
         before = self.session.invalid.get(key)
         if error is None:
             self.session.invalid.pop(key, None)

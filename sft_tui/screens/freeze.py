@@ -15,7 +15,7 @@ from textual.widgets import ContentSwitcher, DataTable, Static, Tree
 
 from core.config import FreezeRule
 from core.errors import UserError
-from core.freeze import effective_rules, preset_rules, resolve, summarize_freeze
+from core.freeze import effective_rules, preset_rules, resolve, rule_name, summarize_freeze
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.dialogs.freeze_rule import RuleDialog
 from sft_tui.widgets.freeze.rules import RuleTable
@@ -130,9 +130,8 @@ class FreezeScreen(StepScreen):
             error = None
             self._states = node_states(description.root, self._tensors, states)
         self.query_one(ModuleTree).relabel(self._states)
-        self.query_one(RuleTable).show_rules(
-            rules, len(preset_rules(freeze.preset, description, freeze.top_n)),
-            [rule.params for rule in summary.rules] if summary else None, self._deciding())
+        self.query_one(RuleTable).show_rules(rules, [rule.params for rule in summary.rules] if summary else None,
+                                             self._deciding())
         shares = {preset: self._preset_share(preset) for _, preset, _ in PRESETS}
         self.query_one(FreezeSummaryBar).show(summary, error, freeze, shares)
 
@@ -260,8 +259,8 @@ class FreezeScreen(StepScreen):
             if rule is not None:
                 self._set_rules(rules[:index] + [rule] + rules[index + 1:], cursor=index)
 
-        title = f"Edit rule {self.query_one(RuleTable).cursor_row}"
-        self.app.push_screen(RuleDialog(title, rules[index], self._check(rules, index)), edited)
+        self.app.push_screen(RuleDialog(f"Edit {rule_name(rules, index)}", rules[index], self._check(rules, index)),
+                             edited)
 
     def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
         self.action_edit_rule()

@@ -22,6 +22,7 @@ from core.config import METRICS_BY_TASK, RunConfig, load_config, save_config
 from core.errors import UserError
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.dialogs import PathDialog
+from sft_tui.session import field_problem
 from sft_tui.widgets.hyper.form import ConfigField, FieldSpec, field_spec, section_specs
 from sft_tui.format.hyper import NO_DATA
 from sft_tui.widgets.hyper.preview import SchedulePreview
@@ -50,16 +51,6 @@ def _with_metrics(spec: FieldSpec, task: str) -> FieldSpec:
 
 def value_at(config: RunConfig, dotted: str) -> Any:
     return reduce(getattr, dotted.split("."), config)
-
-
-def field_message(message: str, dotted: str) -> str:
-    """The lines of a config validation error (core.config.format_validation_error) about `dotted`:
-    its own errors, else whole-config errors that name it, else all of them."""
-    lines = [line.strip() for line in message.splitlines()[1:] if line.strip()]
-    own = [line for line in lines if line.startswith(f"{dotted}:")]
-    naming = [line.removeprefix("(top level): ") for line in lines
-              if line.startswith("(top level): ") and dotted in line]
-    return "\n".join(own or naming or lines or [message])
 
 
 class HyperScreen(StepScreen):
@@ -119,7 +110,7 @@ class HyperScreen(StepScreen):
         try:
             self.session.update({dotted: event.value})
         except UserError as err:
-            message = field_message(err.message, dotted)
+            message = field_problem(err, dotted)
             self.session.invalid[dotted] = message
             field.show_error(message)
         else:

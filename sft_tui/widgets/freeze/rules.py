@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
+from core.freeze import user_rule_index
 from sft_tui.format.numbers import format_count
 
 DECIDING = "▶"
@@ -13,8 +14,9 @@ DECIDING = "▶"
 
 class RuleTable(DataTable):
     """Row i is effective rule i. Preset rows are dim and come `from` the preset, changing only with
-    it; the user's rows follow and are the editable ones. The columns run from most to least telling,
-    so a narrow terminal hides the least."""
+    it; the user's rows follow and are the editable ones, numbered as messages name them
+    (`freeze.rules.N`, N from 0). The columns run from most to least telling, so a narrow terminal
+    hides the least."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
@@ -29,13 +31,13 @@ class RuleTable(DataTable):
         self.add_column("params", key="params")
         self.add_column("from", key="source")
 
-    def show_rules(self, rules: list, preset_count: int, params: list[int] | None,
-                   deciding: frozenset[int | None]) -> None:
-        """Redraw the rows (rules: core.config.FreezeRule; params: per rule, None when unknown),
+    def show_rules(self, rules: list, params: list[int] | None, deciding: frozenset[int | None]) -> None:
+        """Redraw the rows (rules: core.freeze.effective_rules; params: per rule, None when unknown),
         keeping the cursor on the same row number."""
         row = self.cursor_row
-        self.preset_count, self.deciding = preset_count, deciding
-        self._rows = [(rule, params[i] if params else None) for i, rule in enumerate(rules)]
+        numbers = [user_rule_index(rules, i) for i in range(len(rules))]
+        self.preset_count, self.deciding = numbers.count(None), deciding
+        self._rows = [(rule, numbers[i], params[i] if params else None) for i, rule in enumerate(rules)]
         self.clear()
         for i in range(len(self._rows)):
             self.add_row(*self._cells(i), key=str(i))
@@ -49,10 +51,10 @@ class RuleTable(DataTable):
             self.update_cell(str(i), "index", self._cells(i)[0])
 
     def _cells(self, i: int) -> tuple:
-        rule, params = self._rows[i]
-        preset = i < self.preset_count
-        marked = i in self.deciding
-        index = Text(f"{DECIDING} {i}", "bold reverse") if marked else Text(f"  {i}")
+        rule, number, params = self._rows[i]
+        preset = number is None
+        label = "" if preset else str(number)
+        index = Text(f"{DECIDING} {label}", "bold reverse") if i in self.deciding else Text(f"  {label}")
         match = Text(rule.match, "dim" if preset else "")
         sets = Text("train", "green") if rule.train else Text("frozen", "dim")
         if rule.train and rule.lr_scale != 1.0:
