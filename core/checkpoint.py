@@ -13,12 +13,14 @@ A checkpoint that fails any of this is reported by file and the previous one is 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import random
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,31 @@ from core.manifest import PREFIX, checkpoint_problem, list_checkpoints, step_of,
 STATE_FILE = "state.json"
 _FULL_DISK = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
               errno.EFBIG: "the file size limit (ulimit -f) is reached"}
+
+
+@dataclass
+class TrainState:
+    """Where a run stands between optimizer steps, exactly as a checkpoint's state.json holds it:
+    with the weights, optimizer, scheduler and RNG states, this is all a resume needs to continue as
+    if never stopped. The field names are the JSON keys, so renaming one breaks resuming older runs."""
+
+    step: int = 0
+    """Optimizer steps taken."""
+    epoch: int = 0
+    """Epoch of the last step taken."""
+    step_in_epoch: int = 0
+    """Steps taken in that epoch: a resume skips that many steps of its batch plan."""
+    epoch_progress: float = 0.0
+    """Epochs done, fractions included, as the events report it."""
+    tokens_seen: int = 0
+    best: float | None = None
+    """The best value of eval.metric so far; None before the first evaluation."""
+    best_step: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    bad_evals: int = 0
+    """Evaluations in a row without a better eval.metric, for early stopping."""
+    elapsed_s: float = 0.0
+    """Training time up to the checkpoint, pauses left out: the clock continues from it on resume."""
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -89,18 +116,19 @@ def _needed_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
 
 def save_checkpoint(
     checkpoints_dir: Path,
-    step: int,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    state: dict[str, Any],
+    state: TrainState,
     keep_last: int,
 ) -> Path:
-    """Write `checkpoints_dir/step-N` atomically, then delete all but the newest `keep_last`.
+    """Write `checkpoints_dir/step-N` (N: state.step) atomically, then delete all but the newest
+    `keep_last`.
 
     A full disk or a file-size limit becomes a UserError that says how much room a checkpoint
     needs; the previous checkpoints stay as they were."""
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    step = state.step
     final = checkpoints_dir / f"{PREFIX}{step}"
     try:
         with atomic_folder(final) as tmp:
@@ -109,7 +137,7 @@ def save_checkpoint(
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             tensors, meta = _rng_state()
             save_file(tensors, str(tmp / "rng.safetensors"), metadata=meta)
-            (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1), encoding="utf-8")
+            (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=1), encoding="utf-8")
             write_manifest(tmp, step)
     except Exception as err:
         code = _os_errno(err)
@@ -128,7 +156,8 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any) -> TrainState:
     """Restore weights, optimizer, scheduler and RNG in place; return the saved training state.
 
     Raises UserError naming the first file that is incomplete, corrupt or not safely loadable."""
@@ -145,7 +174,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             raise UserError(f"{path / name} cannot be loaded ({reason})") from None
 
     device = str(next(model.parameters()).device)
-    state = read(STATE_FILE, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    state = read(STATE_FILE, lambda p: TrainState(**json.loads(p.read_text(encoding="utf-8"))))
     read("model.safetensors", lambda p: load_model(model, str(p), device=device))
     optimizer.load_state_dict(read("optimizer.pt", lambda p: torch.load(p, weights_only=True)))
     scheduler.load_state_dict(read("scheduler.pt", lambda p: torch.load(p, weights_only=True)))
@@ -154,7 +183,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 
 def load_latest(checkpoints_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                warn: Callable[[str], None]) -> tuple[Path, dict]:
+                warn: Callable[[str], None]) -> tuple[Path, TrainState]:
     """Load the newest checkpoint that loads, newest first; each one skipped is reported through
     `warn` with the file that broke it. Raises UserError when none loads."""
     candidates = sorted((p for p in checkpoints_dir.iterdir() if p.is_dir() and step_of(p) is not None),

@@ -1,64 +1,44 @@
-"""The training loop: setup, then a plain loop that reads top to bottom.
+"""The training loop: setup in named steps, then a plain loop that reads top to bottom.
 
 accelerate handles device placement, mixed precision and distribution (torchrun / accelerate launch);
 the loop itself is ours so that the freeze map's parameter groups, loss masking, throttled reporting,
 cooperative control and exact resume stay visible in one place.
+
+`train` claims the run folder and turns failures into a RunFailed event. `_set_up` calls the steps
+of core.setup in order (data, the model with its freeze map, the optimizer, the step plan and its
+learning-rate schedule, the state to start from), each returning what it builds. `_Training.run` is
+the loop: an optimizer step, a throttled report, then evaluation, checkpoints and the Control.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import setup
+from core.checkpoint import TrainState, save_checkpoint
 from core.config import RunConfig
 from core.control import Control
-from core.errors import UserError
-from core.events import (CheckpointSaved, EvalResult, Event, EventSink, JsonlSink, Paused, Resumed, RunFailed,
+from core.events import (Broadcast, CheckpointSaved, EvalResult, EventSink, JsonlSink, Paused, Resumed, RunFailed,
                          RunFinished, RunStarted, SampleGenerated, StepMetrics)
+from core.errors import UserError
 from core.logs import logs_to_events
-from core.runs import (RunLock, RunPaths, config_digest, create_run, discard_stub, new_run_id, open_run,
-                       resume_problem)
-
-log = logging.getLogger("core.engine")
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the weights since the last checkpoint are not trustworthy."""
-
+from core.loss import raise_if_diverged
+from core.manifest import step_of
+from core.runs import RunPaths, config_digest, discard_stub, open_run
 
 @dataclass
 class RunResult:
+    """Where a run is and how it ended; the run's events hold everything else."""
+
     run_dir: Path
     reason: str
     step: int
-    final_metrics: dict[str, float]
-    best_metrics: dict[str, float]
     output_path: Path | None
     last_checkpoint: Path | None
-
-
-class _Broadcast:
-    """Fans events out to every sink, on the main process only."""
-
-    def __init__(self, sinks: list[EventSink], active: bool) -> None:
-        self.sinks = sinks if active else []
-
-    def emit(self, event: Event) -> None:
-        for sink in self.sinks:
-            sink.emit(event)
-
-    def emit_failure(self, event: RunFailed) -> None:
-        """Tell every sink that can still hear it: on a full disk the event log cannot take the
-        failure, and that must not hide the message from the terminal or the app."""
-        for sink in self.sinks:
-            try:
-                sink.emit(event)
-            except OSError:
-                continue
 
 
 def train(
@@ -71,48 +51,36 @@ def train(
 ) -> RunResult:
     """Run (or with `resume_dir`, continue) a fine-tune. Raises UserError after a RunFailed event."""
     from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list
 
     control = control or Control()
+    resumed = None
     if resume_dir is not None:
-        paths, config = open_run(resume_dir)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.precision), step_scheduler_with_optimizer=False)
+        resumed, config = open_run(resume_dir)
+    accelerator = Accelerator(mixed_precision=setup.mixed_precision(config.precision),
+                              step_scheduler_with_optimizer=False)
+    paths, lock = setup.claim_run_folder(config, accelerator, resumed)
     main = accelerator.is_main_process
-    lock = None
-    if resume_dir is not None:
-        if main:
-            lock = RunLock(paths)
-            problem = resume_problem(paths)
-            if problem:
-                lock.release()
-                raise problem
-    else:
-        holder = [new_run_id(config) if main else None]
-        broadcast_object_list(holder)
-        if main:
-            paths, lock = create_run(config, holder[0])
-        else:
-            paths = RunPaths(Path(config.output.runs_dir) / holder[0])
-    accelerator.wait_for_everyone()
     jsonl = JsonlSink(paths.events) if main else None
-    out = _Broadcast([jsonl, *sinks] if jsonl else [], main)
-    loop = _Loop(config, paths, accelerator, out, control, report_interval_s)
+    out = Broadcast([jsonl, *sinks] if jsonl else [])
+    training = None
     try:
         with logs_to_events(out):
-            return loop.run(resume=resume_dir is not None)
+            training = _set_up(config, paths, accelerator, out, control, report_interval_s, resume=resumed is not None)
+            return training.run()
     except UserError as err:
-        out.emit_failure(RunFailed(message=err.message, hint=err.hint, last_checkpoint=_str(loop.last_checkpoint),
-                                   step=loop.step))
-        if main and resume_dir is None and loop.step == 0:
+        step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
+        out.emit_failure(RunFailed(message=err.message, hint=err.hint, last_checkpoint=_str(last_checkpoint),
+                                   step=step))
+        if main and resumed is None and step == 0:
             jsonl.close()
             discard_stub(paths)  # a start that failed on its input must not block its run name
         raise
     except Exception as err:
+        step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
         log_file = _write_traceback(paths) if main else None
         out.emit_failure(RunFailed(message=f"{type(err).__name__}: {err}",
                                    hint=f"this looks like a bug in sft-tui or a library; the traceback is in {log_file}",
-                                   last_checkpoint=_str(loop.last_checkpoint), step=loop.step,
-                                   log_file=_str(log_file)))
+                                   last_checkpoint=_str(last_checkpoint), step=step, log_file=_str(log_file)))
         raise
     finally:
         if jsonl:
@@ -134,219 +102,186 @@ def _str(path: Path | None) -> str | None:
     return str(path) if path else None
 
 
-def _mixed_precision(precision: str) -> str:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if precision == "auto":
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    if precision == "fp16" and not cuda:
-        raise UserError("precision fp16 needs a CUDA GPU", "use precision: bf16 or fp32 on this machine")
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+# ---- setup ------------------------------------------------------------------------------------------
 
 
-class _Loop:
-    """One run's state. `run()` is the whole training procedure, in order."""
+def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Control, report_interval_s: float,
+            resume: bool) -> _Training:
+    """Everything the loop works on, built in this order (the seed covers the new head's weights)."""
+    from transformers import set_seed
 
-    def __init__(self, config, paths, accelerator, out, control, report_interval_s) -> None:
-        self.config, self.paths, self.acc, self.out, self.control = config, paths, accelerator, out, control
-        self.report_interval_s = report_interval_s
-        self.step = 0
-        self.last_checkpoint: Path | None = None
+    set_seed(config.seed)
+    tokenizer, data = setup.setup_data(config)
+    model, rules, freeze = setup.setup_model(config, tokenizer, data)
+    optimizer = setup.setup_optimizer(config, model, rules, acc.device)
+    model, optimizer = acc.prepare(model, optimizer)
+    plan = setup.setup_plan(config, len(data.train), acc.num_processes)
+    scheduler = setup.setup_scheduler(plan, optimizer)
+    state, checkpoint = (setup.restore_state(paths, acc.unwrap_model(model), optimizer, scheduler) if resume
+                         else (TrainState(), None))
+    return _Training(config, paths, acc, out, control, report_interval_s, tokenizer=tokenizer, data=data,
+                     model=model, freeze=freeze, optimizer=optimizer, plan=plan, scheduler=scheduler, state=state,
+                     last_checkpoint=checkpoint)
 
-    # ---- setup -------------------------------------------------------------------------------
-    def run(self, resume: bool) -> RunResult:
+
+class _Window:
+    """What happened since the last report. Sums stay on the device, so a step never waits for it;
+    a report, a few times a second, reads them once."""
+
+    def __init__(self, device) -> None:
         import torch
-        from transformers import get_scheduler, set_seed
 
-        from core.checkpoint import load_latest
-        from core.data import batch_plan, prepare_data
-        from core.freeze import apply_freeze_map, effective_rules, param_groups
-        from core.describe import describe_model
-        from core.models import load_model, load_tokenizer, usable_positions
-        from core.plan import plan_steps
+        self.started = time.perf_counter()
+        self.loss = torch.zeros((), device=device)
+        self.grad = torch.zeros((), device=device)
+        self.steps = self.tokens = self.rows = 0
 
-        cfg, acc = self.config, self.acc
-        set_seed(cfg.seed)
-        tokenizer = load_tokenizer(cfg.model)
-        data = prepare_data(cfg, tokenizer, usable_positions(cfg.model, tokenizer))
-        for warning in data.warnings:
-            log.warning(warning)
-        if not data.validation:
-            log.warning("no validation rows: evaluation, early stopping and samples are skipped")
-        model = load_model(cfg.model, cfg.task, data.labels, dtype=torch.float32,  # fp32 master weights; autocast does the rest
-                           pad_token_id=tokenizer.pad_token_id)
-        desc = describe_model(model)
-        rules = effective_rules(cfg.freeze, desc)
-        summary = apply_freeze_map(model, rules)
-        for warning in summary.warnings:
-            log.warning(warning)
-        groups = param_groups(model, rules, cfg.optim.weight_decay)
-        for group in groups:
-            group["lr"] = cfg.optim.lr * group["lr_scale"]
-        # torch picks its per-tensor Python loop on CPU unless asked; the fused kernel made MiniLM's
-        # optimizer step 5x faster (BENCHMARKS.md), and it is what Trainer uses by default too.
-        optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                      eps=cfg.optim.eps, fused=acc.device.type in ("cpu", "cuda") or None)
-        model, optimizer = acc.prepare(model, optimizer)
-        self.model, self.optimizer, self.tokenizer, self.data = model, optimizer, tokenizer, data
+
+# ---- the loop ---------------------------------------------------------------------------------------
+
+
+class _Training:
+    """One run's loop and everything it works on; `run()` is the whole procedure after setup."""
+
+    def __init__(self, config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Control,
+                 report_interval_s: float, *, tokenizer, data, model, freeze, optimizer, plan, scheduler,
+                 state: TrainState, last_checkpoint: Path | None) -> None:
+        self.config, self.paths, self.acc, self.out, self.control = config, paths, acc, out, control
+        self.report_interval_s = report_interval_s
+        self.tokenizer, self.data, self.model, self.freeze = tokenizer, data, model, freeze
+        self.optimizer, self.plan, self.scheduler = optimizer, plan, scheduler
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-
-        lengths = [len(ex.input_ids) for ex in data.train]
-        world, rank = acc.num_processes, acc.process_index
-        plan = lambda epoch: batch_plan(lengths, cfg.optim.batch_size, cfg.seed, epoch,  # noqa: E731
-                                        cfg.data.group_by_length)
-        steps = plan_steps(cfg, len(data.train), world)
-        micro_per_epoch = steps.micro_batches_per_epoch
-        if micro_per_epoch == 0:
-            raise UserError(f"{len(data.train)} training rows make no full batch per process "
-                            f"(optim.batch_size {cfg.optim.batch_size}, {world} processes)",
-                            "lower optim.batch_size or add data")
-        steps_per_epoch, total_steps = steps.steps_per_epoch, steps.total_steps
-        scheduler = get_scheduler(steps.scheduler, optimizer, num_warmup_steps=steps.warmup_steps,
-                                  num_training_steps=total_steps)
-        self.scheduler, self.total_steps, self.steps = scheduler, total_steps, steps
-
-        state = {"epoch": 0, "step_in_epoch": 0, "tokens_seen": 0, "best": None, "best_step": None,
-                 "best_metrics": {}, "bad_evals": 0, "elapsed_s": 0.0}
-        if resume:
-            ckpt, saved = load_latest(self.paths.checkpoints, acc.unwrap_model(model), optimizer, scheduler,
-                                      warn=log.warning)
-            state.update(saved)
-            self.step, self.last_checkpoint = state["step"], ckpt
-            log.info("resumed from %s", ckpt)
-        self.state = state
-
-        self.out.emit(RunStarted(
-            run_id=self.paths.root.name, run_dir=str(self.paths.root), task=cfg.task, model=cfg.model.name_or_path,
-            config_digest=config_digest(cfg), total_params=summary.total_params,
-            trainable_params=summary.trainable_params, planned_steps=total_steps, steps_per_epoch=steps_per_epoch,
-            train_rows=len(data.train), validation_rows=len(data.validation), device=str(acc.device),
-            precision={"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision), world_size=world, resumed_from_step=self.step,
-        ))
-        return self._loop(plan, micro_per_epoch, steps_per_epoch, rank, world)
-
-    # ---- the loop ----------------------------------------------------------------------------
-    def _loop(self, plan, micro_per_epoch, steps_per_epoch, rank, world) -> RunResult:
-
-        from core.data import collate
-        from core.loss import batch_loss_sum, count_items
-
-        cfg, acc, model, optimizer, scheduler = self.config, self.acc, self.model, self.optimizer, self.scheduler
-        state, task, accum = self.state, cfg.task, cfg.optim.grad_accum
-        pad_id = self.tokenizer.pad_token_id
-        model.train()
-        self.started = time.perf_counter() - state["elapsed_s"]
-        self._reset_window()
+        self.state, self.last_checkpoint = state, last_checkpoint
+        self.started = time.perf_counter() - state.elapsed_s  # the clock continues a resumed run's; pauses move it
+        self.window = _Window(acc.device)
         self.eval_seconds: list[float] = []
-        reason = "completed"
-        epoch = state["epoch"]
-        while self.step < self.total_steps and reason == "completed":
-            mine = plan(epoch)[rank::world][:micro_per_epoch]
-            chunks = [mine[i : i + accum] for i in range(0, len(mine), accum)]
-            for index in range(state["step_in_epoch"], len(chunks)):
-                examples = [[self.data.train[i] for i in b] for b in chunks[index]]
-                items = max(count_items([ex for b in examples for ex in b], task), 1)
-                for k, batch_examples in enumerate(examples):
-                    batch = {key: t.to(acc.device) for key, t in collate(batch_examples, pad_id, task).items()}
-                    last = k == len(examples) - 1
-                    with (nullcontext() if last else acc.no_sync(model)), acc.autocast():
-                        loss_sum, _ = batch_loss_sum(model, batch, task)
-                        acc.backward(loss_sum / items)
-                    self.window_loss += loss_sum.detach().float() / items
-                    self.window_tokens += sum(len(ex.input_ids) for ex in batch_examples)  # no device sync
-                    self.window_rows += len(batch_examples)
-                grad_norm = None
-                if cfg.optim.max_grad_norm > 0:
-                    grad_norm = acc.clip_grad_norm_(self.trainable, cfg.optim.max_grad_norm)
-                    self.window_grad += grad_norm.detach().float()
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self.window_steps += 1
-                state["step_in_epoch"] = index + 1
-                state["epoch"] = epoch
-                state["epoch_progress"] = epoch + (index + 1) / len(chunks)
+        self.final_metrics: dict[str, float] = {}
 
-                final_step = self.step >= self.total_steps
-                if time.perf_counter() - self.window_start >= self.report_interval_s or final_step:
-                    self._report(grad_norm is not None)
-                reason = self._after_step(final_step)
-                if reason != "completed" or final_step:
-                    break
-            else:
-                epoch += 1
-                state["epoch"], state["step_in_epoch"] = epoch, 0
-                continue
-            break
+    def run(self) -> RunResult:
+        self._announce()
+        self.model.train()
+        reason = "completed"
+        for epoch, index, micro_batches in self._remaining_steps():
+            self._optimizer_step(micro_batches)
+            self.state.step += 1
+            self.state.epoch, self.state.step_in_epoch = epoch, index + 1
+            self.state.epoch_progress = epoch + (index + 1) / self.plan.steps_per_epoch
+            final = self.state.step == self.plan.total_steps
+            if final or time.perf_counter() - self.window.started >= self.report_interval_s:
+                self._report()
+            reason = self._between_steps(final)
+            if reason != "completed":
+                break
         return self._finish(reason)
 
-    # ---- reporting ---------------------------------------------------------------------------
-    def _reset_window(self) -> None:
-        import torch
+    def _announce(self) -> None:
+        cfg, acc, plan = self.config, self.acc, self.plan
+        self.out.emit(RunStarted(
+            run_id=self.paths.root.name, run_dir=str(self.paths.root), task=cfg.task, model=cfg.model.name_or_path,
+            config_digest=config_digest(cfg), total_params=self.freeze.total_params,
+            trainable_params=self.freeze.trainable_params, planned_steps=plan.total_steps,
+            steps_per_epoch=plan.steps_per_epoch, train_rows=len(self.data.train),
+            validation_rows=len(self.data.validation), device=str(acc.device),
+            precision={"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision), world_size=acc.num_processes,
+            resumed_from_step=self.state.step,
+        ))
 
-        self.window_start = time.perf_counter()
-        self.window_loss = torch.zeros((), device=self.acc.device)
-        self.window_grad = torch.zeros((), device=self.acc.device)
-        self.window_steps = self.window_tokens = self.window_rows = 0
+    def _remaining_steps(self) -> Iterator[tuple[int, int, list[list[int]]]]:
+        """(epoch, index in the epoch, micro-batches) of each optimizer step still to take. Each
+        process takes its share of the epoch's batch plan; a resumed run starts where its
+        checkpoint's state says, on the same plan, so it takes the same batches it would have."""
+        from core.data import batch_plan
 
-    def _report(self, has_grad: bool) -> None:
-        """One device sync per report (a few a second), never per step; also the NaN/inf guard."""
+        cfg, plan, state, acc = self.config, self.plan, self.state, self.acc
+        lengths = [len(ex.input_ids) for ex in self.data.train]
+        first_epoch, first_index, accum = state.epoch, state.step_in_epoch, plan.grad_accum
+        for epoch in range(first_epoch, plan.epochs):
+            batches = batch_plan(lengths, plan.batch_size, cfg.seed, epoch, cfg.data.group_by_length)
+            mine = batches[acc.process_index :: acc.num_processes][: plan.micro_batches_per_epoch]
+            for index in range(first_index if epoch == first_epoch else 0, plan.steps_per_epoch):
+                if state.step >= plan.total_steps:
+                    return
+                yield epoch, index, mine[index * accum : (index + 1) * accum]
+
+    def _optimizer_step(self, micro_batches: list[list[int]]) -> None:
+        """Forward and backward over each micro-batch (processes sync gradients on the last one only),
+        then clip and step. Each loss is divided by the items of the whole step, so accumulating
+        averages over all its tokens (rows), not over micro-batches."""
+        from core.data import collate
+        from core.loss import batch_loss_sum, count_items  # looked up per step: tests substitute the loss
+
+        acc, model, task, window = self.acc, self.model, self.config.task, self.window
+        examples = [[self.data.train[i] for i in batch] for batch in micro_batches]
+        items = max(count_items([ex for batch in examples for ex in batch], task), 1)
+        for k, batch_examples in enumerate(examples):
+            batch = {key: t.to(acc.device) for key, t in
+                     collate(batch_examples, self.tokenizer.pad_token_id, task).items()}
+            with (nullcontext() if k == len(examples) - 1 else acc.no_sync(model)), acc.autocast():
+                loss_sum, _ = batch_loss_sum(model, batch, task)
+                acc.backward(loss_sum / items)
+            window.loss += loss_sum.detach().float() / items
+            window.tokens += sum(len(ex.input_ids) for ex in batch_examples)  # no device sync
+            window.rows += len(batch_examples)
+        if self.config.optim.max_grad_norm > 0:
+            window.grad += acc.clip_grad_norm_(self.trainable, self.config.optim.max_grad_norm).detach().float()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        window.steps += 1
+
+    def _report(self) -> None:
+        """The window's means as one StepMetrics: the one device sync of a few steps."""
         from core.memory import process_memory
 
-        if self.window_steps == 0:
+        window, world = self.window, self.acc.num_processes
+        if window.steps == 0:
             return
-        loss = float(self.window_loss) / self.window_steps
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"the training loss became {loss} by step {self.step}; the run was stopped",
-                "lower optim.lr, keep optim.max_grad_norm > 0, or use precision fp32; "
-                "the last checkpoint (if any) holds the last good weights",
-            )
-        seconds = max(time.perf_counter() - self.window_start, 1e-9)
-        self.state["tokens_seen"] += self.window_tokens * self.acc.num_processes
+        loss = float(window.loss) / window.steps
+        raise_if_diverged(loss, self.state.step)
+        seconds = max(time.perf_counter() - window.started, 1e-9)
+        self.state.tokens_seen += window.tokens * world
         elapsed = time.perf_counter() - self.started
         self.out.emit(StepMetrics(
-            step=self.step, epoch=round(self.state["epoch_progress"], 4), loss=loss,
+            step=self.state.step, epoch=round(self.state.epoch_progress, 4), loss=loss,
             lr=self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0]["lr_scale"],
-            grad_norm=float(self.window_grad) / self.window_steps if has_grad else None,
-            tokens_per_s=self.window_tokens * self.acc.num_processes / seconds,
-            samples_per_s=self.window_rows * self.acc.num_processes / seconds,
-            tokens_seen=self.state["tokens_seen"], elapsed_s=elapsed, eta_s=self._eta(elapsed),
+            grad_norm=float(window.grad) / window.steps if self.config.optim.max_grad_norm > 0 else None,
+            tokens_per_s=window.tokens * world / seconds, samples_per_s=window.rows * world / seconds,
+            tokens_seen=self.state.tokens_seen, elapsed_s=elapsed, eta_s=self._eta(elapsed),
             memory=process_memory(),
         ))
-        self._reset_window()
+        self.window = _Window(self.acc.device)
 
     def _eta(self, elapsed: float) -> float | None:
         """Remaining steps at the mean step time, plus the evaluations still to come."""
-        if self.step <= 0:
+        step = self.state.step
+        if step <= 0:
             return None
         train_time = elapsed - sum(self.eval_seconds)
-        remaining = self.total_steps - self.step
+        remaining = self.plan.total_steps - step
         every = self.config.eval.every_steps
         evals_left = (remaining // every if every else 0) + 1 if self.data.validation else 0
         mean_eval = sum(self.eval_seconds) / len(self.eval_seconds) if self.eval_seconds else 0.0
-        return remaining * train_time / max(self.step, 1) + evals_left * mean_eval
+        return remaining * train_time / max(step, 1) + evals_left * mean_eval
 
-    # ---- between optimizer steps --------------------------------------------------------------
-    def _after_step(self, final_step: bool) -> str:
-        """Evaluate, checkpoint and obey the Control; returns the reason to end, or 'completed'."""
-        control = self.control
+    # ---- between optimizer steps ----------------------------------------------------------------
+
+    def _between_steps(self, final: bool) -> str:
+        """Evaluate and checkpoint as planned or asked, then obey pause and stop; the reason to end
+        the run, or 'completed' to go on."""
+        control, step = self.control, self.state.step
         reason = "completed"
-        if control.take_eval_request() or self.steps.evaluates_after(self.step):
-            if self._evaluate():
-                reason = "early-stopped"
-        if control.take_save_request() or self.steps.checkpoints_after(self.step):
+        if (control.take_eval_request() or self.plan.evaluates_after(step)) and self._evaluate():
+            reason = "early-stopped"
+        if control.take_save_request() or self.plan.checkpoints_after(step):
             self._checkpoint()
         if control.paused:
-            self.out.emit(Paused(step=self.step))
+            self.out.emit(Paused(step=step))
             pause_started = time.perf_counter()
             control.wait_while_paused()
             self.started += time.perf_counter() - pause_started  # paused time is not training time
-            self.out.emit(Resumed(step=self.step))
-            self._reset_window()
-        if not final_step and self._agreed(control.should_stop(self.step)):
+            self.out.emit(Resumed(step=step))
+            self.window = _Window(self.acc.device)
+        if not final and self._agreed(control.should_stop(step)):
             self._checkpoint()
             return "stopped"
         return reason
@@ -362,58 +297,54 @@ class _Loop:
 
     def _evaluate(self) -> bool:
         """Run an evaluation; True when early stopping says the run should end."""
-        from core.evaluate import evaluate, generate_samples
+        from core.evaluate import evaluate, generate_samples  # looked up per call: tests substitute them
         from core.metrics import is_better
 
-        cfg, state = self.config, self.state
-        if not self.data.validation:
+        cfg, state, acc, data = self.config, self.state, self.acc, self.data
+        if not data.validation:
             return False
         started = time.perf_counter()
-        metrics = evaluate(self.model, self.data.validation, task=cfg.task, num_labels=len(self.data.labels or []),
+        metrics = evaluate(self.model, data.validation, task=cfg.task, num_labels=len(data.labels or []),
                            batch_size=cfg.eval.batch_size or 2 * cfg.optim.batch_size,
-                           pad_token_id=self.tokenizer.pad_token_id, accelerator=self.acc)
+                           pad_token_id=self.tokenizer.pad_token_id, accelerator=acc)
         value = metrics[cfg.eval.metric]
-        best = is_better(cfg.eval.metric, value, state["best"])
+        best = is_better(cfg.eval.metric, value, state.best)
         if best:
-            state.update(best=value, best_step=self.step, best_metrics=metrics, bad_evals=0)
+            state.best, state.best_step, state.best_metrics, state.bad_evals = value, state.step, metrics, 0
         else:
-            state["bad_evals"] += 1
+            state.bad_evals += 1
         self.final_metrics = metrics
-        seconds = time.perf_counter() - started
-        self.out.emit(EvalResult(step=self.step, epoch=round(state["epoch_progress"], 4), metrics=metrics,
-                                 is_best=best, seconds=seconds))
-        if cfg.task == "causal-lm" and cfg.eval.num_samples and self.acc.is_main_process:
-            with_prompts = [ex for ex in self.data.validation if getattr(ex, "prompt_ids", None)][: cfg.eval.num_samples]
+        self.out.emit(EvalResult(step=state.step, epoch=round(state.epoch_progress, 4), metrics=metrics,
+                                 is_best=best, seconds=time.perf_counter() - started))
+        if cfg.task == "causal-lm" and cfg.eval.num_samples and acc.is_main_process:
+            with_prompts = [ex for ex in data.validation if getattr(ex, "prompt_ids", None)][: cfg.eval.num_samples]
             for prompt, output, reference in generate_samples(
-                self.acc.unwrap_model(self.model), self.tokenizer, with_prompts,
-                max_new_tokens=cfg.eval.max_new_tokens, device=self.acc.device,
+                acc.unwrap_model(self.model), self.tokenizer, with_prompts,
+                max_new_tokens=cfg.eval.max_new_tokens, device=acc.device,
             ):
-                self.out.emit(SampleGenerated(step=self.step, prompt=prompt, output=output, reference=reference))
-        self.acc.wait_for_everyone()
+                self.out.emit(SampleGenerated(step=state.step, prompt=prompt, output=output, reference=reference))
+        acc.wait_for_everyone()
         self.eval_seconds.append(time.perf_counter() - started)
-        return bool(cfg.eval.patience) and state["bad_evals"] >= cfg.eval.patience
+        return bool(cfg.eval.patience) and state.bad_evals >= cfg.eval.patience
 
     def _checkpoint(self) -> None:
-        from core.checkpoint import save_checkpoint
-
-        if self.last_checkpoint is not None and self.last_checkpoint.name == f"step-{self.step}":
+        acc = self.acc
+        if self.last_checkpoint is not None and step_of(self.last_checkpoint) == self.state.step:
             return  # e.g. a stop right after a scheduled save: that checkpoint is this step's
-        if self.window_steps:
-            self._report(has_grad=self.config.optim.max_grad_norm > 0)  # NaN guard before saving weights
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
+        self._report()  # the divergence check, before weights are saved
+        acc.wait_for_everyone()
+        if acc.is_main_process:
             started = time.perf_counter()
-            self.state["elapsed_s"] = time.perf_counter() - self.started
-            saved = {k: v for k, v in self.state.items() if k != "step"}
-            self.last_checkpoint = save_checkpoint(
-                self.paths.checkpoints, self.step, self.acc.unwrap_model(self.model), self.optimizer,
-                self.scheduler, saved, self.config.checkpoint.keep_last,
-            )
-            self.out.emit(CheckpointSaved(step=self.step, path=str(self.last_checkpoint),
+            self.state.elapsed_s = started - self.started
+            self.last_checkpoint = save_checkpoint(self.paths.checkpoints, acc.unwrap_model(self.model),
+                                                   self.optimizer, self.scheduler, self.state,
+                                                   self.config.checkpoint.keep_last)
+            self.out.emit(CheckpointSaved(step=self.state.step, path=str(self.last_checkpoint),
                                           seconds=time.perf_counter() - started))
-        self.acc.wait_for_everyone()
+        acc.wait_for_everyone()
 
-    # ---- the end -----------------------------------------------------------------------------
+    # ---- the end --------------------------------------------------------------------------------
+
     def _finish(self, reason: str) -> RunResult:
         from core.export import save_final
 
@@ -423,11 +354,9 @@ class _Loop:
                 save_final(self.acc.unwrap_model(self.model), self.tokenizer, self.paths.final)
             output = self.paths.final
         self.acc.wait_for_everyone()
-        final_metrics = getattr(self, "final_metrics", {})
         self.out.emit(RunFinished(
-            step=self.step, reason=reason, final_metrics=final_metrics, best_metrics=self.state["best_metrics"],
-            best_step=self.state["best_step"], output_path=_str(output), last_checkpoint=_str(self.last_checkpoint),
-            elapsed_s=time.perf_counter() - self.started,
+            step=self.state.step, reason=reason, final_metrics=self.final_metrics,
+            best_metrics=self.state.best_metrics, best_step=self.state.best_step, output_path=_str(output),
+            last_checkpoint=_str(self.last_checkpoint), elapsed_s=time.perf_counter() - self.started,
         ))
-        return RunResult(self.paths.root, reason, self.step, final_metrics, self.state["best_metrics"], output,
-                         self.last_checkpoint)
+        return RunResult(self.paths.root, reason, self.state.step, output, self.last_checkpoint)

@@ -178,6 +178,26 @@ class JsonlSink:
         self._file.close()
 
 
+class Broadcast:
+    """Sends each event to every sink it holds (none on the processes that do not report)."""
+
+    def __init__(self, sinks: list[EventSink]) -> None:
+        self.sinks = sinks
+
+    def emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink.emit(event)
+
+    def emit_failure(self, event: Event) -> None:
+        """Tell every sink that can still hear it: on a full disk the event log cannot take the
+        failure, and that must not hide the message from the terminal or the app."""
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except OSError:
+                continue
+
+
 class ListSink:
     """Keeps every event in memory: for tests and for callers that want the history afterwards."""
 

@@ -11,8 +11,11 @@ start-up without it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from core.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -52,3 +55,18 @@ def count_items(examples: list[Any], task: str) -> int:
     if task == "classification":
         return len(examples)
     return sum(trained_tokens(ex.labels) for ex in examples)
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the weights since the last checkpoint are not trustworthy."""
+
+
+def raise_if_diverged(loss: float, step: int) -> None:
+    """Stop a run whose training loss is NaN or infinite: every step after it would only spoil the
+    weights, and the checkpoint about to be written with them."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"the training loss became {loss} by step {step}; the run was stopped",
+            "lower optim.lr, keep optim.max_grad_norm > 0, or use precision fp32; "
+            "the last checkpoint (if any) holds the last good weights",
+        )

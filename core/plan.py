@@ -41,6 +41,11 @@ class StepPlan:
     """checkpoint.every_steps; 0 saves after each scheduled evaluation but the last."""
 
     @property
+    def epochs(self) -> int:
+        """Epochs the run reaches into: the last one may be cut short by the total."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
     def effective_batch(self) -> int:
         """Rows behind one optimizer step, over all processes."""
         return self.batch_size * self.grad_accum * self.processes

@@ -1,0 +1,134 @@
+"""The setup steps of a run, each returning what it builds; core.engine calls them in order.
+
+Kept apart from the loop so that each step can be read (and its failures understood) on its own:
+the precision and run folder a run gets, its data, its model with the freeze map applied, the
+optimizer over the trainable parameters, the step plan with its learning-rate schedule, and the
+state a resumed run continues from. torch, transformers and accelerate are imported inside the
+steps, as everywhere in core, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from core.checkpoint import TrainState, load_latest
+from core.config import RunConfig, precision_problem
+from core.errors import UserError
+from core.plan import StepPlan, plan_steps
+from core.runs import RunLock, RunPaths, create_run, new_run_id, resume_problem
+
+log = logging.getLogger("core.engine")
+"""The engine's logger: these steps are the engine's, and their warnings say so in the run's events."""
+
+
+def mixed_precision(precision: str) -> str:
+    """accelerate's name for the configured precision on this machine; auto is bf16 where the GPU has it."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    problem = precision_problem(precision, cuda)
+    if problem:
+        raise problem
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def claim_run_folder(config: RunConfig, acc, resumed: RunPaths | None) -> tuple[RunPaths, RunLock | None]:
+    """The run folder, locked by the main process: the resumed one once resume_problem accepts it,
+    else a new one under a name that the main process picks and every process shares."""
+    from accelerate.utils import broadcast_object_list
+
+    lock = None
+    if resumed is not None:
+        paths = resumed
+        if acc.is_main_process:
+            lock = RunLock(paths)
+            problem = resume_problem(paths)
+            if problem:
+                lock.release()
+                raise problem
+    else:
+        holder = [new_run_id(config) if acc.is_main_process else None]
+        broadcast_object_list(holder)
+        if acc.is_main_process:
+            paths, lock = create_run(config, holder[0])
+        else:
+            paths = RunPaths(Path(config.output.runs_dir) / holder[0])
+    acc.wait_for_everyone()
+    return paths, lock
+
+
+def setup_data(config: RunConfig):
+    """The tokenizer, and the training and validation rows tokenized with it."""
+    from core.data import prepare_data
+    from core.models import load_tokenizer, usable_positions
+
+    tokenizer = load_tokenizer(config.model)
+    data = prepare_data(config, tokenizer, usable_positions(config.model, tokenizer))
+    for warning in data.warnings:
+        log.warning(warning)
+    if not data.validation:
+        log.warning("no validation rows: evaluation, early stopping and samples are skipped")
+    return tokenizer, data
+
+
+def setup_model(config: RunConfig, tokenizer, data):
+    """The model with fp32 master weights (autocast does the rest), the freeze map's rules for it,
+    and the summary of what they left trainable."""
+    import torch
+
+    from core.describe import describe_model
+    from core.freeze import apply_freeze_map, effective_rules
+    from core.models import load_model
+
+    model = load_model(config.model, config.task, data.labels, dtype=torch.float32,
+                       pad_token_id=tokenizer.pad_token_id)
+    rules = effective_rules(config.freeze, describe_model(model))
+    summary = apply_freeze_map(model, rules)
+    for warning in summary.warnings:
+        log.warning(warning)
+    return model, rules, summary
+
+
+def setup_optimizer(config: RunConfig, model, rules, device):
+    """AdamW over the trainable parameters, in the freeze map's groups, each at its lr_scale."""
+    import torch
+
+    from core.freeze import param_groups
+
+    optim = config.optim
+    groups = param_groups(model, rules, optim.weight_decay)
+    for group in groups:
+        group["lr"] = optim.lr * group["lr_scale"]
+    # torch picks its per-tensor Python loop on CPU unless asked; the fused kernel made MiniLM's
+    # optimizer step 5x faster (BENCHMARKS.md), and it is what Trainer uses by default too.
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                             fused=device.type in ("cpu", "cuda") or None)
+
+
+def setup_plan(config: RunConfig, train_rows: int, processes: int) -> StepPlan:
+    """The step plan; refused when the rows make no batch for some process."""
+    plan = plan_steps(config, train_rows, processes)
+    if plan.micro_batches_per_epoch == 0:
+        raise UserError(f"{train_rows} training rows make no full batch per process "
+                        f"(optim.batch_size {config.optim.batch_size}, {processes} processes)",
+                        "lower optim.batch_size or add data")
+    return plan
+
+
+def setup_scheduler(plan: StepPlan, optimizer):
+    """The learning-rate schedule over the plan's steps, its warmup included."""
+    from transformers import get_scheduler
+
+    return get_scheduler(plan.scheduler, optimizer, num_warmup_steps=plan.warmup_steps,
+                         num_training_steps=plan.total_steps)
+
+
+def restore_state(paths: RunPaths, model, optimizer, scheduler) -> tuple[TrainState, Path]:
+    """Load the newest usable checkpoint into model, optimizer and scheduler (and every RNG); its
+    training state and folder."""
+    checkpoint, state = load_latest(paths.checkpoints, model, optimizer, scheduler, warn=log.warning)
+    log.info("resumed from %s", checkpoint)
+    return state, checkpoint
