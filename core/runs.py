@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import RunConfig, config_to_dict, is_folder_name, load_config, save_config
@@ -17,42 +16,18 @@ from core.errors import UserError
 from core.events import read_events
 from core.manifest import incomplete_checkpoints, latest_checkpoint
 
-CONFIG_FILE = "config.yaml"
-EVENTS_FILE = "events.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-FINAL_DIR = "final"
-ERROR_LOG = "error.log"
-LOCK_FILE = ".lock"
-
-
-@dataclass(frozen=True)
 class RunPaths:
-    root: Path
+    """Where each part of a run lives in its folder (the layout in DESIGN.md); every module that
+    reads or writes a run folder names its files through this."""
 
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def events(self) -> Path:
-        return self.root / EVENTS_FILE
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / CHECKPOINTS_DIR
-
-    @property
-    def final(self) -> Path:
-        return self.root / FINAL_DIR
-
-    @property
-    def error_log(self) -> Path:
-        """The traceback of an unexpected failure: front ends name this file instead of printing it."""
-        return self.root / ERROR_LOG
-
-    @property
-    def lock(self) -> Path:
-        return self.root / LOCK_FILE
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"
+        self.events = self.root / "events.jsonl"
+        self.checkpoints = self.root / "checkpoints"
+        self.final = self.root / "final"
+        self.error_log = self.root / "error.log"  # a failure's traceback: front ends name it, never print it
+        self.lock = self.root / ".lock"
 
 
 def config_digest(config: RunConfig) -> str:
@@ -156,7 +131,7 @@ def open_run(run_dir: str | Path) -> tuple[RunPaths, RunConfig]:
     """An existing run folder and its config, for resuming or inspecting it."""
     paths = RunPaths(Path(run_dir))
     if not paths.config.exists():
-        raise UserError(f"{paths.root} is not a run folder: it has no {CONFIG_FILE}", "pass a folder under runs/")
+        raise UserError(f"{paths.root} is not a run folder: it has no {paths.config.name}", "pass a folder under runs/")
     return paths, load_config(paths.config)
 
 

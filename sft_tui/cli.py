@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from core.config import TASKS
 from core.errors import UserError
 
 EXIT_STOPPED = 3
@@ -35,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     init = sub.add_parser("init", help="write a commented example config")
-    init.add_argument("--task", choices=["causal-lm", "classification"], default="classification")
+    init.add_argument("--task", choices=TASKS, default="classification")
     init.add_argument("path", nargs="?", default="sft.yaml", help="where to write it (default: sft.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
 
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     src = train.add_mutually_exclusive_group(required=True)
     src.add_argument("config", nargs="?", help="a YAML config (see `sft-tui init`)")
     src.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    src.add_argument("--demo", nargs="?", const="classification", choices=["classification", "causal-lm"],
+    src.add_argument("--demo", nargs="?", const="classification", choices=TASKS,
                      help="the bundled demo: MiniLM on sentiment, or a tiny LM on instructions")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config field, e.g. --set optim.lr=3e-5 (repeatable)")
@@ -123,7 +124,7 @@ def _app(argv: list[str]) -> int:
         description="Supervised fine-tuning of Hugging Face models in the terminal. "
                     "Without a config it opens on the bundled demo.")
     parser.add_argument("config", nargs="?", help="a YAML config to open (see `sft-tui init`)")
-    parser.add_argument("--task", choices=["classification", "causal-lm"], default="classification",
+    parser.add_argument("--task", choices=TASKS, default="classification",
                         help="which bundled demo to open when no config is given")
     args = parser.parse_args(argv)
     from sft_tui.app import create_app
@@ -131,10 +132,7 @@ def _app(argv: list[str]) -> int:
     try:
         app = create_app(args.config, args.task)
     except UserError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        if err.hint:
-            print(f"hint: {err.hint}", file=sys.stderr)
-        return 2
+        return _refuse(err)
     app.run()
     return app.return_code or 0
 
@@ -149,10 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             return _init(args)
         return _train(args)
     except UserError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        if err.hint:
-            print(f"hint: {err.hint}", file=sys.stderr)
-        return 2
+        return _refuse(err)
+
+
+def _refuse(err: UserError) -> int:
+    """Print a UserError as its message and hint, without a traceback; the exit status for it."""
+    print(f"error: {err.message}", file=sys.stderr)
+    if err.hint:
+        print(f"hint: {err.hint}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
