@@ -10,14 +10,14 @@ import pytest
 import torch
 from transformers import get_scheduler  # imported up front: the app then never imports it from two threads at once
 
-from core.config import example_config, load_config
+from core.config import load_config
 from sft_tui.app import create_app
 from sft_tui.screens.dialogs import ConfirmDialog, PathDialog
 from sft_tui.screens.hyper import HyperScreen, form_sections
 from sft_tui.widgets.draft_bar import DraftBar
 from sft_tui.widgets.hyper.form import ConfigField, field_spec
 from sft_tui.widgets.hyper.preview import NO_DATA, SchedulePreview
-from sft_tui.widgets.hyper.schedule import lr_curve, plan_steps
+from sft_tui.widgets.hyper.schedule import lr_curve
 
 # A typed value that breaks each field's constraint, a fragment of pydantic's message for it, and a
 # valid value that fixes it. Select fields cannot hold a bad value and are tested separately.
@@ -99,14 +99,14 @@ def draft_bar_text(app) -> str:
 def test_lr_curve_matches_transformers(scheduler, warmup, total):
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=3e-4)
-    name = "constant_with_warmup" if scheduler == "constant" and warmup else scheduler  # as core/engine.py
+    name = "constant_with_warmup" if scheduler == "constant" and warmup else scheduler  # as core.plan names it
     schedule = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
     expected = []
     for _ in range(total + 1):
         expected.append(schedule.get_last_lr()[0])
         optimizer.step()
         schedule.step()
-    ours = [lr for _, lr in lr_curve(scheduler, 3e-4, warmup, total)]
+    ours = [lr for _, lr in lr_curve(name, 3e-4, warmup, total)]
     torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64))
 
 
@@ -115,36 +115,6 @@ def test_lr_curve_thins_long_runs_but_keeps_warmup_end_and_last_step():
     steps = [s for s, _ in points]
     assert len(points) <= 202 and steps[0] == 0 and steps[-1] == 10_000 and 137 in steps
     assert dict(points)[137] == pytest.approx(1e-3)
-
-
-@pytest.mark.parametrize(("epochs", "eval_every", "save_every", "max_steps"), [
-    (2.5, 0, 0, None), (1, 7, 0, None), (3, 0, 4, None), (1, 5, 0, 23), (0.3, 0, 0, None),
-])
-def test_step_plan_follows_the_engine_loop(epochs, eval_every, save_every, max_steps):
-    cfg = example_config("classification")
-    cfg.optim.batch_size, cfg.optim.grad_accum = 16, 2
-    cfg.schedule.epochs, cfg.schedule.max_steps = epochs, max_steps
-    cfg.eval.every_steps, cfg.checkpoint.every_steps = eval_every, save_every
-    plan = plan_steps(cfg, 100)  # 7 micro-batches of 16 rows, 4 optimizer steps per epoch
-    assert (plan.steps_per_epoch, plan.effective_batch) == (4, 32)
-
-    # core/engine.py's loop and _after_step, step by step
-    evals, saves, step, epoch = [], [], 0, 0
-    while step < plan.total_steps:
-        for index in range(plan.steps_per_epoch):
-            step += 1
-            final = step >= plan.total_steps
-            due_eval = (eval_every and step % eval_every == 0) or (
-                not eval_every and (epoch + (index + 1) / plan.steps_per_epoch) % 1 == 0) or final
-            if due_eval:
-                evals.append(step)
-            if (save_every and step % save_every == 0) or (not save_every and due_eval and not final):
-                saves.append(step)
-            if final:
-                break
-        epoch += 1
-    assert plan.total_steps == (max_steps or math.ceil(epochs * 4))
-    assert (plan.eval_steps, plan.checkpoint_steps) == (evals, saves)
 
 
 def test_field_specs_come_from_the_pydantic_models():

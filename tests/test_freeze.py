@@ -17,10 +17,15 @@ from core.freeze import (
     PresetRule,
     apply_freeze_map,
     effective_rules,
+    match_problem,
     param_groups,
     preset_rules,
     resolve,
+    rule_name,
+    rule_problems,
     summarize_freeze,
+    training_problem,
+    user_rule_index,
 )
 from core.memory import estimate_training_memory, format_bytes, gpu_stats, process_memory
 from core.models import load_model
@@ -119,6 +124,33 @@ def test_regex_is_a_full_match_on_names_or_module_paths():
 def test_invalid_regex_names_the_rule():
     with pytest.raises(UserError, match=r"freeze.rules.1.match 're:\(unclosed' is not a valid regular expression"):
         resolve(Stack(), [R("*"), R("re:(unclosed")])
+
+
+def test_rule_checks_need_no_model_and_name_every_bad_rule_by_field():
+    """The app lists these problems before any model has loaded, with the same words resolve uses."""
+    assert match_problem("re:[a-z]+") is None and match_problem("*.bias") is None
+    assert match_problem("re:(").startswith("'re:(' is not a valid regular expression")
+    error = rule_problems([R("*"), R("re:("), R("ok"), R("re:[")])
+    assert set(error.fields) == {"freeze.rules.1.match", "freeze.rules.3.match"}
+    assert error.fields["freeze.rules.1.match"] == match_problem("re:(")
+    assert error.message.startswith("freeze.rules.1.match 're:(' is not a valid") and "re:" in error.hint
+    assert rule_problems([R("*"), R("re:layers")]) is None
+
+
+def test_training_problem_is_the_one_apply_freeze_map_raises(bert):
+    assert training_problem(summarize_freeze(bert, [R("*")])) is None
+    problem = training_problem(summarize_freeze(bert, [R("*", False)]))
+    assert problem.fields == {"freeze": "the map leaves no trainable parameters"}
+    with pytest.raises(UserError) as raised:
+        apply_freeze_map(bert, [R("*", False)])
+    assert (raised.value.message, raised.value.hint) == (problem.message, problem.hint)
+
+
+def test_user_rules_are_numbered_apart_from_the_preset():
+    rules = [PresetRule(match="*", train=False), PresetRule(match="head"), R("a"), R("b")]
+    assert [user_rule_index(rules, i) for i in range(4)] == [None, None, 0, 1]
+    assert [rule_name(rules, i) for i in range(4)] == ["freeze.preset", "freeze.preset", "freeze.rules.0",
+                                                      "freeze.rules.1"]
 
 
 def test_rules_are_named_by_their_place_in_the_config_not_in_the_preset_plus_rules_list(bert):

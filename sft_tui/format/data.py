@@ -15,7 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from core.data import IGNORE_INDEX
+from core.loss import IGNORE_INDEX, trained_tokens
 
 MASKED_STYLE = "dim"
 """Tokens that carry no loss."""
@@ -45,10 +45,6 @@ def lm_row(tokenizer, example, one_line: bool = True) -> Text:
     return text
 
 
-def trained_tokens(example) -> int:
-    return sum(label != IGNORE_INDEX for label in example.labels)
-
-
 def classification_row(tokenizer, example, one_line: bool = True) -> Text:
     """The text as the classifier reads it (special tokens left out)."""
     return Text(_flat(tokenizer.decode(example.input_ids, skip_special_tokens=True), one_line))
@@ -68,7 +64,7 @@ def preview(data, tokenizer, limit: int = 20) -> tuple[list[tuple[str, int]], li
             rows.append((str(i), data.labels[example.labels], str(len(example.input_ids)), text))
         else:
             text = lm_row(tokenizer, example)
-            rows.append((str(i), str(len(example.input_ids)), str(trained_tokens(example)), text))
+            rows.append((str(i), str(len(example.input_ids)), str(trained_tokens(example.labels)), text))
         text.truncate(CELL_CHARS, overflow="ellipsis")
     if data.labels is not None:
         labels = ("#", "label", "tokens", "text")
@@ -89,7 +85,7 @@ def row_detail(data, tokenizer, index: int) -> Text:
         heading = f"row {index + 1} · label {data.labels[example.labels]} · {len(example.input_ids)} tokens\n"
         body = classification_row(tokenizer, example, one_line=False)
     else:
-        heading = f"row {index + 1} · {len(example.input_ids)} tokens, {trained_tokens(example)} trained\n"
+        heading = f"row {index + 1} · {len(example.input_ids)} tokens, {trained_tokens(example.labels)} trained\n"
         body = lm_row(tokenizer, example, one_line=False)
     return Text.assemble((heading, "italic"), body)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.config import RunConfig
-from sft_tui.widgets.hyper.schedule import PROCESSES, StepPlan
+from core.plan import StepPlan, plan_steps, when_checkpointed, when_evaluated
 
 NO_DATA = "load the data (step 2) to see steps"
 
@@ -16,14 +16,13 @@ def _some(steps: list[int]) -> str:
 
 def describe_plan(config: RunConfig, plan: StepPlan | None, validation_rows: int | None,
                   waiting: str = NO_DATA) -> list[tuple[str, str]]:
-    """(label, text) lines of the preview; `plan` is None until the data is loaded (`waiting` says
-    why)."""
-    optim, schedule, evals, ckpt = config.optim, config.schedule, config.eval, config.checkpoint
-    effective = optim.batch_size * optim.grad_accum * PROCESSES
-    lines = [("effective batch",
-              f"{effective} = {optim.batch_size} × {optim.grad_accum} accum × {PROCESSES} proc")]
-    when_eval = f"every {evals.every_steps} steps" if evals.every_steps else "at each epoch end"
-    when_save = f"every {ckpt.every_steps} steps" if ckpt.every_steps else "at each eval but the last"
+    """(label, text) lines of the preview; `plan` (core.plan's, which the engine runs by) is None
+    until the data is loaded (`waiting` says why)."""
+    schedule, evals, ckpt = config.schedule, config.eval, config.checkpoint
+    batch = plan or plan_steps(config, 0)  # the batch arithmetic needs no rows
+    lines = [("effective batch", f"{batch.effective_batch} = {batch.batch_size} × {batch.grad_accum} accum × "
+                                 f"{batch.processes} proc")]
+    when_eval, when_save = when_evaluated(config), when_checkpointed(config)
     if plan is None:
         lines.append(("steps", waiting))
     else:

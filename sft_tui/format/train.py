@@ -4,6 +4,8 @@ screen's wording is tested without a UI."""
 from __future__ import annotations
 
 from core.config import RunConfig
+from core.plan import when_checkpointed, when_evaluated
+from sft_tui.format.numbers import format_share
 
 LOADERS = {
     "classification": ("AutoModelForSequenceClassification",
@@ -25,13 +27,10 @@ def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tupl
     length = f"{schedule.max_steps} steps" if schedule.max_steps else f"{schedule.epochs:g} epoch(s)"
     warmup = (f"warmup {schedule.warmup_steps} steps" if schedule.warmup_steps
               else f"warmup {100 * schedule.warmup_ratio:g}%")
-    share = (f"{100 * trainable_share:.1f}% of parameters" if trainable_share is not None
+    share = (f"{format_share(trainable_share)} of parameters" if trainable_share is not None
              else "known once the model is loaded")
     rules = f" + {len(config.freeze.rules)} rule(s)" if config.freeze.rules else ""
-    every = f"every {evals.every_steps} steps" if evals.every_steps else "every epoch"
     patience = f" · early stop after {evals.patience} evaluations without progress" if evals.patience else ""
-    saves = (f"every {config.checkpoint.every_steps} steps" if config.checkpoint.every_steps
-             else "after each evaluation")
     return [
         ("model", f"{config.model.name_or_path}  ({config.task})"),
         ("data", f"{config.data.train} · format {config.data.format} · max length {config.data.max_length}"),
@@ -39,8 +38,8 @@ def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tupl
         ("optimizer", f"AdamW lr {optim.lr:g} · batch {optim.batch_size} x {optim.grad_accum} · "
                       f"weight decay {optim.weight_decay:g} · clip {optim.max_grad_norm:g}"),
         ("schedule", f"{length} · {schedule.scheduler} · {warmup}"),
-        ("evaluate", f"{every} · metric {evals.metric}{patience}"),
-        ("checkpoint", f"{saves} · keep {config.checkpoint.keep_last}"),
+        ("evaluate", f"{when_evaluated(config)} · metric {evals.metric}{patience}"),
+        ("checkpoint", f"{when_checkpointed(config)} · keep {config.checkpoint.keep_last}"),
         ("output", f"{config.output.runs_dir}/{config.output.run_name or '<time>-<model>'} · precision "
                    f"{config.precision} · seed {config.seed}"),
     ]

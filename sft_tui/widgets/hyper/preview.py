@@ -10,8 +10,9 @@ from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from core.config import RunConfig
+from core.plan import StepPlan, plan_steps
 from sft_tui.format.hyper import NO_DATA, describe_plan
-from sft_tui.widgets.hyper.schedule import StepPlan, lr_curve, plan_steps
+from sft_tui.widgets.hyper.schedule import lr_curve
 
 
 class SchedulePreview(Vertical):
@@ -52,7 +53,7 @@ class SchedulePreview(Vertical):
             self.query_one("#preview-steps", Static).update(table)
         self.query_one(PlotextPlot).display = plan is not None
         self.query_one("#preview-no-plot").display = plan is None
-        curve = None if plan is None else (config.schedule.scheduler, config.optim.lr, plan.warmup_steps,
+        curve = None if plan is None else (plan.scheduler, config.optim.lr, plan.warmup_steps,
                                            plan.total_steps)
         if curve is not None and curve != self._curve:
             self._draw_curve(*curve)

@@ -1,59 +1,21 @@
-"""The step arithmetic of core/engine.py and transformers' LR schedules, without torch.
+"""transformers' LR schedules without torch, for the hyperparameter preview's curve.
 
-The hyperparameter screen previews what a run will do (how many optimizer steps, when it warms up,
-evaluates and saves) while the user types, so this must be instant: plain Python that mirrors the
-engine's formulas. tests/test_app_hyper.py checks the schedules against transformers.get_scheduler.
+The preview redraws while the user types, so this must be instant: plain Python that mirrors the
+lr_lambda of transformers.get_scheduler (the steps themselves come from core.plan, which the engine
+runs by). tests/test_app_hyper.py checks the curves against transformers.get_scheduler.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
-from core.config import RunConfig
-
-PROCESSES = 1
-"""The app trains in one process; the engine divides the batches of an epoch among processes."""
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """The optimizer steps of a run as core/engine.py counts them."""
-
-    train_rows: int
-    effective_batch: int
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    eval_steps: list[int]
-    """Steps after which the engine evaluates (when there are validation rows)."""
-    checkpoint_steps: list[int]
-    """Steps after which the engine saves a checkpoint (early stopping may end the run sooner)."""
-
-
-def plan_steps(config: RunConfig, train_rows: int) -> StepPlan:
-    """Steps per epoch, total, warmup, evaluations and checkpoints for `train_rows` training rows."""
-    batch, accum = config.optim.batch_size, config.optim.grad_accum
-    micro_per_epoch = math.ceil(train_rows / batch) // PROCESSES
-    steps_per_epoch = math.ceil(micro_per_epoch / accum)
-    total = config.schedule.total_steps(steps_per_epoch)
-    evals = _every(config.eval.every_steps or steps_per_epoch, total)
-    if not evals or evals[-1] != total:
-        evals.append(total)
-    saves = _every(config.checkpoint.every_steps, total) if config.checkpoint.every_steps else evals[:-1]
-    return StepPlan(train_rows, batch * accum * PROCESSES, steps_per_epoch, total, config.schedule.warmup_for(total),
-                    evals, saves)
-
-
-def _every(n: int, total: int) -> list[int]:
-    return list(range(n, total + 1, n)) if n > 0 else []
 
 
 def lr_factor(scheduler: str, step: int, warmup: int, total: int) -> float:
-    """The multiplier of the base LR after `step` scheduler steps (transformers' lr_lambda).
+    """The multiplier of the base LR after `step` scheduler steps (transformers' lr_lambda), for a
+    transformers.get_scheduler name as core.plan.StepPlan.scheduler gives it.
 
-    linear and cosine (half a cycle) decay to 0 at `total`; constant stays at 1. All three ramp up
-    linearly from 0 during warmup (the engine uses constant_with_warmup when there is a warmup).
+    linear and cosine (half a cycle) decay to 0 at `total`; constant and constant_with_warmup stay
+    at 1. All of them ramp up linearly from 0 during warmup (the plan has no warmup with constant).
     """
     if step < warmup:
         return step / max(1, warmup)
