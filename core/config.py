@@ -330,7 +330,8 @@ def precision_problem(precision: str, cuda_available: bool) -> UserError | None:
     (accelerate refuses it on a CPU); auto, bf16 and fp32 run anywhere. The engine raises it before
     loading anything, and the app lists it among the problems that keep Start off."""
     if precision == "fp16" and not cuda_available:
-        return UserError("precision fp16 needs a CUDA GPU", "use precision: bf16 or fp32 on this machine")
+        return UserError("precision fp16 needs a CUDA GPU", "use precision: bf16 or fp32 on this machine",
+                         {"precision": "fp16 needs a CUDA GPU"})
     return None
 
 

@@ -247,6 +247,7 @@ def test_fp16_needs_a_cuda_gpu():
     problem = precision_problem("fp16", cuda_available=False)
     assert (problem.message, problem.hint) == ("precision fp16 needs a CUDA GPU",
                                                "use precision: bf16 or fp32 on this machine")
+    assert problem.fields == {"precision": "fp16 needs a CUDA GPU"}
     assert precision_problem("fp16", cuda_available=True) is None
     assert all(precision_problem(p, cuda_available=False) is None for p in ("auto", "fp32", "bf16"))
 
