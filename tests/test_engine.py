@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from core.manifest import latest_checkpoint, list_checkpoints
 from core.events import (CheckpointSaved, EvalResult, ListSink, Paused, Resumed, RunFailed, RunFinished, RunStarted,
                          SampleGenerated, StepMetrics, read_events)
 from helpers import WORDS, StopAt, tiny_lm_config, write_jsonl
+
+STATE_KEYS = {"step", "epoch", "step_in_epoch", "epoch_progress", "tokens_seen", "best", "best_step", "best_metrics",
+              "bad_evals", "elapsed_s"}
+"""The keys of a checkpoint's state.json, as runs of every version wrote them."""
 
 
 @pytest.fixture
@@ -106,6 +111,8 @@ def test_resume_equals_uninterrupted(tiny_model_factory, sft_file, tmp_path):
     first, part1 = run(cut_cfg, StopAt(5))
     assert first.reason == "stopped" and first.step == 5
     assert first.last_checkpoint.name == "step-5"
+    saved = json.loads((first.last_checkpoint / "state.json").read_text())
+    assert set(saved) == STATE_KEYS and saved["step"] == 5  # runs saved before TrainState resume too
     resumed, part2 = run(None, resume_dir=first.run_dir)
     assert resumed.step == 12 and part2.of_type(RunStarted)[0].resumed_from_step == 5
 
