@@ -8,7 +8,6 @@ default), and every validation error names the dotted field path and what is all
 from __future__ import annotations
 
 import difflib
-import math
 from pathlib import Path, PureWindowsPath
 from typing import Any, Literal, get_args
 
@@ -171,15 +170,6 @@ class ScheduleConfig(_Section):
     """Passes over the training data (fractions allowed)."""
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimizer steps; overrides epochs when set."""
-
-    def total_steps(self, steps_per_epoch: int) -> int:
-        """max_steps when set, else the epochs' worth of optimizer steps, rounded up. The engine
-        and the app's step preview both count with this."""
-        return self.max_steps or math.ceil(self.epochs * steps_per_epoch)
-
-    def warmup_for(self, total_steps: int) -> int:
-        """warmup_steps when set, else warmup_ratio of the total steps."""
-        return self.warmup_steps or round(self.warmup_ratio * total_steps)
 
 
 class EvalConfig(_Section):
