@@ -14,15 +14,17 @@ from functools import partial
 from typing import get_args
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, DataTable, Input, Label, Select, Static
+from textual.widgets import Button, Input, Label, Select, Static
 
 from core.config import ColumnMap, DataFormat
 from core.errors import UserError
 from sft_tui.screens.base import StepScreen
-from sft_tui.format.data import data_stats, preview, row_detail
+from sft_tui.format.data import data_stats
+from sft_tui.widgets.data.preview import DataPreview
 from sft_tui.widgets.error_line import ErrorLine
 from sft_tui.widgets.paths import PathSuggester
 from sft_tui.widgets.spinner import Spinner
@@ -33,7 +35,6 @@ NUMBER_FIELDS = {"data-val-ratio": "val_ratio", "data-max-length": "max_length"}
 """Inputs whose text must validate as a DataConfig number, by widget id."""
 DATA_FILES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 """File kinds core.data reads: the path completion offers these besides folders."""
-PREVIEW_ROWS = 20
 
 
 def _field(label: str, widget, field_id: str) -> Vertical:
@@ -71,19 +72,15 @@ class DataScreen(StepScreen):
             yield Static(id="data-status")
         yield ErrorLine(id="data-error")
         with Horizontal(id="data-results"):
-            with Vertical(id="data-rows"):
-                yield DataTable(id="data-preview", cursor_type="row", zebra_stripes=True)
-                yield Static(id="data-row-detail")
+            yield DataPreview(id="data-rows")
             with VerticalScroll(id="data-stats-scroll"):
                 yield Static(id="data-stats")
 
     def on_mount(self) -> None:
         self._synced = None
-        self._previewed: tuple | None = None
-        """The (data, tokenizer) the preview table shows; it is refilled only when they change."""
         self._field_errors: dict[str, str] = {}
         self._sync_form()
-        self.query_one("#data-preview", DataTable).focus()
+        self.query_one("#data-preview").focus()
         self.watch(self.app, "data_state", self._show_results)
         self.watch(self.app, "model_state", self._show_results)
 
@@ -188,12 +185,10 @@ class DataScreen(StepScreen):
     def on_select_changed(self, event: Select.Changed) -> None:
         self._show_pending()
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#data-load")
+    def _load_pressed(self) -> None:
         self.action_load()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "data-load":
-            self.action_load()
 
     def action_load(self) -> None:
         """Apply the form to the session and tokenize the data."""
@@ -241,30 +236,9 @@ class DataScreen(StepScreen):
             self.query_one(f"#col-{role}", Input).placeholder = f"auto: {detected}" if detected else "auto"
         self.query_one("#data-stats", Static).update(data_stats(data, self.session.config.data))
         # The model may be reloading with the data's labels: its tokenizer, the same, comes with it.
-        tokenizer = self.session.model.tokenizer if self.session.model is not None else None
-        if self._previewed is not None and all(a is b for a, b in zip(self._previewed, (data, tokenizer))):
-            return
-        self._previewed = (data, tokenizer)
-        table = self.query_one("#data-preview", DataTable)
-        table.clear(columns=True)
-        if tokenizer is not None:
-            columns, rows = preview(data, tokenizer, PREVIEW_ROWS)
-            for label, width in columns:
-                table.add_column(label, width=width)
-            table.add_rows(rows)
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        """The highlighted row in full below the table (the cells are cut to one line)."""
-        detail = self.query_one("#data-row-detail", Static)
-        if self._previewed is None or self._previewed[1] is None:
-            detail.update("")
-            return
-        data, tokenizer = self._previewed
-        detail.update(row_detail(data, tokenizer, event.cursor_row))
+        self.query_one(DataPreview).show(data, self.session.model.tokenizer if self.session.model is not None else None)
 
     def _clear_results(self) -> None:
-        self._previewed = None
-        self.query_one("#data-preview", DataTable).clear(columns=True)
+        self.query_one(DataPreview).reset()
         self.query_one("#data-stats", Static).update("")
-        self.query_one("#data-row-detail", Static).update("")
 

@@ -10,27 +10,21 @@ this module never imports torch, so the first frame never waits for it.
 
 from __future__ import annotations
 
-from typing import get_args
-
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Checkbox, Input, Label, OptionList, RadioButton, RadioSet, Static
-from textual.widgets.option_list import Option, OptionDoesNotExist
+from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSet, Static
 
-from core.config import Task, example_config
+from core.config import DEMO_MODELS, TASKS, example_config
 from core.errors import UserError
 from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.error_line import ErrorLine
 from sft_tui.widgets.paths import PathSuggester
-from sft_tui.widgets.model.sources import DEMO_MODELS, cached_models
+from sft_tui.widgets.model.sources import ModelSources
 from sft_tui.format.model import model_summary
 from sft_tui.widgets.spinner import Spinner
-
-TASKS = get_args(Task)
-HF_PREFIX = "hf:"
-"""Option ids of cached models are the repo id after this prefix (demo ids are the demo names)."""
 
 
 class ModelScreen(StepScreen):
@@ -56,7 +50,7 @@ class ModelScreen(StepScreen):
                         yield RadioButton(task, id=f"task-{task}", compact=True)
                 yield Checkbox("trust remote code", id="model-trust", compact=True)
                 yield Label("Demos · local HF cache", classes="field-label")
-                yield OptionList(*self._source_options([]), id="model-sources")
+                yield ModelSources(id="model-sources")
                 yield Static("→ completes a folder name as you type\nEnter on the path or in the list loads\n"
                              "ctrl+r rescans the HF cache (HF_HOME)", id="model-hint")
             with Vertical(id="model-info"):
@@ -70,9 +64,8 @@ class ModelScreen(StepScreen):
     def on_mount(self) -> None:
         self._synced: tuple | None = None
         self._sync_form()
-        self.query_one("#model-sources", OptionList).focus()
+        self.query_one(ModelSources).focus()
         self.watch(self.app, "model_state", self._show_state)
-        self._scan_cache()
 
     def on_screen_resume(self) -> None:
         """Each time the screen is shown (the first time too): catch up with the session."""
@@ -91,7 +84,7 @@ class ModelScreen(StepScreen):
         self.query_one("#model-path", Input).value = config.model.name_or_path
         self.query_one(f"#task-{config.task}", RadioButton).value = True
         self.query_one("#model-trust", Checkbox).value = config.model.trust_remote_code
-        self._highlight_source(config.model.name_or_path)
+        self.query_one(ModelSources).highlight_model(config.model.name_or_path)
 
     def _form_task(self) -> str:
         pressed = self.query_one("#model-task", RadioSet).pressed_button
@@ -132,31 +125,26 @@ class ModelScreen(StepScreen):
         self._after_change()
 
     def action_rescan_cache(self) -> None:
-        self._scan_cache()
+        self.query_one(ModelSources).rescan()
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "model-path":
+    @on(Input.Submitted, "#model-path")
+    @on(Button.Pressed, "#model-load")
+    def _load_pressed(self) -> None:
+        self.action_load()
+
+    def on_model_sources_picked(self, event: ModelSources.Picked) -> None:
+        if event.demo:
+            self._pick_demo(event.name)
+        else:
+            self.query_one("#model-path", Input).value = event.name
             self.action_load()
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "model-load":
-            self.action_load()
-
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        choice = event.option.id or ""
-        demo = next((d for d in DEMO_MODELS if d.name == choice), None)
-        if demo is not None:
-            self._pick_demo(demo)
-        elif choice.startswith(HF_PREFIX):
-            self.query_one("#model-path", Input).value = choice.removeprefix(HF_PREFIX)
-            self.action_load()
-
-    def _pick_demo(self, demo) -> None:
+    def _pick_demo(self, name: str) -> None:
         """A demo comes with its data and settings: the task's example config, as `sft-tui init`
         writes it. Picking the demo that is already configured keeps the user's other edits."""
-        config = self.session.config
-        if (config.model.name_or_path, config.task) != (demo.name, demo.task):
-            self.session.replace_config(example_config(demo.task))
+        config, task = self.session.config, DEMO_MODELS[name]
+        if (config.model.name_or_path, config.task) != (name, task):
+            self.session.replace_config(example_config(task))
             self._after_change()
         else:
             self._synced = None  # drop unapplied edits: the form shows the demo again
@@ -168,45 +156,6 @@ class ModelScreen(StepScreen):
         self._sync_form()
         self.app.changed()
         self.app.load_model()
-
-    # ---- the list of demos and cached models ----------------------------------------------------
-    def _scan_cache(self) -> None:
-        self.app.run_worker(self._read_cache, thread=True, exclusive=True, group="model-hf-cache",
-                            exit_on_error=False)
-
-    def _read_cache(self) -> None:
-        folder, models = cached_models()
-        self.app.call_from_thread(self._show_cached, folder, models)
-
-    def _show_cached(self, folder: str, models) -> None:
-        sources = self.query_one("#model-sources", OptionList)
-        sources.set_options(self._source_options(models))
-        sources.tooltip = f"HF cache: {folder}"
-        self._highlight_source(self.session.config.model.name_or_path)
-
-    @staticmethod
-    def _source_options(models) -> list[Option | None]:
-        options: list[Option | None] = [
-            Option(Text.assemble((demo.name, "bold"), "\n", (demo.about, "dim")), id=demo.name)
-            for demo in DEMO_MODELS
-        ]
-        options.append(None)
-        if not models:
-            options.append(Option(Text("no models in the local HF cache", style="dim italic"), disabled=True))
-        for model in models:
-            options.append(Option(Text.assemble(model.repo_id, "  ", (model.size, "dim")),
-                                  id=HF_PREFIX + model.repo_id))
-        return options
-
-    def _highlight_source(self, name: str) -> None:
-        sources = self.query_one("#model-sources", OptionList)
-        for option_id in (name, HF_PREFIX + name):
-            try:
-                sources.highlighted = sources.get_option_index(option_id)
-                return
-            except OptionDoesNotExist:
-                continue
-        sources.highlighted = None  # a folder or an id that is not in the list
 
     # ---- what is loaded ------------------------------------------------------------------------
     def _show_state(self, state: str) -> None:

@@ -1,1 +1,1 @@
-"""What step 2 (the data) needs besides its form widgets: checking typed numbers."""
+"""Step 2's widgets: the preview of the tokenized rows."""

@@ -1,1 +1,1 @@
-"""What step 1 (the model) shows besides its form: where a model can come from."""
+"""Step 1's widgets: the list of demos and cached models."""

@@ -1,22 +1,22 @@
-"""Where a model can come from without typing a path: the bundled demos and the local HF cache."""
+"""Where a model can come from without typing a path: the bundled demos and the local HF cache,
+listed in one OptionList."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.text import Text
+from textual.message import Message
+from textual.widgets import OptionList
+from textual.widgets.option_list import Option, OptionDoesNotExist
 
-@dataclass(frozen=True)
-class DemoModel:
-    name: str
-    task: str
-    about: str
+from core.config import DEMO_MINILM, DEMO_MODELS, DEMO_TINY_LM
 
-
-DEMO_MODELS = (
-    DemoModel("demo:minilm", "classification", "pretrained all-MiniLM-L6-v2 · classification"),
-    DemoModel("demo:tiny-lm", "causal-lm", "tiny Llama, built on first use · causal LM"),
-)
-"""The demos of core.models, each with the task its example config (core.config.example_config) trains."""
+HF_PREFIX = "hf:"
+"""Option ids of cached models are the repo id after this prefix (demo ids are the demo names)."""
+DEMO_ABOUT = {DEMO_MINILM: "pretrained all-MiniLM-L6-v2 · classification",
+              DEMO_TINY_LM: "tiny Llama, built on first use · causal LM"}
+"""A line under each demo of core.config.DEMO_MODELS."""
 
 
 @dataclass(frozen=True)
@@ -41,3 +41,65 @@ def cached_models() -> tuple[str, list[CachedModel]]:
         return folder, []
     models = [CachedModel(repo.repo_id, repo.size_on_disk_str) for repo in info.repos if repo.repo_type == "model"]
     return folder, sorted(models, key=lambda m: m.repo_id.lower())
+
+
+class ModelSources(OptionList):
+    """The demos, then the models of the local HF cache (scanned in a worker, again on `rescan`).
+    Picking one posts `Picked`: a demo by its name, a cached model by its repo id."""
+
+    @dataclass
+    class Picked(Message):
+        name: str
+        """The demo name (core.config.DEMO_MODELS) or the repo id of a cached model."""
+        demo: bool
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(*_options([]), **kwargs)
+        self.selected = ""
+        """The model the list highlights when it has it (the configured one)."""
+
+    def on_mount(self) -> None:
+        self.rescan()
+
+    def rescan(self) -> None:
+        self.app.run_worker(self._read_cache, thread=True, exclusive=True, group="model-hf-cache",
+                            exit_on_error=False)
+
+    def _read_cache(self) -> None:
+        folder, models = cached_models()
+        self.app.call_from_thread(self._show_cached, folder, models)
+
+    def _show_cached(self, folder: str, models: list[CachedModel]) -> None:
+        self.set_options(_options(models))
+        self.tooltip = f"HF cache: {folder}"
+        self.highlight_model(self.selected)
+
+    def highlight_model(self, name: str) -> None:
+        """Highlight `name` (a demo or a cached repo id); nothing for a folder or an id not listed."""
+        self.selected = name
+        for option_id in (name, HF_PREFIX + name):
+            try:
+                self.highlighted = self.get_option_index(option_id)
+                return
+            except OptionDoesNotExist:
+                continue
+        self.highlighted = None
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        choice = event.option.id or ""
+        if choice in DEMO_MODELS:
+            self.post_message(self.Picked(choice, demo=True))
+        elif choice.startswith(HF_PREFIX):
+            self.post_message(self.Picked(choice.removeprefix(HF_PREFIX), demo=False))
+
+
+def _options(models: list[CachedModel]) -> list[Option | None]:
+    options: list[Option | None] = [Option(Text.assemble((name, "bold"), "\n", (DEMO_ABOUT[name], "dim")), id=name)
+                                    for name in DEMO_MODELS]
+    options.append(None)
+    if not models:
+        options.append(Option(Text("no models in the local HF cache", style="dim italic"), disabled=True))
+    for model in models:
+        options.append(Option(Text.assemble(model.repo_id, "  ", (model.size, "dim")), id=HF_PREFIX + model.repo_id))
+    return options
