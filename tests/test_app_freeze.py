@@ -290,32 +290,6 @@ async def test_tied_gpt2_embeddings_toggle_with_the_lm_head(tmp_path, tiny_model
         assert f"Trainable {expected(app).trainable_params:,}" in summary(app)
 
 
-async def _loaded(pilot) -> None:
-    await open_freeze(pilot)
-
-
-async def _loaded_top_n(pilot) -> None:
-    await open_freeze(pilot)
-    await pilot.press("t")
-    await pilot.pause()
-
-
-def test_snapshot_demo_120x40(snap_compare):
-    assert snap_compare(create_app(), run_before=_loaded, terminal_size=(120, 40))
-
-
-def test_snapshot_demo_80x24(snap_compare):
-    assert snap_compare(create_app(), run_before=_loaded, terminal_size=(80, 24))
-
-
-def test_snapshot_top_n_120x40(snap_compare):
-    assert snap_compare(create_app(), run_before=_loaded_top_n, terminal_size=(120, 40))
-
-
-def test_snapshot_top_n_80x24(snap_compare):
-    assert snap_compare(create_app(), run_before=_loaded_top_n, terminal_size=(80, 24))
-
-
 def test_trainable_share_is_recomputed_only_when_the_model_or_the_freeze_map_changes(tiny_model_factory,
                                                                                      monkeypatch):
     """The draft bar asks for it on every keystroke; walking every tensor each time is wasted."""

@@ -296,24 +296,3 @@ async def test_save_then_load_round_trips_and_bad_yaml_shows_in_the_dialog(tmp_p
         assert "optim.lrr: unknown field" in dialog.error
         await pilot.press("escape")
         assert app.screen is screen and app.session.config == saved
-
-
-# ---- snapshots ---------------------------------------------------------------------------------
-
-def test_snapshot_120x40(snap_compare):
-    async def prepare(pilot):
-        await open_hyper(pilot)
-        await load_demo_data(pilot)
-        await type_into(pilot, pilot.app.screen.fields["optim.grad_accum"], "0")
-        await pilot.press("escape")
-
-    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=prepare)
-
-
-def test_snapshot_80x24(snap_compare):
-    async def prepare(pilot):
-        await open_hyper(pilot)
-        await load_demo_data(pilot)
-
-    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=prepare)
-

@@ -339,16 +339,3 @@ async def test_bad_numbers_are_marked_next_to_their_field_and_keep_start_off():
         await settle(pilot)
         assert app.data_state == "ready" and app.session.config.data.max_length == 32
         assert "at max_length 32" in shown(app, "#data-stats")
-
-
-# ---- snapshots --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
-def test_model_screen_snapshot(snap_compare, size):
-    assert snap_compare(create_app(), terminal_size=size, run_before=settle)
-
-
-@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
-def test_data_screen_snapshot(snap_compare, size):
-    assert snap_compare(create_app(), terminal_size=size, run_before=open_data)

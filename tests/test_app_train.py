@@ -1,6 +1,6 @@
 """The train screen (step 5) driven through the real app: tiny runs to their results and "try it",
 pause/resume/stop from the keys, resuming a stopped run, failures in a dialog, a UI that answers
-while the engine trains, and snapshots of the screen before a run and after one."""
+while the engine trains (its snapshots are in tests/test_snapshots.py)."""
 
 from __future__ import annotations
 
@@ -613,13 +613,3 @@ async def test_an_edit_after_a_run_returns_the_draft_bar_to_ready_or_its_problem
         await pilot.press("end", "shift+home", "0")
         await pilot.pause()
         assert app.run_state == "idle" and "sft-tui 1 problem(s): optim.lr ·" in visible_text(app)
-
-
-@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
-def test_snapshot_before_a_run(snap_compare, size):
-    assert snap_compare(create_app(), terminal_size=size, run_before=open_train)
-
-
-@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
-def test_snapshot_after_a_run(snap_compare, size):
-    assert snap_compare(create_app(task="causal-lm"), terminal_size=size, run_before=post_finished_run)

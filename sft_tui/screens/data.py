@@ -25,9 +25,8 @@ from core.errors import UserError
 from sft_tui.screens.base import StepScreen
 from sft_tui.format.data import data_stats
 from sft_tui.widgets.data.preview import DataPreview
-from sft_tui.widgets.error_line import ErrorLine
+from sft_tui.widgets.load_status import LoadStatus
 from sft_tui.widgets.paths import PathSuggester
-from sft_tui.widgets.spinner import Spinner
 
 FORMATS = get_args(DataFormat)
 ROLES = tuple(ColumnMap.model_fields)
@@ -67,10 +66,7 @@ class DataScreen(StepScreen):
                 for role in ROLES:
                     yield _field(role, Input(id=f"col-{role}", compact=True, placeholder="auto"), f"f-col-{role}")
             yield Static(id="data-field-errors")
-        with Horizontal(id="data-status-row"):
-            yield Spinner(id="data-spinner")
-            yield Static(id="data-status")
-        yield ErrorLine(id="data-error")
+        yield LoadStatus("data")
         with Horizontal(id="data-results"):
             yield DataPreview(id="data-rows")
             with VerticalScroll(id="data-stats-scroll"):
@@ -107,8 +103,7 @@ class DataScreen(StepScreen):
 
     async def _load_when_settled(self, only_if_needed: bool) -> None:
         if self.app.data_state != "loading":
-            self.query_one("#data-spinner", Spinner).spinning = True
-            self.query_one("#data-status", Static).update("Waiting for the model to load …")
+            self.query_one(LoadStatus).waiting("Waiting for the model to load …")
         await self.app.model_settled()
         if not only_if_needed or self._needs_load():
             self.app.load_data()
@@ -193,13 +188,13 @@ class DataScreen(StepScreen):
     def action_load(self) -> None:
         """Apply the form to the session and tokenize the data."""
         if self._field_errors:
-            self.query_one(ErrorLine).show("fix the fields marked in red first",
-                                           "the lines under the form say what each one takes")
+            self.query_one(LoadStatus).error("fix the fields marked in red first",
+                                             "the lines under the form say what each one takes")
             return
         try:
             self.session.update(self._form_changes())
         except UserError as err:
-            self.query_one(ErrorLine).show(err.message, err.hint)
+            self.query_one(LoadStatus).error(err.message, err.hint)
             return
         self._synced = self.session.config.data
         self._show_pending()
@@ -208,26 +203,16 @@ class DataScreen(StepScreen):
 
     # ---- what is loaded ------------------------------------------------------------------------
     def _show_results(self, _state: str | None = None) -> None:
-        state = self.app.data_state
-        self.query_one("#data-spinner", Spinner).spinning = state == "loading"
-        status = self.query_one("#data-status", Static)
-        source = self.session.config.data.train
-        data = self.session.data
-        if state == "loading":
-            self.query_one(ErrorLine).show(None)
-            status.update(Text.assemble("Loading and tokenizing ", (source, "bold"), " …"))
-        elif state == "failed":
-            status.update(Text.assemble(("✗ ", "red"), "could not load ", (source, "bold")))
-            error = self.session.load_errors.get("data")
-            self.query_one(ErrorLine).show(*((error.message, error.hint) if error else ("loading failed", "")))
-            self._clear_results()
-        elif state == "ready" and data is not None:
-            self.query_one(ErrorLine).show(None)
-            status.update(Text.assemble(("✓ ", "green"), (source, "bold"), f" · {data.format} · "
-                                        f"{data.stats.rows_out['train']:,} training rows"))
+        state, data = self.app.data_state, self.session.data
+        if state == "ready" and data is None:
+            state = "none"
+        self.query_one(LoadStatus).show(
+            state, self.session.config.data.train, loading=("Loading and tokenizing ", " …"),
+            ready=f" · {data.format} · {data.stats.rows_out['train']:,} training rows" if data else "",
+            idle="No data loaded: press Enter in a field or ctrl+l", error=self.session.load_errors.get("data"))
+        if state == "ready":
             self._show_data(data)
-        else:
-            status.update(Text("No data loaded: press Enter in a field or ctrl+l", style="dim"))
+        elif state != "loading":
             self._clear_results()
 
     def _show_data(self, data) -> None:

@@ -10,7 +10,6 @@ this module never imports torch, so the first frame never waits for it.
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -20,11 +19,10 @@ from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSe
 from core.config import DEMO_MODELS, TASKS, example_config
 from core.errors import UserError
 from sft_tui.screens.base import StepScreen
-from sft_tui.widgets.error_line import ErrorLine
+from sft_tui.widgets.load_status import LoadStatus
 from sft_tui.widgets.paths import PathSuggester
 from sft_tui.widgets.model.sources import ModelSources
 from sft_tui.format.model import model_summary
-from sft_tui.widgets.spinner import Spinner
 
 
 class ModelScreen(StepScreen):
@@ -54,10 +52,7 @@ class ModelScreen(StepScreen):
                 yield Static("→ completes a folder name as you type\nEnter on the path or in the list loads\n"
                              "ctrl+r rescans the HF cache (HF_HOME)", id="model-hint")
             with Vertical(id="model-info"):
-                with Horizontal(id="model-status-row"):
-                    yield Spinner(id="model-spinner")
-                    yield Static(id="model-status")
-                yield ErrorLine(id="model-error")
+                yield LoadStatus("model")
                 with VerticalScroll(id="model-details"):
                     yield Static(id="model-description")
 
@@ -104,8 +99,7 @@ class ModelScreen(StepScreen):
         """Apply the form to the session and load the model's structure and tokenizer."""
         name = self.query_one("#model-path", Input).value.strip()
         if not name:
-            self.query_one(ErrorLine).show("no model given",
-                                           "type a folder or a hub id, or pick one from the list")
+            self.query_one(LoadStatus).error("no model given", "type a folder or a hub id, or pick one from the list")
             return
         task = self._form_task()
         changes = {"model.name_or_path": name, "task": task,
@@ -120,7 +114,7 @@ class ModelScreen(StepScreen):
         try:
             self.session.update(changes)
         except UserError as err:
-            self.query_one(ErrorLine).show(err.message, err.hint)
+            self.query_one(LoadStatus).error(err.message, err.hint)
             return
         self._after_change()
 
@@ -159,24 +153,14 @@ class ModelScreen(StepScreen):
 
     # ---- what is loaded ------------------------------------------------------------------------
     def _show_state(self, state: str) -> None:
-        self.query_one("#model-spinner", Spinner).spinning = state == "loading"
-        status = self.query_one("#model-status", Static)
-        description = self.query_one("#model-description", Static)
-        name = self.session.config.model.name_or_path
-        if state == "loading":
-            self.query_one(ErrorLine).show(None)
-            status.update(Text.assemble("Loading ", (name, "bold"), " (structure and tokenizer) …"))
-        elif state == "ready" and self.session.model is not None:
-            self.query_one(ErrorLine).show(None)
-            info = self.session.model
-            status.update(Text.assemble(("✓ ", "green"), (name, "bold"), f" · {info.task}"))
-            description.update(model_summary(info.description))
-        elif state == "failed":
-            status.update(Text.assemble(("✗ ", "red"), "could not load ", (name, "bold")))
-            description.update("")
-            error = self.session.load_errors.get("model")
-            self.query_one(ErrorLine).show(*((error.message, error.hint) if error else ("loading failed", "")))
-        else:
-            status.update(Text("No model loaded: press Enter on the path or ctrl+l", style="dim"))
-            description.update("")
-
+        info = self.session.model
+        if state == "ready" and info is None:
+            state = "none"
+        self.query_one(LoadStatus).show(state, self.session.config.model.name_or_path,
+                                        loading=("Loading ", " (structure and tokenizer) …"),
+                                        ready=f" · {info.task}" if info else "",
+                                        idle="No model loaded: press Enter on the path or ctrl+l",
+                                        error=self.session.load_errors.get("model"))
+        if state != "loading":  # the last model stays on show while the next one loads
+            self.query_one("#model-description", Static).update(
+                model_summary(info.description) if state == "ready" else "")

@@ -1,0 +1,146 @@
+"""Snapshots of every step of the app, at 120x40 and 80x24, in one place and under one naming
+scheme: test_snapshot_<screen>_<size>, kept as tests/__snapshots__/test_snapshots/<name>.svg.
+
+Each test drives the real app (create_app, the demos) to the screen it pictures. After a change
+that is meant to change a picture, regenerate with `pytest tests/test_snapshots.py
+--snapshot-update` and look at the SVGs before committing them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sft_tui.app import create_app
+from sft_tui.messages import EngineEvent
+from sft_tui.widgets.train.stats import RunStats
+from test_app_train import FINISHED_RUN
+
+
+@pytest.fixture(autouse=True)
+def no_gpu(monkeypatch):
+    """The same pictures on every machine: the GPU pane always says there is none."""
+    monkeypatch.setattr(RunStats, "gpu_probe", staticmethod(lambda: []))
+
+
+async def settle(pilot) -> None:
+    """Every worker done: the warm-up, the loads the screens start, and the loads those start."""
+    app = pilot.app
+    for _ in range(200):
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        if not len(app.workers) and "loading" not in (app.model_state, app.data_state):
+            return
+    raise AssertionError("workers did not finish")
+
+
+async def step(pilot, key: str) -> None:
+    await pilot.press(key)
+    await settle(pilot)
+
+
+# ---- how each picture is reached ----------------------------------------------------------------
+async def data(pilot) -> None:
+    await step(pilot, "2")
+
+
+async def freeze(pilot) -> None:
+    await step(pilot, "3")
+    await pilot.pause(0.2)  # the tree's cursor highlight marks the deciding rule a moment later
+
+
+async def freeze_top_n(pilot) -> None:
+    await freeze(pilot)
+    await pilot.press("t")
+    await pilot.pause()
+
+
+async def hyper(pilot) -> None:
+    """Step 4 with the demo's data loaded, so that the preview counts steps."""
+    await pilot.pause()  # the app shows its first step before it takes keys
+    await pilot.press("4")
+    await pilot.pause()
+    await settle(pilot)
+    pilot.app.load_data()
+    await settle(pilot)
+
+
+async def hyper_with_an_invalid_field(pilot) -> None:
+    await hyper(pilot)
+    field = pilot.app.screen.fields["optim.grad_accum"].control
+    field.focus()  # selects the text: typing replaces it
+    await pilot.press("0")
+    await pilot.pause()
+    await pilot.press("escape")
+
+
+async def train_ready(pilot) -> None:
+    await settle(pilot)
+    await pilot.press("5")
+    await pilot.pause()
+
+
+async def train_finished(pilot) -> None:
+    """Step 5 after a run, from a fixed sequence of engine events."""
+    await train_ready(pilot)
+    for event in FINISHED_RUN:  # one at a time: queued step metrics would merge (EngineEvent.can_replace)
+        pilot.app.screen.post_message(EngineEvent(event))
+        await pilot.pause()
+    await pilot.pause()
+
+
+# ---- the snapshots ------------------------------------------------------------------------------
+def test_snapshot_model_120x40(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=settle)
+
+
+def test_snapshot_model_80x24(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=settle)
+
+
+def test_snapshot_data_120x40(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=data)
+
+
+def test_snapshot_data_80x24(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=data)
+
+
+def test_snapshot_freeze_120x40(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=freeze)
+
+
+def test_snapshot_freeze_80x24(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=freeze)
+
+
+def test_snapshot_freeze_top_n_120x40(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=freeze_top_n)
+
+
+def test_snapshot_freeze_top_n_80x24(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=freeze_top_n)
+
+
+def test_snapshot_hyper_120x40(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=hyper_with_an_invalid_field)
+
+
+def test_snapshot_hyper_80x24(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=hyper)
+
+
+def test_snapshot_train_ready_120x40(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=train_ready)
+
+
+def test_snapshot_train_ready_80x24(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=train_ready)
+
+
+def test_snapshot_train_finished_120x40(snap_compare):
+    assert snap_compare(create_app(task="causal-lm"), terminal_size=(120, 40), run_before=train_finished)
+
+
+def test_snapshot_train_finished_80x24(snap_compare):
+    assert snap_compare(create_app(task="causal-lm"), terminal_size=(80, 24), run_before=train_finished)
