@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
+import os
 import time
 from pathlib import Path
 
@@ -13,11 +16,11 @@ import pytest
 from textual import events
 from textual.widgets import Button, ContentSwitcher, Input, RichLog, Static
 
-from core.config import load_config, parse_config, save_config
+from core.config import example_config, load_config, parse_config, save_config
 from core.control import Control
 from core.events import (CheckpointSaved, EvalResult, RunFailed, RunFinished, RunStarted, SampleGenerated,
                          StepMetrics, read_events)
-from core.manifest import latest_checkpoint
+from core.manifest import latest_checkpoint, write_manifest
 from sft_tui.app import create_app
 from sft_tui.messages import EngineEvent
 from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog
@@ -262,6 +265,47 @@ async def test_resume_dialog_refuses_a_folder_that_is_not_a_run(tmp_path):
         assert app.screen is dialog and "is not a run folder" in dialog.error
         await pilot.press("escape")
         assert isinstance(app.screen, TrainScreen) and app.run_state == "idle"
+
+
+async def test_resume_offers_the_newest_resumable_run_and_refuses_the_others_in_the_dialog(tmp_path):
+    """R's default is core.runs.latest_resumable (complete checkpoints only, runs it could resume),
+    and the dialog asks core.runs.resume_problem before anything starts."""
+    runs = tmp_path / "runs"
+
+    def run_folder(name: str, *events, checkpoint: bool = True) -> Path:
+        root = runs / name
+        (root / "checkpoints").mkdir(parents=True)
+        save_config(example_config("causal-lm"), root / "config.yaml")
+        (root / "events.jsonl").write_text("".join(json.dumps(e.to_dict()) + "\n" for e in events))
+        if checkpoint:
+            step = root / "checkpoints" / "step-40"
+            step.mkdir()
+            (step / "model.safetensors").write_bytes(b"weights")
+            write_manifest(step, 40)
+        return root
+
+    started, completed = FINISHED_RUN[0], FINISHED_RUN[-1]
+    stopped = run_folder("stopped", started, dataclasses.replace(completed, reason="stopped", output_path=None))
+    os.utime(stopped / "checkpoints" / "step-40", (1, 1))  # the oldest checkpoint, yet the one to offer
+    done = run_folder("done", started, completed)
+    cut_short = run_folder("cut-short", started, checkpoint=False)
+    (cut_short / "checkpoints" / "step-20").mkdir()  # a checkpoint whose write never finished
+    config = example_config("classification")
+    config.output.runs_dir = str(runs)
+    save_config(config, tmp_path / "config.yaml")
+    app = create_app(tmp_path / "config.yaml")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5", "R")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, PathDialog) and dialog.query_one(Input).value == str(stopped)
+        for folder, words in ((done, "is complete"), (cut_short, "has no complete checkpoint")):
+            dialog.query_one(Input).value = str(folder)
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.screen is dialog and words in dialog.error, dialog.error
+        await pilot.press("escape")
+        assert isinstance(app.screen, TrainScreen) and app.run_state == "idle" and app.control is None
 
 
 async def test_a_vanished_data_file_fails_into_a_dialog_and_the_app_keeps_running(tiny_model_factory, tmp_path):

@@ -22,8 +22,8 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from core.config import ColumnMap, DataFormat
 from core.errors import UserError
-from sft_tui.screens.base import StepScreen
 from sft_tui.format.data import data_stats
+from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.data.preview import DataPreview
 from sft_tui.widgets.load_status import LoadStatus
 from sft_tui.widgets.paths import PathSuggester

@@ -16,14 +16,15 @@ from textual.widgets import ContentSwitcher, DataTable, Static, Tree
 from core.config import FreezeRule
 from core.errors import UserError
 from core.freeze import effective_rules, preset_rules, resolve, rule_name, summarize_freeze
+from sft_tui.format.numbers import format_count, format_share
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.dialogs.freeze_rule import RuleDialog
 from sft_tui.widgets.freeze.rules import RuleTable
 from sft_tui.widgets.freeze.state import node_states, tensor_index
 from sft_tui.widgets.freeze.summary import PRESETS, FreezeSummaryBar
 from sft_tui.widgets.freeze.tree import ModuleTree
-from sft_tui.format.numbers import format_count, format_share
 from sft_tui.widgets.spinner import Spinner
+
 
 class FreezeScreen(StepScreen):
     STEP = "freeze"

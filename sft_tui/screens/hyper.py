@@ -20,11 +20,11 @@ from textual.widgets import Static
 
 from core.config import METRICS_BY_TASK, RunConfig, load_config, save_config
 from core.errors import UserError
+from sft_tui.format.hyper import NO_DATA
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.dialogs import PathDialog
 from sft_tui.session import field_problem
 from sft_tui.widgets.hyper.form import ConfigField, FieldSpec, field_spec, section_specs
-from sft_tui.format.hyper import NO_DATA
 from sft_tui.widgets.hyper.preview import SchedulePreview
 
 SECTIONS = [("Optimizer", "optim"), ("Schedule", "schedule"), ("Evaluation", "eval"), ("Checkpoints", "checkpoint")]

@@ -18,11 +18,11 @@ from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSe
 
 from core.config import DEMO_MODELS, TASKS, example_config
 from core.errors import UserError
+from sft_tui.format.model import model_summary
 from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.load_status import LoadStatus
-from sft_tui.widgets.paths import PathSuggester
 from sft_tui.widgets.model.sources import ModelSources
-from sft_tui.format.model import model_summary
+from sft_tui.widgets.paths import PathSuggester
 
 
 class ModelScreen(StepScreen):

@@ -8,6 +8,7 @@ right arrow key. Folders get a trailing slash so the next name can follow at onc
 from __future__ import annotations
 
 import os
+
 from textual.suggester import Suggester
 
 

@@ -7,8 +7,8 @@ from textual.binding import Binding
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from sft_tui.widgets.freeze.state import NodeState
 from sft_tui.format.numbers import format_count, format_share
+from sft_tui.widgets.freeze.state import NodeState
 
 STATE_STYLES = {"train": "green", "frozen": "dim", "partial": "yellow"}
 

@@ -14,8 +14,8 @@ from textual.containers import Vertical
 from textual.widgets import Input, Static
 
 from core.events import RunFinished
-from sft_tui.format.train import load_snippet
 from sft_tui.format.numbers import format_duration, format_metrics
+from sft_tui.format.train import load_snippet
 from sft_tui.worker import warm_up
 
 MAX_NEW_TOKENS = 32
