@@ -82,6 +82,8 @@ class SftApp(App):
         self.log_lines: list[tuple[str, str, str]] = []
         """(level, logger, message) of the last LOG_KEEP log records, for the train screen."""
         self._log_handler = EventLogHandler(PostingSink(self))
+        self._loading: dict[str, RunConfig] = {}
+        """The config each running model or data load reads."""
         self._ended_with: tuple | None = None
         """The draft (config, invalid fields) when the last run ended: the bar shows how it ended
         until the draft changes."""
@@ -107,10 +109,15 @@ class SftApp(App):
 
     def changed(self) -> None:
         """Tell the summary widgets that the Session changed. A failed load whose error the change
-        dropped (its settings changed) is no longer failed: nothing is loaded for the new ones. An
-        edit after a run ended is the draft of the next run: the bar shows it as ready or not."""
+        dropped, or a running load, whose settings changed is over: nothing is loaded for the new
+        settings (a running one is cancelled, its outcome would be about the old). An edit after a
+        run ended is the draft of the next run: the bar shows it as ready or not."""
         for kind in ("model", "data"):
-            if getattr(self, f"{kind}_state") == "failed" and kind not in self.session.load_errors:
+            state = getattr(self, f"{kind}_state")
+            if state == "failed" and kind not in self.session.load_errors:
+                setattr(self, f"{kind}_state", "none")
+            elif state == "loading" and not self.session.is_current(kind, self._loading[kind]):
+                self.workers.cancel_group(self, kind)
                 setattr(self, f"{kind}_state", "none")
         if self.run_state.ended and self._draft() != self._ended_with:
             self.run_state = RunState.IDLE
@@ -141,6 +148,7 @@ class SftApp(App):
         self._load("data", config, work)
 
     def _load(self, kind: str, config: RunConfig, work: Callable[[], Message]) -> None:
+        self._loading[kind] = config
         self.run_worker(partial(report_load, self, kind, config, work), thread=True, exclusive=True, group=kind,
                         exit_on_error=False)
 

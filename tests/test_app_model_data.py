@@ -3,6 +3,7 @@ opening the demo, pointing at a folder, a cached hub model or a data file, and t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -308,6 +309,39 @@ BAD_NUMBERS = [
     ("max-length", "3", "max_length: Input should be greater than or equal to 8"),
     ("val-ratio", "1.5", "val_ratio: Input should be less than 1"),
 ]
+
+
+async def test_a_load_whose_settings_change_meanwhile_is_cancelled_not_applied(monkeypatch):
+    """The data's settings change while it tokenizes: that load is about settings the draft has
+    left, so it is cancelled and its result never becomes session.data (nor stays "loading")."""
+    import threading
+
+    import sft_tui.app
+
+    release, done = threading.Event(), threading.Event()
+    real = sft_tui.app.load_data
+
+    def slow(config, info):
+        release.wait(30)
+        try:
+            return real(config, info)
+        finally:
+            done.set()
+
+    monkeypatch.setattr(sft_tui.app, "load_data", slow)
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)  # the model screen loaded the demo model
+        app.load_data()
+        await pilot.pause()
+        assert app.data_state == "loading"
+        app.session.update({"data.max_length": 32})
+        app.changed()
+        assert app.data_state == "none"
+        release.set()
+        assert await asyncio.to_thread(done.wait, 60)
+        await pilot.pause(0.2)
+        assert app.data_state == "none" and app.session.data is None and "data" not in app.session.load_errors
 
 
 async def test_bad_numbers_are_marked_next_to_their_field_and_keep_start_off():
