@@ -258,8 +258,11 @@ def test_cached_hub_model_is_not_hidden_by_a_folder_of_its_owners_name(tiny_mode
     (cached / "refs" / "main").write_text("0" * 40)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sft-tui-test").mkdir()
-    assert resolve_model_path(repo) == repo
-    assert load_model(ModelConfig(name_or_path=repo), "causal-lm").config.model_type == "gpt2"
+    try:
+        assert resolve_model_path(repo) == repo
+        assert load_model(ModelConfig(name_or_path=repo), "causal-lm").config.model_type == "gpt2"
+    finally:  # the HF cache is the whole session's: the app's model list in later tests must not show it
+        shutil.rmtree(cached)
 
 
 def test_truncated_weights_file_is_named(tiny_model_dir, tmp_path):
