@@ -28,6 +28,8 @@ class Event:
 
 @dataclass(frozen=True)
 class RunStarted(Event):
+    """Sent once setup is done, before the first step of a run or of a resume."""
+
     type: ClassVar[str] = "run_started"
     run_id: str
     run_dir: str
@@ -66,6 +68,8 @@ class StepMetrics(Event):
 
 @dataclass(frozen=True)
 class EvalResult(Event):
+    """One evaluation on the validation rows; `is_best` by eval.metric, which picks the best step."""
+
     type: ClassVar[str] = "eval"
     step: int
     epoch: float
@@ -76,6 +80,8 @@ class EvalResult(Event):
 
 @dataclass(frozen=True)
 class SampleGenerated(Event):
+    """Causal LM: a greedy generation for a validation prompt, beside the reference answer."""
+
     type: ClassVar[str] = "sample"
     step: int
     prompt: str
@@ -85,6 +91,8 @@ class SampleGenerated(Event):
 
 @dataclass(frozen=True)
 class CheckpointSaved(Event):
+    """A complete checkpoint is on disk at `path` (written atomically, so a resume may use it)."""
+
     type: ClassVar[str] = "checkpoint"
     step: int
     path: str
@@ -93,12 +101,16 @@ class CheckpointSaved(Event):
 
 @dataclass(frozen=True)
 class Paused(Event):
+    """The run waits after optimizer step `step` until it is resumed or stopped."""
+
     type: ClassVar[str] = "paused"
     step: int
 
 
 @dataclass(frozen=True)
 class Resumed(Event):
+    """A paused run trains on (not a resume from a checkpoint: that starts with RunStarted)."""
+
     type: ClassVar[str] = "resumed"
     step: int
 
