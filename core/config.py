@@ -92,7 +92,7 @@ class ColumnMap(_Section):
 
 class DataConfig(_Section):
     train: str = "demo:sentiment"
-    """Training data: a .jsonl/.json/.csv/.parquet file, a folder of them, a `datasets` name
+    """Training data: a .jsonl/.json/.csv/.tsv/.parquet file, a folder of them, a `datasets` name
     (read from the local cache when offline), or `demo:sentiment` / `demo:instructions`."""
     validation: str | None = None
     """Validation data in the same forms; None carves `val_ratio` off the training data."""

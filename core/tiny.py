@@ -11,7 +11,6 @@ instruction data.
 from __future__ import annotations
 
 import contextlib
-import importlib.resources
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -179,7 +178,9 @@ def _locked(folder: Path) -> Iterator[None]:
 
 def _demo_texts() -> list[str]:
     """The demo instruction data: the corpus the demo tiny model's tokenizer learns."""
-    source = importlib.resources.files("core") / "demo_data" / "instructions.jsonl"
+    from core.data.sources import DEMO_DATASETS
+
+    source = DEMO_DATASETS["demo:instructions"]
     if not source.is_file():
         raise UserError("the demo instruction data is missing from this installation", hint="reinstall sft-tui")
     return strings_in_jsonl(source.read_text(encoding="utf-8"))
