@@ -21,6 +21,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
 from core.config import ColumnMap, DataFormat
+from core.data.sources import FILE_KINDS
 from core.errors import UserError
 from sft_tui.format.data import data_stats
 from sft_tui.screens.base import StepScreen
@@ -32,7 +33,7 @@ FORMATS = get_args(DataFormat)
 ROLES = tuple(ColumnMap.model_fields)
 NUMBER_FIELDS = {"data-val-ratio": "val_ratio", "data-max-length": "max_length"}
 """Inputs whose text must validate as a DataConfig number, by widget id."""
-DATA_FILES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+DATA_FILES = tuple(FILE_KINDS)
 """File kinds core.data reads: the path completion offers these besides folders."""
 
 
