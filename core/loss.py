@@ -24,10 +24,16 @@ IGNORE_INDEX = -100
 """Label of a token that carries no loss (the value PyTorch's cross-entropy skips)."""
 
 
-def trained_tokens(labels: Sequence[int]) -> int:
-    """How many positions of one causal-LM row's `labels` carry loss: those after the first whose
+def trained_positions(labels: Sequence[int]) -> list[bool]:
+    """Which positions of one causal-LM row's `labels` carry loss: those after the first whose
     label is not IGNORE_INDEX (the first has nothing before it to be predicted from)."""
-    return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+    return [i > 0 and label != IGNORE_INDEX for i, label in enumerate(labels)]
+
+
+def trained_tokens(labels: Sequence[int]) -> int:
+    """How many positions of a row carry loss (trained_positions): what the data stats, the data
+    preview and the loss all count."""
+    return sum(trained_positions(labels))
 
 
 def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

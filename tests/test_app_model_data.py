@@ -373,3 +373,22 @@ async def test_bad_numbers_are_marked_next_to_their_field_and_keep_start_off():
         await settle(pilot)
         assert app.data_state == "ready" and app.session.config.data.max_length == 32
         assert "at max_length 32" in shown(app, "#data-stats")
+
+
+def test_the_preview_styles_as_trained_exactly_the_tokens_the_loss_counts():
+    """A plain-text row trains every label but its first position, which nothing predicts: the
+    preview showed that token bold while its count (core.loss.trained_tokens) left it out."""
+    from types import SimpleNamespace
+
+    from core.loss import IGNORE_INDEX, trained_tokens
+    from sft_tui.format.data import lm_row
+
+    class OneCharTokenizer:
+        def decode(self, ids):
+            return "".join(chr(ord("a") + i) for i in ids)
+
+    for labels in ([0, 1, 2, 3], [IGNORE_INDEX, IGNORE_INDEX, 2, 3], [0, IGNORE_INDEX, 2, IGNORE_INDEX]):
+        row = lm_row(OneCharTokenizer(), SimpleNamespace(input_ids=[0, 1, 2, 3], labels=labels))
+        bold = sum(span.end - span.start for span in row.spans if span.style == TRAINED_STYLE)
+        assert bold == trained_tokens(labels), (labels, row.plain)
+        assert row.plain.replace(ANSWER_MARK, "") == "abcd"

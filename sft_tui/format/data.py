@@ -1,8 +1,8 @@
 """The data screen's account of tokenized data: rows as the model sees them, and their statistics.
 
 Pure functions from core.data's PreparedData (and the tokenizer that made it) to rich renderables.
-A causal-LM row is decoded run by run, so the tokens without loss (label -100: the prompt, chat
-framing) show dim and the tokens the model learns to produce show bold: a wrong column mapping
+A causal-LM row is decoded run by run, so the tokens without loss (core.loss.trained_positions: the
+prompt, chat framing, a row's first token) show dim and the tokens the model learns to produce show bold: a wrong column mapping
 or a template that masks everything is visible before any training starts.
 """
 
@@ -15,7 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from core.loss import IGNORE_INDEX, trained_tokens
+from core.loss import trained_positions, trained_tokens
 
 MASKED_STYLE = "dim"
 """Tokens that carry no loss."""
@@ -36,8 +36,8 @@ def _flat(text: str, one_line: bool) -> str:
 def lm_row(tokenizer, example, one_line: bool = True) -> Text:
     """A causal-LM row decoded in runs of masked and trained tokens, styled by which they are."""
     text = Text()
-    pairs = zip(example.input_ids, example.labels)
-    for masked, run in groupby(pairs, key=lambda pair: pair[1] == IGNORE_INDEX):
+    pairs = zip(example.input_ids, trained_positions(example.labels))
+    for masked, run in groupby(pairs, key=lambda pair: not pair[1]):
         if not masked and text:
             text.append(ANSWER_MARK, style="cyan")
         piece = tokenizer.decode([token for token, _ in run])
