@@ -53,3 +53,16 @@ def visible_text(app) -> str:
     console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True)
     console.print(app.screen._compositor.render_update(full=True))
     return console.export_text()
+
+
+async def settle(pilot) -> None:
+    """Wait until every worker has finished: the warm-up, the screens' deferred starts (which start
+    the loaders only after the warm-up) and the loaders themselves."""
+    app = pilot.app
+    for _ in range(200):
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        if not len(app.workers) and "loading" not in (app.model_state, app.data_state):
+            return
+    raise AssertionError("workers did not finish")

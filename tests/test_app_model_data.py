@@ -19,20 +19,8 @@ from rich.console import Console
 from textual.widgets import DataTable, Input, OptionList, Static
 
 from sft_tui.app import create_app
+from helpers import settle
 from sft_tui.format.data import ANSWER_MARK, MASKED_STYLE, TRAINED_STYLE
-
-
-async def settle(pilot) -> None:
-    """Wait until every worker has finished: the warm-up, the screens' deferred starts (which start
-    the loaders only after the warm-up) and the loaders themselves."""
-    app = pilot.app
-    for _ in range(200):
-        await pilot.pause()
-        await app.workers.wait_for_complete()
-        await pilot.pause()
-        if not len(app.workers) and "loading" not in (app.model_state, app.data_state):
-            return
-    raise AssertionError("workers did not finish")
 
 
 def shown(app, selector: str) -> str:

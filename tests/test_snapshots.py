@@ -13,6 +13,7 @@ import pytest
 from sft_tui.app import create_app
 from sft_tui.messages import EngineEvent
 from sft_tui.widgets.train.stats import RunStats
+from helpers import settle
 from test_app_train import FINISHED_RUN
 
 
@@ -20,18 +21,6 @@ from test_app_train import FINISHED_RUN
 def no_gpu(monkeypatch):
     """The same pictures on every machine: the GPU pane always says there is none."""
     monkeypatch.setattr(RunStats, "gpu_probe", staticmethod(lambda: []))
-
-
-async def settle(pilot) -> None:
-    """Every worker done: the warm-up, the loads the screens start, and the loads those start."""
-    app = pilot.app
-    for _ in range(200):
-        await pilot.pause()
-        await app.workers.wait_for_complete()
-        await pilot.pause()
-        if not len(app.workers) and "loading" not in (app.model_state, app.data_state):
-            return
-    raise AssertionError("workers did not finish")
 
 
 async def step(pilot, key: str) -> None:
