@@ -31,7 +31,7 @@ from sft_tui.widgets.train.evals import BEST, EvalTable
 from sft_tui.widgets.train.progress import RunProgress
 from sft_tui.widgets.train.results import ResultsPanel
 from sft_tui.widgets.train.stats import RunStats
-from helpers import WORDS, tiny_lm_config, visible_text, write_jsonl
+from helpers import WORDS, settle, tiny_lm_config, visible_text, write_jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -580,16 +580,6 @@ FINISHED_RUN = [
                 best_metrics={"loss": 2.35, "perplexity": 10.5}, best_step=40, output_path="runs/demo-run/final",
                 last_checkpoint="runs/demo-run/checkpoints/step-40", elapsed_s=42.0, time=0),
 ]
-
-
-async def settle(pilot) -> None:
-    """Every worker done (warm-up, the model and data loaders the other steps start)."""
-    for _ in range(200):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
-        if not len(pilot.app.workers) and "loading" not in (pilot.app.model_state, pilot.app.data_state):
-            return
-    raise AssertionError("workers did not finish")
 
 
 async def open_train(pilot) -> None:

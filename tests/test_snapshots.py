@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytest
 
 from sft_tui.app import create_app
-from sft_tui.messages import EngineEvent
 from sft_tui.widgets.train.stats import RunStats
 from helpers import settle
-from test_app_train import FINISHED_RUN
+from test_app_train import open_train, post_finished_run
 
 
 @pytest.fixture(autouse=True)
@@ -63,21 +62,6 @@ async def hyper_with_an_invalid_field(pilot) -> None:
     await pilot.press("escape")
 
 
-async def train_ready(pilot) -> None:
-    await settle(pilot)
-    await pilot.press("5")
-    await pilot.pause()
-
-
-async def train_finished(pilot) -> None:
-    """Step 5 after a run, from a fixed sequence of engine events."""
-    await train_ready(pilot)
-    for event in FINISHED_RUN:  # one at a time: queued step metrics would merge (EngineEvent.can_replace)
-        pilot.app.screen.post_message(EngineEvent(event))
-        await pilot.pause()
-    await pilot.pause()
-
-
 # ---- the snapshots ------------------------------------------------------------------------------
 def test_snapshot_model_120x40(snap_compare):
     assert snap_compare(create_app(), terminal_size=(120, 40), run_before=settle)
@@ -120,16 +104,16 @@ def test_snapshot_hyper_80x24(snap_compare):
 
 
 def test_snapshot_train_ready_120x40(snap_compare):
-    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=train_ready)
+    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=open_train)
 
 
 def test_snapshot_train_ready_80x24(snap_compare):
-    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=train_ready)
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=open_train)
 
 
 def test_snapshot_train_finished_120x40(snap_compare):
-    assert snap_compare(create_app(task="causal-lm"), terminal_size=(120, 40), run_before=train_finished)
+    assert snap_compare(create_app(task="causal-lm"), terminal_size=(120, 40), run_before=post_finished_run)
 
 
 def test_snapshot_train_finished_80x24(snap_compare):
-    assert snap_compare(create_app(task="causal-lm"), terminal_size=(80, 24), run_before=train_finished)
+    assert snap_compare(create_app(task="causal-lm"), terminal_size=(80, 24), run_before=post_finished_run)
