@@ -35,6 +35,10 @@ class Control:
     def eval_now(self) -> None:
         self._eval.set()
 
+    def poll(self) -> None:
+        """Called by the engine between optimizer steps: a control fed from outside the process
+        (core.commands.FolderControl) reads its commands here. This one is set directly."""
+
     @property
     def paused(self) -> bool:
         return not self._running.is_set()

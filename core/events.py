@@ -223,12 +223,17 @@ class ListSink:
         return [e for e in self.events if isinstance(e, cls)]
 
 
-def read_events(path: str | Path) -> list[Event]:
-    """All events of a run's `events.jsonl`; a torn last line (crash mid-write) is skipped."""
+def parse_event_lines(lines: list[bytes] | list[str]) -> list[Event]:
+    """The events of JSON lines from an events.jsonl; a line torn by a crash is skipped."""
     events = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in lines:
         try:
             events.append(event_from_dict(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             continue
     return events
+
+
+def read_events(path: str | Path) -> list[Event]:
+    """All events of a run's `events.jsonl`; a torn last line (crash mid-write) is skipped."""
+    return parse_event_lines(Path(path).read_bytes().splitlines())

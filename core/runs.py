@@ -14,6 +14,7 @@ from pathlib import Path
 from core.config import RunConfig, config_to_dict, is_folder_name, load_config, save_config
 from core.errors import UserError
 from core.events import read_events
+from core.liveness import write_record
 from core.manifest import incomplete_checkpoints, latest_checkpoint
 
 class RunPaths:
@@ -28,6 +29,10 @@ class RunPaths:
         self.final = self.root / "final"
         self.error_log = self.root / "error.log"  # a failure's traceback: front ends name it, never print it
         self.lock = self.root / ".lock"
+        self.engine = self.root / "engine.json"  # pid and start time of the engine writing the run
+        self.engine_log = self.root / "engine.log"  # a detached engine's output
+        self.commands = self.root / "commands"  # the control channel (core.commands)
+        self.controller = self.root / "controller.json"  # the client that sends the commands
 
 
 def config_digest(config: RunConfig) -> str:
@@ -44,7 +49,7 @@ def new_run_id(config: RunConfig) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
 
 
-def _run_root(runs_dir: str | Path, run_id: str) -> Path:
+def run_root(runs_dir: str | Path, run_id: str) -> Path:
     """`runs_dir/run_id`, refusing any id that is not one plain folder name: a run folder is
     created, replaced and cleaned up by this module, which must never reach outside runs_dir."""
     if not is_folder_name(run_id):
@@ -77,6 +82,7 @@ class RunLock:
         self._file.truncate()
         self._file.write(str(os.getpid()))
         self._file.flush()
+        write_record(paths.engine)  # for clients: the lock says "someone", this says who, and since when
 
     def release(self) -> None:
         if not self._file.closed:
@@ -89,23 +95,28 @@ def holds_a_run(paths: RunPaths) -> bool:
     return paths.final.exists() or latest_checkpoint(paths.checkpoints) is not None
 
 
+def occupied_problem(paths: RunPaths) -> UserError | None:
+    """Why a new run cannot be started in `paths` (it holds a run), or None."""
+    if not holds_a_run(paths):
+        return None
+    return UserError(f"run folder {paths.root} already holds a run",
+                     f"choose another output.run_name, or resume it with `sft-tui train --resume {paths.root}`")
+
+
 def create_run(config: RunConfig, run_id: str) -> tuple[RunPaths, RunLock]:
     """Make (and lock) the run folder and write the config it runs with.
 
     A folder that holds a run is refused; one left by a start that never saved a checkpoint is
     taken over with the new config, so a failed start never blocks its name."""
-    paths = RunPaths(_run_root(config.output.runs_dir, run_id))
+    paths = RunPaths(run_root(config.output.runs_dir, run_id))
     try:
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create run folder {paths.root}: {err.strerror}", "check output.runs_dir") from None
     lock = RunLock(paths)
-    if holds_a_run(paths):
+    if problem := occupied_problem(paths):
         lock.release()
-        raise UserError(
-            f"run folder {paths.root} already holds a run",
-            "choose another output.run_name, or resume it with `sft-tui train --resume " + str(paths.root) + "`",
-        )
+        raise problem
     paths.events.unlink(missing_ok=True)
     shutil.rmtree(paths.checkpoints)  # nothing complete in it: interrupted writes only
     paths.checkpoints.mkdir()
@@ -118,7 +129,7 @@ def discard_stub(paths: RunPaths) -> None:
     writes, so a folder holding anything else is left in place."""
     if holds_a_run(paths):
         return
-    for path in (paths.config, paths.events, paths.lock):
+    for path in (paths.config, paths.events, paths.lock, paths.engine):
         path.unlink(missing_ok=True)
     for folder in (paths.checkpoints, paths.root):
         try:

@@ -1,4 +1,6 @@
-"""The `sft-tui` command: `init` writes a config, `train` runs one headless.
+"""The `sft-tui` command: `init` writes a config, `train` runs one headless (or `--detach`ed, in an
+engine process of its own), `attach` follows a run, `runs` lists runs, `serve` puts the app in a
+browser; with no command, the app.
 
 Heavy imports (torch, transformers) happen inside the commands, so `sft-tui --help` is instant.
 A UserError is printed as its message and hint with exit status 2, never as a traceback; a run
@@ -8,6 +10,7 @@ stopped by a signal exits with EXIT_STOPPED after saving a checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -42,12 +45,29 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="run a fine-tune headless with a progress bar")
     src = train.add_mutually_exclusive_group(required=True)
-    src.add_argument("config", nargs="?", help="a YAML config (see `sft-tui init`)")
+    src.add_argument("config", nargs="?", help="a YAML config (see `sft-tui init`); - reads it from stdin")
     src.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     src.add_argument("--demo", nargs="?", const="classification", choices=TASKS,
                      help="the bundled demo: MiniLM on sentiment, or a tiny LM on instructions")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config field, e.g. --set optim.lr=3e-5 (repeatable)")
+    train.add_argument("--detach", action="store_true",
+                       help="train in an engine process of its own that outlives this terminal; "
+                            "follow it with `sft-tui attach`")
+    train.add_argument("--engine", action="store_true", help=argparse.SUPPRESS)  # what --detach starts
+
+    attach = sub.add_parser("attach", help="follow a training run: its whole history, then live")
+    attach.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run folder (default: the newest live run)")
+    attach.add_argument("--plain", action="store_true", help="print progress as text instead of opening the app")
+    attach.add_argument("--runs-dir", default="runs", help="where to look for the newest live run (default: runs)")
+
+    runs = sub.add_parser("runs", help="list runs with their state, progress, best metric, age and parent")
+    runs.add_argument("--runs-dir", default="runs", help="the folder that holds the runs (default: runs)")
+
+    serve = sub.add_parser("serve", help="serve the app to a browser on 127.0.0.1 (forward the port over SSH)")
+    serve.add_argument("config", nargs="?", help="a YAML config to open")
+    serve.add_argument("--task", choices=TASKS, default="classification", help="which demo to open without a config")
+    serve.add_argument("--port", type=int, default=8000, help="the port on 127.0.0.1 (default: 8000)")
     return parser
 
 
@@ -69,22 +89,50 @@ def _init(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from core.config import apply_overrides, example_config, load_config
-    from core.control import Control
-    from core.engine import train
-    from sft_tui.headless import ProgressDisplay
 
     config = None
     if args.demo:
         config = example_config(args.demo)
+    elif args.config == "-":
+        config = _config_from_stdin()
     elif args.config:
         config = load_config(args.config)
     if config is not None and args.overrides:
         config = apply_overrides(config, args.overrides)
     elif args.resume and args.overrides:
         raise UserError("--set cannot change a run being resumed", "resume it as it was, or start a new run")
+    if args.detach:
+        return _detach(config, args.resume)
+    return _run_engine(config, args.resume, detached=args.engine)
+
+
+def _config_from_stdin():
+    import yaml
+
+    from core.config import parse_config
+
+    try:
+        data = yaml.safe_load(sys.stdin.read())
+    except yaml.YAMLError as err:
+        raise UserError(f"the config on stdin is not YAML: {err}", "pipe a file written by `sft-tui init`") from None
+    return parse_config(data if isinstance(data, dict) else {}, source="stdin")
+
+
+def _run_engine(config, resume: str | None, detached: bool) -> int:
+    """Train here, in this process, until the run ends; a detached engine also obeys the commands
+    that clients leave in its run folder (core.commands)."""
+    from core.control import Control
+    from core.engine import train
+    from sft_tui.headless import ProgressDisplay
 
     display = ProgressDisplay()
     control = Control()
+    if detached:
+        from core.commands import FolderControl
+        from core.runs import RunPaths, run_root
+
+        root = Path(resume) if resume else run_root(config.output.runs_dir, config.output.run_name)
+        control = FolderControl(RunPaths(root).commands)
 
     def on_signal(signum, frame):
         if signum == signal.SIGINT and control.stop_requested:
@@ -100,7 +148,7 @@ def _train(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS
                 if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
-        result = train(config, [display], control, resume_dir=args.resume)
+        result = train(config, [display], control, resume_dir=resume, keep_failed_start=detached)
     except UserError:
         if display.failure_shown:
             return 2
@@ -118,9 +166,66 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detach(config, resume: str | None) -> int:
+    """Start the engine in the background and return once it runs (or has failed to start)."""
+    import time
+
+    from core.liveness import read_record
+    from sft_tui.detach import start_detached
+
+    run = start_detached(config, resume)
+    print(f"starting the engine for {run.paths.root} ...", file=sys.stderr)
+    while (record := read_record(run.paths.engine)) is None or record.pid != run.process.pid:
+        if run.process.poll() is not None:
+            print(run.paths.engine_log.read_text(encoding="utf-8", errors="replace").strip(), file=sys.stderr)
+            return run.process.returncode
+        time.sleep(0.1)
+    pid = run.process.pid
+    print(f"run {run.paths.root.name} is training in the background (engine pid {pid}); closing this terminal "
+          f"does not stop it\n"
+          f"  follow it:  sft-tui attach {run.paths.root}   (--plain for text)\n"
+          f"  list runs:  sft-tui runs --runs-dir {run.paths.root.parent}\n"
+          f"  stop it:    kill -TERM {pid}   (it saves a checkpoint first)\n"
+          f"  its output: {run.paths.engine_log}")
+    return 0
+
+
+def _attach(args: argparse.Namespace) -> int:
+    from sft_tui.attach import ended_problem, find_run, follow_plain
+
+    info = find_run(args.run_dir, args.runs_dir)
+    if args.plain:
+        if problem := ended_problem(info):
+            raise problem
+        from sft_tui.headless import ProgressDisplay
+
+        return follow_plain(info, ProgressDisplay())
+    from sft_tui.app import create_app
+
+    return _run_app(create_app(info.paths.config, attach=info.paths.root))
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from core.run_info import list_runs
+    from sft_tui.format.runs import COLUMNS, STATE_STYLES, run_row
+
+    infos = list_runs(args.runs_dir)
+    if not infos:
+        print(f"no runs under {args.runs_dir}/ (start one: sft-tui train CONFIG, or in the app)")
+        return 0
+    table = Table(*COLUMNS, box=None, pad_edge=False)
+    for info in infos:
+        table.add_row(*run_row(info), style=STATE_STYLES.get(info.state, ""))
+    Console(soft_wrap=True).print(table)
+    return 0
+
+
 def _app(argv: list[str]) -> int:
     parser = _Parser(
-        prog="sft-tui", epilog="commands: `sft-tui init --help`, `sft-tui train --help`",
+        prog="sft-tui", epilog="commands: init, train, attach, runs, serve (`sft-tui COMMAND --help`)",
         description="Supervised fine-tuning of Hugging Face models in the terminal. "
                     "Without a config it opens on the bundled demo.")
     parser.add_argument("config", nargs="?", help="a YAML config to open (see `sft-tui init`)")
@@ -133,21 +238,38 @@ def _app(argv: list[str]) -> int:
         app = create_app(args.config, args.task)
     except UserError as err:
         return _refuse(err)
+    return _run_app(app)
+
+
+def _run_app(app) -> int:
+    """Run the app, then leave at once: a worker thread still importing torch or loading a model
+    would hold the process (and the user's shell) for seconds. A run the app started trains in an
+    engine process of its own, which this does not touch."""
     app.run()
-    return app.return_code or 0
+    code = app.return_code or 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("init", "train"):
+    if not argv or argv[0] not in COMMANDS:
         return _app(argv)
     args = _parser().parse_args(argv)
     try:
-        if args.command == "init":
-            return _init(args)
-        return _train(args)
+        return COMMANDS[args.command](args)
     except UserError as err:
         return _refuse(err)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sft_tui.serve import serve
+
+    return serve(args.port, args.config, args.task)
+
+
+COMMANDS = {"init": _init, "train": _train, "attach": _attach, "runs": _runs, "serve": _serve}
 
 
 def _refuse(err: UserError) -> int:

@@ -1,0 +1,36 @@
+"""Following a run's events.jsonl as the engine appends to it: what every client of a detached
+run reads (the app, `sft-tui attach`, the runs screen)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from core.events import Event, parse_event_lines
+
+
+class EventFollower:
+    """Reads the events appended to `path` since the last call.
+
+    Only whole lines are read: the engine's line being written is left for the next call. A file
+    replaced under the same name (a failed start taken over by a new one) is read again from its
+    start."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._offset = 0
+        self._inode: int | None = None
+
+    def read_new(self) -> list[Event]:
+        try:
+            with open(self.path, "rb") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                if inode != self._inode:
+                    self._inode, self._offset = inode, 0
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1
+        self._offset += end
+        return parse_event_lines(chunk[:end].splitlines())

@@ -1,0 +1,133 @@
+"""What a client can say about a run from its folder alone, without the engine's help: its state
+(running, paused, finished, stopped, failed, crashed), progress, best metric, age and parent.
+`sft-tui runs`, `sft-tui attach` and the app's runs screen all read runs through this module.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.events import Event, read_events
+from core.liveness import ProcessRecord, live_record
+from core.manifest import latest_checkpoint
+from core.runs import RunPaths
+
+LIVE_STATES = ("starting", "running", "paused")
+STATES = (*LIVE_STATES, "finished", "stopped", "failed", "crashed")
+
+
+@dataclass
+class RunInfo:
+    paths: RunPaths
+    state: str
+    """One of STATES. crashed: no engine runs it and its log has no final event."""
+    engine: ProcessRecord | None
+    """The live engine's record; None when none runs the run."""
+    step: int = 0
+    planned_steps: int | None = None
+    best: tuple[str, float, int] | None = None
+    """(metric, value, step) of the best evaluation so far."""
+    updated: float = 0.0
+    """Unix time of the run's last event (or of its folder, before any)."""
+    parent: Path | None = None
+    """The run whose final model this run started from (a continued run)."""
+    reason: str = ""
+    """How a run ended: completed/early-stopped (finished), or a failure's message."""
+    last_checkpoint: Path | None = None
+    task: str = ""
+    events: list[Event] = field(default_factory=list, repr=False)
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    @property
+    def name(self) -> str:
+        return self.paths.root.name
+
+    @property
+    def age_s(self) -> float:
+        return max(time.time() - self.updated, 0.0)
+
+    @property
+    def resumable(self) -> bool:
+        return self.state in ("stopped", "crashed", "failed") and self.last_checkpoint is not None
+
+
+def run_info(root: str | Path) -> RunInfo:
+    """The state of the run in `root`, read from its event log, its checkpoints and its engine record."""
+    paths = RunPaths(Path(root))
+    events = read_events(paths.events) if paths.events.exists() else []
+    engine = live_record(paths.engine)
+    config = _config_dict(paths)
+    info = RunInfo(paths, "crashed", engine, events=events,
+                   updated=events[-1].time if events else _mtime(paths.root),
+                   parent=_parent(config), last_checkpoint=latest_checkpoint(paths.checkpoints))
+    chosen = (config.get("eval") or {}).get("metric")
+    final = None
+    paused = False
+    for event in events:
+        kind = event.type
+        if kind == "run_started":
+            info.planned_steps, info.step, info.task = event.planned_steps, event.resumed_from_step, event.task
+            final, paused = None, False
+        elif kind == "step":
+            info.step = event.step
+        elif kind == "eval" and event.is_best:
+            metric = chosen if chosen in event.metrics else next(iter(event.metrics))
+            info.best = (metric, event.metrics[metric], event.step)
+        elif kind in ("paused", "resumed"):
+            paused = kind == "paused"
+        elif kind in ("run_finished", "run_failed"):
+            final = event
+            info.step = event.step or info.step
+    if final is not None:
+        if final.type == "run_failed":
+            info.state, info.reason = "failed", final.message
+        else:
+            info.state = "stopped" if final.reason == "stopped" else "finished"
+            info.reason = final.reason
+    elif engine is not None:
+        info.state = "paused" if paused else "running" if info.planned_steps else "starting"
+    return info
+
+
+def list_runs(runs_dir: str | Path) -> list[RunInfo]:
+    """Every run folder under `runs_dir` (a folder with a config.yaml), the most recently active first."""
+    folder = Path(runs_dir)
+    roots = [p for p in folder.iterdir() if (p / "config.yaml").is_file()] if folder.is_dir() else []
+    return sorted((run_info(root) for root in roots), key=lambda info: info.updated, reverse=True)
+
+
+def newest_live_run(runs_dir: str | Path) -> RunInfo | None:
+    return next((info for info in list_runs(runs_dir) if info.live), None)
+
+
+def _config_dict(paths: RunPaths) -> dict:
+    """The run's config.yaml as plain data (no validation: a client lists runs of other versions too)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _parent(config: dict) -> Path | None:
+    """A continued run starts from another run's final model: its model path is `<parent>/final`."""
+    model = (config.get("model") or {}).get("name_or_path")
+    if not isinstance(model, str):
+        return None
+    candidate = Path(model)
+    parent = RunPaths(candidate.parent)
+    return candidate.parent if candidate == parent.final and parent.config.is_file() else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

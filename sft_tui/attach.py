@@ -1,0 +1,78 @@
+"""`sft-tui attach`: find the run to follow, and follow it in plain text for a terminal without the
+app. The app's attach (sft_tui.app) reads the same run folder through the same modules."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from core.errors import UserError
+from core.follow import EventFollower
+from core.liveness import live_record
+from core.run_info import RunInfo, newest_live_run, run_info
+from core.runs import RunPaths
+
+POLL_S = 0.25
+EXIT_FAILED = 1
+EXIT_CRASHED = 4
+
+
+def find_run(run_dir: str | None, runs_dir: str) -> RunInfo:
+    """The run in `run_dir`, or the newest live run under `runs_dir`."""
+    if run_dir is None:
+        info = newest_live_run(runs_dir)
+        if info is None:
+            raise UserError(f"no run is training under {runs_dir}/",
+                            "`sft-tui runs` lists the runs there; pass one: `sft-tui attach runs/<run>`"
+                            " (or --runs-dir DIR)")
+        return info
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.is_file():
+        raise UserError(f"{run_dir} is not a run folder: it has no {paths.config.name}",
+                        "pass a folder under runs/; `sft-tui runs` lists them")
+    return run_info(paths.root)
+
+
+def ended_problem(info: RunInfo) -> UserError | None:
+    """Why `info` has nothing live to attach to: it ended, or its engine died without a word."""
+    if info.state == "crashed":
+        checkpoint = f" its last complete checkpoint is {info.last_checkpoint.name};" if info.last_checkpoint else ""
+        return UserError(f"run {info.paths.root} crashed: its engine ended without a final event at step {info.step}",
+                         f"{checkpoint} resume it with `sft-tui train --resume {info.paths.root}`" if checkpoint
+                         else f"it saved no checkpoint; start it again: `sft-tui train {info.paths.config}`")
+    if not info.live:
+        how = info.reason if info.state != "failed" else f"failed: {info.reason}"
+        return UserError(f"run {info.paths.root} is not training: it {info.state} at step {info.step} ({how})",
+                         "its summary: `sft-tui runs`, or the runs screen (6) in the app")
+    return None
+
+
+def follow_plain(info: RunInfo, display) -> int:
+    """Print the run's whole history, then its live progress, until it ends (its exit status as
+    `sft-tui train` would give it) or Ctrl+C, which leaves the run training."""
+    from sft_tui.cli import EXIT_STOPPED
+
+    follower = EventFollower(info.paths.events)
+
+    def show(events) -> int | None:
+        for event in events:
+            display.emit(event)
+            if event.type == "run_failed":
+                return EXIT_FAILED
+            if event.type == "run_finished":
+                return EXIT_STOPPED if event.reason == "stopped" else 0
+        return None
+
+    try:
+        while True:
+            alive = live_record(info.paths.engine) is not None  # asked first: its last words are read next
+            if (code := show(follower.read_new())) is not None:
+                return code
+            if not alive:
+                display.note(ended_problem(run_info(info.paths.root)).message)
+                return EXIT_CRASHED
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        display.progress.stop()
+        display.note(f"detached: the run goes on; attach again with `sft-tui attach {info.paths.root}`")
+        return 0
