@@ -33,6 +33,8 @@ DataFormat = Literal["auto", "text-label", "prompt-completion", "chat", "text"]
 Preset = Literal["all", "head-only", "top-n", "freeze-embeddings"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal["linear", "cosine", "constant"]
+TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
+"""The allowed values of output.report_to; core.trackers builds one sink per name."""
 
 METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
     "classification": ("loss", "accuracy", "f1"),
@@ -208,6 +210,25 @@ class OutputConfig(_Section):
     """Name of the run folder; None makes one from the time and the model name."""
     save_final: bool = True
     """Write `final/` (save_pretrained of model and tokenizer) at the end of the run."""
+    report_to: list[str] = Field(default_factory=list)
+    """Trackers that get a copy of the metrics besides events.jsonl: tensorboard (event files in
+    <run>/tensorboard/, for `tensorboard --logdir runs`) and wandb (offline unless WANDB_MODE is set)."""
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _known_trackers(cls, names: Any) -> Any:
+        """A single name is a list of one (`report_to: tensorboard`); an unknown name is an error that
+        lists the trackers, not a run that silently logs nowhere."""
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list):
+            return names  # pydantic's own list error
+        unknown = [n for n in names if n not in TRACKERS]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), TRACKERS, n=1)
+            raise _invalid("unknown_tracker", f"{unknown[0]!r} is not a tracker; use any of: "
+                           f"{', '.join(TRACKERS)}" + (f" (did you mean {close[0]!r}?)" if close else ""),
+                           f"set output.report_to to a list of: {', '.join(TRACKERS)}, e.g. [tensorboard]")
+        return list(dict.fromkeys(names))
 
     @field_validator("run_name")
     @classmethod
