@@ -29,6 +29,7 @@ from core.logs import logs_to_events
 from core.loss import raise_if_diverged
 from core.manifest import step_of
 from core.runs import RunPaths, config_digest, discard_stub, open_run
+from core.trackers import close_trackers, tracker_sinks
 
 @dataclass
 class RunResult:
@@ -48,8 +49,13 @@ def train(
     *,
     resume_dir: str | Path | None = None,
     report_interval_s: float = 0.25,
+    keep_failed_start: bool = False,
 ) -> RunResult:
-    """Run (or with `resume_dir`, continue) a fine-tune. Raises UserError after a RunFailed event."""
+    """Run (or with `resume_dir`, continue) a fine-tune. Raises UserError after a RunFailed event.
+
+    A start that fails on its input leaves no run folder behind, unless `keep_failed_start`: a
+    detached engine's clients learn of the failure from the folder's events.jsonl (a new start
+    under the same name takes such a folder over)."""
     from accelerate import Accelerator
 
     control = control or Control()
@@ -64,6 +70,7 @@ def train(
     out = Broadcast([jsonl, *sinks] if jsonl else [])
     training = None
     try:
+        out.sinks += tracker_sinks(config, paths) if main else []  # output.report_to: TensorBoard, W&B
         with logs_to_events(out):
             training = _set_up(config, paths, accelerator, out, control, report_interval_s, resume=resumed is not None)
             return training.run()
@@ -71,7 +78,7 @@ def train(
         step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
         out.emit_failure(RunFailed(message=err.message, hint=err.hint, last_checkpoint=_str(last_checkpoint),
                                    step=step))
-        if main and resumed is None and step == 0:
+        if main and resumed is None and step == 0 and not keep_failed_start:
             jsonl.close()
             discard_stub(paths)  # a start that failed on its input must not block its run name
         raise
@@ -83,6 +90,7 @@ def train(
                                    last_checkpoint=_str(last_checkpoint), step=step, log_file=_str(log_file)))
         raise
     finally:
+        close_trackers(out.sinks)
         if jsonl:
             jsonl.close()
         if lock:
@@ -269,6 +277,7 @@ class _Training:
         """Evaluate and checkpoint as planned or asked, then obey pause and stop; the reason to end
         the run, or 'completed' to go on."""
         control, step = self.control, self.state.step
+        control.poll()
         reason = "completed"
         if (control.take_eval_request() or self.plan.evaluates_after(step)) and self._evaluate():
             reason = "early-stopped"

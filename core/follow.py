@@ -3,10 +3,11 @@ run reads (the app, `sft-tui attach`, the runs screen)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from core.events import Event, parse_event_lines
+
+HEAD_BYTES = 256
 
 
 class EventFollower:
@@ -14,23 +15,25 @@ class EventFollower:
 
     Only whole lines are read: the engine's line being written is left for the next call. A file
     replaced under the same name (a failed start taken over by a new one) is read again from its
-    start."""
+    start: it is known by its first bytes, since a new file may get the old one's inode number."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._offset = 0
-        self._inode: int | None = None
+        self._head = b""
 
     def read_new(self) -> list[Event]:
         try:
             with open(self.path, "rb") as f:
-                inode = os.fstat(f.fileno()).st_ino
-                if inode != self._inode:
-                    self._inode, self._offset = inode, 0
+                head = f.read(HEAD_BYTES)
+                if head[: len(self._head)] != self._head or len(head) < len(self._head):
+                    self._offset = 0
                 f.seek(self._offset)
                 chunk = f.read()
         except FileNotFoundError:
             return []
         end = chunk.rfind(b"\n") + 1
+        if self._offset == 0:
+            self._head = head[:end] if end < HEAD_BYTES else head
         self._offset += end
         return parse_event_lines(chunk[:end].splitlines())

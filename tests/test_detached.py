@@ -1,0 +1,200 @@
+"""Runs that outlive the terminal (issue 9), from the command line: `sft-tui train --detach`
+starts an engine in a session of its own, a SIGHUP to the terminal's process group does not reach
+it, the control channel's commands round-trip, `sft-tui attach --plain` and `sft-tui runs` read
+the run folder, and a killed engine shows as crashed and resumes to its planned step.
+
+Real detached engines need real processes; the protocol's parts (liveness records, command files,
+following events.jsonl) are also tested in-process below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from core.commands import FolderControl, send_command
+from core.events import StepMetrics
+from core.follow import EventFollower
+from core.liveness import ProcessRecord, live_record, read_record, write_record
+from core.run_info import list_runs, run_info
+from core.runs import RunPaths
+from helpers import tiny_lm_config, write_jsonl
+
+STEPS = 200
+CLI = [sys.executable, "-m", "sft_tui.cli"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, tiny_model_factory) -> Path:
+    """A folder with config files of 200-step tiny-Llama runs, checkpointed every 20 steps."""
+    root = tmp_path_factory.mktemp("detached")
+    rows = [{"prompt": f"Echo {w} {i % 4}:", "completion": f" {w}"} for i, w in enumerate("abc def ghi jkl".split() * 10)]
+    data = write_jsonl(root / "train.jsonl", rows)
+    base = tiny_lm_config(tiny_model_factory("llama"), data, root / "runs", schedule={"max_steps": STEPS},
+                          eval={"every_steps": 1000, "num_samples": 0}, checkpoint={"every_steps": 20, "keep_last": 2})
+    for name in ("sighup", "killed"):
+        config = {**base, "output": {**base["output"], "run_name": name}}
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return root
+
+
+def sft(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=root, capture_output=True, text=True, timeout=timeout)
+
+
+def wait(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def state(paths: RunPaths) -> str:
+    return run_info(paths.root).state
+
+
+def count(paths: RunPaths, kind: str) -> int:
+    return sum(1 for e in run_info(paths.root).events if e.type == kind)
+
+
+def test_a_detached_run_outlives_its_terminal_and_obeys_every_command(root):
+    paths = RunPaths(root / "runs" / "sighup")
+    # The "terminal": a shell leading its own session, as an SSH login shell does.
+    shell = subprocess.Popen(["bash", "-c", f"{' '.join(CLI)} train sighup.yaml --detach; sleep 600"], cwd=root,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    said = shell.stdout.readline() + shell.stdout.readline()
+    assert "is training in the background (engine pid" in said, said
+    send_command(paths.commands, "pause")  # before its first step: the test decides when it goes on
+    engine = read_record(paths.engine)
+    assert engine is not None and engine.pid != shell.pid and os.getsid(engine.pid) == engine.pid
+
+    os.killpg(shell.pid, signal.SIGHUP)  # what a dropped SSH connection sends to the terminal's group
+    shell.wait(timeout=10)
+    wait(lambda: state(paths) == "paused", "the pause")
+    assert live_record(paths.engine) == engine
+
+    viewer = subprocess.Popen([*CLI, "attach", "--plain", str(paths.root)], cwd=root, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    refused = sft(root, "train", "--resume", str(paths.root), "--detach")
+    assert refused.returncode == 2 and "is training now (engine pid" in refused.stderr
+    assert "sft-tui attach" in refused.stderr
+
+    send_command(paths.commands, "resume")
+    wait(lambda: state(paths) == "running" and count(paths, "step") > 0, "the resume")
+    send_command(paths.commands, "pause")
+    wait(lambda: state(paths) == "paused", "the second pause")
+    checkpoints, evals = count(paths, "checkpoint"), count(paths, "eval")
+    send_command(paths.commands, "save")
+    send_command(paths.commands, "eval")
+    send_command(paths.commands, "resume")
+    wait(lambda: count(paths, "checkpoint") > checkpoints and count(paths, "eval") > evals, "save and eval")
+    send_command(paths.commands, "stop")
+    wait(lambda: state(paths) == "stopped", "the stop")
+    info = run_info(paths.root)
+    assert info.step < STEPS and info.last_checkpoint.name == f"step-{info.step}"
+
+    out, _ = viewer.communicate(timeout=60)
+    assert viewer.returncode == 3, out  # EXIT_STOPPED, as `sft-tui train` would
+    assert "paused at step" in out and "resumed at step" in out and "evaluation at step" in out
+    assert f"run stopped at step {info.step}" in out
+    wait(lambda: live_record(paths.engine) is None, "the engine's exit", timeout=30)
+
+
+def test_a_killed_engine_shows_as_crashed_and_resumes_to_its_planned_step(root):
+    paths = RunPaths(root / "runs" / "killed")
+    started = sft(root, "train", "killed.yaml", "--detach")
+    assert started.returncode == 0, started.stderr
+    send_command(paths.commands, "save")  # a checkpoint at its first step, then wait there
+    send_command(paths.commands, "pause")
+    wait(lambda: state(paths) == "paused" and run_info(paths.root).last_checkpoint is not None, "the checkpoint")
+    os.kill(read_record(paths.engine).pid, signal.SIGKILL)
+    wait(lambda: live_record(paths.engine) is None, "the engine's death", timeout=30)
+
+    info = run_info(paths.root)
+    assert info.state == "crashed" and info.resumable and info.last_checkpoint.name == "step-1"
+    listed = sft(root, "runs")
+    assert listed.returncode == 0 and any(line.split()[:2] == ["killed", "crashed"] for line in listed.stdout.splitlines())
+    attached = sft(root, "attach", "--plain", str(paths.root))
+    assert attached.returncode == 2 and "crashed" in attached.stderr and f"--resume {paths.root}" in attached.stderr
+
+    resumed = sft(root, "train", "--resume", str(paths.root), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    info = run_info(paths.root)
+    assert info.state == "finished" and info.step == STEPS and (paths.final / "model.safetensors").exists()
+
+
+def test_attach_and_runs_explain_what_they_cannot_follow(root, tmp_path):
+    not_a_run = sft(root, "attach", "--plain", str(tmp_path))
+    assert not_a_run.returncode == 2 and "is not a run folder" in not_a_run.stderr
+    nothing_live = sft(tmp_path, "attach", "--plain")
+    assert nothing_live.returncode == 2 and "no run is training under runs/" in nothing_live.stderr
+    assert "Traceback" not in not_a_run.stderr + nothing_live.stderr
+    empty = sft(tmp_path, "runs")
+    assert empty.returncode == 0 and "no runs under runs/" in empty.stdout
+
+
+def test_a_finished_run_is_summarised_not_followed(root):
+    finished = [info for info in list_runs(root / "runs") if info.state == "finished"]
+    if not finished:
+        pytest.skip("needs the resumed run of the test before")
+    out = sft(root, "attach", "--plain", str(finished[0].paths.root))
+    assert out.returncode == 2 and "is not training: it finished at step 200 (completed)" in out.stderr
+
+
+# ---- the protocol's parts, in-process ---------------------------------------------------------
+def test_a_record_of_a_reused_pid_is_not_alive(tmp_path):
+    mine = write_record(tmp_path / "engine.json")
+    assert live_record(tmp_path / "engine.json") == mine
+    reused = ProcessRecord(mine.pid, mine.create_time - 3600, mine.host, mine.since)  # same pid, older process
+    write_record(tmp_path / "engine.json", reused)
+    assert read_record(tmp_path / "engine.json") == reused and live_record(tmp_path / "engine.json") is None
+    gone = ProcessRecord(max(psutil.pids()) + 10_000, 0.0, mine.host, mine.since)
+    assert not gone.alive()
+    (tmp_path / "engine.json").write_text('{"pid": 1', encoding="utf-8")  # torn
+    assert read_record(tmp_path / "engine.json") is None
+
+
+def test_commands_apply_in_order_once_and_stale_ones_are_dropped(tmp_path):
+    folder = tmp_path / "commands"
+    folder.mkdir()
+    (folder / f"{1_000_000_000:020d}-1-stop.json").write_text("{}")  # left by an engine that crashed
+    control = FolderControl(folder)
+    send_command(folder, "pause")
+    control.poll()
+    assert control.paused and not control.stop_requested and not list(folder.iterdir())
+    send_command(folder, "save")
+    send_command(folder, "resume")
+    control._next_poll = 0.0
+    control.poll()
+    assert not control.paused and control.take_save_request() and not control.take_save_request()
+    with pytest.raises(ValueError, match="unknown command"):
+        send_command(folder, "explode")
+
+
+def test_the_follower_reads_whole_lines_only_and_starts_over_on_a_new_file(tmp_path):
+    path = tmp_path / "events.jsonl"
+    event = StepMetrics(step=1, epoch=0.1, loss=1.0, lr=1e-3, grad_norm=None, tokens_per_s=1.0, samples_per_s=1.0,
+                        tokens_seen=8, elapsed_s=1.0, eta_s=None)
+    line = json.dumps(event.to_dict())
+    follower = EventFollower(path)
+    assert follower.read_new() == []
+    path.write_text(line + "\n" + line[:20], encoding="utf-8")  # the engine is mid-way through line 2
+    assert [e.step for e in follower.read_new()] == [1]
+    with path.open("a", encoding="utf-8") as f:
+        f.write(line[20:] + "\n")
+    assert [e.step for e in follower.read_new()] == [1]
+    assert follower.read_new() == []
+    path.unlink()
+    later = json.dumps({**event.to_dict(), "time": event.time + 60})
+    path.write_text(later + "\n", encoding="utf-8")  # a failed start taken over: a new file, perhaps its inode
+    assert len(follower.read_new()) == 1
