@@ -34,7 +34,8 @@ from sft_tui.messages import DataLoaded, EngineEvent, LoadFailed, ModelLoaded, R
 from sft_tui.session import Session
 from sft_tui.worker import PostingSink, RunSink, load_data, load_model_info, report_load, run_training, warm_up
 
-STEPS = [("model", "Model"), ("data", "Data"), ("freeze", "Freeze"), ("hyper", "Hyper"), ("train", "Train")]
+STEPS = [("model", "Model"), ("data", "Data"), ("freeze", "Freeze"), ("hyper", "Hyper"), ("train", "Train"),
+         ("runs", "Runs")]
 LOG_KEEP = 1000
 """Log lines kept for the train screen's log pane."""
 SETTLE_POLL_S = 0.05

@@ -4,7 +4,8 @@ from sft_tui.screens.data import DataScreen
 from sft_tui.screens.freeze import FreezeScreen
 from sft_tui.screens.hyper import HyperScreen
 from sft_tui.screens.model import ModelScreen
+from sft_tui.screens.runs import RunsScreen
 from sft_tui.screens.train import TrainScreen
 
 SCREENS = {"model": ModelScreen, "data": DataScreen, "freeze": FreezeScreen, "hyper": HyperScreen,
-           "train": TrainScreen}
+           "train": TrainScreen, "runs": RunsScreen}

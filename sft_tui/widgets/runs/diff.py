@@ -1,0 +1,33 @@
+"""The config keys in which the compared runs differ, one row per key and one column per run."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from sft_tui.format.compare import MISSING, config_diff
+from sft_tui.widgets.runs.curves import colour_style
+
+
+class ConfigDiff(DataTable):
+    DEFAULT_CSS = """
+    ConfigDiff { height: 1fr; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.diff: list[tuple[str, list[str]]] = []
+
+    def show(self, names: list[str], configs: list[dict]) -> None:
+        """One column per run (named in its curve's colour); only the keys whose values differ."""
+        self.clear(columns=True)
+        self.diff = config_diff(configs) if len(configs) >= 2 else []
+        self.add_column("key", key="key")
+        for i, name in enumerate(names):
+            self.add_column(Text(name, style=f"bold {colour_style(i)}"), key=f"run-{i}")
+        for key, values in self.diff:
+            self.add_row(key, *(Text(v, style="dim") if v == MISSING else v for v in values), key=key)
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.diff]

@@ -1,0 +1,74 @@
+"""The runs under the draft's runs_dir, one row each as `sft-tui runs` prints them, with a mark
+column: the marked runs are the ones compared."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.widgets import DataTable
+
+from core.run_info import RunInfo
+from sft_tui.format.runs import COLUMNS, STATE_STYLES, run_row
+
+MARK = "●"
+
+
+class RunTable(DataTable):
+    DEFAULT_CSS = """
+    RunTable { height: auto; max-height: 12; }
+    """
+    BINDINGS = [Binding("enter", "select_cursor", "Open", id="runs-table-open")]
+    """Enter shows in the footer (DataTable's own hides it): it opens the run (RunsScreen.action_open)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.infos: dict[str, RunInfo] = {}
+        """The shown runs by row key (their folder)."""
+        self.marked: list[str] = []
+        """Row keys of the marked runs, in the order they were marked (the order of the legend)."""
+
+    def on_mount(self) -> None:
+        self.add_column(" ", key="mark")
+        for name in COLUMNS:
+            self.add_column(name, key=name)
+
+    def show(self, infos: list[RunInfo]) -> None:
+        """Show these runs; the cursor stays on the run it was on, marks on runs still there."""
+        current = self.current
+        self.infos = {str(info.paths.root): info for info in infos}
+        self.marked = [key for key in self.marked if key in self.infos]
+        self.clear()
+        for key, info in self.infos.items():
+            state, *rest = run_row(info)[1:]
+            self.add_row(MARK if key in self.marked else "", info.name,
+                         Text(state, style=STATE_STYLES.get(info.state, "")), *rest, key=key)
+        if current is not None and str(current.paths.root) in self.infos:
+            self.move_cursor(row=self.get_row_index(str(current.paths.root)), scroll=False)
+
+    @property
+    def current(self) -> RunInfo | None:
+        """The run under the cursor."""
+        if not self.row_count:
+            return None
+        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        return self.infos.get(key)
+
+    @property
+    def marked_infos(self) -> list[RunInfo]:
+        return [self.infos[key] for key in self.marked]
+
+    def toggle_mark(self) -> None:
+        info = self.current
+        if info is None:
+            return
+        key = str(info.paths.root)
+        if key in self.marked:
+            self.marked.remove(key)
+        else:
+            self.marked.append(key)
+        self.update_cell(key, "mark", MARK if key in self.marked else "")
+
+    def clear_marks(self) -> None:
+        for key in self.marked:
+            self.update_cell(key, "mark", "")
+        self.marked = []
