@@ -4,6 +4,7 @@ from its final model and resuming a stopped one (its snapshot is in tests/test_s
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -239,3 +240,185 @@ async def test_r_resumes_a_stopped_run_and_refuses_a_complete_one(real_runs, lau
         assert launched == [{"config": None, "resume_dir": runs / "lr-1e-3"}]
         await pilot.press("enter")
         assert launched[-1] == {"attach": runs / "lr-1e-3"}
+
+
+# ---- synthetic runs: states, refusals, refreshing, bad input, a small terminal -------------------
+def make_live(root: Path) -> None:
+    """Give a crashed synthetic run a live engine: this test process's own record."""
+    from core.liveness import write_record
+    from core.runs import RunPaths
+
+    write_record(RunPaths(root).engine)
+
+
+async def test_a_live_run_is_attached_not_resumed_and_a_run_without_final_is_not_continued(tmp_path, launched):
+    config = fake_runs_config(tmp_path)
+    make_live(tmp_path / "runs" / "lm-crashed")
+    app = create_app(config)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_runs(pilot)
+        assert screen.query_one(RunTable).infos[str(tmp_path / "runs" / "lm-crashed")].state == "running"
+        await select(pilot, screen, "lm-crashed")
+        await pilot.press("r")
+        assert not launched and "is running now: Enter attaches to it" in notes(app)
+        await pilot.press("enter")
+        assert launched == [{"attach": tmp_path / "runs" / "lm-crashed"}]
+
+        await select(pilot, screen, "lm-lr3e-3")  # finished, but saved no final/
+        await pilot.press("n")
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen) and len(launched) == 1
+        assert "saved no final model" in notes(app) and "output.save_final" in notes(app)
+
+        await select(pilot, screen, "lm-lr1e-3")  # stopped without a complete checkpoint
+        await pilot.press("r")
+        assert len(launched) == 1 and "no complete checkpoint" in notes(app)
+
+
+async def test_the_table_follows_the_folder_and_skips_what_is_not_a_run(tmp_path):
+    config = fake_runs_config(tmp_path)
+    (tmp_path / "runs" / "notes").mkdir()  # no config.yaml: not a run
+    (tmp_path / "runs" / "notes" / "todo.txt").write_text("x")
+    (tmp_path / "runs" / "stray.txt").write_text("x")
+    app = create_app(config)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_runs(pilot)
+        table = screen.query_one(RunTable)
+        assert sorted(info.name for info in table.infos.values()) == ["lm-crashed", "lm-lr1e-3", "lm-lr3e-3"]
+        write_fake_run(tmp_path / "runs", "lm-new", 5e-3)
+        await pilot.pause(2.5)  # the next refresh finds it
+        await settle(pilot)
+        assert "lm-new" in {info.name for info in table.infos.values()}
+
+
+async def test_a_runs_dir_that_does_not_exist_says_where_it_looked(tmp_path):
+    draft = config_to_dict(example_config("causal-lm"))
+    draft["output"]["runs_dir"] = str(tmp_path / "nowhere")
+    path = tmp_path / "draft.yaml"
+    save_config(parse_config(draft), path)
+    app = create_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_runs(pilot)
+        assert screen.query_one(RunTable).row_count == 0
+        empty = str(screen.query_one("#runs-empty").render())
+        assert str(tmp_path / "nowhere") in empty and "does not exist yet" in empty and "step 5" in empty
+        await pilot.press("r", "n", "l", "enter")  # nothing to act on: told, nothing breaks
+        assert "no run here" in notes(app)
+
+
+async def test_compare_is_usable_at_80x24(tmp_path):
+    app = create_app(fake_runs_config(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await two_fake_runs_marked(pilot)
+        text = visible_text(app)
+        for shown in ("lm-lr3e-3", "lm-lr1e-3", "lm-crashed", "train loss", "eval loss", "config diff",
+                      "optim.lr", "output.run_name", "Open", "Mark", "Resume", "Continue"):
+            assert shown in text, shown
+        await pilot.press("m")  # the eval chart cycles through the metrics both runs report
+        assert "eval perplexity" in visible_text(app)
+
+
+# ---- the rules behind the screen ------------------------------------------------------------------
+def test_config_diff_keeps_only_keys_that_differ():
+    a = {"optim": {"lr": 0.003, "batch_size": 8}, "freeze": {"rules": []}, "output": {"run_name": None}}
+    b = {"optim": {"lr": 0.001, "batch_size": 8}, "freeze": {"rules": [{"match": "x", "train": False}]},
+         "output": {"run_name": "b"}, "new": {"key": True}}
+    assert flatten(a) == {"optim.lr": 0.003, "optim.batch_size": 8, "freeze.rules": [], "output.run_name": None}
+    assert config_diff([a, b]) == [
+        ("optim.lr", ["0.003", "0.001"]),
+        ("freeze.rules", ["[]", '[{"match": "x", "train": false}]']),
+        ("output.run_name", ["null", "b"]),
+        ("new.key", ["-", "true"]),
+    ]
+    assert config_diff([a, a]) == []
+
+
+def test_curves_keep_the_last_value_of_a_step_trained_again_after_a_resume():
+    def step(n, loss):
+        return StepMetrics(step=n, epoch=0.0, loss=loss, lr=0.1, grad_norm=None, tokens_per_s=1.0,
+                           samples_per_s=1.0, tokens_seen=0, elapsed_s=0.0, eta_s=None)
+
+    assert loss_curve([step(1, 3.0), step(2, 2.0), step(3, 1.5), step(3, 1.4), step(4, 1.2)]) == [
+        (1, 3.0), (2, 2.0), (3, 1.4), (4, 1.2)]
+
+
+def test_the_catalog_reads_again_only_runs_that_changed_or_live(tmp_path, monkeypatch):
+    import core.run_catalog
+
+    runs = tmp_path / "runs"
+    write_fake_run(runs, "done", 1e-3)
+    write_fake_run(runs, "live", 1e-3, end=None)
+    make_live(runs / "live")
+    read = []
+    real = core.run_catalog.run_info
+    monkeypatch.setattr(core.run_catalog, "run_info", lambda root: read.append(root.name) or real(root))
+    catalog = core.run_catalog.RunCatalog()
+    assert {info.name: info.state for info in catalog.read(runs)} == {"done": "finished", "live": "running"}
+    assert sorted(read) == ["done", "live"]
+    read.clear()
+    catalog.read(runs)
+    assert read == ["live"]
+    with (runs / "done" / "events.jsonl").open("a") as log:
+        log.write("\n")
+    read.clear()
+    catalog.read(runs)
+    assert sorted(read) == ["done", "live"]
+
+
+# ---- a real continuation: the new run records its parent and starts from the finished weights -----
+async def test_a_continued_run_records_its_parent_and_starts_from_the_finished_weights(real_runs, launched, tmp_path):
+    import shutil
+
+    from core.engine import train
+    from core.events import read_events
+
+    runs = tmp_path / "runs"  # a copy: the continuation adds a run folder beside its parent
+    shutil.copytree(real_runs.parent / "runs", runs)
+    draft = load_config(real_runs)
+    path = tmp_path / "draft.yaml"
+    save_config(draft.model_copy(update={"output": draft.output.model_copy(update={"runs_dir": str(runs)})}), path)
+    app = create_app(path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_runs(pilot)
+        await select(pilot, screen, "lr-3e-3")
+        await pilot.press("n", "enter")  # one more epoch, the dialog's default
+        await pilot.pause()
+    config = launched[-1]["config"]
+    assert (config.schedule.epochs, config.schedule.max_steps, config.output.run_name) == (1, None, "lr-3e-3-cont")
+
+    train(config, [], report_interval_s=0)
+    child, parent = runs / "lr-3e-3-cont", runs / "lr-3e-3"
+    assert run_info(child).parent == parent and run_info(child).state == "finished"
+    parent_losses = loss_curve(read_events(parent / "events.jsonl"))
+    child_losses = loss_curve(read_events(child / "events.jsonl"))
+    first, last, continued = parent_losses[0][1], parent_losses[-1][1], child_losses[0][1]
+    assert abs(continued - last) < 0.25 * (first - last), (first, last, continued)  # not back at the start
+
+
+def test_a_continued_classifier_keeps_its_trained_head(tiny_model_factory, tmp_path):
+    """Continuing loads <parent>/final with the same labels: the trained head is loaded, not replaced
+    by a new one (core.models replaces a head only when its shape differs)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from core.engine import train
+    from core.events import read_events
+    from core.lineage import continued_config
+    from core.models import load_model
+    from test_app_train import cls_config_file
+
+    train(load_config(cls_config_file(tmp_path, tiny_model_factory("bert"))), [], report_interval_s=0)
+    parent = tmp_path / "runs" / "cls"
+    config = continued_config(parent, max_steps=2)
+    id2label = json.loads((parent / "final" / "config.json").read_text())["id2label"]
+    model = load_model(config.model, "classification", [id2label[str(i)] for i in range(len(id2label))])
+    saved = load_file(str(parent / "final" / "model.safetensors"))
+    head = {name: tensor for name, tensor in model.state_dict().items() if name.startswith("classifier")}
+    assert head and all(torch.equal(tensor, saved[name]) for name, tensor in head.items())
+
+    train(config, [], report_interval_s=0)
+
+    def head_news(run: Path) -> list[str]:
+        return [e.message for e in read_events(run / "events.jsonl") if e.type == "log" and "new task head" in e.message]
+
+    assert head_news(parent) and not head_news(tmp_path / "runs" / "cls-cont")

@@ -117,3 +117,20 @@ def test_snapshot_train_finished_120x40(snap_compare):
 
 def test_snapshot_train_finished_80x24(snap_compare):
     assert snap_compare(create_app(task="causal-lm"), terminal_size=(80, 24), run_before=post_finished_run)
+
+
+def test_snapshot_runs_compare_120x40(snap_compare, tmp_path, monkeypatch):
+    """Step 6 with two synthetic runs marked: their curves overlaid and the config keys that differ."""
+    from test_app_runs import fake_runs_config, two_fake_runs_marked
+
+    monkeypatch.setattr("sft_tui.format.runs.format_age", lambda seconds: "2h")  # the runs' ages grow
+    assert snap_compare(create_app(fake_runs_config(tmp_path)), terminal_size=(120, 40),
+                        run_before=two_fake_runs_marked)
+
+
+def test_snapshot_runs_compare_80x24(snap_compare, tmp_path, monkeypatch):
+    from test_app_runs import fake_runs_config, two_fake_runs_marked
+
+    monkeypatch.setattr("sft_tui.format.runs.format_age", lambda seconds: "2h")
+    assert snap_compare(create_app(fake_runs_config(tmp_path)), terminal_size=(80, 24),
+                        run_before=two_fake_runs_marked)
