@@ -49,8 +49,9 @@ def unique_run_name(runs_dir: str | Path, base: str) -> str:
 def continued_config(run_dir: str | Path, *, epochs: float | None = None, max_steps: int | None = None) -> RunConfig:
     """The config of a new run that trains the finished model of the run in `run_dir` for `epochs`
     more epochs or `max_steps` more steps (one of the two), under a new name `<name>-cont[N]` beside
-    its parent (the folder the parent is in now, whatever runs_dir it was started with). The optimizer and schedule start afresh: the finished run saved weights, not
-    optimizer state. Raises UserError when the run has no final model or the amount is invalid."""
+    its parent (the folder the parent is in now, whatever runs_dir it was started with). The
+    optimizer and schedule start afresh: the finished run saved weights, not optimizer state.
+    Raises UserError when the run has no final model or the amount is invalid."""
     if (epochs is None) == (max_steps is None):
         raise ValueError("pass exactly one of epochs and max_steps")
     paths = RunPaths(Path(run_dir))

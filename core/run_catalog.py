@@ -43,7 +43,10 @@ class RunCatalog:
             for root in roots:
                 stamp = _stamp(RunPaths(root))
                 cached = self._known.get(root)
-                info = cached[1] if cached and cached[0] == stamp and not cached[1].live else run_info(root)
+                try:
+                    info = cached[1] if cached and cached[0] == stamp and not cached[1].live else run_info(root)
+                except OSError:  # a run folder this user cannot read: skipped like a folder that is no run
+                    continue
                 known[root] = (stamp, info)
                 infos.append(info)
             self._known = known

@@ -4,8 +4,10 @@ from its final model and resuming a stopped one (its snapshot is in tests/test_s
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -419,6 +421,37 @@ def test_a_continued_classifier_keeps_its_trained_head(tiny_model_factory, tmp_p
     train(config, [], report_interval_s=0)
 
     def head_news(run: Path) -> list[str]:
-        return [e.message for e in read_events(run / "events.jsonl") if e.type == "log" and "new task head" in e.message]
+        return [e.message for e in read_events(run / "events.jsonl")
+                if e.type == "log" and "new task head" in e.message]
 
     assert head_news(parent) and not head_news(tmp_path / "runs" / "cls-cont")
+
+
+@pytest.mark.skipif("in_process" not in inspect.signature(create_app).parameters,
+                    reason="needs SftApp.launch_run and create_app(in_process=...) (the detached-engine work)")
+async def test_n_through_the_app_trains_a_new_run_under_its_parent(real_runs, tmp_path):
+    """The whole path without stand-ins: n, the dialog's default (one more epoch), SftApp.launch_run
+    (in-process here, to stay quick), and the finished child in the table naming its parent."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(real_runs.parent / "runs", runs)
+    draft = load_config(real_runs)
+    path = tmp_path / "draft.yaml"
+    save_config(draft.model_copy(update={"output": draft.output.model_copy(update={"runs_dir": str(runs)})}), path)
+    app = create_app(path, in_process=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_runs(pilot)
+        await select(pilot, screen, "lr-3e-3")
+        await pilot.press("n", "enter")
+        deadline = time.monotonic() + 120
+        while not app.run_state.ended and time.monotonic() < deadline:
+            await pilot.pause(0.2)
+        await app.workers.wait_for_complete()
+        assert app.current_mode == "train"
+        child = run_info(runs / "lr-3e-3-cont")
+        assert child.state == "finished" and child.parent == runs / "lr-3e-3"
+        await pilot.press("6")
+        await settle(pilot)
+        row = screen.query_one(RunTable).get_row(str(runs / "lr-3e-3-cont"))
+        assert row[-1] == "lr-3e-3"  # the parent column

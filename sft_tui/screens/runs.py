@@ -91,18 +91,24 @@ class RunsScreen(StepScreen):
                             exclusive=True, exit_on_error=False)
 
     def _read_runs(self, runs_dir: Path) -> None:
-        infos = self.catalog.read(runs_dir)
-        self.app.call_from_thread(self.show_runs, runs_dir, infos)
+        try:
+            infos, problem = self.catalog.read(runs_dir), ""
+        except OSError as err:  # every two seconds: a line on the screen, not an error dialog each time
+            infos, problem = [], f"cannot read {runs_dir.absolute()}: {err.strerror or err}"
+        self.app.call_from_thread(self.show_runs, runs_dir, infos, problem)
 
-    def show_runs(self, runs_dir: Path, infos: list[RunInfo]) -> None:
+    def show_runs(self, runs_dir: Path, infos: list[RunInfo], problem: str = "") -> None:
         self.runs_dir = runs_dir
         table = self.query_one(RunTable)
         table.show(infos)
         empty = self.query_one("#runs-empty", Static)
         empty.display = not infos
-        if not infos:
+        if problem:
+            empty.update(problem)
+        elif not infos:
             where = runs_dir.absolute()
-            found = "is empty" if runs_dir.is_dir() else "does not exist yet"
+            found = ("is empty" if runs_dir.is_dir() else "is not a folder" if runs_dir.exists()
+                     else "does not exist yet")
             empty.update(f"No runs: {where} {found}. A run appears here when you start one in step 5 "
                          f"(or with `sft-tui train CONFIG`); this is output.runs_dir of the draft.")
         self.compare()

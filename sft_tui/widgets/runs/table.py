@@ -33,17 +33,27 @@ class RunTable(DataTable):
             self.add_column(name, key=name)
 
     def show(self, infos: list[RunInfo]) -> None:
-        """Show these runs; the cursor stays on the run it was on, marks on runs still there."""
+        """Show these runs; the cursor stays on the run it was on, marks on runs still there. The
+        same runs in the same order (most refreshes) are updated in place: no flicker, no cursor move."""
         current = self.current
+        before = list(self.infos)
         self.infos = {str(info.paths.root): info for info in infos}
         self.marked = [key for key in self.marked if key in self.infos]
+        if list(self.infos) == before:
+            for key, info in self.infos.items():
+                for column, cell in zip(self.columns, self._cells(key, info)):
+                    if self.get_cell(key, column) != cell:
+                        self.update_cell(key, column, cell)
+            return
         self.clear()
         for key, info in self.infos.items():
-            state, *rest = run_row(info)[1:]
-            self.add_row(MARK if key in self.marked else "", info.name,
-                         Text(state, style=STATE_STYLES.get(info.state, "")), *rest, key=key)
+            self.add_row(*self._cells(key, info), key=key)
         if current is not None and str(current.paths.root) in self.infos:
             self.move_cursor(row=self.get_row_index(str(current.paths.root)), scroll=False)
+
+    def _cells(self, key: str, info: RunInfo) -> list:
+        name, state, *rest = run_row(info)
+        return [MARK if key in self.marked else "", name, Text(state, style=STATE_STYLES.get(info.state, "")), *rest]
 
     @property
     def current(self) -> RunInfo | None:
