@@ -14,7 +14,7 @@ from pathlib import Path
 from core.config import RunConfig, config_to_dict, is_folder_name, load_config, save_config
 from core.errors import UserError
 from core.events import read_events
-from core.liveness import write_record
+from core.liveness import live_record, write_record
 from core.manifest import incomplete_checkpoints, latest_checkpoint
 
 class RunPaths:
@@ -165,14 +165,15 @@ def resume_problem(paths: RunPaths) -> UserError | None:
 
 def latest_resumable(runs_dir: str | Path) -> Path | None:
     """The run folder under `runs_dir` a resume most likely means: of the runs `resume_problem`
-    accepts, the one whose newest complete checkpoint was written last; None if there is none.
-    Cheap enough for the UI thread: no torch, and the events of the newest candidates only."""
+    accepts and no engine trains now (those are for attaching), the one whose newest complete
+    checkpoint was written last; None if there is none. Cheap enough for the UI thread: no torch,
+    and the events of the newest candidates only."""
     found = []
     for root in Path(runs_dir).iterdir() if Path(runs_dir).is_dir() else ():
         checkpoint = latest_checkpoint(RunPaths(root).checkpoints) if root.is_dir() else None
         if checkpoint is not None:
             found.append((checkpoint.stat().st_mtime, root))
     for _, root in sorted(found, reverse=True):
-        if resume_problem(RunPaths(root)) is None:
+        if resume_problem(RunPaths(root)) is None and live_record(RunPaths(root).engine) is None:
             return root
     return None
