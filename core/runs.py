@@ -82,10 +82,15 @@ class RunLock:
         self._file.truncate()
         self._file.write(str(os.getpid()))
         self._file.flush()
+        self._record = paths.engine
         write_record(paths.engine)  # for clients: the lock says "someone", this says who, and since when
 
     def release(self) -> None:
+        """Unlock, and remove the engine's record: an engine in a thread of a process that lives on
+        (the app's --in-process runs, tests) would otherwise seem to train the run still. An engine
+        that dies without releasing leaves its record, whose dead process says the run crashed."""
         if not self._file.closed:
+            self._record.unlink(missing_ok=True)
             self._file.close()
 
 
