@@ -1,9 +1,13 @@
-"""The Textual app: five steps of a draft run (model, data, freeze map, hyperparameters, train)
+"""The Textual app: the steps of a draft run (model, data, freeze map, hyperparameters, train)
 that the user visits in any order with the number keys, around one Session.
 
 The app is where outcomes land: load workers post ModelLoaded, DataLoaded or LoadFailed here, every
 change of the run's state arrives as a RunStateChanged, and one Worker.StateChanged handler turns
 the failure of any worker into the error dialog.
+
+It follows one run at a time (`launch_run`, `attach_run`) through a RunClient: by default the run
+trains in an engine process of its own, which outlives the app (quitting detaches from it); with
+`in_process` it trains in a thread worker and cannot.
 
 Importing this module must stay cheap: torch and transformers load in a worker after the first
 screen is drawn (see `warm_up`).
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -27,12 +32,16 @@ from textual.worker import Worker, WorkerState
 
 from core.config import RunConfig, example_config, load_config
 from core.control import Control
+from core.errors import UserError
 from core.logs import ROUTED_LOGGERS, EventLogHandler
 from core.runs import RunPaths
 from sft_tui.error_log import APP_ERROR_LOG
-from sft_tui.messages import DataLoaded, EngineEvent, LoadFailed, ModelLoaded, RunState, RunStateChanged
+from sft_tui.messages import (DataLoaded, EngineEvent, LoadFailed, ModelLoaded, RunFollowed, RunState,
+                              RunStateChanged)
+from sft_tui.run_client import InProcessClient, RunClient
 from sft_tui.session import Session
-from sft_tui.worker import PostingSink, RunSink, load_data, load_model_info, report_load, run_training, warm_up
+from sft_tui.worker import (PostingSink, RunSink, follow_run, load_data, load_model_info, report_load, run_training,
+                            warm_up)
 
 STEPS = [("model", "Model"), ("data", "Data"), ("freeze", "Freeze"), ("hyper", "Hyper"), ("train", "Train"),
          ("runs", "Runs")]
@@ -59,7 +68,7 @@ class SftApp(App):
     BINDINGS = [
         *(Binding(str(i), f"go('{name}')", label, id=f"go-{name}") for i, (name, label) in enumerate(STEPS, 1)),
         Binding("question_mark", "help", "Help", id="help"),
-        Binding("q", "quit_app", "Quit", id="quit"),
+        Binding("q", "quit", "Quit", id="quit"),
     ]
 
     session_version: reactive[int] = reactive(0)
@@ -73,13 +82,18 @@ class SftApp(App):
     data_state: reactive[str] = reactive("none")
     """none, loading, ready or failed: the tokenized data in session.data."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, attach: Path | None = None, in_process: bool = False) -> None:
         super().__init__()
         self.session = session
-        self.control: Control | None = None
-        """The live run's commands (pause, stop, ...); None when no run is training."""
-        self.last_run: RunSink | None = None
-        """The sink of the latest run: what its engine reported of its start and failure."""
+        self.in_process = in_process
+        """Runs train in a thread of the app, not in an engine process of their own."""
+        self.followed: RunClient | None = None
+        """The run the train screen follows (live or ended); None before the first. (Not `run`:
+        that is App.run.)"""
+        self._attach = attach
+        self._sink: RunSink | None = None
+        """The in-process run's sink: what its engine reported of its start and failure."""
+        self._quit_when_stopped = False
         self.log_lines: list[tuple[str, str, str]] = []
         """(level, logger, message) of the last LOG_KEEP log records, for the train screen."""
         self._log_handler = EventLogHandler(PostingSink(self))
@@ -90,11 +104,19 @@ class SftApp(App):
         until the draft changes."""
 
     # ---- start-up and shutdown ----------------------------------------------------------------
+    def on_load(self) -> None:
+        """Threads still at work when the app ends (a warm-up importing torch, a loader) must not hold
+        it: asyncio.run waits for the default executor's threads before App.run returns."""
+        asyncio.get_running_loop().set_default_executor(_NoWaitExecutor())
+
     def on_mount(self) -> None:
         for name in ROUTED_LOGGERS:
             logging.getLogger(name).addHandler(self._log_handler)
         logging.getLogger("core").setLevel(logging.INFO)
-        self.switch_mode("model")
+        if self._attach is not None:
+            self.attach_run(self._attach)
+        else:
+            self.switch_mode("model")
         self.run_worker(self._warm_up, thread=True, name="warm-up", group="warm-up", exit_on_error=False)
 
     def _warm_up(self) -> None:
@@ -107,6 +129,7 @@ class SftApp(App):
     def on_unmount(self) -> None:
         for name in ROUTED_LOGGERS:
             logging.getLogger(name).removeHandler(self._log_handler)
+        self._leave_run()
 
     def changed(self) -> None:
         """Tell the summary widgets that the Session changed. A failed load whose error the change
@@ -192,31 +215,88 @@ class SftApp(App):
         setattr(self, f"{message.kind}_state", "failed" if failed else "none")
         self.changed()
 
-    # ---- the run --------------------------------------------------------------------------------
-    def start_run(self, view: MessagePump, resume_dir: str | None = None) -> None:
-        """Train the draft (or continue the run in `resume_dir`) in a thread worker; the engine's
-        events go to `view` as EngineEvent messages."""
-        if self.control is not None:
+    # ---- the run ----------------------------------------------------------------------------------
+    def launch_run(self, config: RunConfig | None = None, resume_dir: Path | None = None) -> None:
+        """Switch to step 5 and start a new run of `config` (the draft by default), or continue the
+        run in `resume_dir`; the train screen follows it. Refused while the followed run trains."""
+        if self.run_state.live:
+            self.notify("a run is training here: stop it, or quit and detach from it, first",
+                        title="Cannot start", severity="warning")
             return
-        config, control, sink = self.session.config, Control(), RunSink(view)
-        self.control, self.last_run = control, sink
+        screen = self._train_screen()
+        config = config or self.session.config
+        if self.in_process:
+            client = InProcessClient(Control())
+            self._sink = sink = RunSink(screen, client)
+            self._follow(client, screen, RunFollowed(str(resume_dir) if resume_dir else None))
+            self.run_worker(lambda: run_training(config, sink, client.control, resume_dir=resume_dir),
+                            name="training", thread=True, exclusive=True, group="train", exit_on_error=False)
+        else:
+            from sft_tui.detach import start_detached
+
+            try:
+                started = start_detached(None if resume_dir else config, resume_dir)
+            except UserError as err:
+                from sft_tui.screens.dialogs import ErrorDialog
+
+                self.push_screen(ErrorDialog("Cannot start the run", err.message, err.hint))
+                return
+            client = RunClient(started.paths, started.process, fresh=resume_dir is None)
+            client.claim()
+            self._follow(client, screen, RunFollowed(str(started.paths.root), controller=client.controller))
         self.post_message(RunStateChanged(RunState.RUNNING))
-        self.run_worker(lambda: run_training(config, sink, control, resume_dir=resume_dir), name="training",
-                        thread=True, exclusive=True, group="train", exit_on_error=False)
+
+    def attach_run(self, run_dir: Path) -> None:
+        """Switch to step 5 and follow the run in `run_dir`: its whole history, then what its engine
+        adds while it trains. This app controls it unless another live client does."""
+        if self.run_state.live and self.followed is not None and self.followed.in_process:
+            self.notify("a run trains inside this app: it cannot be left while it trains",
+                        title="Cannot attach", severity="warning")
+            return
+        client = RunClient(RunPaths(Path(run_dir)))
+        training = client.engine_alive()
+        if training:
+            client.claim()
+        message = RunFollowed(str(client.paths.root), attached=True, training=training, controller=client.controller)
+        self._follow(client, self._train_screen(), message)
+        self.post_message(RunStateChanged(RunState.IDLE))  # until its history says how it stands
+
+    def _train_screen(self) -> MessagePump:
+        self.switch_mode("train")
+        return self.screen_stack[0]
+
+    def _follow(self, client: RunClient, screen: MessagePump, message: RunFollowed) -> None:
+        """Make `client` the followed run: the screen starts empty, and a detached run's events are
+        read in a thread worker (replacing the reader of the run followed before)."""
+        self._leave_run()
+        self.followed = client
+        screen.post_message(message)
+        if not client.in_process:
+            self.run_worker(partial(follow_run, client, screen), name="follow", thread=True, exclusive=True,
+                            group="follow", exit_on_error=False)
+
+    def _leave_run(self) -> None:
+        """Stop following the run (a detached one trains on) and give up its control."""
+        self.workers.cancel_group(self, "follow")
+        if self.followed is not None:
+            self.followed.leave()
 
     def on_run_state_changed(self, message: RunStateChanged) -> None:
-        """The one place that sets `run_state`. A live state reported after the run's worker ended
-        (an engine event still queued for the train screen) is stale."""
+        """The one place that sets `run_state`. A run that ended needs no controller."""
         state = message.state
-        if state.live and self.control is None:
-            return
         if state.ended:
             self._ended_with = self._draft()
+            if self.followed is not None:
+                self.followed.release()
         self.run_state = state
 
-    def _run_ended(self, state: WorkerState) -> None:
-        self.control = None
-        self.post_message(RunStateChanged(RunState.FINISHED if state == WorkerState.SUCCESS else RunState.FAILED))
+    def _training_ended(self, state: WorkerState) -> None:
+        """The in-process engine's thread ended: a failure it did not report itself fails the run;
+        a quit that waited for the stop goes on."""
+        if state == WorkerState.ERROR and (self._sink is None or self._sink.failed is None):
+            self.post_message(RunStateChanged(RunState.FAILED))
+        if self._quit_when_stopped:
+            self.exit()
 
     # ---- actions ------------------------------------------------------------------------------
     def action_go(self, name: str) -> None:
@@ -227,19 +307,30 @@ class SftApp(App):
 
         self.push_screen(HelpScreen())
 
-    async def action_quit_app(self) -> None:
-        if self.run_state.live:
-            from sft_tui.screens.dialogs import ConfirmDialog
-
-            def answer(stop: bool | None) -> None:
-                if stop:
-                    if self.control is not None:
-                        self.control.stop()
-                    self.exit()
-
-            self.push_screen(ConfirmDialog("A run is still training. Stop it (a checkpoint is saved) and quit?",
-                                           yes="Stop and quit", no="Keep training"), answer)
+    async def action_quit(self) -> None:
+        """q and ctrl+q: quit at once; while a run trains, ask first whether to leave it training."""
+        run = self.followed
+        if run is None or not self.run_state.live:
+            self._leave_run()
+            self.exit()
             return
+        from sft_tui.screens.dialogs import QuitDialog
+
+        name = run.paths.root.name if run.paths is not None else "the run"
+        self.push_screen(QuitDialog(name, in_process=run.in_process, controls=run.controls), self._quit_answer)
+
+    def _quit_answer(self, choice: str) -> None:
+        run = self.followed
+        if choice == "cancel" or run is None:
+            return
+        if choice == "stop":
+            run.send("stop")
+            if run.in_process and self.run_state.live:  # its thread dies with the app: quit once it has saved
+                self._quit_when_stopped = True
+                self.post_message(RunStateChanged(RunState.STOPPING))
+                self.notify("stopping: the app quits once the checkpoint is saved", timeout=60)
+                return
+        self._leave_run()
         self.exit()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -262,17 +353,17 @@ class SftApp(App):
         on the app so that its end arrives here. The end of the training worker ends the run."""
         worker = event.worker
         if worker.group == "train" and worker.is_finished:
-            self._run_ended(event.state)
+            self._training_ended(event.state)
         if event.state != WorkerState.ERROR or worker.group == "warm-up":
             return
         from sft_tui.screens.dialogs import ErrorDialog
 
         app_log = Path(self.session.config.output.runs_dir) / APP_ERROR_LOG
-        run = self.last_run if worker.group == "train" else None
+        run = self._sink if worker.group == "train" else None
         if run is None:
             dialog = ErrorDialog.for_error("Error", worker.error, app_log, f"{worker.name or worker.group} failed")
-        elif run.failed is not None:  # the engine's own account, naming the run's error.log
-            dialog = ErrorDialog.for_run_failed(run.failed)
+        elif run.failed is not None:  # the engine's own account: the train screen has shown it
+            return
         else:  # a failure before the engine's handling: a bad resume folder, a crash in the worker
             log = RunPaths(Path(run.started.run_dir)).error_log if run.started is not None else app_log
             dialog = ErrorDialog.for_error("Training failed", worker.error, log,
@@ -280,10 +371,10 @@ class SftApp(App):
         self.push_screen(dialog)
 
     def on_engine_event(self, message: EngineEvent) -> None:
-        """Log records from any thread (engine, transformers, datasets) arrive here through the
-        app's logging handler, the one route of every log line: they are kept for the train
+        """Log records from any thread of this process (an in-process engine, transformers,
+        datasets) arrive here through the app's logging handler: they are kept for the train
         screen's log pane, which watches `log_count`. (The train screen takes the run's other
-        events itself.)"""
+        events itself, and a detached run's log records with them.)"""
         event = message.event
         if event.type == "log":
             self.log_lines.append((event.level, event.logger, event.message))
@@ -298,10 +389,21 @@ def _runner(target, action: str):
     return run
 
 
-def create_app(config_path: str | Path | None = None, task: str = "classification") -> SftApp:
+class _NoWaitExecutor(ThreadPoolExecutor):
+    """The event loop's executor for thread workers, whose shutdown does not wait for them."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(config_path: str | Path | None = None, task: str = "classification", *,
+               attach: str | Path | None = None, in_process: bool = False) -> SftApp:
     """The one factory of the app, for the command line, the tests and the screenshot script.
 
     Without a config it opens on the bundled demo of `task`, so Enter-Enter-Enter reaches training.
+    With `attach` (a run folder) it opens on step 5 following that run. `in_process`: runs train in
+    a thread of the app instead of an engine process of their own.
     """
     config: RunConfig = load_config(config_path) if config_path else example_config(task)
-    return SftApp(Session(config, Path(config_path) if config_path else None))
+    return SftApp(Session(config, Path(config_path) if config_path else None),
+                  attach=Path(attach) if attach is not None else None, in_process=in_process)

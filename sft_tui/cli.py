@@ -231,11 +231,14 @@ def _app(argv: list[str]) -> int:
     parser.add_argument("config", nargs="?", help="a YAML config to open (see `sft-tui init`)")
     parser.add_argument("--task", choices=TASKS, default="classification",
                         help="which bundled demo to open when no config is given")
+    parser.add_argument("--in-process", action="store_true",
+                        help="train in a thread of the app instead of an engine process of its own "
+                             "(the run then stops, with a checkpoint, when the app quits)")
     args = parser.parse_args(argv)
     from sft_tui.app import create_app
 
     try:
-        app = create_app(args.config, args.task)
+        app = create_app(args.config, args.task, in_process=args.in_process)
     except UserError as err:
         return _refuse(err)
     return _run_app(app)

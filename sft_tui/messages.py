@@ -1,9 +1,11 @@
 """Textual messages: what workers report to the UI thread, one type per outcome.
 
 Workers never touch widgets: a load worker posts ModelLoaded, DataLoaded or LoadFailed to the app;
-the training engine's events arrive at the train screen as EngineEvent; whatever changes the state
-of the run (a key, an engine event, the end of the training worker) is a RunStateChanged that the
-app alone applies to `app.run_state`.
+the training engine's events arrive at the train screen as EngineEvent (one at a time, from an
+engine in a thread of the app) or EngineEvents (in batches, read from a detached engine's
+events.jsonl), and EngineGone says that a detached engine's process has ended; whatever changes the
+state of the run (a key, an engine event, the end of the engine) is a RunStateChanged that the app
+alone applies to `app.run_state`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,42 @@ class EngineEvent(Message):
     def can_replace(self, message: Message) -> bool:
         return (isinstance(message, EngineEvent) and isinstance(message.event, StepMetrics)
                 and isinstance(self.event, StepMetrics))
+
+
+@dataclass
+class EngineEvents(Message):
+    """Events read from a run's events.jsonl, applied in one screen update. `history`: what the run
+    had written before the app followed it (an attach, a resume): it fills the panes, but the run's
+    state is the one it has now, not the one each old event announced. `client`: the
+    sft_tui.run_client.RunClient that read them (a run the app has since left is ignored)."""
+
+    events: list[Event]
+    history: bool = False
+    client: Any = None
+
+
+@dataclass
+class EngineGone(Message):
+    """The followed run's engine process has ended; its last events were posted before this.
+    `problem`: why the run is not training (sft_tui.attach.ended_problem: it ended, or it crashed);
+    `engine_log`: the tail of the engine's output when it ended before writing any event."""
+
+    problem: Any = None
+    engine_log: str | None = None
+    client: Any = None
+
+
+@dataclass
+class RunFollowed(Message):
+    """The app follows a run from now on: the train screen starts empty. `attached`: the run existed
+    before the app followed it (not started by it), and `training`: its engine ran then; its state is
+    the one its history ends in. `controller`: the client that controls it (a
+    core.liveness.ProcessRecord) when it is not this app."""
+
+    run_dir: str | None
+    attached: bool = False
+    training: bool = False
+    controller: Any = None
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Work that must not run on the UI thread: loading models and data, and training.
+"""Work that must not run on the UI thread: loading models and data, training in process, and
+following a detached run.
 
 These functions run inside Textual thread workers. They import torch and transformers lazily (the
 first screen draws before either is imported), post their outcome as a message
@@ -8,6 +9,7 @@ first screen draws before either is imported), post their outcome as a message
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from textual.message import Message
@@ -17,9 +19,15 @@ from textual.worker import get_current_worker
 from core.config import RunConfig
 from core.control import Control
 from core.errors import UserError
-from core.events import Event, LogMessage, RunFailed, RunStarted
-from sft_tui.messages import EngineEvent, LoadFailed
+from core.events import Event, LogMessage, RunFailed, RunStarted, read_events
+from core.follow import EventFollower
+from sft_tui.messages import EngineEvent, EngineEvents, EngineGone, LoadFailed
+from sft_tui.run_client import InProcessClient, RunClient
 from sft_tui.session import ModelInfo
+
+FOLLOW_POLL_S = 0.2
+"""How often a detached run's events.jsonl is read: the engine reports four times a second, and a
+screen update per read (not per event) keeps the UI thread's share small."""
 
 _import_lock = threading.Lock()
 
@@ -95,13 +103,15 @@ class PostingSink:
 
 
 class RunSink(PostingSink):
-    """The sink of the app's run: its events go to the train screen, except log records, which reach
-    the log pane through the app's logging handler (the one route of every log line, during a run
-    or not; the engine's copy of them goes to events.jsonl). The run's RunStarted and RunFailed are
-    kept for the failure dialog the app opens when the worker ends."""
+    """The sink of the app's in-process run: its events go to the train screen, except log records,
+    which reach the log pane through the app's logging handler (the one route of every log line of
+    the app's process; the engine's copy of them goes to events.jsonl). RunStarted tells `client`
+    the run's folder; RunFailed is kept for the app, which then opens no second dialog when the
+    worker ends."""
 
-    def __init__(self, target: MessagePump) -> None:
+    def __init__(self, target: MessagePump, client: InProcessClient) -> None:
         super().__init__(target)
+        self.client = client
         self.started: RunStarted | None = None
         self.failed: RunFailed | None = None
 
@@ -110,18 +120,54 @@ class RunSink(PostingSink):
             return
         if isinstance(event, RunStarted):
             self.started = event
+            self.client.found(event.run_dir)
         elif isinstance(event, RunFailed):
             self.failed = event
         super().emit(event)
 
 
 def run_training(config: RunConfig, sink: RunSink, control: Control, resume_dir=None):
-    """The engine in this (worker) thread, reporting to `sink`. Returns core.engine.RunResult.
+    """The engine in this (worker) thread, reporting to `sink`. Returns core.engine.RunResult. A
+    resumed run's history (events.jsonl so far) goes to the screen first.
 
     Reports come once a second (headless: four times): every redraw they cause competes with the
     training threads for the CPU and the GIL, and on 2 cores a third busy thread stalls torch's
     two, which wait for each other (bench/app_vs_headless.py)."""
+    if resume_dir is not None:
+        from core.runs import RunPaths
+
+        events = RunPaths(resume_dir).events
+        sink.target.post_message(EngineEvents(read_events(events) if events.exists() else [], history=True,
+                                              client=sink.client))
     warm_up()
     from core.engine import train
 
     return train(config, [sink], control, resume_dir=resume_dir, report_interval_s=1.0)
+
+
+def follow_run(client: RunClient, target: MessagePump, poll_s: float = FOLLOW_POLL_S) -> None:
+    """Post the events of `client`'s detached run to `target` until its engine ends (then
+    EngineGone) or this worker is cancelled: first the whole history as one EngineEvents, then what
+    the engine appends, one batch per read."""
+    from core.run_info import run_info
+    from sft_tui.attach import ended_problem
+
+    worker = get_current_worker()
+    follower = EventFollower(client.paths.events)
+    first, heard = True, False
+    while not worker.is_cancelled:
+        alive = client.engine_alive()  # asked before reading: the events read next hold its last words
+        events = follower.read_new()
+        if first:
+            history = [] if client.fresh else [e for e in events if e.time < client.since]
+            target.post_message(EngineEvents(history, history=True, client=client))
+            first = False
+        if events := [e for e in events if e.time >= client.since]:  # older: history, or a replaced start's
+            target.post_message(EngineEvents(events, client=client))
+            heard = True
+        if not alive:
+            silent = client.process is not None and not heard
+            target.post_message(EngineGone(ended_problem(run_info(client.paths.root)),
+                                           client.engine_log_tail() if silent else None, client))
+            return
+        time.sleep(poll_s)

@@ -1,6 +1,10 @@
 """The train screen (step 5) driven through the real app: tiny runs to their results and "try it",
-pause/resume/stop from the keys, resuming a stopped run, failures in a dialog, a UI that answers
-while the engine trains (its snapshots are in tests/test_snapshots.py)."""
+pause/resume/stop from the keys, resuming a stopped run with its whole history, failures in a
+dialog, a UI that answers while the engine trains (its snapshots are in tests/test_snapshots.py).
+
+Most runs here train in a thread of the app (`in_process=True`): the same screen and the same
+events, without an engine process to start for each test. tests/test_app_detached.py drives runs
+in engine processes of their own, the app's default; so does the failed start below."""
 
 from __future__ import annotations
 
@@ -17,13 +21,12 @@ from textual import events
 from textual.widgets import Button, ContentSwitcher, Input, RichLog, Static
 
 from core.config import example_config, load_config, parse_config, save_config
-from core.control import Control
 from core.events import (CheckpointSaved, EvalResult, RunFailed, RunFinished, RunStarted, SampleGenerated,
                          StepMetrics, read_events)
 from core.manifest import latest_checkpoint, write_manifest
 from sft_tui.app import create_app
 from sft_tui.messages import EngineEvent
-from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog
+from sft_tui.screens.dialogs import ErrorDialog, PathDialog, QuitDialog
 from sft_tui.screens.help import HelpScreen
 from sft_tui.screens.train import TrainScreen
 from sft_tui.widgets.freeze.rules import RuleTable
@@ -31,7 +34,7 @@ from sft_tui.widgets.train.evals import BEST, EvalTable
 from sft_tui.widgets.train.progress import RunProgress
 from sft_tui.widgets.train.results import ResultsPanel
 from sft_tui.widgets.train.stats import RunStats
-from helpers import WORDS, settle, tiny_lm_config, visible_text, write_jsonl
+from helpers import WORDS, StopAt, settle, tiny_lm_config, visible_text, write_jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -89,8 +92,8 @@ async def live_run_test(app):
         try:
             yield pilot
         finally:
-            if app.control is not None:
-                app.control.stop()
+            if app.followed is not None and app.run_state.live:
+                app.followed.send("stop")
 
 
 async def finish(pilot) -> None:
@@ -136,12 +139,12 @@ async def try_it(pilot, screen: TrainScreen, text: str) -> str:
 
 
 async def test_causal_lm_run_shows_progress_evals_samples_results_and_try_it(tiny_model_factory, tmp_path):
-    app = create_app(lm_config_file(tmp_path, tiny_model_factory("llama")))
+    app = create_app(lm_config_file(tmp_path, tiny_model_factory("llama")), in_process=True)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await start_run(pilot)
         await finish(pilot)
 
-        assert app.run_state == "finished" and app.control is None
+        assert app.run_state == "finished" and not app.run_state.live
         bar = screen.query_one(RunProgress)
         assert bar.total == 20 and bar.progress == 20
         assert bar.label.startswith("step 20/20 · completed in ")
@@ -172,7 +175,7 @@ async def test_causal_lm_run_shows_progress_evals_samples_results_and_try_it(tin
 
 
 async def test_classification_run_and_try_it_labels_a_text_visible_at_80x24(tiny_model_factory, tmp_path):
-    app = create_app(cls_config_file(tmp_path, tiny_model_factory("bert")))
+    app = create_app(cls_config_file(tmp_path, tiny_model_factory("bert")), in_process=True)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await start_run(pilot)
         await finish(pilot)
@@ -193,7 +196,7 @@ async def test_classification_run_and_try_it_labels_a_text_visible_at_80x24(tiny
 async def test_keys_pause_resume_save_and_stop_a_live_run(tiny_model_factory, tmp_path):
     config = lm_config_file(tmp_path, tiny_model_factory("llama"), schedule={"max_steps": 100_000},
                             eval={"every_steps": 100_000, "num_samples": 0}, checkpoint={"every_steps": 100_000})
-    app = create_app(config)
+    app = create_app(config, in_process=True)
     async with live_run_test(app) as pilot:
         screen = await start_run(pilot)
         bar = screen.query_one(RunProgress)
@@ -201,24 +204,24 @@ async def test_keys_pause_resume_save_and_stop_a_live_run(tiny_model_factory, tm
         assert app.run_state == "running"
 
         await pilot.press("p")
-        assert app.run_state == "paused" and app.control.paused
+        assert app.followed.control.paused
+        await wait_until(pilot, lambda: app.run_state == "paused")  # once the engine has paused
         log = screen.query_one("#log", RichLog)
-        await wait_until(pilot, lambda: any("paused at step" in line.text for line in log.lines))
+        assert any("paused at step" in line.text for line in log.lines)
         paused_at = bar.progress
         await pilot.pause(0.5)
         assert bar.progress == paused_at  # nothing trains while paused
         await pilot.press("p")
-        assert app.run_state == "running" and not app.control.paused
-        await wait_until(pilot, lambda: bar.progress > paused_at)
+        assert not app.followed.control.paused
+        await wait_until(pilot, lambda: app.run_state == "running" and bar.progress > paused_at)
 
         await pilot.press("c")  # the only checkpoint before the stop: none is due for 100,000 steps
         await wait_until(pilot, lambda: any("checkpoint step-" in line.text for line in log.lines))
         await pilot.press("e")
         await wait_until(pilot, lambda: screen.query_one(EvalTable).row_count == 1)
 
-        control = app.control
         await pilot.press("s")
-        assert control.stop_requested and app.run_state in ("stopping", "finished")
+        assert app.followed.control.stop_requested and app.run_state in ("stopping", "finished")
         await finish(pilot)
         events = read_events(tmp_path / "runs" / "lm" / "events.jsonl")
         finished = [e for e in events if isinstance(e, RunFinished)][0]
@@ -228,17 +231,14 @@ async def test_keys_pause_resume_save_and_stop_a_live_run(tiny_model_factory, tm
         assert "no final model was saved" in text_of(screen.query_one("#results-text", Static))
 
 
-async def test_resume_continues_the_last_stopped_run(tiny_model_factory, tmp_path):
+async def test_resume_continues_the_last_stopped_run_with_its_whole_history(tiny_model_factory, tmp_path):
+    """Stopped at step 7, after the evaluation of step 5: the resumed run shows that evaluation too
+    (issue 9: it used to disappear), and the curves from the first step on."""
     from core.engine import train
 
-    config_path = lm_config_file(tmp_path, tiny_model_factory("llama"), eval={"every_steps": 10, "num_samples": 0})
-
-    class StopAtSix(Control):
-        def should_stop(self, step: int) -> bool:
-            return step >= 6
-
-    train(load_config(config_path), [], StopAtSix())
-    app = create_app(config_path)
+    config_path = lm_config_file(tmp_path, tiny_model_factory("llama"), eval={"every_steps": 5, "num_samples": 0})
+    train(load_config(config_path), [], StopAt(7))
+    app = create_app(config_path, in_process=True)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("5", "R")
         await pilot.pause()
@@ -249,9 +249,13 @@ async def test_resume_continues_the_last_stopped_run(tiny_model_factory, tmp_pat
         await finish(pilot)
         screen = app.screen
         assert app.run_state == "finished" and screen.query_one(RunProgress).progress == 20
-        started = [e for e in read_events(tmp_path / "runs" / "lm" / "events.jsonl") if isinstance(e, RunStarted)]
-        assert [e.resumed_from_step for e in started] == [0, 6]
-        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["10", "20"]
+        events = read_events(tmp_path / "runs" / "lm" / "events.jsonl")
+        assert [e.resumed_from_step for e in events if isinstance(e, RunStarted)] == [0, 7]
+        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["5", "10", "15", "20"]
+        charts = screen.query_one("#charts")
+        assert [s for s, _ in charts.train_loss] == [e.step for e in events if isinstance(e, StepMetrics)]
+        log = "\n".join(line.text for line in screen.query_one("#log", RichLog).lines)
+        assert "run stopped at step 7" in log and "resumed at step 7" in log and "run completed at step 20" in log
 
 
 async def test_resume_dialog_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -305,19 +309,19 @@ async def test_resume_offers_the_newest_resumable_run_and_refuses_the_others_in_
             await pilot.pause()
             assert app.screen is dialog and words in dialog.error, dialog.error
         await pilot.press("escape")
-        assert isinstance(app.screen, TrainScreen) and app.run_state == "idle" and app.control is None
+        assert isinstance(app.screen, TrainScreen) and app.run_state == "idle" and app.followed is None
 
 
 async def test_a_vanished_data_file_fails_into_a_dialog_and_the_app_keeps_running(tiny_model_factory, tmp_path):
     config = lm_config_file(tmp_path, tiny_model_factory("llama"))
-    app = create_app(config)
+    app = create_app(config)  # the engine of its own process finds it gone, and says so in events.jsonl
     async with app.run_test(size=(120, 40)) as pilot:
         (tmp_path / "sft.jsonl").unlink()
         screen = await start_run(pilot)
         await finish(pilot)
         dialog = app.screen
         assert isinstance(dialog, ErrorDialog) and "sft.jsonl" in dialog.message
-        assert app.run_state == "failed" and app.control is None
+        assert dialog.title_text == "Training failed" and app.run_state == "failed"
         await pilot.press("escape")
         assert app.screen is screen and app.is_running
         assert len(app.screen_stack) == 1  # one dialog: the RunFailed event and the worker error agree
@@ -331,7 +335,7 @@ async def test_an_engine_crash_outside_the_engine_handler_opens_the_dialog_namin
 
     monkeypatch.setattr("sft_tui.app.run_training", crash)
     monkeypatch.chdir(tmp_path)  # the demo's output.runs_dir is ./runs
-    app = create_app()
+    app = create_app(in_process=True)
     async with app.run_test(size=(120, 40)) as pilot:
         await start_run(pilot)
         await finish(pilot)
@@ -351,7 +355,7 @@ async def test_an_unexpected_engine_failure_names_the_run_folders_error_log(monk
         raise RuntimeError("evaluation fell over")
 
     monkeypatch.setattr("core.evaluate.evaluate", evaluate)
-    app = create_app(lm_config_file(tmp_path, tiny_model_factory("llama")))
+    app = create_app(lm_config_file(tmp_path, tiny_model_factory("llama")), in_process=True)
     async with app.run_test(size=(120, 40)) as pilot:
         await start_run(pilot)
         await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))  # finish() re-raises the failure
@@ -369,10 +373,11 @@ async def test_an_unexpected_engine_failure_names_the_run_folders_error_log(monk
         assert f"evaluation fell over (traceback in {log})".replace(" ", "") in logged.replace(" ", "")  # wrapped
 
 
-async def test_the_ui_answers_keys_while_training_and_quit_asks_first(tiny_model_factory, tmp_path):
+async def test_the_ui_answers_keys_while_training_and_quit_stops_and_saves_an_in_process_run(tiny_model_factory,
+                                                                                           tmp_path):
     config = lm_config_file(tmp_path, tiny_model_factory("llama"), schedule={"max_steps": 100_000},
                             eval={"every_steps": 100_000, "num_samples": 0})
-    app = create_app(config)
+    app = create_app(config, in_process=True)
     async with live_run_test(app) as pilot:
         screen = await start_run(pilot)
         bar = screen.query_one(RunProgress)
@@ -391,12 +396,21 @@ async def test_the_ui_answers_keys_while_training_and_quit_asks_first(tiny_model
 
         await pilot.press("q")
         await pilot.pause()
-        assert isinstance(app.screen, ConfirmDialog) and app.is_running
+        dialog = app.screen
+        assert isinstance(dialog, QuitDialog) and app.is_running and not dialog.query("#detach")
+        assert "cannot outlive it" in text_of(dialog.query_one(".dialog-text", Static))  # a thread of the app
         await pilot.press("escape")
         assert app.screen is screen and app.run_state == "running"
-        await pilot.press("s")
-        await finish(pilot)
-        assert app.run_state == "finished"
+        await pilot.press("ctrl+q")  # the same question
+        await pilot.pause()
+        assert isinstance(app.screen, QuitDialog)
+        await pilot.click("#stop")
+        deadline = time.monotonic() + 120
+        while app.is_running and time.monotonic() < deadline:  # it quits once the checkpoint is saved
+            await asyncio.sleep(0.05)
+    assert not app.is_running
+    finished = [e for e in read_events(tmp_path / "runs" / "lm" / "events.jsonl") if isinstance(e, RunFinished)]
+    assert [e.reason for e in finished] == ["stopped"] and finished[0].last_checkpoint
 
 
 async def test_start_is_disabled_while_the_draft_has_problems():
@@ -433,7 +447,7 @@ async def press_enter_on_setup(pilot) -> None:
     assert app.screen.query_one(ContentSwitcher).current == "setup"
     await pilot.press("s", "enter")
     await pilot.pause(0.2)
-    assert app.run_state == "idle" and app.control is None
+    assert app.run_state == "idle" and app.followed is None
     assert "Cannot start yet" in visible_text(app)
 
 

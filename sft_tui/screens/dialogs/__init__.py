@@ -2,5 +2,6 @@
 
 from sft_tui.screens.dialogs.basic import ConfirmDialog, ErrorDialog, PathDialog
 from sft_tui.screens.dialogs.freeze_rule import RuleDialog
+from sft_tui.screens.dialogs.quit import QuitDialog
 
-__all__ = ["ConfirmDialog", "ErrorDialog", "PathDialog", "RuleDialog"]
+__all__ = ["ConfirmDialog", "ErrorDialog", "PathDialog", "QuitDialog", "RuleDialog"]

@@ -4,10 +4,11 @@ The engine reports once a second, and the UI thread shares the interpreter with 
 training thread, so every millisecond spent drawing here is felt in how fast keys are answered:
 - points arrive into a `Curve` that keeps at most a few hundred of them (neighbours merge when it
   is full: a terminal is at most a few hundred braille dots wide anyway);
-- they are redrawn with a step report, the loss at most every two seconds and the learning rate
-  (a known schedule, no news) every ten, so that the curves are painted in the same screen update
-  as the progress bar rather than in one of their own (on the tiny LM, the UI thread then used
-  0.17 s of CPU per 20 s of training instead of 0.21 s with the loss redrawn every second);
+- they are redrawn when the screen has applied a batch of events (`flush`), the loss at most every
+  two seconds and the learning rate (a known schedule, no news) every ten, so that the curves are
+  painted in the same screen update as the progress bar rather than in one of their own (on the
+  tiny LM, the UI thread then used 0.17 s of CPU per 20 s of training instead of 0.21 s with the
+  loss redrawn every second); the first points, a run's whole history among them, show at once;
 - a plot keeps its drawing until its data or size changes, so switching screens costs no redraw.
 """
 
@@ -46,6 +47,10 @@ class Curve:
 
     def clear(self) -> None:
         self.points.clear()
+
+    def truncate(self, x: float) -> None:
+        """Drop the points after `x`."""
+        self.points = [p for p in self.points if p[0] <= x]
 
 
 class CachedPlot(PlotextPlot):
@@ -87,6 +92,9 @@ class TrainCharts(Container):
         self.eval_loss = Curve()
         self.lr = Curve()
         self._drawn_at = self._lr_drawn_at = 0.0
+        self._drawn_points = 0
+        """Train-loss points in the last drawing: none means new points are drawn at once."""
+        self._dirty = False
 
     def compose(self) -> ComposeResult:
         yield CachedPlot(id="loss-plot")
@@ -102,16 +110,31 @@ class TrainCharts(Container):
             curve.clear()
         self.redraw()
 
+    def truncate(self, step: int) -> None:
+        """Keep the points up to `step` (a resumed run trains the later ones again)."""
+        for curve in (self.train_loss, self.eval_loss, self.lr):
+            curve.truncate(step)
+        self._drawn_points, self._dirty = 0, True
+
     def add_step(self, step: int, loss: float, lr: float) -> None:
+        """The point shows at the next `flush`."""
         self.train_loss.add(step, loss)
         self.lr.add(step, lr)
-        now = time.monotonic()
-        if now - self._drawn_at >= REDRAW_INTERVAL_S:
-            self.redraw(lr=now - self._lr_drawn_at >= LR_REDRAW_INTERVAL_S)
+        self._dirty = True
 
     def add_eval(self, step: int, loss: float) -> None:
-        """The point shows with the next step report (or the end of the run)."""
+        """The point shows with the next step report's flush (or the end of the run)."""
         self.eval_loss.add(step, loss)
+        self._dirty = True
+
+    def flush(self, force: bool = False) -> None:
+        """Draw the points added since the last drawing if it is time, or at once with `force` or
+        when none of them was drawn yet (a run's first points, or its whole history)."""
+        if not (self._dirty or force):
+            return
+        now, first = time.monotonic(), not self._drawn_points
+        if force or first or now - self._drawn_at >= REDRAW_INTERVAL_S:
+            self.redraw(lr=force or first or now - self._lr_drawn_at >= LR_REDRAW_INTERVAL_S)
 
     def _step_ticks(self, plt) -> None:
         """Whole optimizer steps on the x axis (plotext would label merged points 11.5, 21.0, ...)."""
@@ -122,9 +145,9 @@ class TrainCharts(Container):
         plt.xticks(ticks, [f"{t:,}" for t in ticks])
 
     def redraw(self, lr: bool = True) -> None:
-        """Draw the loss, and the learning rate unless `lr` is False, now (step reports call this;
-        the screen too when a run ends)."""
+        """Draw the loss, and the learning rate unless `lr` is False, now."""
         self._drawn_at = time.monotonic()
+        self._drawn_points, self._dirty = len(self.train_loss), False
         self._draw(self.query_one("#loss-plot", CachedPlot), self.train_loss, self.eval_loss)
         if lr:
             self._lr_drawn_at = self._drawn_at

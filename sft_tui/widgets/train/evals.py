@@ -1,4 +1,5 @@
-"""The evaluations of a run as a table that grows with each EvalResult; the best row is marked."""
+"""The evaluations of a run as a table that grows with each EvalResult; the best row is marked.
+The cursor is the screen's to move (once per batch of events, not once per row)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,22 @@ class EvalTable(DataTable):
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.metric_names: list[str] = []
+        self.results: list[EvalResult] = []
         self._best_row: str | None = None
 
     def reset(self) -> None:
         self.clear(columns=True)
         self.metric_names = []
+        self.results = []
         self._best_row = None
+
+    def truncate(self, step: int) -> None:
+        """Keep the rows up to `step` (a resumed run evaluates the later steps again)."""
+        kept = [r for r in self.results if r.step <= step]
+        if len(kept) < len(self.results):
+            self.reset()
+            for result in kept:
+                self.add_result(result)
 
     def add_result(self, result: EvalResult) -> None:
         if not self.metric_names:
@@ -33,6 +44,7 @@ class EvalTable(DataTable):
             for name in self.metric_names:
                 self.add_column(name, key=name)
             self.add_column("", key="best")
+        self.results.append(result)
         key = str(self.row_count)
         cells = [str(result.step), f"{result.epoch:.2f}"]
         cells += [format_metric(result.metrics[n]) if n in result.metrics else "-" for n in self.metric_names]
@@ -41,7 +53,6 @@ class EvalTable(DataTable):
             if self._best_row is not None:
                 self.update_cell(self._best_row, "best", "")
             self._best_row = key
-        self.move_cursor(row=self.row_count - 1)
 
     def rows_as_text(self) -> list[list[str]]:
         """The cells of every row as shown (for tests and for copying)."""

@@ -1,0 +1,212 @@
+"""The app's runs in engine processes of their own (issue 9), driven through the real app: a run
+outlives the app that started it and a new app re-attaches to its whole history; every control
+key round-trips through the run folder; a second app is a viewer; a killed engine shows as
+crashed and resumes with its history whole; a resume dialog offers attach for a live run; and a
+SIGHUP to the app's terminal does not reach the engine.
+
+Each test starts real engines (several seconds each to import torch), so runs are few and short.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+from textual.widgets import Input, RichLog, Static
+
+from core.events import LogMessage, RunFinished, RunStarted, SampleGenerated, StepMetrics, read_events
+from core.liveness import ProcessRecord, live_record, read_record, write_record
+from core.run_info import run_info
+from core.runs import RunPaths
+from sft_tui.app import create_app
+from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog
+from sft_tui.widgets.train.charts import TrainCharts
+from sft_tui.widgets.train.evals import EvalTable
+from sft_tui.widgets.train.progress import RunProgress
+from sft_tui.widgets.train.stats import RunStats
+from test_app_train import lm_config_file, text_of, wait_until
+
+ENGINE_START_S = 120
+"""An engine imports torch and transformers first: seconds on a shared 2-core machine."""
+
+
+@pytest.fixture(autouse=True)
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(RunStats, "gpu_probe", staticmethod(lambda: []))
+
+
+def log_text(screen) -> str:
+    return "\n".join(line.text for line in screen.query_one("#log", RichLog).lines)
+
+
+def engine_pid(run: Path) -> int:
+    record = read_record(RunPaths(run).engine)
+    assert record is not None and record.pid != os.getpid()
+    return record.pid
+
+
+def stop_engine(run: Path) -> None:
+    """A failing test must not leave a 100,000-step engine behind."""
+    record = live_record(RunPaths(run).engine)
+    if record is not None:
+        os.kill(record.pid, signal.SIGKILL)
+
+
+async def test_a_run_outlives_the_app_and_a_new_app_shows_its_whole_history(tiny_model_factory, tmp_path):
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"), schedule={"max_steps": 60},
+                            eval={"every_steps": 10, "num_samples": 1, "max_new_tokens": 4},
+                            checkpoint={"every_steps": 20},
+                            freeze={"rules": [{"match": "no.such.module", "train": False}]})  # the engine logs it
+    run = tmp_path / "runs" / "lm"
+    app = create_app(config)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5", "s")
+        bar = app.screen.query_one(RunProgress)
+        await wait_until(pilot, lambda: bar.progress >= 1, ENGINE_START_S)
+        assert app.run_state == "running" and app.followed.controls
+        assert read_record(RunPaths(run).controller).pid == os.getpid()
+    assert read_record(RunPaths(run).controller) is None  # the app let go of the run
+    pid = engine_pid(run)
+    assert live_record(RunPaths(run).engine) is not None, "the engine ended with the app"
+
+    again = create_app(config, attach=run)
+    async with again.run_test(size=(120, 40)) as pilot:
+        screen = again.screen
+        await wait_until(pilot, lambda: again.run_state == "finished", ENGINE_START_S)
+        await pilot.pause()
+        events = read_events(run / "events.jsonl")
+        assert [e.step for e in events if isinstance(e, RunFinished)] == [60]
+        assert screen.query_one(RunProgress).progress == 60
+        charts = screen.query_one(TrainCharts)
+        steps = [e.step for e in events if isinstance(e, StepMetrics)]
+        assert [s for s, _ in charts.train_loss] == steps  # from the first report on: the whole curve
+        assert [s for s, _ in charts.eval_loss] == [10, 20, 30, 40, 50, 60]
+        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["10", "20", "30", "40", "50", "60"]
+        sample = [e for e in events if isinstance(e, SampleGenerated)][-1]
+        assert sample.output in text_of(screen.query_one("#samples", Static))
+        log = log_text(screen)
+        assert "run lm started" in log and "checkpoint step-20 saved" in log and "run completed at step 60" in log
+        warning = next(e for e in events if isinstance(e, LogMessage) and "matches no parameter" in e.message)
+        assert f"warning {warning.logger}: {warning.message}" in log.replace("\n", "")  # the engine's, from events.jsonl
+        assert log.count(" started: ") == 1  # each line once
+        await wait_until(pilot, lambda: not psutil.pid_exists(pid), 30)  # reaped by the app that started it
+
+
+def long_run_config(tmp_path: Path, model_dir: Path) -> Path:
+    """A run that would train for hours: the test decides when it pauses and stops."""
+    return lm_config_file(tmp_path, model_dir, schedule={"max_steps": 100_000},
+                          eval={"every_steps": 100_000, "num_samples": 0}, checkpoint={"every_steps": 100_000})
+
+
+async def test_every_control_key_round_trips_and_a_second_app_only_views(tiny_model_factory, tmp_path):
+    config = long_run_config(tmp_path, tiny_model_factory("llama"))
+    run = tmp_path / "runs" / "lm"
+    app = create_app(config)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("5", "s")
+            screen = app.screen
+            bar = screen.query_one(RunProgress)
+            await wait_until(pilot, lambda: bar.progress >= 2, ENGINE_START_S)
+            await pilot.press("c")  # the only checkpoint: none is due for 100,000 steps
+            await wait_until(pilot, lambda: "checkpoint step-" in log_text(screen))
+            await pilot.press("p")
+            await wait_until(pilot, lambda: app.run_state == "paused")  # when the engine says so
+            assert "paused at step" in log_text(screen)
+            paused_at = bar.progress
+            await pilot.pause(0.5)
+            assert bar.progress == paused_at  # nothing trains while paused
+            await viewer_sees_the_pause_and_is_refused_a_second_trainer(config, run)
+            assert read_record(RunPaths(run).controller) == app.followed._record  # the viewer took nothing
+
+            await pilot.press("p")
+            await wait_until(pilot, lambda: app.run_state == "running" and bar.progress > paused_at)
+            await pilot.press("e")
+            await wait_until(pilot, lambda: screen.query_one(EvalTable).row_count == 1)
+            await pilot.press("s")
+            assert app.run_state in ("stopping", "finished")
+            await wait_until(pilot, lambda: app.run_state == "finished")
+            finished = [e for e in read_events(run / "events.jsonl") if isinstance(e, RunFinished)]
+            assert [e.reason for e in finished] == ["stopped"] and finished[0].last_checkpoint
+            assert "no final model was saved" in text_of(screen.query_one("#results-text", Static))
+            assert screen.resumable == str(run)
+            assert read_record(RunPaths(run).controller) is None  # an ended run needs no controller
+    finally:
+        stop_engine(run)
+
+
+async def viewer_sees_the_pause_and_is_refused_a_second_trainer(config: Path, run: Path) -> None:
+    """A second app on the same draft: R does not offer the live run, refuses to resume it when it
+    is typed in, offers to attach instead, and attached it is a viewer of the paused run."""
+    viewer = create_app(config)
+    async with viewer.run_test(size=(120, 40), notifications=True) as pilot:
+        await pilot.press("5", "R")
+        await pilot.pause()
+        dialog = viewer.screen
+        assert isinstance(dialog, PathDialog) and dialog.query_one(Input).value == ""  # its checkpoint is no offer
+        dialog.query_one(Input).value = str(run)
+        await pilot.press("enter")
+        await pilot.pause()
+        offer = viewer.screen
+        assert isinstance(offer, ConfirmDialog) and "is training now (engine pid" in offer.question
+        await pilot.click("#yes")
+        await wait_until(pilot, lambda: viewer.run_state == "paused")
+        screen = viewer.screen
+        assert not viewer.followed.controls and screen.check_action("pause", ()) is False
+        assert f"pid {os.getpid()} controls this run" in log_text(screen).replace("\n", "")
+        assert "paused at step" in log_text(screen)  # the same history as the controller's
+        await pilot.press("s", "p")  # a viewer's keys do nothing
+        await pilot.pause(0.3)
+        assert viewer.run_state == "paused" and not (RunPaths(run).commands.exists()
+                                                     and any(RunPaths(run).commands.iterdir()))
+
+
+async def test_a_killed_engine_shows_crashed_and_the_resumed_run_keeps_its_history(tiny_model_factory, tmp_path):
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"), schedule={"max_steps": 30},
+                            eval={"every_steps": 5, "num_samples": 0}, checkpoint={"every_steps": 5, "keep_last": 2})
+    run = tmp_path / "runs" / "lm"
+    paths = RunPaths(run)
+    app = create_app(config)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("5", "s")
+            screen = app.screen
+            evals = screen.query_one(EvalTable)
+            await wait_until(pilot, lambda: evals.row_count >= 2, ENGINE_START_S)
+            await pilot.press("p")  # hold it mid-run, after the checkpoints of steps 5 and 10
+            await wait_until(pilot, lambda: app.run_state == "paused")
+            os.kill(engine_pid(run), signal.SIGKILL)
+            await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))
+            dialog = app.screen
+            checkpoint = run_info(run).last_checkpoint
+            assert dialog.title_text == "Training crashed" and "crashed: its engine ended without a final event" in dialog.message
+            assert f"its last complete checkpoint is {checkpoint.name}" in dialog.hint
+            assert f"--resume {run}" in dialog.hint and "R on this screen" in dialog.hint
+            assert app.run_state == "failed" and "crashed" in screen.query_one(RunProgress).label
+            before = [row[0] for row in evals.rows_as_text()]
+            await pilot.press("escape")
+
+            write_record(paths.controller, ProcessRecord(max(psutil.pids()) + 10_000, 0.0, socket.gethostname(), 0.0))
+            await pilot.press("R")  # the crashed run is the one to resume; a dead client's claim is stale
+            await pilot.pause()
+            assert app.screen.query_one(Input).value == str(run)
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: app.run_state == "running")
+            assert app.followed.controls and read_record(paths.controller).pid == os.getpid()
+            await wait_until(pilot, lambda: app.run_state == "finished", ENGINE_START_S)
+            await pilot.pause()
+            resumed_from = [e.resumed_from_step for e in read_events(paths.events) if isinstance(e, RunStarted)]
+            assert resumed_from == [0, int(checkpoint.name.removeprefix("step-"))]
+            rows = [row[0] for row in evals.rows_as_text()]
+            assert rows == ["5", "10", "15", "20", "25", "30"] and rows[:2] == before[:2]  # the pre-resume evals stay
+            charts = screen.query_one(TrainCharts)
+            assert [s for s, _ in charts.eval_loss] == [5, 10, 15, 20, 25, 30]
+            assert charts.train_loss.points[0][0] < resumed_from[1] < charts.train_loss.points[-1][0]
+            assert [s for s, _ in charts.train_loss] == sorted({s for s, _ in charts.train_loss})  # no step twice
+            assert screen.query_one(RunProgress).progress == 30
+    finally:
+        stop_engine(run)
