@@ -120,7 +120,7 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
 
     set_seed(config.seed)
     tokenizer, data = setup.setup_data(config)
-    model, rules, freeze = setup.setup_model(config, tokenizer, data)
+    model, rules, freeze = setup.setup_model(config, tokenizer, data, resumed=resume)
     optimizer = setup.setup_optimizer(config, model, rules, acc.device)
     model, optimizer = acc.prepare(model, optimizer)
     plan = setup.setup_plan(config, len(data.train), acc.num_processes)

@@ -209,11 +209,13 @@ def load_model(
     labels: list[str] | None = None,
     dtype=None,
     pad_token_id: int | None = None,
+    announce_new_head: bool = True,
 ):
     """Load the model with the Auto class of `task` (an existing head of another size is replaced).
 
     `dtype` None loads the checkpoint's own dtype (transformers 5's "auto"); pass torch.float32 to
-    train fp32 master weights of a half-precision checkpoint.
+    train fp32 master weights of a half-precision checkpoint. `announce_new_head` False: a caller
+    about to load trained weights over a new head keeps its "new task head initialised" out of the log.
     """
     import transformers
 
@@ -236,7 +238,7 @@ def load_model(
         raise
     finally:
         report.removeFilter(_drop_load_report)
-    _log_load_info(model, info)
+    _log_load_info(model, info, announce_new_head)
     return model
 
 
@@ -295,13 +297,13 @@ def _drop_load_report(record: logging.LogRecord) -> bool:
     return "LOAD REPORT" not in str(record.msg)
 
 
-def _log_load_info(model, info: dict) -> None:
+def _log_load_info(model, info: dict, announce_new_head: bool = True) -> None:
     """One line per kind of mismatch: a new head is expected news, new weights elsewhere a warning."""
     prefix = getattr(model, "base_model_prefix", "") + "."
     missing = sorted(info.get("missing_keys") or [])
     new_head = [k for k in missing if not k.startswith(prefix)]
     new_body = [k for k in missing if k.startswith(prefix)]
-    if new_head:
+    if new_head and announce_new_head:
         log.info("new task head initialised: %s", ", ".join(new_head))
     if new_body:
         log.warning("%d weights were not in the checkpoint and start random: %s", len(new_body),

@@ -74,9 +74,10 @@ def setup_data(config: RunConfig):
     return tokenizer, data
 
 
-def setup_model(config: RunConfig, tokenizer, data):
+def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
     """The model with fp32 master weights (autocast does the rest), the freeze map's rules for it,
-    and the summary of what they left trainable."""
+    and the summary of what they left trainable. A resumed run's checkpoint replaces a new task
+    head's random weights next, so its log does not announce a new head."""
     import torch
 
     from core.describe import describe_model
@@ -84,7 +85,7 @@ def setup_model(config: RunConfig, tokenizer, data):
     from core.models import load_model
 
     model = load_model(config.model, config.task, data.labels, dtype=torch.float32,
-                       pad_token_id=tokenizer.pad_token_id)
+                       pad_token_id=tokenizer.pad_token_id, announce_new_head=not resumed)
     rules = effective_rules(config.freeze, describe_model(model))
     summary = apply_freeze_map(model, rules)
     for warning in summary.warnings:

@@ -258,6 +258,27 @@ async def test_resume_continues_the_last_stopped_run_with_its_whole_history(tiny
         assert "run stopped at step 7" in log and "resumed at step 7" in log and "run completed at step 20" in log
 
 
+async def test_a_resumed_classifier_keeps_its_evaluations_and_announces_its_new_head_once(tiny_model_factory,
+                                                                                          tmp_path):
+    """The resume loads the base model with a new head, then its checkpoint over it: the log says
+    "new task head initialised" for the first start only."""
+    from core.engine import train
+
+    config_path = cls_config_file(tmp_path, tiny_model_factory("bert"))
+    train(load_config(config_path), [], StopAt(5))
+    app = create_app(config_path, in_process=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5", "R")
+        await pilot.pause()
+        await pilot.press("enter")
+        await finish(pilot)
+        screen = app.screen
+        assert app.run_state == "finished"
+        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["5", "10"]
+        log = "".join(line.text for line in screen.query_one("#log", RichLog).lines).replace(" ", "")
+        assert log.count("newtaskheadinitialised") == 1 and "resumedatstep5" in log
+
+
 async def test_resume_dialog_refuses_a_folder_that_is_not_a_run(tmp_path):
     app = create_app()
     async with app.run_test(size=(120, 40)) as pilot:
