@@ -9,9 +9,15 @@ Each test starts real engines (several seconds each to import torch), so runs ar
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shlex
+import shutil
 import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -23,7 +29,7 @@ from core.liveness import ProcessRecord, live_record, read_record, write_record
 from core.run_info import run_info
 from core.runs import RunPaths
 from sft_tui.app import create_app
-from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog
+from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog, QuitDialog
 from sft_tui.widgets.train.charts import TrainCharts
 from sft_tui.widgets.train.evals import EvalTable
 from sft_tui.widgets.train.progress import RunProgress
@@ -69,6 +75,12 @@ async def test_a_run_outlives_the_app_and_a_new_app_shows_its_whole_history(tiny
         await wait_until(pilot, lambda: bar.progress >= 1, ENGINE_START_S)
         assert app.run_state == "running" and app.followed.controls
         assert read_record(RunPaths(run).controller).pid == os.getpid()
+        await pilot.press("q")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, QuitDialog) and dialog.focused.id == "detach"  # the default: it trains on
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not app.is_running, 5)
     assert read_record(RunPaths(run).controller) is None  # the app let go of the run
     pid = engine_pid(run)
     assert live_record(RunPaths(run).engine) is not None, "the engine ended with the app"
@@ -210,3 +222,64 @@ async def test_a_killed_engine_shows_crashed_and_the_resumed_run_keeps_its_histo
             assert screen.query_one(RunProgress).progress == 30
     finally:
         stop_engine(run)
+
+
+async def test_an_engine_that_ends_before_its_first_event_shows_its_output(tiny_model_factory, tmp_path):
+    """Here a lock the test holds on the run folder, as another engine would: the engine refuses
+    before it writes any event, and the app shows what it printed."""
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"))
+    run = tmp_path / "runs" / "lm"
+    run.mkdir(parents=True)
+    with open(run / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        app = create_app(config)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("5", "s")
+            await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), ENGINE_START_S)
+            dialog = app.screen
+            assert dialog.title_text == "The engine did not start"
+            assert "is in use by another sft-tui engine" in dialog.message and str(run / "engine.log") in dialog.hint
+            assert app.run_state == "failed"
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_a_sighup_to_the_apps_terminal_does_not_stop_its_run(tiny_model_factory, tmp_path):
+    """What a dropped SSH connection does: the app, in a terminal of its own (tmux), starts a run;
+    SIGHUP to the terminal's process group ends the app, and the run trains on to its end."""
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"), schedule={"max_steps": 200},
+                            eval={"every_steps": 100, "num_samples": 0})
+    paths = RunPaths(tmp_path / "runs" / "lm")
+    tmux = ["tmux", "-L", f"sft-sighup-{os.getpid()}"]  # a server of its own, started with this environment
+
+    def screen() -> str:
+        return subprocess.run([*tmux, "capture-pane", "-p", "-t", "app"], capture_output=True, text=True).stdout
+
+    def wait(condition, what: str, timeout: float = ENGINE_START_S) -> None:
+        deadline = time.time() + timeout
+        while not condition():
+            assert time.time() < deadline, f"timed out waiting for {what}; the screen:\n{screen()}"
+            time.sleep(0.2)
+
+    command = f"cd {shlex.quote(str(tmp_path))} && {shlex.quote(sys.executable)} -m sft_tui.cli {shlex.quote(str(config))}"
+    subprocess.run([*tmux, "new-session", "-d", "-s", "app", "-x", "120", "-y", "40", command], check=True)
+    try:
+        shell = int(subprocess.run([*tmux, "list-panes", "-t", "app", "-F", "#{pane_pid}"], capture_output=True,
+                                   text=True, check=True).stdout.split()[0])
+        wait(lambda: "Model" in screen(), "the app")
+        subprocess.run([*tmux, "send-keys", "-t", "app", "5"], check=True)
+        wait(lambda: "Start training" in screen(), "step 5")
+        subprocess.run([*tmux, "send-keys", "-t", "app", "s"], check=True)
+        wait(lambda: run_info(paths.root).state == "running", "the run")
+        group = os.getpgid(shell)  # the terminal's group: its shell (or the app it became) and the app
+        app_pids = [shell, *(p.pid for p in psutil.Process(shell).children(recursive=True) if os.getpgid(p.pid) == group)]
+        engine = read_record(paths.engine)
+        assert engine.pid not in app_pids and os.getsid(engine.pid) == engine.pid  # a session of its own
+
+        os.killpg(group, signal.SIGHUP)
+        wait(lambda: not any(psutil.pid_exists(pid) for pid in app_pids), "the app's end", 30)
+        assert live_record(paths.engine) == engine  # the engine never heard it
+        wait(lambda: run_info(paths.root).state == "finished", "the run's end")
+        assert run_info(paths.root).step == 200
+    finally:
+        stop_engine(paths.root)
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
