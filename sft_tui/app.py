@@ -94,6 +94,8 @@ class SftApp(App):
         self._sink: RunSink | None = None
         """The in-process run's sink: what its engine reported of its start and failure."""
         self._quit_when_stopped = False
+        self._warmed = False
+        """The warm-up has started: at once, or once an attached run's history is shown."""
         self.log_lines: list[tuple[str, str, str]] = []
         """(level, logger, message) of the last LOG_KEEP log records, for the train screen."""
         self._log_handler = EventLogHandler(PostingSink(self))
@@ -113,11 +115,16 @@ class SftApp(App):
         for name in ROUTED_LOGGERS:
             logging.getLogger(name).addHandler(self._log_handler)
         logging.getLogger("core").setLevel(logging.INFO)
-        if self._attach is not None:
+        if self._attach is not None:  # the run's history is drawn first: importing torch beside it slows it down
             self.attach_run(self._attach)
         else:
             self.switch_mode("model")
-        self.run_worker(self._warm_up, thread=True, name="warm-up", group="warm-up", exit_on_error=False)
+            self._start_warm_up()
+
+    def _start_warm_up(self) -> None:
+        if not self._warmed:
+            self._warmed = True
+            self.run_worker(self._warm_up, thread=True, name="warm-up", group="warm-up", exit_on_error=False)
 
     def _warm_up(self) -> None:
         self.call_from_thread(self._cuda_known, warm_up())
@@ -282,8 +289,11 @@ class SftApp(App):
             self.followed.leave()
 
     def on_run_state_changed(self, message: RunStateChanged) -> None:
-        """The one place that sets `run_state`. A run that ended needs no controller."""
+        """The one place that sets `run_state`. A run that ended needs no controller. An attached
+        run's first state comes with its history: the warm-up can start."""
         state = message.state
+        if state != RunState.IDLE:
+            self.call_after_refresh(self._start_warm_up)  # once the run is drawn
         if state.ended:
             self._ended_with = self._draft()
             if self.followed is not None:

@@ -68,8 +68,9 @@ class EngineEvents(Message):
 @dataclass
 class EngineGone(Message):
     """The followed run's engine process has ended; its last events were posted before this.
-    `problem`: why the run is not training (sft_tui.attach.ended_problem: it ended, or it crashed);
-    `engine_log`: the tail of the engine's output when it ended before writing any event."""
+    `problem`: when its log has no final event, why it is not training (it crashed:
+    sft_tui.attach.ended_problem); `engine_log`: the tail of the engine's output when it ended
+    before writing any event."""
 
     problem: Any = None
     engine_log: str | None = None

@@ -149,25 +149,41 @@ def follow_run(client: RunClient, target: MessagePump, poll_s: float = FOLLOW_PO
     """Post the events of `client`'s detached run to `target` until its engine ends (then
     EngineGone) or this worker is cancelled: first the whole history as one EngineEvents, then what
     the engine appends, one batch per read."""
-    from core.run_info import run_info
-    from sft_tui.attach import ended_problem
-
     worker = get_current_worker()
     follower = EventFollower(client.paths.events)
-    first, heard = True, False
+    first, heard, ended = True, False, False
     while not worker.is_cancelled:
         alive = client.engine_alive()  # asked before reading: the events read next hold its last words
         events = follower.read_new()
+        if client.fresh:  # older events are a replaced start's, not this run's history
+            events = [e for e in events if e.time >= client.since]
         if first:
-            history = [] if client.fresh else [e for e in events if e.time < client.since]
-            target.post_message(EngineEvents(history, history=True, client=client))
+            target.post_message(EngineEvents([e for e in events if e.time < client.since], history=True,
+                                             client=client))
             first = False
-        if events := [e for e in events if e.time >= client.since]:  # older: history, or a replaced start's
-            target.post_message(EngineEvents(events, client=client))
+        if live := [e for e in events if e.time >= client.since]:
+            target.post_message(EngineEvents(live, client=client))
             heard = True
+        ended = _ended(events, ended)
         if not alive:
             silent = client.process is not None and not heard
-            target.post_message(EngineGone(ended_problem(run_info(client.paths.root)),
+            target.post_message(EngineGone(None if ended else _crash_problem(client),
                                            client.engine_log_tail() if silent else None, client))
             return
         time.sleep(poll_s)
+
+
+def _ended(events: list[Event], ended: bool) -> bool:
+    """Whether the run's latest start has ended after `events` (`ended`: before them)."""
+    for event in events:
+        if event.type in ("run_started", "run_finished", "run_failed"):
+            ended = event.type != "run_started"
+    return ended
+
+
+def _crash_problem(client: RunClient):
+    """Why a run whose engine ended without a final event is not training (sft_tui.attach)."""
+    from core.run_info import run_info
+    from sft_tui.attach import ended_problem
+
+    return ended_problem(run_info(client.paths.root))

@@ -192,13 +192,14 @@ async def test_a_killed_engine_shows_crashed_and_the_resumed_run_keeps_its_histo
             await pilot.press("p")  # hold it mid-run, after the checkpoints of steps 5 and 10
             await wait_until(pilot, lambda: app.run_state == "paused")
             os.kill(engine_pid(run), signal.SIGKILL)
-            await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))
+            await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog) and app.run_state == "failed")
+            await pilot.pause()  # mounted before escape closes it
             dialog = app.screen
             checkpoint = run_info(run).last_checkpoint
             assert dialog.title_text == "Training crashed" and "crashed: its engine ended without a final event" in dialog.message
             assert f"its last complete checkpoint is {checkpoint.name}" in dialog.hint
             assert f"--resume {run}" in dialog.hint and "R on this screen" in dialog.hint
-            assert app.run_state == "failed" and "crashed" in screen.query_one(RunProgress).label
+            assert "crashed" in screen.query_one(RunProgress).label
             before = [row[0] for row in evals.rows_as_text()]
             await pilot.press("escape")
 
@@ -235,11 +236,11 @@ async def test_an_engine_that_ends_before_its_first_event_shows_its_output(tiny_
         app = create_app(config)
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.press("5", "s")
-            await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), ENGINE_START_S)
+            await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog) and app.run_state == "failed",
+                             ENGINE_START_S)
             dialog = app.screen
             assert dialog.title_text == "The engine did not start"
             assert "is in use by another sft-tui engine" in dialog.message and str(run / "engine.log") in dialog.hint
-            assert app.run_state == "failed"
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")

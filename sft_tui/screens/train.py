@@ -20,6 +20,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, ContentSwitcher, Static
 
+from core.errors import UserError
 from core.events import (CheckpointSaved, EvalResult, LogMessage, Paused, Resumed, RunFailed, RunFinished,
                          RunStarted, SampleGenerated, StepMetrics)
 from core.runs import RunPaths, latest_resumable, open_run, resume_problem
@@ -79,6 +80,8 @@ class TrainScreen(StepScreen):
         self._sample: SampleGenerated | None = None
         self._log_texts: list[Text] = []
         self._evals_added = False
+        self._total: int | None = None
+        """The planned steps of the run's latest start."""
 
     def compose_body(self) -> ComposeResult:
         with ContentSwitcher(initial="setup", id="train-views"):
@@ -97,6 +100,7 @@ class TrainScreen(StepScreen):
                         yield RunLog(id="log")
 
     def on_mount(self) -> None:
+        self._charts, self._evals = self.query_one(TrainCharts), self.query_one(EvalTable)  # per event: no query
         self.query_one("#evals").border_title = "eval"
         self.query_one("#stats").border_title = "throughput / memory"
         self.query_one("#samples").border_title = "samples"
@@ -202,8 +206,8 @@ class TrainScreen(StepScreen):
     def _clear_panes(self) -> None:
         self.remove_class("-finished")
         self.query_one(ResultsPanel).reset()
-        self.query_one(TrainCharts).reset()
-        self.query_one(EvalTable).reset()
+        self._charts.reset()
+        self._evals.reset()
         self.query_one(RunStats).reset()
         self._stats = self._sample = None
         samples = self.query_one("#samples", Static)
@@ -284,8 +288,8 @@ class TrainScreen(StepScreen):
         """A new run starts empty; a resumed one keeps its history up to the step it resumes from
         (what came after was lost with the crash or stop, and is trained again)."""
         if e.resumed_from_step:
-            self.query_one(TrainCharts).truncate(e.resumed_from_step)
-            self.query_one(EvalTable).truncate(e.resumed_from_step)
+            self._charts.truncate(e.resumed_from_step)
+            self._evals.truncate(e.resumed_from_step)
         else:
             self._clear_panes()
         self.remove_class("-finished")
@@ -298,26 +302,26 @@ class TrainScreen(StepScreen):
         self._log(f"run {e.run_id} started: {e.trainable_params:,}/{e.total_params:,} parameters trainable "
                   f"({share:.1f}%) · {e.train_rows} train / {e.validation_rows} validation rows · {e.device} "
                   f"{e.precision}{resumed}", "bold")
+        self._total = e.planned_steps
         self._bar = (e.resumed_from_step, e.planned_steps,
                      self._step_label(e.resumed_from_step, e.planned_steps, 0.0, None))
         self.query_one("#samples").display = e.task == "causal-lm"
         self._set_state(RunState.RUNNING)
 
     def _on_step(self, e: StepMetrics) -> None:
-        total = self.query_one(RunProgress).total if self._bar is None else self._bar[1]
-        self._bar = (e.step, total, self._step_label(e.step, total, e.epoch, e.eta_s))
+        self._bar = None  # the label is _stats', made once per batch
         self._stats = e
-        self.query_one(TrainCharts).add_step(e.step, e.loss, e.lr)
+        self._charts.add_step(e.step, e.loss, e.lr)
 
     @staticmethod
     def _step_label(step: int, total: int | None, epoch: float, eta_s: float | None) -> str:
         return f"step {step}/{total or step} · epoch {epoch:.2f} · ETA {format_duration(eta_s)}"
 
     def _on_eval(self, e: EvalResult) -> None:
-        self.query_one(EvalTable).add_result(e)
+        self._evals.add_result(e)
         self._evals_added = True
         if "loss" in e.metrics:
-            self.query_one(TrainCharts).add_eval(e.step, e.metrics["loss"])
+            self._charts.add_eval(e.step, e.metrics["loss"])
 
     def _on_sample(self, e: SampleGenerated) -> None:
         self._sample = e
@@ -345,9 +349,9 @@ class TrainScreen(StepScreen):
         self._final, self._final_in_history = e, self._history
         if e.reason == "stopped" and e.last_checkpoint:
             self.resumable = self.run_dir
-        total = self.query_one(RunProgress).total if self._bar is None else self._bar[1]
+        total = self._total
         self._bar = (e.step, total, f"step {e.step}/{total or e.step} · {e.reason} in {format_duration(e.elapsed_s)}")
-        self.query_one(TrainCharts).flush(force=True)
+        self._charts.flush(force=True)
         self.query_one(ResultsPanel).show_run(e, self.run_dir or "", self.run_task)
         self.add_class("-finished")
         self._log(f"run {e.reason} at step {e.step}" + (f"; model saved to {e.output_path}" if e.output_path else ""),
@@ -373,8 +377,10 @@ class TrainScreen(StepScreen):
         final = self._final
         if final is not None:
             self.post_message(RunStateChanged(RunState.FAILED if isinstance(final, RunFailed) else RunState.FINISHED))
-            if self._final_in_history and message.problem is not None:
-                self.notify(message.problem.message, title="Not training", markup=False)
+            if self._final_in_history:
+                how = final.reason if isinstance(final, RunFinished) else f"failed: {final.message}"
+                self.notify(f"run {self.run_dir} is not training: it ended at step {final.step} ({how})",
+                            title="Not training", markup=False)
             return
         if message.engine_log is not None:
             log = RunPaths(self.run_dir).engine_log if self.run_dir else "engine.log"
@@ -382,7 +388,8 @@ class TrainScreen(StepScreen):
                                  f"its whole output is in {log}")
             self._log("the engine ended before its first event: " + (message.engine_log or "no output"), "bold red")
         else:
-            problem = message.problem
+            problem = message.problem or UserError(f"run {self.run_dir}: its engine ended without a final event",
+                                                   "R resumes it from its last checkpoint")
             dialog = ErrorDialog("Training crashed", problem.message,
                                  f"{problem.hint.strip()} (or R on this screen)")
             self.resumable = self.run_dir
@@ -395,25 +402,25 @@ class TrainScreen(StepScreen):
 
     def _flush(self) -> None:
         """Draw what the events applied since the last flush changed, once each."""
+        if self._stats is not None:
+            e = self._stats
+            self.query_one(RunStats).show_step(e)
+            if self._bar is None:
+                self._bar = (e.step, self._total, self._step_label(e.step, self._total, e.epoch, e.eta_s))
+            self._stats = None
         if self._bar is not None:
             self.query_one(RunProgress).show(*self._bar)
             self._bar = None
-        if self._stats is not None:
-            self.query_one(RunStats).show_step(self._stats)
-            self._stats = None
-        self.query_one(TrainCharts).flush()
+        self._charts.flush()
         if self._evals_added:
-            table = self.query_one(EvalTable)
-            table.move_cursor(row=table.row_count - 1)
+            self._evals.move_cursor(row=self._evals.row_count - 1)
             self._evals_added = False
         if self._sample is not None:
             self._show_sample(self._sample)
             self._sample = None
         if self._log_texts:
-            log = self.query_one(RunLog)
-            for text in self._log_texts[-log.max_lines:]:
-                log.add(text)
-            self._log_texts.clear()
+            self.query_one(RunLog).add(self._log_texts)
+            self._log_texts = []
         if self._state is not None:
             self.post_message(RunStateChanged(self._state))
             self._state = None

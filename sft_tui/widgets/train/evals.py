@@ -3,6 +3,7 @@ The cursor is the screen's to move (once per batch of events, not once per row).
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.widgets import DataTable
 
 from core.events import EvalResult
@@ -48,10 +49,11 @@ class EvalTable(DataTable):
         key = str(self.row_count)
         cells = [str(result.step), f"{result.epoch:.2f}"]
         cells += [format_metric(result.metrics[n]) if n in result.metrics else "-" for n in self.metric_names]
-        self.add_row(*cells, BEST if result.is_best else "", key=key)
+        cells.append(BEST if result.is_best else "")
+        self.add_row(*map(Text, cells), key=key)  # Text, not str: no markup to parse (a run's history adds hundreds)
         if result.is_best:
             if self._best_row is not None:
-                self.update_cell(self._best_row, "best", "")
+                self.update_cell(self._best_row, "best", Text(""))
             self._best_row = key
 
     def rows_as_text(self) -> list[list[str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from rich.console import Group
 from rich.text import Text
 from textual.widgets import RichLog
 
@@ -24,10 +25,12 @@ class RunLog(RichLog):
         self._texts: deque[Text] = deque(maxlen=max_lines)
         self._wrapped_for = 0
 
-    def add(self, text: Text) -> None:
-        self._texts.append(text)
+    def add(self, texts: list[Text]) -> None:
+        """Add lines, written in one go: a run's history adds hundreds at once."""
+        texts = texts[-self.max_lines:]
+        self._texts.extend(texts)
         if self.size.width and self._wrapped_for == self.size.width:
-            self.write(text)
+            self.write(Group(*texts))
         else:
             self._wrapped_for = 0  # hidden or resizing: wrap everything at the next size
 
@@ -36,5 +39,4 @@ class RunLog(RichLog):
         if width and width != self._wrapped_for:
             self._wrapped_for = width
             self.clear()
-            for text in self._texts:
-                self.write(text)
+            self.write(Group(*self._texts))
