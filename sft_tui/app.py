@@ -40,8 +40,8 @@ from sft_tui.messages import (DataLoaded, EngineEvent, LoadFailed, ModelLoaded, 
                               RunStateChanged)
 from sft_tui.run_client import InProcessClient, RunClient
 from sft_tui.session import Session
-from sft_tui.worker import (PostingSink, RunSink, follow_run, load_data, load_model_info, report_load, run_training,
-                            warm_up)
+from sft_tui.worker import (PostingSink, RunSink, follow_run, load_data, load_model_info, report_load, run_ended,
+                            run_training, warm_up)
 
 STEPS = [("model", "Model"), ("data", "Data"), ("freeze", "Freeze"), ("hyper", "Hyper"), ("train", "Train"),
          ("runs", "Runs")]
@@ -233,7 +233,7 @@ class SftApp(App):
         screen = self._train_screen()
         config = config or self.session.config
         if self.in_process:
-            client = InProcessClient(Control())
+            client = InProcessClient(Control(), resume_dir)
             self._sink = sink = RunSink(screen, client)
             self._follow(client, screen, RunFollowed(str(resume_dir) if resume_dir else None))
             self.run_worker(lambda: run_training(config, sink, client.control, resume_dir=resume_dir),
@@ -273,14 +273,17 @@ class SftApp(App):
         return self.screen_stack[0]
 
     def _follow(self, client: RunClient, screen: MessagePump, message: RunFollowed) -> None:
-        """Make `client` the followed run: the screen starts empty, and a detached run's events are
-        read in a thread worker (replacing the reader of the run followed before)."""
+        """Make `client` the followed run: the screen starts over with its history, read here so that
+        it is drawn with the screen's next frame (a thread would hand it over after a frame of empty
+        panes), and a detached run's new events are read in a thread worker (replacing the reader of
+        the run followed before)."""
         self._leave_run()
         self.followed = client
+        message.history = client.read_history()
         screen.post_message(message)
         if not client.in_process:
-            self.run_worker(partial(follow_run, client, screen), name="follow", thread=True, exclusive=True,
-                            group="follow", exit_on_error=False)
+            self.run_worker(partial(follow_run, client, screen, run_ended(message.history)), name="follow",
+                            thread=True, exclusive=True, group="follow", exit_on_error=False)
 
     def _leave_run(self) -> None:
         """Stop following the run (a detached one trains on) and give up its control."""

@@ -10,7 +10,7 @@ alone applies to `app.run_state`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
@@ -55,13 +55,10 @@ class EngineEvent(Message):
 
 @dataclass
 class EngineEvents(Message):
-    """Events read from a run's events.jsonl, applied in one screen update. `history`: what the run
-    had written before the app followed it (an attach, a resume): it fills the panes, but the run's
-    state is the one it has now, not the one each old event announced. `client`: the
-    sft_tui.run_client.RunClient that read them (a run the app has since left is ignored)."""
+    """Events a detached engine appended to its run's events.jsonl, applied in one screen update.
+    `client`: the sft_tui.run_client.RunClient that read them (a run the app has left is ignored)."""
 
     events: list[Event]
-    history: bool = False
     client: Any = None
 
 
@@ -79,12 +76,15 @@ class EngineGone(Message):
 
 @dataclass
 class RunFollowed(Message):
-    """The app follows a run from now on: the train screen starts empty. `attached`: the run existed
-    before the app followed it (not started by it), and `training`: its engine ran then; its state is
-    the one its history ends in. `controller`: the client that controls it (a
+    """The app follows a run from now on: the train screen starts over with its `history`, what the
+    run wrote before (an attach, a resume), drawn in one update before the screen's first frame. It
+    fills the panes, but the run's state is the one it has now, not the one each old event
+    announced. `attached`: the app did not start the run, and `training`: its engine ran then (its
+    state is the one its history ends in). `controller`: the client that controls the run (a
     core.liveness.ProcessRecord) when it is not this app."""
 
     run_dir: str | None
+    history: list[Event] = field(default_factory=list)
     attached: bool = False
     training: bool = False
     controller: Any = None

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from core.commands import send_command
 from core.control import Control
+from core.events import Event
+from core.follow import EventFollower
 from core.liveness import ProcessRecord, live_record, read_record, write_record
 from core.runs import RunPaths
 
@@ -39,10 +41,11 @@ class RunClient:
                  fresh: bool = False) -> None:
         self.paths = paths
         self.process = process
+        self.follower = EventFollower(paths.events) if paths is not None else None
+        """Reads the run's events.jsonl: its history first, then what the engine appends."""
         self.since = time.time()
-        """When the app began to follow the run: older events are its history."""
         self.fresh = fresh
-        """A new run: older events in its folder belong to a start it replaced, not to its history."""
+        """A new run: events in its folder older than `since` belong to a start it replaced."""
         self.controller: ProcessRecord | None = None
         """Another client that controls the run (this app is a viewer); None when this app does."""
         self._record: ProcessRecord | None = None
@@ -50,6 +53,10 @@ class RunClient:
     @property
     def controls(self) -> bool:
         return self._record is not None
+
+    def read_history(self) -> list[Event]:
+        """What the run has written so far (a new run has no history)."""
+        return [] if self.fresh or self.follower is None else self.follower.read_new()
 
     def claim(self) -> None:
         """Control the run unless another live client does."""
@@ -92,13 +99,14 @@ class RunClient:
 
 
 class InProcessClient(RunClient):
-    """A run in a thread of this app: it cannot outlive the app, and this app controls it. Its folder
-    is known once the engine has claimed it (RunStarted); other clients then find it controlled."""
+    """A run in a thread of this app: it cannot outlive the app, and this app controls it. Its
+    folder is known at once for a resume, else once the engine has claimed it (RunStarted); other
+    clients then find it controlled. Its events come from the engine's sink, not from its folder."""
 
     in_process = True
 
-    def __init__(self, control: Control) -> None:
-        super().__init__(None)
+    def __init__(self, control: Control, resume_dir: str | Path | None = None) -> None:
+        super().__init__(RunPaths(Path(resume_dir)) if resume_dir is not None else None)
         self.control = control
 
     def found(self, run_dir: str | Path) -> None:

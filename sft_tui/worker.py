@@ -19,8 +19,7 @@ from textual.worker import get_current_worker
 from core.config import RunConfig
 from core.control import Control
 from core.errors import UserError
-from core.events import Event, LogMessage, RunFailed, RunStarted, read_events
-from core.follow import EventFollower
+from core.events import Event, LogMessage, RunFailed, RunStarted
 from sft_tui.messages import EngineEvent, EngineEvents, EngineGone, LoadFailed
 from sft_tui.run_client import InProcessClient, RunClient
 from sft_tui.session import ModelInfo
@@ -127,44 +126,32 @@ class RunSink(PostingSink):
 
 
 def run_training(config: RunConfig, sink: RunSink, control: Control, resume_dir=None):
-    """The engine in this (worker) thread, reporting to `sink`. Returns core.engine.RunResult. A
-    resumed run's history (events.jsonl so far) goes to the screen first.
+    """The engine in this (worker) thread, reporting to `sink`. Returns core.engine.RunResult.
 
     Reports come once a second (headless: four times): every redraw they cause competes with the
     training threads for the CPU and the GIL, and on 2 cores a third busy thread stalls torch's
     two, which wait for each other (bench/app_vs_headless.py)."""
-    if resume_dir is not None:
-        from core.runs import RunPaths
-
-        events = RunPaths(resume_dir).events
-        sink.target.post_message(EngineEvents(read_events(events) if events.exists() else [], history=True,
-                                              client=sink.client))
     warm_up()
     from core.engine import train
 
     return train(config, [sink], control, resume_dir=resume_dir, report_interval_s=1.0)
 
 
-def follow_run(client: RunClient, target: MessagePump, poll_s: float = FOLLOW_POLL_S) -> None:
-    """Post the events of `client`'s detached run to `target` until its engine ends (then
-    EngineGone) or this worker is cancelled: first the whole history as one EngineEvents, then what
-    the engine appends, one batch per read."""
+def follow_run(client: RunClient, target: MessagePump, ended: bool, poll_s: float = FOLLOW_POLL_S) -> None:
+    """Post what the engine of `client`'s detached run appends to events.jsonl (its history has
+    been read: `ended` says whether it ends the run) to `target`, one EngineEvents per read, until
+    the engine ends (then EngineGone) or this worker is cancelled."""
     worker = get_current_worker()
-    follower = EventFollower(client.paths.events)
-    first, heard, ended = True, False, False
+    heard = False
     while not worker.is_cancelled:
         alive = client.engine_alive()  # asked before reading: the events read next hold its last words
-        events = follower.read_new()
-        if client.fresh:  # older events are a replaced start's, not this run's history
+        events = client.follower.read_new()
+        if client.fresh:  # older events are a replaced start's
             events = [e for e in events if e.time >= client.since]
-        if first:
-            target.post_message(EngineEvents([e for e in events if e.time < client.since], history=True,
-                                             client=client))
-            first = False
-        if live := [e for e in events if e.time >= client.since]:
-            target.post_message(EngineEvents(live, client=client))
+        if events:
+            target.post_message(EngineEvents(events, client=client))
             heard = True
-        ended = _ended(events, ended)
+        ended = run_ended(events, ended)
         if not alive:
             silent = client.process is not None and not heard
             target.post_message(EngineGone(None if ended else _crash_problem(client),
@@ -173,7 +160,7 @@ def follow_run(client: RunClient, target: MessagePump, poll_s: float = FOLLOW_PO
         time.sleep(poll_s)
 
 
-def _ended(events: list[Event], ended: bool) -> bool:
+def run_ended(events: list[Event], ended: bool = False) -> bool:
     """Whether the run's latest start has ended after `events` (`ended`: before them)."""
     for event in events:
         if event.type in ("run_started", "run_finished", "run_failed"):

@@ -2,8 +2,8 @@
 
 The app follows one run at a time (SftApp.launch_run, SftApp.attach_run): a detached engine's
 events.jsonl read by a thread worker, or an engine in a thread of the app. Either way its events
-arrive here as messages, on the UI thread: EngineEvent one by one, EngineEvents in batches (the
-whole history of a run first). A batch is applied in one screen update: each event's handler
+arrive here as messages, on the UI thread: the run's history with RunFollowed, then EngineEvent one
+by one or EngineEvents in batches. A batch is applied in one screen update: each event's handler
 records what changed, and `_flush` draws it once, so attaching to a long run costs one drawing of
 each pane, not one per event. Changes of the run's state go to the app as RunStateChanged; commands
 go the other way through the app's RunClient (pause, resume, stop, save now, evaluate now), and
@@ -201,7 +201,7 @@ class TrainScreen(StepScreen):
                     "pause, stop, checkpoint and eval keys are off")
             self._log(note, "yellow")
             self.notify(note, title="Viewing", markup=False)
-        self._flush()
+        self.apply(message.history, history=True)
 
     def _clear_panes(self) -> None:
         self.remove_class("-finished")
@@ -268,11 +268,11 @@ class TrainScreen(StepScreen):
     def on_engine_events(self, message: EngineEvents) -> None:
         message.stop()
         if message.client is None or message.client is self.app.followed:  # not a run the app has left
-            self.apply(message.events, message.history)
+            self.apply(message.events)
 
     def apply(self, events: list, history: bool = False) -> None:
-        """Apply `events` in order (one handler per event type), then draw once. After a running
-        run's history, its state is the one the history ends in."""
+        """Apply `events` in order (one handler per event type), then draw once. A run's `history`
+        sets no state on its way: after it, a running run's state is the one it ends in."""
         self._history = history
         with self.app.batch_update():
             for event in events:
