@@ -1,0 +1,283 @@
+"""How step 5 shows the run the app follows: its history, then its events as they come, in
+batches drawn once each.
+
+The app follows one run at a time (SftApp.launch_run, SftApp.attach_run): a detached engine's
+events.jsonl read by a thread worker, or an engine in a thread of the app. Either way its events
+arrive at the train screen as messages, on the UI thread: the run's history with RunFollowed, then
+EngineEvent one by one or EngineEvents in batches, and EngineGone when a detached engine's process
+ends. A batch is applied in one screen update: each event's handler records what changed, and
+`_flush` draws it once, so attaching to a long run costs one drawing of each pane, not one per
+event. Changes of the run's state go to the app as RunStateChanged.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import ContentSwitcher, Static
+
+from core.errors import UserError
+from core.events import (CheckpointSaved, EvalResult, LogMessage, Paused, Resumed, RunFailed, RunFinished,
+                         RunStarted, SampleGenerated, StepMetrics)
+from core.runs import RunPaths
+from sft_tui.format.numbers import format_duration
+from sft_tui.messages import EngineEvent, EngineEvents, EngineGone, RunFollowed, RunState, RunStateChanged
+from sft_tui.screens.dialogs import ErrorDialog
+from sft_tui.widgets.train.log import RunLog
+from sft_tui.widgets.train.progress import RunProgress
+from sft_tui.widgets.train.results import ResultsPanel
+from sft_tui.widgets.train.stats import RunStats
+
+LOG_STYLES = {"warning": "yellow", "error": "bold red", "critical": "bold red"}
+
+
+class RunEvents:
+    """The train screen's part that applies a run's events (TrainScreen mixes it in; it reads the
+    screen's `_charts` and `_evals`, looked up at its mount)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_dir: str | None = None
+        self.run_task: str = ""
+        self.resumable: str | None = None
+        """Run folder of the last run this session stopped or lost with a checkpoint: R's default."""
+        self._log_seen = 0
+        self._attached = False
+        """The followed run trained before the app followed it: its state comes from its history."""
+        self._final: RunFinished | RunFailed | None = None
+        """How the run's latest start ended; None while it trains (or crashed)."""
+        self._final_in_history = False
+        self._paused = False
+        self._history = False
+        self._total: int | None = None
+        """The planned steps of the run's latest start."""
+        # what the events of a batch changed, drawn once by _flush:
+        self._state: RunState | None = None
+        self._bar: tuple[int, int | None, str] | None = None
+        self._stats: StepMetrics | None = None
+        self._sample: SampleGenerated | None = None
+        self._log_texts: list[Text] = []
+        self._evals_added = False
+
+    def _set_state(self, state: RunState) -> None:
+        """The run's state after this batch (sent to the app by _flush); live events only."""
+        if not self._history:
+            self._state = state
+
+    def on_run_followed(self, message: RunFollowed) -> None:
+        """The app follows a new run: the panes start empty."""
+        message.stop()
+        self.run_dir, self._attached = message.run_dir, message.training
+        self._final, self._final_in_history, self._paused = None, False, False
+        self._clear_panes()
+        self.query_one(RunProgress).show(0, None, "attaching: reading the run's history…" if message.attached
+                                         else "starting: loading the model and the data…")
+        self.query_one(ContentSwitcher).current = "run"
+        if message.controller is not None:
+            note = (f"{message.controller.describe()} controls this run: this app views it, and its "
+                    "pause, stop, checkpoint and eval keys are off")
+            self._log(note, "yellow")
+            self.notify(note, title="Viewing", markup=False)
+        self.apply(message.history, history=True)
+
+    def _clear_panes(self) -> None:
+        self.remove_class("-finished")
+        self.query_one(ResultsPanel).reset()
+        self._charts.reset()
+        self._evals.reset()
+        self.query_one(RunStats).reset()
+        self._stats = self._sample = None
+        samples = self.query_one("#samples", Static)
+        samples.update("")
+        samples.display = False
+
+    # ---- engine events ----------------------------------------------------------------------
+    def on_engine_event(self, message: EngineEvent) -> None:
+        """One event of an in-process run (its log records come the app's way, see SftApp.on_engine_event)."""
+        message.stop()
+        self.apply([message.event])
+
+    def on_engine_events(self, message: EngineEvents) -> None:
+        message.stop()
+        if message.client is None or message.client is self.app.followed:  # not a run the app has left
+            self.apply(message.events)
+
+    def apply(self, events: list, history: bool = False) -> None:
+        """Apply `events` in order (one handler per event type), then draw once. A run's `history`
+        sets no state on its way: after it, a running run's state is the one it ends in."""
+        self._history = history
+        with self.app.batch_update():
+            for event in events:
+                handler = getattr(self, f"_on_{event.type}", None)
+                if handler is not None:
+                    handler(event)
+            self._history = False
+            if history and self._attached and self._final is None:
+                self._set_state(RunState.PAUSED if self._paused else RunState.RUNNING)
+            self._flush()
+
+    def _on_run_started(self, e: RunStarted) -> None:
+        """A new run starts empty; a resumed one keeps its history up to the step it resumes from
+        (what came after was lost with the crash or stop, and is trained again)."""
+        if e.resumed_from_step:
+            self._charts.truncate(e.resumed_from_step)
+            self._evals.truncate(e.resumed_from_step)
+        else:
+            self._clear_panes()
+        self.remove_class("-finished")
+        self.query_one(ResultsPanel).reset()
+        self.run_dir, self.run_task = e.run_dir, e.task
+        self._final, self._final_in_history, self._paused = None, False, False
+        self.query_one(ContentSwitcher).current = "run"
+        resumed = f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""
+        share = 100 * e.trainable_params / max(e.total_params, 1)
+        self._log(f"run {e.run_id} started: {e.trainable_params:,}/{e.total_params:,} parameters trainable "
+                  f"({share:.1f}%) · {e.train_rows} train / {e.validation_rows} validation rows · {e.device} "
+                  f"{e.precision}{resumed}", "bold")
+        self._total = e.planned_steps
+        self._bar = (e.resumed_from_step, e.planned_steps,
+                     self._step_label(e.resumed_from_step, e.planned_steps, 0.0, None))
+        self.query_one("#samples").display = e.task == "causal-lm"
+        self._set_state(RunState.RUNNING)
+
+    def _on_step(self, e: StepMetrics) -> None:
+        self._bar = None  # the label is _stats', made once per batch
+        self._stats = e
+        self._charts.add_step(e.step, e.loss, e.lr)
+
+    @staticmethod
+    def _step_label(step: int, total: int | None, epoch: float, eta_s: float | None) -> str:
+        return f"step {step}/{total or step} · epoch {epoch:.2f} · ETA {format_duration(eta_s)}"
+
+    def _on_eval(self, e: EvalResult) -> None:
+        self._evals.add_result(e)
+        self._evals_added = True
+        if "loss" in e.metrics:
+            self._charts.add_eval(e.step, e.metrics["loss"])
+
+    def _on_sample(self, e: SampleGenerated) -> None:
+        self._sample = e
+
+    def _on_checkpoint(self, e: CheckpointSaved) -> None:
+        self._log(f"checkpoint step-{e.step} saved: {e.path}", "green")
+
+    def _on_log(self, e: LogMessage) -> None:
+        """A detached run's log records (an in-process run's reach the log pane the app's way)."""
+        self._log(f"{e.level} {e.logger}: {e.message}", LOG_STYLES.get(e.level, "dim"))
+
+    def _on_paused(self, e: Paused) -> None:
+        self._log(f"paused at step {e.step}", "yellow")
+        self._paused = True
+        if (self._state or self.app.run_state) == RunState.RUNNING:
+            self._set_state(RunState.PAUSED)
+
+    def _on_resumed(self, e: Resumed) -> None:
+        self._log(f"resumed at step {e.step}", "yellow")
+        self._paused = False
+        if (self._state or self.app.run_state) == RunState.PAUSED:
+            self._set_state(RunState.RUNNING)
+
+    def _on_run_finished(self, e: RunFinished) -> None:
+        self._final, self._final_in_history = e, self._history
+        if e.reason == "stopped" and e.last_checkpoint:
+            self.resumable = self.run_dir
+        total = self._total
+        self._bar = (e.step, total, f"step {e.step}/{total or e.step} · {e.reason} in {format_duration(e.elapsed_s)}")
+        self._charts.flush(force=True)
+        self.query_one(ResultsPanel).show_run(e, self.run_dir or "", self.run_task)
+        self.add_class("-finished")
+        self._log(f"run {e.reason} at step {e.step}" + (f"; model saved to {e.output_path}" if e.output_path else ""),
+                  "bold")
+        self._set_state(RunState.FINISHED)
+
+    def _on_run_failed(self, e: RunFailed) -> None:
+        self._final, self._final_in_history = e, self._history
+        if e.last_checkpoint:
+            self.resumable = self.run_dir
+        self._log(f"run failed: {e.message}" + (f" (traceback in {e.log_file})" if e.log_file else ""), "bold red")
+        self._set_state(RunState.FAILED)
+        if not self._history and self.app.followed is not None:
+            self.app.push_screen(ErrorDialog.for_run_failed(e))
+
+    def on_engine_gone(self, message: EngineGone) -> None:
+        """The detached engine has ended. With a final event it ended as that says (an attached run
+        that had ended is shown, and said to be not training); without one it crashed, or never
+        started: the user is told so, and how to resume."""
+        message.stop()
+        if message.client is not None and message.client is not self.app.followed:
+            return
+        final = self._final
+        if final is not None:
+            self.post_message(RunStateChanged(RunState.FAILED if isinstance(final, RunFailed) else RunState.FINISHED))
+            if self._final_in_history:
+                how = final.reason if isinstance(final, RunFinished) else f"failed: {final.message}"
+                self.notify(f"run {self.run_dir} is not training: it ended at step {final.step} ({how})",
+                            title="Not training", markup=False)
+            return
+        if message.engine_log is not None:
+            log = RunPaths(self.run_dir).engine_log if self.run_dir else "engine.log"
+            dialog = ErrorDialog("The engine did not start", message.engine_log or "(it wrote nothing)",
+                                 f"its whole output is in {log}")
+            self._log("the engine ended before its first event: " + (message.engine_log or "no output"), "bold red")
+        else:
+            problem = message.problem or UserError(f"run {self.run_dir}: its engine ended without a final event",
+                                                   "R resumes it from its last checkpoint")
+            dialog = ErrorDialog("Training crashed", problem.message,
+                                 f"{problem.hint.strip()} (or R on this screen)")
+            self.resumable = self.run_dir
+            bar = self.query_one(RunProgress)
+            self._bar = (bar.progress, bar.total, f"step {bar.progress}/{bar.total or bar.progress} · crashed")
+            self._log(f"{problem.message}; {problem.hint.strip()}", "bold red")
+        self.post_message(RunStateChanged(RunState.FAILED))
+        self.app.push_screen(dialog)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Draw what the events applied since the last flush changed, once each."""
+        if self._stats is not None:
+            e = self._stats
+            self.query_one(RunStats).show_step(e)
+            if self._bar is None:
+                self._bar = (e.step, self._total, self._step_label(e.step, self._total, e.epoch, e.eta_s))
+            self._stats = None
+        if self._bar is not None:
+            self.query_one(RunProgress).show(*self._bar)
+            self._bar = None
+        self._charts.flush()
+        if self._evals_added:
+            self._evals.move_cursor(row=self._evals.row_count - 1)
+            self._evals_added = False
+        if self._sample is not None:
+            self._show_sample(self._sample)
+            self._sample = None
+        if self._log_texts:
+            self.query_one(RunLog).add(self._log_texts)
+            self._log_texts = []
+        if self._state is not None:
+            self.post_message(RunStateChanged(self._state))
+            self._state = None
+
+    def _show_sample(self, e: SampleGenerated) -> None:
+        samples = self.query_one("#samples", Static)
+        samples.border_title = f"samples at step {e.step}"
+        text = Text()
+        text.append("prompt ", style="dim")
+        text.append(e.prompt + "\n")
+        text.append("model  ", style="dim")
+        text.append(e.output + "\n", style="bold")
+        text.append("ref    ", style="dim")
+        text.append(e.reference)
+        samples.update(text)
+        samples.display = True
+
+    # ---- the log pane -------------------------------------------------------------------------
+    def _show_new_log_lines(self, count: int) -> None:
+        """app.log_lines keeps the last 1000 lines of the app's own process; show those this pane
+        has not shown yet."""
+        new = min(count - self._log_seen, len(self.app.log_lines))
+        self._log_seen = count
+        for level, logger, message in self.app.log_lines[len(self.app.log_lines) - new:] if new > 0 else []:
+            self._log(f"{level} {logger}: {message}", LOG_STYLES.get(level, "dim"))
+        self._flush()
+
+    def _log(self, line: str, style: str = "") -> None:
+        self._log_texts.append(Text(line, style=style))
