@@ -60,9 +60,9 @@ class FolderControl(Control):
         for name in names:
             sent_ns, _, rest = name.partition("-")
             command = rest.rsplit("-", 1)[-1].removesuffix(".json")
-            if sent_ns.isdigit() and int(sent_ns) >= self._born_ns - 10_000_000:  # psutil's start time is rounded to 10 ms
-                {"pause": self.pause, "resume": self.resume, "stop": self.stop, "save": self.save_now,
-                 "eval": self.eval_now}.get(command, lambda: None)()
+            fresh = sent_ns.isdigit() and int(sent_ns) >= self._born_ns - 10_000_000  # start time: 10 ms ticks
+            if fresh and command in COMMANDS:
+                self.apply(command)
             (self.folder / name).unlink(missing_ok=True)
 
     def wait_while_paused(self, poll_s: float = POLL_S) -> None:

@@ -35,6 +35,11 @@ class Control:
     def eval_now(self) -> None:
         self._eval.set()
 
+    def apply(self, command: str) -> None:
+        """A command by name, as clients send them (core.commands.COMMANDS)."""
+        {"pause": self.pause, "resume": self.resume, "stop": self.stop, "save": self.save_now,
+         "eval": self.eval_now}[command]()
+
     def poll(self) -> None:
         """Called by the engine between optimizer steps: a control fed from outside the process
         (core.commands.FolderControl) reads its commands here. This one is set directly."""

@@ -32,7 +32,11 @@ class ProcessRecord:
 
     @classmethod
     def of_this_process(cls) -> ProcessRecord:
-        return cls(os.getpid(), psutil.Process().create_time(), socket.gethostname(), time.time())
+        return cls.of_process(os.getpid())
+
+    @classmethod
+    def of_process(cls, pid: int) -> ProcessRecord:
+        return cls(pid, psutil.Process(pid).create_time(), socket.gethostname(), time.time())
 
     @property
     def here(self) -> bool:
@@ -44,10 +48,12 @@ class ProcessRecord:
         if not self.here:
             return True
         try:
-            started = psutil.Process(self.pid).create_time()
+            process = psutil.Process(self.pid)
+            started, status = process.create_time(), process.status()
         except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
             return False
-        return abs(started - self.create_time) < START_TIME_TOLERANCE_S
+        # a zombie has ended: only its parent (the app that started it) has not collected it yet
+        return abs(started - self.create_time) < START_TIME_TOLERANCE_S and status != psutil.STATUS_ZOMBIE
 
     def describe(self) -> str:
         return f"pid {self.pid}" + ("" if self.here else f" on {self.host}")

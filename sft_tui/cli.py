@@ -175,7 +175,7 @@ def _detach(config, resume: str | None) -> int:
 
     run = start_detached(config, resume)
     print(f"starting the engine for {run.paths.root} ...", file=sys.stderr)
-    while (record := read_record(run.paths.engine)) is None or record.pid != run.process.pid:
+    while (record := read_record(run.paths.engine)) in (None, run.launch_record) or record.pid != run.process.pid:
         if run.process.poll() is not None:
             print(run.paths.engine_log.read_text(encoding="utf-8", errors="replace").strip(), file=sys.stderr)
             return run.process.returncode

@@ -18,11 +18,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import yaml
 
 from core.config import RunConfig, config_to_dict
 from core.errors import UserError
-from core.liveness import live_record
+from core.liveness import ProcessRecord, live_record, write_record
 from core.runs import RunPaths, new_run_id, occupied_problem, open_run, resume_problem, run_root
 
 
@@ -31,6 +32,9 @@ class DetachedRun:
     paths: RunPaths
     process: subprocess.Popen
     """The engine, for the client that started it: its exit status tells a failed start at once."""
+    launch_record: ProcessRecord | None
+    """What this client wrote to engine.json for the engine; the engine replaces it once it holds
+    the run folder's lock."""
 
 
 def live_engine_problem(paths: RunPaths) -> UserError | None:
@@ -67,7 +71,11 @@ def start_detached(config: RunConfig | None = None, resume_dir: str | Path | Non
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+    try:  # until the engine records itself (after its imports), clients see this record of it
+        launch_record = write_record(paths.engine, ProcessRecord.of_process(process.pid))
+    except psutil.NoSuchProcess:
+        launch_record = None  # it ended at once: its exit status and engine.log say why
     if stdin:
         process.stdin.write(stdin.encode("utf-8"))
         process.stdin.close()
-    return DetachedRun(paths, process)
+    return DetachedRun(paths, process, launch_record)

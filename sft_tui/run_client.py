@@ -122,6 +122,4 @@ class InProcessClient(RunClient):
             super().release()
 
     def send(self, command: str) -> None:
-        control = self.control
-        {"pause": control.pause, "resume": control.resume, "stop": control.stop, "save": control.save_now,
-         "eval": control.eval_now}[command]()
+        self.control.apply(command)

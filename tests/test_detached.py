@@ -22,11 +22,13 @@ import pytest
 import yaml
 
 from core.commands import FolderControl, send_command
+from core.config import parse_config
 from core.events import StepMetrics
 from core.follow import EventFollower
 from core.liveness import ProcessRecord, live_record, read_record, write_record
 from core.run_info import list_runs, run_info
 from core.runs import RunPaths
+from sft_tui.detach import start_detached
 from helpers import tiny_lm_config, write_jsonl
 
 STEPS = 200
@@ -162,6 +164,26 @@ def test_a_record_of_a_reused_pid_is_not_alive(tmp_path):
     assert not gone.alive()
     (tmp_path / "engine.json").write_text('{"pid": 1', encoding="utf-8")  # torn
     assert read_record(tmp_path / "engine.json") is None
+
+
+def test_an_ended_engine_not_yet_collected_by_its_parent_is_not_alive():
+    child = subprocess.Popen(["sleep", "0.1"])
+    record = ProcessRecord.of_process(child.pid)
+    assert record.alive()
+    wait(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, "the zombie", timeout=10)
+    assert not record.alive()
+    child.wait()
+
+
+def test_a_run_being_launched_shows_as_starting_not_crashed(root):
+    config = parse_config(yaml.safe_load((root / "killed.yaml").read_text()))
+    config = config.model_copy(update={"output": config.output.model_copy(update={"run_name": "launched"})})
+    run = start_detached(config)
+    info = run_info(run.paths.root)  # before the engine has imported torch and claimed the folder
+    assert info.state == "starting" and info.engine.pid == run.process.pid
+    send_command(run.paths.commands, "stop")
+    assert run.process.wait(timeout=120) == 3  # stopped after its first step, a checkpoint saved
+    assert run_info(run.paths.root).state == "stopped"
 
 
 def test_commands_apply_in_order_once_and_stale_ones_are_dropped(tmp_path):
