@@ -1,7 +1,8 @@
-"""Training throughput in the app (on the training screen, drawn in a real terminal) against the
-headless CLI on the same config, and the time from launch to the app's first screen.
+"""Training throughput of a detached engine (`sft-tui train --detach`) and of a run started in the
+app (on the training screen, drawn in a real terminal) against the headless CLI on the same config,
+and the time from launch to the app's first screen.
 
-    .venv/bin/python bench/app_vs_headless.py [--repeats 4] [--startup-repeats 5]
+    .venv/bin/python bench/app_vs_headless.py [--repeats 4] [--startup-repeats 5] [--against detached app]
 
 The app runs in tmux at 120x40 exactly as a user runs it (keys: 5, then enter to start); both
 runs write events.jsonl, and throughput is read from there the same way for both: the tokens
@@ -59,6 +60,23 @@ def run_headless(folder: Path, task: str) -> float:
     return throughput(folder / "runs" / "headless" / "events.jsonl")
 
 
+def wait_finished(events: Path) -> None:
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        if events.exists() and '"run_finished"' in events.read_text():
+            return
+        time.sleep(1)
+    raise RuntimeError(f"the run of {events} did not finish")
+
+
+def run_detached(folder: Path, task: str) -> float:
+    config = write_config(folder, task, "detached")
+    subprocess.run([SFT, "train", str(config), "--detach"], check=True, capture_output=True, cwd=folder)
+    events = folder / "runs" / "detached" / "events.jsonl"
+    wait_finished(events)
+    return throughput(events)
+
+
 def run_app(folder: Path, task: str) -> float:
     config = write_config(folder, task, "app")
     events = folder / "runs" / "app" / "events.jsonl"
@@ -70,13 +88,7 @@ def run_app(folder: Path, task: str) -> float:
         subprocess.run(["tmux", "send-keys", "-t", session, "5"], check=True)
         time.sleep(1)
         subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
-        deadline = time.time() + 900
-        while time.time() < deadline:
-            if events.exists() and '"run_finished"' in events.read_text():
-                break
-            time.sleep(1)
-        else:
-            raise RuntimeError("the app's run did not finish")
+        wait_finished(events)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
     return throughput(events)
@@ -103,11 +115,15 @@ def startup_seconds(folder: Path) -> float:
         os.waitpid(pid, 0)
 
 
+CONTENDERS = {"detached": run_detached, "app": run_app}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--startup-repeats", type=int, default=5)
     parser.add_argument("--case", choices=[*CASES, "both"], default="both")
+    parser.add_argument("--against", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,16 +132,17 @@ def main() -> None:
         print(f"launch to first screen: median {statistics.median(times):.2f} s "
               f"(min {min(times):.2f}, max {max(times):.2f}, n={len(times)})")
     for task in CASES if args.case == "both" else [args.case]:
-        headless, app = [], []
-        for repeat in range(args.repeats):
-            for run, results in [(run_headless, headless), (run_app, app)][::1 if repeat % 2 == 0 else -1]:
-                with tempfile.TemporaryDirectory() as tmp:
-                    results.append(run(Path(tmp), task))
-        ratios = [a / h for a, h in zip(app, headless)]
-        print(f"{task}: headless {statistics.median(headless):,.0f} tok/s {[round(x) for x in headless]}, "
-              f"app {statistics.median(app):,.0f} tok/s {[round(x) for x in app]}, app/headless per pair "
-              f"{[round(r, 3) for r in ratios]}, median {statistics.median(ratios):.3f}")
-
+        for name in args.against:
+            headless, other = [], []
+            for repeat in range(args.repeats):
+                pair = [(run_headless, headless), (CONTENDERS[name], other)]
+                for run, results in pair[::1 if repeat % 2 == 0 else -1]:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        results.append(run(Path(tmp), task))
+            ratios = [a / h for a, h in zip(other, headless)]
+            print(f"{task}: headless {statistics.median(headless):,.0f} tok/s {[round(x) for x in headless]}, "
+                  f"{name} {statistics.median(other):,.0f} tok/s {[round(x) for x in other]}, {name}/headless "
+                  f"per pair {[round(r, 3) for r in ratios]}, median {statistics.median(ratios):.3f}")
 
 if __name__ == "__main__":
     main()
