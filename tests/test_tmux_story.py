@@ -20,7 +20,9 @@ from helpers import tiny_lm_config, write_jsonl
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 STEPS = 1500
-SFT = str(Path(sys.executable).with_name("sft-tui"))
+SFT = "env -u LINES -u COLUMNS " + str(Path(sys.executable).with_name("sft-tui"))
+"""Under pytest, the tmux server hands its windows LINES=24 and COLUMNS=80, which the app would
+believe over the window's real size."""
 
 
 SOCKET = f"sft-tui-story-{os.getpid()}"
@@ -65,7 +67,7 @@ def test_a_run_started_in_the_app_outlives_its_terminal_and_is_attached_again(tm
             time.sleep(0.2)
 
         tmux("kill-session", "-t", first)  # the terminal is gone, and the app with it
-        listed = subprocess.run([SFT, "runs"], cwd=tmp_path, capture_output=True, text=True).stdout
+        listed = subprocess.run([*SFT.split(), "runs"], cwd=tmp_path, capture_output=True, text=True).stdout
         row = next(line.split() for line in listed.splitlines() if line.startswith("story"))
         assert row[1] == "running" and row[2] == "(pid", listed
 
