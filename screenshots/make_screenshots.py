@@ -3,7 +3,8 @@
     .venv/bin/python screenshots/make_screenshots.py
 
 Each screen is shown on the bundled demos at 120x40 after its loading workers finish; the training
-screen is captured after a short real run of the causal-LM demo. Runs offline.
+screen is captured after a short real run of the causal-LM demo, and the runs screen compares it
+with a second run at a smaller learning rate. Runs offline.
 """
 
 from __future__ import annotations
@@ -52,12 +53,29 @@ async def shoot_training(runs_dir: str) -> None:
         await settle(app, pilot)
         app.save_screenshot(filename="5-train-ready.svg", path=str(OUT))
         await pilot.press("enter")
-        for _ in range(600):
-            await pilot.pause(0.2)
-            if app.run_state in ("finished", "failed"):
-                break
-        await settle(app, pilot, 1.0)
+        await finished(app, pilot)
         app.save_screenshot(filename="5-train-finished.svg", path=str(OUT))
+        # a second run with a smaller learning rate, then both compared on the runs screen
+        app.session.update({"output.run_name": "screenshot-lr-1e-3", "optim.lr": 1e-3})
+        app.changed()
+        await pilot.pause(0.5)
+        await pilot.press("s")
+        await finished(app, pilot)
+        await pilot.press("6")
+        await settle(app, pilot, 2.5)
+        await pilot.press("space", "down", "space")
+        await settle(app, pilot, 1.0)
+        app.save_screenshot(filename="6-runs.svg", path=str(OUT))
+
+
+async def finished(app, pilot) -> None:
+    """Wait until the run the app follows has ended, and its last events are drawn."""
+    await pilot.pause(1.0)
+    for _ in range(600):
+        await pilot.pause(0.2)
+        if app.run_state in ("finished", "failed"):
+            break
+    await settle(app, pilot, 1.0)
 
 
 def main() -> None:
