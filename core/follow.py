@@ -3,6 +3,8 @@ run reads (the app, `sft-tui attach`, the runs screen)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from core.events import Event, parse_event_lines
@@ -37,3 +39,16 @@ class EventFollower:
             self._head = head[:end] if end < HEAD_BYTES else head
         self._offset += end
         return parse_event_lines(chunk[:end].splitlines())
+
+
+def follow(follower: EventFollower, engine_alive: Callable[[], bool], poll_s: float,
+           cancelled: Callable[[], bool] = lambda: False) -> Iterator[tuple[list[Event], bool]]:
+    """What an engine appends, batch by batch, each with whether the engine still ran; the last
+    batch is the one read after it ended (or nothing more comes once `cancelled`). The engine is
+    asked about before each read, so that last batch holds everything it wrote before it ended."""
+    while not cancelled():
+        alive = engine_alive()
+        yield follower.read_new(), alive
+        if not alive:
+            return
+        time.sleep(poll_s)

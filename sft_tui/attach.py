@@ -3,11 +3,10 @@ app. The app's attach (sft_tui.app) reads the same run folder through the same m
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from core.errors import UserError
-from core.follow import EventFollower
+from core.follow import EventFollower, follow
 from core.liveness import live_record
 from core.run_info import RunInfo, newest_live_run, run_info
 from core.runs import RunPaths
@@ -64,14 +63,12 @@ def follow_plain(info: RunInfo, display) -> int:
         return None
 
     try:
-        while True:
-            alive = live_record(info.paths.engine) is not None  # asked first: its last words are read next
-            if (code := show(follower.read_new())) is not None:
+        for events, alive in follow(follower, lambda: live_record(info.paths.engine) is not None, POLL_S):
+            if (code := show(events)) is not None:
                 return code
             if not alive:
                 display.note(ended_problem(run_info(info.paths.root)).message)
                 return EXIT_CRASHED
-            time.sleep(POLL_S)
     except KeyboardInterrupt:
         display.progress.stop()
         display.note(f"detached: the run goes on; attach again with `sft-tui attach {info.paths.root}`")

@@ -9,7 +9,6 @@ first screen draws before either is imported), post their outcome as a message
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 from textual.message import Message
@@ -20,6 +19,7 @@ from core.config import RunConfig
 from core.control import Control
 from core.errors import UserError
 from core.events import Event, LogMessage, RunFailed, RunStarted
+from core.follow import follow
 from sft_tui.messages import EngineEvent, EngineEvents, EngineGone, LoadFailed
 from sft_tui.run_client import InProcessClient, RunClient
 from sft_tui.session import ModelInfo
@@ -143,9 +143,7 @@ def follow_run(client: RunClient, target: MessagePump, ended: bool, poll_s: floa
     the engine ends (then EngineGone) or this worker is cancelled."""
     worker = get_current_worker()
     heard = False
-    while not worker.is_cancelled:
-        alive = client.engine_alive()  # asked before reading: the events read next hold its last words
-        events = client.follower.read_new()
+    for events, alive in follow(client.follower, client.engine_alive, poll_s, lambda: worker.is_cancelled):
         if client.fresh:  # older events are a replaced start's
             events = [e for e in events if e.time >= client.since]
         if events:
@@ -157,7 +155,6 @@ def follow_run(client: RunClient, target: MessagePump, ended: bool, poll_s: floa
             target.post_message(EngineGone(None if ended else _crash_problem(client),
                                            client.engine_log_tail() if silent else None, client))
             return
-        time.sleep(poll_s)
 
 
 def run_ended(events: list[Event], ended: bool = False) -> bool:
