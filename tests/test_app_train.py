@@ -354,7 +354,7 @@ async def test_an_engine_crash_outside_the_engine_handler_opens_the_dialog_namin
     def crash(config, sink, control, resume_dir=None):
         raise RuntimeError("the engine fell over")
 
-    monkeypatch.setattr("sft_tui.app.run_training", crash)
+    monkeypatch.setattr("sft_tui.run_following.run_training", crash)
     monkeypatch.chdir(tmp_path)  # the demo's output.runs_dir is ./runs
     app = create_app(in_process=True)
     async with app.run_test(size=(120, 40)) as pilot:

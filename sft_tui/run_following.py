@@ -1,0 +1,91 @@
+"""How the app starts and follows a run: `launch_run` starts one (in an engine process of its own,
+or with `in_process` in a thread worker) and `attach_run` follows one that exists; either way the
+train screen gets the run's whole history first, then what its engine adds. Mixed into SftApp,
+whose state (session, followed run, workers) it works on; kept apart so that app.py keeps the
+steps, keys and loads.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from textual.message_pump import MessagePump
+
+from core.config import RunConfig
+from core.control import Control
+from core.errors import UserError
+from core.runs import RunPaths
+from sft_tui.messages import RunFollowed, RunState, RunStateChanged
+from sft_tui.run_client import InProcessClient, RunClient
+from sft_tui.worker import RunSink, follow_run, run_ended, run_training
+
+
+class RunFollowing:
+    def launch_run(self, config: RunConfig | None = None, resume_dir: Path | None = None) -> None:
+        """Switch to step 5 and start a new run of `config` (the draft by default), or continue the
+        run in `resume_dir`; the train screen follows it. Refused while the followed run trains."""
+        if self.run_state.live:
+            self.notify("a run is training here: stop it, or quit and detach from it, first",
+                        title="Cannot start", severity="warning")
+            return
+        screen = self._train_screen()
+        config = config or self.session.config
+        if self.in_process:
+            client = InProcessClient(Control(), resume_dir)
+            self._sink = sink = RunSink(screen, client)
+            self._follow(client, screen, RunFollowed(str(resume_dir) if resume_dir else None))
+            self.run_worker(lambda: run_training(config, sink, client.control, resume_dir=resume_dir),
+                            name="training", thread=True, exclusive=True, group="train", exit_on_error=False)
+        else:
+            from sft_tui.detach import start_detached
+
+            try:
+                started = start_detached(None if resume_dir else config, resume_dir)
+            except UserError as err:
+                from sft_tui.screens.dialogs import ErrorDialog
+
+                self.push_screen(ErrorDialog("Cannot start the run", err.message, err.hint))
+                return
+            client = RunClient(started.paths, started.process, fresh=resume_dir is None)
+            client.claim()
+            self._follow(client, screen, RunFollowed(str(started.paths.root), controller=client.controller))
+        self.post_message(RunStateChanged(RunState.RUNNING))
+
+    def attach_run(self, run_dir: Path) -> None:
+        """Switch to step 5 and follow the run in `run_dir`: its whole history, then what its engine
+        adds while it trains. This app controls it unless another live client does."""
+        if self.run_state.live and self.followed is not None and self.followed.in_process:
+            self.notify("a run trains inside this app: it cannot be left while it trains",
+                        title="Cannot attach", severity="warning")
+            return
+        client = RunClient(RunPaths(Path(run_dir)))
+        training = client.engine_alive()
+        if training:
+            client.claim()
+        message = RunFollowed(str(client.paths.root), attached=True, training=training, controller=client.controller)
+        self._follow(client, self._train_screen(), message)
+        self.post_message(RunStateChanged(RunState.IDLE))  # until its history says how it stands
+
+    def _train_screen(self) -> MessagePump:
+        self.switch_mode("train")
+        return self.screen_stack[0]
+
+    def _follow(self, client: RunClient, screen: MessagePump, message: RunFollowed) -> None:
+        """Make `client` the followed run: the screen starts over with its history, read here so that
+        it is drawn with the screen's next frame (a thread would hand it over after a frame of empty
+        panes), and a detached run's new events are read in a thread worker (replacing the reader of
+        the run followed before)."""
+        self._leave_run()
+        self.followed = client
+        message.history = client.read_history()
+        screen.post_message(message)
+        if not client.in_process:
+            self.run_worker(partial(follow_run, client, screen, run_ended(message.history)), name="follow",
+                            thread=True, exclusive=True, group="follow", exit_on_error=False)
+
+    def _leave_run(self) -> None:
+        """Stop following the run (a detached one trains on) and give up its control."""
+        self.workers.cancel_group(self, "follow")
+        if self.followed is not None:
+            self.followed.leave()
