@@ -12,7 +12,10 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
+
+
+EndReason = Literal["completed", "stopped", "early-stopped"]
 
 
 @dataclass(frozen=True)
@@ -22,15 +25,19 @@ class Event:
     type: ClassVar[str] = "event"
     time: float = field(default_factory=time.time, kw_only=True)
 
+    def __init_subclass__(cls, tag: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if tag:
+            cls.type = tag
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, **dataclasses.asdict(self)}
 
 
 @dataclass(frozen=True)
-class RunStarted(Event):
+class RunStarted(Event, tag="run_started"):
     """Sent once setup is done, before the first step of a run or of a resume."""
 
-    type: ClassVar[str] = "run_started"
     run_id: str
     run_dir: str
     task: str
@@ -49,15 +56,20 @@ class RunStarted(Event):
 
 
 @dataclass(frozen=True)
-class StepMetrics(Event):
+class StepEvent(Event):
+    """An event about optimizer step `step` (0 before the first), the x-axis of every chart."""
+
+    step: int
+
+
+@dataclass(frozen=True)
+class StepMetrics(StepEvent, tag="step"):
     """Averages over the optimizer steps since the previous StepMetrics (sent a few times a second)."""
 
-    type: ClassVar[str] = "step"
-    step: int
     epoch: float
     loss: float
-    lr: float
     grad_norm: float | None
+    lr: float
     tokens_per_s: float
     samples_per_s: float
     tokens_seen: int
@@ -67,11 +79,9 @@ class StepMetrics(Event):
 
 
 @dataclass(frozen=True)
-class EvalResult(Event):
+class EvalResult(StepEvent, tag="eval"):
     """One evaluation on the validation rows; `is_best` by eval.metric, which picks the best step."""
 
-    type: ClassVar[str] = "eval"
-    step: int
     epoch: float
     metrics: dict[str, float]
     is_best: bool
@@ -79,59 +89,46 @@ class EvalResult(Event):
 
 
 @dataclass(frozen=True)
-class SampleGenerated(Event):
+class SampleGenerated(StepEvent, tag="sample"):
     """Causal LM: a greedy generation for a validation prompt, beside the reference answer."""
 
-    type: ClassVar[str] = "sample"
-    step: int
     prompt: str
     output: str
     reference: str
 
 
 @dataclass(frozen=True)
-class CheckpointSaved(Event):
+class CheckpointSaved(StepEvent, tag="checkpoint"):
     """A complete checkpoint is on disk at `path` (written atomically, so a resume may use it)."""
 
-    type: ClassVar[str] = "checkpoint"
-    step: int
     path: str
     seconds: float
 
 
 @dataclass(frozen=True)
-class Paused(Event):
+class Paused(StepEvent, tag="paused"):
     """The run waits after optimizer step `step` until it is resumed or stopped."""
 
-    type: ClassVar[str] = "paused"
-    step: int
-
 
 @dataclass(frozen=True)
-class Resumed(Event):
+class Resumed(StepEvent, tag="resumed"):
     """A paused run trains on (not a resume from a checkpoint: that starts with RunStarted)."""
 
-    type: ClassVar[str] = "resumed"
-    step: int
-
 
 @dataclass(frozen=True)
-class LogMessage(Event):
+class LogMessage(Event, tag="log"):
     """A log record from the engine or the libraries it drives (transformers, datasets, ...)."""
 
-    type: ClassVar[str] = "log"
-    level: str
+    level: Literal["debug", "info", "warning", "error", "critical"]
     logger: str
     message: str
 
 
 @dataclass(frozen=True)
-class RunFinished(Event):
-    """`reason`: completed, stopped (by the user), or early-stopped."""
+class RunFinished(StepEvent, tag="run_finished"):
+    """`reason`: completed, stopped (by the user or a signal), or early-stopped."""
 
-    type: ClassVar[str] = "run_finished"
-    step: int
-    reason: str
+    reason: EndReason
     final_metrics: dict[str, float]
     best_metrics: dict[str, float]
     best_step: int | None
@@ -141,13 +138,12 @@ class RunFinished(Event):
 
 
 @dataclass(frozen=True)
-class RunFailed(Event):
+class RunFailed(Event, tag="run_failed"):
     """`log_file`: where the traceback of an unexpected failure (a bug, not bad input) was written."""
 
-    type: ClassVar[str] = "run_failed"
+    last_checkpoint: str | None
     message: str
     hint: str
-    last_checkpoint: str | None
     step: int = 0
     log_file: str | None = None
 
