@@ -14,6 +14,7 @@ from textual.widgets import Button, Input, Label, Static
 from core.errors import UserError
 from core.events import RunFailed
 from sft_tui.error_log import write_traceback
+from sft_tui.screens.dialogs.form import FormDialog
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -83,7 +84,7 @@ class ErrorDialog(ModalScreen[None]):
         self.dismiss()
 
 
-class PathDialog(ModalScreen[Path | None]):
+class PathDialog(FormDialog[Path]):
     """Asks for a path and acts on it (save or load a config, pick a run to resume); answers the
     path, or None when cancelled.
 
@@ -92,13 +93,6 @@ class PathDialog(ModalScreen[Path | None]):
     unwritable folder or a folder that is not a run is fixed in place instead of starting over.
     With `confirm_overwrite`, an existing file is replaced only after a yes.
     """
-
-    DEFAULT_CSS = """
-    PathDialog { align: center middle; }
-    PathDialog #path-error { color: $error; margin-top: 1; }
-    PathDialog #path-error.-empty { display: none; }
-    """
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="path-cancel")]
 
     def __init__(self, title: str, verb: str, path: str, perform: Callable[[Path], object], *,
                  explanation: str = "", placeholder: str = "", confirm_overwrite: bool = False) -> None:
@@ -112,39 +106,12 @@ class PathDialog(ModalScreen[Path | None]):
             if self.explanation:
                 yield Static(self.explanation, classes="dialog-text")
             yield Input(self.path, placeholder=self.placeholder, id="path-input")
-            yield Static("", id="path-error", classes="-empty", markup=False)
-            with Horizontal(classes="dialog-buttons"):
-                yield Button(self.verb, variant="primary", id="path-go")
-                yield Button("Cancel", id="path-cancel")
+            yield from self.compose_error_and_buttons(self.verb)
 
-    def on_mount(self) -> None:
-        self.query_one(Input).focus()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self._go()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        event.stop()
-        if event.button.id == "path-go":
-            self._go()
-        else:
-            self.dismiss(None)
-
-    @property
-    def error(self) -> str:
-        """The message of the last failure ("" when none)."""
-        return str(self.query_one("#path-error", Static).content)
-
-    def _show_error(self, message: str) -> None:
-        error = self.query_one("#path-error", Static)
-        error.update(message)
-        error.set_class(not message, "-empty")
-
-    def _go(self) -> None:
+    def act(self) -> None:
         text = self.query_one(Input).value.strip()
         if not text:
-            self._show_error(f"type a path{f' ({self.placeholder})' if self.placeholder else ''}")
+            self.show_error(f"type a path{f' ({self.placeholder})' if self.placeholder else ''}")
             return
         path = Path(text).expanduser()
         if self.confirm_overwrite and path.is_file():
@@ -157,8 +124,8 @@ class PathDialog(ModalScreen[Path | None]):
         try:
             self.perform(path)
         except UserError as err:
-            self._show_error(f"{err.message}\nhint: {err.hint}" if err.hint else err.message)
+            self.show_error(err)
         except OSError as err:
-            self._show_error(f"cannot {self.verb.lower()} {path}: {err.strerror or err}")
+            self.show_error(f"cannot {self.verb.lower()} {path}: {err.strerror or err}")
         else:
             self.dismiss(path)
