@@ -64,8 +64,3 @@ class FolderControl(Control):
             if fresh and command in COMMANDS:
                 self.apply(command)
             (self.folder / name).unlink(missing_ok=True)
-
-    def wait_while_paused(self, poll_s: float = POLL_S) -> None:
-        while self.paused:
-            self.poll()
-            time.sleep(poll_s)

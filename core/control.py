@@ -70,7 +70,13 @@ class Control:
             return True
         return False
 
-    def wait_while_paused(self, poll_s: float = 0.2) -> None:
-        """Block the training thread while paused; returns at once when running or stopping."""
-        while not self._running.wait(poll_s):
-            pass
+    def wait_while_paused(self, poll_s: float = 0.1) -> bool:
+        """Block the training thread while paused. False once it runs again (or stops); True, still
+        paused, when a save or an evaluation was asked meanwhile: a paused run does those at once
+        (waiting for a resume, "checkpoint now" once saved nothing until then)."""
+        while self.paused:
+            self.poll()
+            if self._save.is_set() or self._eval.is_set():
+                return True
+            self._running.wait(poll_s)
+        return False

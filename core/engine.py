@@ -25,6 +25,7 @@ from core.control import Control
 from core.events import (Broadcast, CheckpointSaved, EvalResult, EventSink, JsonlSink, Paused, Resumed, RunFailed,
                          RunFinished, RunStarted, SampleGenerated, StepMetrics)
 from core.errors import UserError
+from core.eta import Eta
 from core.logs import logs_to_events
 from core.loss import raise_if_diverged
 from core.manifest import step_of
@@ -134,15 +135,22 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
 
 class _Window:
     """What happened since the last report. Sums stay on the device, so a step never waits for it;
-    a report, a few times a second, reads them once."""
+    a report, a few times a second, reads them once. `excluded_s`: time in it spent on anything but
+    steps (an evaluation, a checkpoint, a pause), left out of its rates: a report after an
+    evaluation once said 3 samples/s."""
 
     def __init__(self, device) -> None:
         import torch
 
         self.started = time.perf_counter()
+        self.excluded_s = 0.0
         self.loss = torch.zeros((), device=device)
         self.grad = torch.zeros((), device=device)
         self.steps = self.tokens = self.rows = 0
+
+    @property
+    def step_seconds(self) -> float:
+        return max(time.perf_counter() - self.started - self.excluded_s, 1e-9)
 
 
 # ---- the loop ---------------------------------------------------------------------------------------
@@ -162,8 +170,14 @@ class _Training:
         self.state, self.last_checkpoint = state, last_checkpoint
         self.started = time.perf_counter() - state.elapsed_s  # the clock continues a resumed run's; pauses move it
         self.window = _Window(acc.device)
-        self.eval_seconds: list[float] = []
         self.final_metrics: dict[str, float] = {}
+        self.sample_prompts = ([ex for ex in data.validation if getattr(ex, "prompt_ids", None)][: config.eval.num_samples]
+                               if config.task == "causal-lm" and acc.is_main_process else [])
+        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        self.eta = Eta(plan, validation_rows=len(data.validation), samples_per_eval=len(self.sample_prompts),
+                       max_new_tokens=config.eval.max_new_tokens, model_bytes=model_bytes,
+                       checkpoint_bytes=model_bytes + 8 * sum(p.numel() for p in self.trainable),  # + AdamW's 2 fp32
+                       save_final=config.output.save_final)
 
     def run(self) -> RunResult:
         self._announce()
@@ -246,7 +260,9 @@ class _Training:
             return
         loss = float(window.loss) / window.steps
         raise_if_diverged(loss, self.state.step)
-        seconds = max(time.perf_counter() - window.started, 1e-9)
+        seconds = window.step_seconds  # after the sync above: the steps' device work is done
+        self.eta.stepped(seconds, window.steps)
+        remaining = self.eta.remaining(self.state.step)
         self.state.tokens_seen += window.tokens * world
         elapsed = time.perf_counter() - self.started
         self.out.emit(StepMetrics(
@@ -254,22 +270,11 @@ class _Training:
             lr=self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0]["lr_scale"],
             grad_norm=float(window.grad) / window.steps if self.config.optim.max_grad_norm > 0 else None,
             tokens_per_s=window.tokens * world / seconds, samples_per_s=window.rows * world / seconds,
-            tokens_seen=self.state.tokens_seen, elapsed_s=elapsed, eta_s=self._eta(elapsed),
+            tokens_seen=self.state.tokens_seen, elapsed_s=elapsed,
+            eta_s=remaining.seconds if remaining else None, eta_estimated=bool(remaining and remaining.estimated),
             memory=process_memory(),
         ))
         self.window = _Window(self.acc.device)
-
-    def _eta(self, elapsed: float) -> float | None:
-        """Remaining steps at the mean step time, plus the evaluations still to come."""
-        step = self.state.step
-        if step <= 0:
-            return None
-        train_time = elapsed - sum(self.eval_seconds)
-        remaining = self.plan.total_steps - step
-        every = self.config.eval.every_steps
-        evals_left = (remaining // every if every else 0) + 1 if self.data.validation else 0
-        mean_eval = sum(self.eval_seconds) / len(self.eval_seconds) if self.eval_seconds else 0.0
-        return remaining * train_time / max(step, 1) + evals_left * mean_eval
 
     # ---- between optimizer steps ----------------------------------------------------------------
 
@@ -285,9 +290,15 @@ class _Training:
             self._checkpoint()
         if control.paused:
             self.out.emit(Paused(step=step))
-            pause_started = time.perf_counter()
-            control.wait_while_paused()
-            self.started += time.perf_counter() - pause_started  # paused time is not training time
+            waited = time.perf_counter()
+            while control.wait_while_paused():  # a save or an evaluation asked while paused is done now
+                self.started += time.perf_counter() - waited  # paused time is not training time
+                if control.take_eval_request() and self._evaluate():
+                    reason = "early-stopped"
+                if control.take_save_request():
+                    self._checkpoint()
+                waited = time.perf_counter()
+            self.started += time.perf_counter() - waited
             self.out.emit(Resumed(step=step))
             self.window = _Window(self.acc.device)
         if not final and self._agreed(control.should_stop(step)):
@@ -323,17 +334,20 @@ class _Training:
         else:
             state.bad_evals += 1
         self.final_metrics = metrics
+        eval_s = time.perf_counter() - started
         self.out.emit(EvalResult(step=state.step, epoch=round(state.epoch_progress, 4), metrics=metrics,
-                                 is_best=best, seconds=time.perf_counter() - started))
-        if cfg.task == "causal-lm" and cfg.eval.num_samples and acc.is_main_process:
-            with_prompts = [ex for ex in data.validation if getattr(ex, "prompt_ids", None)][: cfg.eval.num_samples]
+                                 is_best=best, seconds=eval_s))
+        samples_started = time.perf_counter()
+        if self.sample_prompts:
             for prompt, output, reference in generate_samples(
-                acc.unwrap_model(self.model), self.tokenizer, with_prompts,
+                acc.unwrap_model(self.model), self.tokenizer, self.sample_prompts,
                 max_new_tokens=cfg.eval.max_new_tokens, device=acc.device,
             ):
                 self.out.emit(SampleGenerated(step=state.step, prompt=prompt, output=output, reference=reference))
         acc.wait_for_everyone()
-        self.eval_seconds.append(time.perf_counter() - started)
+        done = time.perf_counter()
+        self.eta.evaluated(eval_s, done - samples_started if self.sample_prompts else None)
+        self.window.excluded_s += done - started
         return bool(cfg.eval.patience) and state.bad_evals >= cfg.eval.patience
 
     def _checkpoint(self) -> None:
@@ -348,8 +362,10 @@ class _Training:
             self.last_checkpoint = save_checkpoint(self.paths.checkpoints, acc.unwrap_model(self.model),
                                                    self.optimizer, self.scheduler, self.state,
                                                    self.config.checkpoint.keep_last)
-            self.out.emit(CheckpointSaved(step=self.state.step, path=str(self.last_checkpoint),
-                                          seconds=time.perf_counter() - started))
+            seconds = time.perf_counter() - started
+            self.eta.checkpointed(seconds)
+            self.window.excluded_s += seconds
+            self.out.emit(CheckpointSaved(step=self.state.step, path=str(self.last_checkpoint), seconds=seconds))
         acc.wait_for_everyone()
 
     # ---- the end --------------------------------------------------------------------------------

@@ -76,6 +76,9 @@ class StepMetrics(StepEvent, tag="step"):
     elapsed_s: float
     eta_s: float | None
     memory: dict[str, float] = field(default_factory=dict)
+    eta_estimated: bool = False
+    """Part of eta_s is a guess: work still to come (an evaluation, generations, a save) that the run
+    has not timed yet (core.eta)."""
 
 
 @dataclass(frozen=True)

@@ -300,3 +300,80 @@ def test_save_now_and_eval_now_from_the_control(tiny_model_factory, sft_file, tm
     train(config, [sink], control, report_interval_s=0)
     assert [e.step for e in sink.of_type(CheckpointSaved)] == [2]
     assert [e.step for e in sink.of_type(EvalResult)] == [2, 6]  # on request, then at the end
+
+
+def test_checkpoint_now_while_paused_saves_at_once(tiny_model_factory, sft_file, tmp_path):
+    """Issue 10.14: "checkpoint now" on a paused run said "saved after the current step" and saved
+    nothing until the user resumed. Resumed here only once the checkpoint is on disk (or, with the
+    old loop, after 60 s, which the order of the events then gives away)."""
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=4, eval__every_steps=100,
+                       checkpoint__every_steps=100, eval__num_samples=0)
+    control = Control()
+    fallback = threading.Timer(60, control.resume)
+
+    class SaveWhilePaused(ListSink):
+        def emit(self, event):
+            super().emit(event)
+            if isinstance(event, StepMetrics) and event.step == 2:
+                control.pause()
+            elif isinstance(event, Paused):
+                control.save_now()
+                fallback.start()
+            elif isinstance(event, CheckpointSaved) and control.paused:
+                control.resume()
+
+    sink = SaveWhilePaused()
+    train(config, [sink], control, report_interval_s=0)
+    fallback.cancel()
+    kinds = [type(e).__name__ for e in sink.events if isinstance(e, (Paused, CheckpointSaved, Resumed))]
+    assert kinds == ["Paused", "CheckpointSaved", "Resumed"]
+    assert [e.step for e in sink.of_type(CheckpointSaved)] == [2]
+
+
+def test_a_folder_control_wakes_a_paused_run_for_a_save(tmp_path):
+    from core.commands import FolderControl, send_command
+
+    control = FolderControl(tmp_path)
+    send_command(tmp_path, "pause")
+    control.poll()
+    assert control.paused
+    send_command(tmp_path, "save")
+    assert control.wait_while_paused() is True and control.paused and control.take_save_request()
+    send_command(tmp_path, "resume")
+    assert control.wait_while_paused() is False
+
+
+def eta_for(tmp_path, **over):
+    from core.eta import Eta
+    from core.plan import plan_steps
+
+    config = lm_config(tmp_path, tmp_path / "x.jsonl", tmp_path, schedule__max_steps=10, eval__every_steps=5,
+                       optim__batch_size=4, **over)
+    return Eta(plan_steps(config, 40), validation_rows=8, samples_per_eval=2, max_new_tokens=6, model_bytes=100,
+               checkpoint_bytes=300, save_final=True)
+
+
+def test_the_eta_counts_evaluations_generations_checkpoints_and_the_final_save(tmp_path):
+    """Issue 10.15: the ETA was the steps alone, 0:10 with 19 s left. Measured durations in, seconds
+    out: after step 5 of 10 (evaluations after 5 and 10, a checkpoint after 5), 1 s a step."""
+    eta = eta_for(tmp_path)
+    eta.stepped(5.0, 5)
+    before = eta.remaining(5)
+    assert before.estimated and before.seconds > 5 * 1.0  # an evaluation, its generations and the save guessed
+    eta.evaluated(3.0, 2.0)
+    eta.checkpointed(1.5)  # 300 bytes in 1.5 s: the final save's 100 bytes take 0.5 s
+    after = eta.remaining(5)
+    assert not after.estimated
+    assert after.seconds == pytest.approx(5 * 1.0 + (3.0 + 2.0) + 0.5)
+    assert eta.remaining(10).seconds == pytest.approx(0.5)  # the last evaluation is done: only the save
+    assert eta_for(tmp_path).remaining(0) is None  # nothing timed yet
+
+
+def test_reported_etas_say_when_they_are_estimates(tiny_model_factory, sft_file, tmp_path):
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=6, eval__every_steps=3,
+                       eval__num_samples=1, eval__max_new_tokens=2)
+    _, sink = run(config)
+    reports = {e.step: e for e in sink.of_type(StepMetrics)}
+    assert reports[1].eta_estimated and reports[1].eta_s > 0  # nothing but steps timed yet
+    assert not reports[4].eta_estimated  # the evaluation, its sample and a checkpoint were timed at step 3
+    assert reports[6].eta_s > 0  # the last evaluation and the final save are still to come
