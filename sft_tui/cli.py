@@ -161,7 +161,7 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if result.reason == "stopped":
-        display.note(f"resume with: sft-tui train --resume {result.run_dir}")
+        display.result(f"resume with: sft-tui train --resume {result.run_dir}")
         return EXIT_STOPPED
     return 0
 

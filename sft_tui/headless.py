@@ -1,8 +1,13 @@
-"""The headless front end: a rich progress bar and tables, fed by the same events as the app."""
+"""The headless front end: a rich progress bar and tables, fed by the same events as the app.
+
+Progress goes to stderr; what a script wants from a finished run (how it ended, its metrics with
+their steps, where the model is, the command that resumes it) goes to stdout, so that
+`sft-tui train run.yaml > result.txt` keeps the result and a terminal still shows everything."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,20 +16,20 @@ from rich.text import Text
 
 from core.events import (CheckpointSaved, EvalResult, Event, LogMessage, Paused, Resumed, RunFailed, RunFinished,
                          RunStarted, SampleGenerated, StepMetrics)
-
-
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "-:--:--"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+from sft_tui.format.numbers import format_duration, format_metrics
+from sft_tui.format.train import SmoothedRate, format_eta
 
 
 class ProgressDisplay:
-    """An EventSink that draws a progress bar (step, epoch, loss, tokens/s, ETA) and prints evaluations."""
+    """An EventSink that draws a progress bar (step, epoch, loss, smoothed tokens/s, ETA) and prints
+    evaluations on `console` (stderr), and the run's result on `out` (stdout)."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, out: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
+        self.out = out or Console(file=sys.stdout, soft_wrap=True, highlight=False)
+        self.rate = SmoothedRate()
+        self.run_dir: str | None = None
+        self.last_eval: EvalResult | None = None
         self.progress = Progress(
             TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
             TextColumn("epoch {task.fields[epoch]:.2f}  loss {task.fields[loss]}  {task.fields[tps]} tok/s"),
@@ -50,6 +55,13 @@ class ProgressDisplay:
         except OSError:
             self.detach(always=True)
 
+    def result(self, text: str) -> None:
+        """A line of the run's result, for scripts: on stdout."""
+        try:
+            self.out.print(Text(text), soft_wrap=True)
+        except OSError:
+            self.detach(always=True)
+
     def _line(self, text: str, style: str = "") -> None:
         """Text that may hold paths and library messages: no markup is read from it, and it is not
         broken into lines, so a path copied from the terminal is whole."""
@@ -61,6 +73,7 @@ class ProgressDisplay:
         if not (always or self._terminal):
             return
         self.console.file = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the display
+        self.out.file = self.console.file
         self.progress.stop()
 
     def _on_run_started(self, e: RunStarted) -> None:
@@ -72,15 +85,18 @@ class ProgressDisplay:
             f"{e.device} {e.precision} x{e.world_size}"
             + (f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""),
         ))
+        self.run_dir, self.rate, self.last_eval = e.run_dir, SmoothedRate(), None
         self.progress.start()
         self.task = self.progress.add_task("train", total=e.planned_steps, completed=e.resumed_from_step,
-                                           epoch=0.0, loss="-", tps="-", eta="-:--:--")
+                                           epoch=0.0, loss="-", tps="-", eta=format_duration(None))
 
     def _on_step(self, e: StepMetrics) -> None:
+        self.rate.add(e)
         self.progress.update(self.task, completed=e.step, epoch=e.epoch, loss=f"{e.loss:.4f}",
-                             tps=f"{e.tokens_per_s:,.0f}", eta=_eta(e.eta_s))
+                             tps=f"{self.rate.tokens_per_s:,.0f}", eta=format_eta(e))
 
     def _on_eval(self, e: EvalResult) -> None:
+        self.last_eval = e
         self.console.print(f"[bold]evaluation[/] at step {e.step} (epoch {e.epoch:.2f}, {e.seconds:.1f}s)"
                            + ("  [green]▲ best[/]" if e.is_best else ""))
         table = Table()
@@ -108,12 +124,15 @@ class ProgressDisplay:
 
     def _on_run_finished(self, e: RunFinished) -> None:
         self.progress.stop()
-        self.console.print(f"[bold green]run {e.reason}[/] at step {e.step} in {_eta(e.elapsed_s)}")
+        self.result(f"run {e.reason} at step {e.step} in {format_duration(e.elapsed_s)}"
+                    + (f" · run folder {self.run_dir}" if self.run_dir else ""))
         if e.best_metrics:
-            best = ", ".join(f"{k} {v:.4f}" for k, v in e.best_metrics.items())
-            self.console.print(f"best (step {e.best_step}): {best}")
+            self.result(f"best eval @ step {e.best_step}: {format_metrics(e.best_metrics)}")
+        last = self.last_eval
+        if e.final_metrics and last is not None and last.step != e.best_step:
+            self.result(f"last eval @ step {last.step}: {format_metrics(e.final_metrics)}")
         if e.output_path:
-            self._line(f"model saved to {e.output_path}")
+            self.result(f"model saved to {e.output_path}")
 
     def _on_run_failed(self, e: RunFailed) -> None:
         self.failure_shown = True

@@ -50,7 +50,7 @@ def test_init_writes_a_config_that_trains(lm_setup, tmp_path):
     out = sft("train", "run.yaml", "--set", "optim.lr=2e-3", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "evaluation at step 3" in out.stderr and "perplexity" in out.stderr
-    assert "run completed at step 6" in out.stderr and "Traceback" not in out.stderr
+    assert "run completed at step 6" in out.stdout and "Traceback" not in out.stderr
     run = tmp_path / "runs" / "cli"
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 2e-3
     assert (run / "final" / "model.safetensors").exists()
@@ -93,3 +93,40 @@ def test_model_output_and_messages_are_printed_as_text_not_markup():
     out = display.console.file.getvalue()
     assert "model  '[bold]x[/]'" in out and f"warning: [/] {path}\n" in out
     assert "run failed: [/x]\nhint: [/]\n" in out
+
+
+def test_progress_goes_to_stderr_and_the_result_to_stdout(lm_setup, tmp_path):
+    """Issue 10.17: everything went to stderr and stdout was empty; a script capturing stdout now
+    gets how the run ended, its metrics with their steps and where the model is."""
+    write_config(tmp_path / "run.yaml", **lm_setup)
+    out = sft("train", "run.yaml", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "evaluation at step 3" in out.stderr and "ETA" in out.stderr  # the progress
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("run completed at step 6 in ") and lines[0].endswith(" · run folder runs/cli")
+    assert lines[1].startswith("best eval @ step ") and "perplexity" in lines[1]
+    assert lines[-1] == "model saved to runs/cli/final"
+    assert "evaluation" not in out.stdout and "ETA" not in out.stdout
+
+
+def test_a_stopped_runs_resume_command_goes_to_stdout(lm_setup, tmp_path):
+    import signal
+    import time
+
+    lm_setup["schedule"] = {"max_steps": 100_000}
+    lm_setup["eval"] = {"every_steps": 100_000, "num_samples": 0}
+    write_config(tmp_path / "run.yaml", **lm_setup)
+    proc = subprocess.Popen([sys.executable, "-m", "sft_tui.cli", "train", "run.yaml"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "120"})
+    events = tmp_path / "runs" / "cli" / "events.jsonl"
+    deadline = time.monotonic() + 300
+    while not (events.exists() and '"type": "step"' in events.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never reported a step"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 3, stderr  # EXIT_STOPPED
+    assert "SIGTERM: stopping after this step" in stderr
+    lines = stdout.splitlines()
+    assert lines[0].startswith("run stopped at step ")
+    assert lines[-1] == f"resume with: sft-tui train --resume {Path('runs') / 'cli'}"

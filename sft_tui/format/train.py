@@ -1,11 +1,14 @@
-"""Plain text of the train screen: the load snippet and the draft summary. Pure functions, so the
-screen's wording is tested without a UI."""
+"""Plain text of the train screen and the headless progress: the load snippet, the draft summary, the
+ETA and a smoothed throughput. Pure code, so the wording is tested without a UI."""
 
 from __future__ import annotations
 
+from collections import deque
+
 from core.config import RunConfig
+from core.events import StepMetrics
 from core.plan import when_checkpointed, when_evaluated
-from sft_tui.format.numbers import format_share
+from sft_tui.format.numbers import format_duration, format_share
 
 LOADERS = {
     "classification": ("AutoModelForSequenceClassification",
@@ -44,3 +47,54 @@ def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tupl
                    f"{config.precision} · seed {config.seed}"),
     ]
 
+
+
+RATE_SPAN_S = 10.0
+"""Training time over which the shown throughput is averaged."""
+
+
+class SmoothedRate:
+    """Tokens/s and samples/s over the last RATE_SPAN_S seconds of training, from the engine's step
+    reports. A report's rates cover only the few steps since the previous one, and swung between 3
+    and 814 samples/s from one to the next on a real run; each is weighted here by the training time
+    it covers (its elapsed_s after the previous report's), so a report of a few short steps moves the
+    shown rate little. The raw rates stay in the events (events.jsonl)."""
+
+    def __init__(self, span_s: float = RATE_SPAN_S) -> None:
+        self.span_s = span_s
+        self._reports: deque[tuple[float, float, float, float]] = deque()
+        """(elapsed_s, seconds covered, tokens/s, samples/s) of the reports within the span."""
+
+    def reset(self) -> None:
+        self._reports.clear()
+
+    def add(self, e: StepMetrics) -> None:
+        covered = e.elapsed_s - self._reports[-1][0] if self._reports else 0.0
+        if covered < 0:  # a run started over (a resume): its clock is not the one before
+            self._reports.clear()
+            covered = 0.0
+        self._reports.append((e.elapsed_s, covered, e.tokens_per_s, e.samples_per_s))
+        while len(self._reports) > 1 and self._reports[1][0] <= e.elapsed_s - self.span_s:
+            self._reports.popleft()
+
+    def _mean(self, index: int) -> float | None:
+        if not self._reports:
+            return None
+        weight = sum(r[1] for r in self._reports)
+        if weight <= 0:
+            return self._reports[-1][index]
+        return sum(r[1] * r[index] for r in self._reports) / weight
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self._mean(2)
+
+    @property
+    def samples_per_s(self) -> float | None:
+        return self._mean(3)
+
+
+def format_eta(e: StepMetrics) -> str:
+    """The ETA of a step report; `~` marks one that holds a guess for work not timed yet (the first
+    evaluation, its generations, a save: core.eta)."""
+    return ("~" if e.eta_estimated and e.eta_s is not None else "") + format_duration(e.eta_s)
