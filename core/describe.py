@@ -24,6 +24,9 @@ class ModuleNode:
     params: int
     trainable: int
     children: list[ModuleNode] = field(default_factory=list)
+    tied_with: str | None = None
+    """The module that owns all of this module's parameters when they are shared with it (a tied
+    lm_head: `model.embed_tokens`); the screens then show the link instead of counting them twice."""
 
 
 @dataclass
@@ -54,17 +57,30 @@ def max_positions(config) -> int | None:
     return None
 
 
-def _tree(module, path: str, name: str) -> tuple[ModuleNode, dict[int, Any]]:
+def _owners(model) -> dict[int, str]:
+    """The module path where each parameter first appears: its owner, in the order named_parameters
+    (and so parameters() and state_dict) counts it; later appearances are tied copies."""
+    owners: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), name.rpartition(".")[0])
+    return owners
+
+
+def _tree(module, path: str, name: str, owners: dict[int, str]) -> tuple[ModuleNode, dict[int, Any]]:
     """The node of `module` and its parameters by id, so shared parameters count once per subtree."""
     params = {id(p): p for p in module.parameters(recurse=False)}
     children = []
     for child_name, child in module.named_children():
-        node, below = _tree(child, f"{path}.{child_name}" if path else child_name, child_name)
+        node, below = _tree(child, f"{path}.{child_name}" if path else child_name, child_name, owners)
         children.append(node)
         params.update(below)
     total = sum(p.numel() for p in params.values())
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
-    return ModuleNode(path, name, type(module).__name__, total, trainable, children), params
+    owned_by = {owners[key] for key in params}
+    tied_with = None
+    if path and len(owned_by) == 1 and not _within(next(iter(owned_by)), [path]):
+        tied_with = owned_by.pop()
+    return ModuleNode(path, name, type(module).__name__, total, trainable, children, tied_with), params
 
 
 def _walk(node: ModuleNode):
@@ -81,7 +97,7 @@ def describe_model(model) -> ModelDescription:
     """Module tree with counts, and the blocks, embeddings, head and top modules, found structurally."""
     from torch import nn
 
-    root, _ = _tree(model, "", "")
+    root, _ = _tree(model, "", "", _owners(model))
     nodes = {node.path: node for node in _walk(root)}
     modules = dict(model.named_modules(remove_duplicate=False))
 

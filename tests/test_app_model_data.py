@@ -19,7 +19,9 @@ from rich.console import Console
 from textual.widgets import DataTable, Input, OptionList, Static
 
 from sft_tui.app import create_app
-from helpers import settle
+from helpers import settle, visible_text
+from core.memory import format_bytes
+from sft_tui.format.numbers import format_count
 from sft_tui.format.data import ANSWER_MARK, MASKED_STYLE, TRAINED_STYLE
 
 
@@ -157,20 +159,30 @@ async def test_a_model_that_cannot_load_shows_the_error_in_place(tmp_path, make_
 def cached_tiny_gpt2(tiny_model_factory):
     """The tiny GPT-2 laid out in the offline hub cache as a download leaves it (blobs, a snapshot of
     links, refs/main); removed afterwards so that other tests and the snapshots see an empty cache."""
+    yield from _cached(tiny_model_factory("gpt2"), "tiny-gpt2")
+
+
+@pytest.fixture
+def cached_tiny_llama(tiny_model_factory):
+    """A tiny LlamaForCausalLM (tied embeddings) in the offline hub cache, as cached_tiny_gpt2."""
+    yield from _cached(tiny_model_factory("llama"), "tiny-llama")
+
+
+def _cached(folder: Path, name: str):
     from huggingface_hub import constants
 
-    repo = Path(constants.HF_HUB_CACHE) / "models--sft-tui-test--tiny-gpt2"
+    repo = Path(constants.HF_HUB_CACHE) / f"models--sft-tui-test--{name}"
     commit = "0123456789abcdef0123456789abcdef01234567"
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
     (repo / "blobs").mkdir()
-    for file in sorted(tiny_model_factory("gpt2").iterdir()):
+    for file in sorted(folder.iterdir()):
         blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
         shutil.copyfile(file, blob)
         (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    yield "sft-tui-test/tiny-gpt2"
+    yield f"sft-tui-test/{name}"
     shutil.rmtree(repo)
 
 
@@ -180,14 +192,57 @@ async def test_cached_models_are_listed_and_one_loads_by_its_repo_id(cached_tiny
         await settle(pilot)
         sources = app.screen.query_one("#model-sources", OptionList)
         index = sources.get_option_index(f"hf:{cached_tiny_gpt2}")
-        assert str(sources.get_option_at_index(index).prompt).endswith("K")  # its size on disk, e.g. 579.9K
         sources.focus()
         sources.highlighted = index
         await pilot.press("enter")
         await settle(pilot)
         assert app.session.config.model.name_or_path == cached_tiny_gpt2
         assert app.model_state == "ready"
-        assert "GPT2ForSequenceClassification" in shown(app, "#model-description")
+        # GPT2LMHeadModel in config.json: the task follows it, rather than a classifier with a new head
+        assert "GPT2LMHeadModel" in shown(app, "#model-description")
+
+
+async def test_cached_models_show_bytes_with_a_unit_and_their_parameters(cached_tiny_llama, tiny_model_factory):
+    """Sizes read "541.6M" before, like a parameter count: now bytes have a unit, and the parameters
+    (from the safetensors headers, tied weights once) come beside them."""
+    from transformers import AutoModelForCausalLM
+
+    params = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama")).num_parameters()
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        sources = app.screen.query_one("#model-sources", OptionList)
+        prompt = str(sources.get_option_at_index(sources.get_option_index(f"hf:{cached_tiny_llama}")).prompt)
+        size = sum(f.stat().st_size for f in tiny_model_factory("llama").iterdir())
+        assert prompt == f"{cached_tiny_llama}  {format_bytes(size)} · {format_count(params)} params"
+        assert " KB · " in prompt
+
+
+async def test_picking_a_cached_causal_lm_while_on_classification_switches_the_task(cached_tiny_llama):
+    app = create_app()  # the demo: classification
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.session.config.task == "classification"
+        sources = app.screen.query_one("#model-sources", OptionList)
+        sources.focus()
+        sources.highlighted = sources.get_option_index(f"hf:{cached_tiny_llama}")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.session.config.task == "causal-lm"
+        assert "LlamaForCausalLM" in shown(app, "#model-description")
+        assert shown(app, "#model-head-note").strip() == "task set to causal-lm: LlamaForCausalLM is made for it"
+        assert "task set to causal-lm" in visible_text(app)
+        # Choosing classification on purpose loads it so, and says that the head is new.
+        app.screen.query_one("#task-classification").value = True
+        app.screen.query_one("#model-path", Input).focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.session.config.task == "classification"
+        note = " ".join(shown(app, "#model-head-note").split())
+        # (the labels, and so the head's size, are known once step 2 has loaded the data for this task)
+        assert "classification: a new head (score) is created: LlamaForCausalLM has no classification head" in note
+        assert "LlamaForCausalLM is made for causal-lm: choose that task and Load to keep its head" in note
+        assert "a new head (score) is created" in " ".join(visible_text(app).split())
 
 
 async def test_picking_the_tiny_lm_demo_switches_to_its_task_and_data():
@@ -380,3 +435,59 @@ def test_the_preview_styles_as_trained_exactly_the_tokens_the_loss_counts():
         bold = sum(span.end - span.start for span in row.spans if span.style == TRAINED_STYLE)
         assert bold == trained_tokens(labels), (labels, row.plain)
         assert row.plain.replace(ANSWER_MARK, "") == "abcd"
+
+
+# ---- 80x24: the status line, the model screen's hints (issue 10, item 2) ---------------------------
+
+
+async def test_at_80_columns_the_status_line_keeps_state_model_task_share_and_lr_and_the_hints_show():
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        top = visible_text(app).splitlines()[0]
+        assert "ready · minilm · classification" in top and "100.0% trainable · lr 5e-05" in top
+        assert "ctrl+r rescans the HF cache" in visible_text(app)  # hidden at 80 columns before
+
+
+def test_the_status_line_gives_up_details_before_essentials():
+    """A long model name, two problems and 80 columns (78 inside the padding): the batch size and the
+    data name go, the problems become a count and names are shortened, but state, model, task,
+    trainable share and lr stay."""
+    from types import SimpleNamespace
+
+    from core.config import example_config
+    from sft_tui.messages import RunState
+    from sft_tui.widgets.draft_bar import status_line
+
+    config = example_config("classification")
+    config.model.name_or_path = "/models/HuggingFaceTB/SmolLM2-135M-Instruct"
+    config.data.train = "/data/a-rather-long-training-file-name.jsonl"
+    session = SimpleNamespace(config=config, trainable_share=0.25,
+                              problems=lambda: {"optim.batch_size": "not a number", "optim.lr": "not a number"})
+    wide = status_line(session, RunState.IDLE, 200).plain
+    assert wide == ("sft-tui 2 problem(s): optim.batch_size, optim.lr · SmolLM2-135M-Instruct · classification · "
+                    "a-rather-long-training-file-name.jsonl · 25.0% trainable · lr 5e-05 · bs 16x1")
+    narrow = status_line(session, RunState.IDLE, 78).plain
+    assert len(narrow) <= 78
+    assert narrow.startswith("2 problem(s)")
+    for essential in ("SmolLM2", "classif", "25.0% train", "lr 5e-05"):
+        assert essential in narrow
+    running = status_line(session, RunState.RUNNING, 78).plain
+    assert running.startswith("RUNNING · ") and "lr 5e-05" in running and len(running) <= 78
+
+
+async def test_a_tied_lm_head_is_marked_and_counted_once_in_the_summary(tiny_model_factory):
+    """Top modules listed lm_head and embed_tokens with the same count each: rows summed to more than
+    the total. Now the tied head names its owner instead, and the overview says it is counted once."""
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await load_model_from(pilot, str(tiny_model_factory("llama")))
+        description = app.session.model.description
+        text = shown(app, "#model-description")
+        assert "Tied           lm_head = model.embed_tokens (counted once)" in text
+        top = text[text.index("Top modules"):]
+        lm_head = next(line for line in top.splitlines() if line.strip().startswith("lm_head"))
+        assert "tied with model.embed_tokens" in lm_head
+        first_level = [child for child in description.root.children if child.params and not child.tied_with]
+        assert sum(child.params for child in first_level) == description.total_params

@@ -43,6 +43,22 @@ def _paths(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def tied_modules(root) -> list:
+    """The modules whose parameters all belong to another module (a tied lm_head), highest first:
+    their children are tied too and are not listed again."""
+    found = []
+
+    def visit(node) -> None:
+        for child in node.children:
+            if child.tied_with:
+                found.append(child)
+            else:
+                visit(child)
+
+    visit(root)
+    return found
+
+
 def _blocks(description) -> str:
     blocks = description.blocks
     if not blocks:
@@ -71,6 +87,8 @@ def overview(description) -> Group:
         ("Head", _paths(description.head) if description.head else "none (a base model without a task head)"),
         ("After blocks", _paths(description.top) if description.top else "nothing"),
     ]
+    if tied := tied_modules(description.root):
+        rows.append(("Tied", "\n".join(f"{node.path} = {node.tied_with} (counted once)" for node in tied)))
     for label, value in rows:
         grid.add_row(label, value)
     title = Text.assemble((description.architecture, "bold cyan"), (f" ({description.model_type})", "dim"))
@@ -78,7 +96,8 @@ def overview(description) -> Group:
 
 
 def top_modules(description, depth: int = 2) -> Table:
-    """The first levels of the module tree (modules with parameters only), with their sizes."""
+    """The first levels of the module tree (modules with parameters only), with their sizes; a tied
+    module names its owner instead of counting the shared parameters a second time."""
     table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
     table.add_column("module", no_wrap=True, overflow="ellipsis")
     table.add_column("kind", style="dim", no_wrap=True, overflow="ellipsis")
@@ -87,6 +106,10 @@ def top_modules(description, depth: int = 2) -> Table:
     def add(node, level: int) -> None:
         for child in node.children:
             if not child.params:
+                continue
+            if child.tied_with:
+                table.add_row("  " * (level - 1) + child.name, child.kind,
+                              Text(f"tied with {child.tied_with}", style="dim italic"))
                 continue
             table.add_row("  " * (level - 1) + child.name, child.kind, format_count(child.params))
             if level < depth:
@@ -108,6 +131,34 @@ def memory(description) -> Table:
         grid.add_row(name, format_bytes(sizes[name]))
     grid.add_row(Text("total", style="bold"), Text(format_bytes(sizes["total"]), style="bold"))
     return grid
+
+
+def head_note(checkpoint, task: str, description, labels: list[str] | None) -> Text | None:
+    """Say when loading for `task` gives the model a new, untrained head, and which task the
+    checkpoint (core.models.Checkpoint, from its config.json) was made for when that is another one.
+    None when the checkpoint's own head is used, or nothing is known about it."""
+    if checkpoint is None:
+        return None
+    made_for = checkpoint.task
+    saved = checkpoint.architectures[0] if checkpoint.architectures else "the checkpoint"
+    head = ", ".join(description.head) or "head"
+    if task == "classification":
+        count = len(labels) if labels else None
+        if made_for == "classification" and checkpoint.num_labels in (count, None):
+            return None
+        if made_for == "classification":
+            what = f"replaces the checkpoint's head of {checkpoint.num_labels} labels"
+        else:
+            what = f"is created: {saved} has no classification head"
+        size = f" of {count} labels" if count else ""
+        text = Text(f"classification: a new head{size} ({head}) {what}")
+    elif made_for == "classification":
+        text = Text(f"{task}: a new LM head ({head}) replaces the classification head of {saved}")
+    else:
+        return None
+    if made_for is not None and made_for != task:
+        text.append(f"\n{saved} is made for {made_for}: choose that task and Load to keep its head", "yellow")
+    return text
 
 
 def model_summary(description) -> Group:

@@ -10,6 +10,7 @@ this module never imports torch, so the first frame never waits for it.
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -18,7 +19,8 @@ from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSe
 
 from core.config import DEMO_MODELS, TASKS, example_config
 from core.errors import UserError
-from sft_tui.format.model import model_summary
+from core.models import read_checkpoint
+from sft_tui.format.model import head_note, model_summary
 from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.load_status import LoadStatus
 from sft_tui.widgets.model.sources import ModelSources
@@ -28,6 +30,8 @@ from sft_tui.widgets.paths import PathSuggester
 class ModelScreen(StepScreen):
     STEP = "model"
     CSS_PATH = "model.tcss"
+    _task_proposal: str | None = None
+    """Said under the status after a load whose task was set from the checkpoint (action_load)."""
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     BINDINGS = [
         Binding("ctrl+l", "load", "Load model", id="load-model"),
@@ -49,17 +53,18 @@ class ModelScreen(StepScreen):
                 yield Checkbox("trust remote code", id="model-trust", compact=True)
                 yield Label("Demos · local HF cache", classes="field-label")
                 yield ModelSources(id="model-sources")
-                yield Static("→ completes a folder name as you type\nEnter on the path or in the list loads\n"
-                             "ctrl+r rescans the HF cache (HF_HOME)", id="model-hint")
+                yield Static("→ completes a folder name\nEnter (path or list) loads\n"
+                             "ctrl+r rescans the HF cache", id="model-hint")
             with Vertical(id="model-info"):
                 yield LoadStatus("model")
+                yield Static(id="model-head-note")
                 with VerticalScroll(id="model-details"):
                     yield Static(id="model-description")
 
     def on_mount(self) -> None:
         self._synced: tuple | None = None
         self._sync_form()
-        self.query_one(ModelSources).focus()
+        self.query_one("#model-path", Input).focus()  # a model id typed at once lands in its box; Esc leaves it
         self.watch(self.app, "model_state", self._show_state)
 
     def on_screen_resume(self) -> None:
@@ -102,6 +107,14 @@ class ModelScreen(StepScreen):
             self.query_one(LoadStatus).error("no model given", "type a folder or a hub id, or pick one from the list")
             return
         task = self._form_task()
+        self._task_proposal = None
+        if name != self.session.config.model.name_or_path and task == self.session.config.task:
+            # A new model with the task left as it was: the task follows the checkpoint's head, so
+            # that picking a causal LM does not quietly load it as a classifier with a new head.
+            checkpoint = read_checkpoint(name)
+            if checkpoint is not None and checkpoint.task not in (None, task):
+                task = checkpoint.task
+                self._task_proposal = f"task set to {task}: {checkpoint.architectures[0]} is made for it"
         changes = {"model.name_or_path": name, "task": task,
                    "model.trust_remote_code": self.query_one("#model-trust", Checkbox).value}
         config = self.session.config
@@ -137,6 +150,7 @@ class ModelScreen(StepScreen):
         """A demo comes with its data and settings: the task's example config, as `sft-tui init`
         writes it. Picking the demo that is already configured keeps the user's other edits."""
         config, task = self.session.config, DEMO_MODELS[name]
+        self._task_proposal = None
         if (config.model.name_or_path, config.task) != (name, task):
             self.session.replace_config(example_config(task))
             self._after_change()
@@ -164,3 +178,16 @@ class ModelScreen(StepScreen):
         if state != "loading":  # the last model stays on show while the next one loads
             self.query_one("#model-description", Static).update(
                 model_summary(info.description) if state == "ready" else "")
+            self._show_head_note(info if state == "ready" else None)
+
+    def _show_head_note(self, info) -> None:
+        """Under the status: the task set from the checkpoint, and whether the head is new."""
+        note = None
+        if info is not None:
+            checkpoint = read_checkpoint(self.session.config.model.name_or_path)
+            note = head_note(checkpoint, info.task, info.description, info.labels)
+            if self._task_proposal:
+                note = Text.assemble((self._task_proposal, "green"), *(("\n", note) if note else ()))
+        widget = self.query_one("#model-head-note", Static)
+        widget.update(note or "")
+        widget.display = note is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import Static
 
@@ -11,7 +12,70 @@ from sft_tui.format.numbers import format_share
 from sft_tui.messages import RunState
 
 RUN_STYLES = {RunState.RUNNING: "bold green", RunState.PAUSED: "bold yellow", RunState.STOPPING: "bold yellow",
-              RunState.FINISHED: "bold cyan", RunState.FAILED: "bold red"}
+              RunState.FINISHED: "bold cyan", RunState.STOPPED: "bold yellow", RunState.EARLY_STOPPED: "bold cyan",
+              RunState.FAILED: "bold red"}
+SHORT_TASKS = {"classification": "classif."}
+NAME_CHARS = 18
+"""A model or data name longer than this is cut in the middle when the line is short of room."""
+
+
+def _cut(name: str, limit: int = NAME_CHARS) -> str:
+    """`SmolLM2-1…nstruct`: both ends of a long name, which is where names differ."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return f"{name[:head]}…{name[-(limit - 1 - head):]}"
+
+
+def status_line(session, state: RunState, width: int) -> Text:
+    """The draft run in at most `width` cells, when it can be done.
+
+    The whole line first; then, until it fits, the least useful parts go (the app's name, the batch
+    size, the data name), the trainable share and the problem list shorten to a count, and the task and
+    model names are abbreviated. What stays at 80 columns: the state, model, task, trainable share and lr.
+    """
+    config = session.config
+    model = config.model.name_or_path.removeprefix("demo:")
+    model = Path(model).name or model
+    share = session.trainable_share
+    plain = {
+        "model": model, "task": config.task, "data": Path(config.data.train.removeprefix("demo:")).name,
+        "share": f"{format_share(share)} trainable" if share is not None else f"freeze {config.freeze.preset}",
+        "lr": f"lr {config.optim.lr:g}", "bs": f"bs {config.optim.batch_size}x{config.optim.grad_accum}",
+    }
+    parts: dict[str, tuple[str, str] | None] = {key: (value, "") for key, value in plain.items()}
+    parts["brand"] = ("sft-tui", "bold")
+    problems = session.problems() if state == RunState.IDLE else {}
+    if state != RunState.IDLE:
+        parts["status"] = (state.value.upper(), RUN_STYLES[state])
+    elif problems:
+        parts["status"] = (f"{len(problems)} problem(s): {', '.join(problems)}", "bold red")
+    else:
+        parts["status"] = ("ready", "green")
+    shorter = [
+        ("brand", None), ("bs", None), ("data", None),
+        ("share", (f"{format_share(share)} train" if share is not None else config.freeze.preset, "")),
+        ("status", (f"{len(problems)} problem(s)", "bold red") if problems else parts["status"]),
+        ("task", (SHORT_TASKS.get(config.task, config.task), "")), ("model", (_cut(model), "")),
+    ]
+    order = ["brand", "status", "model", "task", "data", "share", "lr", "bs"]
+
+    def assemble() -> Text:
+        shown = [parts[key] for key in order if parts[key] is not None]
+        text = Text()
+        for i, (words, style) in enumerate(shown):
+            # The app's name is followed by a space, the rest are separated by dots.
+            text.append(" " if i == 1 and parts["brand"] else " · " if i else "")
+            text.append(words, style)
+        return text
+
+    text = assemble()
+    for key, replacement in shorter:
+        if cell_len(text.plain) <= width:
+            break
+        parts[key] = replacement
+        text = assemble()
+    return text
 
 
 class DraftBar(Static):
@@ -23,25 +87,9 @@ class DraftBar(Static):
         self.watch(self.app, "session_version", self._redraw)
         self.watch(self.app, "run_state", self._redraw)
 
+    def on_resize(self) -> None:
+        self._redraw()
+
     def _redraw(self, _value=None) -> None:
-        session = self.app.session
-        config = session.config
-        model = config.model.name_or_path.removeprefix("demo:")
-        model = Path(model).name or model
-        data = Path(config.data.train.removeprefix("demo:")).name
-        share = session.trainable_share
-        parts = [
-            model, config.task, data,
-            f"{format_share(share)} trainable" if share is not None else f"freeze {config.freeze.preset}",
-            f"lr {config.optim.lr:g}", f"bs {config.optim.batch_size}x{config.optim.grad_accum}",
-        ]
-        state = self.app.run_state
-        if state != RunState.IDLE:
-            status = (state.value.upper(), RUN_STYLES[state])
-        elif problems := session.problems():
-            status = (f"{len(problems)} problem(s): {', '.join(problems)}", "bold red")
-        else:
-            status = ("ready", "green")
-        # The status comes first so that a narrow terminal cuts the details, not the verdict.
-        text = Text.assemble(("sft-tui", "bold"), " ", status, " · ", " · ".join(parts))
-        self.update(text, layout=False)
+        width = self.content_size.width or self.app.size.width - 2
+        self.update(status_line(self.app.session, self.app.run_state, width), layout=False)

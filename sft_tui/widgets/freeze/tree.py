@@ -87,7 +87,11 @@ def module_label(module, state: NodeState | None) -> Text:
             text.append(f" {format_share(state.trainable / state.params)}", "yellow")
         if state.lr:
             text.append(f" {state.lr}", "magenta")
-    text.append(f" {format_count(module.params)}")
+    if module.tied_with:
+        # Shared parameters are counted once, under the module that owns them.
+        text.append(f" tied with {module.tied_with}", "italic")
+    else:
+        text.append(f" {format_count(module.params)}")
     if module.path:
         text.append(f" {module.kind}", "dim cyan")
     return text

@@ -3,7 +3,11 @@ listed in one OptionList."""
 
 from __future__ import annotations
 
+import json
+import math
+import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.text import Text
 from textual.message import Message
@@ -11,6 +15,8 @@ from textual.widgets import OptionList
 from textual.widgets.option_list import Option, OptionDoesNotExist
 
 from core.config import DEMO_MINILM, DEMO_MODELS, DEMO_TINY_LM
+from core.memory import format_bytes
+from sft_tui.format.numbers import format_count
 
 HF_PREFIX = "hf:"
 """Option ids of cached models are the repo id after this prefix (demo ids are the demo names)."""
@@ -22,8 +28,32 @@ DEMO_ABOUT = {DEMO_MINILM: "pretrained all-MiniLM-L6-v2 · classification",
 @dataclass(frozen=True)
 class CachedModel:
     repo_id: str
-    size: str
-    """Size on disk, e.g. "90.9M"."""
+    size_on_disk: int
+    """Bytes, all revisions together (what deleting it would free)."""
+    params: int | None
+    """Parameters of the newest revision, from its safetensors headers; None when it has none."""
+
+    def about(self) -> str:
+        """`269.1 MB · 134.5M params`: a size with its unit, so that it never reads as a count."""
+        size = format_bytes(self.size_on_disk)
+        return f"{size} · {format_count(self.params)} params" if self.params else size
+
+
+def safetensors_params(folder: Path) -> int | None:
+    """The parameters stored in a folder's *.safetensors files, read from their headers only (a
+    few KB each, no torch): each tensor is stored once, tied ones too. None without such files, or
+    when a header cannot be read (an incomplete download)."""
+    total = 0
+    files = sorted(folder.glob("*.safetensors"))
+    try:
+        for file in files:
+            with file.open("rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(length))
+            total += sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+    return total if files else None
 
 
 def cached_models() -> tuple[str, list[CachedModel]]:
@@ -39,7 +69,13 @@ def cached_models() -> tuple[str, list[CachedModel]]:
         info = scan_cache_dir(folder)
     except (CacheNotFound, ValueError):
         return folder, []
-    models = [CachedModel(repo.repo_id, repo.size_on_disk_str) for repo in info.repos if repo.repo_type == "model"]
+    models = []
+    for repo in info.repos:
+        if repo.repo_type != "model":
+            continue
+        newest = max(repo.revisions, key=lambda revision: revision.last_modified, default=None)
+        params = safetensors_params(newest.snapshot_path) if newest is not None else None
+        models.append(CachedModel(repo.repo_id, repo.size_on_disk, params))
     return folder, sorted(models, key=lambda m: m.repo_id.lower())
 
 
@@ -101,5 +137,5 @@ def _options(models: list[CachedModel]) -> list[Option | None]:
     if not models:
         options.append(Option(Text("no models in the local HF cache", style="dim italic"), disabled=True))
     for model in models:
-        options.append(Option(Text.assemble(model.repo_id, "  ", (model.size, "dim")), id=HF_PREFIX + model.repo_id))
+        options.append(Option(Text.assemble(model.repo_id, "  ", (model.about(), "dim")), id=HF_PREFIX + model.repo_id))
     return options
