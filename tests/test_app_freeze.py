@@ -8,6 +8,7 @@ from textual.widgets import Input, Static
 from core.config import FreezeRule, example_config, save_config
 from core.freeze import effective_rules, summarize_freeze
 from sft_tui.app import create_app
+from sft_tui.format.numbers import format_count
 from sft_tui.screens.dialogs.freeze_rule import RuleDialog
 from sft_tui.widgets.freeze.rules import RuleTable
 from sft_tui.widgets.freeze.tree import ModuleTree
@@ -313,3 +314,28 @@ def test_trainable_share_is_recomputed_only_when_the_model_or_the_freeze_map_cha
     assert 0 < head < everything and len(walks) == 2
     session.model = load_model_info(session.config)
     assert session.trainable_share == head and len(walks) == 3
+
+
+async def test_at_80_columns_the_tree_shows_whole_module_names():
+    """Side by side with the rules the tree had 38 columns: blocks read "0 train 1.8M BertLay"."""
+    from helpers import visible_text
+
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_freeze(pilot)
+        text = visible_text(app)
+        for i in range(3):
+            assert f"{i} train 1.8M BertLayer" in text
+        assert "rules · later ones win" in text and "preset" in text  # the rules stay on screen, below
+
+
+async def test_a_tied_lm_head_names_its_owner_in_the_tree(tmp_path, tiny_model_dir):
+    config = example_config("causal-lm")
+    config.model.name_or_path = str(tiny_model_dir("llama"))
+    save_config(config, tmp_path / "run.yaml")
+    app = create_app(tmp_path / "run.yaml", task="causal-lm")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        assert labels(app)["lm_head"] == "lm_head train tied with model.embed_tokens Linear"
+        embeddings = app.session.model.skeleton.model.embed_tokens.weight.numel()
+        assert labels(app)["model.embed_tokens"] == f"embed_tokens train {format_count(embeddings)} Embedding"

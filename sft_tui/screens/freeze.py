@@ -29,6 +29,7 @@ from sft_tui.widgets.spinner import Spinner
 class FreezeScreen(StepScreen):
     STEP = "freeze"
     CSS_PATH = "freeze.tcss"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     BINDINGS = [
         Binding("space", "toggle_freeze", "Train/freeze", id="freeze-toggle"),
         Binding("a", "preset('all')", "Preset: train all", id="freeze-preset-all", show=False),
