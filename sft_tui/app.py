@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
@@ -44,6 +45,8 @@ STEPS = [("model", "Model"), ("data", "Data"), ("freeze", "Freeze"), ("hyper", "
 LOG_KEEP = 1000
 """Log lines kept for the train screen's log pane."""
 SETTLE_POLL_S = 0.05
+PREBUILD_GAP_S = 0.05
+"""Between two screens built ahead of their visit: keys typed meanwhile are answered first."""
 
 
 def _screen(name: str):
@@ -118,9 +121,29 @@ class SftApp(RunFollowing, App):
             self._start_warm_up()
 
     def _start_warm_up(self) -> None:
+        """Once the first screen is drawn: import torch and transformers, and build the other steps."""
         if not self._warmed:
             self._warmed = True
             self.run_worker(self._warm_up, thread=True, name="warm-up", group="warm-up", exit_on_error=False)
+            self.run_worker(self.prebuild_steps, name="prebuild", group="prebuild", exit_on_error=False)
+
+    async def prebuild_steps(self) -> None:
+        """Compose and mount every step not shown yet, one at a time, while the user reads the first:
+        a first visit then costs what a revisit does, not the 0.3-1.5 s of building a screen. (Textual
+        builds a mode's screen on its first switch_mode; `_init_mode` is that build, without the
+        switch. A step so built takes its ScreenResume only when shown: StepScreen.)
+
+        Once mounted, a built screen is styled by the app's current stylesheet: marking it so spares
+        its first visit a restyle of every screen's widgets (Textual's refresh_css), which is most
+        of what a first visit costs once the screen exists. So is its size: the classes its width
+        and height give it (HORIZONTAL_BREAKPOINTS, on_resize) are set now, not on the visit."""
+        for name, _ in STEPS:
+            if name not in self._screen_stacks:  # not visited meanwhile
+                await self._init_mode(name)
+                screen = self._screen_stacks[name][0]
+                screen._css_update_count = self._css_update_count
+                screen.post_message(events.Resize(self.size, self.size))  # its breakpoint classes, now
+                await asyncio.sleep(PREBUILD_GAP_S)
 
     def _warm_up(self) -> None:
         self.call_from_thread(self._cuda_known, warm_up())

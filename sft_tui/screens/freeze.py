@@ -70,7 +70,6 @@ class FreezeScreen(StepScreen):
         self.query_one("#freeze-rules").border_title = "rules · later ones win"
         self.watch(self.app, "model_state", self._model_state_changed)
         self.watch(self.app, "session_version", self._session_changed)
-        self._ensure_model()
 
     def on_screen_resume(self) -> None:
         self._ensure_model()
