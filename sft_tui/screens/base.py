@@ -1,26 +1,36 @@
-"""What every step screen shares: the draft bar, the step tabs and the footer with its keys."""
+"""What every step screen shares: the draft bar, the step tabs, the footer with its keys, and the
+rules of typing: Esc leaves a form, and typing that misses its box runs no key."""
 
 from __future__ import annotations
 
 from textual import events
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Button, Checkbox, Input, RadioButton, RadioSet, Select, Switch, TextArea
 
 from sft_tui.widgets.draft_bar import DraftBar
+from sft_tui.widgets.footer import StepFooter
 from sft_tui.widgets.step_tabs import StepTabs
+
+FORM_CONTROLS = (Input, TextArea, Button, Checkbox, RadioButton, RadioSet, Select, Switch)
+"""Widgets of a form: text boxes, and the buttons, checkboxes and choices beside them."""
 
 
 class StepScreen(Screen):
     STEP = ""
     """The name of this step in sft_tui.app.STEPS."""
+    BINDINGS = [
+        Binding("escape", "leave_form", "Leave the form", id="leave-form",
+                tooltip="Take the focus out of the text box or form, so that the number keys switch steps again"),
+    ]
 
     def compose(self) -> ComposeResult:
         yield DraftBar()
         yield StepTabs(self.STEP)
         yield from self.compose_body()
-        yield Footer()
+        yield StepFooter()
 
     def compose_body(self) -> ComposeResult:
         """The step's own widgets, between the tabs and the footer."""
@@ -44,3 +54,23 @@ class StepScreen(Screen):
         only by a stylesheet or theme change, and switch_mode refreshes the CSS then. (Runs before
         Screen's own handler, which reads the flag.)"""
         event.refresh_styles = False
+
+    @property
+    def in_form(self) -> bool:
+        """The focus is on a text box, or on a button, checkbox or choice of a form."""
+        focused = self.focused
+        return focused is not None and any(isinstance(node, FORM_CONTROLS) for node in focused.ancestors_with_self)
+
+    def check_consume_key(self, key: str, character: str | None) -> bool:
+        """Typing meant for a text box that lands on a button or checkbox beside it (a model id
+        typed after a Tab) must not switch steps, quit or open the help: while the focus is in a
+        form, the app's printable keys are left alone. F1, ctrl+q and ctrl+p still work, and Esc
+        leaves the form. (Textual drops the bindings of the nodes above one that consumes a key.)"""
+        return character is not None and character.isprintable() and self.in_form
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Esc shows in the footer only while there is a form to leave."""
+        return self.in_form if action == "leave_form" else True
+
+    def action_leave_form(self) -> None:
+        self.set_focus(None)

@@ -1,5 +1,6 @@
 """Step 4: the optimizer, schedule, evaluation and checkpoint settings, with a live preview of the
-steps and the learning-rate curve they give, and saving/loading the whole config as YAML.
+steps and the learning-rate curve they give. (Saving and loading the config as YAML are keys of the
+app, on every step.)
 
 The form is generated from the pydantic config sections (sft_tui.widgets.hyper.form), and every
 change is validated by pydantic through Session.update, so the rules and messages live in one place:
@@ -9,20 +10,17 @@ core/config.py.
 from __future__ import annotations
 
 from functools import reduce
-from pathlib import Path
 from typing import Any
 
 from textual import events
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Static
 
-from core.config import METRICS_BY_TASK, RunConfig, load_config, save_config
+from core.config import METRICS_BY_TASK, RunConfig
 from core.errors import UserError
 from sft_tui.format.hyper import NO_DATA
 from sft_tui.screens.base import StepScreen
-from sft_tui.screens.dialogs import PathDialog
 from sft_tui.session import field_problem
 from sft_tui.widgets.hyper.form import ConfigField, FieldSpec, field_spec, section_specs
 from sft_tui.widgets.hyper.preview import SchedulePreview
@@ -57,12 +55,8 @@ class HyperScreen(StepScreen):
     STEP = "hyper"
     CSS_PATH = "hyper.tcss"
     AUTO_FOCUS = ""
-    """No field takes the focus on arrival, so the number keys still switch steps (Tab enters the form)."""
-    BINDINGS = [
-        Binding("ctrl+s", "save_config", "Save YAML", id="hyper-save"),
-        Binding("ctrl+o", "load_config", "Load YAML", id="hyper-load"),
-        Binding("escape", "leave_field", "Leave field", id="hyper-leave"),
-    ]
+    """No field takes the focus on arrival, so the number keys still switch steps (Tab enters the
+    form, Esc leaves it: StepScreen). Saving and loading YAML are the app's keys, on every step."""
 
     def compose_body(self) -> ComposeResult:
         config = self.session.config
@@ -133,47 +127,3 @@ class HyperScreen(StepScreen):
         waiting = {"loading": "loading the data…", "failed": "the data did not load: see step 2"}
         self.query_one(SchedulePreview).show(self.session.config, rows.get("train"), rows.get("validation"),
                                              waiting.get(self.app.data_state, NO_DATA))
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Esc only shows in the footer while a field has the focus."""
-        return self.focused is not None if action == "leave_field" else True
-
-    def action_leave_field(self) -> None:
-        """Unfocus the form, so the number keys switch steps again instead of typing."""
-        self.set_focus(None)
-
-    # ---- YAML -------------------------------------------------------------------------------
-    def _default_path(self) -> str:
-        return str(self.session.config_path or "sft.yaml")
-
-    def action_save_config(self) -> None:
-        if self.session.invalid:
-            self.notify(f"fix the invalid field(s) first: {', '.join(self.session.invalid)}",
-                        title="Not saved", severity="error", markup=False)
-            return
-
-        def save(path: Path) -> None:
-            save_config(self.session.config, path)
-            self.session.config_path = path
-
-        def saved(path: Path | None) -> None:
-            if path is not None:
-                self.notify(f"saved {path}", title="Config", markup=False)
-
-        self.app.push_screen(PathDialog("Save the whole config as YAML", "Save", self._default_path(), save,
-                                        placeholder="path/to/config.yaml", confirm_overwrite=True), saved)
-
-    def action_load_config(self) -> None:
-        def load(path: Path) -> None:
-            self.session.replace_config(load_config(path), path)
-            for dotted in self.fields:
-                self.session.invalid.pop(dotted, None)
-
-        def loaded(path: Path | None) -> None:
-            if path is not None:
-                self.refresh_form()
-                self.app.changed()
-                self.notify(f"loaded {path}", title="Config", markup=False)
-
-        self.app.push_screen(PathDialog("Load a config from YAML", "Load", self._default_path(), load,
-                                        placeholder="path/to/config.yaml"), loaded)

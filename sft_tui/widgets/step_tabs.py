@@ -16,12 +16,16 @@ class StepTabs(Static):
         self.current = current
 
     def on_mount(self) -> None:
+        """The keys shown are those in effect: the user's keymap may have moved them. (Help, quit
+        and the palette are pinned in the footer.)"""
         from sft_tui.app import STEPS
+        from sft_tui.keymap import effective_keys, key_label
 
+        keys = {binding.id: key_label(effective_keys(binding, self.app.keymap).split(",")[0])
+                for binding in self.app.BINDINGS}
         text = Text()
-        for i, (name, label) in enumerate(STEPS, 1):
+        for name, label in STEPS:
             style = "reverse bold" if name == self.current else ""
-            text.append(f" {i} {label} ", style=style)
+            text.append(f" {keys[f'go-{name}']} {label} ", style=style)
             text.append(" ")
-        text.append("   ? help  ^p commands", style="dim")
         self.update(text)

@@ -25,7 +25,7 @@ class SetupPanel(Vertical):
         yield Static(id="draft-summary")
         yield Static(id="draft-problems")
         with Horizontal(id="setup-buttons"):
-            yield Button("Start training  (s)", variant="success", id="start")
+            yield Button("Start training  (Enter)", variant="success", id="start")
             yield Button("Resume a run…  (R)", id="resume")
 
     def redraw(self, session, live: bool) -> None:

@@ -1,0 +1,50 @@
+"""The footer of every step: Textual's Footer, with Help, Quit and the command palette pinned to
+its right end.
+
+Textual's Footer lists the focused widget's keys, then the screen's, then the app's, and cuts what
+does not fit: at 80 columns the app's `?` and `q` were the first to go. Here the screen's own keys
+come first and get cut first; the keys that lead out of any situation always show.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import HorizontalGroup
+from textual.widgets import Footer
+
+PINNED = ("help", "quit", "command_palette")
+"""Actions of the keys that stay visible at any width, in this order."""
+
+
+class StepFooter(Footer):
+    DEFAULT_CSS = """
+    StepFooter #footer-pinned {
+        dock: right;
+        width: auto;
+        background: $footer-background;
+        border-left: vkey $foreground 20%;
+        padding-left: 1;
+    }
+    """
+
+    def __init__(self) -> None:
+        super().__init__(show_command_palette=False, compact=True)
+
+    def compose(self) -> ComposeResult:
+        pinned = {}
+        for widget in super().compose():
+            if getattr(widget, "action", None) in PINNED:  # a FooterKey (private to Textual)
+                pinned[widget.action] = self._plainest_key(widget)
+            else:
+                yield widget
+        yield HorizontalGroup(*(pinned[action] for action in PINNED if action in pinned), id="footer-pinned")
+
+    def _plainest_key(self, key):
+        """Show `q` rather than `^q` where both quit: Textual shows an action's first key, and the
+        app's ctrl+q comes first. (Where a form takes `q` as typing, only ctrl+q is left.)"""
+        candidates = [active.binding for active in self.screen.active_bindings.values()
+                      if active.binding.action == key.action and active.binding.show]
+        plain = [binding for binding in candidates if "+" not in binding.key]
+        if plain:
+            key.key, key.key_display = plain[0].key, self.app.get_key_display(plain[0])
+        return key
