@@ -116,7 +116,7 @@ async def measure(app, label: str, args, rows: dict) -> None:
                         continue
                     add(f"{visit} {number}", await timed(app, frames, str(number), str(number), SCREENS[name]))
                     await settle(pilot)
-            await pilot.press("5", "s")
+            await pilot.press("5", "enter")
             bar = app.screen.query_one(RunProgress)
             deadline = time.monotonic() + 120
             while bar.progress < 2:

@@ -32,7 +32,7 @@ async def shoot_steps(task: str, prefix: str) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot, 1.0)
         for number, (name, _) in enumerate(STEPS[:4], 1):
-            await pilot.press(str(number))
+            await pilot.press("escape", str(number))  # Esc: out of the model's path box first
             await settle(app, pilot)
             await settle(app, pilot)  # a screen may start a second load after the first (labels -> head)
             app.save_screenshot(filename=f"{prefix}{number}-{name}.svg", path=str(OUT))
@@ -49,7 +49,7 @@ async def shoot_training(runs_dir: str) -> None:
     app.session.update({"output.runs_dir": runs_dir, "output.run_name": "screenshot", "schedule.max_steps": 120,
                         "eval.every_steps": 40})
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("5")
+        await pilot.press("escape", "5")
         await settle(app, pilot)
         app.save_screenshot(filename="5-train-ready.svg", path=str(OUT))
         await pilot.press("enter")
@@ -59,7 +59,7 @@ async def shoot_training(runs_dir: str) -> None:
         app.session.update({"output.run_name": "screenshot-lr-1e-3", "optim.lr": 1e-3})
         app.changed()
         await pilot.pause(0.5)
-        await pilot.press("s")
+        await pilot.press("v", "enter")  # back to the setup view, where Enter starts
         await finished(app, pilot)
         await pilot.press("6")
         await settle(app, pilot, 2.5)

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+from textual.actions import parse as parse_action
 from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -30,7 +31,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from core.config import RunConfig, example_config, load_config
+from core.config import RunConfig, example_config, load_config, save_config
 from core.logs import ROUTED_LOGGERS, EventLogHandler
 from core.runs import RunPaths
 from sft_tui.error_log import APP_ERROR_LOG
@@ -65,9 +66,20 @@ class SftApp(RunFollowing, App):
     TITLE = "sft-tui"
     MODES = {name: _screen(name) for name, _ in STEPS}
     BINDINGS = [
-        *(Binding(str(i), f"go('{name}')", label, id=f"go-{name}") for i, (name, label) in enumerate(STEPS, 1)),
-        Binding("question_mark", "help", "Help", id="help"),
-        Binding("q", "quit", "Quit", id="quit"),
+        # The step tabs show the number keys: in the footer they would push out the screen's keys.
+        *(Binding(str(i), f"go('{name}')", f"Step {i}: {label}", id=f"go-{name}", show=False)
+          for i, (name, label) in enumerate(STEPS, 1)),
+        Binding("ctrl+s", "save_config", "Save YAML", id="save-yaml",
+                tooltip="Write the whole draft config to a YAML file; `sft-tui train FILE` runs it headless"),
+        Binding("ctrl+o", "load_config", "Load YAML", id="load-yaml",
+                tooltip="Replace the draft with a config read from a YAML file"),
+        Binding("question_mark,f1", "help", "Help", id="help", tooltip="Every key, where it works and what it does"),
+        Binding("q", "quit", "Quit", id="quit",
+                tooltip="Leave the app; a run that trains asks first whether to keep it training"),
+        Binding("ctrl+q", "quit", "Quit", id="quit-anywhere", priority=True,
+                tooltip="Quit from anywhere, even while typing in a box or in a dialog"),
+        Binding("ctrl+p", "command_palette", "Commands", id="palette", priority=True,
+                tooltip="Search every command by name"),
     ]
 
     session_version: reactive[int] = reactive(0)
@@ -81,8 +93,12 @@ class SftApp(RunFollowing, App):
     data_state: reactive[str] = reactive("none")
     """none, loading, ready or failed: the tokenized data in session.data."""
 
-    def __init__(self, session: Session, *, attach: Path | None = None, in_process: bool = False) -> None:
+    def __init__(self, session: Session, *, attach: Path | None = None, in_process: bool = False,
+                 keymap: dict[str, str] | None = None) -> None:
         super().__init__()
+        self.keymap = keymap or {}
+        """The user's keys by binding id (sft_tui.keymap), over the defaults: help and tabs show them."""
+        self.set_keymap(self.keymap)
         self.session = session
         self.in_process = in_process
         """Runs train in a thread of the app, not in an engine process of their own."""
@@ -266,6 +282,11 @@ class SftApp(RunFollowing, App):
     def action_go(self, name: str) -> None:
         self.switch_mode(name)
 
+    def get_key_display(self, binding: Binding) -> str:
+        """Textual's short form for the footer (`^l`), with function keys as people write them (F1)."""
+        display = super().get_key_display(binding)
+        return display.upper() if display[:1] == "f" and display[1:].isdigit() else display
+
     def action_help(self) -> None:
         from sft_tui.screens.help import HelpScreen
 
@@ -298,18 +319,64 @@ class SftApp(RunFollowing, App):
         self.exit()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        """Every key binding of the app and of the current screen is a palette command too."""
-        yield from super().get_system_commands(screen)
-        seen = set()
-        for bindings in (self.BINDINGS, getattr(screen, "BINDINGS", [])):
-            for binding in bindings:
-                if not isinstance(binding, Binding) or not binding.description or binding.action in seen:
+        """Textual's commands, then every key of the app and of the current step that applies now,
+        once each: titled by what it does and the key in effect, described by its tooltip (or by
+        nothing: a description that repeats the title says nothing). Textual's own "Quit" stands
+        for the quit keys; its "Keys" panel gives way to the help screen, which knows the keymap."""
+        from sft_tui.keymap import declared_bindings, effective_keys, keys_label
+
+        titles = set()
+        for command in super().get_system_commands(screen):
+            if command.title != "Keys":
+                titles.add(command.title)
+                yield command
+        for target in (self, screen):
+            for binding in declared_bindings(type(target)):
+                _, name, parameters = parse_action(binding.action)
+                if (not binding.description or binding.description in titles or name == "command_palette"
+                        or not target.check_action(name, parameters)):
                     continue
-                seen.add(binding.action)
-                target = self if bindings is self.BINDINGS else screen
-                yield SystemCommand(f"{binding.description} [{binding.key}]",
-                                    binding.tooltip or binding.description,
-                                    _runner(target, binding.action))
+                titles.add(binding.description)
+                yield SystemCommand(f"{binding.description}  ({keys_label(effective_keys(binding, self.keymap))})",
+                                    binding.tooltip, _runner(target, binding.action))
+
+    # ---- the draft as YAML (every step) --------------------------------------------------------
+    def action_save_config(self) -> None:
+        from sft_tui.screens.dialogs import PathDialog
+
+        if self.session.invalid:
+            self.notify(f"fix the invalid field(s) first: {', '.join(self.session.invalid)}",
+                        title="Not saved", severity="error", markup=False)
+            return
+
+        def save(path: Path) -> None:
+            save_config(self.session.config, path)
+            self.session.config_path = path
+
+        def saved(path: Path | None) -> None:
+            if path is not None:
+                self.notify(f"saved {path}", title="Config", markup=False)
+
+        self.push_screen(PathDialog("Save the whole config as YAML", "Save", self._config_path(), save,
+                                    placeholder="path/to/config.yaml", confirm_overwrite=True), saved)
+
+    def action_load_config(self) -> None:
+        """The loaded config replaces the draft; each step shows it when next shown (ScreenResume)."""
+        from sft_tui.screens.dialogs import PathDialog
+
+        def load(path: Path) -> None:
+            self.session.replace_config(load_config(path), path)
+
+        def loaded(path: Path | None) -> None:
+            if path is not None:
+                self.changed()
+                self.notify(f"loaded {path}", title="Config", markup=False)
+
+        self.push_screen(PathDialog("Load a config from YAML", "Load", self._config_path(), load,
+                                    placeholder="path/to/config.yaml"), loaded)
+
+    def _config_path(self) -> str:
+        return str(self.session.config_path or "sft.yaml")
 
     # ---- workers and log records ---------------------------------------------------------------
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -361,13 +428,15 @@ class _NoWaitExecutor(ThreadPoolExecutor):
 
 
 def create_app(config_path: str | Path | None = None, task: str = "classification", *,
-               attach: str | Path | None = None, in_process: bool = False) -> SftApp:
+               attach: str | Path | None = None, in_process: bool = False,
+               keymap: dict[str, str] | None = None) -> SftApp:
     """The one factory of the app, for the command line, the tests and the screenshot script.
 
     Without a config it opens on the bundled demo of `task`, so Enter-Enter-Enter reaches training.
     With `attach` (a run folder) it opens on step 5 following that run. `in_process`: runs train in
-    a thread of the app instead of an engine process of their own.
+    a thread of the app instead of an engine process of their own. `keymap`: binding id -> keys
+    over the defaults (sft_tui.keymap.load_keymap reads the user's file).
     """
     config: RunConfig = load_config(config_path) if config_path else example_config(task)
     return SftApp(Session(config, Path(config_path) if config_path else None),
-                  attach=Path(attach) if attach is not None else None, in_process=in_process)
+                  attach=Path(attach) if attach is not None else None, in_process=in_process, keymap=keymap)

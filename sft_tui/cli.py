@@ -201,8 +201,9 @@ def _attach(args: argparse.Namespace) -> int:
 
         return follow_plain(info, ProgressDisplay())
     from sft_tui.app import create_app
+    from sft_tui.keymap import load_keymap
 
-    return _run_app(create_app(info.paths.config, attach=info.paths.root))
+    return _run_app(create_app(info.paths.config, attach=info.paths.root, keymap=load_keymap()))
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -234,11 +235,21 @@ def _app(argv: list[str]) -> int:
     parser.add_argument("--in-process", action="store_true",
                         help="train in a thread of the app instead of an engine process of its own "
                              "(the run then stops, with a checkpoint, when the app quits)")
+    parser.add_argument("--keymap", metavar="FILE",
+                        help="keys to use instead of the defaults (TOML, binding-id = \"key\"; default: "
+                             "$SFT_TUI_KEYMAP or ~/.config/sft-tui/keymap.toml if it exists)")
+    parser.add_argument("--print-keymap", action="store_true",
+                        help="print every key binding in the keymap file's format, then exit")
     args = parser.parse_args(argv)
+    from sft_tui.keymap import load_keymap, print_keymap
+
+    if args.print_keymap:
+        print(print_keymap(), end="")
+        return 0
     from sft_tui.app import create_app
 
     try:
-        app = create_app(args.config, args.task, in_process=args.in_process)
+        app = create_app(args.config, args.task, in_process=args.in_process, keymap=load_keymap(args.keymap))
     except UserError as err:
         return _refuse(err)
     return _run_app(app)

@@ -71,7 +71,7 @@ async def test_a_run_outlives_the_app_and_a_new_app_shows_its_whole_history(tiny
     run = tmp_path / "runs" / "lm"
     app = create_app(config)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("5", "s")
+        await pilot.press("escape", "5", "enter")
         bar = app.screen.query_one(RunProgress)
         await wait_until(pilot, lambda: bar.progress >= 1, ENGINE_START_S)
         assert app.run_state == "running" and app.followed.controls
@@ -121,7 +121,7 @@ async def test_every_control_key_round_trips_and_a_second_app_only_views(tiny_mo
     app = create_app(config)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("5", "s")
+            await pilot.press("escape", "5", "enter")
             screen = app.screen
             bar = screen.query_one(RunProgress)
             await wait_until(pilot, lambda: bar.progress >= 2, ENGINE_START_S)
@@ -157,7 +157,7 @@ async def viewer_sees_the_pause_and_is_refused_a_second_trainer(config: Path, ru
     is typed in, offers to attach instead, and attached it is a viewer of the paused run."""
     viewer = create_app(config)
     async with viewer.run_test(size=(120, 40), notifications=True) as pilot:
-        await pilot.press("5", "R")
+        await pilot.press("escape", "5", "R")
         await pilot.pause()
         dialog = viewer.screen
         assert isinstance(dialog, PathDialog) and dialog.query_one(Input).value == ""  # its checkpoint is no offer
@@ -186,7 +186,7 @@ async def test_a_killed_engine_shows_crashed_and_the_resumed_run_keeps_its_histo
     app = create_app(config)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("5", "s")
+            await pilot.press("escape", "5", "enter")
             screen = app.screen
             evals = screen.query_one(EvalTable)
             await wait_until(pilot, lambda: evals.row_count >= 2, ENGINE_START_S)
@@ -236,7 +236,7 @@ async def test_an_engine_that_ends_before_its_first_event_shows_its_output(tiny_
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         app = create_app(config)
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("5", "s")
+            await pilot.press("escape", "5", "enter")
             await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog) and app.run_state == "failed",
                              ENGINE_START_S)
             dialog = app.screen
@@ -303,9 +303,11 @@ def test_a_sighup_to_the_apps_terminal_does_not_stop_its_run(tiny_model_factory,
     try:
         shell = tmux.start(tmp_path, str(config))
         tmux.wait(lambda: "Model" in tmux.screen(), "the app")
+        tmux("send-keys", "-t", "app", "Escape")  # out of the model's path box, so that 5 is a key
+        time.sleep(0.5)
         tmux("send-keys", "-t", "app", "5")
         tmux.wait(lambda: "Start training" in tmux.screen(), "step 5")
-        tmux("send-keys", "-t", "app", "s")
+        tmux("send-keys", "-t", "app", "Enter")
         tmux.wait(lambda: run_info(paths.root).state == "running", "the run")
         send_command(paths.commands, "pause")  # it must not end on its own before the test looks
         tmux.wait(lambda: run_info(paths.root).state == "paused", "the pause")

@@ -38,7 +38,7 @@ async def test_model_data_freeze_hyper_train_results(tmp_path, tiny_model_factor
         assert app.model_state == "ready"
         assert "LlamaForCausalLM" in visible_text(app)
 
-        await pilot.press("2")
+        await pilot.press("escape", "2")  # out of the model's path box, to step 2
         await settle(app, pilot)
         assert app.data_state == "ready"
         assert "Copy red:" in visible_text(app)

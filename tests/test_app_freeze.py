@@ -19,7 +19,7 @@ BLOCK = "bert.encoder.layer.{}"
 async def open_freeze(pilot) -> None:
     """Go to step 3 and wait until the model structure has loaded and the screen shows it."""
     app = pilot.app
-    await pilot.press("3")
+    await pilot.press("escape", "3")  # out of the model's path box, to step 3
     for _ in range(100):  # a load may start another (e.g. labels size the head): wait for all of them
         await app.workers.wait_for_complete()
         await pilot.pause(0.05)

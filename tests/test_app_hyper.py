@@ -54,7 +54,7 @@ def value_at(config, dotted):
 
 async def open_hyper(pilot) -> HyperScreen:
     await pilot.pause()  # the app shows its first step before it takes keys
-    await pilot.press("4")
+    await pilot.press("escape", "4")  # out of the model's path box, to step 4
     await pilot.pause()
     assert isinstance(pilot.app.screen, HyperScreen)
     return pilot.app.screen

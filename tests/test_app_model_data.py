@@ -265,7 +265,7 @@ async def test_picking_the_tiny_lm_demo_switches_to_its_task_and_data():
 
 
 async def open_data(pilot) -> None:
-    await pilot.press("2")
+    await pilot.press("escape", "2")  # out of the model's path box, to step 2
     await settle(pilot)
 
 

@@ -77,7 +77,7 @@ def fake_runs_config(tmp_path: Path) -> Path:
 
 async def open_runs(pilot) -> RunsScreen:
     await pilot.pause()
-    await pilot.press("6")
+    await pilot.press("escape", "6")  # out of the model's path box, to step 6
     await settle(pilot)
     screen = pilot.app.screen
     assert isinstance(screen, RunsScreen)

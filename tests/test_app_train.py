@@ -120,11 +120,11 @@ def on_screen(app) -> str:
 
 
 async def start_run(pilot) -> TrainScreen:
-    await pilot.press("5")
+    await pilot.press("escape", "5")  # out of the model's path box, to step 5
     await pilot.pause()
     screen = pilot.app.screen
     assert isinstance(screen, TrainScreen)
-    await pilot.press("s")
+    await pilot.press("enter")
     return screen
 
 
@@ -240,7 +240,7 @@ async def test_resume_continues_the_last_stopped_run_with_its_whole_history(tiny
     train(load_config(config_path), [], StopAt(7))
     app = create_app(config_path, in_process=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("5", "R")
+        await pilot.press("escape", "5", "R")
         await pilot.pause()
         dialog = app.screen
         assert isinstance(dialog, PathDialog)
@@ -268,7 +268,7 @@ async def test_a_resumed_classifier_keeps_its_evaluations_and_announces_its_new_
     train(load_config(config_path), [], StopAt(5))
     app = create_app(config_path, in_process=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("5", "R")
+        await pilot.press("escape", "5", "R")
         await pilot.pause()
         await pilot.press("enter")
         await finish(pilot)
@@ -282,7 +282,7 @@ async def test_a_resumed_classifier_keeps_its_evaluations_and_announces_its_new_
 async def test_resume_dialog_refuses_a_folder_that_is_not_a_run(tmp_path):
     app = create_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("5", "R")
+        await pilot.press("escape", "5", "R")
         await pilot.pause()
         dialog = app.screen
         dialog.query_one(Input).value = str(tmp_path)
@@ -320,7 +320,7 @@ async def test_resume_offers_the_newest_resumable_run_and_refuses_the_others_in_
     save_config(config, tmp_path / "config.yaml")
     app = create_app(tmp_path / "config.yaml")
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("5", "R")
+        await pilot.press("escape", "5", "R")
         await pilot.pause()
         dialog = app.screen
         assert isinstance(dialog, PathDialog) and dialog.query_one(Input).value == str(stopped)
@@ -437,7 +437,7 @@ async def test_the_ui_answers_keys_while_training_and_quit_stops_and_saves_an_in
 async def test_start_is_disabled_while_the_draft_has_problems():
     app = create_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("5")
+        await pilot.press("escape", "5")
         await pilot.pause()
         screen = app.screen
         app.session.invalid["optim.lr"] = "must be > 0"
@@ -445,7 +445,7 @@ async def test_start_is_disabled_while_the_draft_has_problems():
         await pilot.pause()
         assert screen.query_one("#start", Button).disabled
         assert "• optim.lr: must be > 0" in squeezed(visible_text(app))
-        await pilot.press("s")
+        await pilot.press("enter")
         assert app.run_state == "idle"
         del app.session.invalid["optim.lr"]
         app.changed()
@@ -466,7 +466,7 @@ async def press_enter_on_setup(pilot) -> None:
     """Enter on the setup view (the view itself has the focus): refused, with a note saying why."""
     app = pilot.app
     assert app.screen.query_one(ContentSwitcher).current == "setup"
-    await pilot.press("s", "enter")
+    await pilot.press("enter")
     await pilot.pause(0.2)
     assert app.run_state == "idle" and app.followed is None
     assert "Cannot start yet" in visible_text(app)
@@ -480,7 +480,7 @@ async def test_data_that_failed_to_load_is_listed_and_enter_starts_nothing_until
     data.write_text(BROKEN_JSONL)
     app = create_app(config)
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
-        await pilot.press("2")
+        await pilot.press("escape", "2")
         await settle(pilot)
         assert app.data_state == "failed"
         await pilot.press("5")
@@ -514,13 +514,13 @@ async def test_a_bad_freeze_regex_from_a_yaml_config_keeps_start_off_until_the_r
     config = lm_config_file(tmp_path, tiny_model_factory("llama"), freeze={"rules": [bad_rule]})
     app = create_app(config)
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
-        await pilot.press("5")  # before the model has loaded: the regex alone is the problem
+        await pilot.press("escape", "5")  # before the model has loaded: the regex alone is the problem
         await pilot.pause()
         screen = app.screen
         shown = squeezed(visible_text(app))
         assert "• freeze.rules.0.match: 're:[' is not a valid regular expression" in shown
         assert "sft-tui 1 problem(s): freeze.rules.0.match ·" in shown
-        assert screen.check_action("start", ()) is None
+        assert screen.query_one("#start", Button).disabled
         await press_enter_on_setup(pilot)
 
         await pilot.press("3")
@@ -534,7 +534,7 @@ async def test_a_bad_freeze_regex_from_a_yaml_config_keeps_start_off_until_the_r
         assert app.session.config.freeze.rules == []
         assert "no problems: ready to start" in visible_text(app)
         assert "sft-tui ready ·" in visible_text(app)
-        await pilot.press("s")
+        await pilot.press("enter")
         await finish(pilot)
         assert app.run_state == "finished"
 
@@ -545,7 +545,7 @@ async def test_every_problem_is_visible_at_80x24(tiny_model_factory, tmp_path):
     (tmp_path / "sft.jsonl").write_text(BROKEN_JSONL)
     app = create_app(config)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("2")
+        await pilot.press("escape", "2")
         await settle(pilot)
         await pilot.press("5")
         await pilot.pause()
@@ -565,7 +565,7 @@ async def test_a_map_that_trains_nothing_and_fp16_without_a_gpu_are_problems(tin
     app = create_app(path)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)  # the warm-up has asked torch for a GPU, the model screen loaded the model
-        await pilot.press("5")
+        await pilot.press("escape", "5")
         await pilot.pause()
         shown = squeezed(visible_text(app))
         assert "• freeze: the map leaves no trainable parameters" in shown
@@ -613,7 +613,7 @@ FINISHED_RUN = [
 
 async def open_train(pilot) -> None:
     await settle(pilot)
-    await pilot.press("5")
+    await pilot.press("escape", "5")
     await pilot.pause()
 
 

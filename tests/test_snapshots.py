@@ -46,7 +46,7 @@ async def freeze_top_n(pilot) -> None:
 async def hyper(pilot) -> None:
     """Step 4 with the demo's data loaded, so that the preview counts steps."""
     await pilot.pause()  # the app shows its first step before it takes keys
-    await pilot.press("4")
+    await pilot.press("escape", "4")  # out of the model's path box, to step 4
     await pilot.pause()
     await settle(pilot)
     pilot.app.load_data()

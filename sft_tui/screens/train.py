@@ -35,17 +35,25 @@ class TrainScreen(RunEvents, StepScreen):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     BINDINGS = [
-        Binding("s", "start", "Start", id="train-start"),
-        Binding("enter", "start_from_setup", "Start training (setup view)", show=False, id="train-start-enter"),
-        Binding("R", "resume_run", "Resume a run", id="train-resume-run"),
-        Binding("p", "pause", "Pause/resume", id="train-pause"),
-        Binding("s", "stop", "Stop & save", id="train-stop"),
-        Binding("c", "save_now", "Checkpoint now", id="train-save-now"),
-        Binding("e", "eval_now", "Evaluate now", id="train-eval-now"),
-        Binding("v", "toggle_view", "Setup/run view", id="train-toggle-view"),
-        Binding("t", "try_it", "Try the model", id="train-try-it"),
-        Binding("y", "copy_snippet", "Copy load snippet", id="train-copy-snippet"),
-        Binding("escape", "leave_box", "Leave the text box", show=False, id="train-leave-box"),
+        # Starting takes Enter (on the setup view or its Start button), never a letter that typing
+        # meant for a box could send.
+        Binding("enter", "start", "Start training", id="train-start",
+                tooltip="Train the draft run in an engine process of its own; while the draft has problems, "
+                        "says what to fix"),
+        Binding("R", "resume_run", "Resume a run", id="train-resume-run",
+                tooltip="Continue a stopped run from its newest checkpoint, with the config it started with"),
+        Binding("p", "pause", "Pause/resume", id="train-pause", tooltip="Pause after the current step, or go on"),
+        Binding("s", "stop", "Stop & save", id="train-stop",
+                tooltip="Stop after the current step and save a checkpoint to resume from"),
+        Binding("c", "save_now", "Checkpoint now", id="train-save-now",
+                tooltip="Save a checkpoint (at once when paused) and keep training"),
+        Binding("e", "eval_now", "Evaluate now", id="train-eval-now",
+                tooltip="Evaluate on the validation set after the current step"),
+        Binding("v", "toggle_view", "Setup/run view", id="train-toggle-view",
+                tooltip="Switch between the run's charts and the draft's setup for the next run"),
+        Binding("t", "try_it", "Try the model", id="train-try-it", tooltip="Ask the trained model in a text box"),
+        Binding("y", "copy_snippet", "Copy load snippet", id="train-copy-snippet",
+                tooltip="Copy the Python lines that load the trained model"),
     ]
 
     def compose_body(self) -> ComposeResult:
@@ -91,12 +99,11 @@ class TrainScreen(RunEvents, StepScreen):
         self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Keys that don't apply now are hidden; Start shows greyed out while the draft has problems."""
+        """Keys that don't apply now are hidden. Start stays on while the draft has problems: Enter
+        then says what to fix (the Start button is disabled)."""
         has_run = self.run_dir is not None
-        if action == "start_from_setup":  # after a run, Enter must not start the next one by accident
+        if action == "start":  # only on the setup view: after a run, Enter must not start the next one by accident
             return not self.live and self.query_one(ContentSwitcher).current == "setup"
-        if action == "start":
-            return False if self.live else None if self.session.problems() else True
         if action == "resume_run":
             return not self.live
         if action in ("pause", "stop", "save_now", "eval_now"):
@@ -105,7 +112,7 @@ class TrainScreen(RunEvents, StepScreen):
             return has_run and not self.live
         if action in ("copy_snippet", "try_it"):
             return self.query_one(ResultsPanel).snippet is not None and not self.live
-        return True
+        return super().check_action(action, parameters)
 
     # ---- starting a run ---------------------------------------------------------------------
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -122,10 +129,6 @@ class TrainScreen(RunEvents, StepScreen):
                         title="Cannot start yet", severity="warning", markup=False)
             return
         self.app.launch_run()
-
-    def action_start_from_setup(self) -> None:
-        """Enter on the setup view: starts, or says what keeps Start disabled (s is greyed out then)."""
-        self.action_start()
 
     def action_resume_run(self) -> None:
         if self.live:
@@ -182,9 +185,6 @@ class TrainScreen(RunEvents, StepScreen):
     def action_try_it(self) -> None:
         self.query_one(ContentSwitcher).current = "run"
         self.query_one("#try-input").focus()
-
-    def action_leave_box(self) -> None:
-        self.set_focus(None)
 
     def action_copy_snippet(self) -> None:
         snippet = self.query_one(ResultsPanel).snippet
