@@ -29,7 +29,17 @@ class RunState(str, Enum):
     PAUSED = "paused"
     STOPPING = "stopping"
     FINISHED = "finished"
+    """It trained all its planned steps (RunFinished reason `completed`)."""
+    STOPPED = "stopped"
+    """Stopped before its last step, by a key or a signal, at a checkpoint it can resume from."""
+    EARLY_STOPPED = "early-stopped"
+    """Ended by early stopping (eval.patience), with its final model saved."""
     FAILED = "failed"
+
+    @classmethod
+    def after(cls, reason: str) -> RunState:
+        """The state a run is in after RunFinished with `reason`: a stopped run is not "finished"."""
+        return {"stopped": cls.STOPPED, "early-stopped": cls.EARLY_STOPPED}.get(reason, cls.FINISHED)
 
     @property
     def live(self) -> bool:
@@ -38,7 +48,7 @@ class RunState(str, Enum):
 
     @property
     def ended(self) -> bool:
-        return self in (RunState.FINISHED, RunState.FAILED)
+        return self in (RunState.FINISHED, RunState.STOPPED, RunState.EARLY_STOPPED, RunState.FAILED)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog, Quit
 from sft_tui.widgets.train.charts import TrainCharts
 from sft_tui.widgets.train.evals import EvalTable
 from sft_tui.widgets.train.progress import RunProgress
+from sft_tui.widgets.train.samples import SamplesPanel
 from sft_tui.widgets.train.stats import RunStats
 from test_app_train import lm_config_file, text_of, wait_until
 
@@ -100,7 +101,7 @@ async def test_a_run_outlives_the_app_and_a_new_app_shows_its_whole_history(tiny
         assert [s for s, _ in charts.eval_loss] == [10, 20, 30, 40, 50, 60]
         assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["10", "20", "30", "40", "50", "60"]
         sample = [e for e in events if isinstance(e, SampleGenerated)][-1]
-        assert sample.output in text_of(screen.query_one("#samples", Static))
+        assert sample.output in screen.query_one(SamplesPanel).text
         log = log_text(screen)
         assert "run lm started" in log and "checkpoint step-20 saved" in log and "run completed at step 60" in log
         warning = next(e for e in events if isinstance(e, LogMessage) and "matches no parameter" in e.message)
@@ -141,8 +142,8 @@ async def test_every_control_key_round_trips_and_a_second_app_only_views(tiny_mo
             await pilot.press("e")
             await wait_until(pilot, lambda: screen.query_one(EvalTable).row_count == 1)
             await pilot.press("s")
-            assert app.run_state in ("stopping", "finished")
-            await wait_until(pilot, lambda: app.run_state == "finished")
+            assert app.run_state in ("stopping", "stopped")
+            await wait_until(pilot, lambda: app.run_state == "stopped")
             finished = [e for e in read_events(run / "events.jsonl") if isinstance(e, RunFinished)]
             assert [e.reason for e in finished] == ["stopped"] and finished[0].last_checkpoint
             assert "no final model was saved" in text_of(screen.query_one("#results-text", Static))

@@ -30,9 +30,11 @@ from sft_tui.screens.dialogs import ErrorDialog, PathDialog, QuitDialog
 from sft_tui.screens.help import HelpScreen
 from sft_tui.screens.train import TrainScreen
 from sft_tui.widgets.freeze.rules import RuleTable
+from sft_tui.widgets.train.charts import TrainCharts
 from sft_tui.widgets.train.evals import BEST, EvalTable
 from sft_tui.widgets.train.progress import RunProgress
 from sft_tui.widgets.train.results import ResultsPanel
+from sft_tui.widgets.train.samples import SamplesPanel
 from sft_tui.widgets.train.stats import RunStats
 from helpers import WORDS, StopAt, settle, tiny_lm_config, visible_text, write_jsonl
 
@@ -158,8 +160,8 @@ async def test_causal_lm_run_shows_progress_evals_samples_results_and_try_it(tin
         assert [r[-1] for r in rows] == [BEST if i == best else "" for i in range(len(rows))]
 
         sample = [e for e in events if isinstance(e, SampleGenerated)][-1]
-        samples = screen.query_one("#samples", Static)
-        assert samples.display and sample.prompt in text_of(samples) and sample.reference in text_of(samples)
+        samples = screen.query_one(SamplesPanel)
+        assert samples.display and sample.prompt in samples.text and sample.reference in samples.text
 
         finished = [e for e in events if isinstance(e, RunFinished)][0]
         results = text_of(screen.query_one("#results-text", Static))
@@ -183,7 +185,7 @@ async def test_classification_run_and_try_it_labels_a_text_visible_at_80x24(tiny
         rows = screen.query_one(EvalTable).rows_as_text()
         assert [r[0] for r in rows] == ["5", "10"]
         assert screen.query_one(EvalTable).metric_names == ["loss", "accuracy", "f1"]
-        assert not screen.query_one("#samples", Static).display  # no generations for classification
+        assert not screen.query_one(SamplesPanel).display  # no generations for classification
         output = str(tmp_path / "runs" / "cls" / "final")
         assert f'AutoModelForSequenceClassification.from_pretrained("{output}")' in text_of(
             screen.query_one("#results-text", Static))
@@ -221,13 +223,13 @@ async def test_keys_pause_resume_save_and_stop_a_live_run(tiny_model_factory, tm
         await wait_until(pilot, lambda: screen.query_one(EvalTable).row_count == 1)
 
         await pilot.press("s")
-        assert app.followed.control.stop_requested and app.run_state in ("stopping", "finished")
+        assert app.followed.control.stop_requested and app.run_state in ("stopping", "stopped")
         await finish(pilot)
         events = read_events(tmp_path / "runs" / "lm" / "events.jsonl")
         finished = [e for e in events if isinstance(e, RunFinished)][0]
         assert finished.reason == "stopped" and finished.output_path is None
         assert latest_checkpoint(tmp_path / "runs" / "lm" / "checkpoints") is not None
-        assert app.run_state == "finished" and screen.resumable == str(tmp_path / "runs" / "lm")
+        assert app.run_state == "stopped" and screen.resumable == str(tmp_path / "runs" / "lm")
         assert "no final model was saved" in text_of(screen.query_one("#results-text", Static))
 
 
@@ -637,10 +639,10 @@ async def test_a_fixed_event_sequence_fills_every_pane():
         assert [r[-1] for r in screen.query_one(EvalTable).rows_as_text()] == ["", "", "", BEST]
         charts = screen.query_one("#charts")
         assert len(charts.train_loss) == 20 and [s for s, _ in charts.eval_loss] == [10, 20, 30, 40]
-        assert "LAKE SMALL" in text_of(screen.query_one("#samples", Static))
+        assert "LAKE SMALL" in screen.query_one(SamplesPanel).text
         stats = text_of(screen.query_one(RunStats))
         assert "1,010 tok/s" in stats and "RSS 1.1 GB" in stats and "no GPU" in stats
-        assert "best  (step 40) loss 2.3500" in text_of(screen.query_one("#results-text", Static))
+        assert "best eval @ step 40: loss 2.3500" in text_of(screen.query_one("#results-text", Static))
         snippet = screen.query_one(ResultsPanel).snippet
         assert snippet == 'from transformers import pipeline\npipeline("text-generation", model="runs/demo-run/final")'
 
@@ -676,3 +678,171 @@ async def test_an_edit_after_a_run_returns_the_draft_bar_to_ready_or_its_problem
         await pilot.press("end", "shift+home", "0")
         await pilot.pause()
         assert app.run_state == "idle" and "sft-tui 1 problem(s): optim.lr ·" in visible_text(app)
+
+
+def test_the_shown_throughput_is_smoothed_over_training_time_and_the_eta_says_when_it_guesses():
+    """Issue 10.16: reports swung between 3 and 814 samples/s. Steady 100 samples/s reports every
+    0.25 s, and two outliers that each cover a few hundredths of a second (a report of one or two
+    steps): the shown rate stays near 100, the events keep the raw rates."""
+    from sft_tui.format.train import SmoothedRate, format_eta
+
+    def report(at: float, rate: float, eta_estimated: bool = False) -> StepMetrics:
+        return StepMetrics(step=int(at * 4), epoch=0.0, loss=1.0, grad_norm=None, lr=1e-3, tokens_per_s=rate * 10,
+                           samples_per_s=rate, tokens_seen=0, elapsed_s=at, eta_s=75.0, eta_estimated=eta_estimated)
+
+    smoothed = SmoothedRate()
+    shown = []
+    for i in range(1, 90):
+        smoothed.add(report(i * 0.25, 100.0))
+        shown.append(smoothed.samples_per_s)
+        if i in (20, 30):
+            smoothed.add(report(i * 0.25 + 0.02, {20: 3.0, 30: 814.0}[i]))
+            shown.append(smoothed.samples_per_s)
+    assert all(95 < r < 110 for r in shown), shown
+    assert smoothed.tokens_per_s == pytest.approx(1000.0)  # the outliers left the 10 s span
+    assert format_eta(report(1, 1, eta_estimated=True)) == "~1:15" and format_eta(report(1, 1)) == "1:15"
+
+
+def shown_whole(app, selector: str) -> bool:
+    """The pane is on screen from its top border to its bottom one."""
+    screen = app.screen
+    return screen.query_one(selector).display and screen.query_one("#panes").region.contains_region(
+        screen.query_one(selector).region)
+
+
+def shown_readably(app, selector: str) -> bool:
+    """At least six rows of the pane are on screen (all of it when it is smaller)."""
+    screen = app.screen
+    region = screen.query_one(selector).region
+    return screen.query_one(selector).display and region.intersection(
+        screen.query_one("#panes").region).height >= min(region.height, 6)
+
+
+async def test_every_pane_of_a_finished_run_is_reached_with_keys_at_80x24():
+    """Issue 10.2: at 80x24 the eval table, the log and the samples were hidden after a run, and
+    PageDown and Tab did nothing. The panes now stack and scroll: PageDown pages through them from
+    the first to the last, and Tab brings each focusable pane into view."""
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("escape")  # out of the model screen's text box
+        await post_finished_run(pilot)
+        panes = ("#charts", "#evals", "#results", "#samples", "#log")
+        seen = {p for p in panes if shown_readably(app, p)}
+        assert "#charts" in seen and not {"#samples", "#log"} <= seen  # it does not all fit at once
+        for _ in range(6):
+            await pilot.press("pagedown")
+            seen |= {p for p in panes if shown_readably(app, p)}
+        assert seen == set(panes)
+
+        await pilot.press("home")
+        for selector in ("#evals", "#samples", "#log"):
+            for _ in range(6):  # Tab to the pane, past the try-it box
+                if app.focused is app.screen.query_one(selector):
+                    break
+                await pilot.press("tab")
+            assert app.focused is app.screen.query_one(selector) and shown_whole(app, selector), selector
+        samples = app.screen.query_one(SamplesPanel)
+        assert "LAKE SMALL" in samples.text
+
+
+async def test_the_log_and_the_samples_are_reached_while_a_run_trains_at_80x24():
+    """Issue 10.2: while a run trained at 80x24 there was no log panel at all."""
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("escape")
+        await open_train(pilot)
+        for event in FINISHED_RUN[:8]:  # started, some steps: training
+            app.screen.post_message(EngineEvent(event))
+            await pilot.pause()
+        assert app.run_state == "running"
+        await pilot.press("end")
+        assert shown_whole(app, "#log")
+        assert "run demo-run started" in " ".join(line.text for line in app.screen.query_one("#log", RichLog).lines)
+        await pilot.press("home")
+        assert shown_whole(app, "#charts") and shown_whole(app, "#stats") is False
+        for _ in range(4):
+            await pilot.press("pagedown")
+            if shown_whole(app, "#stats"):
+                break
+        assert shown_whole(app, "#stats") and "step 14: train loss" in text_of(app.screen.query_one(RunStats))
+
+
+async def test_the_lr_chart_draws_the_planned_schedule_and_marks_the_reported_step(tmp_path):
+    """Issue 10.12: the LR chart was drawn from the reports, redrawn every 10 s: at step 9 its axis
+    ended at step 4, with another value than the stats line. The whole planned curve (core.plan, the
+    hyperparameter preview's schedule) is drawn from the run's config; the title and the marker
+    follow the reports."""
+    from core.config import RunConfig
+
+    run_dir = tmp_path / "runs" / "demo-run"
+    run_dir.mkdir(parents=True)
+    config = RunConfig.model_validate({"task": "causal-lm", "model": {"name_or_path": "demo:tiny-lm"},
+                                       "data": {"train": "demo:instructions"}, "optim": {"lr": 3e-3},
+                                       "schedule": {"max_steps": 40, "warmup_steps": 4, "scheduler": "linear"}})
+    save_config(config, run_dir / "config.yaml")
+    started = dataclasses.replace(FINISHED_RUN[0], run_dir=str(run_dir))
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("escape")
+        await open_train(pilot)
+        for event in [started, *FINISHED_RUN[1:5]]:  # steps 2 to 8
+            app.screen.post_message(EngineEvent(event))
+            await pilot.pause()
+        charts = app.screen.query_one(TrainCharts)
+        assert charts.planned_lr[0] == (0, 0.0) and charts.planned_lr[-1][0] == 40  # the whole run, ahead of it
+        assert charts.planned_lr[4] == (4, pytest.approx(3e-3))  # the end of the warmup
+        reported = FINISHED_RUN[4]
+        title = f"learning rate {reported.lr:.2e} @ step {reported.step}"
+        assert app.screen.query_one("#lr-plot").border_title == title
+        assert f"lr {reported.lr:.2e}" in text_of(app.screen.query_one(RunStats))  # the same value
+
+
+async def test_samples_show_every_generation_of_the_latest_evaluation_whole_and_earlier_below():
+    """Issue 10.11: three samples per evaluation, but the pane showed the last one, cut to 4 lines."""
+    long_output = "\n".join(f"line {i} of a long answer" for i in range(8))
+    samples = [SampleGenerated(step=step, prompt=f"prompt {step}.{i}", output=f"answer {step}.{i}\n{long_output}",
+                               reference=f"ref {step}.{i}", time=0) for step in (10, 20) for i in range(3)]
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("escape")
+        await open_train(pilot)
+        app.screen.apply([FINISHED_RUN[0], *samples])
+        await pilot.pause()
+        panel = app.screen.query_one(SamplesPanel)
+        text = panel.text
+        assert all(f"answer 20.{i}" in text and f"ref 20.{i}" in text for i in range(3))
+        assert text.count("line 7 of a long answer") == 6  # nothing cut
+        assert text.index("step 20") < text.index("step 10")  # the latest first, the earlier below
+        assert panel.border_title == "samples @ step 20 · earlier below"
+        panel.focus()
+        await pilot.press("end")
+        assert panel.scroll_y > 0  # the earlier ones are reached by scrolling
+
+
+STOPPED_RUN = [
+    *FINISHED_RUN[:9],  # started, steps 2-16
+    EvalResult(step=10, epoch=0.5, metrics={"loss": 0.41}, is_best=True, seconds=1.0, time=0),
+    EvalResult(step=15, epoch=0.75, metrics={"loss": 0.5}, is_best=False, seconds=1.0, time=0),
+    RunFinished(step=17, reason="stopped", final_metrics={"loss": 0.5}, best_metrics={"loss": 0.41}, best_step=10,
+                output_path=None, last_checkpoint="runs/demo-run/checkpoints/step-17", elapsed_s=9.0, time=0),
+]
+
+
+@pytest.mark.parametrize("reason, shown", [("stopped", "STOPPED"), ("early-stopped", "EARLY-STOPPED")])
+async def test_a_stopped_run_is_labelled_stopped_everywhere_and_its_metrics_carry_their_step(reason, shown):
+    """Issue 10.13: the status bar said FINISHED while the progress line said stopped, and "final
+    loss" was really the step-15 evaluation."""
+    events = [*STOPPED_RUN[:-1], dataclasses.replace(STOPPED_RUN[-1], reason=reason)]
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("escape")
+        await open_train(pilot)
+        app.screen.apply(events)
+        await pilot.pause()
+        assert app.run_state == reason
+        screen = squeezed(visible_text(app))
+        assert f"{shown} ·" in screen and "FINISHED" not in screen
+        assert app.screen.query_one(RunProgress).label.startswith(f"step 17/40 · {reason} in ")
+        results = text_of(app.screen.query_one("#results-text", Static))
+        assert results.startswith(f"{reason} at step 17") and "best eval @ step 10: loss 0.4100" in results
+        assert "last eval @ step 15: loss 0.5000" in results and "final loss" not in results

@@ -13,7 +13,7 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, ContentSwitcher, Static
+from textual.widgets import Button, ContentSwitcher
 
 from core.runs import RunPaths, latest_resumable, open_run, resume_problem
 from sft_tui.detach import live_engine_problem
@@ -26,6 +26,7 @@ from sft_tui.widgets.train.evals import EvalTable
 from sft_tui.widgets.train.log import RunLog
 from sft_tui.widgets.train.progress import RunProgress
 from sft_tui.widgets.train.results import ResultsPanel
+from sft_tui.widgets.train.samples import SamplesPanel
 from sft_tui.widgets.train.setup import SetupPanel
 from sft_tui.widgets.train.stats import RunStats
 
@@ -62,27 +63,30 @@ class TrainScreen(RunEvents, StepScreen):
                 yield SetupPanel(id="setup-panel")
             with Vertical(id="run"):
                 yield RunProgress(id="progress")
-                with Horizontal(id="top"):
-                    yield TrainCharts(id="charts")
-                    yield EvalTable(id="evals")
-                with Horizontal(id="bottom"):
-                    yield RunStats(id="stats")
-                    yield ResultsPanel(id="results")
-                    with Vertical(id="samples-log"):
-                        yield Static(id="samples", markup=False)
-                        yield RunLog(id="log")
+                # Where the panes do not fit (80x24), they stack and this scrolls: PageDown, or Tab
+                # to a pane, reaches each of them (train.tcss).
+                with VerticalScroll(id="panes"):
+                    with Horizontal(id="top"):
+                        yield TrainCharts(id="charts")
+                        yield EvalTable(id="evals")
+                    with Horizontal(id="bottom"):
+                        yield RunStats(id="stats")
+                        yield ResultsPanel(id="results")
+                        with Vertical(id="samples-log"):
+                            yield SamplesPanel(id="samples")
+                            yield RunLog(id="log")
 
     def on_mount(self) -> None:
         self._charts, self._evals = self.query_one(TrainCharts), self.query_one(EvalTable)  # per event: no query
+        self._stats_pane = self.query_one(RunStats)
         self.query_one("#evals").border_title = "eval"
         self.query_one("#stats").border_title = "throughput / memory"
-        self.query_one("#samples").border_title = "samples"
         self.query_one("#log").border_title = "log"
         self.query_one("#results").border_title = "results"
         self.watch(self.app, "session_version", self._redraw_setup)
         self.watch(self.app, "run_state", self._redraw_setup)
         self.watch(self.app, "log_count", self._show_new_log_lines)
-        self.query_one("#samples").display = False
+        self.query_one(SamplesPanel).display = False
 
     # ---- the draft and the state ------------------------------------------------------------
     @property
@@ -171,7 +175,8 @@ class TrainScreen(RunEvents, StepScreen):
     def action_save_now(self) -> None:
         if self.controls:
             self.app.followed.send("save")
-            self.notify("a checkpoint is saved after the current step")
+            self.notify("saving a checkpoint now; the run stays paused" if self.app.run_state == RunState.PAUSED
+                        else "a checkpoint is saved after the current step")
 
     def action_eval_now(self) -> None:
         if self.controls:
@@ -181,6 +186,8 @@ class TrainScreen(RunEvents, StepScreen):
     def action_toggle_view(self) -> None:
         switcher = self.query_one(ContentSwitcher)
         switcher.current = "setup" if switcher.current == "run" else "run"
+        if switcher.current == "run":
+            self.focus_panes()
 
     def action_try_it(self) -> None:
         self.query_one(ContentSwitcher).current = "run"

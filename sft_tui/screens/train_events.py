@@ -13,18 +13,23 @@ event. Changes of the run's state go to the app as RunStateChanged.
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import ContentSwitcher, Static
+from textual.widgets import ContentSwitcher
 
 from core.errors import UserError
 from core.events import (CheckpointSaved, EvalResult, LogMessage, Paused, Resumed, RunFailed, RunFinished,
                          RunStarted, SampleGenerated, StepMetrics)
-from core.runs import RunPaths
+from core.plan import plan_steps
+from core.runs import RunPaths, open_run
 from sft_tui.format.numbers import format_duration
+from sft_tui.format.train import format_eta
 from sft_tui.messages import EngineEvent, EngineEvents, EngineGone, RunFollowed, RunState, RunStateChanged
 from sft_tui.screens.dialogs import ErrorDialog
 from sft_tui.widgets.train.log import RunLog
 from sft_tui.widgets.train.progress import RunProgress
+from sft_tui.widgets.hyper.schedule import lr_curve
+from sft_tui.widgets.train.charts import PLANNED_POINTS
 from sft_tui.widgets.train.results import ResultsPanel
+from sft_tui.widgets.train.samples import SamplesPanel
 from sft_tui.widgets.train.stats import RunStats
 
 LOG_STYLES = {"warning": "yellow", "error": "bold red", "critical": "bold red"}
@@ -32,7 +37,7 @@ LOG_STYLES = {"warning": "yellow", "error": "bold red", "critical": "bold red"}
 
 class RunEvents:
     """The train screen's part that applies a run's events (TrainScreen mixes it in; it reads the
-    screen's `_charts` and `_evals`, looked up at its mount)."""
+    screen's `_charts`, `_evals` and `_stats_pane`, looked up at its mount)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -54,7 +59,7 @@ class RunEvents:
         self._state: RunState | None = None
         self._bar: tuple[int, int | None, str] | None = None
         self._stats: StepMetrics | None = None
-        self._sample: SampleGenerated | None = None
+        self._samples_added = False
         self._log_texts: list[Text] = []
         self._evals_added = False
 
@@ -72,6 +77,7 @@ class RunEvents:
         self.query_one(RunProgress).show(0, None, "attaching: reading the run's history…" if message.attached
                                          else "starting: loading the model and the data…")
         self.query_one(ContentSwitcher).current = "run"
+        self.focus_panes()
         if message.controller is not None:
             note = (f"{message.controller.describe()} controls this run: this app views it, and its "
                     "pause, stop, checkpoint and eval keys are off")
@@ -79,15 +85,23 @@ class RunEvents:
             self.notify(note, title="Viewing", markup=False)
         self.apply(message.history, history=True)
 
+    def focus_panes(self) -> None:
+        """Unless the focus is on the run view already, give it to its panes, so that the keys scroll
+        them (PageDown, Home, End; Tab goes from pane to pane): where the terminal is too small for
+        all of them, each is reached that way."""
+        run = self.query_one("#run")
+        if self.focused is None or run not in self.focused.ancestors:
+            self.query_one("#panes").focus()
+
     def _clear_panes(self) -> None:
         self.remove_class("-finished")
         self.query_one(ResultsPanel).reset()
         self._charts.reset()
         self._evals.reset()
         self.query_one(RunStats).reset()
-        self._stats = self._sample = None
-        samples = self.query_one("#samples", Static)
-        samples.update("")
+        self._stats, self._samples_added = None, False
+        samples = self.query_one(SamplesPanel)
+        samples.reset()
         samples.display = False
 
     # ---- engine events ----------------------------------------------------------------------
@@ -121,13 +135,17 @@ class RunEvents:
         if e.resumed_from_step:
             self._charts.truncate(e.resumed_from_step)
             self._evals.truncate(e.resumed_from_step)
+            self.query_one(SamplesPanel).truncate(e.resumed_from_step)
+            self._samples_added = True
         else:
             self._clear_panes()
+        self._charts.plan_lr(_planned_lr(e))
         self.remove_class("-finished")
         self.query_one(ResultsPanel).reset()
         self.run_dir, self.run_task = e.run_dir, e.task
         self._final, self._final_in_history, self._paused = None, False, False
         self.query_one(ContentSwitcher).current = "run"
+        self.focus_panes()
         resumed = f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""
         share = 100 * e.trainable_params / max(e.total_params, 1)
         self._log(f"run {e.run_id} started: {e.trainable_params:,}/{e.total_params:,} parameters trainable "
@@ -135,18 +153,19 @@ class RunEvents:
                   f"{e.precision}{resumed}", "bold")
         self._total = e.planned_steps
         self._bar = (e.resumed_from_step, e.planned_steps,
-                     self._step_label(e.resumed_from_step, e.planned_steps, 0.0, None))
-        self.query_one("#samples").display = e.task == "causal-lm"
+                     self._step_label(e.resumed_from_step, e.planned_steps, 0.0, format_duration(None)))
+        self.query_one(SamplesPanel).display = e.task == "causal-lm"
         self._set_state(RunState.RUNNING)
 
     def _on_step(self, e: StepMetrics) -> None:
         self._bar = None  # the label is _stats', made once per batch
         self._stats = e
+        self._stats_pane.add_step(e)
         self._charts.add_step(e.step, e.loss, e.lr)
 
     @staticmethod
-    def _step_label(step: int, total: int | None, epoch: float, eta_s: float | None) -> str:
-        return f"step {step}/{total or step} · epoch {epoch:.2f} · ETA {format_duration(eta_s)}"
+    def _step_label(step: int, total: int | None, epoch: float, eta: str) -> str:
+        return f"step {step}/{total or step} · epoch {epoch:.2f} · ETA {eta}"
 
     def _on_eval(self, e: EvalResult) -> None:
         self._evals.add_result(e)
@@ -155,7 +174,8 @@ class RunEvents:
             self._charts.add_eval(e.step, e.metrics["loss"])
 
     def _on_sample(self, e: SampleGenerated) -> None:
-        self._sample = e
+        self.query_one(SamplesPanel).add(e)
+        self._samples_added = True
 
     def _on_checkpoint(self, e: CheckpointSaved) -> None:
         self._log(f"checkpoint step-{e.step} saved: {e.path}", "green")
@@ -183,11 +203,12 @@ class RunEvents:
         total = self._total
         self._bar = (e.step, total, f"step {e.step}/{total or e.step} · {e.reason} in {format_duration(e.elapsed_s)}")
         self._charts.flush(force=True)
-        self.query_one(ResultsPanel).show_run(e, self.run_dir or "", self.run_task)
+        last_eval = self._evals.results[-1].step if self._evals.results else None
+        self.query_one(ResultsPanel).show_run(e, self.run_dir or "", self.run_task, last_eval)
         self.add_class("-finished")
         self._log(f"run {e.reason} at step {e.step}" + (f"; model saved to {e.output_path}" if e.output_path else ""),
                   "bold")
-        self._set_state(RunState.FINISHED)
+        self._set_state(RunState.after(e.reason))
 
     def _on_run_failed(self, e: RunFailed) -> None:
         self._final, self._final_in_history = e, self._history
@@ -207,7 +228,8 @@ class RunEvents:
             return
         final = self._final
         if final is not None:
-            self.post_message(RunStateChanged(RunState.FAILED if isinstance(final, RunFailed) else RunState.FINISHED))
+            self.post_message(RunStateChanged(RunState.FAILED if isinstance(final, RunFailed)
+                                              else RunState.after(final.reason)))
             if self._final_in_history:
                 how = final.reason if isinstance(final, RunFinished) else f"failed: {final.message}"
                 self.notify(f"run {self.run_dir} is not training: it ended at step {final.step} ({how})",
@@ -235,9 +257,9 @@ class RunEvents:
         """Draw what the events applied since the last flush changed, once each."""
         if self._stats is not None:
             e = self._stats
-            self.query_one(RunStats).show_step(e)
+            self._stats_pane.show_last()
             if self._bar is None:
-                self._bar = (e.step, self._total, self._step_label(e.step, self._total, e.epoch, e.eta_s))
+                self._bar = (e.step, self._total, self._step_label(e.step, self._total, e.epoch, format_eta(e)))
             self._stats = None
         if self._bar is not None:
             self.query_one(RunProgress).show(*self._bar)
@@ -246,28 +268,15 @@ class RunEvents:
         if self._evals_added:
             self._evals.move_cursor(row=self._evals.row_count - 1)
             self._evals_added = False
-        if self._sample is not None:
-            self._show_sample(self._sample)
-            self._sample = None
+        if self._samples_added:
+            self.query_one(SamplesPanel).redraw()
+            self._samples_added = False
         if self._log_texts:
             self.query_one(RunLog).add(self._log_texts)
             self._log_texts = []
         if self._state is not None:
             self.post_message(RunStateChanged(self._state))
             self._state = None
-
-    def _show_sample(self, e: SampleGenerated) -> None:
-        samples = self.query_one("#samples", Static)
-        samples.border_title = f"samples at step {e.step}"
-        text = Text()
-        text.append("prompt ", style="dim")
-        text.append(e.prompt + "\n")
-        text.append("model  ", style="dim")
-        text.append(e.output + "\n", style="bold")
-        text.append("ref    ", style="dim")
-        text.append(e.reference)
-        samples.update(text)
-        samples.display = True
 
     # ---- the log pane -------------------------------------------------------------------------
     def _show_new_log_lines(self, count: int) -> None:
@@ -281,3 +290,14 @@ class RunEvents:
 
     def _log(self, line: str, style: str = "") -> None:
         self._log_texts.append(Text(line, style=style))
+
+
+def _planned_lr(e: RunStarted) -> list[tuple[int, float]]:
+    """The whole learning-rate schedule of the run `e` starts, from its config and the plan the engine
+    runs by (core.plan, the curve of the hyperparameter preview); empty when its config cannot be read."""
+    try:
+        _, config = open_run(e.run_dir)
+    except (UserError, OSError):
+        return []
+    plan = plan_steps(config, e.train_rows, e.world_size)
+    return lr_curve(plan.scheduler, config.optim.lr, plan.warmup_steps, plan.total_steps, points=PLANNED_POINTS)

@@ -4,11 +4,15 @@ The engine reports once a second, and the UI thread shares the interpreter with 
 training thread, so every millisecond spent drawing here is felt in how fast keys are answered:
 - points arrive into a `Curve` that keeps at most a few hundred of them (neighbours merge when it
   is full: a terminal is at most a few hundred braille dots wide anyway);
-- they are redrawn when the screen has applied a batch of events (`flush`), the loss at most every
-  two seconds and the learning rate (a known schedule, no news) every ten, so that the curves are
-  painted in the same screen update as the progress bar rather than in one of their own (on the
-  tiny LM, the UI thread then used 0.17 s of CPU per 20 s of training instead of 0.21 s with the
-  loss redrawn every second); the first points, a run's whole history among them, show at once;
+- they are redrawn when the screen has applied a batch of events (`flush`), at most every two
+  seconds, so that the curves are painted in the same screen update as the progress bar rather than
+  in one of their own (on the tiny LM, the UI thread then used 0.17 s of CPU per 20 s of training
+  instead of 0.21 s with the loss redrawn every second); the first points, a run's whole history
+  among them, show at once;
+- the learning rate is known before the run starts (core.plan and the schedule the hyperparameter
+  preview draws): its whole planned curve is drawn, and a marker moves along it to the step last
+  reported, whose value the plot's title gives at each report (a curve drawn from the reports
+  lagged: at step 9 it ended at step 4). A run whose config cannot be read plots its reports;
 - a plot keeps its drawing until its data or size changes, so switching screens costs no redraw.
 """
 
@@ -21,8 +25,8 @@ from textual.containers import Container
 from textual_plotext import PlotextPlot
 
 REDRAW_INTERVAL_S = 2.0
-LR_REDRAW_INTERVAL_S = 10.0
 MAX_POINTS = 400
+PLANNED_POINTS = 200
 
 
 class Curve:
@@ -91,7 +95,10 @@ class TrainCharts(Container):
         self.train_loss = Curve()
         self.eval_loss = Curve()
         self.lr = Curve()
-        self._drawn_at = self._lr_drawn_at = 0.0
+        """The reported learning rates (plotted only when the planned curve is unknown)."""
+        self.planned_lr: list[tuple[int, float]] = []
+        """(step, lr) of the run's whole schedule, from its plan."""
+        self._drawn_at = 0.0
         self._drawn_points = 0
         """Train-loss points in the last drawing: none means new points are drawn at once."""
         self._dirty = False
@@ -108,7 +115,15 @@ class TrainCharts(Container):
     def reset(self) -> None:
         for curve in (self.train_loss, self.eval_loss, self.lr):
             curve.clear()
+        self.planned_lr = []
+        self._title_lr()
         self.redraw()
+
+    def plan_lr(self, points: list[tuple[int, float]]) -> None:
+        """The run's planned schedule (core.plan's steps, the hyperparameter preview's curve); drawn
+        with the next flush."""
+        self.planned_lr = points
+        self._drawn_points, self._dirty = 0, True
 
     def truncate(self, step: int) -> None:
         """Keep the points up to `step` (a resumed run trains the later ones again)."""
@@ -121,6 +136,16 @@ class TrainCharts(Container):
         self.train_loss.add(step, loss)
         self.lr.add(step, lr)
         self._dirty = True
+        self._title_lr()
+
+    def _title_lr(self) -> None:
+        """The plot's title holds the learning rate last reported, at each report: the marker moves
+        with the plot's next drawing."""
+        title = "learning rate"
+        if self.lr:
+            step, lr = self.lr.points[-1]
+            title += f" {lr:.2e} @ step {step:,.0f}"
+        self.query_one("#lr-plot").border_title = title
 
     def add_eval(self, step: int, loss: float) -> None:
         """The point shows with the next step report's flush (or the end of the run)."""
@@ -134,42 +159,45 @@ class TrainCharts(Container):
             return
         now, first = time.monotonic(), not self._drawn_points
         if force or first or now - self._drawn_at >= REDRAW_INTERVAL_S:
-            self.redraw(lr=force or first or now - self._lr_drawn_at >= LR_REDRAW_INTERVAL_S)
+            self.redraw()
 
-    def _step_ticks(self, plt) -> None:
+    @staticmethod
+    def _step_ticks(plt, line) -> None:
         """Whole optimizer steps on the x axis (plotext would label merged points 11.5, 21.0, ...)."""
-        if not self.train_loss:
+        if not line:
             return
-        first, last = self.train_loss.points[0][0], self.train_loss.points[-1][0]
+        first, last = line[0][0], line[-1][0]
         ticks = sorted({round(first + (last - first) * i / 4) for i in range(5)})
         plt.xticks(ticks, [f"{t:,}" for t in ticks])
 
-    def redraw(self, lr: bool = True) -> None:
-        """Draw the loss, and the learning rate unless `lr` is False, now."""
+    def redraw(self) -> None:
+        """Draw both plots now."""
         self._drawn_at = time.monotonic()
         self._drawn_points, self._dirty = len(self.train_loss), False
-        self._draw(self.query_one("#loss-plot", CachedPlot), self.train_loss, self.eval_loss)
-        if lr:
-            self._lr_drawn_at = self._drawn_at
-            self._draw(self.query_one("#lr-plot", CachedPlot), self.lr)
+        self._draw(self.query_one("#loss-plot", CachedPlot), list(self.train_loss), list(self.eval_loss))
+        if self.planned_lr:  # the whole schedule, and where the run is on it
+            self._draw(self.query_one("#lr-plot", CachedPlot), self.planned_lr, self.lr.points[-1:], "●")
+        else:
+            self._draw(self.query_one("#lr-plot", CachedPlot), list(self.lr))
 
-    def _draw(self, plot: CachedPlot, line: Curve, dots: Curve | None = None) -> None:
+    def _draw(self, plot: CachedPlot, line: list, dots: list | None = None, marker: str = "dot") -> None:
         plt = plot.plt
         plt.clear_data()
         if line:
             plt.plot(*zip(*line), marker="braille")
         if dots:
-            plt.scatter(*zip(*dots), marker="dot")
-        self._step_ticks(plt)
+            plt.scatter(*zip(*dots), marker=marker)
+        self._step_ticks(plt, line)
         plot.changed()
 
     def _lr_ticks(self, plot: CachedPlot) -> None:
         """Labels of the LR axis in scientific notation (plotext's own print 1e-5 as 0.0000100): four
         where the plot has the rows, else the lowest and highest only; labels sharing a row would
         be drawn in an order that changes from one process to the next."""
-        if not self.lr:
+        values = [v for _, v in self.planned_lr or self.lr]
+        if not values:
             return
-        low, high = min(v for _, v in self.lr), max(v for _, v in self.lr)
+        low, high = min(values), max(values)
         count = 4 if plot.size.height >= 10 else 2
         ticks = [low + (high - low) * i / (count - 1) for i in range(count)] if high > low else [low]
         plot.plt.yticks(ticks, [f"{t:.1e}" for t in ticks])

@@ -47,17 +47,20 @@ class ResultsPanel(Vertical):
         """No results while the next run trains: nothing to copy or to try."""
         self.finished = None
 
-    def show_run(self, finished: RunFinished, run_dir: str, task: str) -> None:
+    def show_run(self, finished: RunFinished, run_dir: str, task: str, last_eval_step: int | None) -> None:
+        """`last_eval_step`: the step of the evaluation that gave the run's final metrics (a stopped
+        run's are an earlier step's, and were once shown as "final" as if measured at its end)."""
         self.finished, self.run_dir, self.run_task = finished, run_dir, task
         text = Text()
         text.append(f"{finished.reason} at step {finished.step} in {format_duration(finished.elapsed_s)}", style="bold")
         text.append(" · run folder ", style="dim")
         text.append(run_dir)
         if finished.best_metrics:
-            text.append(f"\nbest  (step {finished.best_step}) ", style="dim")
+            text.append(f"\nbest eval @ step {finished.best_step}: ", style="dim")
             text.append(format_metrics(finished.best_metrics), style="green")
-        if finished.final_metrics:
-            text.append("\nfinal ", style="dim")
+        if finished.final_metrics and last_eval_step != finished.best_step:
+            text.append(f"\nlast eval @ step {last_eval_step}: " if last_eval_step is not None else "\nlast eval: ",
+                        style="dim")
             text.append(format_metrics(finished.final_metrics))
         if finished.output_path:
             text.append("\nmodel ", style="dim")

@@ -1,4 +1,5 @@
-"""Throughput and memory of the live run: tokens/s, samples/s, CPU RSS, and the GPUs through NVML.
+"""Throughput and memory of the live run: tokens/s, samples/s (smoothed over the last seconds of
+training: sft_tui.format.train.SmoothedRate), CPU RSS, and the GPUs through NVML.
 
 The GPUs are polled every two seconds whether or not a run is live (another process may be using
 them); NVML answers in microseconds and without a CUDA context, so the poll stays on the UI thread.
@@ -11,6 +12,7 @@ from textual.widgets import Static
 
 from core.events import StepMetrics
 from core.memory import format_bytes, gpu_stats
+from sft_tui.format.train import RATE_SPAN_S, SmoothedRate
 
 GPU_POLL_S = 2.0
 
@@ -26,6 +28,7 @@ class RunStats(Static):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.last: StepMetrics | None = None
+        self.rate = SmoothedRate()
         self.gpus: list[dict] = []
 
     def on_mount(self) -> None:
@@ -36,10 +39,15 @@ class RunStats(Static):
 
     def reset(self) -> None:
         self.last = None
+        self.rate.reset()
         self._draw()
 
-    def show_step(self, metrics: StepMetrics) -> None:
+    def add_step(self, metrics: StepMetrics) -> None:
+        """Every report goes into the smoothed rate (a batch of events is drawn once, by show_last)."""
         self.last = metrics
+        self.rate.add(metrics)
+
+    def show_last(self) -> None:
         self._draw()
 
     def _poll_gpus(self) -> None:
@@ -55,9 +63,10 @@ class RunStats(Static):
             text.append("waiting for the first steps…", style="dim")
         else:
             grad = f" · grad {m.grad_norm:.3g}" if m.grad_norm is not None else ""
-            text.append(f"loss {m.loss:.4f}{grad} · lr {m.lr:.2g}\n")
-            text.append(f"{m.tokens_per_s:,.0f} tok/s", style="bold")
-            text.append(f" · {m.samples_per_s:,.1f} samples/s\n{m.tokens_seen:,} tokens seen")
+            text.append(f"step {m.step:,}: train loss {m.loss:.4f}{grad} · lr {m.lr:.2e}\n")
+            text.append(f"{self.rate.tokens_per_s:,.0f} tok/s", style="bold")
+            text.append(f" · {self.rate.samples_per_s:,.1f} samples/s", style="bold")
+            text.append(f" ({RATE_SPAN_S:.0f} s mean)\n{m.tokens_seen:,} tokens seen", style="dim")
             if "rss_bytes" in m.memory:
                 text.append(f" · RSS {format_bytes(m.memory['rss_bytes'])}")
             allocated = m.memory.get("gpu0_allocated_bytes")
