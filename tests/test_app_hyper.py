@@ -296,3 +296,21 @@ async def test_save_then_load_round_trips_and_bad_yaml_shows_in_the_dialog(tmp_p
         assert "optim.lrr: unknown field" in dialog.error
         await pilot.press("escape")
         assert app.screen is screen and app.session.config == saved
+
+
+async def test_at_80x24_every_field_shows_its_range_and_the_focused_one_its_whole_help():
+    """At 80 columns the limits column was dropped, so the range hints were gone."""
+    from helpers import visible_text
+
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_hyper(pilot)
+        lines = visible_text(app).splitlines()
+        for name, limits in (("lr", "> 0, < 1"), ("weight_decay", "≥ 0"), ("batch_size", "≥ 1"),
+                             ("max_grad_norm", "≥ 0"), ("epochs", "> 0, ≤ 10000")):
+            line = next(line for line in lines if line.startswith(f"│ {name} "))
+            assert line.split("│")[1].split()[-len(limits.split()):] == limits.split(), line
+        await pilot.press("tab")
+        help_line = app.screen.query_one("#hyper-help")
+        assert str(help_line.content).startswith("optim.lr (> 0, < 1): Base learning rate of AdamW")
+        assert help_line.region.height and "optim.lr (> 0, < 1): Base" in visible_text(app)

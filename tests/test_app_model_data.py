@@ -491,3 +491,75 @@ async def test_a_tied_lm_head_is_marked_and_counted_once_in_the_summary(tiny_mod
         assert "tied with model.embed_tokens" in lm_head
         first_level = [child for child in description.root.children if child.params and not child.tied_with]
         assert sum(child.params for child in first_level) == description.total_params
+
+
+# ---- the data screen: every panel reachable at 80x24, chat rows open at the answer (item 2, item 10) ---
+
+
+async def test_at_80x24_tab_brings_the_row_detail_and_the_label_bars_into_view():
+    """At 80x24 the data screen showed five rows, and neither the row detail nor the label bars."""
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_data(pilot)
+        app.screen.query_one("#data-preview").focus()
+        await pilot.pause()
+        assert "7   negative  27" in visible_text(app)  # seven rows of the table
+        await pilot.press("tab")
+        assert app.focused.id == "data-row-detail"
+        assert "row 1 · label positive · 21 tokens" in visible_text(app)
+        await pilot.press("tab")
+        assert app.focused.id == "data-stats-scroll"
+        text = visible_text(app)
+        assert "Labels (training rows)" in text and "negative ████" in text and "positive ████" in text
+
+
+SYSTEM_PROMPT = ("You are a careful assistant. Answer the question about the story in a few words, "
+                 "and say when the story does not tell.")
+SYSTEM_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""ChatML that adds a default system prompt, as SmolLM2-Instruct's template does."""
+
+
+async def test_a_chat_row_folds_the_system_prompt_and_opens_at_the_answer(tmp_path, tiny_model_factory, tiny_texts):
+    """With a template that adds a system prompt, the 8-line row detail showed the system prompt and
+    part of the question, never the answer."""
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "chat-model"
+    shutil.copytree(tiny_model_factory("llama"), model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = SYSTEM_TEMPLATE
+    tokenizer.save_pretrained(model)
+    story = "\n".join(tiny_texts[:14])
+    rows = [{"messages": [{"role": "user", "content": f"{story}\nWho paints the red ball?"},
+                          {"role": "assistant", "content": "The old teacher does."}]}] * 6
+    train = tmp_path / "chat.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    config = write_config(tmp_path / "run.yaml", task="causal-lm", eval={"metric": "loss"},
+                          model={"name_or_path": str(model)}, data={"train": str(train), "max_length": 256})
+    app = create_app(config)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_data(pilot)
+        system_tokens = len(tokenizer(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n",
+                                      add_special_tokens=False)["input_ids"])
+        assert app.session.data.train[0].system_tokens == system_tokens
+        folded = f"[system prompt: {system_tokens} tokens]"
+        cell = app.screen.query_one("#data-preview", DataTable).get_row_at(0)[-1]
+        assert cell.plain.startswith(f"{folded} <|im_start|>user⏎")
+        detail = app.screen.query_one("#data-row-detail")
+        assert detail.max_scroll_y > 0  # longer than its box: it scrolls
+        assert detail.scroll_y > 0  # and opens scrolled down to the answer
+        text = visible_text(app)
+        assert f"{ANSWER_MARK}The old teacher does." in text
+        assert "Who paints the red ball?" in text  # the line before the answer, for context
+        await pilot.press("tab")
+        assert app.focused is detail
+        await pilot.press("home")
+        assert folded in visible_text(app) and SYSTEM_PROMPT[:30] not in visible_text(app)

@@ -462,3 +462,29 @@ def test_importing_core_data_stays_light():
     code = "import sys, core.data; print(sorted({'torch', 'transformers', 'datasets'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+DEFAULT_SYSTEM = "You are a helpful assistant. The assistant answers briefly."
+SYSTEM_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n' }}"
+    "{% endif %}" + CHATML_TEMPLATE
+)
+"""ChatML that adds a default system prompt when the conversation has none (as SmolLM2's and
+Qwen2's templates do)."""
+
+
+def test_chat_rows_know_how_many_tokens_their_system_prompt_takes(tok, tmp_path):
+    """The data preview folds the system prompt, the template's default one or the row's own."""
+    templated = copy.deepcopy(tok)
+    templated.chat_template = SYSTEM_TEMPLATE
+    rows = [{"messages": CONVERSATION[1:3]}, {"messages": CONVERSATION[:3]}]
+    prepared = prepare_data(config(train=str(write_jsonl(tmp_path / "chat.jsonl", rows)), val_ratio=0), templated)
+    default, own = prepared.train
+    system = f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n"
+    assert default.system_tokens == len(tok(system, add_special_tokens=False)["input_ids"])
+    assert tok.decode(default.input_ids[default.system_tokens:]).startswith("<|im_start|>user\nWhat is 3 + 4?")
+    assert tok.decode(own.input_ids[:own.system_tokens]) == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    # Without a system prompt nothing is folded.
+    plain = prepare_data(config(train=str(write_jsonl(tmp_path / "plain.jsonl", rows[:1])), val_ratio=0), tok)
+    assert plain.train[0].system_tokens == 0

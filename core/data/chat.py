@@ -8,6 +8,7 @@ that runs the tokenizer's template, so it has a module of its own; it shares `En
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 from core.data.encoding import Context, Encoded, is_blank, lm_example, token_ids
@@ -50,6 +51,7 @@ def encode_chat(ds: datasets.Dataset, ctx: Context, split: str) -> Encoded:
         )
     template = None if getattr(tok, "chat_template", None) else ctx.chat_template
     out = Encoded()
+    system_tokens: dict[tuple, int] = {}  # by the row's system turns: the same prompt, the same count
     silent = "the conversation has no assistant turn with content"
     reason = f"no assistant token within data.max_length ({ctx.max_length} tokens)"
     for value in ds[ctx.columns.messages]:
@@ -68,6 +70,11 @@ def encode_chat(ds: datasets.Dataset, ctx: Context, split: str) -> Encoded:
         example = lm_example(ids, labels, ctx, out, reason)
         if example is None:
             continue
+        system = tuple(str(turn["content"]) for turn in _leading_system(turns))
+        if system not in system_tokens:
+            chars = _system_chars(tok, turns, template)
+            system_tokens[system] = len(token_ids(tok, [text[:chars]], special=False)[0]) if chars else 0
+        example.system_tokens = min(system_tokens[system], trained.index(True) if True in trained else 0)
         if split == "validation":
             _set_chat_sample(example, tok, turns, text, spans, ctx.max_length)
         out.examples.append(example)
@@ -107,6 +114,42 @@ def _render(tokenizer: Any, turns: list[dict[str, Any]], template: str | None, g
             f"the chat template failed on a conversation ({err}): {str(turns)[:120]!r}",
             "fix the conversation (e.g. roles in the order the template expects) or data.chat_template",
         ) from None
+
+
+def _leading_system(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return list(itertools.takewhile(lambda turn: turn["role"] == "system", turns))
+
+
+_PLACEHOLDERS = ("sft-tui-first-question", "sft-tui-answer", "sft-tui-next-question")
+
+
+def _system_chars(tokenizer: Any, turns: list[dict[str, Any]], template: str | None) -> int:
+    """How many characters at the start of a rendered conversation are its system prompt: the row's
+    system turns, or the default prompt the template adds when there are none.
+
+    Rendered with placeholder turns, the text before the first question is the system prompt
+    followed by the header that opens every user turn; that header is what comes between an
+    answer's end-of-turn text and the next question. 0 when nothing comes before the first header,
+    or when the template does not render the placeholders that way (the preview then folds nothing).
+    """
+    question, answer, follow_up = _PLACEHOLDERS
+    system = _leading_system(turns)
+    first = [*system, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    try:
+        one = _render(tokenizer, first[:-1], template, generation_prompt=False)
+        two = _render(tokenizer, first, template, generation_prompt=False)
+        three = _render(tokenizer, [*first, {"role": "user", "content": follow_up}], template, generation_prompt=False)
+    except UserError:
+        return 0
+    if question not in one or answer not in two or follow_up not in three:
+        return 0
+    before = one[: one.index(question)]
+    end_of_answer = two[two.index(answer) + len(answer):]
+    between = three[three.index(answer) + len(answer): three.index(follow_up)]
+    if not between.startswith(end_of_answer) or not before.endswith(between[len(end_of_answer):]):
+        return 0
+    chars = len(before) - len(between) + len(end_of_answer)
+    return chars if before[:chars].strip() else 0
 
 
 def _assistant_spans(tokenizer: Any, turns: list[dict[str, Any]], template: str | None

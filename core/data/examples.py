@@ -27,6 +27,9 @@ class Example:
     prompt_ids: list[int] | None = None
     prompt_text: str | None = None
     reference: str | None = None
+    system_tokens: int = 0
+    """Chat rows: how many leading tokens are the system prompt (the row's own system turns, or the
+    default one a chat template adds), which the data preview folds so the turns themselves show."""
 
 
 @dataclass

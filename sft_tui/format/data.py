@@ -33,10 +33,15 @@ def _flat(text: str, one_line: bool) -> str:
     return text.replace("\n", "⏎") if one_line else text
 
 
-def lm_row(tokenizer, example, one_line: bool = True) -> Text:
-    """A causal-LM row decoded in runs of masked and trained tokens, styled by which they are."""
+def lm_row(tokenizer, example, one_line: bool = True, folded: int = 0) -> Text:
+    """A causal-LM row decoded in runs of masked and trained tokens, styled by which they are; the
+    first `folded` tokens (a chat row's system prompt, Example.system_tokens) show as their count
+    only, so that the turns, not a long default system prompt, fill the few lines there are."""
     text = Text()
-    pairs = zip(example.input_ids, trained_positions(example.labels))
+    if folded:
+        text.append(f"[system prompt: {folded} tokens]", "dim italic")
+        text.append(" " if one_line else "\n")
+    pairs = list(zip(example.input_ids, trained_positions(example.labels)))[folded:]
     for masked, run in groupby(pairs, key=lambda pair: not pair[1]):
         if not masked and text:
             text.append(ANSWER_MARK, style="cyan")
@@ -63,7 +68,7 @@ def preview(data, tokenizer, limit: int = 20) -> tuple[list[tuple[str, int]], li
             text = classification_row(tokenizer, example)
             rows.append((str(i), data.labels[example.labels], str(len(example.input_ids)), text))
         else:
-            text = lm_row(tokenizer, example)
+            text = lm_row(tokenizer, example, folded=example.system_tokens)
             rows.append((str(i), str(len(example.input_ids)), str(trained_tokens(example.labels)), text))
         text.truncate(CELL_CHARS, overflow="ellipsis")
     if data.labels is not None:
@@ -78,16 +83,19 @@ def _width(cell: str | Text) -> int:
     return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
 
 
-def row_detail(data, tokenizer, index: int) -> Text:
-    """One training row in full, line breaks kept, under a heading with its label or token counts."""
+def row_detail(data, tokenizer, index: int) -> tuple[Text, int]:
+    """One training row in full, line breaks kept, under a heading with its label or token counts;
+    and where in it the first trained token starts (0 when no masked token comes before it), which
+    the preview scrolls to."""
     example = data.train[index]
     if data.labels is not None:
         heading = f"row {index + 1} · label {data.labels[example.labels]} · {len(example.input_ids)} tokens\n"
         body = classification_row(tokenizer, example, one_line=False)
     else:
         heading = f"row {index + 1} · {len(example.input_ids)} tokens, {trained_tokens(example.labels)} trained\n"
-        body = lm_row(tokenizer, example, one_line=False)
-    return Text.assemble((heading, "italic"), body)
+        body = lm_row(tokenizer, example, one_line=False, folded=example.system_tokens)
+    mark = body.plain.find(ANSWER_MARK) if data.labels is None else -1
+    return Text.assemble((heading, "italic"), body), len(heading) + mark if mark > 0 else 0
 
 
 def label_bars(counts: dict[str, int]) -> Table:

@@ -78,8 +78,8 @@ class HyperScreen(StepScreen):
         self.refresh_form()
 
     def on_resize(self, event: events.Resize) -> None:
-        """Below 100 columns the form drops its limits column (the help line still shows them) so
-        the preview keeps room for the LR curve."""
+        """Below 100 columns the form's columns narrow (hyper.tcss) so that the limits stay and the
+        preview keeps room for the LR curve."""
         self.set_class(event.size.width < 100, "-narrow")
 
     @property

@@ -31,8 +31,9 @@ def status_line(session, state: RunState, width: int) -> Text:
     """The draft run in at most `width` cells, when it can be done.
 
     The whole line first; then, until it fits, the least useful parts go (the app's name, the batch
-    size, the data name), the trainable share and the problem list shorten to a count, and the task and
-    model names are abbreviated. What stays at 80 columns: the state, model, task, trainable share and lr.
+    size, the data name), the trainable share and the task and model names are abbreviated, and last
+    the problem list shortens to its count. What stays at 80 columns: the state, model, task,
+    trainable share and lr.
     """
     config = session.config
     model = config.model.name_or_path.removeprefix("demo:")
@@ -55,8 +56,8 @@ def status_line(session, state: RunState, width: int) -> Text:
     shorter = [
         ("brand", None), ("bs", None), ("data", None),
         ("share", (f"{format_share(share)} train" if share is not None else config.freeze.preset, "")),
-        ("status", (f"{len(problems)} problem(s)", "bold red") if problems else parts["status"]),
         ("task", (SHORT_TASKS.get(config.task, config.task), "")), ("model", (_cut(model), "")),
+        ("status", (f"{len(problems)} problem(s)", "bold red") if problems else parts["status"]),
     ]
     order = ["brand", "status", "model", "task", "data", "share", "lr", "bs"]
 

@@ -3,8 +3,9 @@ full below the table (the cells are cut to one line)."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from sft_tui.format.data import preview, row_detail
@@ -20,7 +21,9 @@ class DataPreview(Vertical):
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="data-preview", cursor_type="row", zebra_stripes=True)
-        yield Static(id="data-row-detail")
+        # A long chat row is scrolled (and opens at its first trained token), not cut at the box's height.
+        with VerticalScroll(id="data-row-detail"):
+            yield Static(id="data-row-text")
 
     def show(self, data, tokenizer) -> None:
         """The rows of `data` (core.data.PreparedData) decoded with `tokenizer`; none while the
@@ -39,12 +42,21 @@ class DataPreview(Vertical):
     def reset(self) -> None:
         self.shown = None
         self.query_one(DataTable).clear(columns=True)
-        self.query_one("#data-row-detail", Static).update("")
+        self.query_one("#data-row-text", Static).update("")
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        detail = self.query_one("#data-row-detail", Static)
+        detail = self.query_one("#data-row-text", Static)
         if self.shown is None or self.shown[1] is None:
             detail.update("")
             return
         data, tokenizer = self.shown
-        detail.update(row_detail(data, tokenizer, event.cursor_row))
+        text, trained_at = row_detail(data, tokenizer, event.cursor_row)
+        detail.update(text)
+        self.call_after_refresh(self._scroll_to, text, trained_at)
+
+    def _scroll_to(self, text: Text, offset: int) -> None:
+        """Scroll the row detail so that the line holding character `offset` of `text` (the first
+        trained token) is the second line shown, the line before it giving its context."""
+        width = self.query_one("#data-row-text", Static).content_size.width
+        line = len(text[:offset].wrap(self.app.console, width)) - 1 if offset and width else 0
+        self.query_one("#data-row-detail", VerticalScroll).scroll_to(y=max(0, line - 1), animate=False)
