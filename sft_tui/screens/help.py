@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label
 
-FOCUS_KEYS = ("Tab / Shift+Tab", "Move between the fields, lists and buttons")
+FOCUS_KEYS = ("Tab / Shift+Tab", "Next / previous field, list or button")
 """Textual's focus keys: no binding of this app, but what a newcomer needs first."""
 
 
@@ -31,14 +31,18 @@ def help_rows(keymap: dict[str, str]) -> list[tuple[str, str, str]]:
 
 
 class HelpScreen(ModalScreen[None]):
+    DEFAULT_CSS = """
+    HelpScreen .dialog-hint { width: 100%; }
+    """
+    """The hint wraps at 80 columns instead of losing its end."""
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close", id="close-help")]
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog help-dialog"):
             yield Label("Keys", classes="dialog-title")
             yield DataTable(id="help-keys", cursor_type="row", zebra_stripes=True)
-            yield Label("Every key is a palette command too · to change them: sft-tui --print-keymap · Esc closes",
-                        classes="dialog-hint")
+            yield Label("Esc closes · every key is a palette command too (Ctrl+P) · to change keys: "
+                        "sft-tui --print-keymap", classes="dialog-hint")
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
