@@ -455,3 +455,24 @@ async def test_n_through_the_app_trains_a_new_run_under_its_parent(real_runs, tm
         await settle(pilot)
         row = screen.query_one(RunTable).get_row(str(runs / "lr-3e-3-cont"))
         assert row[-1] == "lr-3e-3"  # the parent column
+
+
+async def test_at_80x24_every_run_and_the_whole_diff_are_reached_from_the_keyboard(tmp_path):
+    """Nine runs in a table of six lines, and a diff under the charts: the cursor brings the last run
+    into view, and Tab takes the focus to the diff, whose rows scroll the same way."""
+    path = fake_runs_config(tmp_path)
+    for i in range(6):
+        write_fake_run(tmp_path / "runs", f"lm-extra-{i}", 1e-4 * (i + 1))
+    app = create_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_runs(pilot)
+        table = screen.query_one(RunTable)
+        assert table.row_count == 9 and app.focused is table
+        last = next(info.name for key, info in table.infos.items() if table.get_row_index(key) == 8)
+        assert last not in visible_text(app)
+        await pilot.press(*["down"] * 8)
+        assert last in visible_text(app)
+        await pilot.press("space", "up", "space")
+        await pilot.press("tab")
+        assert isinstance(app.focused, ConfigDiff)
+        assert "optim.lr" in visible_text(app)
