@@ -214,7 +214,7 @@ async def test_cached_models_show_bytes_with_a_unit_and_their_parameters(cached_
         sources = app.screen.query_one("#model-sources", OptionList)
         prompt = str(sources.get_option_at_index(sources.get_option_index(f"hf:{cached_tiny_llama}")).prompt)
         size = sum(f.stat().st_size for f in tiny_model_factory("llama").iterdir())
-        assert prompt == f"{cached_tiny_llama}  {format_bytes(size)} · {format_count(params)} params"
+        assert prompt == f"{cached_tiny_llama}\n{format_bytes(size)} · {format_count(params)} params"
         assert " KB · " in prompt
 
 
@@ -469,7 +469,8 @@ def test_the_status_line_gives_up_details_before_essentials():
                     "a-rather-long-training-file-name.jsonl · 25.0% trainable · lr 5e-05 · bs 16x1")
     narrow = status_line(session, RunState.IDLE, 78).plain
     assert len(narrow) <= 78
-    assert narrow.startswith("2 problem(s)")
+    assert narrow.startswith("2 problem(s): optim.…")
+    assert status_line(session, RunState.IDLE, 60).plain.startswith("2 problem(s) · ")
     for essential in ("SmolLM2", "classif", "25.0% train", "lr 5e-05"):
         assert essential in narrow
     running = status_line(session, RunState.RUNNING, 78).plain

@@ -32,8 +32,8 @@ def status_line(session, state: RunState, width: int) -> Text:
 
     The whole line first; then, until it fits, the least useful parts go (the app's name, the batch
     size, the data name), the trainable share and the task and model names are abbreviated, and last
-    the problem list shortens to its count. What stays at 80 columns: the state, model, task,
-    trainable share and lr.
+    the problem list is cut (to its count when no name fits). What stays at 80 columns: the state,
+    model, task, trainable share and lr.
     """
     config = session.config
     model = config.model.name_or_path.removeprefix("demo:")
@@ -57,7 +57,6 @@ def status_line(session, state: RunState, width: int) -> Text:
         ("brand", None), ("bs", None), ("data", None),
         ("share", (f"{format_share(share)} train" if share is not None else config.freeze.preset, "")),
         ("task", (SHORT_TASKS.get(config.task, config.task), "")), ("model", (_cut(model), "")),
-        ("status", (f"{len(problems)} problem(s)", "bold red") if problems else parts["status"]),
     ]
     order = ["brand", "status", "model", "task", "data", "share", "lr", "bs"]
 
@@ -75,6 +74,13 @@ def status_line(session, state: RunState, width: int) -> Text:
         if cell_len(text.plain) <= width:
             break
         parts[key] = replacement
+        text = assemble()
+    if problems and cell_len(text.plain) > width:
+        # As many problem names as fit, then "…"; the count alone when not even one does.
+        words, style = parts["status"]
+        room = cell_len(words) - (cell_len(text.plain) - width)
+        count = f"{len(problems)} problem(s)"
+        parts["status"] = (words[: room - 1] + "…" if room > len(count) + 8 else count, style)
         text = assemble()
     return text
 

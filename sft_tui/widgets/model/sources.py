@@ -137,5 +137,5 @@ def _options(models: list[CachedModel]) -> list[Option | None]:
     if not models:
         options.append(Option(Text("no models in the local HF cache", style="dim italic"), disabled=True))
     for model in models:
-        options.append(Option(Text.assemble(model.repo_id, "  ", (model.about(), "dim")), id=HF_PREFIX + model.repo_id))
+        options.append(Option(Text.assemble(model.repo_id, "\n", (model.about(), "dim")), id=HF_PREFIX + model.repo_id))
     return options
