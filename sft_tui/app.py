@@ -16,6 +16,7 @@ screen is drawn (see `warm_up`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,8 @@ LOG_KEEP = 1000
 SETTLE_POLL_S = 0.05
 PREBUILD_GAP_S = 0.05
 """Between two screens built ahead of their visit: keys typed meanwhile are answered first."""
+SHUTDOWN_WAIT_S = 5.0
+"""The longest the app's shutdown waits for a step the prebuild is still mounting."""
 
 
 def _screen(name: str):
@@ -110,6 +113,9 @@ class SftApp(RunFollowing, App):
         """The in-process run's sink: what its engine reported of its start and failure."""
         self._quit_when_stopped = False
         self._warmed = False
+        self._building: asyncio.Future | None = None
+        """The prebuild's screen being mounted (prebuild_steps), which shutdown lets finish."""
+        self._closing_down = False
         """The warm-up has started: at once, or once an attached run's history is shown."""
         self.log_lines: list[tuple[str, str, str]] = []
         """(level, logger, message) of the last LOG_KEEP log records, for the train screen."""
@@ -154,12 +160,29 @@ class SftApp(RunFollowing, App):
         of what a first visit costs once the screen exists. So is its size: the classes its width
         and height give it (HORIZONTAL_BREAKPOINTS, on_resize) are set now, not on the visit."""
         for name, _ in STEPS:
+            if self._closing_down:
+                return
             if name not in self._screen_stacks:  # not visited meanwhile
-                await self._init_mode(name)
-                screen = self._screen_stacks[name][0]
-                screen._css_update_count = self._css_update_count
-                screen.post_message(events.Resize(self.size, self.size))  # its breakpoint classes, now
+                self._building = asyncio.ensure_future(self._build_step(name))
+                await self._building
+                self._building = None
                 await asyncio.sleep(PREBUILD_GAP_S)
+
+    async def _build_step(self, name: str) -> None:
+        await self._init_mode(name)
+        screen = self._screen_stacks[name][0]
+        screen._css_update_count = self._css_update_count
+        screen.post_message(events.Resize(self.size, self.size))  # its breakpoint classes, now
+
+    async def _shutdown(self) -> None:
+        """Textual closes every screen here: a step the prebuild is still mounting would fail in its
+        on_mount (its widgets gone), an error shown as the app quits. The prebuild stops, and the
+        step it is building finishes first."""
+        self._closing_down = True
+        if self._building is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._building), SHUTDOWN_WAIT_S)
+        await super()._shutdown()
 
     def _warm_up(self) -> None:
         self.call_from_thread(self._cuda_known, warm_up())

@@ -51,3 +51,12 @@ async def test_a_first_visit_neither_refreshes_the_css_nor_restyles_the_step(mon
         assert refreshed == []
         whole = [node for node in restyled if isinstance(node, Screen)]
         assert whole == [], f"restyled as a whole on its first visit: {whole}"
+
+
+async def test_an_app_closed_while_it_builds_its_steps_closes_without_an_error():
+    """Closing waits for the step being built: unmounted under its on_mount, it raised NoMatches."""
+    for wait in (0.0, 0.1, 0.3, 0.6):
+        app = create_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(wait)
+        assert app.return_code in (None, 0), f"closed after {wait} s: {app._exception!r}"

@@ -18,7 +18,7 @@ PINNED = ("help", "quit", "command_palette")
 
 class StepFooter(Footer):
     DEFAULT_CSS = """
-    StepFooter #footer-pinned {
+    StepFooter .footer-pinned {
         dock: right;
         width: auto;
         background: $footer-background;
@@ -37,7 +37,7 @@ class StepFooter(Footer):
                 pinned[widget.action] = self._plainest_key(widget)
             else:
                 yield widget
-        yield HorizontalGroup(*(pinned[action] for action in PINNED if action in pinned), id="footer-pinned")
+        yield HorizontalGroup(*(pinned[action] for action in PINNED if action in pinned), classes="footer-pinned")
 
     def _plainest_key(self, key):
         """Show `q` rather than `^q` where both quit: Textual shows an action's first key, and the
