@@ -4,7 +4,7 @@ after them (evaluations, sample generations, checkpoints, the final save).
 Steps alone undercount: on a 135M model the steps-only ETA said 0:10 with 19 s left, the rest being
 the last evaluation, its generations and the save of `final/`. Each part is timed as the run does it;
 a part not seen yet in this process is estimated from the step time (an evaluation is a forward
-pass over the validation rows, a generated token a forward pass of one row) or from the bytes to
+pass over the validation rows, a generated token one row's share of a forward pass) or from the bytes to
 write, and the ETA then says it is an estimate. Plain Python fed with measured durations, so a test
 gives it seconds instead of a clock.
 """
@@ -66,7 +66,8 @@ class Eta:
         self.checkpoint_s.append(seconds)
 
     def remaining(self, step: int) -> Remaining | None:
-        """The time from after optimizer step `step` to the end of the run; None before a step was timed."""
+        """The time from the report of optimizer step `step` (sent before the evaluation and the
+        checkpoint due after that step) to the end of the run; None before a step was timed."""
         if self.steps == 0:
             return None
         plan, step_s = self.plan, self.train_s / self.steps
@@ -81,15 +82,15 @@ class Eta:
             return value
 
         seconds = (plan.total_steps - step) * step_s
-        evals_left = sum(s > step for s in plan.eval_steps) if self.validation_rows else 0
+        evals_left = sum(s >= step for s in plan.eval_steps) if self.validation_rows else 0
         if evals_left:
             passes = self.validation_rows / max(plan.effective_batch, 1)
             seconds += evals_left * measured_or(self.eval_s, passes * step_s * FORWARD_SHARE)
             if self.samples_per_eval:
-                per_token = step_s * FORWARD_SHARE / max(plan.grad_accum, 1)  # one row's forward pass
+                per_token = step_s * FORWARD_SHARE / max(plan.grad_accum * plan.batch_size, 1)  # a row's share
                 guess = self.samples_per_eval * self.max_new_tokens * per_token
                 seconds += evals_left * measured_or(self.samples_s, guess)
-        checkpoints_left = sum(s > step for s in plan.checkpoint_steps)
+        checkpoints_left = sum(s >= step for s in plan.checkpoint_steps)
         if checkpoints_left:
             seconds += checkpoints_left * measured_or(self.checkpoint_s, self.checkpoint_bytes / WRITE_BYTES_PER_S)
         if self.save_final:

@@ -355,17 +355,19 @@ def eta_for(tmp_path, **over):
 
 def test_the_eta_counts_evaluations_generations_checkpoints_and_the_final_save(tmp_path):
     """Issue 10.15: the ETA was the steps alone, 0:10 with 19 s left. Measured durations in, seconds
-    out: after step 5 of 10 (evaluations after 5 and 10, a checkpoint after 5), 1 s a step."""
+    out, for a run of 10 steps at 1 s a step, with evaluations after steps 5 and 10 and a checkpoint
+    after step 5. A step's report comes before the evaluation and checkpoint due after it."""
     eta = eta_for(tmp_path)
     eta.stepped(5.0, 5)
     before = eta.remaining(5)
-    assert before.estimated and before.seconds > 5 * 1.0  # an evaluation, its generations and the save guessed
+    assert before.estimated and before.seconds > 5 * 1.0  # evaluations, generations and saves guessed
     eta.evaluated(3.0, 2.0)
     eta.checkpointed(1.5)  # 300 bytes in 1.5 s: the final save's 100 bytes take 0.5 s
-    after = eta.remaining(5)
+    eta.stepped(1.0, 1)
+    after = eta.remaining(6)
     assert not after.estimated
-    assert after.seconds == pytest.approx(5 * 1.0 + (3.0 + 2.0) + 0.5)
-    assert eta.remaining(10).seconds == pytest.approx(0.5)  # the last evaluation is done: only the save
+    assert after.seconds == pytest.approx(4 * 1.0 + (3.0 + 2.0) + 0.5)
+    assert eta.remaining(10).seconds == pytest.approx(3.0 + 2.0 + 0.5)  # the last evaluation, then the save
     assert eta_for(tmp_path).remaining(0) is None  # nothing timed yet
 
 
