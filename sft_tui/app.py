@@ -173,6 +173,10 @@ class SftApp(RunFollowing, App):
         screen = self._screen_stacks[name][0]
         screen._css_update_count = self._css_update_count
         screen.post_message(events.Resize(self.size, self.size))  # its breakpoint classes, now
+        await asyncio.sleep(PREBUILD_GAP_S)
+        screen._refresh_layout(self.size)  # lays it out (drawn only when current)
+        await asyncio.sleep(PREBUILD_GAP_S)  # its widgets take their sizes
+        screen._compositor.render_full_update()  # fills their line caches: what a first frame costs
 
     async def _shutdown(self) -> None:
         """Textual closes every screen here: a step the prebuild is still mounting would fail in its
