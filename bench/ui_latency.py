@@ -22,7 +22,9 @@ Between idle measurements the app settles (workers done, screen quiet).
 
 --repeats N: N fresh apps per model (first visits are once per app: reported as median and range),
 and N rounds of revisits of every step (sft_tui.app.STEPS) in each; step 1 is the start screen, so
-it has no first visit by key. Then, on step 5, "s" starts a run (no evals, no checkpoints, 100,000
+it has no first visit by key (the app builds the other steps while the first shows: a first visit
+is timed after the app settled). Esc, untimed, leaves a form before a number key. Then, on step 5,
+Enter starts a run (no evals, no checkpoints, 100,000
 steps, in the app's own thread); after 2 steps, 8 rounds of "?", escape, "4", "5"; the run is
 stopped at the end.
 """
@@ -114,6 +116,9 @@ async def measure(app, label: str, args, rows: dict) -> None:
                 for number, (name, _) in enumerate(STEPS, 1):
                     if visit == "first" and number == 1:
                         continue
+                    if app.screen.in_form:  # a number key types into a form's box: Esc leaves it first
+                        await pilot.press("escape")
+                        await settle(pilot)
                     add(f"{visit} {number}", await timed(app, frames, str(number), str(number), SCREENS[name]))
                     await settle(pilot)
             await pilot.press("5", "enter")
