@@ -84,12 +84,14 @@ def stopped_run(setup: Setup, name: str, at: int) -> Path:
 
 
 def resume(run_dir: Path, capsys) -> str:
-    """`sft-tui train --resume RUN` in-process; returns what it printed. Asserts it completed."""
+    """`sft-tui train --resume RUN` in-process; returns what it printed (progress on stderr, then
+    the result on stdout). Asserts it completed."""
     code = main(["train", "--resume", str(run_dir)])
-    err = " ".join(capsys.readouterr().err.split())
-    assert code == 0, err
-    assert f"run completed at step {STEPS}" in err and "Traceback" not in err
-    return err
+    printed = capsys.readouterr()
+    text = " ".join((printed.err + " " + printed.out).split())
+    assert code == 0, text
+    assert f"run completed at step {STEPS}" in printed.out and "Traceback" not in text
+    return text
 
 
 def start(setup: Setup, name: str, **kw) -> subprocess.Popen:
@@ -116,11 +118,11 @@ def test_a_stop_signal_saves_a_checkpoint_exits_3_and_resumes(sig, setup, capsys
     events = setup.run_dir(name) / "events.jsonl"
     wait_for(events, '"type": "step"')
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_STOPPED, err
     err = " ".join(err.split())
     assert f"{sig.name}: stopping after this step" in err and "Traceback" not in err
-    assert f"resume with: sft-tui train --resume {setup.run_dir(name)}" in err
+    assert f"resume with: sft-tui train --resume {setup.run_dir(name)}" in " ".join(out.split())
     finished = read_events(events)[-1]
     assert finished.type == "run_finished" and finished.reason == "stopped" and 0 < finished.step < STEPS
     assert latest_checkpoint(setup.run_dir(name) / "checkpoints").name == f"step-{finished.step}"
