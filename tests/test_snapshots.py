@@ -9,11 +9,19 @@ that is meant to change a picture, regenerate with `pytest tests/test_snapshots.
 from __future__ import annotations
 
 import pytest
+from textual.widgets import Input
 
 from sft_tui.app import create_app
 from sft_tui.widgets.train.stats import RunStats
 from helpers import settle
 from test_app_train import open_train, post_finished_run
+
+
+@pytest.fixture(autouse=True)
+def steady_cursor(monkeypatch):
+    """The same pictures at any moment: a focused text box's cursor does not blink (the model step
+    opens with its path box focused)."""
+    monkeypatch.setattr(Input.__dict__["cursor_blink"], "_default", False)
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +68,20 @@ async def hyper_with_an_invalid_field(pilot) -> None:
     await pilot.press("0")
     await pilot.pause()
     await pilot.press("escape")
+
+
+async def finished_run_scrolled_down(pilot) -> None:
+    """The finished training screen at its end: the panes under the charts (eval, samples, log),
+    which 80x24 cannot show at once, reached with the keyboard."""
+    await post_finished_run(pilot)
+    await pilot.press("end")
+    await pilot.pause(0.2)
+
+
+async def help_screen(pilot) -> None:
+    await settle(pilot)
+    await pilot.press("f1")  # F1: `?` would type into the model's path box, which has the focus
+    await pilot.pause()
 
 
 # ---- the snapshots ------------------------------------------------------------------------------
@@ -117,6 +139,18 @@ def test_snapshot_train_finished_120x40(snap_compare):
 
 def test_snapshot_train_finished_80x24(snap_compare):
     assert snap_compare(create_app(task="causal-lm"), terminal_size=(80, 24), run_before=post_finished_run)
+
+
+def test_snapshot_train_finished_scrolled_80x24(snap_compare):
+    assert snap_compare(create_app(task="causal-lm"), terminal_size=(80, 24), run_before=finished_run_scrolled_down)
+
+
+def test_snapshot_help_120x40(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=help_screen)
+
+
+def test_snapshot_help_80x24(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=help_screen)
 
 
 def test_snapshot_runs_compare_120x40(snap_compare, tmp_path, monkeypatch):

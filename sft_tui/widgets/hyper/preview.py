@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
@@ -15,8 +15,9 @@ from sft_tui.format.hyper import NO_DATA, describe_plan
 from sft_tui.widgets.hyper.schedule import lr_curve
 
 
-class SchedulePreview(Vertical):
-    """The step counts and the learning-rate curve of the draft run."""
+class SchedulePreview(VerticalScroll):
+    """The step counts and the learning-rate curve of the draft run. It scrolls (Tab reaches it)
+    where the terminal is too short for both: a curve squeezed under the counts lost its axis."""
 
     plan: StepPlan | None = None
     """The plan shown now; None while the data is not loaded."""
