@@ -303,9 +303,9 @@ def test_a_sighup_to_the_apps_terminal_does_not_stop_its_run(tiny_model_factory,
     tmux = Tmux("sft-sighup")
     try:
         shell = tmux.start(tmp_path, str(config))
-        tmux.wait(lambda: "Model" in tmux.screen(), "the app")
-        tmux("send-keys", "-t", "app", "Escape")  # out of the model's path box, so that 5 is a key
-        time.sleep(0.5)
+        tmux.wait(lambda: "Leave the form" in tmux.screen(), "the app, in the model's path box")
+        tmux("send-keys", "-t", "app", "Escape")  # out of the path box, so that 5 is a key
+        tmux.wait(lambda: "? Help" in tmux.screen(), "the form left")
         tmux("send-keys", "-t", "app", "5")
         tmux.wait(lambda: "Start training" in tmux.screen(), "step 5")
         tmux("send-keys", "-t", "app", "Enter")

@@ -58,8 +58,9 @@ def test_a_run_started_in_the_app_outlives_its_terminal_and_is_attached_again(tm
     try:
         tmux("new-session", "-d", "-s", first, "-x", "120", "-y", "40", f"cd {tmp_path} && {SFT} story.yaml")
         wait_for_screen(first, "sft-tui ready")  # the draft bar: model and data loaded
-        tmux("send-keys", "-t", first, "Escape")  # out of the model's path box, so that 5 is a key
-        time.sleep(0.5)
+        wait_for_screen(first, "Leave the form")  # the model's path box has the focus
+        tmux("send-keys", "-t", first, "Escape")  # out of it, so that 5 is a key
+        wait_for_screen(first, "? Help")
         tmux("send-keys", "-t", first, "5")
         time.sleep(1)
         tmux("send-keys", "-t", first, "Enter")
