@@ -72,13 +72,10 @@ class SftApp(RunFollowing, App):
         # The step tabs show the number keys: in the footer they would push out the screen's keys.
         *(Binding(str(i), f"go('{name}')", f"Step {i}: {label}", id=f"go-{name}", show=False)
           for i, (name, label) in enumerate(STEPS, 1)),
-        Binding("ctrl+s", "save_config", "Save YAML", id="save-yaml",
-                tooltip="Write the whole draft config to a YAML file; `sft-tui train FILE` runs it headless"),
-        Binding("ctrl+o", "load_config", "Load YAML", id="load-yaml",
-                tooltip="Replace the draft with a config read from a YAML file"),
         Binding("question_mark,f1", "help", "Help", id="help", tooltip="Every key, where it works and what it does"),
-        Binding("q", "quit", "Quit", id="quit",
-                tooltip="Leave the app; a run that trains asks first whether to keep it training"),
+        Binding("ctrl+s", "save_config", "Save YAML", id="save-yaml", tooltip="Write the draft to a YAML config"),
+        Binding("ctrl+o", "load_config", "Load YAML", id="load-yaml", tooltip="Replace the draft with a YAML config"),
+        Binding("q", "quit", "Quit", id="quit", tooltip="Leave the app (a training run asks first)"),
         Binding("ctrl+q", "quit", "Quit", id="quit-anywhere", priority=True,
                 tooltip="Quit from anywhere, even while typing in a box or in a dialog"),
         Binding("ctrl+p", "command_palette", "Commands", id="palette", priority=True,
