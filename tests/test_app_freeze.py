@@ -266,11 +266,16 @@ async def test_a_model_that_fails_to_load_is_explained_in_place(tmp_path):
         assert "Cannot show the freeze map" in shown and "no-such-model" in shown
 
 
-async def test_tied_gpt2_embeddings_toggle_with_the_lm_head(tmp_path, tiny_model_dir):
+def causal_lm_app(tmp_path, model_dir):
+    """The app on the causal-LM demo's config with the model in `model_dir`."""
     config = example_config("causal-lm")
-    config.model.name_or_path = str(tiny_model_dir("gpt2"))
+    config.model.name_or_path = str(model_dir)
     save_config(config, tmp_path / "run.yaml")
-    app = create_app(tmp_path / "run.yaml", task="causal-lm")
+    return create_app(tmp_path / "run.yaml", task="causal-lm")
+
+
+async def test_tied_gpt2_embeddings_toggle_with_the_lm_head(tmp_path, tiny_model_dir):
+    app = causal_lm_app(tmp_path, tiny_model_dir("gpt2"))
     async with app.run_test(size=(120, 40)) as pilot:
         await open_freeze(pilot)
         assert app.session.model.description.head == ["lm_head"]
@@ -330,10 +335,7 @@ async def test_at_80_columns_the_tree_shows_whole_module_names():
 
 
 async def test_a_tied_lm_head_names_its_owner_in_the_tree(tmp_path, tiny_model_dir):
-    config = example_config("causal-lm")
-    config.model.name_or_path = str(tiny_model_dir("llama"))
-    save_config(config, tmp_path / "run.yaml")
-    app = create_app(tmp_path / "run.yaml", task="causal-lm")
+    app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
     async with app.run_test(size=(120, 40)) as pilot:
         await open_freeze(pilot)
         assert labels(app)["lm_head"] == "lm_head train tied with model.embed_tokens Linear"
