@@ -16,7 +16,6 @@ screen is drawn (see `warm_up`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,6 @@ from functools import partial
 from pathlib import Path
 
 from textual.actions import parse as parse_action
-from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
@@ -36,21 +34,32 @@ from core.config import RunConfig, example_config, load_config, save_config
 from core.logs import ROUTED_LOGGERS, EventLogHandler
 from core.runs import RunPaths
 from sft_tui.error_log import APP_ERROR_LOG
-from sft_tui.messages import DataLoaded, EngineEvent, LoadFailed, ModelLoaded, RunState, RunStateChanged
+from sft_tui.messages import (
+    DataLoaded,
+    EngineEvent,
+    LoadFailed,
+    ModelLoaded,
+    RunState,
+    RunStateChanged,
+)
 from sft_tui.run_client import RunClient
 from sft_tui.run_following import RunFollowing
 from sft_tui.session import Session
-from sft_tui.worker import PostingSink, RunSink, load_data, load_model_info, report_load, warm_up
+from sft_tui.step_prebuild import StepPrebuild
+from sft_tui.worker import (
+    PostingSink,
+    RunSink,
+    load_data,
+    load_model_info,
+    report_load,
+    warm_up,
+)
 
 STEPS = [("model", "Model"), ("data", "Data"), ("freeze", "Freeze"), ("hyper", "Hyper"), ("train", "Train"),
          ("runs", "Runs")]
 LOG_KEEP = 1000
 """Log lines kept for the train screen's log pane."""
 SETTLE_POLL_S = 0.05
-PREBUILD_GAP_S = 0.05
-"""Between two screens built ahead of their visit: keys typed meanwhile are answered first."""
-SHUTDOWN_WAIT_S = 5.0
-"""The longest the app's shutdown waits for a step the prebuild is still mounting."""
 
 
 def _screen(name: str):
@@ -64,7 +73,7 @@ def _screen(name: str):
     return make
 
 
-class SftApp(RunFollowing, App):
+class SftApp(RunFollowing, StepPrebuild, App):
     CSS_PATH = "app.tcss"
     TITLE = "sft-tui"
     MODES = {name: _screen(name) for name, _ in STEPS}
@@ -110,9 +119,6 @@ class SftApp(RunFollowing, App):
         """The in-process run's sink: what its engine reported of its start and failure."""
         self._quit_when_stopped = False
         self._warmed = False
-        self._building: asyncio.Future | None = None
-        """The prebuild's screen being mounted (prebuild_steps), which shutdown lets finish."""
-        self._closing_down = False
         """The warm-up has started: at once, or once an attached run's history is shown."""
         self.log_lines: list[tuple[str, str, str]] = []
         """(level, logger, message) of the last LOG_KEEP log records, for the train screen."""
@@ -146,44 +152,6 @@ class SftApp(RunFollowing, App):
             self.run_worker(self._warm_up, thread=True, name="warm-up", group="warm-up", exit_on_error=False)
             self.run_worker(self.prebuild_steps, name="prebuild", group="prebuild", exit_on_error=False)
 
-    async def prebuild_steps(self) -> None:
-        """Compose and mount every step not shown yet, one at a time, while the user reads the first:
-        a first visit then costs what a revisit does, not the 0.3-1.5 s of building a screen. (Textual
-        builds a mode's screen on its first switch_mode; `_init_mode` is that build, without the
-        switch. A step so built takes its ScreenResume only when shown: StepScreen.)
-
-        Once mounted, a built screen is styled by the app's current stylesheet: marking it so spares
-        its first visit a restyle of every screen's widgets (Textual's refresh_css), which is most
-        of what a first visit costs once the screen exists. So is its size: the classes its width
-        and height give it (HORIZONTAL_BREAKPOINTS, on_resize) are set now, not on the visit."""
-        for name, _ in STEPS:
-            if self._closing_down:
-                return
-            if name not in self._screen_stacks:  # not visited meanwhile
-                self._building = asyncio.ensure_future(self._build_step(name))
-                await self._building
-                self._building = None
-                await asyncio.sleep(PREBUILD_GAP_S)
-
-    async def _build_step(self, name: str) -> None:
-        await self._init_mode(name)
-        screen = self._screen_stacks[name][0]
-        screen._css_update_count = self._css_update_count
-        screen.post_message(events.Resize(self.size, self.size))  # its breakpoint classes, now
-        await asyncio.sleep(PREBUILD_GAP_S)
-        screen._refresh_layout(self.size)  # lays it out (drawn only when current)
-        await asyncio.sleep(PREBUILD_GAP_S)  # its widgets take their sizes
-        screen._compositor.render_full_update()  # fills their line caches: what a first frame costs
-
-    async def _shutdown(self) -> None:
-        """Textual closes every screen here: a step the prebuild is still mounting would fail in its
-        on_mount (its widgets gone), an error shown as the app quits. The prebuild stops, and the
-        step it is building finishes first."""
-        self._closing_down = True
-        if self._building is not None:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._building), SHUTDOWN_WAIT_S)
-        await super()._shutdown()
 
     def _warm_up(self) -> None:
         self.call_from_thread(self._cuda_known, warm_up())

@@ -41,7 +41,7 @@ class StepScreen(Screen):
         return self.app.session
 
     def check_message_enabled(self, message: Message) -> bool:
-        """A step built ahead of its first visit (SftApp.prebuild_steps) takes no ScreenResume until
+        """A step built ahead of its first visit (StepPrebuild.prebuild_steps) takes no ScreenResume until
         it is shown: its resume handlers catch up with the session, start loads and timers, which
         are for a screen the user sees."""
         if isinstance(message, events.ScreenResume) and not self.is_current:
