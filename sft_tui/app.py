@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 from textual.actions import parse as parse_action
 from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
@@ -34,32 +32,18 @@ from core.config import RunConfig, example_config, load_config, save_config
 from core.logs import ROUTED_LOGGERS, EventLogHandler
 from core.runs import RunPaths
 from sft_tui.error_log import APP_ERROR_LOG
-from sft_tui.messages import (
-    DataLoaded,
-    EngineEvent,
-    LoadFailed,
-    ModelLoaded,
-    RunState,
-    RunStateChanged,
-)
+from sft_tui.loading import Loading
+from sft_tui.messages import EngineEvent, RunState, RunStateChanged
 from sft_tui.run_client import RunClient
 from sft_tui.run_following import RunFollowing
 from sft_tui.session import Session
 from sft_tui.step_prebuild import StepPrebuild
-from sft_tui.worker import (
-    PostingSink,
-    RunSink,
-    load_data,
-    load_model_info,
-    report_load,
-    warm_up,
-)
+from sft_tui.worker import PostingSink, RunSink, warm_up
 
 STEPS = [("model", "Model"), ("data", "Data"), ("freeze", "Freeze"), ("hyper", "Hyper"), ("train", "Train"),
          ("runs", "Runs")]
 LOG_KEEP = 1000
 """Log lines kept for the train screen's log pane."""
-SETTLE_POLL_S = 0.05
 
 
 def _screen(name: str):
@@ -73,7 +57,7 @@ def _screen(name: str):
     return make
 
 
-class SftApp(RunFollowing, StepPrebuild, App):
+class SftApp(Loading, RunFollowing, StepPrebuild, App):
     CSS_PATH = "app.tcss"
     TITLE = "sft-tui"
     MODES = {name: _screen(name) for name, _ in STEPS}
@@ -150,15 +134,18 @@ class SftApp(RunFollowing, StepPrebuild, App):
         if not self._warmed:
             self._warmed = True
             self.run_worker(self._warm_up, thread=True, name="warm-up", group="warm-up", exit_on_error=False)
-            self.run_worker(self.prebuild_steps, name="prebuild", group="prebuild", exit_on_error=False)
+            if self.PREBUILD_STEPS:
+                self.run_worker(self.prebuild_steps, name="prebuild", group="prebuild", exit_on_error=False)
 
 
     def _warm_up(self) -> None:
         self.call_from_thread(self._cuda_known, warm_up())
 
     def _cuda_known(self, cuda: bool) -> None:
+        """The warm-up is done: torch, transformers and datasets are imported."""
         self.session.cuda = cuda
         self.changed()
+        self.freeze_heap()
 
     def on_unmount(self) -> None:
         for name in ROUTED_LOGGERS:
@@ -184,70 +171,6 @@ class SftApp(RunFollowing, StepPrebuild, App):
 
     def _draft(self) -> tuple:
         return self.session.config, dict(self.session.invalid)
-
-    # ---- loading the model structure and the data (thread workers) ---------------------------
-    def load_model(self) -> None:
-        """(Re)load the configured model's structure and tokenizer; ModelLoaded or LoadFailed."""
-        self.model_state = "loading"
-        config = self.session.config
-        labels = self.session.data.labels if self.session.data is not None else None
-        self._load("model", config, lambda: ModelLoaded(load_model_info(config, labels), config))
-
-    def load_data(self) -> None:
-        """(Re)tokenize the configured data, loading the model's tokenizer first when there is none
-        for this task; DataLoaded or LoadFailed."""
-        self.data_state = "loading"
-        config, model = self.session.config, self.session.model
-
-        def work() -> DataLoaded:
-            info = model if model is not None and model.task == config.task else load_model_info(config)
-            return DataLoaded(info, load_data(config, info), config)
-
-        self._load("data", config, work)
-
-    def _load(self, kind: str, config: RunConfig, work: Callable[[], Message]) -> None:
-        self._loading[kind] = config
-        self.run_worker(partial(report_load, self, kind, config, work), thread=True, exclusive=True, group=kind,
-                        exit_on_error=False)
-
-    async def model_settled(self) -> None:
-        """Return once the warm-up has imported torch and transformers and no model load is
-        running: a data load started then reuses the model's tokenizer instead of loading a
-        second one at the same time."""
-        while self.model_state == "loading" or any(
-            worker.group == "warm-up" and not worker.is_finished for worker in self.workers
-        ):
-            await asyncio.sleep(SETTLE_POLL_S)
-
-    def on_model_loaded(self, message: ModelLoaded) -> None:
-        if self.session.is_current("model", message.config):
-            self._take_model(message.info)
-            self.changed()
-
-    def _take_model(self, info) -> None:
-        self.session.load_succeeded("model")
-        self.session.model = info
-        self.model_state = "ready"
-
-    def on_data_loaded(self, message: DataLoaded) -> None:
-        if not self.session.is_current("data", message.config):
-            return
-        info, data = message.info, message.data
-        self.session.load_succeeded("data")
-        self.session.data = data
-        self.data_state = "ready"
-        if info.labels != data.labels:
-            self.load_model()  # the classification head is sized from the data's labels
-        elif self.session.model is not info:
-            self._take_model(info)
-        self.changed()
-
-    def on_load_failed(self, message: LoadFailed) -> None:
-        """The error becomes one of the session's problems; one about settings changed meanwhile
-        leaves nothing loaded for the current ones."""
-        failed = self.session.load_failed(message.kind, message.config, message.message, message.hint)
-        setattr(self, f"{message.kind}_state", "failed" if failed else "none")
-        self.changed()
 
     # ---- the run (started and followed by RunFollowing) -------------------------------------------
     def on_run_state_changed(self, message: RunStateChanged) -> None:

@@ -15,6 +15,10 @@ SHUTDOWN_WAIT_S = 5.0
 
 
 class StepPrebuild:
+    PREBUILD_STEPS = True
+    """Build the steps ahead of their visit. The pilot tests turn it off (tests/conftest.py) unless
+    they test it: waiting for every step's build made each app test 1-3 s slower; a step not
+    built yet is built on its first visit, as Textual does."""
     _building: asyncio.Future | None = None
     """The prebuild's screen being mounted (prebuild_steps), which shutdown lets finish."""
     _closing_down = False
@@ -28,7 +32,10 @@ class StepPrebuild:
         Once mounted, a built screen is styled by the app's current stylesheet: marking it so spares
         its first visit a restyle of every screen's widgets (Textual's refresh_css), which is most
         of what a first visit costs once the screen exists. So is its size: the classes its width
-        and height give it (HORIZONTAL_BREAKPOINTS, on_resize) are set now, not on the visit."""
+        and height give it (HORIZONTAL_BREAKPOINTS, on_resize) are set now, not on the visit.
+
+        The steps built, their widgets live as long as the app: out of the garbage collector's way
+        (Loading.freeze_heap)."""
         for name in self.MODES:  # in step order
             if self._closing_down:
                 return
@@ -37,6 +44,7 @@ class StepPrebuild:
                 await self._building
                 self._building = None
                 await asyncio.sleep(PREBUILD_GAP_S)
+        self.freeze_heap()
 
     async def _build_step(self, name: str) -> None:
         await self._init_mode(name)

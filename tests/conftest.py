@@ -7,6 +7,7 @@ hub reads HF_HOME and HF_HUB_OFFLINE when it is first imported.
 from __future__ import annotations
 
 import atexit
+import gc
 import itertools
 import os
 import shutil
@@ -63,3 +64,26 @@ def tiny_model_factory(tmp_path_factory, tiny_texts):
 def tiny_model_dir(tiny_model_factory):
     """The same factory under the name `tiny_model_dir("gpt2")` reads best in tests."""
     return tiny_model_factory
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "prebuild: the app builds its steps ahead of their visit, as it does for users")
+
+
+@pytest.fixture(autouse=True)
+def _steps_built_on_visit(request, monkeypatch):
+    """Pilot tests see each step built on its first visit: building every step ahead (what users
+    get) cost each app test 1-3 s of waiting in `settle`. Tests of the prebuilt path, and the
+    snapshots, which show what users see, ask for it with @pytest.mark.prebuild."""
+    if request.node.get_closest_marker("prebuild") is None:
+        from sft_tui.step_prebuild import StepPrebuild
+        monkeypatch.setattr(StepPrebuild, "PREBUILD_STEPS", False)
+
+
+@pytest.fixture(autouse=True)
+def _heap_unfrozen():
+    """An app freezes the heap it leaves (Loading.freeze_heap), for the process's life; in a test
+    session that would keep every earlier test's garbage cycles. After each test the collector
+    gets them back."""
+    yield
+    gc.unfreeze()

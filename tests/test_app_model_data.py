@@ -359,10 +359,10 @@ async def test_a_load_whose_settings_change_meanwhile_is_cancelled_not_applied(m
     left, so it is cancelled and its result never becomes session.data (nor stays "loading")."""
     import threading
 
-    import sft_tui.app
+    import sft_tui.loading
 
     release, done = threading.Event(), threading.Event()
-    real = sft_tui.app.load_data
+    real = sft_tui.loading.load_data
 
     def slow(config, info):
         release.wait(30)
@@ -371,7 +371,7 @@ async def test_a_load_whose_settings_change_meanwhile_is_cancelled_not_applied(m
         finally:
             done.set()
 
-    monkeypatch.setattr(sft_tui.app, "load_data", slow)
+    monkeypatch.setattr(sft_tui.loading, "load_data", slow)
     app = create_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)  # the model screen loaded the demo model

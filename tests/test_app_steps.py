@@ -5,11 +5,17 @@ stylesheet refreshed or widget restyled, on the key that shows it."""
 
 from __future__ import annotations
 
+import gc
+
+import pytest
 from textual.screen import Screen
 
 from sft_tui.app import STEPS, create_app
 from sft_tui.screens import SCREENS
+from sft_tui.widgets.footer import StepFooter
 from helpers import settle
+
+pytestmark = pytest.mark.prebuild
 
 
 async def test_every_step_is_built_before_its_first_visit_and_waits_to_be_shown():
@@ -60,3 +66,59 @@ async def test_an_app_closed_while_it_builds_its_steps_closes_without_an_error()
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause(wait)
         assert app.return_code in (None, 0), f"closed after {wait} s: {app._exception!r}"
+
+
+async def test_showing_a_built_step_again_lays_out_nothing_and_keeps_its_footer(monkeypatch):
+    """Textual laid a step out in full on every switch, as after a terminal resize, and composed its
+    footer anew two or three times: most of a revisit's 110-190 ms."""
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("escape", "3", "4", "3")
+        await settle(pilot)
+        layouts: list[Screen] = []
+        footers: list[StepFooter] = []
+        refresh_layout = Screen._refresh_layout
+        monkeypatch.setattr(Screen, "_refresh_layout",
+                            lambda screen, *a, **k: layouts.append(screen) or refresh_layout(screen, *a, **k))
+        recompose = StepFooter.recompose
+        monkeypatch.setattr(StepFooter, "recompose", lambda footer: footers.append(footer) or recompose(footer))
+        for key in "4343":
+            await pilot.press(key)
+            await settle(pilot)
+        assert isinstance(app.screen, SCREENS["freeze"])
+        assert layouts == [] and footers == []
+
+        await pilot.press("tab")  # into the freeze tree: keys of its own join the footer
+        await settle(pilot)
+        assert footers == [app.screen.query_one(StepFooter)]
+
+
+async def test_a_step_hidden_while_the_terminal_was_resized_is_laid_out_at_the_new_size():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("escape", "4", "escape", "3")
+        await settle(pilot)
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+        hyper = app.screen
+        assert isinstance(hyper, SCREENS["hyper"]) and hyper.has_class("-narrow")
+        assert hyper.query_one(StepFooter).region.bottom == 24
+
+
+async def test_what_the_warm_up_and_the_loads_leave_is_out_of_the_collectors_full_passes():
+    """A full garbage collection scanned the libraries, the model's structure and the data, 0.1-0.3 s
+    with the GIL held, and a key pressed then waited: they are frozen (gc.freeze) once loaded."""
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("escape", "2")
+        await settle(pilot)
+        assert app.data_state == "ready"
+        scanned = {id(obj) for obj in gc.get_objects()}
+        loaded = [app.session.model, app.session.data, app.screen, app.get_screen_stack("runs")[0]]
+        assert all(gc.is_tracked(obj) for obj in loaded)
+        assert [obj for obj in loaded if id(obj) in scanned] == []

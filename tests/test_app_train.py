@@ -585,7 +585,7 @@ async def test_a_loader_bug_names_its_traceback_and_the_model_is_a_problem(monke
     def load_model_info(config, labels=None):
         raise RuntimeError("the loader fell over")
 
-    monkeypatch.setattr("sft_tui.app.load_model_info", load_model_info)
+    monkeypatch.setattr("sft_tui.loading.load_model_info", load_model_info)
     app = create_app(lm_config_file(tmp_path, tiny_model_factory("llama")))
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))  # settle() re-raises the failure

@@ -16,6 +16,8 @@ from sft_tui.widgets.train.stats import RunStats
 from helpers import settle
 from test_app_train import open_train, post_finished_run
 
+pytestmark = pytest.mark.prebuild  # what users see: every step built ahead of its visit
+
 
 @pytest.fixture(autouse=True)
 def steady_cursor(monkeypatch):

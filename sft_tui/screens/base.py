@@ -55,6 +55,13 @@ class StepScreen(Screen):
         Screen's own handler, which reads the flag.)"""
         event.refresh_styles = False
 
+    def _screen_resized(self, size) -> None:
+        """Textual lays a screen out in full on every switch to it, as if the terminal had been
+        resized. A step already laid out at this size (built ahead, or seen before) needs none:
+        what changed while it was hidden asked for its own layout, which runs when it is shown."""
+        if self._compositor.size != size:
+            super()._screen_resized(size)
+
     @property
     def in_form(self) -> bool:
         """The focus is on a text box, or on a button, checkbox or choice of a form."""

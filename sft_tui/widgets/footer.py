@@ -29,8 +29,24 @@ class StepFooter(Footer):
 
     def __init__(self) -> None:
         super().__init__(show_command_palette=False, compact=True)
+        self._shown: tuple | None = None
+        """The keys the footer shows or is about to (_keys): it is composed again only when they change."""
+
+    def bindings_changed(self, screen) -> None:
+        """Textual composes the footer anew whenever the bindings may have changed: on every step
+        switch and focus change, and twice when a step is shown. Most change nothing it shows."""
+        keys = self._keys() if screen is self.screen else None
+        if keys is None or keys != self._shown:
+            self._shown = keys
+            super().bindings_changed(screen)
+
+    def _keys(self) -> tuple:
+        return tuple((binding.key, binding.description, binding.action, enabled, tooltip)
+                     for _, binding, enabled, tooltip in self.screen.active_bindings.values() if binding.show)
 
     def compose(self) -> ComposeResult:
+        if self._bindings_ready:
+            self._shown = self._keys()
         pinned = {}
         for widget in super().compose():
             if getattr(widget, "action", None) in PINNED:  # a FooterKey (private to Textual)

@@ -107,6 +107,7 @@ class ConfigField(Widget):
         super().__init__(classes="config-field", id=f"field-{spec.dotted.replace('.', '-')}")
         self.spec, self._value = spec, value
         self._shown = format_value(value) if spec.kind in ("int", "float", "text") else value
+        self._choices = spec.choices
 
     def compose(self) -> ComposeResult:
         spec = self.spec
@@ -154,7 +155,9 @@ class ConfigField(Widget):
         select = self.query_one(Select)
         self._shown = value
         with self.prevent(Select.Changed):
-            select.set_options([(c, c) for c in choices])
+            if choices != self._choices:  # new options lay the form out again
+                self._choices = choices
+                select.set_options([(c, c) for c in choices])
             select.value = value
 
     def on_input_changed(self, event: Input.Changed) -> None:
