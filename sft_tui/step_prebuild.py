@@ -51,6 +51,7 @@ class StepPrebuild:
         screen = self._screen_stacks[name][0]
         screen._css_update_count = self._css_update_count
         screen.post_message(events.Resize(self.size, self.size))  # its breakpoint classes, now
+        screen.refresh_bindings()  # its footer lists its keys now (StepFooter composes when they change)
         await asyncio.sleep(PREBUILD_GAP_S)
         screen._refresh_layout(self.size)  # lays it out (drawn only when current)
         await asyncio.sleep(PREBUILD_GAP_S)  # its widgets take their sizes

@@ -74,8 +74,10 @@ async def test_showing_a_built_step_again_lays_out_nothing_and_keeps_its_footer(
     app = create_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        await pilot.press("escape", "3", "4", "3")
-        await settle(pilot)
+        await pilot.press("escape")
+        for key in "343":  # first visits, each laid out before the next
+            await pilot.press(key)
+            await settle(pilot)
         layouts: list[Screen] = []
         footers: list[StepFooter] = []
         refresh_layout = Screen._refresh_layout

@@ -33,6 +33,9 @@ class ModelScreen(StepScreen):
     _task_proposal: str | None = None
     """Said under the status after a load whose task was set from the checkpoint (action_load)."""
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    AUTO_FOCUS = "#model-path"
+    """A model id typed at once lands in its box, focused as the screen is composed (not after its
+    mount, when keys could already come); again on every visit. Esc leaves it."""
     BINDINGS = [
         Binding("ctrl+l", "load", "Load model", id="load-model"),
         Binding("ctrl+r", "rescan_cache", "Rescan HF cache", id="rescan-hf-cache"),
@@ -64,7 +67,6 @@ class ModelScreen(StepScreen):
     def on_mount(self) -> None:
         self._synced: tuple | None = None
         self._sync_form()
-        self.query_one("#model-path", Input).focus()  # a model id typed at once lands in its box; Esc leaves it
         self.watch(self.app, "model_state", self._show_state)
 
     def on_screen_resume(self) -> None:
