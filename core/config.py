@@ -197,6 +197,17 @@ class CheckpointConfig(_Section):
     """How many checkpoints to keep; older ones are deleted."""
 
 
+class ComputeConfig(_Section):
+    """How the run uses its devices and their memory."""
+
+    gradient_checkpointing: bool = False
+    """Recompute each trained block's activations in the backward pass instead of keeping them:
+    much less activation memory for about a third more compute."""
+    oom_recovery: bool = True
+    """When a step runs out of GPU memory, halve the micro-batch and double the accumulation (the
+    same effective batch) and retry, instead of ending the run."""
+
+
 def is_folder_name(name: str) -> bool:
     """One plain folder name: not empty or dots, no separator, NUL or drive. Checked by the config
     and again by core.runs, which creates and deletes folders by this name."""
@@ -261,6 +272,7 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:

@@ -5,6 +5,7 @@ round-trips through YAML from the screen."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -44,6 +45,10 @@ BAD_VALUES = {
     "seed": ("-", "valid integer", "7"),
 }
 CHOICES = {"schedule.scheduler": "cosine", "eval.metric": "f1", "precision": "fp32"}
+BLOCKS = re.compile("[\u2580-\u259f]+")
+"""The block characters a scrollbar is drawn with."""
+TOGGLES = {"compute.gradient_checkpointing": True, "compute.oom_recovery": False}
+"""Checkbox fields and the value a press of space gives them (the opposite of the default)."""
 
 
 def value_at(config, dotted):
@@ -138,7 +143,7 @@ async def test_every_field_shows_pydantic_message_inline_and_clears_when_fixed()
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_hyper(pilot)
         fields = screen.fields
-        assert set(fields) == set(BAD_VALUES) | set(CHOICES), "every field of the screen is covered"
+        assert set(fields) == set(BAD_VALUES) | set(CHOICES) | set(TOGGLES), "every field of the screen is covered"
         before = app.session.config
         for count, (dotted, (bad, allowed, _)) in enumerate(BAD_VALUES.items(), 1):
             field = fields[dotted]
@@ -200,6 +205,18 @@ async def test_select_fields_offer_what_pydantic_allows_and_cross_field_errors_s
                                "use one of: loss, accuracy, f1")
         assert app.session.invalid == {"eval.metric": field.error}
         assert app.session.config.eval.metric == "f1"
+
+
+async def test_checkbox_fields_toggle_with_space():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_hyper(pilot)
+        for dotted, toggled in TOGGLES.items():
+            assert value_at(app.session.config, dotted) is not toggled
+            screen.fields[dotted].control.focus()
+            await pilot.press("space")
+            await pilot.pause()
+            assert value_at(app.session.config, dotted) is toggled
 
 
 # ---- the preview -------------------------------------------------------------------------------
@@ -309,7 +326,8 @@ async def test_at_80x24_every_field_shows_its_range_and_the_focused_one_its_whol
         for name, limits in (("lr", "> 0, < 1"), ("weight_decay", "≥ 0"), ("batch_size", "≥ 1"),
                              ("max_grad_norm", "≥ 0"), ("epochs", "> 0, ≤ 10000")):
             line = next(line for line in lines if line.startswith(f"│ {name} "))
-            assert line.split("│")[1].split()[-len(limits.split()):] == limits.split(), line
+            cells = [word for word in line.split("│")[1].split() if not BLOCKS.fullmatch(word)]  # not the scrollbar
+            assert cells[-len(limits.split()):] == limits.split(), line
         await pilot.press("tab")
         help_line = app.screen.query_one("#hyper-help")
         assert str(help_line.content).startswith("optim.lr (> 0, < 1): Base learning rate of AdamW")

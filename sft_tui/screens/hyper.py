@@ -25,7 +25,8 @@ from sft_tui.session import field_problem
 from sft_tui.widgets.hyper.form import ConfigField, FieldSpec, field_spec, section_specs
 from sft_tui.widgets.hyper.preview import SchedulePreview
 
-SECTIONS = [("Optimizer", "optim"), ("Schedule", "schedule"), ("Evaluation", "eval"), ("Checkpoints", "checkpoint")]
+SECTIONS = [("Optimizer", "optim"), ("Schedule", "schedule"), ("Evaluation", "eval"), ("Checkpoints", "checkpoint"),
+            ("Compute", "compute")]
 TOP_LEVEL = ("Run", ["seed", "precision"])
 
 """The eval.metric values RunConfig accepts per task (its cross-field check)."""
