@@ -208,6 +208,38 @@ class ComputeConfig(_Section):
     same effective batch) and retry, instead of ending the run."""
 
 
+LoraQuantize = Literal["none", "4bit"]
+
+
+class LoraConfig(_Section):
+    """LoRA through peft: small trained adapters beside frozen base weights, instead of (or with)
+    the freeze map's full training. Targets, presets and how it combines with the freeze map: core.lora."""
+
+    enabled: bool = False
+    """Train LoRA adapters; the base model stays frozen except what the freeze map trains beyond
+    its catch-all rule (a new classification head, a top-n preset's blocks), which trains in full."""
+    r: int = Field(16, ge=1, le=4096)
+    """Rank of each adapter: its parameters grow linearly with it."""
+    alpha: float = Field(32.0, gt=0.0)
+    """Scale of the adapter's update: alpha / r (alpha / sqrt(r) with use_rslora)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the adapter's input."""
+    targets: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1)
+    """Modules that get adapters: the presets `attention` (the attention blocks' projections) and
+    `all-linear` (every linear layer but the output head), or module patterns as in freeze rules (a
+    path, a glob, `re:...`) that cover the linear and embedding layers at and below them."""
+    use_dora: bool = False
+    """DoRA: adapt the weights' direction and magnitude apart (needs a peft that has it)."""
+    use_rslora: bool = False
+    """rsLoRA: scale by alpha / sqrt(r), which keeps high ranks stable (needs a peft that has it)."""
+    quantize: LoraQuantize = "none"
+    """QLoRA: `4bit` loads the frozen base in 4-bit NF4 through bitsandbytes; needs a CUDA GPU and
+    bitsandbytes installed."""
+    merge_on_export: bool = False
+    """Also write `final/merged/`: the adapters merged into the base weights, a model that loads
+    with AutoModel* without peft. `final/` itself always holds the adapter and the tokenizer."""
+
+
 def is_folder_name(name: str) -> bool:
     """One plain folder name: not empty or dots, no separator, NUL or drive. Checked by the config
     and again by core.runs, which creates and deletes folders by this name."""
@@ -273,6 +305,7 @@ class RunConfig(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:

@@ -1,5 +1,7 @@
 """The run's deliverable: `final/`, a save_pretrained folder that loads with the Auto classes and
-`transformers.pipeline` like any model from the Hub."""
+`transformers.pipeline` like any model from the Hub; for a LoRA run, the adapter (which loads with
+`PeftModel.from_pretrained` over the base) and, with lora.merge_on_export, `final/merged/`: the
+adapters merged into the base weights, a plain model that loads without peft."""
 
 from __future__ import annotations
 
@@ -7,15 +9,39 @@ from pathlib import Path
 
 from core.atomic import atomic_folder
 
+MERGED = "merged"
 
-def save_final(model, tokenizer, out_dir: Path) -> Path:
+
+def save_final(model, tokenizer, out_dir: Path, merge: bool | None = None) -> Path:
     """Save model and tokenizer into `out_dir` through atomic_folder, so a crash mid-save leaves no
     half-written `final/` for a user or `pipeline` to load. The generation config takes the
-    tokenizer's pad token, so generating from the saved model pads as training did."""
+    tokenizer's pad token, so generating from the saved model pads as training did.
+
+    A peft model saves its adapter; `merge` True also writes the merged model into `merged/`, and
+    None takes lora.merge_on_export from the run's config.yaml beside `out_dir` (the engine passes
+    none). Merging happens in place, after the adapter is saved: the run is over, and a copy of the
+    model would double the memory at the very end of it."""
+    from peft import PeftModel
+
     generation = getattr(model, "generation_config", None)
     if generation is not None and tokenizer.pad_token_id is not None:
         generation.pad_token_id = tokenizer.pad_token_id
+    is_peft = isinstance(model, PeftModel)
+    if is_peft and merge is None:
+        merge = _merge_requested(out_dir)
     with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if is_peft and merge:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(tmp / MERGED)
+            tokenizer.save_pretrained(tmp / MERGED)
     return out_dir
+
+
+def _merge_requested(out_dir: Path) -> bool:
+    """lora.merge_on_export of the run whose `final/` is `out_dir` (False without a config there)."""
+    from core.config import load_config
+
+    config_file = out_dir.parent / "config.yaml"
+    return config_file.is_file() and load_config(config_file).lora.merge_on_export

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.config import FreezeConfig, FreezeRule
-from core.errors import UserError
 from core.describe import ModelDescription
+from core.errors import UserError
 
 
 class PresetRule(FreezeRule):
@@ -124,13 +124,32 @@ def effective_rules(freeze: FreezeConfig, desc: ModelDescription) -> list[Freeze
     return preset_rules(freeze.preset, desc, freeze.top_n) + list(freeze.rules)
 
 
-def _matcher(rules: list[FreezeRule], index: int) -> Callable[[str], bool]:
-    pattern = rules[index].match
+PEFT_PREFIX = "base_model.model."
+_PEFT_SEGMENTS = ("base_layer", "original_module", "modules_to_save", "default")
+"""What peft's LoRA wrapping adds to a parameter's name: the PeftModel's prefix, the wrapped layer
+(`q_proj.base_layer.weight`), a trained copy (`score.modules_to_save.default.weight`) and its
+frozen original, and the adapter's name."""
+
+
+def base_name(name: str) -> str:
+    """The name a parameter of a peft-wrapped model has in the model as loaded, which is what rules
+    match: `base_model.model.model.layers.0.q_proj.lora_A.default.weight` is
+    `model.layers.0.q_proj.lora_A.weight`, so a rule covering `model.layers.0` covers it."""
+    name = name.removeprefix(PEFT_PREFIX)
+    return ".".join(part for part in name.split(".") if part not in _PEFT_SEGMENTS)
+
+
+def matcher(pattern: str) -> Callable[[str], bool]:
+    """The test of a rule's `match` (or a LoRA target pattern) against one module path or name."""
     if pattern.startswith("re:"):
         return re.compile(pattern[3:]).fullmatch
     if any(c in pattern for c in "*?["):
         return lambda name: fnmatch.fnmatchcase(name, pattern)
     return pattern.__eq__
+
+
+def _matcher(rules: list[FreezeRule], index: int) -> Callable[[str], bool]:
+    return matcher(rules[index].match)
 
 
 def _candidates(names: list[str]) -> set[str]:
@@ -158,7 +177,7 @@ def _decide(model, rules: list[FreezeRule]) -> tuple[list[tuple[list[str], objec
     matched_any = [False] * len(rules)
     decided = []
     for names, param in _tensors(model):
-        candidates = _candidates(names)
+        candidates = _candidates([base_name(name) for name in names])
         hits = [i for i, match in enumerate(matchers) if any(match(c) for c in candidates)]
         for i in hits:
             matched_any[i] = True
@@ -198,6 +217,19 @@ def _summarize(rules: list[FreezeRule], decided, matched_any: list[bool]) -> Fre
 def summarize_freeze(model, rules: list[FreezeRule]) -> FreezeSummary:
     """Counts of what the map would do, without changing the model (for the freeze-map screen)."""
     return _summarize(rules, *_decide(model, rules))
+
+
+def summarize_trained(model, rules: list[FreezeRule]) -> FreezeSummary:
+    """The summary of a model whose requires_grad flags are already set (a peft-wrapped one): its
+    trainable count is what trains, LoRA adapters included, and the frozen originals of the modules
+    peft trains in full (`original_module`) are left out of the total, which is then the base model's
+    size plus what LoRA adds."""
+    decided, matched_any = _decide(model, rules)
+    decided = [item for item in decided if not any(".original_module." in name for name in item[0])]
+    summary = _summarize(rules, decided, matched_any)
+    summary.trainable_params = sum(param.numel() for _, param, _ in decided if param.requires_grad)
+    summary.trainable_share = summary.trainable_params / summary.total_params if summary.total_params else 0.0
+    return summary
 
 
 def apply_freeze_map(model, rules: list[FreezeRule]) -> FreezeSummary:

@@ -265,18 +265,26 @@ def load_model(
     dtype=None,
     pad_token_id: int | None = None,
     announce_new_head: bool = True,
+    quantize: str = "none",
 ):
     """Load the model with the Auto class of `task` (an existing head of another size is replaced).
 
     `dtype` None loads the checkpoint's own dtype (transformers 5's "auto"); pass torch.float32 to
     train fp32 master weights of a half-precision checkpoint. `announce_new_head` False: a caller
     about to load trained weights over a new head keeps its "new task head initialised" out of the log.
+    `quantize` "4bit" loads the linear layers in 4-bit NF4 through bitsandbytes, for QLoRA (the caller
+    checks core.lora.quantize_problem first).
     """
     import transformers
 
     path = resolve_model_path(cfg.name_or_path)
     config = _task_config(cfg, path, task, labels, pad_token_id)
     extra: dict[str, Any] = {"ignore_mismatched_sizes": True} if task == "classification" else {}
+    if quantize == "4bit":
+        import torch
+
+        # 4-bit weights are made on the GPU as they load; each process puts its copy on its own one.
+        extra.update(quantization_config=_four_bit(dtype), device_map={"": torch.cuda.current_device()})
     auto = getattr(transformers, TASK_CLASSES[task])
     report = logging.getLogger("transformers.modeling_utils")
     report.addFilter(_drop_load_report)
@@ -295,6 +303,17 @@ def load_model(
         report.removeFilter(_drop_load_report)
     _log_load_info(model, info, announce_new_head)
     return model
+
+
+def _four_bit(dtype):
+    """QLoRA's quantization: NF4 weights with double quantization, computing in bf16 where the GPU
+    has it (the fp32 master dtype would make every 4-bit matmul dequantize to fp32)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute if dtype in (None, torch.float32) else dtype)
 
 
 def _check_weights(cfg: ModelConfig, path: str) -> None:

@@ -76,18 +76,36 @@ def setup_data(config: RunConfig):
 
 def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
     """The model with fp32 master weights (autocast does the rest), the freeze map's rules for it,
-    and the summary of what they left trainable. A resumed run's checkpoint replaces a new task
-    head's random weights next, so its log does not announce a new head."""
+    and the summary of what they left trainable. With lora.enabled the model comes back wrapped by
+    peft (core.lora), the rules are the map's under LoRA, and the summary counts the adapters. A
+    resumed run's checkpoint replaces a new task head's random weights next, so its log does not
+    announce a new head."""
     import torch
 
     from core.describe import describe_model
     from core.freeze import apply_freeze_map, effective_rules
     from core.models import load_model
 
+    lora = config.lora if config.lora.enabled else None
+    if lora is not None:
+        from core.lora import lora_problem, quantize_problem
+
+        if problem := quantize_problem(lora, torch.cuda.is_available()) or lora_problem(lora):
+            raise problem
     model = load_model(config.model, config.task, data.labels, dtype=torch.float32,
-                       pad_token_id=tokenizer.pad_token_id, announce_new_head=not resumed)
-    rules = effective_rules(config.freeze, describe_model(model))
-    summary = apply_freeze_map(model, rules)
+                       pad_token_id=tokenizer.pad_token_id, announce_new_head=not resumed,
+                       quantize=lora.quantize if lora is not None else "none")
+    description = describe_model(model)
+    if lora is not None:
+        from core.lora import apply_lora
+
+        model, plan, summary = apply_lora(model, description, config)
+        rules = plan.rules
+        log.info("LoRA adapters on %d layers (r %d); trained in full: %s", len(plan.targets), lora.r,
+                 ", ".join(plan.modules_to_save) or "nothing")
+    else:
+        rules = effective_rules(config.freeze, description)
+        summary = apply_freeze_map(model, rules)
     for warning in summary.warnings:
         log.warning(warning)
     return model, rules, summary

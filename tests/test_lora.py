@@ -1,0 +1,246 @@
+"""LoRA through peft: targets, how it combines with the freeze map, training, export, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import WORDS, StopAt, tiny_lm_config, write_jsonl
+from safetensors.torch import load_file
+from safetensors.torch import load_model as load_weights
+
+from core.config import LoraConfig, parse_config
+from core.describe import describe_model
+from core.engine import train
+from core.errors import UserError
+from core.events import ListSink, RunStarted, StepMetrics
+from core.freeze import base_name
+from core.lora import apply_lora, plan_lora, quantize_problem, resolve_targets
+from core.models import load_model
+
+
+@pytest.fixture
+def sft_file(tmp_path):
+    rows = [{"prompt": f"Say {w} {i % 3}:", "completion": f" {w} {w}"} for i, w in enumerate(WORDS * 8)]
+    return write_jsonl(tmp_path / "sft.jsonl", rows)
+
+
+@pytest.fixture
+def cls_file(tmp_path):
+    rows = [{"text": f"{w} is {'good great fine' if i % 2 else 'bad awful poor'}", "label": "pos" if i % 2 else "neg"}
+            for i, w in enumerate(WORDS * 8)]
+    return write_jsonl(tmp_path / "cls.jsonl", rows)
+
+
+def lm_config(model_dir, data, tmp_path, **sections):
+    sections["lora"] = {"enabled": True, **sections.get("lora", {})}
+    return parse_config(tiny_lm_config(model_dir, data, tmp_path / "runs", **sections))
+
+
+def cls_config(model_dir, data, tmp_path, **sections):
+    config = {"task": "classification", "seed": 5, "model": {"name_or_path": str(model_dir)},
+              "data": {"train": str(data), "max_length": 16}, "optim": {"lr": 5e-3, "batch_size": 8},
+              "schedule": {"max_steps": 8}, "eval": {"every_steps": 8, "metric": "accuracy"},
+              "checkpoint": {"every_steps": 8},
+              "output": {"runs_dir": str(tmp_path / "runs"), "run_name": "cls"}, "lora": {"enabled": True}}
+    for name, fields in sections.items():
+        config.setdefault(name, {}).update(fields)
+    return parse_config(config)
+
+
+def run(config, control=None, **kw):
+    sink = ListSink()
+    return train(config, [sink], control, report_interval_s=0, **kw), sink
+
+
+def losses(sink) -> dict[int, float]:
+    return {e.step: e.loss for e in sink.of_type(StepMetrics)}
+
+
+def _loaded(model_dir, task="causal-lm"):
+    model = load_model(parse_config({"model": {"name_or_path": str(model_dir)}}).model, task, ["a", "b"],
+                       dtype=torch.float32)
+    return model, describe_model(model)
+
+
+# ---- targets ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("arch", "task", "attention", "linear_per_block"), [
+    ("llama", "causal-lm", {"q_proj", "k_proj", "v_proj", "o_proj"}, 7),
+    ("gpt2", "causal-lm", {"c_attn", "c_proj"}, 4),
+    ("bert", "classification", {"query", "key", "value", "dense"}, 6),
+])
+def test_presets_find_attention_and_linear_layers_of_each_architecture(arch, task, attention, linear_per_block,
+                                                                       tiny_model_factory):
+    model, desc = _loaded(tiny_model_factory(arch), task)
+    found = resolve_targets(model, desc, ["attention"])
+    assert {path.rsplit(".", 1)[1] for path in found} == attention
+    assert all(".attn." in p or ".self_attn." in p or ".attention." in p for p in found)
+    every = resolve_targets(model, desc, ["all-linear"])
+    assert set(found) < set(every)
+    assert not any(p.startswith(tuple(desc.head)) for p in every)  # never the output head
+    assert len([p for p in every if p.startswith(desc.blocks[0] + ".")]) == linear_per_block
+
+
+def test_a_pattern_covers_the_layers_below_the_modules_it_matches(tiny_model_factory):
+    model, desc = _loaded(tiny_model_factory("llama"))
+    assert resolve_targets(model, desc, ["model.layers.1.mlp"]) == [
+        "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"]
+    assert resolve_targets(model, desc, ["re:.*\\.q_proj"]) == ["model.layers.0.self_attn.q_proj",
+                                                                "model.layers.1.self_attn.q_proj"]
+
+
+def test_a_target_that_matches_nothing_names_lora_targets(tiny_model_factory):
+    model, desc = _loaded(tiny_model_factory("llama"))
+    with pytest.raises(UserError) as caught:
+        resolve_targets(model, desc, ["attention", "*.query"])
+    assert "lora.targets" in caught.value.message and "'*.query'" in caught.value.message
+    assert "model.layers.0.self_attn.q_proj" in caught.value.hint  # a few real names to pick from
+    assert caught.value.fields == {"lora.targets.1": "matches no linear or embedding layer"}
+
+
+def test_a_target_matching_nothing_exits_2_from_the_cli(tiny_model_factory, sft_file, tmp_path):
+    config = tiny_lm_config(tiny_model_factory("llama"), sft_file, tmp_path / "runs")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "sft_tui.cli", "train", "run.yaml", "--set", "lora.enabled=true",
+                          "--set", "lora.targets=[nothing_here]"], cwd=tmp_path, capture_output=True, text=True, check=False,
+                         timeout=300, env={**os.environ, "COLUMNS": "120"})
+    assert out.returncode == 2, out.stderr
+    assert "lora.targets" in out.stderr and "'nothing_here'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_qlora_without_cuda_is_refused_before_the_run(tiny_model_factory, sft_file, tmp_path):
+    problem = quantize_problem(LoraConfig(enabled=True, quantize="4bit"), cuda_available=False)
+    assert "lora.quantize" in problem.message and "CUDA" in problem.message and "lora.quantize" in problem.fields
+    assert quantize_problem(LoraConfig(enabled=True), cuda_available=False) is None
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(UserError, match="lora.quantize"):
+        run(lm_config(tiny_model_factory("llama"), sft_file, tmp_path, lora={"quantize": "4bit"}))
+    assert not (tmp_path / "runs" / "lm").exists()  # refused before anything trained
+
+
+# ---- freeze map and LoRA ----------------------------------------------------------------------------
+
+def test_a_new_head_trains_in_full_and_top_n_blocks_take_no_adapters(tiny_model_factory, cls_file, tmp_path):
+    model, desc = _loaded(tiny_model_factory("bert"), "classification")
+    plan = plan_lora(model, desc, cls_config(tiny_model_factory("bert"), cls_file, tmp_path))
+    assert plan.modules_to_save == ["classifier"]
+    assert len(plan.targets) == 13  # 6 per block and the pooler
+
+    top = cls_config(tiny_model_factory("bert"), cls_file, tmp_path, freeze={"preset": "top-n", "top_n": 1})
+    plan = plan_lora(model, desc, top)
+    assert plan.modules_to_save == ["bert.encoder.layer.1", "bert.pooler", "classifier"]
+    assert all(p.startswith("bert.encoder.layer.0.") for p in plan.targets)
+
+
+def test_the_summary_counts_adapters_and_the_head(tiny_model_factory, cls_file, tmp_path):
+    model, desc = _loaded(tiny_model_factory("bert"), "classification")
+    base_total = sum(p.numel() for p in model.parameters())
+    head = sum(p.numel() for p in model.classifier.parameters())
+    config = cls_config(tiny_model_factory("bert"), cls_file, tmp_path, lora={"r": 4, "targets": ["attention"]})
+    wrapped, plan, summary = apply_lora(model, desc, config)
+    adapters = sum(4 * (m.in_features + m.out_features) for path, m in model.named_modules()
+                   if base_name(path) in plan.targets and isinstance(m, torch.nn.Linear))
+    assert summary.trainable_params == adapters + head
+    assert summary.total_params == base_total + adapters
+    assert summary.trainable_params == sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+
+
+# ---- training, export, resume -------------------------------------------------------------------
+
+def test_only_adapters_and_the_head_train_and_both_exports_load(tiny_model_factory, cls_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    model_dir = tiny_model_factory("bert")
+    config = cls_config(model_dir, cls_file, tmp_path, lora={"merge_on_export": True, "r": 4})
+    result, sink = run(config)
+    started = sink.of_type(RunStarted)[0]
+    assert 0 < started.trainable_params < started.total_params / 5
+
+    # the last checkpoint holds the trained model: its base weights are the original ones, bit for bit
+    saved = load_file(str(result.last_checkpoint / "model.safetensors"))
+    original = {f"bert.{k}": v for k, v in load_file(str(model_dir / "model.safetensors")).items()}  # a bare BertModel
+    base = {base_name(k): v for k, v in saved.items() if "lora_" not in k and ".modules_to_save." not in k}
+    assert set(original) <= set(base)
+    assert all(torch.equal(original[k], base[k]) for k in original)
+    lora_b = [v for k, v in saved.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # every adapter moved off its zero start
+
+    adapter_files = {p.name for p in result.output_path.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= adapter_files
+    assert "model.safetensors" not in adapter_files
+    labels = {"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
+    base_model = AutoModelForSequenceClassification.from_pretrained(model_dir, **labels)
+    with_adapter = PeftModel.from_pretrained(base_model, result.output_path).eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(result.output_path / "merged").eval()
+    assert merged.config.id2label == {0: "neg", 1: "pos"}
+
+    trained, _ = _loaded(model_dir, "classification")
+    trained, _, _ = apply_lora(trained, describe_model(trained), config)
+    load_weights(trained, str(result.last_checkpoint / "model.safetensors"))  # the checkpoint of the last step
+    trained.eval()
+    batch = {"input_ids": torch.tensor([[2, 7, 9, 11, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    with torch.no_grad():
+        expected = trained(**batch).logits
+        torch.testing.assert_close(with_adapter(**batch).logits, expected)
+        torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_causal_lm_adapter_and_merged_model_generate_like_the_trained_one(tiny_model_factory, sft_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_model_factory("llama")
+    config = lm_config(model_dir, sft_file, tmp_path, lora={"merge_on_export": True}, schedule={"max_steps": 10},
+                       eval={"every_steps": 10, "num_samples": 0}, checkpoint={"every_steps": 10})
+    result, _ = run(config)
+    ids = torch.tensor([[1, 5, 8, 13, 21, 34]])
+    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        untrained = base(ids).logits
+        adapter = PeftModel.from_pretrained(base, result.output_path).eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(result.output_path / "merged").eval()(ids).logits
+    trained, _ = _loaded(model_dir)
+    trained, _, _ = apply_lora(trained, describe_model(trained), config)
+    load_weights(trained, str(result.last_checkpoint / "model.safetensors"))  # tied weights saved once
+    with torch.no_grad():
+        expected = trained.eval()(ids).logits
+    assert not torch.allclose(untrained, expected)
+    torch.testing.assert_close(adapter, expected)
+    torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_with_lora_equals_an_uninterrupted_run(tiny_model_factory, sft_file, tmp_path):
+    """GPT-2 has dropout and LoRA dropout is on, so the RNG state's restoring is checked too."""
+    model_dir = tiny_model_factory("gpt2")
+    full_cfg = lm_config(model_dir, sft_file, tmp_path, schedule={"max_steps": 10}, eval={"every_steps": 0,
+                         "num_samples": 0}, optim={"grad_accum": 2}, output={"run_name": "full"})
+    full_result, full = run(full_cfg)
+    cut_cfg = full_cfg.model_copy(deep=True)
+    cut_cfg.output.run_name = "cut"
+    first, part1 = run(cut_cfg, StopAt(4))
+    assert first.step == 4 and first.last_checkpoint.name == "step-4"
+    resumed, part2 = run(None, resume_dir=first.run_dir)
+    assert resumed.step == 10
+
+    got = {**losses(part1), **losses(part2)}
+    expected = losses(full)
+    assert sorted(got) == list(range(1, 11))
+    torch.testing.assert_close(torch.tensor([got[s] for s in range(1, 11)]),
+                               torch.tensor([expected[s] for s in range(1, 11)]))
+    a = load_file(str(full_result.output_path / "adapter_model.safetensors"))
+    b = load_file(str(resumed.output_path / "adapter_model.safetensors"))
+    assert set(a) == set(b) and a
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+    adapter_config = json.loads((resumed.output_path / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16 and adapter_config["peft_type"] == "LORA"
+    assert not (Path(resumed.output_path) / "merged").exists()
