@@ -18,7 +18,14 @@ FORM_CONTROLS = (Input, TextArea, Button, Checkbox, RadioButton, RadioSet, Selec
 """Widgets of a form: text boxes, and the buttons, checkboxes and choices beside them."""
 
 
+CATCH_UP_DELAY_S = 0.3
+"""How long a hidden step waits after its last change before it is laid out off screen: changes
+that come together (a load's results) are laid out once."""
+
+
 class StepScreen(Screen):
+    _catch_up = None
+    """The timer of the hidden step's pending layout (_on_idle)."""
     STEP = ""
     """The name of this step in sft_tui.app.STEPS."""
     BINDINGS = [
@@ -54,6 +61,25 @@ class StepScreen(Screen):
         only by a stylesheet or theme change, and switch_mode refreshes the CSS then. (Runs before
         Screen's own handler, which reads the flag.)"""
         event.refresh_styles = False
+
+    async def _on_idle(self, event: events.Idle) -> None:
+        """A step built but hidden whose widgets asked for a new layout (the data loaded while the
+        user was elsewhere, and the hyper step's preview grew) is laid out now, off screen, rather
+        than on the key that shows it: Textual lays out only the current screen. Not while a run
+        trains, when hidden steps change by the second and the CPU is the run's."""
+        if (not self.is_current and self._layout_required and self._compositor.size
+                and self._catch_up is None and not self.app.run_state.live):
+            self._catch_up = self.set_timer(CATCH_UP_DELAY_S, self._lay_out_hidden)
+        await super()._on_idle(event)
+
+    def _lay_out_hidden(self) -> None:
+        self._catch_up = None
+        if self.is_current or not self._layout_required or not self.is_attached:
+            return
+        self._refresh_layout(self.app.size)
+        self._layout_required = False
+        self._dirty_widgets.clear()
+        self._compositor.render_full_update()  # fills the line caches the first frame will draw from
 
     def _screen_resized(self, size) -> None:
         """Textual lays a screen out in full on every switch to it, as if the terminal had been
