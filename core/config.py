@@ -239,6 +239,20 @@ class LoraConfig(_Section):
     """Also write `final/merged/`: the adapters merged into the base weights, a model that loads
     with AutoModel* without peft. `final/` itself always holds the adapter and the tokenizer."""
 
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _targets_text(cls, targets: Any) -> Any:
+        """Targets typed as one line (the app's form, `--set lora.targets=attention`): a YAML list
+        (`[attention, '*.mlp']`, as the form shows the value), else comma-separated names."""
+        if not isinstance(targets, str):
+            return targets
+        if targets.lstrip().startswith("["):
+            try:
+                return yaml.safe_load(targets)
+            except yaml.YAMLError:
+                return targets  # pydantic's own list error
+        return [part.strip() for part in targets.split(",") if part.strip()]
+
 
 def is_folder_name(name: str) -> bool:
     """One plain folder name: not empty or dots, no separator, NUL or drive. Checked by the config

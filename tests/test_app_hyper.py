@@ -43,11 +43,19 @@ BAD_VALUES = {
     "checkpoint.every_steps": ("-1", "greater than or equal to 0", "5"),
     "checkpoint.keep_last": ("0", "greater than or equal to 1", "3"),
     "seed": ("-", "valid integer", "7"),
+    "lora.r": ("0", "greater than or equal to 1", "8"),
+    "lora.alpha": ("0", "greater than 0", "16"),
+    "lora.dropout": ("1", "less than 1", "0.1"),
+    "lora.targets": ("", "at least 1 item", "attention"),
+    "compute.nproc": ("0", "greater than or equal to 1", "1"),
+    "compute.devices": ("gpu0", "must be auto, cpu or distinct GPU indices", "cpu"),
 }
-CHOICES = {"schedule.scheduler": "cosine", "eval.metric": "f1", "precision": "fp32"}
+CHOICES = {"schedule.scheduler": "cosine", "eval.metric": "f1", "precision": "fp32", "lora.quantize": "4bit",
+           "compute.distributed": "fsdp"}
 BLOCKS = re.compile("[\u2580-\u259f]+")
 """The block characters a scrollbar is drawn with."""
-TOGGLES = {"compute.gradient_checkpointing": True, "compute.oom_recovery": False}
+TOGGLES = {"compute.gradient_checkpointing": True, "compute.oom_recovery": False, "lora.enabled": True,
+           "lora.use_dora": True, "lora.use_rslora": True, "lora.merge_on_export": True}
 """Checkbox fields and the value a press of space gives them (the opposite of the default)."""
 
 
@@ -161,7 +169,9 @@ async def test_every_field_shows_pydantic_message_inline_and_clears_when_fixed()
             await type_into(pilot, field, good)
             assert field.error == "" and not field.query_one(".field-error").display
             assert dotted not in app.session.invalid and len(app.session.invalid) == count
-            assert value_at(app.session.config, dotted) == pytest.approx(float(good))
+            texts = {"lora.targets": [good], "compute.devices": good}  # a list of names, a device list
+            expected = texts[dotted] if dotted in texts else pytest.approx(float(good))
+            assert value_at(app.session.config, dotted) == expected
         assert "ready" in draft_bar_text(app)
 
 

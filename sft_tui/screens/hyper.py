@@ -26,7 +26,7 @@ from sft_tui.widgets.hyper.form import ConfigField, FieldSpec, field_spec, secti
 from sft_tui.widgets.hyper.preview import SchedulePreview
 
 SECTIONS = [("Optimizer", "optim"), ("Schedule", "schedule"), ("Evaluation", "eval"), ("Checkpoints", "checkpoint"),
-            ("Compute", "compute")]
+            ("Compute", "compute"), ("LoRA", "lora")]
 TOP_LEVEL = ("Run", ["seed", "precision"])
 
 """The eval.metric values RunConfig accepts per task (its cross-field check)."""
