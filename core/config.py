@@ -32,6 +32,7 @@ TASKS: tuple[str, ...] = get_args(Task)
 DataFormat = Literal["auto", "text-label", "prompt-completion", "chat", "text"]
 Preset = Literal["all", "head-only", "top-n", "freeze-embeddings"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Distributed = Literal["ddp", "fsdp"]
 Scheduler = Literal["linear", "cosine", "constant"]
 TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
 """The allowed values of output.report_to; core.trackers builds one sink per name."""
@@ -206,6 +207,26 @@ class ComputeConfig(_Section):
     oom_recovery: bool = True
     """When a step runs out of GPU memory, halve the micro-batch and double the accumulation (the
     same effective batch) and retry, instead of ending the run."""
+    nproc: int = Field(1, ge=1, le=1024)
+    """Processes that train the run data-parallel, one per GPU, started through torchrun; each takes
+    optim.batch_size rows per micro-batch, so the global batch grows with them."""
+    devices: str = "auto"
+    """Which GPUs: auto (every GPU this machine shows), cpu (train on the CPU even where a GPU is),
+    or GPU indices as nvidia-smi numbers them, e.g. 0,1."""
+    distributed: Distributed = "ddp"
+    """With several processes: ddp keeps a whole copy of the model on each GPU; fsdp shards weights,
+    gradients and optimizer state across them, for models that do not fit on one GPU."""
+
+    @field_validator("devices")
+    @classmethod
+    def _device_list(cls, devices: str) -> str:
+        """`auto`, `cpu`, or distinct GPU indices; spaces are dropped (`0, 1` is `0,1`)."""
+        value = devices.replace(" ", "").lower()
+        indices = value.split(",")
+        if value in ("auto", "cpu") or (all(i.isdigit() for i in indices) and len(set(indices)) == len(indices)):
+            return value
+        raise _invalid("devices", "must be auto, cpu or distinct GPU indices such as 0,1",
+                       "set compute.devices to auto, cpu, or GPU numbers as nvidia-smi shows them, e.g. 0,1")
 
 
 LoraQuantize = Literal["none", "4bit"]
@@ -395,13 +416,19 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def precision_problem(precision: str, cuda_available: bool) -> UserError | None:
+def precision_problem(precision: str, cuda_available: bool, bf16_gpus: bool = True) -> UserError | None:
     """Why `precision` cannot train on this machine, or None. fp16 mixed precision needs a CUDA GPU
-    (accelerate refuses it on a CPU); auto, bf16 and fp32 run anywhere. The engine raises it before
-    loading anything, and the app lists it among the problems that keep Start off."""
+    (accelerate refuses it on a CPU); bf16 needs GPUs that compute in it (compute capability 8.0,
+    Ampere, or newer: `bf16_gpus`) when the run trains on GPUs, and runs on any CPU; auto and fp32 run
+    anywhere. The engine raises it before loading anything, and the app lists it among the problems
+    that keep Start off."""
     if precision == "fp16" and not cuda_available:
         return UserError("precision fp16 needs a CUDA GPU", "use precision: bf16 or fp32 on this machine",
                          {"precision": "fp16 needs a CUDA GPU"})
+    if precision == "bf16" and cuda_available and not bf16_gpus:
+        return UserError("precision bf16 needs a GPU of compute capability 8.0 (Ampere) or newer",
+                         "use precision: fp16 (with loss scaling) or fp32 on these GPUs",
+                         {"precision": "bf16 is not supported by the GPUs of this run"})
     return None
 
 

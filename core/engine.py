@@ -26,6 +26,7 @@ from core.events import (Broadcast, CheckpointSaved, EvalResult, EventSink, Json
                          RunFinished, RunStarted, SampleGenerated, StepMetrics)
 from core.errors import UserError
 from core.eta import Eta
+from core.launch import accelerator_options
 from core.logs import logs_to_events
 from core.loss import raise_if_diverged
 from core.manifest import step_of
@@ -64,7 +65,7 @@ def train(
     if resume_dir is not None:
         resumed, config = open_run(resume_dir)
     accelerator = Accelerator(mixed_precision=setup.mixed_precision(config.precision),
-                              step_scheduler_with_optimizer=False)
+                              step_scheduler_with_optimizer=False, **accelerator_options(config))
     paths, lock = setup.claim_run_folder(config, accelerator, resumed)
     main = accelerator.is_main_process
     jsonl = JsonlSink(paths.events) if main else None

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--detach", action="store_true",
                        help="train in an engine process of its own that outlives this terminal; "
                             "follow it with `sft-tui attach`")
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="train data-parallel on N processes (one per GPU) through torchrun; "
+                            "the same as --set compute.nproc=N")
     train.add_argument("--engine", action="store_true", help=argparse.SUPPRESS)  # what --detach starts
 
     attach = sub.add_parser("attach", help="follow a training run: its whole history, then live")
@@ -97,13 +100,39 @@ def _train(args: argparse.Namespace) -> int:
         config = _config_from_stdin()
     elif args.config:
         config = load_config(args.config)
-    if config is not None and args.overrides:
-        config = apply_overrides(config, args.overrides)
-    elif args.resume and args.overrides:
-        raise UserError("--set cannot change a run being resumed", "resume it as it was, or start a new run")
+    overrides = args.overrides + ([f"compute.nproc={args.nproc}"] if args.nproc is not None else [])
+    if config is not None and overrides:
+        config = apply_overrides(config, overrides)
+    elif args.resume and overrides:
+        raise UserError("--set and --nproc cannot change a run being resumed", "resume it as it was, or start a new run")
     if args.detach:
         return _detach(config, args.resume)
+    if not args.engine and _needs_torchrun(config, args.resume):
+        return _run_processes(config, args.resume)
     return _run_engine(config, args.resume, detached=args.engine)
+
+
+def _needs_torchrun(config, resume: str | None) -> bool:
+    """Whether this run trains on several processes that are still to be started (a process that
+    torchrun started is one of them already)."""
+    from core.launch import world_size
+    from core.runs import open_run
+
+    nproc = (config or open_run(resume)[1]).compute.nproc
+    return nproc > 1 and world_size() == 1
+
+
+def _run_processes(config, resume: str | None) -> int:
+    """Train on compute.nproc processes under torchrun; rank 0 draws the progress here. The exit
+    status is the run's, as for one process (torchrun's own is 1 for any failure)."""
+    from sft_tui.detach import run_processes
+
+    status, end = run_processes(config, resume)
+    if end is None or status == 0:
+        return status
+    if end.type == "run_finished":
+        return EXIT_STOPPED if end.reason == "stopped" else 0
+    return 1 if end.log_file else 2
 
 
 def _config_from_stdin():
@@ -127,7 +156,7 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
 
     display = ProgressDisplay()
     control = Control()
-    if detached:
+    if detached and os.environ.get("RANK", "0") == "0":  # torchrun's rank 0 holds the run folder
         from core.commands import FolderControl
         from core.runs import RunPaths, run_root
 
@@ -150,7 +179,7 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
     try:
         result = train(config, [display], control, resume_dir=resume, keep_failed_start=detached)
     except UserError:
-        if display.failure_shown:
+        if display.failure_shown or os.environ.get("RANK", "0") != "0":  # rank 0 says it, once
             return 2
         raise
     except KeyboardInterrupt:
@@ -175,7 +204,7 @@ def _detach(config, resume: str | None) -> int:
 
     run = start_detached(config, resume)
     print(f"starting the engine for {run.paths.root} ...", file=sys.stderr)
-    while (record := read_record(run.paths.engine)) in (None, run.launch_record) or record.pid != run.process.pid:
+    while not run.engine_started(read_record(run.paths.engine)):
         if run.process.poll() is not None:
             print(run.paths.engine_log.read_text(encoding="utf-8", errors="replace").strip(), file=sys.stderr)
             return run.process.returncode

@@ -13,9 +13,10 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
-from core.config import RunConfig, config_to_dict, parse_config, precision_problem, set_dotted
+from core.config import RunConfig, config_to_dict, parse_config, set_dotted
 from core.errors import UserError
 from core.freeze import FreezeSummary, effective_rules, rule_problems, summarize_freeze, training_problem
+from core.launch import Gpus, launch_problems, local_gpus
 
 
 @dataclass
@@ -59,6 +60,8 @@ class Session:
     a problem that keeps Start off until a load succeeds or the settings change."""
     cuda: bool | None = None
     """Whether torch sees a CUDA GPU; None until the app's warm-up has imported torch."""
+    gpus: Gpus = field(default_factory=local_gpus)
+    """The GPUs the run may use (read through NVML, without torch), for the device checks."""
     version: int = 0
     _share: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -120,7 +123,7 @@ class Session:
     def problems(self) -> dict[str, str]:
         """Why the engine would fail at once if the run started now, as {where: what} (empty when it
         can start): fields that do not validate, a model or data that did not load, a freeze map that
-        cannot be applied, a precision this machine lacks."""
+        cannot be applied, devices, processes or a precision this machine lacks."""
         problems = dict(self.invalid)
         for kind, error in self.load_errors.items():
             problems[kind] = f"did not load: {error.message}"
@@ -128,8 +131,9 @@ class Session:
             problems.update(error.fields)
         if (summary := self.freeze_summary) is not None and (error := training_problem(summary)):
             problems["freeze"] = f"{error.fields['freeze']}; {error.hint}"
-        if self.cuda is not None and (error := precision_problem(self.config.precision, self.cuda)):
-            problems["precision"] = f"{error.fields.get('precision', error.message)}; {error.hint}"
+        for error in launch_problems(self.config, self.gpus):
+            (where, what), = error.fields.items()
+            problems[where] = f"{what}; {error.hint}"
         return problems
 
     @property

@@ -3,10 +3,16 @@ training: sft_tui.format.train.SmoothedRate), CPU RSS, and the GPUs through NVML
 
 The GPUs are polled every two seconds whether or not a run is live (another process may be using
 them); NVML answers in microseconds and without a CUDA context, so the poll stays on the UI thread.
+Each GPU gets a line of its own: the run's processes (one per GPU) are on them all. A machine
+without an NVIDIA GPU says so once and is not polled; a GPU that stops answering NVML (fallen off
+the bus, driver reloaded) ends the polling with a line that says why, never the app.
 """
 
 from __future__ import annotations
 
+import re
+
+from pynvml import NVMLError
 from rich.text import Text
 from textual.widgets import Static
 
@@ -30,12 +36,22 @@ class RunStats(Static):
         self.last: StepMetrics | None = None
         self.rate = SmoothedRate()
         self.gpus: list[dict] = []
+        self.gpu_error: str | None = None
 
     def on_mount(self) -> None:
-        self.gpus = self.gpu_probe()
+        self._probe()
         self._draw()
         if self.gpus:  # a machine without an NVIDIA GPU at start will not grow one
-            self.set_interval(GPU_POLL_S, self._poll_gpus)
+            self._poll = self.set_interval(GPU_POLL_S, self._poll_gpus)
+
+    def _probe(self) -> bool:
+        """Read the GPUs; whether the numbers changed."""
+        try:
+            gpus = self.gpu_probe()
+        except NVMLError as err:
+            gpus, self.gpu_error = [], f"GPU stats stopped: NVML says {err}"
+        changed, self.gpus = gpus != self.gpus, gpus
+        return changed
 
     def reset(self) -> None:
         self.last = None
@@ -51,10 +67,10 @@ class RunStats(Static):
         self._draw()
 
     def _poll_gpus(self) -> None:
-        gpus = self.gpu_probe()
-        if gpus != self.gpus:  # numbers that did not move need no redraw
-            self.gpus = gpus
+        if self._probe():  # numbers that did not move need no redraw
             self._draw()
+        if self.gpu_error:
+            self._poll.stop()
 
     def _draw(self) -> None:
         text = Text()
@@ -69,13 +85,16 @@ class RunStats(Static):
             text.append(f" ({RATE_SPAN_S:.0f} s mean)\n{m.tokens_seen:,} tokens seen", style="dim")
             if "rss_bytes" in m.memory:
                 text.append(f" · RSS {format_bytes(m.memory['rss_bytes'])}")
-            allocated = m.memory.get("gpu0_allocated_bytes")
-            if allocated is not None:
-                text.append(f" · torch GPU 0 {format_bytes(allocated)}")
+            allocated = [(found[1], value) for key, value in m.memory.items()
+                         if (found := re.fullmatch(r"gpu(\d+)_allocated_bytes", key))]
+            if allocated:  # rank 0's own devices, by torch's numbering (CUDA_VISIBLE_DEVICES applies)
+                text.append(" · torch " + ", ".join(f"cuda:{i} {format_bytes(v)}" for i, v in allocated))
         for gpu in self.gpus:
             util = f" · util {gpu['utilization']}%" if gpu["utilization"] is not None else ""
             text.append(f"\nGPU {gpu['index']}: {format_bytes(gpu['memory_used'])}/"
                         f"{format_bytes(gpu['memory_total'])}{util}")
-        if not self.gpus:
+        if self.gpu_error:
+            text.append(f"\n{self.gpu_error}", style="dim")
+        elif not self.gpus:
             text.append("\nno GPU", style="dim")
         self.update(text, layout=False)  # its size comes from the screen's grid, not from the text

@@ -1,0 +1,151 @@
+"""How a run gets its processes and devices: the GPUs it may use, whether the config fits them, and
+what its launch needs (the environment of its processes, accelerate's options).
+
+`launch_problems` is the one check, asked by the app on its UI thread (the problems that keep Start
+off), by the command line before it starts torchrun (exit 2), and by the engine itself (the check
+before anything loads, for a torchrun command that a user wrote). It reads the GPUs through NVML
+(core.memory), which creates no CUDA context and imports no torch: a check costs microseconds and
+takes no GPU memory from the run it guards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from core.config import RunConfig, precision_problem
+from core.errors import UserError
+from core.memory import _nvml
+
+FSDP_MIN_PARAMS = 100_000_000
+"""Below this a model, with its gradients and AdamW state (16 bytes a parameter, 1.6 GB), fits on
+any training GPU: sharding it only adds communication, and DDP trains it faster."""
+
+
+@dataclass(frozen=True)
+class Gpus:
+    """The NVIDIA GPUs this process may use, by NVML index (nvidia-smi's numbers), and whether each
+    computes in bf16 (compute capability 8.0, Ampere, or newer)."""
+
+    bf16: dict[int, bool]
+
+    @property
+    def indices(self) -> list[int]:
+        return sorted(self.bf16)
+
+
+def local_gpus() -> Gpus:
+    """The GPUs of this machine that CUDA_VISIBLE_DEVICES leaves visible (all of them when it is
+    unset; a list of UUIDs is not mapped and leaves all). None without NVML or an NVIDIA GPU."""
+    nvml = _nvml()
+    found: dict[int, bool] = {}
+    if nvml is not None:
+        try:
+            for i in range(nvml.nvmlDeviceGetCount()):
+                major, _ = nvml.nvmlDeviceGetCudaComputeCapability(nvml.nvmlDeviceGetHandleByIndex(i))
+                found[i] = major >= 8
+        except nvml.NVMLError:
+            pass  # a GPU that fell off the bus: the ones read so far
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [e.strip() for e in visible.split(",") if e.strip()]
+        if all(e.lstrip("-").isdigit() for e in entries):
+            picked = []
+            for e in entries:  # CUDA stops at the first index that is not a device
+                if int(e) not in found:
+                    break
+                picked.append(int(e))
+            found = {i: found[i] for i in picked}
+    return Gpus(found)
+
+
+def run_gpus(config: RunConfig, gpus: Gpus) -> list[int]:
+    """The GPUs the run trains on: none for `devices: cpu`, all for auto, else the listed ones."""
+    devices = config.compute.devices
+    if devices == "cpu":
+        return []
+    if devices == "auto":
+        return gpus.indices
+    return [int(i) for i in devices.split(",")]
+
+
+def launch_problems(config: RunConfig, gpus: Gpus) -> list[UserError]:
+    """Why the run cannot start on these GPUs, each naming its field with a hint; empty when it can."""
+    compute, problems = config.compute, []
+    chosen = run_gpus(config, gpus)
+    missing = [i for i in chosen if i not in gpus.bf16]
+    have = f"GPUs {', '.join(map(str, gpus.indices))}" if gpus.indices else "no NVIDIA GPU"
+    if missing:
+        problems.append(UserError(
+            f"compute.devices names GPU {', '.join(map(str, missing))}, which this machine does not have ({have})",
+            "set compute.devices to auto, cpu, or indices that nvidia-smi lists",
+            {"compute.devices": f"no GPU {', '.join(map(str, missing))} here ({have})"}))
+    elif compute.nproc > max(len(chosen), 1) and compute.devices != "cpu":
+        where = f"{len(chosen)} GPU(s) ({', '.join(map(str, chosen))})" if chosen else "no NVIDIA GPU"
+        problems.append(UserError(
+            f"compute.nproc {compute.nproc} asks for more processes than devices: the run has {where}",
+            f"set compute.nproc to at most {len(chosen)}" if chosen else
+            "set compute.nproc: 1, or compute.devices: cpu to run the processes on the CPU (slower; for trying a config)",
+            {"compute.nproc": f"{compute.nproc} processes but {where}"}))
+    if not missing and (error := precision_problem(config.precision, bool(chosen), all(gpus.bf16[i] for i in chosen))):
+        problems.append(error)
+    return problems
+
+
+def check_launch(config: RunConfig) -> None:
+    """Raise the first launch problem of `config` on this machine."""
+    if problems := launch_problems(config, local_gpus()):
+        raise problems[0]
+
+
+def launch_env(config: RunConfig) -> dict[str, str]:
+    """What the environment of the run's processes needs: the chosen GPUs, numbered from 0 for them
+    by CUDA_VISIBLE_DEVICES. It must be set before the process first touches CUDA."""
+    devices = config.compute.devices
+    return {} if devices in ("auto", "cpu") else {"CUDA_VISIBLE_DEVICES": devices}
+
+
+def world_size() -> int:
+    """How many processes train this run: torchrun tells each of them."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def accelerator_options(config: RunConfig) -> dict:
+    """Arguments of the engine's Accelerator for `config`, once the launch checks pass: the CPU when
+    asked or when no GPU is there (torchrun's processes would otherwise each train alone), and
+    accelerate's FSDP plugin for `distributed: fsdp` across several processes."""
+    check_launch(config)
+    if config.compute.nproc > 1 and world_size() == 1:
+        raise UserError(f"compute.nproc is {config.compute.nproc}, but this engine was started as one process",
+                        "start it with `sft-tui train CONFIG` or from the app (without --in-process): they "
+                        "start the processes through torchrun", {"compute.nproc": "needs a torchrun launch"})
+    cpu = config.compute.devices == "cpu" or not local_gpus().indices
+    return {"cpu": cpu, "fsdp_plugin": fsdp_plugin(config) if world_size() > 1 else None}
+
+
+def fsdp_plugin(config: RunConfig):
+    """accelerate's FSDP2 plugin, wrapping each transformer block (the model's `_no_split_modules`)
+    and saving full state dicts, or None for DDP. A model too small to gain from sharding gets a
+    warning in the run's log, not a refusal."""
+    if config.compute.distributed != "fsdp":
+        return None
+    from accelerate import FullyShardedDataParallelPlugin
+
+    if (params := model_params(config)) is not None and params < FSDP_MIN_PARAMS:
+        logging.getLogger("core.engine").warning(
+            "compute.distributed fsdp: the model has %s parameters, too few to gain from sharding "
+            "(below %s); distributed: ddp trains it faster", f"{params:,}", f"{FSDP_MIN_PARAMS:,}")
+    return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                          state_dict_type="FULL_STATE_DICT")
+
+
+def model_params(config: RunConfig) -> int | None:
+    """The model's parameter count from its structure on the meta device (no weights read), or None
+    when it cannot be built here (the model's own load then says why)."""
+    from core.models import build_skeleton
+
+    try:
+        return sum(p.numel() for p in build_skeleton(config.model, config.task).parameters())
+    except UserError:
+        return None
