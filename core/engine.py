@@ -123,6 +123,10 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
     set_seed(config.seed)
     tokenizer, data = setup.setup_data(config)
     model, rules, freeze = setup.setup_model(config, tokenizer, data, resumed=resume)
+    if config.compute.gradient_checkpointing:
+        from core.memory import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     optimizer = setup.setup_optimizer(config, model, rules, acc.device)
     model, optimizer = acc.prepare(model, optimizer)
     plan = setup.setup_plan(config, len(data.train), acc.num_processes)

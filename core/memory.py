@@ -1,5 +1,15 @@
 """Memory: the estimate of what training will need, and what the process and the GPUs use now.
 
+The estimate (`estimate_peak`) adds up what one optimizer step holds at its peak: the weights; the
+gradients and AdamW state of the trainable parameters only; the activations that autograd keeps for
+the backward pass, by batch, length and the blocks the backward pass goes through; and a causal
+LM's logits with the loss buffers over them. It is arithmetic on numbers from the model's config
+(`model_shape`) and its freeze map (`blocks_in_backward`), so the app computes it without torch; the
+per-block constants were counted with torch's saved-tensor hooks on Llama, BERT and GPT-2 blocks
+(bench/memory_estimate.py checks the total against measured peaks). A CPU process also holds torch
+and its libraries, the tokenizer and the data: that baseline is measured, not estimated
+(`process_memory` before the model loads), and added by the caller that knows it.
+
 The TUI polls `process_memory` and `gpu_stats` while idle, so neither may import torch (seconds of
 start-up) or create a CUDA context: torch is only consulted when something else already loaded it
 and initialised CUDA, and the GPUs are read through NVML.
@@ -8,26 +18,189 @@ and initialised CUDA, and the GPUs are read through NVML.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import psutil
+
+from core.errors import UserError
 
 ADAMW_STATE_BYTES = 8
 """AdamW keeps two fp32 moments (exp_avg, exp_avg_sq) per trainable parameter."""
 MASTER_COPY_BYTES = 4
 """Half-precision weights train against an fp32 master copy of each trainable parameter."""
+LOSS_BUFFER_BYTES = 12
+"""Per logit of a causal LM at the backward pass's start: the loss's fp32 log-probabilities, their
+gradient and the logits' gradient (the logits themselves are held at the activation precision)."""
+ACTIVATION_SAVES = {"gelu_new": 4, "gelu_fast": 4, "quick_gelu": 2}
+"""Intermediate-sized tensors an activation function keeps for backward when written as several
+torch operations (GPT-2's tanh GELU); a fused one (gelu, relu, silu, gelu_pytorch_tanh) keeps one."""
 
 
 def estimate_training_memory(
     total_params: int, trainable_params: int, param_bytes: int = 4, optimizer: str = "adamw"
 ) -> dict[str, int]:
-    """Bytes for weights, gradients, optimizer state and their total. Activations are left out:
-    they depend on batch size and sequence length, and are measured during the run instead."""
+    """Bytes for weights, gradients, optimizer state and their total: the part of the estimate that
+    does not depend on the batch (`estimate_peak` adds the activations and logits)."""
     if optimizer != "adamw":
         raise ValueError(f"no memory model for optimizer {optimizer!r}")
     weights = total_params * param_bytes
     gradients = trainable_params * param_bytes
     state = trainable_params * (ADAMW_STATE_BYTES + (MASTER_COPY_BYTES if param_bytes < 4 else 0))
     return {"weights": weights, "gradients": gradients, "optimizer": state, "total": weights + gradients + state}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a transformer that its activations depend on."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    rms_norm: bool
+    """RMSNorm models (Llama, Mistral, Qwen, Gemma, Phi-3) also have a gated MLP (gate, up, down);
+    LayerNorm ones (BERT, GPT-2, RoBERTa, DistilBERT) a plain one (in, out)."""
+    activation: str
+    attention_dropout: float
+    """Above 0, attention on the CPU materialises its probabilities (and their dropout) per head."""
+
+
+def _first(config, names: tuple[str, ...], default=None):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def model_shape(config) -> ModelShape:
+    """The ModelShape of a transformers config (its text part), read from the attribute names the
+    common architectures use; plain attribute reads, so the app can call it without torch."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = int(text.hidden_size)
+    heads = int(text.num_attention_heads)
+    return ModelShape(
+        layers=int(text.num_hidden_layers),
+        hidden=hidden,
+        intermediate=int(_first(text, ("intermediate_size", "n_inner", "hidden_dim"), 4 * hidden)),
+        heads=heads,
+        kv_heads=int(_first(text, ("num_key_value_heads",), heads)),
+        vocab=int(text.vocab_size),
+        rms_norm=hasattr(text, "rms_norm_eps"),
+        activation=str(_first(text, ("hidden_act", "activation_function", "activation"), "gelu")),
+        attention_dropout=float(_first(text, ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"), 0.0)),
+    )
+
+
+def _within(name: str, path: str) -> bool:
+    return name == path or name.startswith(path + ".")
+
+
+def blocks_in_backward(blocks: list[str], embeddings: list[str], trainable: Iterable[str]) -> tuple[int, int]:
+    """(trained, passed): the blocks that hold trainable parameters, and the frozen blocks that the
+    backward pass still goes through because something below them trains (an embedding, or a tied
+    LM head, which is the embedding). Blocks below the lowest one that needs a gradient keep no
+    activations at all. `trainable`: names of the trainable parameters (or module paths)."""
+    trainable = list(trainable)
+    trained = [any(_within(name, block) for name in trainable) for block in blocks]
+    if any(_within(name, path) for name in trainable for path in embeddings):
+        lowest = 0
+    else:
+        lowest = trained.index(True) if any(trained) else len(blocks)
+    passed = sum(1 for held in trained[lowest:] if not held)
+    return sum(trained), passed
+
+
+def block_activations(shape: ModelShape, length: int, trained: bool, device: str = "cpu") -> int:
+    """Elements per token that one block keeps for backward: a trained block keeps the inputs of its
+    linear layers for their weight gradients; a frozen block the backward pass goes through keeps
+    only what its input gradient needs (norms, activation function, attention)."""
+    h, i, kv = shape.hidden, shape.intermediate, shape.hidden * shape.kv_heads // shape.heads
+    act = ACTIVATION_SAVES.get(shape.activation, 1)
+    if trained:
+        per_token = 8 * h + 2 * kv + i * (act + (3 if shape.rms_norm else 1))
+    else:
+        per_token = 6 * h + kv + (h if shape.rms_norm else 0) + i * (act + (1 if shape.rms_norm else 0))
+    if shape.attention_dropout > 0 and device == "cpu":  # probabilities, dropout mask, dropped probabilities
+        per_token += 3 * shape.heads * length
+    return per_token
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes at the peak of an optimizer step, by what holds them."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits
+
+
+def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, blocks: tuple[int, int], *,
+                  batch: int, length: int, task: str, checkpointing: bool = False,
+                  activation_bytes: int = 4, device: str = "cpu") -> MemoryEstimate:
+    """The peak of one training step on a micro-batch of `batch` rows of `length` tokens.
+
+    `blocks`: (trained, passed) from blocks_in_backward. Weights are fp32 (the engine keeps fp32
+    master weights; mixed precision casts on the fly), activations `activation_bytes` each (2 under
+    bf16/fp16 autocast). With gradient checkpointing a block keeps only its input and one block at
+    a time is recomputed in full during the backward pass."""
+    static = estimate_training_memory(total_params, trainable_params)
+    tokens = batch * length
+    trained, passed = blocks
+    if checkpointing:
+        per_token = (trained + passed) * shape.hidden
+        if trained or passed:
+            per_token += block_activations(shape, length, trained > 0, device)
+    else:
+        per_token = (trained * block_activations(shape, length, True, device)
+                     + passed * block_activations(shape, length, False, device))
+    if trained or passed:
+        per_token += shape.hidden  # the final norm's input
+    per_row = 0
+    if task == "causal-lm" and trainable_params:
+        per_token += shape.hidden  # the LM head's input
+    elif trainable_params:
+        per_row = shape.hidden  # a classification head reads one vector a row
+    logits = tokens * shape.vocab * (activation_bytes + LOSS_BUFFER_BYTES) if task == "causal-lm" else 0
+    return MemoryEstimate(static["weights"], static["gradients"], static["optimizer"],
+                          (tokens * per_token + batch * per_row) * activation_bytes, logits)
+
+
+def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: bool,
+                   activation_bytes: int = 4, device: str = "cpu") -> MemoryEstimate:
+    """estimate_peak for a built model (LoRA adapters and the freeze map applied): its parameter
+    counts, and the blocks its trainable parameters put in the backward pass."""
+    from core.describe import describe_model
+
+    description = describe_model(model)
+    trainable = [name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad]
+    blocks = blocks_in_backward(description.blocks, description.embeddings, trainable)
+    return estimate_peak(description.total_params, description.trainable_params, model_shape(model.config), blocks,
+                         batch=batch, length=length, task=task, checkpointing=checkpointing,
+                         activation_bytes=activation_bytes, device=device)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them.
+
+    Non-reentrant checkpointing (transformers' default, named here because it matters) works when a
+    block's input needs no gradient, so transformers' hook that makes the embeddings' output require
+    one (needed only by the reentrant kind) is removed again: with it, backward would run through
+    every frozen block below the trained ones for nothing."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"{type(model).__name__} does not support gradient checkpointing",
+                        "set compute.gradient_checkpointing: false")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.disable_input_require_grads()
 
 
 def format_bytes(n: float) -> str:

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc", type=int, metavar="N",
                        help="train data-parallel on N processes (one per GPU) through torchrun; "
                             "the same as --set compute.nproc=N")
+    train.add_argument("--dry-run", action="store_true",
+                       help="prepare everything short of training (no run folder), then print the plan, the "
+                            "trainable parameters and the estimated peak memory")
     train.add_argument("--engine", action="store_true", help=argparse.SUPPRESS)  # what --detach starts
 
     attach = sub.add_parser("attach", help="follow a training run: its whole history, then live")
@@ -105,11 +108,22 @@ def _train(args: argparse.Namespace) -> int:
         config = apply_overrides(config, overrides)
     elif args.resume and overrides:
         raise UserError("--set and --nproc cannot change a run being resumed", "resume it as it was, or start a new run")
+    if args.dry_run:
+        return _dry_run(config)
     if args.detach:
         return _detach(config, args.resume)
     if not args.engine and _needs_torchrun(config, args.resume):
         return _run_processes(config, args.resume)
     return _run_engine(config, args.resume, detached=args.engine)
+
+
+def _dry_run(config) -> int:
+    from core.dry_run import prepare, report
+
+    if config is None:
+        raise UserError("--dry-run plans a new run, not a resumed one", "pass a config (or --demo) instead of --resume")
+    print(report(prepare(config)))
+    return 0
 
 
 def _needs_torchrun(config, resume: str | None) -> bool:

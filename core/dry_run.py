@@ -1,0 +1,101 @@
+"""`sft-tui train CONFIG --dry-run`: everything a run prepares before its first step, then the plan
+and the memory the run will need, without training and without a run folder.
+
+It goes through core.setup's steps as the engine does (data and tokenizer, the model with its freeze
+map and gradient checkpointing, the optimizer, the step plan), so a config that would fail at the
+start of a run fails here with the same UserError. On the CPU the peak is that of the whole process:
+the estimate (core.memory) plus the process's resident memory measured just before the model loads,
+which holds torch, the libraries, the tokenizer and the data. On a GPU it is the device's share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.config import RunConfig
+from core.memory import MemoryEstimate, estimate_model, format_bytes, process_memory
+from core.plan import StepPlan
+
+SHOWN_STEPS = 6
+"""Scheduled evaluations and checkpoints listed by step before the rest are counted only."""
+
+
+@dataclass(frozen=True)
+class DryRun:
+    plan: StepPlan
+    evaluates: bool
+    """Whether there are validation rows: without them the engine skips the planned evaluations."""
+    total_params: int
+    trainable_params: int
+    device: str
+    """cpu or cuda: where the peak is."""
+    batch: int
+    length: int
+    """Tokens in the longest micro-batch row: the longest training row, up to data.max_length."""
+    estimate: MemoryEstimate
+    baseline_bytes: int
+    """CPU: the process's resident memory before the model loaded; 0 on a GPU."""
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.baseline_bytes + self.estimate.total
+
+
+def prepare(config: RunConfig) -> DryRun:
+    """Prepare the run short of training and estimate its peak memory."""
+    import torch
+    from transformers import set_seed
+
+    from core import setup
+    from core.memory import enable_gradient_checkpointing
+
+    set_seed(config.seed)
+    precision = setup.mixed_precision(config.precision)
+    device = "cuda" if torch.cuda.is_available() and config.compute.devices != "cpu" else "cpu"
+    tokenizer, data = setup.setup_data(config)
+    baseline = process_memory()["rss_bytes"] if device == "cpu" else 0
+    model, rules, _ = setup.setup_model(config, tokenizer, data)
+    if config.compute.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    setup.setup_optimizer(config, model, rules, torch.device(device))
+    plan = setup.setup_plan(config, len(data.train), config.compute.nproc)
+    length = max(len(example.input_ids) for example in data.train)
+    estimate = estimate_model(model, batch=config.optim.batch_size, length=length, task=config.task,
+                              checkpointing=config.compute.gradient_checkpointing,
+                              activation_bytes=4 if precision == "no" else 2, device=device)
+    return DryRun(plan=plan, evaluates=bool(data.validation), total_params=sum(p.numel() for p in model.parameters()),
+                  trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad), device=device,
+                  batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline)
+
+
+def _steps(steps: list[int]) -> str:
+    if not steps:
+        return "none"
+    shown = ", ".join(str(step) for step in steps[:SHOWN_STEPS])
+    more = f", … {len(steps) - SHOWN_STEPS} more" if len(steps) > SHOWN_STEPS else ""
+    return f"{len(steps)} (after step{'s' if len(steps) > 1 else ''} {shown}{more})"
+
+
+def report(dry: DryRun) -> str:
+    """What a dry run prints: the plan, the trainable parameters and the peak memory, the last on a
+    line of its own (`peak_memory_bytes: N`) for scripts."""
+    plan, memory = dry.plan, dry.estimate
+    share = dry.trainable_params / dry.total_params if dry.total_params else 0.0
+    where = "process (CPU)" if dry.device == "cpu" else "per GPU"
+    parts = [("weights", memory.weights), ("gradients", memory.gradients), ("AdamW state", memory.optimizer),
+             (f"activations (batch {dry.batch} x {dry.length} tokens)", memory.activations)]
+    parts += [("logits and loss", memory.logits)] if memory.logits else []
+    parts += [("process baseline (torch, libraries, data)", dry.baseline_bytes)] if dry.device == "cpu" else []
+    lines = [
+        f"plan: {plan.total_steps} optimizer steps over {plan.epochs} epoch{'s' if plan.epochs > 1 else ''} "
+        f"({plan.steps_per_epoch} per epoch), {plan.effective_batch} rows per step "
+        f"(batch {plan.batch_size} x accumulation {plan.grad_accum} x {plan.processes} process"
+        f"{'es' if plan.processes > 1 else ''}), {plan.warmup_steps} warmup steps, {plan.scheduler} schedule",
+        f"evaluations: {_steps(plan.eval_steps) if dry.evaluates else 'none (no validation rows)'}",
+        f"checkpoints: {_steps(plan.checkpoint_steps)}",
+        f"trainable parameters: {dry.trainable_params:,} of {dry.total_params:,} ({share:.2%})",
+        f"estimated peak memory of the {where}: {format_bytes(dry.peak_bytes)}",
+        *(f"  {name}: {format_bytes(size)}" for name, size in parts),
+        f"peak_memory_bytes: {dry.peak_bytes}",
+    ]
+    return "\n".join(lines)

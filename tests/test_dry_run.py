@@ -1,0 +1,88 @@
+"""`sft-tui train CONFIG --dry-run`, in process: the plan, the trainable parameters and the peak
+memory are printed, nothing trains and no run folder appears; a bad config exits 2 with its message."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from core.config import parse_config
+from core.plan import plan_steps
+from sft_tui.cli import main
+
+
+@pytest.fixture
+def config_path(tmp_path, tiny_model_factory, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rows = [{"prompt": f"Echo {w}:", "completion": f" {w} {w}"} for w in "abc def ghi jkl mno pqr stu vwx".split() * 5]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = {
+        "task": "causal-lm",
+        "model": {"name_or_path": str(tiny_model_factory("llama"))},
+        "data": {"train": "train.jsonl", "max_length": 12, "val_ratio": 0.25},
+        "optim": {"lr": 1e-3, "batch_size": 4},
+        "schedule": {"max_steps": 7},
+        "eval": {"every_steps": 3},
+        "freeze": {"preset": "top-n", "top_n": 1},
+        "output": {"runs_dir": "runs", "run_name": "dry"},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def dry_run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["train", *args, "--dry-run"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def peak(stdout: str) -> int:
+    return int(re.search(r"^peak_memory_bytes: (\d+)$", stdout, re.M).group(1))
+
+
+def parts(stdout: str) -> dict[str, str]:
+    return dict(re.findall(r"^  ([a-zA-Z][^:]*): (.+)$", stdout, re.M))
+
+
+def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, capsys, tmp_path):
+    code, out, err = dry_run(capsys, str(config_path))
+    assert code == 0, err
+    plan = plan_steps(parse_config(yaml.safe_load(config_path.read_text())), train_rows=30)
+    assert plan.total_steps == 7 and plan.eval_steps == [3, 6, 7]
+    assert "plan: 7 optimizer steps" in out
+    assert "evaluations: 3 (after steps 3, 6, 7)" in out
+    assert "checkpoints: 2 (after steps 3, 6)" in out
+    trainable, total = (int(n.replace(",", "")) for n in
+                        re.search(r"trainable parameters: ([\d,]+) of ([\d,]+)", out).groups())
+    assert 0 < trainable < total  # top-1 block and the (tied) head, not the whole model
+    # the longest row (17 tokens) is cut to data.max_length
+    assert set(parts(out)) == {"weights", "gradients", "AdamW state", "activations (batch 4 x 12 tokens)",
+                               "logits and loss", "process baseline (torch, libraries, data)"}
+    assert peak(out) > 100 * 2**20  # the process baseline alone (torch) is hundreds of MB
+    assert not (tmp_path / "runs").exists()
+    assert "step 1" not in err  # nothing trained
+
+
+def test_the_activations_grow_with_the_batch_and_shrink_with_checkpointing(config_path):
+    from core.config import apply_overrides, load_config
+    from core.dry_run import prepare
+
+    def estimate(*overrides: str):
+        return prepare(apply_overrides(load_config(config_path), list(overrides))).estimate
+
+    small, big = estimate(), estimate("optim.batch_size=8")
+    checkpointed = estimate("optim.batch_size=8", "compute.gradient_checkpointing=true")
+    assert big.activations == 2 * small.activations and big.logits == 2 * small.logits
+    assert checkpointed.activations < big.activations and checkpointed.logits == big.logits
+    assert big.weights == small.weights == checkpointed.weights
+
+
+def test_a_bad_config_exits_2_with_its_message(config_path, capsys):
+    code, out, err = dry_run(capsys, str(config_path), "--set", "optim.batch_size=0")
+    assert code == 2 and "optim.batch_size" in err and "Traceback" not in err and "peak_memory_bytes" not in out
+    code, _, err = dry_run(capsys, "--resume", "runs/none")
+    assert code == 2 and "--dry-run" in err

@@ -1,0 +1,145 @@
+"""The training-memory estimate (core.memory) against hand computations and against what autograd
+really keeps, and gradient checkpointing: on, and the same losses and gradients as without it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from core.describe import describe_model
+from core.memory import (MemoryEstimate, blocks_in_backward, enable_gradient_checkpointing, estimate_model,
+                         estimate_peak, model_shape)
+
+
+def load(folder, task="causal-lm"):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    torch.manual_seed(0)
+    model = auto.from_pretrained(folder, dtype=torch.float32, **({} if task == "causal-lm" else {"num_labels": 2}))
+    return model.train()
+
+
+def train_only(model, paths: list[str]) -> None:
+    """Train the parameters under `paths`; a tied parameter trains when any of its names is there."""
+    for param in model.parameters():
+        param.requires_grad = False
+    for name, param in model.named_parameters(remove_duplicate=False):
+        param.requires_grad |= any(name.startswith(path + ".") for path in paths)
+
+
+def saved_activation_bytes(model, batch: dict) -> int:
+    """Bytes autograd keeps for backward in one forward pass, parameters (held anyway) left out."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**batch)
+    return sum(seen.values())
+
+
+def ids(batch: int, length: int) -> dict:
+    torch.manual_seed(1)
+    input_ids = torch.randint(5, 200, (batch, length))
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def test_the_parts_against_a_hand_computation(tiny_model_factory):
+    model = load(tiny_model_factory("llama"))
+    shape = model_shape(model.config)  # core.tiny: hidden 64, 2 layers, 4 heads (2 for keys and values)
+    assert (shape.layers, shape.hidden, shape.intermediate, shape.heads, shape.kv_heads) == (2, 64, 128, 4, 2)
+    assert shape.rms_norm and shape.attention_dropout == 0.0
+    estimate = estimate_peak(1000, 100, shape, (2, 0), batch=4, length=10, task="causal-lm")
+    # per token and trained block: 8 hidden + 2 key/value widths (32) + 4 intermediate (gated MLP)
+    block = 8 * 64 + 2 * 32 + 4 * 128
+    assert estimate == MemoryEstimate(weights=4000, gradients=400, optimizer=800,
+                                      activations=40 * (2 * block + 2 * 64) * 4,  # + final norm, head inputs
+                                      logits=40 * shape.vocab * (4 + 12))
+    assert estimate.total == 4000 + 400 + 800 + 40 * (2 * block + 2 * 64) * 4 + 40 * shape.vocab * 16
+    half = estimate_peak(1000, 100, shape, (2, 0), batch=4, length=10, task="causal-lm", activation_bytes=2)
+    assert half.activations * 2 == estimate.activations and half.logits == 40 * shape.vocab * (2 + 12)
+    classify = estimate_peak(1000, 100, shape, (2, 0), batch=4, length=10, task="classification")
+    assert classify.logits == 0
+
+
+def test_frozen_blocks_below_the_lowest_trained_one_keep_nothing():
+    blocks, embeddings = [f"model.layers.{i}" for i in range(4)], ["model.embed_tokens"]
+    assert blocks_in_backward(blocks, embeddings, ["model.layers.3.mlp.up_proj.weight", "lm_head.weight"]) == (1, 0)
+    assert blocks_in_backward(blocks, embeddings, ["model.layers.1.self_attn.q_proj.weight"]) == (1, 2)
+    assert blocks_in_backward(blocks, embeddings, ["model.embed_tokens.weight", "model.layers.3.mlp.up_proj.weight"]) == (1, 3)
+    assert blocks_in_backward(blocks, embeddings, ["score.weight"]) == (0, 0)
+    assert blocks_in_backward(blocks, embeddings, ["model.layers.10.mlp.up_proj.weight"]) == (0, 0)  # not layer 1
+
+
+@pytest.mark.parametrize("arch, task", [("llama", "causal-lm"), ("gpt2", "causal-lm"), ("bert", "classification")])
+@pytest.mark.parametrize("trained", ["top block", "all blocks", "head only"])
+def test_the_activation_term_is_what_autograd_keeps(tiny_model_factory, arch, task, trained):
+    """Within 15% of the bytes autograd saves, for trained blocks, a frozen prefix, and frozen
+    blocks that a trained head tied to the embedding (Llama's and GPT-2's here) passes through."""
+    model = load(tiny_model_factory(arch), task)
+    description = describe_model(model)
+    paths = {"top block": description.blocks[-1:], "all blocks": description.blocks,
+             "head only": []}[trained] + description.head
+    train_only(model, paths)
+    batch, length = 4, 48
+    estimate = estimate_model(model, batch=batch, length=length, task=task, checkpointing=False)
+    measured = saved_activation_bytes(model, ids(batch, length))
+    assert estimate.activations == pytest.approx(measured, rel=0.15)
+
+
+def test_checkpointing_lowers_the_activation_term(tiny_model_factory):
+    model = load(tiny_model_factory("llama"))
+    shape = model_shape(model.config)
+    args = dict(batch=8, length=256, task="causal-lm")
+    full = estimate_peak(10, 10, shape, (2, 0), **args)
+    checkpointed = estimate_peak(10, 10, shape, (2, 0), checkpointing=True, **args)
+    one_block = 8 * 64 + 2 * 32 + 4 * 128
+    assert checkpointed.activations == 8 * 256 * (2 * 64 + one_block + 2 * 64) * 4  # inputs + one block recomputed
+    assert checkpointed.activations < full.activations and checkpointed.logits == full.logits
+    assert estimate_peak(10, 10, shape, (0, 0), checkpointing=True, **args).activations == 8 * 256 * 64 * 4  # the LM head's input
+
+
+def step(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    from core.loss import lm_loss_sum
+
+    model.zero_grad(set_to_none=True)
+    loss = lm_loss_sum(model(**batch).logits, batch["input_ids"])
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("trained", ["all", "block 1 only"])
+def test_gradient_checkpointing_is_on_and_changes_no_number(tiny_model_factory, trained):
+    """Non-reentrant checkpointing also trains a block whose input needs no gradient (a frozen
+    embedding and block 0 below it): the losses and gradients equal those of the plain run."""
+    folder = tiny_model_factory("llama")
+    plain, checkpointed = load(folder), load(folder)
+    if trained != "all":
+        for model in (plain, checkpointed):
+            train_only(model, ["model.layers.1"])
+    enable_gradient_checkpointing(checkpointed)
+    assert checkpointed.is_activation_checkpointing and not plain.is_activation_checkpointing
+    batch = ids(4, 24)
+    for _ in range(2):  # twice: the second pass recomputes from the same inputs again
+        loss, grads = step(plain, batch)
+        loss_c, grads_c = step(checkpointed, batch)
+        assert_close(loss_c, loss)
+        assert grads_c.keys() == grads.keys() and grads
+        for name in grads:
+            assert_close(grads_c[name], grads[name], msg=name)
+    assert all(g.abs().sum() > 0 for g in grads_c.values())
+
+
+def test_checkpointing_keeps_at_most_half_the_activations(tiny_model_factory):
+    folder = tiny_model_factory("llama")
+    plain, checkpointed = load(folder), load(folder)
+    enable_gradient_checkpointing(checkpointed)
+    batch = ids(8, 128)
+    assert saved_activation_bytes(checkpointed, batch) * 2 <= saved_activation_bytes(plain, batch)
