@@ -341,3 +341,39 @@ async def test_a_tied_lm_head_names_its_owner_in_the_tree(tmp_path, tiny_model_d
         assert labels(app)["lm_head"] == "lm_head train tied with model.embed_tokens Linear"
         embeddings = app.session.model.skeleton.model.embed_tokens.weight.numel()
         assert labels(app)["model.embed_tokens"] == f"embed_tokens train {format_count(embeddings)} Embedding"
+
+
+async def test_lora_targets_are_picked_from_the_tree_and_the_summary_counts_the_adapters(tmp_path, tiny_model_dir):
+    from core.lora import preview
+
+    app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        assert "+lora" not in labels(app)[""]
+        await pilot.press("L")  # the all-linear preset turns LoRA on
+        await pilot.pause()
+        lora = app.session.config.lora
+        assert lora.enabled and lora.targets == ["all-linear"]
+        assert "+lora" in labels(app)["model.layers.0.mlp.up_proj"] and "+lora" not in labels(app)["lm_head"]
+        model = app.session.model
+        truth, plan = preview(model.skeleton, model.description, app.session.config)
+        assert 0 < truth.trainable_params < truth.total_params
+        assert f"Trainable {truth.trainable_params:,} of {truth.total_params:,}" in summary(app)
+        assert state(app, "model.layers.0") == "frozen"  # the base freezes under LoRA
+
+        await select(pilot, "model.layers.1.mlp")
+        await pilot.press("l")  # all its layers have adapters: take them away
+        await pilot.pause()
+        targets = app.session.config.lora.targets
+        assert len(targets) == len(plan.targets) - 3 and not any(t.startswith("model.layers.1.mlp") for t in targets)
+        assert "+lora" not in labels(app)["model.layers.1.mlp"] and "+lora" in labels(app)["model.layers.1"]
+        fewer = preview(model.skeleton, model.description, app.session.config)[0].trainable_params
+        assert fewer < truth.trainable_params and f"Trainable {fewer:,} of" in summary(app)
+        await pilot.press("l")  # and back
+        await pilot.pause()
+        assert "+lora" in labels(app)["model.layers.1.mlp.down_proj"]
+
+        await pilot.press("A")  # the attention preset
+        await pilot.pause()
+        assert app.session.config.lora.targets == ["attention"]
+        assert "+lora" in labels(app)["model.layers.0.self_attn"] and "+lora" not in labels(app)["model.layers.0.mlp"]

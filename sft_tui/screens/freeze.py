@@ -16,6 +16,8 @@ from textual.widgets import ContentSwitcher, DataTable, Static, Tree
 from core.config import FreezeRule
 from core.errors import UserError
 from core.freeze import effective_rules, preset_rules, resolve, rule_name, summarize_freeze
+from core.lora import preview as lora_preview
+from core.lora import resolve_targets
 from sft_tui.format.numbers import format_count, format_share
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.dialogs.freeze_rule import RuleDialog
@@ -38,6 +40,10 @@ class FreezeScreen(StepScreen):
         Binding("e", "preset('freeze-embeddings')", "Preset: freeze embeddings", id="freeze-preset-emb", show=False),
         Binding("plus", "top_n(1)", "More top blocks", id="freeze-top-more", show=False),
         Binding("minus", "top_n(-1)", "Fewer top blocks", id="freeze-top-fewer", show=False),
+        Binding("l", "toggle_lora", "LoRA target", id="freeze-lora-toggle"),
+        Binding("A", "lora_preset('attention')", "LoRA on attention projections", id="freeze-lora-attention",
+                show=False),
+        Binding("L", "lora_preset('all-linear')", "LoRA on all linear layers", id="freeze-lora-linear", show=False),
         Binding("n", "add_rule", "New rule", id="freeze-rule-add"),
         Binding("r", "edit_rule", "Edit rule", id="freeze-rule-edit"),
         Binding("x,delete", "delete_rule", "Delete rule", id="freeze-rule-delete"),
@@ -51,7 +57,8 @@ class FreezeScreen(StepScreen):
         super().__init__()
         self._model = None  # the session.model the tree shows
         self._tensors: dict = {}
-        self._shown = None  # the FreezeConfig the views show
+        self._shown = None  # the (FreezeConfig, LoraConfig) the views show
+        self._lora_targets: list[str] = []  # layers with adapters under the shown config
         self._states: dict = {}  # module path -> NodeState under the shown map
         self._preset_shares: dict[tuple[str, int], float] = {}
 
@@ -66,7 +73,7 @@ class FreezeScreen(StepScreen):
                 yield FreezeSummaryBar(id="freeze-summary")
 
     def on_mount(self) -> None:
-        self.query_one("#freeze-tree").border_title = "modules · space train/freeze"
+        self.query_one("#freeze-tree").border_title = "modules · space train/freeze · l LoRA target"
         self.query_one("#freeze-rules").border_title = "rules · later ones win"
         self.watch(self.app, "model_state", self._model_state_changed)
         self.watch(self.app, "session_version", self._session_changed)
@@ -105,7 +112,7 @@ class FreezeScreen(StepScreen):
         self.query_one(ContentSwitcher).current = "freeze-editor"
         if model is not self._model:
             self._show_model(model)
-        elif self.session.config.freeze == self._shown:
+        elif (self.session.config.freeze, self.session.config.lora) == self._shown:
             return
         self._refresh()
 
@@ -117,20 +124,28 @@ class FreezeScreen(StepScreen):
         tree.focus()
 
     def _refresh(self) -> None:
-        """Resolve the map once, then relabel the tree and redraw the rule list and the summary."""
-        freeze, description, skeleton = self.session.config.freeze, self._model.description, self._model.skeleton
-        self._shown = freeze
+        """Resolve the map once, then relabel the tree and redraw the rule list and the summary. With
+        LoRA on, the map is the one under LoRA (core.lora.lora_rules), and the summary counts the
+        adapters that peft puts on a copy of the skeleton."""
+        config, description, skeleton = self.session.config, self._model.description, self._model.skeleton
+        freeze = config.freeze
+        self._shown = (freeze, config.lora)
         rules = effective_rules(freeze, description)
+        self._lora_targets = []
         try:
-            summary = summarize_freeze(skeleton, rules)
+            if config.lora.enabled:
+                summary, plan = lora_preview(skeleton, description, config)
+                rules, self._lora_targets = plan.rules, plan.targets
+            else:
+                summary = summarize_freeze(skeleton, rules)
             states = resolve(skeleton, rules)
-        except UserError as err:  # an invalid regex from a loaded config: fix or delete the rule
+        except UserError as err:  # an invalid regex from a loaded config, a LoRA target matching nothing
             summary, error = None, err
             self._states = {}
         else:
             error = None
             self._states = node_states(description.root, self._tensors, states)
-        self.query_one(ModuleTree).relabel(self._states)
+        self.query_one(ModuleTree).relabel(self._states, self._lora_targets)
         self.query_one(RuleTable).show_rules(rules, [rule.params for rule in summary.rules] if summary else None,
                                              self._deciding())
         shares = {preset: self._preset_share(preset) for _, preset, _ in PRESETS}
@@ -236,6 +251,43 @@ class FreezeScreen(StepScreen):
                     f"trainable then {format_share(summary.trainable_share)}")
 
         return check
+
+    def action_toggle_lora(self) -> None:
+        """Give the selected module's layers adapters, or take them away when all have them: the
+        targets become explicit layer paths then, so one module leaves a preset's list. Turns LoRA on."""
+        node = self.query_one(ModuleTree).cursor_node
+        if not self._ready() or node is None or node.data is None:
+            return
+        lora, path = self.session.config.lora, node.data.path
+        if not self._targets_under(path):
+            self.notify(f"{path or 'the model'} has no linear or embedding layer to put an adapter on.",
+                        severity="warning")
+            return
+        try:
+            current = resolve_targets(self._model.skeleton, self._model.description, lora.targets)
+        except UserError:
+            current = []  # a target matching nothing: start again from this module
+        below = [p for p in current if path == "" or p == path or p.startswith(path + ".")]
+        if lora.enabled and below and set(below) == set(self._targets_under(path)):
+            targets = [p for p in current if p not in below]
+            if not targets:
+                self.notify("LoRA needs at least one target; turn LoRA off in the hyperparameters (4) instead.",
+                            severity="warning")
+                return
+        else:
+            targets = (current if lora.enabled else []) + [path or "*"]
+        self._apply({"lora.enabled": True, "lora.targets": targets})
+
+    def _targets_under(self, path: str) -> list[str]:
+        """The layers at or below `path` that can take an adapter."""
+        try:
+            return resolve_targets(self._model.skeleton, self._model.description, [path or "*"])
+        except UserError:
+            return []
+
+    def action_lora_preset(self, preset: str) -> None:
+        if self._ready():
+            self._apply({"lora.enabled": True, "lora.targets": [preset]})
 
     def action_add_rule(self) -> None:
         if not self._ready():

@@ -65,11 +65,13 @@ class ModuleTree(Tree):
                 node = parent.add_leaf(child.name, child)
             self._module_nodes.append(node)
 
-    def relabel(self, states: dict[str, NodeState]) -> None:
+    def relabel(self, states: dict[str, NodeState], lora_targets: list[str] = ()) -> None:
         """New labels from the states of the current freeze map (no state shown where it is missing,
-        e.g. while a rule is invalid)."""
+        e.g. while a rule is invalid); modules with LoRA adapters at or below them are marked."""
+        adapted = {prefix for target in lora_targets for prefix in [*_ancestors(target), target]} | (
+            {""} if lora_targets else set())
         for node in self._module_nodes:
-            node.set_label(module_label(node.data, states.get(node.data.path)))
+            node.set_label(module_label(node.data, states.get(node.data.path), node.data.path in adapted))
 
 
 def _ancestors(path: str) -> list[str]:
@@ -77,9 +79,10 @@ def _ancestors(path: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def module_label(module, state: NodeState | None) -> Text:
+def module_label(module, state: NodeState | None, lora: bool = False) -> Text:
     """`0 train lr x0.5 1.8M BertLayer`: the state right after the name, so that a narrow terminal
-    cuts the class name, not the state; the root shows its class as its name."""
+    cuts the class name, not the state; the root shows its class as its name. `lora`: LoRA adapters
+    sit on this module or below it (`+lora` after the state)."""
     text = Text(module.name or module.kind, "bold")
     if state is not None and state.train:
         text.append(f" {state.train}", STATE_STYLES[state.train])
@@ -87,6 +90,8 @@ def module_label(module, state: NodeState | None) -> Text:
             text.append(f" {format_share(state.trainable / state.params)}", "yellow")
         if state.lr:
             text.append(f" {state.lr}", "magenta")
+    if lora:
+        text.append(" +lora", "bold cyan")
     if module.tied_with:
         # Shared parameters are counted once, under the module that owns them.
         text.append(f" tied with {module.tied_with}", "italic")
