@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from core.atomic import atomic_folder
 from core.errors import UserError
@@ -117,6 +117,38 @@ def _needed_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
 def save_checkpoint(
     checkpoints_dir: Path,
     model: torch.nn.Module,
+def _is_adapter_run(model: torch.nn.Module) -> bool:
+    """A peft-wrapped model (lora.enabled): its frozen base is the base model's, unchanged."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The model's weights; of a LoRA run only what trains (adapters, modules_to_save), since the
+    frozen base reloads from the model itself: a 7B base would make each checkpoint 14 GB."""
+    if not _is_adapter_run(model):
+        save_model(model, str(path))
+        return
+    trained = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    save_file(trained, str(path), metadata={"format": "pt", "trained_only": "1"})
+
+
+def _load_weights(model: torch.nn.Module, path: Path, device: str) -> None:
+    """Load what _save_weights wrote; a LoRA checkpoint must name every trained parameter and only
+    parameters of this model (one from another target set or rank fails here, not later)."""
+    if not _is_adapter_run(model):
+        load_model(model, str(path), device=device)
+        return
+    tensors = load_file(str(path), device=device)
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(tensors) != trained:
+        odd = sorted(set(tensors) ^ trained)
+        raise ValueError(f"its adapters do not fit this model's LoRA settings ({len(odd)} tensors differ, "
+                         f"e.g. {odd[0]})")
+    model.load_state_dict(tensors, strict=False)
+
+
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: TrainState,
@@ -132,7 +164,7 @@ def save_checkpoint(
     final = checkpoints_dir / f"{PREFIX}{step}"
     try:
         with atomic_folder(final) as tmp:
-            save_model(model, str(tmp / "model.safetensors"))
+            _save_weights(model, tmp / "model.safetensors")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             tensors, meta = _rng_state()
@@ -175,7 +207,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
     device = str(next(model.parameters()).device)
     state = read(STATE_FILE, lambda p: TrainState(**json.loads(p.read_text(encoding="utf-8"))))
-    read("model.safetensors", lambda p: load_model(model, str(p), device=device))
+    read("model.safetensors", lambda p: _load_weights(model, p, device))
     optimizer.load_state_dict(read("optimizer.pt", lambda p: torch.load(p, weights_only=True)))
     scheduler.load_state_dict(read("scheduler.pt", lambda p: torch.load(p, weights_only=True)))
     read("rng.safetensors", _set_rng_state)

@@ -13,8 +13,8 @@ import torch
 import yaml
 from helpers import WORDS, StopAt, tiny_lm_config, write_jsonl
 from safetensors.torch import load_file
-from safetensors.torch import load_model as load_weights
 
+import core.export
 from core.config import LoraConfig, parse_config
 from core.describe import describe_model
 from core.engine import train
@@ -47,7 +47,6 @@ def cls_config(model_dir, data, tmp_path, **sections):
     config = {"task": "classification", "seed": 5, "model": {"name_or_path": str(model_dir)},
               "data": {"train": str(data), "max_length": 16}, "optim": {"lr": 5e-3, "batch_size": 8},
               "schedule": {"max_steps": 8}, "eval": {"every_steps": 8, "metric": "accuracy"},
-              "checkpoint": {"every_steps": 8},
               "output": {"runs_dir": str(tmp_path / "runs"), "run_name": "cls"}, "lora": {"enabled": True}}
     for name, fields in sections.items():
         config.setdefault(name, {}).update(fields)
@@ -61,6 +60,22 @@ def run(config, control=None, **kw):
 
 def losses(sink) -> dict[int, float]:
     return {e.step: e.loss for e in sink.of_type(StepMetrics)}
+
+
+@pytest.fixture
+def trained_model(monkeypatch):
+    """The model the run exports, as it is handed to save_final (a copy: a merge changes it)."""
+    import copy
+
+    caught = {}
+    save_final = core.export.save_final
+
+    def spy(model, *args, **kwargs):
+        caught["model"] = copy.deepcopy(model).eval()
+        return save_final(model, *args, **kwargs)
+
+    monkeypatch.setattr(core.export, "save_final", spy)
+    return caught
 
 
 def _loaded(model_dir, task="causal-lm"):
@@ -155,7 +170,8 @@ def test_the_summary_counts_adapters_and_the_head(tiny_model_factory, cls_file, 
 
 # ---- training, export, resume -------------------------------------------------------------------
 
-def test_only_adapters_and_the_head_train_and_both_exports_load(tiny_model_factory, cls_file, tmp_path):
+def test_only_adapters_and_the_head_train_and_both_exports_load(tiny_model_factory, cls_file, tmp_path,
+                                                                trained_model):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
@@ -165,14 +181,17 @@ def test_only_adapters_and_the_head_train_and_both_exports_load(tiny_model_facto
     started = sink.of_type(RunStarted)[0]
     assert 0 < started.trainable_params < started.total_params / 5
 
-    # the last checkpoint holds the trained model: its base weights are the original ones, bit for bit
-    saved = load_file(str(result.last_checkpoint / "model.safetensors"))
+    # the trained model's base weights are the original ones, bit for bit
+    trained = trained_model["model"]
+    saved = dict(trained.named_parameters())
     original = {f"bert.{k}": v for k, v in load_file(str(model_dir / "model.safetensors")).items()}  # a bare BertModel
     base = {base_name(k): v for k, v in saved.items() if "lora_" not in k and ".modules_to_save." not in k}
     assert set(original) <= set(base)
     assert all(torch.equal(original[k], base[k]) for k in original)
     lora_b = [v for k, v in saved.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # every adapter moved off its zero start
+    assert {k for k, v in saved.items() if v.requires_grad} == {k for k in saved if "lora_" in k or
+                                                                ".modules_to_save." in k}
 
     adapter_files = {p.name for p in result.output_path.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= adapter_files
@@ -183,10 +202,6 @@ def test_only_adapters_and_the_head_train_and_both_exports_load(tiny_model_facto
     merged = AutoModelForSequenceClassification.from_pretrained(result.output_path / "merged").eval()
     assert merged.config.id2label == {0: "neg", 1: "pos"}
 
-    trained, _ = _loaded(model_dir, "classification")
-    trained, _, _ = apply_lora(trained, describe_model(trained), config)
-    load_weights(trained, str(result.last_checkpoint / "model.safetensors"))  # the checkpoint of the last step
-    trained.eval()
     batch = {"input_ids": torch.tensor([[2, 7, 9, 11, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
     with torch.no_grad():
         expected = trained(**batch).logits
@@ -194,13 +209,14 @@ def test_only_adapters_and_the_head_train_and_both_exports_load(tiny_model_facto
         torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_causal_lm_adapter_and_merged_model_generate_like_the_trained_one(tiny_model_factory, sft_file, tmp_path):
+def test_causal_lm_adapter_and_merged_model_compute_like_the_trained_one(tiny_model_factory, sft_file, tmp_path,
+                                                                          trained_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     model_dir = tiny_model_factory("llama")
     config = lm_config(model_dir, sft_file, tmp_path, lora={"merge_on_export": True}, schedule={"max_steps": 10},
-                       eval={"every_steps": 10, "num_samples": 0}, checkpoint={"every_steps": 10})
+                       eval={"every_steps": 10, "num_samples": 0})
     result, _ = run(config)
     ids = torch.tensor([[1, 5, 8, 13, 21, 34]])
     base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -208,11 +224,8 @@ def test_causal_lm_adapter_and_merged_model_generate_like_the_trained_one(tiny_m
         untrained = base(ids).logits
         adapter = PeftModel.from_pretrained(base, result.output_path).eval()(ids).logits
         merged = AutoModelForCausalLM.from_pretrained(result.output_path / "merged").eval()(ids).logits
-    trained, _ = _loaded(model_dir)
-    trained, _, _ = apply_lora(trained, describe_model(trained), config)
-    load_weights(trained, str(result.last_checkpoint / "model.safetensors"))  # tied weights saved once
     with torch.no_grad():
-        expected = trained.eval()(ids).logits
+        expected = trained_model["model"](ids).logits
     assert not torch.allclose(untrained, expected)
     torch.testing.assert_close(adapter, expected)
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-5)
@@ -228,6 +241,8 @@ def test_resume_with_lora_equals_an_uninterrupted_run(tiny_model_factory, sft_fi
     cut_cfg.output.run_name = "cut"
     first, part1 = run(cut_cfg, StopAt(4))
     assert first.step == 4 and first.last_checkpoint.name == "step-4"
+    saved = load_file(str(first.last_checkpoint / "model.safetensors"))
+    assert saved and all(".lora_" in name for name in saved)  # the frozen base is not copied into checkpoints
     resumed, part2 = run(None, resume_dir=first.run_dir)
     assert resumed.step == 10
 
