@@ -114,9 +114,6 @@ def _needed_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     return max(1, (weights + moments) >> 20)
 
 
-def save_checkpoint(
-    checkpoints_dir: Path,
-    model: torch.nn.Module,
 def _is_adapter_run(model: torch.nn.Module) -> bool:
     """A peft-wrapped model (lora.enabled): its frozen base is the base model's, unchanged."""
     from peft import PeftModel
@@ -149,6 +146,9 @@ def _load_weights(model: torch.nn.Module, path: Path, device: str) -> None:
     model.load_state_dict(tensors, strict=False)
 
 
+def save_checkpoint(
+    checkpoints_dir: Path,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: TrainState,
