@@ -114,7 +114,10 @@ def _train(args: argparse.Namespace) -> int:
         return _detach(config, args.resume)
     if not args.engine and _needs_torchrun(config, args.resume):
         return _run_processes(config, args.resume)
-    return _run_engine(config, args.resume, detached=args.engine)
+    code = _run_engine(config, args.resume, detached=args.engine)
+    # One of torchrun's processes: how the run ended is in its events, which the launcher reads; a
+    # status other than 0 would make torchrun print a failure report for a stop or a refusal.
+    return 0 if code in (2, EXIT_STOPPED) and os.environ.get("TORCHELASTIC_RUN_ID") else code
 
 
 def _dry_run(config) -> int:
@@ -142,7 +145,7 @@ def _run_processes(config, resume: str | None) -> int:
     from sft_tui.detach import run_processes
 
     status, end = run_processes(config, resume)
-    if end is None or status == 0:
+    if end is None:
         return status
     if end.type == "run_finished":
         return EXIT_STOPPED if end.reason == "stopped" else 0
@@ -170,7 +173,9 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
 
     display = ProgressDisplay()
     control = Control()
-    if detached and os.environ.get("RANK", "0") == "0":  # torchrun's rank 0 holds the run folder
+    main = os.environ.get("RANK", "0") == "0"  # torchrun's rank 0 holds the run folder and speaks for the run
+    launched = bool(os.environ.get("TORCHELASTIC_RUN_ID"))  # its launcher reads the end from the events
+    if detached and main:
         from core.commands import FolderControl
         from core.runs import RunPaths, run_root
 
@@ -182,7 +187,7 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
             raise KeyboardInterrupt  # a person pressing Ctrl+C twice means it
         if signum == signal.SIGHUP:
             display.detach()  # the terminal is gone: writing to it would fail
-        if not control.stop_requested:
+        if not control.stop_requested and main:
             display.note(f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint"
                          + ("; press Ctrl+C again to abort without saving" if signum == signal.SIGINT else ""))
         control.stop()
@@ -191,9 +196,9 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS
                 if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
-        result = train(config, [display], control, resume_dir=resume, keep_failed_start=detached)
+        result = train(config, [display], control, resume_dir=resume, keep_failed_start=detached or launched)
     except UserError:
-        if display.failure_shown or os.environ.get("RANK", "0") != "0":  # rank 0 says it, once
+        if display.failure_shown or not main:
             return 2
         raise
     except KeyboardInterrupt:
@@ -218,12 +223,12 @@ def _detach(config, resume: str | None) -> int:
 
     run = start_detached(config, resume)
     print(f"starting the engine for {run.paths.root} ...", file=sys.stderr)
-    while not run.engine_started(read_record(run.paths.engine)):
+    while not run.engine_started(record := read_record(run.paths.engine)):
         if run.process.poll() is not None:
             print(run.paths.engine_log.read_text(encoding="utf-8", errors="replace").strip(), file=sys.stderr)
             return run.process.returncode
         time.sleep(0.1)
-    pid = run.process.pid
+    pid = record.pid  # under torchrun, rank 0: a SIGTERM to it stops every process at one step
     print(f"run {run.paths.root.name} is training in the background (engine pid {pid}); closing this terminal "
           f"does not stop it\n"
           f"  follow it:  sft-tui attach {run.paths.root}   (--plain for text)\n"

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from core.errors import UserError
 from core.events import Event, read_events
 from core.launch import check_launch, launch_env
 from core.liveness import ProcessRecord, live_record, write_record
-from core.runs import RunPaths, new_run_id, occupied_problem, open_run, resume_problem, run_root
+from core.runs import RunPaths, discard_stub, new_run_id, occupied_problem, open_run, resume_problem, run_root
 
 
 @dataclass
@@ -146,6 +147,7 @@ def run_processes(config: RunConfig | None = None, resume_dir: str | Path | None
     saving", and kill them 30 s later."""
     start = prepare_start(config, resume_dir)
     command, env = engine_command(start.config, start.args)
+    started = time.time()
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
 
     def forward(signum, frame):
@@ -166,6 +168,8 @@ def run_processes(config: RunConfig | None = None, resume_dir: str | Path | None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    ends = [e for e in read_events(start.paths.events) if e.type in ("run_finished", "run_failed")] \
-        if start.paths.events.exists() else []
+    ends = [e for e in read_events(start.paths.events) if e.type in ("run_finished", "run_failed")
+            and e.time >= started] if start.paths.events.exists() else []  # not a resumed run's earlier end
+    if ends and ends[-1].type == "run_failed" and ends[-1].step == 0 and resume_dir is None:
+        discard_stub(start.paths)  # as one process does: a start that failed leaves no run behind
     return status, ends[-1] if ends else None
