@@ -121,23 +121,30 @@ def accelerator_options(config: RunConfig) -> dict:
                         "start it with `sft-tui train CONFIG` or from the app (without --in-process): they "
                         "start the processes through torchrun", {"compute.nproc": "needs a torchrun launch"})
     cpu = config.compute.devices == "cpu" or not local_gpus().indices
-    return {"cpu": cpu, "fsdp_plugin": fsdp_plugin(config) if world_size() > 1 else None}
+    return {"cpu": cpu, "fsdp_plugin": fsdp_plugin(config, cpu) if world_size() > 1 else None}
 
 
-def fsdp_plugin(config: RunConfig):
+def fsdp_plugin(config: RunConfig, cpu: bool = False):
     """accelerate's FSDP2 plugin, wrapping each transformer block (the model's `_no_split_modules`)
     and saving full state dicts, or None for DDP. A model too small to gain from sharding gets a
-    warning in the run's log, not a refusal."""
+    warning, not a refusal; so do CPU processes, which accelerate does not shard (they train as DDP)."""
     if config.compute.distributed != "fsdp":
         return None
     from accelerate import FullyShardedDataParallelPlugin
 
+    warn = logging.getLogger("core.engine").warning if os.environ.get("RANK", "0") == "0" else _quiet
+    if cpu:
+        warn("compute.distributed fsdp shards across GPUs: processes on the CPU train as ddp")
+        return None
     if (params := model_params(config)) is not None and params < FSDP_MIN_PARAMS:
-        logging.getLogger("core.engine").warning(
-            "compute.distributed fsdp: the model has %s parameters, too few to gain from sharding "
-            "(below %s); distributed: ddp trains it faster", f"{params:,}", f"{FSDP_MIN_PARAMS:,}")
+        warn("compute.distributed fsdp: the model has %s parameters, too few to gain from sharding "
+             "(below %s); distributed: ddp trains it faster", f"{params:,}", f"{FSDP_MIN_PARAMS:,}")
     return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
                                           state_dict_type="FULL_STATE_DICT")
+
+
+def _quiet(*args) -> None:
+    """A warning every process would repeat is said by rank 0 alone."""
 
 
 def model_params(config: RunConfig) -> int | None:

@@ -175,6 +175,11 @@ def test_fsdp_on_a_model_too_small_to_shard_is_a_warning_not_a_refusal(tiny_mode
     assert any("too few to gain from sharding" in r.getMessage() and "distributed: ddp" in r.getMessage()
                for r in caplog.records)
     assert launch.fsdp_plugin(RunConfig()) is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="core.engine"):
+        assert launch.fsdp_plugin(small, cpu=True) is None, "accelerate shards no CPU processes"
+    assert [r.getMessage() for r in caplog.records] == [
+        "compute.distributed fsdp shards across GPUs: processes on the CPU train as ddp"]
 
 
 def test_the_command_line_refuses_more_processes_than_devices_before_starting_any(tmp_path):
