@@ -14,11 +14,11 @@ from pynvml import NVMLError_GpuIsLost
 from textual.app import App, ComposeResult
 
 from core import launch
-from core.config import RunConfig, parse_config, precision_problem, save_config
+from core.config import RunConfig, load_config, parse_config, precision_problem, save_config
 from core.errors import UserError
 from core.events import StepMetrics
 from core.launch import Gpus, accelerator_options, launch_env, launch_problems, local_gpus
-from sft_tui.detach import DetachedRun, engine_command
+from sft_tui.detach import DetachedRun, engine_command, prepare_start
 from sft_tui.session import Session
 from sft_tui.widgets.train.stats import RunStats
 
@@ -155,6 +155,19 @@ def test_several_processes_start_through_torchrun_on_the_chosen_gpus():
     command, env = engine_command(RunConfig(), ["-", "--engine"])
     assert command == [sys.executable, "-m", "sft_tui.cli", "train", "-", "--engine"]
     assert launch_env(RunConfig(compute={"devices": "cpu"})) == {} == launch_env(RunConfig())
+
+
+def test_a_start_of_several_processes_hands_them_the_config_in_the_run_folder(tmp_path, monkeypatch):
+    """torchrun's processes would share one stdin: they read the resolved config from config.yaml."""
+    monkeypatch.setattr(launch, "local_gpus", lambda: Gpus({}))
+    many = RunConfig(compute={"nproc": 2, "devices": "cpu"}, output={"runs_dir": str(tmp_path), "run_name": "r"})
+    start = prepare_start(many)
+    assert (start.args, start.stdin) == ([str(tmp_path / "r" / "config.yaml")], None)
+    assert load_config(tmp_path / "r" / "config.yaml") == many == start.config
+    one = prepare_start(RunConfig(output={"runs_dir": str(tmp_path), "run_name": "s"}))
+    assert one.args == ["-"] and "run_name: s" in one.stdin and not (tmp_path / "s" / "config.yaml").exists()
+    with pytest.raises(UserError, match="compute.nproc 2 asks for more processes than devices"):
+        prepare_start(RunConfig(compute={"nproc": 2}, output={"runs_dir": str(tmp_path), "run_name": "t"}))
 
 
 def test_the_engine_refuses_several_processes_it_was_not_started_as(monkeypatch):
