@@ -87,10 +87,10 @@ def report(dry: DryRun) -> str:
     parts += [("logits and loss", memory.logits)] if memory.logits else []
     parts += [("process baseline (torch, libraries, data)", dry.baseline_bytes)] if dry.device == "cpu" else []
     lines = [
-        f"plan: {plan.total_steps} optimizer steps over {plan.epochs} epoch{'s' if plan.epochs > 1 else ''} "
+        (f"plan: {plan.total_steps} optimizer steps over {plan.epochs} epoch{'s' if plan.epochs > 1 else ''} "
         f"({plan.steps_per_epoch} per epoch), {plan.effective_batch} rows per step "
         f"(batch {plan.batch_size} x accumulation {plan.grad_accum} x {plan.processes} process"
-        f"{'es' if plan.processes > 1 else ''}), {plan.warmup_steps} warmup steps, {plan.scheduler} schedule",
+        f"{'es' if plan.processes > 1 else ''}), {plan.warmup_steps} warmup steps, {plan.scheduler} schedule"),
         f"evaluations: {_steps(plan.eval_steps) if dry.evaluates else 'none (no validation rows)'}",
         f"checkpoints: {_steps(plan.checkpoint_steps)}",
         f"trainable parameters: {dry.trainable_params:,} of {dry.total_params:,} ({share:.2%})",

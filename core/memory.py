@@ -146,23 +146,24 @@ class MemoryEstimate:
 
 def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, blocks: tuple[int, int], *,
                   batch: int, length: int, task: str, checkpointing: bool = False,
-                  activation_bytes: int = 4, device: str = "cpu") -> MemoryEstimate:
+                  activation_bytes: int = 4, device: str = "cpu", adapters: int = 0) -> MemoryEstimate:
     """The peak of one training step on a micro-batch of `batch` rows of `length` tokens.
 
     `blocks`: (trained, passed) from blocks_in_backward. Weights are fp32 (the engine keeps fp32
     master weights; mixed precision casts on the fly), activations `activation_bytes` each (2 under
     bf16/fp16 autocast). With gradient checkpointing a block keeps only its input and one block at
-    a time is recomputed in full during the backward pass."""
+    a time is recomputed in full during the backward pass. `adapters`: elements per token that LoRA
+    adapters keep beyond their block's own (see adapter_activations)."""
     static = estimate_training_memory(total_params, trainable_params)
     tokens = batch * length
     trained, passed = blocks
     if checkpointing:
         per_token = (trained + passed) * shape.hidden
         if trained or passed:
-            per_token += block_activations(shape, length, trained > 0, device)
+            per_token += block_activations(shape, length, trained > 0, device) + adapters // max(trained, 1)
     else:
         per_token = (trained * block_activations(shape, length, True, device)
-                     + passed * block_activations(shape, length, False, device))
+                     + passed * block_activations(shape, length, False, device) + adapters)
     if trained or passed:
         per_token += shape.hidden  # the final norm's input
     per_row = 0
@@ -173,6 +174,25 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
     logits = tokens * shape.vocab * (activation_bytes + LOSS_BUFFER_BYTES) if task == "causal-lm" else 0
     return MemoryEstimate(static["weights"], static["gradients"], static["optimizer"],
                           (tokens * per_token + batch * per_row) * activation_bytes, logits)
+
+
+def adapter_activations(model) -> int:
+    """Elements per token that peft's LoRA layers keep beyond what their block keeps: each adapter's
+    down-projection output (rank wide) and, under lora.dropout, its own dropped copy of the input."""
+    from torch import nn
+
+    total = 0
+    for module in model.modules():
+        down, dropout = getattr(module, "lora_A", None), getattr(module, "lora_dropout", None)
+        if not isinstance(down, nn.ModuleDict) or not isinstance(dropout, nn.ModuleDict):
+            continue
+        for name, layer in down.items():
+            if getattr(layer, "weight", None) is None or not layer.weight.requires_grad:
+                continue
+            total += layer.weight.shape[0]
+            if isinstance(dropout[name], nn.Dropout) and dropout[name].p > 0:
+                total += layer.weight.shape[1]
+    return total
 
 
 def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: bool,
@@ -186,7 +206,7 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
     blocks = blocks_in_backward(description.blocks, description.embeddings, trainable)
     return estimate_peak(description.total_params, description.trainable_params, model_shape(model.config), blocks,
                          batch=batch, length=length, task=task, checkpointing=checkpointing,
-                         activation_bytes=activation_bytes, device=device)
+                         activation_bytes=activation_bytes, device=device, adapters=adapter_activations(model))
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -377,3 +377,42 @@ async def test_lora_targets_are_picked_from_the_tree_and_the_summary_counts_the_
         await pilot.pause()
         assert app.session.config.lora.targets == ["attention"]
         assert "+lora" in labels(app)["model.layers.0.self_attn"] and "+lora" not in labels(app)["model.layers.0.mlp"]
+
+
+def memory_line(app, checkpointing: bool) -> tuple[str, str]:
+    """The freeze summary's memory and the batch it is for, computed from core.memory on the
+    session's model and form."""
+    from core.freeze import resolve
+    from core.memory import blocks_in_backward, estimate_peak, format_bytes, model_shape
+
+    model, config = app.session.model, app.session.config
+    names = [n for n, s in resolve(model.skeleton, effective_rules(config.freeze, model.description)).items() if s.train]
+    truth = expected(app)
+    blocks = blocks_in_backward(model.description.blocks, model.description.embeddings, names)
+    length = min(config.data.max_length, model.max_positions)
+    sizes = [estimate_peak(truth.total_params, truth.trainable_params, model_shape(model.skeleton.config), blocks,
+                           batch=config.optim.batch_size, length=length, task=config.task,
+                           checkpointing=on).total for on in (checkpointing, not checkpointing)]
+    return (f"memory {format_bytes(sizes[0])} + process", f"at batch {config.optim.batch_size} x {length} tokens · "
+            f"{'without' if checkpointing else 'with'} gradient checkpointing: {format_bytes(sizes[1])}")
+
+
+async def test_the_memory_estimate_follows_the_freeze_map_and_the_form(tmp_path, tiny_model_dir):
+    app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        text = summary(app)
+        assert all(part in text for part in memory_line(app, False)) and "logits" in text
+        before = text
+        app.session.update({"optim.batch_size": 64, "data.max_length": 128})  # as the form's fields do
+        app.changed()
+        await pilot.pause()
+        assert all(part in summary(app) for part in memory_line(app, False)) and "at batch 64 x 128 tokens" in summary(app)
+        assert summary(app) != before
+        app.session.update({"compute.gradient_checkpointing": True})
+        app.changed()
+        await pilot.pause()
+        assert all(part in summary(app) for part in memory_line(app, True))
+        await pilot.press("h")  # head only: a tied head still sends backward through every block
+        await pilot.pause()
+        assert all(part in summary(app) for part in memory_line(app, True))

@@ -17,7 +17,7 @@ from sft_tui.cli import main
 @pytest.fixture
 def config_path(tmp_path, tiny_model_factory, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rows = [{"prompt": f"Echo {w}:", "completion": f" {w} {w}"} for w in "abc def ghi jkl mno pqr stu vwx".split() * 5]
+    rows = [{"prompt": f"Echo {w}:", "completion": f" {w} {w}"} for w in ["abc", "def", "ghi", "jkl", "mno", "pqr", "stu", "vwx"] * 5]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     config = {
         "task": "causal-lm",
@@ -41,11 +41,11 @@ def dry_run(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def peak(stdout: str) -> int:
-    return int(re.search(r"^peak_memory_bytes: (\d+)$", stdout, re.M).group(1))
+    return int(re.search(r"^peak_memory_bytes: (\d+)$", stdout, re.MULTILINE).group(1))
 
 
 def parts(stdout: str) -> dict[str, str]:
-    return dict(re.findall(r"^  ([a-zA-Z][^:]*): (.+)$", stdout, re.M))
+    return dict(re.findall(r"^  ([a-zA-Z][^:]*): (.+)$", stdout, re.MULTILINE))
 
 
 def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, capsys, tmp_path):

@@ -10,7 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from core.memory import estimate_training_memory, format_bytes
+from core.memory import MemoryEstimate, estimate_training_memory, format_bytes
 from sft_tui.format.numbers import format_count
 
 PARAM_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
@@ -131,6 +131,21 @@ def memory(description) -> Table:
         grid.add_row(name, format_bytes(sizes[name]))
     grid.add_row(Text("total", style="bold"), Text(format_bytes(sizes["total"]), style="bold"))
     return grid
+
+
+def training_memory(estimate: MemoryEstimate, other: MemoryEstimate, checkpointing: bool, batch: int, length: int,
+                    device: str) -> Text:
+    """The freeze summary's memory, in lines that fit 80 columns: the peak of a step, its parts, then
+    the batch it is for and the peak with gradient checkpointing switched the other way (`other`)."""
+    text = Text()
+    text.append("memory ", "bold")
+    text.append(format_bytes(estimate.total) + (" per GPU\n" if device == "cuda" else " + process\n"))
+    parts = [("weights", estimate.weights), ("grads", estimate.gradients), ("AdamW", estimate.optimizer),
+             ("activations", estimate.activations)] + ([("logits", estimate.logits)] if estimate.logits else [])
+    text.append("  " + " · ".join(f"{name} {format_bytes(size)}" for name, size in parts) + "\n", "dim")
+    text.append(f"  at batch {batch} x {length} tokens · {'without' if checkpointing else 'with'} gradient "
+                f"checkpointing: {format_bytes(other.total)}\n", "dim")
+    return text
 
 
 def head_note(checkpoint, task: str, description, labels: list[str] | None) -> Text | None:
