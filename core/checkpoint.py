@@ -60,6 +60,9 @@ class TrainState:
     """Evaluations in a row without a better eval.metric, for early stopping."""
     elapsed_s: float = 0.0
     """Training time up to the checkpoint, pauses left out: the clock continues from it on resume."""
+    micro_batch_size: int = 0
+    """Rows per micro-batch after out-of-memory halvings (core.engine); 0 until the first, which
+    means optim.batch_size. A resume keeps it, so it does not run out of memory again."""
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -12,6 +12,7 @@ the loop: an optimizer step, a throttled report, then evaluation, checkpoints an
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -22,11 +23,10 @@ from core import setup
 from core.checkpoint import TrainState, save_checkpoint
 from core.config import RunConfig
 from core.control import Control
-from core.events import (Broadcast, CheckpointSaved, EvalResult, EventSink, JsonlSink, Paused, Resumed, RunFailed,
-                         RunFinished, RunStarted, SampleGenerated, StepMetrics)
+from core.events import (Broadcast, CheckpointSaved, EvalResult, EventSink, JsonlSink, MicroBatchHalved, Paused,
+                         Resumed, RunFailed, RunFinished, RunStarted, SampleGenerated, StepMetrics)
 from core.errors import UserError
 from core.eta import Eta
-from core.launch import accelerator_options
 from core.logs import logs_to_events
 from core.loss import raise_if_diverged
 from core.manifest import step_of
@@ -65,7 +65,7 @@ def train(
     if resume_dir is not None:
         resumed, config = open_run(resume_dir)
     accelerator = Accelerator(mixed_precision=setup.mixed_precision(config.precision),
-                              step_scheduler_with_optimizer=False, **accelerator_options(config))
+                              step_scheduler_with_optimizer=False)
     paths, lock = setup.claim_run_folder(config, accelerator, resumed)
     main = accelerator.is_main_process
     jsonl = JsonlSink(paths.events) if main else None
@@ -123,10 +123,6 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
     set_seed(config.seed)
     tokenizer, data = setup.setup_data(config)
     model, rules, freeze = setup.setup_model(config, tokenizer, data, resumed=resume)
-    if config.compute.gradient_checkpointing:
-        from core.memory import enable_gradient_checkpointing
-
-        enable_gradient_checkpointing(model)
     optimizer = setup.setup_optimizer(config, model, rules, acc.device)
     model, optimizer = acc.prepare(model, optimizer)
     plan = setup.setup_plan(config, len(data.train), acc.num_processes)
@@ -188,8 +184,8 @@ class _Training:
         self._announce()
         self.model.train()
         reason = "completed"
-        for epoch, index, micro_batches in self._remaining_steps():
-            self._optimizer_step(micro_batches)
+        for epoch, index, rows in self._remaining_steps():
+            self._optimizer_step(rows)
             self.state.step += 1
             self.state.epoch, self.state.step_in_epoch = epoch, index + 1
             self.state.epoch_progress = epoch + (index + 1) / self.plan.steps_per_epoch
@@ -213,48 +209,112 @@ class _Training:
             resumed_from_step=self.state.step,
         ))
 
-    def _remaining_steps(self) -> Iterator[tuple[int, int, list[list[int]]]]:
-        """(epoch, index in the epoch, micro-batches) of each optimizer step still to take. Each
-        process takes its share of the epoch's batch plan; a resumed run starts where its
-        checkpoint's state says, on the same plan, so it takes the same batches it would have."""
-        from core.data import batch_plan
+    @property
+    def micro_batch(self) -> int:
+        """Rows per micro-batch now: optim.batch_size until running out of memory halves it."""
+        return self.state.micro_batch_size or self.plan.batch_size
+
+    def _remaining_steps(self) -> Iterator[tuple[int, int, list[int]]]:
+        """(epoch, index in the epoch, this process's rows) of each optimizer step still to take.
+        Each epoch is planned as steps of the effective batch, each process taking its share of a
+        step (core.data.batching), so the rows of a step do not depend on the micro-batch. A resumed
+        run starts where its checkpoint's state says, on the same plan, so it takes the same rows."""
+        from core.data.batching import batch_plan, process_share
 
         cfg, plan, state, acc = self.config, self.plan, self.state, self.acc
         lengths = [len(ex.input_ids) for ex in self.data.train]
-        first_epoch, first_index, accum = state.epoch, state.step_in_epoch, plan.grad_accum
+        first_epoch, first_index = state.epoch, state.step_in_epoch
         for epoch in range(first_epoch, plan.epochs):
-            batches = batch_plan(lengths, plan.batch_size, cfg.seed, epoch, cfg.data.group_by_length)
-            mine = batches[acc.process_index :: acc.num_processes][: plan.micro_batches_per_epoch]
+            steps = batch_plan(lengths, plan.effective_batch, cfg.seed, epoch, cfg.data.group_by_length)
             for index in range(first_index if epoch == first_epoch else 0, plan.steps_per_epoch):
                 if state.step >= plan.total_steps:
                     return
-                yield epoch, index, mine[index * accum : (index + 1) * accum]
+                yield epoch, index, process_share(steps[index], plan.batch_size, acc.num_processes, acc.process_index)
 
-    def _optimizer_step(self, micro_batches: list[list[int]]) -> None:
-        """Forward and backward over each micro-batch (processes sync gradients on the last one only),
-        then clip and step. Each loss is divided by the items of the whole step, so accumulating
-        averages over all its tokens (rows), not over micro-batches."""
-        from core.data import collate
-        from core.loss import batch_loss_sum, count_items  # looked up per step: tests substitute the loss
+    def _optimizer_step(self, rows: list[int]) -> None:
+        """Forward and backward over the step's rows, then clip and step. A step that runs out of
+        device memory is taken again from the start with micro-batches half as large: the same rows,
+        so the same gradient and the same loss curve (compute.oom_recovery)."""
+        import torch
 
-        acc, model, task, window = self.acc, self.model, self.config.task, self.window
-        examples = [[self.data.train[i] for i in batch] for batch in micro_batches]
-        items = max(count_items([ex for batch in examples for ex in batch], task), 1)
-        for k, batch_examples in enumerate(examples):
-            batch = {key: t.to(acc.device) for key, t in
-                     collate(batch_examples, self.tokenizer.pad_token_id, task).items()}
-            with (nullcontext() if k == len(examples) - 1 else acc.no_sync(model)), acc.autocast():
-                loss_sum, _ = batch_loss_sum(model, batch, task)
-                acc.backward(loss_sum / items)
-            window.loss += loss_sum.detach().float() / items
-            window.tokens += sum(len(ex.input_ids) for ex in batch_examples)  # no device sync
-            window.rows += len(batch_examples)
-        if self.config.optim.max_grad_norm > 0:
-            window.grad += acc.clip_grad_norm_(self.trainable, self.config.optim.max_grad_norm).detach().float()
-        self.optimizer.step()
+        while True:
+            try:
+                loss = self._accumulate(rows)
+                break
+            except torch.OutOfMemoryError as err:
+                reason = str(err).split("\n")[0]
+            self._halve_micro_batch(reason)  # outside the handler, whose traceback held the step's tensors
+        window = self.window
+        window.loss += loss
+        window.tokens += sum(len(self.data.train[i].input_ids) for i in rows)  # no device sync
+        window.rows += len(rows)
+        try:
+            if self.config.optim.max_grad_norm > 0:
+                window.grad += self.acc.clip_grad_norm_(self.trainable, self.config.optim.max_grad_norm).detach().float()
+            self.optimizer.step()
+        except torch.OutOfMemoryError:
+            raise self._out_of_memory("in the optimizer step, whose state grows with the trained parameters",
+                                      ["train LoRA adapters (lora.enabled: true)",
+                                       "or train fewer blocks with the freeze map"]) from None
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         window.steps += 1
+
+    def _accumulate(self, rows: list[int]):
+        """Forward and backward over `rows` in micro-batches of `micro_batch` rows (processes sync
+        gradients on the last one only); the step's loss, left on the device. Each loss is divided by
+        the items of the whole step, so accumulating averages over all its tokens (rows), not over
+        micro-batches, and the size of the micro-batches does not change the gradient."""
+        from core.data import collate
+        from core.loss import batch_loss_sum, count_items  # looked up per step: tests substitute the loss
+
+        acc, model, task, size = self.acc, self.model, self.config.task, self.micro_batch
+        examples = [self.data.train[i] for i in rows]
+        items = max(count_items(examples, task), 1)
+        chunks = [examples[i : i + size] for i in range(0, len(examples), size)]
+        loss = 0
+        for k, chunk in enumerate(chunks):
+            batch = {key: t.to(acc.device) for key, t in collate(chunk, self.tokenizer.pad_token_id, task).items()}
+            with (nullcontext() if k == len(chunks) - 1 else acc.no_sync(model)), acc.autocast():
+                loss_sum, _ = batch_loss_sum(model, batch, task)
+                acc.backward(loss_sum / items)
+            loss = loss + loss_sum.detach().float() / items
+        return loss
+
+    def _halve_micro_batch(self, reason: str) -> None:
+        """After a step ran out of device memory: drop its partial gradients and halve the
+        micro-batch, or end the run with advice where halving cannot help (one row already), is off
+        (compute.oom_recovery), or would need every process to agree in the middle of a step."""
+        import torch
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        cfg, plan, size, processes = self.config, self.plan, self.micro_batch, self.acc.num_processes
+        if size > 1 and cfg.compute.oom_recovery and processes == 1:
+            size = self.state.micro_batch_size = (size + 1) // 2
+            self.out.emit(MicroBatchHalved(step=self.state.step + 1, batch_size=size, reason=reason,
+                                           grad_accum=math.ceil(plan.batch_size * plan.grad_accum / size)))
+            return
+        if size == 1:
+            why = "with micro-batches of 1 row, which cannot be halved"
+        elif not cfg.compute.oom_recovery:
+            why = f"with micro-batches of {size} rows (compute.oom_recovery is off)"
+        else:
+            why = f"with micro-batches of {size} rows on one of {processes} processes (halving works on one only)"
+        advice = ["train LoRA adapters (lora.enabled: true)",
+                  *([] if cfg.compute.gradient_checkpointing else ["turn on compute.gradient_checkpointing"]),
+                  f"shorten data.max_length (now {cfg.data.max_length})",
+                  *([f"lower optim.batch_size (now {plan.batch_size})"] if size > 1 else [])]  # no help at 1 row
+        raise self._out_of_memory(why, advice)
+
+    def _out_of_memory(self, why: str, advice: list[str]) -> UserError:
+        """The failure of a step out of device memory: what would make a run fit, and that the last
+        checkpoint still resumes this one as it was (on a device with more free memory)."""
+        kept = (f"; the last checkpoint ({self.last_checkpoint.name}) resumes this run as it was, where more "
+                f"memory is free: `sft-tui train --resume {self.paths.root}`" if self.last_checkpoint else "")
+        return UserError(f"out of device memory at step {self.state.step + 1} {why}",
+                         "start a new run that needs less memory: " + ", ".join(advice) + kept)
 
     def _report(self) -> None:
         """The window's means as one StepMetrics: the one device sync of a few steps."""
@@ -322,16 +382,21 @@ class _Training:
 
     def _evaluate(self) -> bool:
         """Run an evaluation; True when early stopping says the run should end."""
+        import torch
+
         from core.evaluate import evaluate, generate_samples  # looked up per call: tests substitute them
         from core.metrics import is_better
 
         cfg, state, acc, data = self.config, self.state, self.acc, self.data
         if not data.validation:
             return False
-        started = time.perf_counter()
-        metrics = evaluate(self.model, data.validation, task=cfg.task, num_labels=len(data.labels or []),
-                           batch_size=cfg.eval.batch_size or 2 * cfg.optim.batch_size,
-                           pad_token_id=self.tokenizer.pad_token_id, accelerator=acc)
+        started, batch_size = time.perf_counter(), cfg.eval.batch_size or 2 * self.micro_batch
+        try:
+            metrics = evaluate(self.model, data.validation, task=cfg.task, num_labels=len(data.labels or []),
+                               batch_size=batch_size, pad_token_id=self.tokenizer.pad_token_id, accelerator=acc)
+        except torch.OutOfMemoryError:
+            raise UserError(f"out of device memory evaluating after step {state.step} ({batch_size} rows a batch)",
+                            "set eval.batch_size lower") from None
         value = metrics[cfg.eval.metric]
         best = is_better(cfg.eval.metric, value, state.best)
         if best:

@@ -119,6 +119,17 @@ class Resumed(StepEvent, tag="resumed"):
 
 
 @dataclass(frozen=True)
+class MicroBatchHalved(StepEvent, tag="micro_batch_halved"):
+    """Optimizer step `step` ran out of device memory (compute.oom_recovery): its partial gradients
+    were dropped and it is taken again with `batch_size` rows per micro-batch and `grad_accum`
+    micro-batches per step, the same rows per optimizer step as before. `reason`: the error's first line."""
+
+    batch_size: int
+    grad_accum: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class LogMessage(Event, tag="log"):
     """A log record from the engine or the libraries it drives (transformers, datasets, ...)."""
 
@@ -154,7 +165,7 @@ class RunFailed(Event, tag="run_failed"):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (RunStarted, StepMetrics, EvalResult, SampleGenerated, CheckpointSaved, Paused, Resumed,
-                LogMessage, RunFinished, RunFailed)
+                MicroBatchHalved, LogMessage, RunFinished, RunFailed)
 }
 
 

@@ -23,11 +23,13 @@ class StepPlan:
     processes: int
     """Processes that share each epoch's batches (1 in the app; more under torchrun)."""
     batch_size: int
-    """Rows per micro-batch on each process (optim.batch_size)."""
+    """Rows per micro-batch on each process (optim.batch_size), until running out of memory halves
+    it (the engine's TrainState.micro_batch_size); the rows of each step do not change with it."""
     grad_accum: int
-    """Micro-batches per optimizer step (optim.grad_accum)."""
+    """Micro-batches per optimizer step (optim.grad_accum), until a halving doubles it."""
     micro_batches_per_epoch: int
-    """Micro-batches each process trains per epoch; 0 means the rows make no batch per process."""
+    """Micro-batches of batch_size each process trains per epoch; 0 means the rows make no batch per
+    process."""
     steps_per_epoch: int
     total_steps: int
     """schedule.max_steps when set, else the epochs' worth of steps, rounded up."""
@@ -80,9 +82,11 @@ class StepPlan:
 def plan_steps(config: RunConfig, train_rows: int, processes: int = 1) -> StepPlan:
     """The plan of `config` over `train_rows` training rows shared by `processes` processes.
 
-    Each epoch's batches (the last one may be short) are dealt out to the processes, which drop the
-    ones that do not go round evenly; each process then takes an optimizer step every `grad_accum`
-    micro-batches, the last one of an epoch possibly with fewer."""
+    Each epoch's rows are cut into optimizer steps of `effective_batch` rows (the last one may be
+    short), and each step into micro-batches of `batch_size` dealt out to the processes, which leave
+    out those of a short last step that do not go round (core.data.batching.process_share). A full
+    step is `grad_accum` micro-batches on each process; the last of an epoch may have fewer. Counted
+    here without the rows: it comes to the micro-batches of the whole epoch dealt out evenly."""
     optim, schedule = config.optim, config.schedule
     micro = math.ceil(train_rows / optim.batch_size) // processes
     steps_per_epoch = math.ceil(micro / optim.grad_accum)

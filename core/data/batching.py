@@ -1,7 +1,12 @@
-"""Batches: which rows go together in each step (`batch_plan`) and how they become tensors (`collate`).
+"""Batches: which rows go together in each step (`batch_plan`, `process_share`) and how they become
+tensors (`collate`).
 
-The plan depends on nothing but the row lengths and (seed, epoch), so a resumed run recomputes
-the batches it already trained on and skips them.
+The engine plans each epoch's optimizer steps, batches of the effective batch (rows per step over
+all processes), and only then cuts a step into each process's share and that into micro-batches.
+So the rows of a step depend on the effective batch alone: a run whose micro-batch was halved after
+running out of memory trains the same rows per step as one that started with the smaller
+micro-batch. The plan depends on nothing but the row lengths and (seed, epoch), so a resumed run
+recomputes the batches it already trained on and skips them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ def batch_plan(
     lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool, drop_last: bool = False
 ) -> list[list[int]]:
     """The batches of one epoch as lists of example indices; the same inputs give the same plan.
+    The engine asks for batches of the effective batch: one per optimizer step (see process_share).
 
     With `group_by_length`, the shuffled order is cut into chunks of 50 batches, each chunk sorted
     by length so batches hold rows of similar length (less padding), and the batch order shuffled
@@ -44,6 +50,15 @@ def batch_plan(
     if drop_last:
         batches = [b for b in batches if len(b) == batch_size]
     return batches
+
+
+def process_share(step_rows: list[int], unit: int, processes: int, rank: int) -> list[int]:
+    """The rows of one optimizer step that process `rank` trains: the step's rows cut into units of
+    `unit` rows (optim.batch_size), dealt out in turn. A full step has a whole number of units per
+    process; the units of a short last step that do not go round are left out, so every process
+    has rows. Units are contiguous, so a length-grouped step gives each process rows of like length."""
+    units = [step_rows[i : i + unit] for i in range(0, len(step_rows), unit)]
+    return [row for chunk in units[rank : len(units) - len(units) % processes : processes] for row in chunk]
 
 
 def collate(examples: list[Example], pad_token_id: int | None, task: str) -> dict[str, torch.Tensor]:
