@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from core.events import (CheckpointSaved, EvalResult, Event, LogMessage, Paused, Resumed, RunFailed, RunFinished,
-                         RunStarted, SampleGenerated, StepMetrics)
+from core.events import (CheckpointSaved, EvalResult, Event, LogMessage, MicroBatchHalved, Paused, Resumed, RunFailed,
+                         RunFinished, RunStarted, SampleGenerated, StepMetrics)
 from sft_tui.format.numbers import format_duration, format_metrics
 from sft_tui.format.train import SmoothedRate, format_eta
 
@@ -117,6 +117,10 @@ class ProgressDisplay:
 
     def _on_resumed(self, e: Resumed) -> None:
         self.console.print(f"resumed at step {e.step}")
+
+    def _on_micro_batch_halved(self, e: MicroBatchHalved) -> None:
+        self._line(f"step {e.step} ran out of memory ({e.reason}): retrying with micro-batches of {e.batch_size} "
+                   f"rows x {e.grad_accum} accumulated, the same effective batch", "yellow")
 
     def _on_log(self, e: LogMessage) -> None:
         style = "yellow" if e.level in ("warning", "error", "critical") else "dim"

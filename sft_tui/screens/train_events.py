@@ -16,8 +16,8 @@ from rich.text import Text
 from textual.widgets import ContentSwitcher
 
 from core.errors import UserError
-from core.events import (CheckpointSaved, EvalResult, LogMessage, Paused, Resumed, RunFailed, RunFinished,
-                         RunStarted, SampleGenerated, StepMetrics)
+from core.events import (CheckpointSaved, EvalResult, LogMessage, MicroBatchHalved, Paused, Resumed, RunFailed,
+                         RunFinished, RunStarted, SampleGenerated, StepMetrics)
 from core.plan import plan_steps
 from core.runs import RunPaths, open_run
 from sft_tui.format.numbers import format_duration
@@ -179,6 +179,15 @@ class RunEvents:
 
     def _on_checkpoint(self, e: CheckpointSaved) -> None:
         self._log(f"checkpoint step-{e.step} saved: {e.path}", "green")
+
+    def _on_micro_batch_halved(self, e: MicroBatchHalved) -> None:
+        """The run ran out of device memory and goes on with smaller micro-batches: a line in the
+        log, and a notification when it happens live (not when a run's history is read)."""
+        line = (f"step {e.step} ran out of memory: micro-batches of {e.batch_size} rows x {e.grad_accum} "
+                "accumulated from now on, the same effective batch")
+        self._log(f"{line} ({e.reason})", "yellow")
+        if not self._history:
+            self.notify(line, title="Out of memory", severity="warning", markup=False)
 
     def _on_log(self, e: LogMessage) -> None:
         """A detached run's log records (an in-process run's reach the log pane the app's way)."""
