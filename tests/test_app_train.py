@@ -851,3 +851,24 @@ async def test_a_stopped_run_is_labelled_stopped_everywhere_and_its_metrics_carr
         results = text_of(app.screen.query_one("#results-text", Static))
         assert results.startswith(f"{reason} at step 17") and "best eval @ step 10: loss 0.4100" in results
         assert "last eval @ step 15: loss 0.5000" in results and "final loss" not in results
+
+
+async def test_a_halved_micro_batch_is_logged_and_notified_while_the_run_goes_on():
+    """Issue 11.3: a step out of device memory is taken again with half the micro-batch; the user
+    sees that in the log and a notification, and the run still trains."""
+    from core.events import MicroBatchHalved
+
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await pilot.press("escape")
+        await open_train(pilot)
+        for event in [*FINISHED_RUN[:3], MicroBatchHalved(step=5, batch_size=4, grad_accum=2, time=0,
+                                                          reason="CUDA out of memory. Tried to allocate 2.00 GiB")]:
+            app.screen.post_message(EngineEvent(event))
+            await pilot.pause()
+        assert app.run_state == "running"
+        log = "".join(line.text for line in app.screen.query_one("#log", RichLog).lines).replace(" ", "")
+        assert "step5ranoutofmemory:micro-batchesof4rowsx2accumulatedfromnowon" in log
+        assert "Triedtoallocate2.00GiB" in log
+        assert [(n.title, n.severity) for n in app._notifications if "micro-batches of 4 rows" in n.message] == \
+            [("Out of memory", "warning")]
