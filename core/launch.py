@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 
 from core.config import RunConfig, precision_problem
+from core.control import Control
 from core.errors import UserError
 from core.memory import _nvml
 
@@ -122,6 +123,38 @@ def accelerator_options(config: RunConfig) -> dict:
                         "start the processes through torchrun", {"compute.nproc": "needs a torchrun launch"})
     cpu = config.compute.devices == "cpu" or not local_gpus().indices
     return {"cpu": cpu, "fsdp_plugin": fsdp_plugin(config, cpu) if world_size() > 1 else None}
+
+
+class AgreedControl(Control):
+    """The Control of one of several processes: at each poll every process takes rank 0's commands
+    (pause, resume, stop, save now, evaluate now), which come from its run folder or its signals.
+
+    The loop polls between optimizer steps and while paused, at the same points on every process;
+    a save or an evaluation is collective work and a pause must hold every process (one that went
+    on alone would wait in the next step's gradient exchange until it timed out), so each of them
+    has to happen on all processes at the same step. A stop asked on any process stops them all
+    (the loop agrees on it as well)."""
+
+    def __init__(self, local: Control) -> None:
+        super().__init__()
+        self.local = local
+
+    def stop(self) -> None:
+        self.local.stop()
+        super().stop()
+
+    def poll(self) -> None:
+        from accelerate.utils import broadcast_object_list
+
+        local = self.local
+        local.poll()
+        state = [(local.paused, local.stop_requested, local.take_save_request(), local.take_eval_request())]
+        broadcast_object_list(state)  # rank 0's, to every process
+        paused, stop, save, evaluate = state[0]
+        self.pause() if paused else self.resume()
+        for asked, command in ((stop, super().stop), (save, self.save_now), (evaluate, self.eval_now)):
+            if asked:
+                command()
 
 
 def fsdp_plugin(config: RunConfig, cpu: bool = False):

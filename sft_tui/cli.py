@@ -169,6 +169,7 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
     that clients leave in its run folder (core.commands)."""
     from core.control import Control
     from core.engine import train
+    from core.launch import AgreedControl, world_size
     from sft_tui.headless import ProgressDisplay
 
     display = ProgressDisplay()
@@ -181,6 +182,8 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
 
         root = Path(resume) if resume else run_root(config.output.runs_dir, config.output.run_name)
         control = FolderControl(RunPaths(root).commands)
+    if world_size() > 1:  # every process takes rank 0's commands at the same step
+        control = AgreedControl(control)
 
     def on_signal(signum, frame):
         if signum == signal.SIGINT and control.stop_requested:

@@ -17,7 +17,8 @@ from core import launch
 from core.config import RunConfig, load_config, parse_config, precision_problem, save_config
 from core.errors import UserError
 from core.events import StepMetrics
-from core.launch import Gpus, accelerator_options, launch_env, launch_problems, local_gpus
+from core.control import Control
+from core.launch import AgreedControl, Gpus, accelerator_options, launch_env, launch_problems, local_gpus
 from sft_tui.detach import DetachedRun, engine_command, prepare_start
 from sft_tui.session import Session
 from sft_tui.widgets.train.stats import RunStats
@@ -176,6 +177,31 @@ def test_the_engine_refuses_several_processes_it_was_not_started_as(monkeypatch)
         accelerator_options(RunConfig(compute={"nproc": 2, "devices": "cpu"}))
     assert err.value.fields == {"compute.nproc": "needs a torchrun launch"} and "torchrun" in err.value.hint
     assert accelerator_options(RunConfig(compute={"devices": "cpu"})) == {"cpu": True, "fsdp_plugin": None}
+
+
+def test_every_process_takes_rank_0s_commands_at_each_poll(monkeypatch):
+    """Rank 1's view: its own Control hears nothing; each poll hands it what rank 0 was told."""
+    rank0 = Control()
+
+    def broadcast(objects):
+        objects[0] = (rank0.paused, rank0.stop_requested, rank0.take_save_request(), rank0.take_eval_request())
+
+    monkeypatch.setattr("accelerate.utils.broadcast_object_list", broadcast)
+    mine = AgreedControl(Control())
+    rank0.pause()
+    rank0.save_now()
+    mine.poll()
+    assert mine.paused and mine.take_save_request() and not mine.take_save_request()
+    rank0.resume()
+    rank0.eval_now()
+    mine.poll()
+    assert not mine.paused and mine.take_eval_request() and not mine.stop_requested
+    rank0.stop()
+    mine.poll()
+    assert mine.stop_requested
+    signalled = AgreedControl(Control())
+    signalled.stop()  # a signal to this process: the loop's agreement stops the others
+    assert signalled.stop_requested and signalled.local.stop_requested
 
 
 def test_fsdp_on_a_model_too_small_to_shard_is_a_warning_not_a_refusal(tiny_model_factory, caplog):
