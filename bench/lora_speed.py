@@ -3,13 +3,15 @@ over its baseline, on the bundled tiny causal LM and on the pretrained MiniLM.
 
     .venv/bin/python bench/lora_speed.py [--repeats 3] [--steps-lm 300] [--steps-cls 30]
 
-Each run is a fresh `sft-tui train` process (`--child` below), so its peak RSS is its own. The
+Each run trains through core.engine.train in a fresh process (`--child` below), so its peak RSS is its own. The
 baseline is the RSS once torch, transformers and peft are imported, before the model loads; the
 peak is ru_maxrss at the end. Tokens/s is read from events.jsonl as bench/app_vs_headless.py reads
 it: the tokens between the first and the last step report over the time between them, so the
 first window's warm-up is left out. Full and LoRA alternate, and which goes first alternates; the
 table shows the best of each (FACTS.md: a machine's speed drifts by up to 30% between sittings).
-LoRA is r=16 on every linear layer of the blocks (attention and MLP), evaluation and saving off.
+LoRA is r=16 on every linear layer of the blocks (attention and MLP), with the default dropout 0.05
+and with none; evaluation and saving off. A second table gives CPU seconds per step on one thread
+(cpu_cost), which other processes on a shared machine do not inflate.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 CASES = {"tiny causal LM (demo:tiny-lm)": "causal-lm", "MiniLM-L6 classification (demo:minilm)": "classification"}
 
 
-def child(task: str, lora: bool, steps: int, folder: str) -> None:
+METHODS = {"full": None, "LoRA r=16 all-linear": 0.05, "LoRA r=16 all-linear, dropout 0": 0.0}
+"""Each method's lora.dropout (None: LoRA off). 0.05 is the config's default."""
+
+
+def child(task: str, dropout: float | None, steps: int, folder: str) -> None:
     """One run in this process; prints {"tokens_per_s", "peak_mb"} as the last line."""
     import peft  # noqa: F401 - in the baseline for both kinds of run
     import torch  # noqa: F401
@@ -38,8 +45,8 @@ def child(task: str, lora: bool, steps: int, folder: str) -> None:
     config = apply_overrides(example_config(task), [
         f"schedule.max_steps={steps}", "eval.every_steps=1000000", "eval.num_samples=0",
         "checkpoint.every_steps=1000000", "output.save_final=false", f"output.runs_dir={folder}",
-        f"output.run_name={'lora' if lora else 'full'}", f"lora.enabled={str(lora).lower()}", "lora.r=16",
-        "lora.targets=all-linear", "data.val_ratio=0.01",
+        "output.run_name=run", f"lora.enabled={str(dropout is not None).lower()}", "lora.r=16",
+        "lora.targets=all-linear", f"lora.dropout={dropout or 0.0}", "data.val_ratio=0.01",
     ])
     train(config, report_interval_s=0.5)
     events = [json.loads(line) for line in (Path(folder) / config.output.run_name / "events.jsonl").open()]
@@ -52,6 +59,46 @@ def child(task: str, lora: bool, steps: int, folder: str) -> None:
                       "trainable": started["trainable_params"], "total": started["total_params"]}))
 
 
+def cpu_cost(task: str, steps: int, repeats: int) -> dict[str, float]:
+    """CPU seconds per optimizer step on one thread, full against LoRA (dropout 0.05 and 0), in this
+    process: on a machine shared with other work the wall clock says more about the neighbours than
+    about the method, and one thread's CPU time does not count their time. Best of `repeats`."""
+    import copy
+
+    import torch
+
+    from core.config import apply_overrides, example_config
+    from core.describe import describe_model
+    from core.lora import apply_lora
+    from core.models import load_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = example_config(task)
+    base = load_model(config.model, task, ["neg", "pos"], dtype=torch.float32)
+    length = config.data.max_length
+    ids = torch.randint(0, base.config.vocab_size, (config.optim.batch_size, length))
+    labels = ids if task == "causal-lm" else torch.randint(0, 2, (config.optim.batch_size,))
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, dropout in METHODS.items():
+            model = copy.deepcopy(base)
+            if dropout is not None:
+                lora = apply_overrides(config, ["lora.enabled=true", f"lora.dropout={dropout}"])
+                model = apply_lora(model, describe_model(base), lora)[0]
+            model.train()
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)
+            for step in range(steps + 1):
+                if step == 1:  # the first step allocates the optimizer state
+                    started = time.process_time()
+                model(input_ids=ids, labels=labels).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            cost = (time.process_time() - started) / steps
+            best[name] = min(best.get(name, cost), cost)
+    return best
+
+
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -59,9 +106,9 @@ def _rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def measure(task: str, lora: bool, steps: int) -> dict:
+def measure(task: str, dropout: float | None, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
-        out = subprocess.run([sys.executable, __file__, "--child", task, str(int(lora)), str(steps), folder],
+        out = subprocess.run([sys.executable, __file__, "--child", task, str(dropout), str(steps), folder],
                              capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -71,26 +118,34 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps-lm", type=int, default=300)
     parser.add_argument("--steps-cls", type=int, default=30)
+    parser.add_argument("--cpu-steps", type=int, default=5, help="steps per CPU-time measurement")
+    parser.add_argument("--cpu-only", action="store_true", help="only the CPU-time table")
     args = parser.parse_args()
-    print("| model | method | trainable params | tokens/s (best of %d) | peak RSS over baseline |" % args.repeats)
+    measured = {} if args.cpu_only else CASES
+    print(f"| model | method | trainable params | tokens/s (best of {args.repeats}) | peak RSS over baseline |")
     print("|---|---|---|---|---|")
-    for name, task in CASES.items():
+    for name, task in measured.items():
         steps = args.steps_lm if task == "causal-lm" else args.steps_cls
-        runs: dict[bool, list[dict]] = {False: [], True: []}
+        runs: dict[str, list[dict]] = {method: [] for method in METHODS}
         for i in range(args.repeats):
-            for lora in ((False, True) if i % 2 == 0 else (True, False)):
-                runs[lora].append(measure(task, lora, steps))
-                print(f"  {task} {'lora' if lora else 'full'}: {runs[lora][-1]}", file=sys.stderr)
-        for lora in (False, True):
-            best = max(r["tokens_per_s"] for r in runs[lora])
-            peak = min(r["peak_mb"] for r in runs[lora])
-            r = runs[lora][0]
-            print(f"| {name} | {'LoRA r=16 all-linear' if lora else 'full'} | {r['trainable']:,} of {r['total']:,} "
+            for method in (list(METHODS) if i % 2 == 0 else list(reversed(METHODS))):
+                runs[method].append(measure(task, METHODS[method], steps))
+                print(f"  {task} {method}: {runs[method][-1]}", file=sys.stderr)
+        for method, done in runs.items():
+            best = max(r["tokens_per_s"] for r in done)
+            peak = min(r["peak_mb"] for r in done)
+            print(f"| {name} | {method} | {done[0]['trainable']:,} of {done[0]['total']:,} "
                   f"| {best:,.0f} | {peak:,.0f} MB |")
+    print(f"\n| model | method | CPU s per step, 1 thread (best of {args.repeats}) | relative to full |")
+    print("|---|---|---|---|")
+    for name, task in CASES.items():
+        costs = cpu_cost(task, args.cpu_steps, args.repeats)
+        for method, cost in costs.items():
+            print(f"| {name} | {method} | {cost:.3f} | {cost / costs['full']:.2f} |")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), sys.argv[5])
+        child(sys.argv[2], None if sys.argv[3] == "None" else float(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     else:
         main()
