@@ -27,6 +27,7 @@ from core.events import (Broadcast, CheckpointSaved, EvalResult, EventSink, Json
                          Resumed, RunFailed, RunFinished, RunStarted, SampleGenerated, StepMetrics)
 from core.errors import UserError
 from core.eta import Eta
+from core.launch import accelerator_options
 from core.logs import logs_to_events
 from core.loss import raise_if_diverged
 from core.manifest import step_of
@@ -65,7 +66,7 @@ def train(
     if resume_dir is not None:
         resumed, config = open_run(resume_dir)
     accelerator = Accelerator(mixed_precision=setup.mixed_precision(config.precision),
-                              step_scheduler_with_optimizer=False)
+                              step_scheduler_with_optimizer=False, **accelerator_options(config))
     paths, lock = setup.claim_run_folder(config, accelerator, resumed)
     main = accelerator.is_main_process
     jsonl = JsonlSink(paths.events) if main else None
@@ -123,6 +124,10 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
     set_seed(config.seed)
     tokenizer, data = setup.setup_data(config)
     model, rules, freeze = setup.setup_model(config, tokenizer, data, resumed=resume)
+    if config.compute.gradient_checkpointing:
+        from core.memory import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     optimizer = setup.setup_optimizer(config, model, rules, acc.device)
     model, optimizer = acc.prepare(model, optimizer)
     plan = setup.setup_plan(config, len(data.train), acc.num_processes)
