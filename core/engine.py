@@ -275,7 +275,12 @@ class _Training:
 
         acc, model, task, size = self.acc, self.model, self.config.task, self.micro_batch
         examples = [self.data.train[i] for i in rows]
-        items = max(count_items(examples, task), 1)
+        items = count_items(examples, task)
+        if acc.num_processes > 1:  # the step's items over all processes (DDP averages their gradients); one small all-reduce a step
+            import torch
+
+            items = int(acc.reduce(torch.tensor(items, device=acc.device), "sum"))
+        items = max(items, 1) / acc.num_processes
         chunks = [examples[i : i + size] for i in range(0, len(examples), size)]
         loss = 0
         for k, chunk in enumerate(chunks):
@@ -284,7 +289,7 @@ class _Training:
                 loss_sum, _ = batch_loss_sum(model, batch, task)
                 acc.backward(loss_sum / items)
             loss = loss + loss_sum.detach().float() / items
-        return loss
+        return (acc.reduce(loss, "sum") if acc.num_processes > 1 else loss) / acc.num_processes  # the step's mean
 
     def _halve_micro_batch(self, reason: str) -> None:
         """After a step ran out of device memory: drop its partial gradients and halve the

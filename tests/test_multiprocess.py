@@ -69,9 +69,6 @@ def test_nproc_trains_on_two_processes_whose_rank_0_writes_the_run(runs):
     assert (runs / "two" / "final" / "model.safetensors").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the loop normalises each process's loss by its own items and reports "
-                   "rank 0's share: _accumulate must divide by the step's items over all processes (DDP averages "
-                   "the gradients) and return the mean over processes (issue 11.5, the loop's owner)")
 def test_two_processes_train_what_one_trains_at_the_same_global_batch(runs):
     runs, done = runs
     assert done.returncode == 0, done.stderr[-3000:]
