@@ -243,8 +243,10 @@ class LoraConfig(_Section):
     """Rank of each adapter: its parameters grow linearly with it."""
     alpha: float = Field(32.0, gt=0.0)
     """Scale of the adapter's update: alpha / r (alpha / sqrt(r) with use_rslora)."""
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    """Dropout on the adapter's input."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter's input (peft's default, 0). Any dropout draws a mask over every
+    adapted layer's input and keeps a masked copy for backward: at 0.05 LoRA ran 1.3-1.5x slower
+    than full fine-tuning on CPU (BENCHMARKS.md, LoRA)."""
     targets: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1)
     """Modules that get adapters: the presets `attention` (the attention blocks' projections) and
     `all-linear` (every linear layer but the output head), or module patterns as in freeze rules (a
