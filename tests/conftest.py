@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import helpers
+
 _SCRATCH = tempfile.mkdtemp(prefix="sft-tui-tests-")
 atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -33,6 +35,20 @@ def make_sentences(n: int = 200) -> list[str]:
     """`n` short, varied English sentences, the same ones every time."""
     combos = itertools.product(_SUBJECTS, _VERBS, _OBJECTS, _ENDINGS)
     return [f"{s} {v} {o}{e}".capitalize() for s, v, o, e in itertools.islice(combos, 0, None, 3)][:n]
+
+
+@pytest.fixture
+def sft_file(tmp_path):
+    """Prompt/completion rows with a learnable rule: the answer is the prompt's word repeated."""
+    rows = [{"prompt": f"Say {w} {i % 3}:", "completion": f" {w} {w}"} for i, w in enumerate(helpers.WORDS * 8)]
+    return helpers.write_jsonl(tmp_path / "sft.jsonl", rows)
+
+
+@pytest.fixture
+def cls_file(tmp_path):
+    rows = [{"text": f"{w} is {'good great fine' if i % 2 else 'bad awful poor'}", "label": "pos" if i % 2 else "neg"}
+            for i, w in enumerate(helpers.WORDS * 8)]
+    return helpers.write_jsonl(tmp_path / "cls.jsonl", rows)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,23 @@ from helpers import settle, visible_text
 pytestmark = pytest.mark.prebuild
 
 
+def record_layouts(monkeypatch) -> list[Screen]:
+    """The screens laid out in full from now on (Screen._refresh_layout), in order."""
+    layouts: list[Screen] = []
+    refresh_layout = Screen._refresh_layout
+    monkeypatch.setattr(Screen, "_refresh_layout",
+                        lambda screen, *a, **k: layouts.append(screen) or refresh_layout(screen, *a, **k))
+    return layouts
+
+
+async def open_loaded_data_step(pilot) -> None:
+    """Out of the model's path box to step 2, which loads the demo data on its first visit."""
+    await settle(pilot)
+    await pilot.press("escape", "2")
+    await settle(pilot)
+    assert pilot.app.data_state == "ready"
+
+
 async def test_every_step_is_built_before_its_first_visit_and_waits_to_be_shown():
     app = create_app()
     async with app.run_test(size=(80, 24)) as pilot:
@@ -79,11 +96,8 @@ async def test_showing_a_built_step_again_lays_out_nothing_and_keeps_its_footer(
         for key in "343":  # first visits, each laid out before the next
             await pilot.press(key)
             await settle(pilot)
-        layouts: list[Screen] = []
+        layouts = record_layouts(monkeypatch)
         footers: list[StepFooter] = []
-        refresh_layout = Screen._refresh_layout
-        monkeypatch.setattr(Screen, "_refresh_layout",
-                            lambda screen, *a, **k: layouts.append(screen) or refresh_layout(screen, *a, **k))
         recompose = StepFooter.recompose
         monkeypatch.setattr(StepFooter, "recompose", lambda footer: footers.append(footer) or recompose(footer))
         for key in "4343":
@@ -117,10 +131,7 @@ async def test_what_the_warm_up_and_the_loads_leave_is_out_of_the_collectors_ful
     with the GIL held, and a key pressed then waited: they are frozen (gc.freeze) once loaded."""
     app = create_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot)
-        await pilot.press("escape", "2")
-        await settle(pilot)
-        assert app.data_state == "ready"
+        await open_loaded_data_step(pilot)
         scanned = {id(obj) for obj in gc.get_objects()}
         loaded = [app.session.model, app.session.data, app.screen, app.get_screen_stack("runs")[0]]
         assert all(gc.is_tracked(obj) for obj in loaded)
@@ -132,17 +143,11 @@ async def test_a_hidden_step_catches_up_with_a_load_before_it_is_shown(monkeypat
     current screen, so that layout, 100-200 ms on a 30-block model, came on the key that showed it."""
     app = create_app()
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
-        await pilot.press("escape", "2")
-        await settle(pilot)
-        assert app.data_state == "ready"
+        await open_loaded_data_step(pilot)
         hyper = app.get_screen_stack("hyper")[0]
         await pilot.pause(CATCH_UP_DELAY_S + 0.2)
         assert not hyper._layout_required
-        layouts: list[Screen] = []
-        refresh_layout = Screen._refresh_layout
-        monkeypatch.setattr(Screen, "_refresh_layout",
-                            lambda screen, *a, **k: layouts.append(screen) or refresh_layout(screen, *a, **k))
+        layouts = record_layouts(monkeypatch)
         await pilot.press("4")
         await settle(pilot)
         assert app.screen is hyper and layouts == []

@@ -17,26 +17,12 @@ from core.errors import UserError
 from core.manifest import latest_checkpoint, list_checkpoints
 from core.events import (CheckpointSaved, EvalResult, ListSink, Paused, Resumed, RunFailed, RunFinished, RunStarted,
                          SampleGenerated, StepMetrics, read_events)
-from helpers import WORDS, StopAt, tiny_lm_config, write_jsonl
+from helpers import StopAt, tiny_lm_config
 
 STATE_KEYS = {"step", "epoch", "step_in_epoch", "epoch_progress", "tokens_seen", "best", "best_step", "best_metrics",
               "bad_evals", "elapsed_s", "micro_batch_size"}
 """The keys of a checkpoint's state.json: runs of every version wrote these, but micro_batch_size
 (issue 11's out-of-memory recovery), which a resume of an older run takes as 0."""
-
-
-@pytest.fixture
-def sft_file(tmp_path):
-    """Prompt/completion rows with a learnable rule: the answer is the prompt's word repeated."""
-    rows = [{"prompt": f"Say {w} {i % 3}:", "completion": f" {w} {w}"} for i, w in enumerate(WORDS * 8)]
-    return write_jsonl(tmp_path / "sft.jsonl", rows)
-
-
-@pytest.fixture
-def cls_file(tmp_path):
-    rows = [{"text": f"{w} is {'good great fine' if i % 2 else 'bad awful poor'}", "label": "pos" if i % 2 else "neg"}
-            for i, w in enumerate(WORDS * 8)]
-    return write_jsonl(tmp_path / "cls.jsonl", rows)
 
 
 def lm_config(model_dir, data, tmp_path, **over) -> RunConfig:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import WORDS, StopAt, tiny_lm_config, write_jsonl
+from helpers import StopAt, tiny_lm_config
 from safetensors.torch import load_file
 
 import core.export
@@ -23,19 +23,6 @@ from core.events import ListSink, RunStarted, StepMetrics
 from core.freeze import base_name
 from core.lora import apply_lora, plan_lora, quantize_problem, resolve_targets
 from core.models import load_model
-
-
-@pytest.fixture
-def sft_file(tmp_path):
-    rows = [{"prompt": f"Say {w} {i % 3}:", "completion": f" {w} {w}"} for i, w in enumerate(WORDS * 8)]
-    return write_jsonl(tmp_path / "sft.jsonl", rows)
-
-
-@pytest.fixture
-def cls_file(tmp_path):
-    rows = [{"text": f"{w} is {'good great fine' if i % 2 else 'bad awful poor'}", "label": "pos" if i % 2 else "neg"}
-            for i, w in enumerate(WORDS * 8)]
-    return write_jsonl(tmp_path / "cls.jsonl", rows)
 
 
 def lm_config(model_dir, data, tmp_path, **sections):
