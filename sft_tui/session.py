@@ -17,6 +17,7 @@ from core.config import RunConfig, config_to_dict, parse_config, set_dotted
 from core.errors import UserError
 from core.freeze import FreezeSummary, effective_rules, rule_problems, summarize_freeze, training_problem
 from core.launch import Gpus, launch_problems, local_gpus
+from core.lora import quantize_problem
 
 
 @dataclass
@@ -123,7 +124,7 @@ class Session:
     def problems(self) -> dict[str, str]:
         """Why the engine would fail at once if the run started now, as {where: what} (empty when it
         can start): fields that do not validate, a model or data that did not load, a freeze map that
-        cannot be applied, devices, processes or a precision this machine lacks."""
+        cannot be applied, devices, processes, a precision or QLoRA this machine lacks."""
         problems = dict(self.invalid)
         for kind, error in self.load_errors.items():
             problems[kind] = f"did not load: {error.message}"
@@ -131,9 +132,10 @@ class Session:
             problems.update(error.fields)
         if (summary := self.freeze_summary) is not None and (error := training_problem(summary)):
             problems["freeze"] = f"{error.fields['freeze']}; {error.hint}"
-        for error in launch_problems(self.config, self.gpus):
-            (where, what), = error.fields.items()
-            problems[where] = f"{what}; {error.hint}"
+        for error in [*launch_problems(self.config, self.gpus), quantize_problem(self.config.lora, bool(self.gpus.indices))]:
+            if error is not None:
+                (where, what), = error.fields.items()
+                problems[where] = f"{what}; {error.hint}"
         return problems
 
     @property

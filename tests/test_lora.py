@@ -246,3 +246,14 @@ def test_resume_with_lora_equals_an_uninterrupted_run(tiny_model_factory, sft_fi
     adapter_config = json.loads((resumed.output_path / "adapter_config.json").read_text())
     assert adapter_config["r"] == 16 and adapter_config["peft_type"] == "LORA"
     assert not (Path(resumed.output_path) / "merged").exists()
+
+
+def test_qlora_without_a_gpu_is_a_problem_the_app_lists_before_the_start():
+    from core.config import RunConfig
+    from core.launch import Gpus
+    from sft_tui.session import Session
+
+    session = Session(RunConfig(lora={"enabled": True, "quantize": "4bit"}), gpus=Gpus({}))
+    assert session.problems()["lora.quantize"].startswith("needs a CUDA GPU")
+    session.update({"lora.quantize": "none"})
+    assert "lora.quantize" not in session.problems()
