@@ -31,6 +31,7 @@ from core.launch import accelerator_options
 from core.logs import logs_to_events
 from core.loss import raise_if_diverged
 from core.manifest import step_of
+from core.oom import out_of_memory, step_advice, why_not_halved
 from core.runs import RunPaths, config_digest, discard_stub, open_run
 from core.trackers import close_trackers, tracker_sinks
 
@@ -306,25 +307,11 @@ class _Training:
             self.out.emit(MicroBatchHalved(step=self.state.step + 1, batch_size=size, reason=reason,
                                            grad_accum=math.ceil(plan.batch_size * plan.grad_accum / size)))
             return
-        if size == 1:
-            why = "with micro-batches of 1 row, which cannot be halved"
-        elif not cfg.compute.oom_recovery:
-            why = f"with micro-batches of {size} rows (compute.oom_recovery is off)"
-        else:
-            why = f"with micro-batches of {size} rows on one of {processes} processes (halving works on one only)"
-        advice = ["train LoRA adapters (lora.enabled: true)",
-                  *([] if cfg.compute.gradient_checkpointing else ["turn on compute.gradient_checkpointing"]),
-                  f"shorten data.max_length (now {cfg.data.max_length})",
-                  *([f"lower optim.batch_size (now {plan.batch_size})"] if size > 1 else [])]  # no help at 1 row
-        raise self._out_of_memory(why, advice)
+        raise self._out_of_memory(why_not_halved(size, cfg.compute.oom_recovery, processes),
+                                  step_advice(cfg, size))
 
     def _out_of_memory(self, why: str, advice: list[str]) -> UserError:
-        """The failure of a step out of device memory: what would make a run fit, and that the last
-        checkpoint still resumes this one as it was (on a device with more free memory)."""
-        kept = (f"; the last checkpoint ({self.last_checkpoint.name}) resumes this run as it was, where more "
-                f"memory is free: `sft-tui train --resume {self.paths.root}`" if self.last_checkpoint else "")
-        return UserError(f"out of device memory at step {self.state.step + 1} {why}",
-                         "start a new run that needs less memory: " + ", ".join(advice) + kept)
+        return out_of_memory(self.state.step + 1, why, advice, self.last_checkpoint, self.paths.root)
 
     def _report(self) -> None:
         """The window's means as one StepMetrics: the one device sync of a few steps."""

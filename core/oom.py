@@ -1,0 +1,36 @@
+"""What a run out of device memory is told: why its micro-batch cannot be halved (compute.oom_recovery),
+and what would make a new run fit. The engine halves and retries (core.engine); the words live here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.config import RunConfig
+from core.errors import UserError
+
+
+def why_not_halved(size: int, oom_recovery: bool, processes: int) -> str:
+    """Why a step out of memory with micro-batches of `size` rows ends the run."""
+    if size == 1:
+        return "with micro-batches of 1 row, which cannot be halved"
+    if not oom_recovery:
+        return f"with micro-batches of {size} rows (compute.oom_recovery is off)"
+    return f"with micro-batches of {size} rows on one of {processes} processes (halving works on one only)"
+
+
+def step_advice(config: RunConfig, size: int) -> list[str]:
+    """What makes a step fit: LoRA, checkpointing (when off), shorter rows, and a smaller batch
+    (no help at 1 row)."""
+    return ["train LoRA adapters (lora.enabled: true)",
+            *([] if config.compute.gradient_checkpointing else ["turn on compute.gradient_checkpointing"]),
+            f"shorten data.max_length (now {config.data.max_length})",
+            *([f"lower optim.batch_size (now {config.optim.batch_size})"] if size > 1 else [])]
+
+
+def out_of_memory(step: int, why: str, advice: list[str], last_checkpoint: Path | None, run_dir: Path) -> UserError:
+    """The failure of a step out of device memory: what would make a run fit, and that the last
+    checkpoint still resumes this one as it was (on a device with more free memory)."""
+    kept = (f"; the last checkpoint ({last_checkpoint.name}) resumes this run as it was, where more "
+            f"memory is free: `sft-tui train --resume {run_dir}`" if last_checkpoint else "")
+    return UserError(f"out of device memory at step {step} {why}",
+                     "start a new run that needs less memory: " + ", ".join(advice) + kept)
