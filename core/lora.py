@@ -69,6 +69,20 @@ def quantize_problem(lora: LoraConfig, cuda_available: bool) -> UserError | None
                      {"lora.quantize": reason})
 
 
+def four_bit_load_options(dtype) -> dict:
+    """from_pretrained's arguments for QLoRA's frozen base: NF4 weights with double quantization,
+    computing in bf16 where the GPU has it (the fp32 master dtype would make every 4-bit matmul
+    dequantize to fp32). 4-bit weights are made on the GPU as they load; each process puts its copy
+    on its own one. Asked only after quantize_problem passed."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute if dtype in (None, torch.float32) else dtype)
+    return {"quantization_config": quantization, "device_map": {"": torch.cuda.current_device()}}
+
+
 def lora_problem(lora: LoraConfig) -> UserError | None:
     """Settings of `lora` that cannot work before any model is loaded: a bad target regex, or an
     option the installed peft lacks."""

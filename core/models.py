@@ -281,10 +281,9 @@ def load_model(
     config = _task_config(cfg, path, task, labels, pad_token_id)
     extra: dict[str, Any] = {"ignore_mismatched_sizes": True} if task == "classification" else {}
     if quantize == "4bit":
-        import torch
+        from core.lora import four_bit_load_options
 
-        # 4-bit weights are made on the GPU as they load; each process puts its copy on its own one.
-        extra.update(quantization_config=_four_bit(dtype), device_map={"": torch.cuda.current_device()})
+        extra.update(four_bit_load_options(dtype))
     auto = getattr(transformers, TASK_CLASSES[task])
     report = logging.getLogger("transformers.modeling_utils")
     report.addFilter(_drop_load_report)
@@ -303,17 +302,6 @@ def load_model(
         report.removeFilter(_drop_load_report)
     _log_load_info(model, info, announce_new_head)
     return model
-
-
-def _four_bit(dtype):
-    """QLoRA's quantization: NF4 weights with double quantization, computing in bf16 where the GPU
-    has it (the fp32 master dtype would make every 4-bit matmul dequantize to fp32)."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute if dtype in (None, torch.float32) else dtype)
 
 
 def _check_weights(cfg: ModelConfig, path: str) -> None:
