@@ -190,8 +190,8 @@ class _Training:
         self._announce()
         self.model.train()
         reason = "completed"
-        for epoch, index, rows in self._remaining_steps():
-            self._optimizer_step(rows)
+        for epoch, index, step_rows in self._remaining_steps():
+            self._optimizer_step(step_rows)
             self.state.step += 1
             self.state.epoch, self.state.step_in_epoch = epoch, index + 1
             self.state.epoch_progress = epoch + (index + 1) / self.plan.steps_per_epoch
@@ -221,13 +221,13 @@ class _Training:
         return self.state.micro_batch_size or self.plan.batch_size
 
     def _remaining_steps(self) -> Iterator[tuple[int, int, list[int]]]:
-        """(epoch, index in the epoch, this process's rows) of each optimizer step still to take.
+        """(epoch, index in the epoch, the rows of all processes) of each optimizer step still to take.
         Each epoch is planned as steps of the effective batch, each process taking its share of a
         step (core.data.batching), so the rows of a step do not depend on the micro-batch. A resumed
         run starts where its checkpoint's state says, on the same plan, so it takes the same rows."""
-        from core.data.batching import batch_plan, process_share
+        from core.data.batching import batch_plan
 
-        cfg, plan, state, acc = self.config, self.plan, self.state, self.acc
+        cfg, plan, state = self.config, self.plan, self.state
         lengths = [len(ex.input_ids) for ex in self.data.train]
         first_epoch, first_index = state.epoch, state.step_in_epoch
         for epoch in range(first_epoch, plan.epochs):
@@ -235,17 +235,24 @@ class _Training:
             for index in range(first_index if epoch == first_epoch else 0, plan.steps_per_epoch):
                 if state.step >= plan.total_steps:
                     return
-                yield epoch, index, process_share(steps[index], plan.batch_size, acc.num_processes, acc.process_index)
+                yield epoch, index, steps[index]
 
-    def _optimizer_step(self, rows: list[int]) -> None:
-        """Forward and backward over the step's rows, then clip and step. A step that runs out of
-        device memory is taken again from the start with micro-batches half as large: the same rows,
-        so the same gradient and the same loss curve (compute.oom_recovery)."""
+    def _optimizer_step(self, step_rows: list[int]) -> None:
+        """Forward and backward over this process's share of the step's rows, then clip and step. A
+        step that runs out of device memory is taken again from the start with micro-batches half as
+        large: the same rows, so the same gradient and the same loss curve (compute.oom_recovery)."""
         import torch
 
+        from core.data.batching import process_share
+        from core.loss import count_items  # looked up per step: tests substitute the loss
+
+        acc = self.acc
+        rows = process_share(step_rows, self.plan.batch_size, acc.num_processes, acc.process_index)
+        # every process plans the same steps, so each counts the whole step's items without communicating
+        items = max(count_items([self.data.train[i] for i in step_rows], self.config.task), 1)
         while True:
             try:
-                loss = self._accumulate(rows)
+                loss = self._accumulate(rows, items)
                 break
             except torch.OutOfMemoryError as err:
                 reason = str(err).split("\n")[0]
@@ -266,22 +273,18 @@ class _Training:
         self.optimizer.zero_grad(set_to_none=True)
         window.steps += 1
 
-    def _accumulate(self, rows: list[int]):
+    def _accumulate(self, rows: list[int], step_items: int):
         """Forward and backward over `rows` in micro-batches of `micro_batch` rows (processes sync
         gradients on the last one only); the step's loss, left on the device. Each loss is divided by
-        the items of the whole step, so accumulating averages over all its tokens (rows), not over
-        micro-batches, and the size of the micro-batches does not change the gradient."""
+        the items (tokens or rows) of the whole step over all processes, so accumulating averages over
+        all its items, not over micro-batches, and the size of the micro-batches does not change the
+        gradient; DDP's averaging of the processes' gradients is undone by the factor of processes."""
         from core.data import collate
-        from core.loss import batch_loss_sum, count_items  # looked up per step: tests substitute the loss
+        from core.loss import batch_loss_sum  # looked up per step: tests substitute the loss
 
         acc, model, task, size = self.acc, self.model, self.config.task, self.micro_batch
         examples = [self.data.train[i] for i in rows]
-        items = count_items(examples, task)
-        if acc.num_processes > 1:  # the step's items over all processes (DDP averages their gradients); one small all-reduce a step
-            import torch
-
-            items = int(acc.reduce(torch.tensor(items, device=acc.device), "sum"))
-        items = max(items, 1) / acc.num_processes
+        items = step_items / acc.num_processes
         chunks = [examples[i : i + size] for i in range(0, len(examples), size)]
         loss = 0
         for k, chunk in enumerate(chunks):
@@ -423,16 +426,14 @@ class _Training:
             return  # e.g. a stop right after a scheduled save: that checkpoint is this step's
         self._report()  # the divergence check, before weights are saved
         acc.wait_for_everyone()
-        if acc.is_main_process:
-            started = time.perf_counter()
-            self.state.elapsed_s = started - self.started
-            self.last_checkpoint = save_checkpoint(self.paths.checkpoints, acc.unwrap_model(self.model),
-                                                   self.optimizer, self.scheduler, self.state,
-                                                   self.config.checkpoint.keep_last)
-            seconds = time.perf_counter() - started
-            self.eta.checkpointed(seconds)
-            self.window.excluded_s += seconds
-            self.out.emit(CheckpointSaved(step=self.state.step, path=str(self.last_checkpoint), seconds=seconds))
+        started = time.perf_counter()  # every process saves: FSDP gathers a sharded model's state onto rank 0
+        self.state.elapsed_s = started - self.started
+        self.last_checkpoint = save_checkpoint(self.paths.checkpoints, acc.unwrap_model(self.model), self.optimizer,
+                                               self.scheduler, self.state, self.config.checkpoint.keep_last)
+        seconds = time.perf_counter() - started
+        self.eta.checkpointed(seconds)
+        self.window.excluded_s += seconds
+        self.out.emit(CheckpointSaved(step=self.state.step, path=str(self.last_checkpoint), seconds=seconds))
         acc.wait_for_everyone()
 
     # ---- the end --------------------------------------------------------------------------------
@@ -442,8 +443,7 @@ class _Training:
 
         output = None
         if reason != "stopped" and self.config.output.save_final:
-            if self.acc.is_main_process:
-                save_final(self.acc.unwrap_model(self.model), self.tokenizer, self.paths.final)
+            save_final(self.acc.unwrap_model(self.model), self.tokenizer, self.paths.final)  # every process, as a save
             output = self.paths.final
         self.acc.wait_for_everyone()
         self.out.emit(RunFinished(
