@@ -290,7 +290,7 @@ class _Training:
         for k, chunk in enumerate(chunks):
             batch = {key: t.to(acc.device) for key, t in collate(chunk, self.tokenizer.pad_token_id, task).items()}
             with (nullcontext() if k == len(chunks) - 1 else acc.no_sync(model)), acc.autocast():
-                loss_sum, _ = batch_loss_sum(model, batch, task)
+                loss_sum, _ = batch_loss_sum(model, batch, task, labelled_only=self.config.compute.labelled_logits_only)
                 acc.backward(loss_sum / items)
             loss = loss + loss_sum.detach().float() / items
         return (acc.reduce(loss, "sum") if acc.num_processes > 1 else loss) / acc.num_processes  # the step's mean
@@ -393,7 +393,8 @@ class _Training:
         started, batch_size = time.perf_counter(), cfg.eval.batch_size or 2 * self.micro_batch
         try:
             metrics = evaluate(self.model, data.validation, task=cfg.task, num_labels=len(data.labels or []),
-                               batch_size=batch_size, pad_token_id=self.tokenizer.pad_token_id, accelerator=acc)
+                               batch_size=batch_size, pad_token_id=self.tokenizer.pad_token_id, accelerator=acc,
+                               labelled_only=cfg.compute.labelled_logits_only)
         except torch.OutOfMemoryError:
             raise UserError(f"out of device memory evaluating after step {state.step} ({batch_size} rows a batch)",
                             "set eval.batch_size lower") from None
