@@ -196,6 +196,11 @@ class ComputeConfig(_Section):
     oom_recovery: bool = True
     """When a step runs out of GPU memory, halve the micro-batch and double the accumulation (the
     same effective batch) and retry, instead of ending the run."""
+    labelled_logits_only: bool = True
+    """Causal LM: apply the output head and the loss only at the positions that predict an answer
+    token, not at every position (the same loss and gradients: the others are masked out anyway).
+    Full logits, their fp32 copy and gradients are the largest tensors of a small model's step;
+    off only for a model whose forward cannot slice its logits by a mask (the run says so)."""
     nproc: int = Field(1, ge=1, le=1024)
     """Processes that train the run data-parallel, one per GPU, started through torchrun; each takes
     optim.batch_size rows per micro-batch, so the global batch grows with them."""

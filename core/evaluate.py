@@ -14,8 +14,10 @@ from core.metrics import classification_metrics, lm_metrics
 
 
 @torch.no_grad()
-def evaluate(model, examples, *, task, num_labels, batch_size, pad_token_id, accelerator) -> dict[str, float]:
-    """Metrics over this rank's share of `examples`, reduced over all ranks."""
+def evaluate(model, examples, *, task, num_labels, batch_size, pad_token_id, accelerator,
+             labelled_only: bool = False) -> dict[str, float]:
+    """Metrics over this rank's share of `examples`, reduced over all ranks. `labelled_only`
+    (compute.labelled_logits_only): causal-LM logits at the labelled positions only (core.loss)."""
     model.eval()
     device = accelerator.device
     mine = examples[accelerator.process_index :: accelerator.num_processes]
@@ -27,7 +29,7 @@ def evaluate(model, examples, *, task, num_labels, batch_size, pad_token_id, acc
         chunk = [mine[i] for i in order[start : start + batch_size]]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id, task).items()}
         with accelerator.autocast():
-            loss, logits = batch_loss_sum(model, batch, task)
+            loss, logits = batch_loss_sum(model, batch, task, labelled_only=labelled_only)
         loss_sum += loss.double()
         count += count_items(chunk, task)
         if task == "classification":

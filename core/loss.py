@@ -11,6 +11,8 @@ start-up without it.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,10 +48,71 @@ def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def batch_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: str) -> tuple[torch.Tensor, Any]:
-    """(summed loss, logits) of one batch; the caller divides by the items of the whole step."""
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the positions whose logits `lm_loss_sum` uses, those t whose next label
+    labels[t + 1] is trained (the shift); the last position predicts nothing."""
+    import torch
+
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
+@functools.cache
+def _keeps_logits_by_mask(model_class: type) -> bool:
+    """Whether a causal LM's forward takes `logits_to_keep` (transformers' slice_logits_to_keep,
+    which reads a 2-D bool tensor as a per-row mask). Remote-code models may lack it."""
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+def keeps_labelled_logits(model: torch.nn.Module) -> bool:
+    """Whether `model`, through its DDP/FSDP and peft wrappers, can compute the logits of the
+    labelled positions only: the transformers model inside takes `logits_to_keep`."""
+    from accelerate.utils import extract_model_from_parallel
+
+    inner = extract_model_from_parallel(model)
+    if hasattr(inner, "get_base_model"):  # peft's PeftModel
+        inner = inner.get_base_model()
+    return _keeps_logits_by_mask(type(inner))
+
+
+def labelled_lm_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """The causal-LM loss of `lm_loss_sum` with the output head applied only at the positions that
+    predict a trained label: (summed loss, [N, V] logits of those N positions).
+
+    Only a fraction of an SFT batch's positions carry a label, yet full logits cost B x T x V at the
+    activation precision plus their fp32 copy and gradients, the largest tensors of a small model's
+    step. The mask goes to the model as `logits_to_keep`: transformers 5 slices the final hidden
+    states with it (slice_logits_to_keep: a 2-D bool mask keeps per-row positions, flattened to
+    [N, H]) right before the head, so the head (tied or not, frozen or trained, LoRA or not) sees N
+    rows and whatever the model does to its logits afterwards (Gemma 2's soft-capping, Cohere's
+    logit_scale) still applies, element by element. The call goes through the model's own forward,
+    so DDP's gradient hooks, FSDP's unsharding and peft's adapters all run as in the plain path.
+    Not chosen: an int or 1-D `logits_to_keep` (one set of positions for every row: the union of
+    the rows' answer spans, which with right padding and prompts of different lengths is most of
+    the sequence), or calling the decoder body and the head by hand (it would bypass the wrappers'
+    forwards and every model's own post-processing of its logits)."""
     import torch.nn.functional as F
 
+    keep = predicting_positions(batch["labels"])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    targets = batch["labels"][:, 1:][keep[:, :-1]]
+    if logits.shape[:-1] != targets.shape:
+        raise UserError(f"the model returned logits of shape {tuple(logits.shape)} for {targets.numel()} labelled "
+                        "positions: it does not slice them by a logits_to_keep mask",
+                        "set compute.labelled_logits_only: false")
+    return F.cross_entropy(logits.float(), targets, reduction="sum"), logits
+
+
+def batch_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: str, *,
+                   labelled_only: bool = False) -> tuple[torch.Tensor, Any]:
+    """(summed loss, logits) of one batch; the caller divides by the items of the whole step.
+    `labelled_only` (compute.labelled_logits_only): a causal LM computes logits at the labelled
+    positions only (labelled_lm_loss_sum), where the model supports it; the same loss."""
+    import torch.nn.functional as F
+
+    if task == "causal-lm" and labelled_only and keeps_labelled_logits(model):
+        return labelled_lm_loss_sum(model, batch)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     if task == "classification":
         return F.cross_entropy(logits.float(), batch["labels"], reduction="sum"), logits
