@@ -201,6 +201,18 @@ class ComputeConfig(_Section):
     token, not at every position (the same loss and gradients: the others are masked out anyway).
     Full logits, their fp32 copy and gradients are the largest tensors of a small model's step;
     off only for a model whose forward cannot slice its logits by a mask (the run says so)."""
+    prefix_cache: Literal["auto", "off"] = "auto"
+    """auto: where nothing below the lowest trained block trains and the frozen blocks below it draw
+    no dropout, compute their output once per training row and reuse it in later epochs (the same
+    numbers; core.prefix_cache). The run's log says whether it is on, its size, or why not."""
+    frozen_eval_mode: bool = False
+    """Run the frozen blocks below the lowest trained one, and the embeddings, in eval mode: no
+    dropout there. It changes the numbers (as asked), and lets the prefix cache serve a model whose
+    frozen blocks have dropout (BERT, MiniLM)."""
+    prefix_cache_max_gb: float | None = Field(None, gt=0)
+    """The most memory the prefix cache may hold; unset: a quarter of the memory available on its
+    device at the start. When the training rows' cached outputs would need more, the run trains
+    without the cache and says so."""
     nproc: int = Field(1, ge=1, le=1024)
     """Processes that train the run data-parallel, one per GPU, started through torchrun; each takes
     optim.batch_size rows per micro-batch, so the global batch grows with them."""
