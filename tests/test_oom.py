@@ -52,14 +52,14 @@ class Device:
         self.max_rows, self.from_call, self.calls, self.rows = max_rows, from_call, 0, []
         real = core.loss.batch_loss_sum
 
-        def batch_loss_sum(model, batch, task):
+        def batch_loss_sum(model, batch, task, **kw):
             if model.training:
                 self.calls += 1
                 rows = batch["input_ids"].shape[0]
                 if self.calls >= self.from_call and rows > self.max_rows:
                     raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {rows} rows' worth")
                 self.rows.append(rows)
-            return real(model, batch, task)
+            return real(model, batch, task, **kw)
 
         monkeypatch.setattr(core.loss, "batch_loss_sum", batch_loss_sum)
 
