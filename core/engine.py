@@ -174,6 +174,9 @@ class _Training:
         self.tokenizer, self.data, self.model, self.freeze = tokenizer, data, model, freeze
         self.optimizer, self.plan, self.scheduler = optimizer, plan, scheduler
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        from core.prefix_cache import PrefixCache
+
+        self.prefix = PrefixCache.for_run(config, acc, model, data.train)  # frozen blocks once per row
         self.state, self.last_checkpoint = state, last_checkpoint
         self.started = time.perf_counter() - state.elapsed_s  # the clock continues a resumed run's; pauses move it
         self.window = _Window(acc.device)
@@ -289,7 +292,8 @@ class _Training:
         loss = 0
         for k, chunk in enumerate(chunks):
             batch = {key: t.to(acc.device) for key, t in collate(chunk, self.tokenizer.pad_token_id, task).items()}
-            with (nullcontext() if k == len(chunks) - 1 else acc.no_sync(model)), acc.autocast():
+            with (nullcontext() if k == len(chunks) - 1 else acc.no_sync(model)), acc.autocast(), \
+                    self.prefix.serving(rows[k * size : (k + 1) * size], batch):
                 loss_sum, _ = batch_loss_sum(model, batch, task, labelled_only=self.config.compute.labelled_logits_only)
                 acc.backward(loss_sum / items)
             loss = loss + loss_sum.detach().float() / items
