@@ -33,7 +33,7 @@ CONFIG_DROPOUTS = ("attention_dropout", "attention_probs_dropout_prob", "attn_pd
 """Config names of attention dropout, which some attention functions take as a float, not a module."""
 
 
-class _Captured(Exception):  # noqa: N818 - a control-flow signal, not an error
+class _Captured(Exception):
     """Raised by the hook on the last prefix block: the caching pass needs nothing after it."""
 
     def __init__(self, output) -> None:

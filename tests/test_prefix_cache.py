@@ -95,7 +95,7 @@ def test_cached_run_matches_the_plain_run(arch, tiny_model_factory, sft_file, cl
     assert plain.keys() == cached.keys()
     for name in plain:
         torch.testing.assert_close(cached[name], plain[name], msg=name)
-    train_rows = sum(1 for _ in open(data, encoding="utf-8"))
+    train_rows = len(data.read_text(encoding="utf-8").splitlines())
     assert sum(seen) == train_rows  # each row once over two epochs: the second adds none
 
 
