@@ -79,12 +79,16 @@ def _count_prefix_rows(monkeypatch) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "bert"])
-def test_cached_run_matches_the_plain_run(arch, tiny_model_factory, sft_file, cls_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("arch", "compute"), [("llama", {}), ("qwen2", {}), ("gpt2", {}), ("bert", {}),
+                                               ("llama", {"gradient_checkpointing": True})],
+                         ids=["llama", "qwen2", "gpt2", "bert", "llama-checkpointing"])
+def test_cached_run_matches_the_plain_run(arch, compute, tiny_model_factory, sft_file, cls_file, tmp_path,
+                                          monkeypatch):
     data = cls_file if arch in ENCODERS else sft_file
-    plain_sink, plain = _train(_config(tiny_model_factory(arch), data, tmp_path / "off", arch, prefix_cache="off"))
+    off = _config(tiny_model_factory(arch), data, tmp_path / "off", arch, prefix_cache="off", **compute)
+    plain_sink, plain = _train(off)
     seen = _count_prefix_rows(monkeypatch)
-    sink, cached = _train(_config(tiny_model_factory(arch), data, tmp_path / "on", arch))
+    sink, cached = _train(_config(tiny_model_factory(arch), data, tmp_path / "on", arch, **compute))
 
     assert any(m.startswith("prefix cache on") for m in sink.logs()), sink.logs()
     assert "prefix cache off: compute.prefix_cache is off" in plain_sink.logs()
