@@ -195,6 +195,21 @@ def adapter_activations(model) -> int:
     return total
 
 
+def planned_adapter_activations(model, targets: list[str], r: int, dropout: float) -> int:
+    """adapter_activations before peft wraps `model` (the app's meta skeleton and core.lora's plan):
+    per targeted linear layer its rank and, under dropout, its input width (nn.Linear's in_features;
+    GPT-2's Conv1D stores its weight (in, out)). An embedding's adapter keeps no rank-wide output of
+    its own. Attribute reads only, so the app draws it without importing torch."""
+    total = 0
+    for path in targets:
+        module = model.get_submodule(path)
+        if hasattr(module, "num_embeddings") or getattr(module, "weight", None) is None:
+            continue
+        width = module.in_features if hasattr(module, "in_features") else module.weight.shape[0]
+        total += r + (width if dropout > 0 else 0)
+    return total
+
+
 def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: bool,
                    activation_bytes: int = 4, device: str = "cpu") -> MemoryEstimate:
     """estimate_peak for a built model (LoRA adapters and the freeze map applied): its parameter

@@ -163,3 +163,21 @@ def test_lora_adapters_count_in_the_activation_term(tiny_model_factory, dropout)
     # real sizes; without dropout the estimate is 18% high here
     assert estimate.activations == pytest.approx(saved_activation_bytes(model, ids(4, 48)), rel=0.2)
     assert estimate.gradients == 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("arch,dropout", [("llama", 0.0), ("llama", 0.1), ("gpt2", 0.1)])
+def test_the_apps_adapter_count_before_wrapping_is_the_wrapped_models(tiny_model_factory, arch, dropout):
+    """The freeze screen counts the adapters from core.lora's plan on the unwrapped skeleton (the app
+    keeps no wrapped model); the dry run counts them on the model peft wrapped. GPT-2's Conv1D stores
+    its weight transposed."""
+    from core.config import example_config
+    from core.lora import apply_lora
+    from core.memory import adapter_activations, planned_adapter_activations
+
+    config = example_config("causal-lm")
+    config.lora.enabled, config.lora.dropout, config.lora.r = True, dropout, 4
+    model = load(tiny_model_factory(arch))
+    description = describe_model(model)
+    wrapped, plan, _ = apply_lora(model, description, config)
+    planned = planned_adapter_activations(load(tiny_model_factory(arch)), plan.targets, 4, dropout)
+    assert planned == adapter_activations(wrapped) > 0
