@@ -17,6 +17,7 @@ from core.config import RunConfig, config_to_dict, parse_config, set_dotted
 from core.errors import UserError
 from core.freeze import FreezeSummary, effective_rules, rule_problems, summarize_freeze, training_problem
 from core.launch import Gpus, launch_problems, local_gpus
+from core.lora import preview as lora_preview
 from core.lora import quantize_problem
 
 
@@ -30,6 +31,19 @@ class ModelInfo:
     task: str
     labels: list[str] | None
     max_positions: int | None
+
+
+@dataclass(frozen=True)
+class FreezePreview:
+    """What the draft's freeze map does to the model: under LoRA, the map under LoRA with peft's
+    adapters counted (core.lora.preview wraps a copy of the meta skeleton), else the map itself."""
+
+    rules: list
+    summary: FreezeSummary | None
+    """None when a rule or a LoRA target cannot be used (`error` says why)."""
+    error: UserError | None = None
+    lora: Any = None
+    """core.lora.LoraPlan (targets, modules_to_save) under LoRA, else None."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +144,10 @@ class Session:
             problems[kind] = f"did not load: {error.message}"
         if error := rule_problems(list(self.config.freeze.rules)):
             problems.update(error.fields)
-        if (summary := self.freeze_summary) is not None and (error := training_problem(summary)):
-            problems["freeze"] = f"{error.fields['freeze']}; {error.hint}"
+        if (preview := self.freeze_preview) is not None:
+            error = training_problem(preview.summary) if preview.summary is not None else preview.error
+            for where, what in error.fields.items() if error is not None else ():
+                problems.setdefault(where, f"{what}; {error.hint}")
         for error in [*launch_problems(self.config, self.gpus), quantize_problem(self.config.lora, bool(self.gpus.indices))]:
             if error is not None:
                 (where, what), = error.fields.items()
@@ -146,25 +162,36 @@ class Session:
 
     @property
     def freeze_summary(self) -> FreezeSummary | None:
-        """What the current freeze map does to the model (core.freeze.FreezeSummary), once the model
-        is known and while every rule can be used.
+        """What the current freeze map (with LoRA's adapters when enabled) does to the model, once
+        the model is known and while every rule and LoRA target can be used."""
+        preview = self.freeze_preview
+        return preview.summary if preview is not None else None
+
+    @property
+    def freeze_preview(self) -> FreezePreview | None:
+        """The freeze map's effect on the model, once the model is known.
 
         The draft bar asks on every change of the session (every keystroke in a form), and matching
-        the rules walks every parameter tensor, so the answer is kept until the model or the freeze
-        map changes."""
+        the rules walks every parameter tensor (under LoRA peft wraps a copy of the skeleton too), so
+        the answer is kept until the model, the freeze map or the LoRA settings change."""
         if self.model is None:
             return None
+        key = (self.config.freeze, self.config.lora)
         cached = self._share
-        if cached is None or cached[0] is not self.model or cached[1] != self.config.freeze:
-            self._share = cached = (self.model, self.config.freeze, self._summarize_freeze())
+        if cached is None or cached[0] is not self.model or cached[1] != key:
+            self._share = cached = (self.model, key, self._preview_freeze())
         return cached[2]
 
-    def _summarize_freeze(self) -> FreezeSummary | None:
-        rules = effective_rules(self.config.freeze, self.model.description)
+    def _preview_freeze(self) -> FreezePreview:
+        config, description = self.config, self.model.description
+        rules = effective_rules(config.freeze, description)
         try:
-            return summarize_freeze(self.model.skeleton, rules)
-        except UserError:  # an invalid regex in a loaded config: problems() names it
-            return None
+            if config.lora.enabled:
+                summary, plan = lora_preview(self.model.skeleton, description, config)
+                return FreezePreview(plan.rules, summary, lora=plan)
+            return FreezePreview(rules, summarize_freeze(self.model.skeleton, rules))
+        except UserError as err:  # an invalid regex in a loaded config, a LoRA target matching nothing
+            return FreezePreview(rules, None, err)
 
 
 def field_problem(error: UserError, dotted: str) -> str:

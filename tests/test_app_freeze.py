@@ -416,3 +416,33 @@ async def test_the_memory_estimate_follows_the_freeze_map_and_the_form(tmp_path,
         await pilot.press("h")  # head only: a tied head still sends backward through every block
         await pilot.pause()
         assert all(part in summary(app) for part in memory_line(app, True))
+
+
+async def test_under_lora_the_draft_bar_and_the_estimate_are_the_wrapped_models(tmp_path, tiny_model_dir):
+    """The session's summary used to ignore LoRA: the draft bar said 100.0% trainable, and the
+    estimate counted the map's full modules and no adapter outputs. Now both are what the engine's
+    dry run computes (core.memory.estimate_model) on the model core.lora wraps, here on the meta
+    skeleton, dropout on so that the adapters' copies of their inputs count."""
+    import copy
+
+    from core.lora import apply_lora
+    from core.memory import estimate_model, format_bytes
+    from sft_tui.format.numbers import format_share
+
+    app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        app.session.update({"lora.dropout": 0.1})
+        await pilot.press("L")  # LoRA on every linear layer
+        await pilot.pause()
+        model, config = app.session.model, app.session.config
+        wrapped, _, truth = apply_lora(copy.deepcopy(model.skeleton), model.description, config)
+        assert 0 < truth.trainable_share < 0.5
+        bar = str(app.screen.query_one("DraftBar", Static).content)
+        assert f"{format_share(truth.trainable_share)} trainable" in bar
+        length = min(config.data.max_length, model.max_positions)
+        estimate = estimate_model(wrapped, batch=config.optim.batch_size, length=length, task=config.task,
+                                  checkpointing=False)
+        parts = [estimate.gradients, estimate.optimizer, estimate.activations, estimate.total]
+        shown = summary(app)
+        assert all(format_bytes(part) in shown for part in parts), (shown, [format_bytes(p) for p in parts])

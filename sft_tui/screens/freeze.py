@@ -16,7 +16,6 @@ from textual.widgets import ContentSwitcher, DataTable, Static, Tree
 from core.config import FreezeRule
 from core.errors import UserError
 from core.freeze import effective_rules, preset_rules, resolve, rule_name, summarize_freeze
-from core.lora import preview as lora_preview
 from core.lora import resolve_targets
 from sft_tui.format.numbers import format_count, format_share
 from sft_tui.screens.base import StepScreen
@@ -126,25 +125,19 @@ class FreezeScreen(StepScreen):
     def _refresh(self) -> None:
         """Resolve the map once, then relabel the tree and redraw the rule list and the summary. With
         LoRA on, the map is the one under LoRA (core.lora.lora_rules), and the summary counts the
-        adapters that peft puts on a copy of the skeleton."""
-        config, description, skeleton = self.session.config, self._model.description, self._model.skeleton
+        adapters that peft puts on a copy of the skeleton (Session.freeze_preview, which the draft
+        bar reads too)."""
+        config, skeleton = self.session.config, self._model.skeleton
         freeze = config.freeze
         self._shown = (freeze, config.lora)
-        rules = effective_rules(freeze, description)
-        self._lora_targets = []
+        preview = self.session.freeze_preview
+        rules, summary, error = preview.rules, preview.summary, preview.error
+        self._lora_targets = preview.lora.targets if preview.lora is not None else []
         try:
-            if config.lora.enabled:
-                summary, plan = lora_preview(skeleton, description, config)
-                rules, self._lora_targets = plan.rules, plan.targets
-            else:
-                summary = summarize_freeze(skeleton, rules)
             states = resolve(skeleton, rules)
-        except UserError as err:  # an invalid regex from a loaded config, a LoRA target matching nothing
+        except UserError as err:  # an invalid regex from a loaded config
             summary, error = None, err
-            self._states = {}
-        else:
-            error = None
-            self._states = node_states(description.root, self._tensors, states)
+        self._states = node_states(self._model.description.root, self._tensors, states) if summary else {}
         self.query_one(ModuleTree).relabel(self._states, self._lora_targets)
         self.query_one(RuleTable).show_rules(rules, [rule.params for rule in summary.rules] if summary else None,
                                              self._deciding())

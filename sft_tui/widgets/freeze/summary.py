@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from core.freeze import effective_rules, resolve
-from core.memory import blocks_in_backward, estimate_peak, model_shape
+from core.memory import blocks_in_backward, estimate_peak, model_shape, planned_adapter_activations
 from sft_tui.format.model import training_memory
 from sft_tui.format.numbers import format_share
 
@@ -58,14 +58,21 @@ class FreezeSummaryBar(Static):
 
     def _backward_blocks(self, model, freeze) -> tuple[int, int]:
         """(trained, passed) blocks under the map, kept until the model or the map changes."""
-        if self._blocks is None or self._blocks[0] is not model or self._blocks[1] != freeze:
-            description = model.description
-            states = resolve(model.skeleton, effective_rules(freeze, description))
-            trainable = [name for name, state in states.items() if state.train]
-            if self.app.session.config.lora.enabled:  # the adapters train inside every block they target
-                trainable += description.blocks
-            self._blocks = (model, freeze, blocks_in_backward(description.blocks, description.embeddings, trainable))
+        key = (freeze, self.app.session.config.lora)
+        if self._blocks is None or self._blocks[0] is not model or self._blocks[1] != key:
+            description, lora = model.description, self.app.session.freeze_preview.lora
+            if lora is not None:  # the adapters train inside the layers they target, and the map's full modules
+                trainable = lora.targets + lora.modules_to_save
+            else:
+                states = resolve(model.skeleton, effective_rules(freeze, description))
+                trainable = [name for name, state in states.items() if state.train]
+            self._blocks = (model, key, blocks_in_backward(description.blocks, description.embeddings, trainable))
         return self._blocks[2]
+
+    def _adapters(self, model, lora) -> int:
+        """Elements per token the LoRA adapters keep beyond their blocks' own (0 without LoRA)."""
+        plan = self.app.session.freeze_preview.lora
+        return planned_adapter_activations(model.skeleton, plan.targets, lora.r, lora.dropout) if plan else 0
 
     def _memory(self, summary, freeze) -> Text:
         session = self.app.session
@@ -76,7 +83,8 @@ class FreezeSummaryBar(Static):
         half = config.precision in ("bf16", "fp16") or (config.precision == "auto" and device == "cuda")
         length = min(config.data.max_length, model.max_positions or config.data.max_length)
         args = {"batch": config.optim.batch_size, "length": length, "task": config.task,
-                    "activation_bytes": 2 if half else 4, "device": device}
+                    "activation_bytes": 2 if half else 4, "device": device,
+                    "adapters": self._adapters(model, config.lora)}
         shape, blocks = model_shape(model.skeleton.config), self._backward_blocks(model, freeze)
         on = config.compute.gradient_checkpointing
         estimate, other = (estimate_peak(summary.total_params, summary.trainable_params, shape, blocks,
