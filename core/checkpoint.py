@@ -9,6 +9,11 @@ Run folders travel between machines and users, so loading one must never run cod
 RNG states are safetensors, the training state is JSON, and the optimizer and scheduler states are
 read with `torch.load(weights_only=True)`, which refuses any pickle that names a Python callable.
 A checkpoint that fails any of this is reported by file and the previous one is tried.
+
+A model that FSDP shards across processes is saved and loaded through core.full_state: its full
+weights and optimizer state are gathered onto rank 0, which writes the same files one process
+writes, and a resume scatters what rank 0 reads back into the shards. Every process therefore calls
+save_checkpoint and load_checkpoint at the same point of a run.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from core.atomic import atomic_folder
 from core.errors import UserError
+from core.full_state import STATE, agree, by_name, gather, is_sharded, is_writer, scatter
 from core.manifest import PREFIX, checkpoint_problem, list_checkpoints, step_of, write_manifest
 
 STATE_FILE = "state.json"
@@ -109,12 +115,12 @@ def _os_errno(err: Exception) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _needed_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def _needed_mb(weights: dict[str, torch.Tensor], moments: dict[Any, dict[str, Any]]) -> int:
     """About what one checkpoint takes: the weights plus the optimizer's state tensors."""
-    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    moments = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                  if isinstance(t, torch.Tensor))
-    return max(1, (weights + moments) >> 20)
+    size = sum(t.numel() * t.element_size() for t in weights.values())
+    size += sum(t.numel() * t.element_size() for s in moments.values() for t in s.values()
+                if isinstance(t, torch.Tensor))
+    return max(1, size >> 20)
 
 
 def _is_adapter_run(model: torch.nn.Module) -> bool:
@@ -124,29 +130,79 @@ def _is_adapter_run(model: torch.nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _save_weights(model: torch.nn.Module, path: Path) -> None:
-    """The model's weights; of a LoRA run only what trains (adapters, modules_to_save), since the
-    frozen base reloads from the model itself: a 7B base would make each checkpoint 14 GB."""
+class _Gathered:
+    """Weights gathered from shards, as safetensors' save_model reads a model (its state_dict), so
+    that they are written as the unsharded model is: the same names, tied duplicates dropped alike."""
+
+    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
+        self.weights = weights
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.weights)  # save_model deletes the duplicates from what it gets
+
+
+def _save_weights(model: torch.nn.Module, path: Path, gathered: dict[str, torch.Tensor] | None) -> None:
+    """The model's weights (`gathered`: those of a sharded model); of a LoRA run only what trains
+    (adapters, modules_to_save), since the frozen base reloads from the model itself: a 7B base
+    would make each checkpoint 14 GB."""
     if not _is_adapter_run(model):
-        save_model(model, str(path))
+        save_model(model if gathered is None else _Gathered(gathered), str(path))
         return
-    trained = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    trained = {name: (p.detach() if gathered is None else gathered[name]).contiguous()
+               for name, p in model.named_parameters() if p.requires_grad}
     save_file(trained, str(path), metadata={"format": "pt", "trained_only": "1"})
 
 
-def _load_weights(model: torch.nn.Module, path: Path, device: str) -> None:
-    """Load what _save_weights wrote; a LoRA checkpoint must name every trained parameter and only
-    parameters of this model (one from another target set or rank fails here, not later)."""
-    if not _is_adapter_run(model):
-        load_model(model, str(path), device=device)
-        return
-    tensors = load_file(str(path), device=device)
+def _check_adapters(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA checkpoint's tensors, which must name every trained parameter and only parameters of
+    this model (one from another target set or rank fails here, not later)."""
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
     if set(tensors) != trained:
         odd = sorted(set(tensors) ^ trained)
         raise ValueError(f"its adapters do not fit this model's LoRA settings ({len(odd)} tensors differ, "
                          f"e.g. {odd[0]})")
-    model.load_state_dict(tensors, strict=False)
+    return tensors
+
+
+def _load_weights(model: torch.nn.Module, path: Path, device: str) -> None:
+    """Load what _save_weights wrote into a model that is not sharded."""
+    if not _is_adapter_run(model):
+        load_model(model, str(path), device=device)
+        return
+    model.load_state_dict(_check_adapters(model, load_file(str(path), device=device)), strict=False)
+
+
+def _read(folder: Path, name: str, load: Callable[[Path], Any]) -> Any:
+    """`load(folder / name)`; any failure to parse the file is the same news, that the file is bad:
+    a UserError naming it."""
+    try:
+        return load(folder / name)
+    except Exception as err:  # noqa: BLE001 - any failure to parse a file is the same news
+        reason = "it holds Python objects, which sft-tui never unpickles" \
+            if "weights_only" in str(err) else f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        raise UserError(f"{folder / name} cannot be loaded ({reason})") from None
+
+
+def _torch_load(path: Path) -> Any:
+    return torch.load(path, weights_only=True)
+
+
+def _load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Rank 0 reads the full weights and optimizer state and every process takes its shards of
+    them. A file rank 0 cannot read fails the checkpoint on every process alike, so all of them
+    go on to the one before it together."""
+    weights, optim_state, problem = {}, {}, None
+    adapters = _is_adapter_run(model)
+    if is_writer():
+        try:
+            weights = _read(path, "model.safetensors",
+                            lambda p: _check_adapters(model, load_file(str(p))) if adapters else load_file(str(p)))
+            optim_state = _read(path, "optimizer.pt", lambda p: by_name(_torch_load(p), model, optimizer))
+        except UserError as err:
+            problem = err.message
+    if problem := agree(problem):
+        raise UserError(problem)
+    scatter(model, weights, optimizer, optim_state, strict=not adapters)
 
 
 def save_checkpoint(
@@ -158,17 +214,21 @@ def save_checkpoint(
     keep_last: int,
 ) -> Path:
     """Write `checkpoints_dir/step-N` (N: state.step) atomically, then delete all but the newest
-    `keep_last`.
+    `keep_last`; return that folder.
 
-    A full disk or a file-size limit becomes a UserError that says how much room a checkpoint
-    needs; the previous checkpoints stay as they were."""
-    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    Every process of a run calls it at the same step: a sharded model's state is gathered onto
+    rank 0 (a collective), and rank 0 alone writes. A full disk or a file-size limit becomes a
+    UserError that says how much room a checkpoint needs; the previous checkpoints stay as they were."""
     step = state.step
     final = checkpoints_dir / f"{PREFIX}{step}"
+    weights, optim_state = gather(model, optimizer, _is_adapter_run(model)) if is_sharded(model) else (None, None)
+    if not is_writer():
+        return final
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_folder(final) as tmp:
-            _save_weights(model, tmp / "model.safetensors")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            _save_weights(model, tmp / "model.safetensors", weights)
+            torch.save(optimizer.state_dict() if optim_state is None else optim_state, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             tensors, meta = _rng_state()
             save_file(tensors, str(tmp / "rng.safetensors"), metadata=meta)
@@ -179,9 +239,10 @@ def save_checkpoint(
         if code not in _FULL_DISK:
             raise
         kept = list_checkpoints(checkpoints_dir)
+        needed = _needed_mb(weights or model.state_dict(), optim_state[STATE] if optim_state else optimizer.state)
         raise UserError(
             f"cannot write checkpoint {final}: {_FULL_DISK[code]} "
-            f"(a checkpoint needs about {_needed_mb(model, optimizer):,} MB)",
+            f"(a checkpoint needs about {needed:,} MB)",
             "free space under " + str(checkpoints_dir) + " (or lower checkpoint.keep_last), then resume with "
             f"`sft-tui train --resume {checkpoints_dir.parent}`"
             + (f"; the last complete checkpoint is {kept[-1].name}" if kept else ""),
@@ -194,26 +255,21 @@ def save_checkpoint(
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any) -> TrainState:
     """Restore weights, optimizer, scheduler and RNG in place; return the saved training state.
+    Every process of a run calls it (a sharded model's shards are scattered from rank 0).
 
     Raises UserError naming the first file that is incomplete, corrupt or not safely loadable."""
     problem = checkpoint_problem(path)
     if problem:
         raise UserError(problem)
-
-    def read(name: str, load: Callable[[Path], Any]) -> Any:
-        try:
-            return load(path / name)
-        except Exception as err:  # any failure to parse a file is the same news: that file is bad
-            reason = "it holds Python objects, which sft-tui never unpickles" \
-                if "weights_only" in str(err) else f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
-            raise UserError(f"{path / name} cannot be loaded ({reason})") from None
-
-    device = str(next(model.parameters()).device)
-    state = read(STATE_FILE, lambda p: TrainState(**json.loads(p.read_text(encoding="utf-8"))))
-    read("model.safetensors", lambda p: _load_weights(model, p, device))
-    optimizer.load_state_dict(read("optimizer.pt", lambda p: torch.load(p, weights_only=True)))
-    scheduler.load_state_dict(read("scheduler.pt", lambda p: torch.load(p, weights_only=True)))
-    read("rng.safetensors", _set_rng_state)
+    state = _read(path, STATE_FILE, lambda p: TrainState(**json.loads(p.read_text(encoding="utf-8"))))
+    if is_sharded(model):
+        _load_sharded(path, model, optimizer)
+    else:
+        device = str(next(model.parameters()).device)
+        _read(path, "model.safetensors", lambda p: _load_weights(model, p, device))
+        optimizer.load_state_dict(_read(path, "optimizer.pt", _torch_load))
+    scheduler.load_state_dict(_read(path, "scheduler.pt", _torch_load))
+    _read(path, "rng.safetensors", _set_rng_state)
     return state
 
 

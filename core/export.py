@@ -1,13 +1,18 @@
 """The run's deliverable: `final/`, a save_pretrained folder that loads with the Auto classes and
 `transformers.pipeline` like any model from the Hub; for a LoRA run, the adapter (which loads with
 `PeftModel.from_pretrained` over the base) and, with lora.merge_on_export, `final/merged/`: the
-adapters merged into the base weights, a plain model that loads without peft."""
+adapters merged into the base weights, a plain model that loads without peft.
+
+Every process of a run calls save_final: a model that FSDP shards is gathered onto rank 0 first
+(core.full_state), which alone writes."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from core.atomic import atomic_folder
+from core.full_state import gather, is_sharded, is_writer
 
 MERGED = "merged"
 
@@ -20,17 +25,27 @@ def save_final(model, tokenizer, out_dir: Path, merge: bool | None = None) -> Pa
     A peft model saves its adapter; `merge` True also writes the merged model into `merged/`, and
     None takes lora.merge_on_export from the run's config.yaml beside `out_dir` (the engine passes
     none). Merging happens in place, after the adapter is saved: the run is over, and a copy of the
-    model would double the memory at the very end of it."""
+    model would double the memory at the very end of it. A sharded model's adapter is saved, but
+    not merged: its base weights are spread over the processes, and no process holds them whole."""
     from peft import PeftModel
 
+    is_peft = isinstance(model, PeftModel)
+    sharded = is_sharded(model)
+    weights = gather(model, trained_only=is_peft)[0] if sharded else None
+    if not is_writer():
+        return out_dir
     generation = getattr(model, "generation_config", None)
     if generation is not None and tokenizer.pad_token_id is not None:
         generation.pad_token_id = tokenizer.pad_token_id
-    is_peft = isinstance(model, PeftModel)
     if is_peft and merge is None:
         merge = _merge_requested(out_dir)
+    if is_peft and merge and sharded:
+        logging.getLogger("core.export").warning(
+            "lora.merge_on_export: the adapters of a model sharded by FSDP are saved unmerged in %s; merge them "
+            "on one process with peft's PeftModel.from_pretrained(base, %s).merge_and_unload()", out_dir, out_dir)
+        merge = False
     with atomic_folder(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         if is_peft and merge:
             merged = model.merge_and_unload()

@@ -147,7 +147,8 @@ def setup_scheduler(plan: StepPlan, optimizer):
 
 def restore_state(paths: RunPaths, model, optimizer, scheduler) -> tuple[TrainState, Path]:
     """Load the newest usable checkpoint into model, optimizer and scheduler (and every RNG); its
-    training state and folder."""
+    training state and folder. Every process calls it: under FSDP rank 0 reads the checkpoint and
+    each process takes its shards (core.checkpoint), so all of them agree on which one loads."""
     checkpoint, state = load_latest(paths.checkpoints, model, optimizer, scheduler, warn=log.warning)
     log.info("resumed from %s", checkpoint)
     return state, checkpoint
