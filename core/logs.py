@@ -3,17 +3,22 @@
 transformers, datasets and accelerate print warnings and progress bars straight to stderr, which
 would draw over a TUI and clutter headless progress. While a run is active their records go through
 Python logging into a handler that emits `LogMessage` events; the front end decides where they show.
+So do their `warnings.warn` calls (accelerate's and FSDP's among them), through
+`logging.captureWarnings`, and torch's loggers (torch.distributed, FSDP, the compiler), which torch
+gives stderr handlers of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 
 from core.events import EventSink, LogMessage
 
-ROUTED_LOGGERS = ("core", "transformers", "datasets", "accelerate", "peft")
+ROUTED_LOGGERS = ("core", "transformers", "datasets", "accelerate", "peft", "py.warnings")
+"""`py.warnings` is where logging.captureWarnings sends warnings.warn calls."""
 
 
 def quiet_libraries() -> None:
@@ -51,21 +56,44 @@ class EventLogHandler(logging.Handler):
         self._sink.emit(LogMessage(level=record.levelname.lower(), logger=record.name, message=message))
 
 
+def _torch_loggers() -> list[logging.Logger]:
+    """torch's loggers that stop propagation: torch._logging gives them stderr handlers of their own
+    (or none, leaving Python's last resort to print on stderr), so a record of torch.distributed or
+    FSDP reaches the nearest of them and goes no further. Each needs the run's handler."""
+    return [lg for name, lg in list(logging.root.manager.loggerDict.items())
+            if isinstance(lg, logging.Logger) and (name == "torch" or name.startswith("torch.")) and not lg.propagate]
+
+
 @contextlib.contextmanager
 def logs_to_events(sink: EventSink) -> Iterator[None]:
-    """Attach an EventLogHandler to the routed loggers for the duration of a run."""
+    """Attach an EventLogHandler to the routed loggers, and to torch's in place of their stderr
+    handlers, and capture warnings.warn, for the duration of a run."""
     quiet_libraries()
     handler = EventLogHandler(sink)
     loggers = [logging.getLogger(name) for name in ROUTED_LOGGERS]
     saved = [(lg.level, lg.propagate) for lg in loggers]
+    muted = {lg: [h for h in lg.handlers if type(h) is logging.StreamHandler] for lg in _torch_loggers()}
+    showwarning = warnings.showwarning
+    logging.captureWarnings(True)
+    captured = warnings.showwarning is not showwarning  # else someone captures them already: left on after
     for lg in loggers:
         lg.addHandler(handler)
         if lg.name == "core":
             lg.setLevel(logging.INFO)
         lg.propagate = False  # the root logger's stderr handler must not print them a second time
+    for lg, streams in muted.items():
+        for stream in streams:
+            lg.removeHandler(stream)
+        lg.addHandler(handler)
     try:
         yield
     finally:
+        if captured:
+            logging.captureWarnings(False)
+        for lg, streams in muted.items():
+            lg.removeHandler(handler)
+            for stream in streams:
+                lg.addHandler(stream)
         for lg, (level, propagate) in zip(loggers, saved):
             lg.removeHandler(handler)
             lg.setLevel(level)
