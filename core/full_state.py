@@ -66,7 +66,7 @@ def gather(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = Non
     if optimizer is None:
         weights, optim = get_model_state_dict(model, options=options), {}
     else:
-        weights, optim = get_state_dict(model, optimizer, options=options)
+        weights, optim = get_state_dict(model, _unwrapped(optimizer), options=options)
     if not is_writer():
         return {}, {}
     return tie(weights, model), (by_position(optim) if optim else {})
@@ -82,8 +82,15 @@ def scatter(model: torch.nn.Module, weights: dict[str, torch.Tensor], optimizer:
     writer = is_writer()
     set_model_state_dict(model, tie(weights, model) if writer else {},
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict))
-    set_optimizer_state_dict(model, optimizer, optim_state if writer else {},
+    set_optimizer_state_dict(model, _unwrapped(optimizer), optim_state if writer else {},
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def _unwrapped(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's AcceleratedOptimizer (its `.optimizer`): torch's
+    functions step an optimizer that has no state yet once, with zero gradients, to create it, and
+    that step must not go through accelerate's gradient scaler, whose scale it would change."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def tie(weights: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
