@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", choices=[*CASES, "all"], default="c1-full")
     p.add_argument("--rows", type=int, default=None, help="rows before the 10%% validation split (default: per case)")
-    p.add_argument("--epochs", type=float, default=None, help="epochs (default 3)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating order; the fastest is shown")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--engine-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
