@@ -49,13 +49,14 @@ BAD_VALUES = {
     "lora.targets": ("", "at least 1 item", "attention"),
     "compute.nproc": ("0", "greater than or equal to 1", "1"),
     "compute.devices": ("gpu0", "must be auto, cpu or distinct GPU indices", "cpu"),
+    "compute.prefix_cache_max_gb": ("0", "greater than 0", "2"),
 }
 CHOICES = {"schedule.scheduler": "cosine", "eval.metric": "f1", "precision": "fp32", "lora.quantize": "4bit",
-           "compute.distributed": "fsdp"}
+           "compute.distributed": "fsdp", "compute.prefix_cache": "off"}
 BLOCKS = re.compile("[\u2580-\u259f]+")
 """The block characters a scrollbar is drawn with."""
 TOGGLES = {"compute.gradient_checkpointing": True, "compute.oom_recovery": False,
-           "compute.labelled_logits_only": False, "lora.enabled": True,
+           "compute.labelled_logits_only": False, "compute.frozen_eval_mode": True, "lora.enabled": True,
            "lora.use_dora": True, "lora.use_rslora": True, "lora.merge_on_export": True}
 """Checkbox fields and the value a press of space gives them (the opposite of the default)."""
 
