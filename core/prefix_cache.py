@@ -91,15 +91,15 @@ class PrefixCache:
         if why is None and config.compute.prefix_cache == "off":
             why = "compute.prefix_cache is off"
         if why is None and need > limit:
-            log.warning("prefix cache off: the outputs of blocks 0-%d for %d rows would need %s, over the limit of "
+            log.warning("prefix cache off: the outputs of %s for %d rows would need %s, over the limit of "
                         "%s (compute.prefix_cache_max_gb); training recomputes them every epoch",
-                        k - 1, len(lengths), format_bytes(need), format_bytes(limit))
+                        _blocks(k), len(lengths), format_bytes(need), format_bytes(limit))
             return cls(eval_modules=eval_modules)
         if why is not None:
             log.info("prefix cache off: %s", why)
             return cls(eval_modules=eval_modules)
-        log.info("prefix cache on: the embeddings and blocks 0-%d of %d run once per row, then their output is "
-                 "reused: up to %s for %d rows (limit %s)%s", k - 1, len(stack), format_bytes(need), len(lengths),
+        log.info("prefix cache on: the embeddings and %s of %d run once per row, then their output is "
+                 "reused: up to %s for %d rows (limit %s)%s", _blocks(k), len(stack), format_bytes(need), len(lengths),
                  format_bytes(limit), "; frozen prefix in eval mode (no dropout)" if eval_modules else "")
         return cls(inner, stack, k, eval_modules, lengths, limit, active=True)
 
@@ -244,6 +244,10 @@ def _prefix(inner, config, acc):
     dropout += [f"config {key}={getattr(text, key)}" for key in CONFIG_DROPOUTS
                 if isinstance(getattr(text, key, None), float) and getattr(text, key) > 0]
     return inner.get_submodule(stack_path), k, list(modules.values()), ", ".join(dict.fromkeys(dropout)) or None
+
+
+def _blocks(k: int) -> str:
+    return "block 0" if k == 1 else f"blocks 0-{k - 1}"
 
 
 def _limit_bytes(max_gb: float | None, device) -> float:
