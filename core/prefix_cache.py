@@ -8,6 +8,7 @@ forward the prefix blocks are replaced for that forward by stubs: block 0's retu
 cached hidden states, right-padded as core.data.collate pads (zeros at padded positions, which the
 attention mask hides and no loss reads), the others pass their input on. The real blocks are back
 in place after each micro-batch, so checkpoints, evaluation, samples and export see the real model.
+Validation rows are not cached: evaluation runs the whole model (core.evaluate).
 
 Swapping entries of the block list, not wrapping the model, keeps the model's own forward in charge
 (masks, rotary positions, per-layer attention types by index, logits_to_keep, DDP and peft
