@@ -17,7 +17,7 @@ of SmolLM2-135M's shape (30 blocks, hidden 576, vocabulary 49152; random weights
 config) for causal LM on packed text rows, so every row is max_length tokens.
 
 Usage:
-    HF_HUB_OFFLINE=1 HF_HOME=$(mktemp -d) .venv/bin/python bench/memory_estimate.py [--only NAME ...]
+    HF_HUB_OFFLINE=1 HF_HOME=$(mktemp -d) .venv/bin/python bench/memory_estimate.py [--only NAME ...] [--mmap-threshold 1048576]
     HF_HUB_OFFLINE=1 HF_HOME=$(mktemp -d) .venv/bin/python bench/memory_estimate.py --checkpointing
 """
 
@@ -136,8 +136,9 @@ def one(spec: dict) -> dict:
             "baseline": baseline["rss"]}
 
 
-def spawn(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True, check=False)
+def spawn(spec: dict, env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
+                         check=False, env=env)
     for line in out.stdout.splitlines():
         if line.startswith(MARKER):
             return json.loads(line[len(MARKER):])
@@ -148,11 +149,17 @@ def mb(n: float) -> str:
     return f"{n / 2**20:,.0f}"
 
 
-def estimates(names: list[str], folder: Path) -> None:
+def estimates(names: list[str], folder: Path, mmap_threshold: int | None) -> None:
+    """The table; with `mmap_threshold` each configuration's process runs with glibc's
+    MALLOC_MMAP_THRESHOLD_ at that many bytes, so that freed tensors above it leave the RSS at once
+    (by default glibc raises the threshold as tensors are freed and keeps their memory in its heap)."""
+    import os
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(mmap_threshold)} if mmap_threshold else None
     print("| configuration | estimate MB | measured MB (peak RSS over baseline) | error | baseline MB |")
     print("|---|---:|---:|---:|---:|")
     for name in names:
-        result = spawn({"case": CASES[name], "folder": str(folder)})
+        result = spawn({"case": CASES[name], "folder": str(folder)}, env)
         error = result["estimate"] / result["measured"] - 1
         print(f"| {name} | {mb(result['estimate'])} | {mb(result['measured'])} | {error:+.0%} | "
               f"{mb(result['baseline'])} |", flush=True)
@@ -235,6 +242,8 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on demo:tiny-lm instead")
     parser.add_argument("--step-memory", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mmap-threshold", type=int, metavar="BYTES",
+                        help="run each configuration with MALLOC_MMAP_THRESHOLD_=BYTES (glibc returns freed tensors)")
     args = parser.parse_args()
     if args.one:
         spec = json.loads(args.one)
@@ -247,7 +256,7 @@ def main() -> None:
         checkpointing(args.repeats)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        estimates(args.only or list(CASES), Path(tmp))
+        estimates(args.only or list(CASES), Path(tmp), args.mmap_threshold)
 
 
 if __name__ == "__main__":
