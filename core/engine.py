@@ -174,9 +174,7 @@ class _Training:
         self.tokenizer, self.data, self.model, self.freeze = tokenizer, data, model, freeze
         self.optimizer, self.plan, self.scheduler = optimizer, plan, scheduler
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        from core.prefix_cache import PrefixCache
-
-        self.prefix = PrefixCache.for_run(config, acc, model, data.train)  # frozen blocks once per row
+        self.prefix = None  # the frozen-prefix cache, built once the run has announced itself
         self.state, self.last_checkpoint = state, last_checkpoint
         self.started = time.perf_counter() - state.elapsed_s  # the clock continues a resumed run's; pauses move it
         self.window = _Window(acc.device)
@@ -190,7 +188,10 @@ class _Training:
                        save_final=config.output.save_final)
 
     def run(self) -> RunResult:
+        from core.prefix_cache import PrefixCache
+
         self._announce()
+        self.prefix = PrefixCache.for_run(self.config, self.acc, self.model, self.data.train)  # frozen blocks once per row
         self.model.train()
         reason = "completed"
         for epoch, index, step_rows in self._remaining_steps():

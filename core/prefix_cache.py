@@ -79,8 +79,8 @@ class PrefixCache:
         help), with one log line saying whether it is on, its size, or why not."""
         inner = _inner_model(model)
         found = _prefix(inner, config, acc)
-        if isinstance(found, str):
-            log.info("prefix cache off: %s", found)
+        if isinstance(found, NoPrefix):  # said only where the user's freeze map could give one
+            log.log(logging.INFO if found.actionable else logging.DEBUG, "prefix cache off: %s", found.reason)
             return cls()
         stack, k, modules, dropout = found
         eval_modules = modules if config.compute.frozen_eval_mode else []
@@ -208,6 +208,14 @@ def _stub_class():
     return Stub
 
 
+@dataclass(frozen=True)
+class NoPrefix:
+    """Why a run has no frozen prefix to cache; `actionable` where a freeze rule could give it one."""
+
+    reason: str
+    actionable: bool = False
+
+
 def _prefix(inner, config, acc):
     """(block list, k, the prefix's modules, its dropout or None) of a model whose embeddings and
     blocks 0..k-1 are frozen below a trained block k (k = the number of blocks when none trains),
@@ -218,20 +226,21 @@ def _prefix(inner, config, acc):
     from core.describe import describe_model
 
     if acc.distributed_type == DistributedType.FSDP:
-        return "FSDP shards the blocks, which gather their weights in their own forward"
+        return NoPrefix("FSDP shards the blocks, which gather their weights in their own forward")
     desc = describe_model(inner)
     if not desc.blocks:
-        return "no stack of transformer blocks found in the model"
+        return NoPrefix("no stack of transformer blocks found in the model")
     trainable = [name for name, p in inner.named_parameters() if p.requires_grad]  # a tied head under the embedding's name
     trained = [i for i, block in enumerate(desc.blocks) if any(_within(name, [block]) for name in trainable)]
     k = trained[0] if trained else len(desc.blocks)
     if k == 0:
         first = next(name for name in trainable if _within(name, desc.blocks[:1]))
-        return f"block 0 trains ({first}): nothing below the lowest trained block to cache"
+        return NoPrefix(f"block 0 trains ({first}): nothing below the lowest trained block to cache")
     below = [name for name in trainable if not _within(name, desc.blocks[k:] + desc.top + desc.head)]
     if below:
         embedding = " (an embedding; a tied LM head is the embedding)" if _within(below[0], desc.embeddings) else ""
-        return f"{below[0]}{embedding} trains below block {k}, so the blocks below it need a backward pass"
+        return NoPrefix(f"{below[0]}{embedding} trains below block {k}, so the blocks below it need a backward pass",
+                        actionable=True)
     stack_path = desc.blocks[0].rpartition(".")[0]
     base = inner.base_model_prefix if any(name == inner.base_model_prefix for name, _ in inner.named_children()) else ""
     modules = {path: m for path, m in inner.named_modules()  # the base model's, less the stack's ancestors
