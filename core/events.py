@@ -89,6 +89,9 @@ class EvalResult(StepEvent, tag="eval"):
     metrics: dict[str, float]
     is_best: bool
     seconds: float
+    tokens_per_s: float | None = None
+    """Validation tokens (padding not counted, as StepMetrics counts them) over `seconds`, all
+    processes together; None in event logs written before it was reported."""
 
 
 @dataclass(frozen=True)
