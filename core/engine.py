@@ -389,13 +389,14 @@ class _Training:
         """Run an evaluation; True when early stopping says the run should end."""
         import torch
 
-        from core.evaluate import evaluate, generate_samples  # looked up per call: tests substitute them
+        from core.evaluate import default_batch_size, evaluate, generate_samples  # looked up per call: tests substitute them
         from core.metrics import is_better
 
         cfg, state, acc, data = self.config, self.state, self.acc, self.data
         if not data.validation:
             return False
-        started, batch_size = time.perf_counter(), cfg.eval.batch_size or 2 * self.micro_batch
+        started = time.perf_counter()
+        batch_size = cfg.eval.batch_size or default_batch_size(acc.unwrap_model(self.model), cfg.task, self.micro_batch)
         try:
             metrics = evaluate(self.model, data.validation, task=cfg.task, num_labels=len(data.labels or []),
                                batch_size=batch_size, pad_token_id=self.tokenizer.pad_token_id, accelerator=acc,
@@ -412,7 +413,8 @@ class _Training:
         self.final_metrics = metrics
         eval_s = time.perf_counter() - started
         self.out.emit(EvalResult(step=state.step, epoch=round(state.epoch_progress, 4), metrics=metrics,
-                                 is_best=best, seconds=eval_s))
+                                 is_best=best, seconds=eval_s,
+                                 tokens_per_s=sum(len(ex.input_ids) for ex in data.validation) / eval_s))
         samples_started = time.perf_counter()
         if self.sample_prompts:
             for prompt, output, reference in generate_samples(
