@@ -173,7 +173,8 @@ class EvalConfig(_Section):
     patience: int = Field(0, ge=0)
     """Stop after this many evaluations without improvement; 0 turns early stopping off."""
     batch_size: int | None = Field(None, ge=1)
-    """Rows per evaluation batch; None uses twice the training batch size."""
+    """Rows per evaluation batch; None: the training micro-batch times up to 4 (classification) or 2
+    (causal LM), as memory without autograd allows (core.evaluate.default_batch_size)."""
     num_samples: int = Field(3, ge=0)
     """Causal LM: greedy sample generations from validation prompts at each evaluation."""
     max_new_tokens: int = Field(32, ge=1)
