@@ -71,9 +71,21 @@ def run_gpus(config: RunConfig, gpus: Gpus) -> list[int]:
     return [int(i) for i in devices.split(",")]
 
 
-def launch_problems(config: RunConfig, gpus: Gpus) -> list[UserError]:
-    """Why the run cannot start on these GPUs, each naming its field with a hint; empty when it can."""
+def launch_problems(config: RunConfig, gpus: Gpus, in_process: bool = False) -> list[UserError]:
+    """Why the run cannot start on these GPUs, each naming its field with a hint; empty when it can.
+    `in_process`: the app trains in its own thread (`sft-tui --in-process`), which is one process
+    whose CUDA devices were fixed when it started, so neither several processes nor a GPU list work."""
     compute, problems = config.compute, []
+    if in_process and compute.nproc > 1:
+        problems.append(UserError(
+            f"compute.nproc {compute.nproc} needs processes of their own, but --in-process trains in the app's thread",
+            "set compute.nproc: 1, or start sft-tui without --in-process", {"compute.nproc": "--in-process trains one process"}))
+    if in_process and compute.devices not in ("auto", "cpu"):
+        problems.append(UserError(
+            f"compute.devices {compute.devices} picks the GPUs of the processes sft-tui starts, but --in-process trains in the app's "
+            "own process", "set compute.devices: auto or cpu, or start sft-tui without --in-process",
+            {"compute.devices": "--in-process trains on the app's own devices"}))
+        return problems
     chosen = run_gpus(config, gpus)
     missing = [i for i in chosen if i not in gpus.bf16]
     have = f"GPUs {', '.join(map(str, gpus.indices))}" if gpus.indices else "no NVIDIA GPU"

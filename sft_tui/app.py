@@ -95,6 +95,7 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         self.session = session
         self.in_process = in_process
         """Runs train in a thread of the app, not in an engine process of their own."""
+        session.in_process = in_process
         self.followed: RunClient | None = None
         """The run the train screen follows (live or ended); None before the first. (Not `run`:
         that is App.run.)"""

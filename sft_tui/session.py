@@ -77,6 +77,8 @@ class Session:
     """Whether torch sees a CUDA GPU; None until the app's warm-up has imported torch."""
     gpus: Gpus = field(default_factory=local_gpus)
     """The GPUs the run may use (read through NVML, without torch), for the device checks."""
+    in_process: bool = False
+    """Runs train in a thread of the app (`--in-process`): one process, on the app's own devices."""
     version: int = 0
     _share: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -148,7 +150,7 @@ class Session:
             error = training_problem(preview.summary) if preview.summary is not None else preview.error
             for where, what in error.fields.items() if error is not None else ():
                 problems.setdefault(where, f"{what}; {error.hint}")
-        for error in [*launch_problems(self.config, self.gpus), quantize_problem(self.config.lora, bool(self.gpus.indices))]:
+        for error in [*launch_problems(self.config, self.gpus, self.in_process), quantize_problem(self.config.lora, bool(self.gpus.indices))]:
             if error is not None:
                 (where, what), = error.fields.items()
                 problems[where] = f"{what}; {error.hint}"

@@ -145,6 +145,19 @@ def test_the_app_lists_launch_problems_by_field():
     assert session.problems() == {}
 
 
+def test_in_process_runs_cannot_take_several_processes_or_a_gpu_list():
+    session = Session(RunConfig(compute={"nproc": 2, "devices": "cpu"}), gpus=VOLTA, in_process=True)
+    assert session.problems() == {"compute.nproc": "--in-process trains one process; set compute.nproc: 1, "
+                                                   "or start sft-tui without --in-process"}
+    session.update({"compute.nproc": 1, "compute.devices": "0"})
+    assert list(session.problems()) == ["compute.devices"]
+    session.update({"compute.devices": "auto"})
+    assert session.problems() == {}
+    session.in_process = False
+    session.update({"compute.nproc": 2, "compute.devices": "cpu"})
+    assert session.problems() == {}, "a launched run takes CPU processes"
+
+
 # ---- launching -----------------------------------------------------------------------------------
 
 def test_several_processes_start_through_torchrun_on_the_chosen_gpus():
