@@ -51,7 +51,8 @@ def eval_batches(lengths: list[int], batch_size: int, processes: int, rank: int)
     are of like length (least padding), the ranks get rows of like length (like work), and every
     rank runs the same number of forward passes: FSDP gathers weights in each forward and DDP
     broadcasts buffers in the first, collectives that hang if one rank runs a forward more. A batch
-    is empty only when there are fewer rows than processes."""
+    is empty only when there are fewer rows than batches (fewer than processes, or one-row batches
+    that do not go round), and then at most processes - 1 of them: evaluate still runs a forward."""
     rows = len(lengths)
     count = processes * max(1, math.ceil(rows / (processes * batch_size)))
     order = sorted(range(rows), key=lambda i: -lengths[i])
