@@ -6,19 +6,28 @@ from __future__ import annotations
 import json
 import random
 from contextlib import nullcontext
-from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from helpers import tiny_lm_config
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from core.config import parse_config
 from core.data import Example, collate
-from core.evaluate import EVAL_ROWS_PER_TRAINING_ROW, default_batch_size, eval_batches, evaluate
+from core.evaluate import (
+    EVAL_ROWS_PER_TRAINING_ROW,
+    default_batch_size,
+    eval_batches,
+    evaluate,
+)
 from core.events import EvalResult, ListSink, parse_event_lines
 from core.loss import IGNORE_INDEX, batch_loss_sum, count_items
 from core.metrics import classification_metrics, lm_metrics
-from helpers import tiny_lm_config
 
 VOCAB, LABELS = 50, 3
 
