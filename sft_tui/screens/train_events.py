@@ -170,6 +170,8 @@ class RunEvents:
     def _on_eval(self, e: EvalResult) -> None:
         self._evals.add_result(e)
         self._evals_added = True
+        if e.tokens_per_s is not None:  # absent from event logs written before it was reported
+            self._log(f"evaluation at step {e.step}: {e.seconds:.1f}s, {e.tokens_per_s:,.0f} tok/s")
         if "loss" in e.metrics:
             self._charts.add_eval(e.step, e.metrics["loss"])
 
