@@ -202,3 +202,29 @@ def test_eval_events_parse_with_and_without_the_speed_field():
     parsed_new, parsed_old = parse_event_lines([json.dumps(new.to_dict()), json.dumps(old)])
     assert parsed_new == new
     assert parsed_old.tokens_per_s is None and parsed_old.seconds == 2.0 and parsed_old.metrics == {"loss": 0.4}
+
+
+async def test_the_train_screen_logs_eval_speed_when_the_event_has_it():
+    """A new run's evaluations are logged with their tokens/s; an old log's (no tokens_per_s) are not."""
+    from helpers import settle
+    from textual.widgets import RichLog
+
+    from core.events import RunStarted
+    from sft_tui.app import create_app
+    from sft_tui.messages import EngineEvent
+
+    started = RunStarted(run_id="r", run_dir="runs/r", task="causal-lm", model="demo:tiny-lm", config_digest="0",
+                         total_params=10, trainable_params=10, planned_steps=40, steps_per_epoch=20, train_rows=320,
+                         validation_rows=32, device="cpu", precision="fp32", time=0)
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("escape", "5")
+        for event in [started, EvalResult(step=10, epoch=0.5, metrics={"loss": 0.4}, is_best=True, seconds=2.0, time=0),
+                      EvalResult(step=20, epoch=1.0, metrics={"loss": 0.3}, is_best=True, seconds=2.5,
+                                 tokens_per_s=12345.6, time=0)]:
+            app.screen.post_message(EngineEvent(event))
+            await pilot.pause()
+        log = [line.text for line in app.screen.query_one("#log", RichLog).lines]
+        assert any("evaluation at step 20: 2.5s, 12,346 tok/s" in line for line in log)
+        assert not any("evaluation at step 10" in line for line in log)
