@@ -6,6 +6,8 @@ map and gradient checkpointing, the optimizer, the step plan), so a config that 
 start of a run fails here with the same UserError. On the CPU the peak is that of the whole process:
 the estimate (core.memory) plus the process's resident memory measured just before the model loads,
 which holds torch, the libraries, the tokenizer and the data. On a GPU it is the device's share.
+It also says whether the frozen-prefix cache will be on (core.prefix_plan), its size, which the
+peak includes, and the speed-up expected from it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.config import RunConfig
-from core.memory import MemoryEstimate, estimate_model, format_bytes, process_memory
+from core.memory import (
+    MemoryEstimate,
+    estimate_model,
+    format_bytes,
+    labelled_share,
+    process_memory,
+)
 from core.plan import StepPlan
+from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 
 SHOWN_STEPS = 6
 """Scheduled evaluations and checkpoints listed by step before the rest are counted only."""
@@ -35,6 +44,8 @@ class DryRun:
     estimate: MemoryEstimate
     baseline_bytes: int
     """CPU: the process's resident memory before the model loaded; 0 on a GPU."""
+    prefix: PrefixPlan
+    """The frozen-prefix cache the run will have (its bytes are in `estimate`)."""
 
     @property
     def peak_bytes(self) -> int:
@@ -47,6 +58,8 @@ def prepare(config: RunConfig) -> DryRun:
     from transformers import set_seed
 
     from core import setup
+    from core.describe import describe_model
+    from core.loss import trained_tokens
     from core.memory import enable_gradient_checkpointing
 
     set_seed(config.seed)
@@ -60,12 +73,21 @@ def prepare(config: RunConfig) -> DryRun:
     setup.setup_optimizer(config, model, rules, torch.device(device))
     plan = setup.setup_plan(config, len(data.train), config.compute.nproc)
     length = max(len(example.input_ids) for example in data.train)
+    tokens = sum(len(example.input_ids) for example in data.train)
+    trained = sum(trained_tokens(example.labels) for example in data.train) if config.task == "causal-lm" else 0
+    share = labelled_share(tokens, trained, config.compute.labelled_logits_only)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's adapters are inside
+    trainable = [name for name, p in inner.named_parameters() if p.requires_grad]
+    prefix = plan_prefix_cache(inner, describe_model(inner), trainable, config, tokens=tokens, length=length,
+                               labelled_share=share, device=device, epochs=plan.total_steps / plan.steps_per_epoch)
     estimate = estimate_model(model, batch=config.optim.batch_size, length=length, task=config.task,
                               checkpointing=config.compute.gradient_checkpointing,
-                              activation_bytes=4 if precision == "no" else 2, device=device)
+                              activation_bytes=4 if precision == "no" else 2, device=device,
+                              labelled_share=share, prefix_cache_bytes=prefix.bytes)
     return DryRun(plan=plan, evaluates=bool(data.validation), total_params=sum(p.numel() for p in model.parameters()),
                   trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad), device=device,
-                  batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline)
+                  batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline,
+                  prefix=prefix)
 
 
 def _steps(steps: list[int]) -> str:
@@ -74,6 +96,17 @@ def _steps(steps: list[int]) -> str:
     shown = ", ".join(str(step) for step in steps[:SHOWN_STEPS])
     more = f", … {len(steps) - SHOWN_STEPS} more" if len(steps) > SHOWN_STEPS else ""
     return f"{len(steps)} (after step{'s' if len(steps) > 1 else ''} {shown}{more})"
+
+
+def _prefix_line(prefix: PrefixPlan, epochs: int) -> str:
+    if not prefix.blocks:
+        return "prefix cache: off (no frozen blocks below the lowest trained one)"
+    if prefix.off:
+        return f"prefix cache: off ({prefix.off})"
+    speedup = prefix.speedup
+    return (f"prefix cache: on, the embeddings and {blocks_name(prefix.blocks)} run once per training row, "
+            f"{format_bytes(prefix.bytes)}; expected {speedup.later_epochs:.1f}x faster steps from epoch 2, "
+            f"{speedup.overall:.1f}x over {epochs} epoch{'s' if epochs > 1 else ''}")
 
 
 def report(dry: DryRun) -> str:
@@ -85,6 +118,7 @@ def report(dry: DryRun) -> str:
     parts = [("weights", memory.weights), ("gradients", memory.gradients), ("AdamW state", memory.optimizer),
              (f"activations (batch {dry.batch} x {dry.length} tokens)", memory.activations)]
     parts += [("logits and loss", memory.logits)] if memory.logits else []
+    parts += [("prefix cache", memory.prefix_cache)] if memory.prefix_cache else []
     parts += [("process baseline (torch, libraries, data)", dry.baseline_bytes)] if dry.device == "cpu" else []
     lines = [
         (f"plan: {plan.total_steps} optimizer steps over {plan.epochs} epoch{'s' if plan.epochs > 1 else ''} "
@@ -94,6 +128,7 @@ def report(dry: DryRun) -> str:
         f"evaluations: {_steps(plan.eval_steps) if dry.evaluates else 'none (no validation rows)'}",
         f"checkpoints: {_steps(plan.checkpoint_steps)}",
         f"trainable parameters: {dry.trainable_params:,} of {dry.total_params:,} ({share:.2%})",
+        _prefix_line(dry.prefix, plan.epochs),
         f"estimated peak memory of the {where}: {format_bytes(dry.peak_bytes)}",
         *(f"  {name}: {format_bytes(size)}" for name, size in parts),
         f"peak_memory_bytes: {dry.peak_bytes}",

@@ -2,8 +2,9 @@
 
 The estimate (`estimate_peak`) adds up what one optimizer step holds at its peak: the weights; the
 gradients and AdamW state of the trainable parameters only; the activations that autograd keeps for
-the backward pass, by batch, length and the blocks the backward pass goes through; and a causal
-LM's logits with the loss buffers over them. It is arithmetic on numbers from the model's config
+the backward pass, by batch, length and the blocks the backward pass goes through; a causal LM's
+logits with the loss buffers over them (at the labelled positions only under
+compute.labelled_logits_only); and the frozen-prefix cache (core.prefix_cache) when it will be on. It is arithmetic on numbers from the model's config
 (`model_shape`) and its freeze map (`blocks_in_backward`), so the app computes it without torch; the
 per-block constants were counted with torch's saved-tensor hooks on Llama, BERT and GPT-2 blocks
 (bench/memory_estimate.py checks the total against measured peaks). A CPU process also holds torch
@@ -17,6 +18,7 @@ and initialised CUDA, and the GPUs are read through NVML.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -138,22 +140,28 @@ class MemoryEstimate:
     optimizer: int
     activations: int
     logits: int
+    prefix_cache: int = 0
+    """The frozen prefix's cached outputs (PrefixPlan.bytes): full once the first epoch has run."""
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.logits
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.prefix_cache
 
 
 def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, blocks: tuple[int, int], *,
                   batch: int, length: int, task: str, checkpointing: bool = False,
-                  activation_bytes: int = 4, device: str = "cpu", adapters: int = 0) -> MemoryEstimate:
+                  activation_bytes: int = 4, device: str = "cpu", adapters: int = 0,
+                  labelled_share: float = 1.0, prefix_cache_bytes: int = 0) -> MemoryEstimate:
     """The peak of one training step on a micro-batch of `batch` rows of `length` tokens.
 
     `blocks`: (trained, passed) from blocks_in_backward. Weights are fp32 (the engine keeps fp32
     master weights; mixed precision casts on the fly), activations `activation_bytes` each (2 under
     bf16/fp16 autocast). With gradient checkpointing a block keeps only its input and one block at
     a time is recomputed in full during the backward pass. `adapters`: elements per token that LoRA
-    adapters keep beyond their block's own (see adapter_activations)."""
+    adapters keep beyond their block's own (see adapter_activations). `labelled_share`: the share of
+    positions whose logits a causal LM computes (labelled_share()); the LM head's input stays per
+    token, as the model computes the final hidden states everywhere. `prefix_cache_bytes`:
+    PrefixPlan.bytes."""
     static = estimate_training_memory(total_params, trainable_params)
     tokens = batch * length
     trained, passed = blocks
@@ -171,9 +179,17 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
         per_token += shape.hidden  # the LM head's input
     elif trainable_params:
         per_row = shape.hidden  # a classification head reads one vector a row
-    logits = tokens * shape.vocab * (activation_bytes + LOSS_BUFFER_BYTES) if task == "causal-lm" else 0
+    labelled = batch * math.ceil(length * labelled_share)  # positions with logits, whole ones per row
+    logits = labelled * shape.vocab * (activation_bytes + LOSS_BUFFER_BYTES) if task == "causal-lm" else 0
     return MemoryEstimate(static["weights"], static["gradients"], static["optimizer"],
-                          (tokens * per_token + batch * per_row) * activation_bytes, logits)
+                          (tokens * per_token + batch * per_row) * activation_bytes, logits, prefix_cache_bytes)
+
+
+def labelled_share(tokens: int, trained: int, labelled_logits_only: bool) -> float:
+    """The share of a causal LM's positions that get logits: those predicting a trained token
+    (core.loss.trained_tokens; `trained` of the data's `tokens`) under compute.labelled_logits_only,
+    else every position. 1 while the data is unknown (tokens 0): an estimate may only err high."""
+    return min(1.0, trained / tokens) if labelled_logits_only and tokens else 1.0
 
 
 def adapter_activations(model) -> int:
@@ -211,7 +227,8 @@ def planned_adapter_activations(model, targets: list[str], r: int, dropout: floa
 
 
 def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: bool,
-                   activation_bytes: int = 4, device: str = "cpu") -> MemoryEstimate:
+                   activation_bytes: int = 4, device: str = "cpu", labelled_share: float = 1.0,
+                   prefix_cache_bytes: int = 0) -> MemoryEstimate:
     """estimate_peak for a built model (LoRA adapters and the freeze map applied): its parameter
     counts, and the blocks its trainable parameters put in the backward pass."""
     from core.describe import describe_model
@@ -221,7 +238,8 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
     blocks = blocks_in_backward(description.blocks, description.embeddings, trainable)
     return estimate_peak(description.total_params, description.trainable_params, model_shape(model.config), blocks,
                          batch=batch, length=length, task=task, checkpointing=checkpointing,
-                         activation_bytes=activation_bytes, device=device, adapters=adapter_activations(model))
+                         activation_bytes=activation_bytes, device=device, adapters=adapter_activations(model),
+                         labelled_share=labelled_share, prefix_cache_bytes=prefix_cache_bytes)
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from core.config import parse_config
+from core.memory import format_bytes
 from core.plan import plan_steps
 from sft_tui.cli import main
 
@@ -63,8 +64,45 @@ def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, ca
     assert set(parts(out)) == {"weights", "gradients", "AdamW state", "activations (batch 4 x 12 tokens)",
                                "logits and loss", "process baseline (torch, libraries, data)"}
     assert peak(out) > 100 * 2**20  # the process baseline alone (torch) is hundreds of MB
+    # the tied head trains the embedding, so every block needs a backward pass
+    assert "prefix cache: off (the tied LM head is the embedding and trains; freeze lm_head)" in out
     assert not (tmp_path / "runs").exists()
     assert "step 1" not in err  # nothing trained
+
+
+def test_a_frozen_prefix_is_cached_and_counted(config_path, capsys):
+    """With the tied head frozen, block 0 runs once per training row: the dry run says so, with the
+    cache's size (training tokens x hidden x 4 bytes, in the peak) and the expected speed-up."""
+    from core import setup
+    from core.config import apply_overrides, load_config
+    from core.dry_run import prepare
+    from core.loss import trained_tokens
+
+    config = apply_overrides(load_config(config_path), ['freeze.rules=[{"match": "lm_head", "train": false}]'])
+    dry = prepare(config)
+    assert dry.prefix.on and dry.prefix.blocks == 1
+    _, data = setup.setup_data(config)  # the rows the run trains on, prepared as the dry run prepares them
+    tokens = sum(len(e.input_ids) for e in data.train)
+    assert dry.prefix.bytes == dry.estimate.prefix_cache == tokens * 64 * 4 > 0
+    trained = sum(trained_tokens(e.labels) for e in data.train)
+    assert 0 < trained < tokens  # the prompts carry no loss: logits at the labelled share only
+    full = prepare(apply_overrides(config, ["compute.labelled_logits_only=false"])).estimate
+    assert dry.estimate.logits < full.logits
+    out = dry_run_with(capsys, config_path, config)
+    assert "prefix cache: on, the embeddings and block 0 run once per training row" in out
+    assert re.search(r"expected \d+\.\dx faster steps from epoch 2", out)
+    assert parts(out)["prefix cache"] == format_bytes(tokens * 64 * 4)
+    assert "prefix cache" not in parts(dry_run_with(capsys, config_path,
+                                                    apply_overrides(config, ['compute.prefix_cache="off"'])))
+
+
+def dry_run_with(capsys, config_path, config) -> str:
+    from core.config import save_config
+
+    save_config(config, config_path)
+    code, out, err = dry_run(capsys, str(config_path))
+    assert code == 0, err
+    return out
 
 
 def test_the_activations_grow_with_the_batch_and_shrink_with_checkpointing(config_path):

@@ -181,3 +181,87 @@ def test_the_apps_adapter_count_before_wrapping_is_the_wrapped_models(tiny_model
     wrapped, plan, _ = apply_lora(model, description, config)
     planned = planned_adapter_activations(load(tiny_model_factory(arch)), plan.targets, 4, dropout)
     assert planned == adapter_activations(wrapped) > 0
+
+
+def test_a_causal_lms_logits_count_only_the_labelled_share():
+    """compute.labelled_logits_only: logits and loss buffers at the positions that predict a trained
+    token (whole positions per row, rounded up), the LM head's input still at every token."""
+    from core.memory import LOSS_BUFFER_BYTES, labelled_share
+
+    shape = model_shape(_config(vocab_size=1000))
+    def peak(share):
+        return estimate_peak(10, 10, shape, (1, 0), batch=8, length=128, task="causal-lm", labelled_share=share)
+
+    full, part = peak(1.0), peak(0.206)
+    assert full.logits == 8 * 128 * 1000 * (4 + LOSS_BUFFER_BYTES)
+    assert part.logits == 8 * 27 * 1000 * (4 + LOSS_BUFFER_BYTES)  # ceil(128 x 0.206) = 27 a row
+    assert part.activations == full.activations and part.total == full.total - (full.logits - part.logits)
+    assert labelled_share(1000, 206, True) == 0.206
+    assert labelled_share(1000, 206, False) == 1.0  # the option off: logits everywhere
+    assert labelled_share(0, 0, True) == 1.0  # no data known yet: err high
+
+
+def test_the_prefix_cache_adds_its_bytes_to_the_total():
+    shape = model_shape(_config())
+    plain = estimate_peak(10, 10, shape, (1, 0), batch=4, length=16, task="causal-lm")
+    cached = estimate_peak(10, 10, shape, (1, 0), batch=4, length=16, task="causal-lm", prefix_cache_bytes=12345)
+    assert cached.prefix_cache == 12345 and cached.total == plain.total + 12345
+
+
+def _config(**changes):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+                          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 500, **changes})
+
+
+def _plan(model, trainable, tokens=1000, **compute):
+    from core.config import example_config
+    from core.prefix_plan import plan_prefix_cache
+
+    config = example_config("causal-lm")
+    config.compute = config.compute.model_copy(update=compute)
+    return plan_prefix_cache(model, describe_model(model), trainable, config, tokens=tokens, length=32,
+                             labelled_share=0.25, device="cpu", epochs=3)
+
+
+def _meta(config):
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def test_the_prefix_plan_says_what_runs_once_its_size_and_its_speedup():
+    from core.prefix_cache import expected_speedup
+
+    model = _meta(_config(tie_word_embeddings=False))
+    description = describe_model(model)
+    trainable = ["model.layers.3", "model.norm", "lm_head"]
+    plan = _plan(model, trainable)
+    assert plan.on and plan.blocks == 3 and plan.bytes == 1000 * 64 * 4
+    assert plan.speedup == expected_speedup(model_shape(model.config), description.blocks, description.embeddings,
+                                            trainable, epochs=3, length=32, head_positions=0.25)
+    assert plan.speedup.later_epochs > 1.5
+    assert _plan(model, trainable, tokens=None).bytes == 0  # the data unknown: no size yet
+    assert _plan(model, ["model.layers.0", "lm_head"]).blocks == 0  # block 0 trains: nothing to say
+    assert _plan(model, trainable, prefix_cache="off").off == "compute.prefix_cache is off"
+    over = _plan(model, trainable, prefix_cache_max_gb=1e-7)
+    assert not over.on and over.bytes == 0 and "compute.prefix_cache_max_gb" in over.off
+    assert _plan(model, trainable, nproc=2, distributed="fsdp").off.startswith("FSDP")
+    assert _plan(model, trainable + ["model.embed_tokens"]).off == "model.embed_tokens trains; freeze it"
+
+
+def test_the_prefix_plan_names_the_fix_for_a_tied_head_and_for_dropout():
+    from transformers import GPT2Config
+
+    tied = _meta(_config(tie_word_embeddings=True))
+    names = ["model.layers.3.mlp.up_proj.weight", "lm_head.weight", "model.embed_tokens.weight"]  # resolve's tied aliases
+    assert _plan(tied, names).off == "the tied LM head is the embedding and trains; freeze lm_head"
+    assert _plan(tied, names[:1]).on
+    gpt2 = _meta(GPT2Config(n_embd=64, n_layer=3, n_head=4, vocab_size=500, tie_word_embeddings=False))
+    assert _plan(gpt2, ["transformer.h.2", "lm_head"]).off == "blocks 0-1 draw dropout; set compute.frozen_eval_mode"
+    assert _plan(gpt2, ["transformer.h.2", "lm_head"], frozen_eval_mode=True).on
+    quiet = _meta(GPT2Config(n_embd=64, n_layer=3, n_head=4, vocab_size=500, tie_word_embeddings=False,
+                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    assert _plan(quiet, ["transformer.h.2", "lm_head"]).on  # the head's own dropout settings are not the prefix's

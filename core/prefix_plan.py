@@ -1,0 +1,129 @@
+"""Whether a draft run's frozen-prefix cache (core.prefix_cache) will be on, its size and its
+expected speed-up: for the memory estimate, the dry run and the freeze-map screen.
+
+It follows the checks PrefixCache.for_run makes at a run's start, in the same order (a prefix to
+cache, nothing below it training, FSDP, dropout unless compute.frozen_eval_mode, compute.prefix_cache,
+the memory limit), but by attribute reads on the model's modules: the app passes its meta skeleton
+and the freeze map's trainable names, the dry run its built model, and neither imports torch for it.
+The engine's own check stays the word that counts; this one tells the user beforehand, in words
+that name what to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psutil
+
+from core.memory import format_bytes, gpu_stats, model_shape
+from core.prefix_cache import CONFIG_DROPOUTS, PrefixSpeedup, expected_speedup
+
+
+@dataclass(frozen=True)
+class PrefixPlan:
+    """The cache a run will have."""
+
+    blocks: int
+    """Frozen blocks below the lowest trained one (the prefix); 0: there is none, nothing to say."""
+    bytes: int
+    """What the cache will hold when on (training tokens x hidden x 4); 0 when off or the data is unknown."""
+    off: str | None
+    """Why it will be off, in a few words that name what to change; None when it will be on."""
+    speedup: PrefixSpeedup | None
+    """The expected speed-up when it is on."""
+
+    @property
+    def on(self) -> bool:
+        return self.blocks > 0 and self.off is None
+
+
+NO_PREFIX = PrefixPlan(0, 0, None, None)
+
+
+def _within(path: str, ancestors: Sequence[str]) -> bool:
+    return any(path == a or path.startswith(a + ".") for a in ancestors)
+
+
+def blocks_name(k: int) -> str:
+    """The prefix's blocks as the run's log names them."""
+    return "block 0" if k == 1 else f"blocks 0-{k - 1}"
+
+
+def _is_dropout(module) -> bool:
+    """torch's dropout modules all derive from _DropoutNd; asked by name, so torch need not be imported."""
+    return any(cls.__name__ == "_DropoutNd" for cls in type(module).__mro__)
+
+
+def prefix_dropout(model, description, k: int) -> str | None:
+    """The dropout that the embeddings and blocks 0..k-1 of `model` (not wrapped by peft or DDP) draw
+    in training mode, as core.prefix_cache finds it: dropout modules, float dropout attributes of the
+    base model's modules outside the stack's trained part, and the config's attention dropout."""
+    blocks, top = description.blocks, description.top
+    stack = blocks[0].rpartition(".")[0]
+    prefix = getattr(model, "base_model_prefix", "")
+    base = prefix if any(name == prefix for name, _ in model.named_children()) else ""
+    modules = {path: m for path, m in model.named_modules()
+               if path and (not base or _within(path, [base])) and not _within(stack, [path])
+               and not _within(path, blocks[k:] + top)}
+    found = [f"{path} p={m.p}" for path, m in modules.items() if _is_dropout(m) and m.p > 0]
+    found += [f"{path}.{key}={value}" for path, m in modules.items() for key, value in vars(m).items()
+              if "dropout" in key and isinstance(value, float) and value > 0]
+    text = model.config.get_text_config()
+    found += [f"config {key}={getattr(text, key)}" for key in CONFIG_DROPOUTS
+              if isinstance(getattr(text, key, None), float) and getattr(text, key) > 0]
+    return ", ".join(dict.fromkeys(found)) or None
+
+
+def _tied_head(model) -> bool:
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    return inputs is not None and outputs is not None and getattr(outputs, "weight", None) is inputs.weight
+
+
+def cache_limit_bytes(max_gb: float | None, device: str) -> float | None:
+    """compute.prefix_cache_max_gb, or a quarter of the memory available on the device now (the run
+    takes a quarter of what is available at its start); None where NVML cannot say."""
+    if max_gb is not None:
+        return max_gb * 1024**3
+    if device == "cuda":
+        stats = gpu_stats()
+        return (stats[0]["memory_total"] - stats[0]["memory_used"]) / 4 if stats else None
+    return psutil.virtual_memory().available / 4
+
+
+def plan_prefix_cache(model, description, trainable: Sequence[str], config, *, tokens: int | None, length: int,
+                      labelled_share: float, device: str, epochs: float) -> PrefixPlan:
+    """The prefix cache of a run of `config` on `model` (its structure; core.describe's
+    `description`) whose trainable parameters or module paths are `trainable`. `tokens`: the
+    training rows' tokens (None while the data is unknown: no size then); `length`,
+    `labelled_share` and `epochs` feed the speed-up (core.prefix_cache.expected_speedup)."""
+    blocks = description.blocks
+    trained = [i for i, block in enumerate(blocks) if any(_within(name, [block]) for name in trainable)]
+    k = trained[0] if trained else len(blocks)
+    if k == 0:
+        return NO_PREFIX
+    compute = config.compute
+    below = [name for name in trainable if not _within(name, blocks[k:] + description.top + description.head)]
+    off = None
+    embedding = next((path for path in description.embeddings if below and _within(below[0], [path])), None)
+    if embedding is not None:
+        off = (f"the tied LM head is the embedding and trains; freeze {description.head[0]}"
+               if _tied_head(model) and description.head else f"{embedding} trains; freeze it")
+    elif below:
+        off = f"{below[0].removesuffix('.weight').removesuffix('.bias')} trains below block {k}; freeze it"
+    elif compute.distributed == "fsdp" and compute.nproc > 1:
+        off = "FSDP shards the blocks (compute.distributed)"
+    elif not compute.frozen_eval_mode and prefix_dropout(model, description, k):
+        off = f"{blocks_name(k)} draw dropout; set compute.frozen_eval_mode"
+    elif compute.prefix_cache == "off":
+        off = "compute.prefix_cache is off"
+    need = tokens * model_shape(model.config).hidden * 4 if tokens else 0
+    limit = cache_limit_bytes(compute.prefix_cache_max_gb, device) if off is None and need else None
+    if limit is not None and need > limit:
+        off = f"{format_bytes(need)} > limit {format_bytes(limit)} (compute.prefix_cache_max_gb)"
+    if off is not None:
+        return PrefixPlan(k, 0, off, None)
+    speedup = expected_speedup(model_shape(model.config), blocks, description.embeddings, trainable,
+                               epochs=epochs, length=length, lm_head=config.task == "causal-lm",
+                               head_positions=labelled_share)
+    return PrefixPlan(k, need, None, speedup)
