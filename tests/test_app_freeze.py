@@ -446,3 +446,69 @@ async def test_under_lora_the_draft_bar_and_the_estimate_are_the_wrapped_models(
         parts = [estimate.gradients, estimate.optimizer, estimate.activations, estimate.total]
         shown = summary(app)
         assert all(format_bytes(part) in shown for part in parts), (shown, [format_bytes(p) for p in parts])
+
+
+def prefix_line(app) -> str | None:
+    lines = [line for line in summary(app).splitlines() if line.startswith("prefix cache")]
+    assert len(lines) <= 1
+    return lines[0] if lines else None
+
+
+async def test_the_summary_shows_the_prefix_caches_speedup_for_the_map(tmp_path, tiny_model_dir):
+    """On a dropout-free tiny Llama (2 blocks, tied head): top-1 leaves block 0 below the lowest
+    trained block, but the tied head trains the embedding, which the line says how to fix; with the
+    head frozen the line gives core.prefix_cache's expected speed-up, and follows the map."""
+    from core.memory import model_shape
+    from core.prefix_cache import expected_speedup
+
+    app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        assert prefix_line(app) is None  # full fine-tune: no frozen prefix, nothing said
+        app.session.update({"freeze.preset": "top-n", "freeze.top_n": 1})
+        app.changed()
+        await pilot.pause()
+        assert prefix_line(app) == "prefix cache off: the tied LM head is the embedding and trains; freeze lm_head"
+        app.session.update({"freeze.rules": [{"match": "lm_head", "train": False}]})
+        app.changed()
+        await pilot.pause()
+        model, config = app.session.model, app.session.config
+        description, length = model.description, min(config.data.max_length, model.max_positions)
+
+        def speedup(trainable):
+            return expected_speedup(model_shape(model.skeleton.config), description.blocks, description.embeddings,
+                                    trainable, epochs=config.schedule.epochs, length=length).later_epochs
+
+        one = speedup(["model.layers.1", "model.norm"])
+        assert prefix_line(app) == f"prefix cache block 0 run once · ~{one:.1f}x faster from epoch 2 · size with the data"
+        app.session.update({"freeze.preset": "head-only"})  # the rule still freezes lm_head: both blocks run once
+        app.changed()
+        await pilot.pause()
+        both = speedup(["model.norm"])
+        assert both > one
+        assert prefix_line(app).startswith(f"prefix cache blocks 0-1 run once · ~{both:.1f}x faster")
+        app.session.update({"compute.prefix_cache": "off"})
+        app.changed()
+        await pilot.pause()
+        assert prefix_line(app) == "prefix cache off: compute.prefix_cache is off"
+        await pilot.press("a")
+        await pilot.pause()
+        assert prefix_line(app) is None
+
+
+async def test_the_demo_encoders_dropout_is_named_with_its_setting():
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_freeze(pilot)
+        await pilot.press("t")
+        await pilot.pause()
+        assert prefix_line(app) == "prefix cache off: blocks 0-3 draw dropout; set compute.frozen_eval_mode"
+        app.session.update({"compute.frozen_eval_mode": True})
+        app.changed()
+        await pilot.pause()
+        assert prefix_line(app).startswith("prefix cache blocks 0-3 run once · no gain in one epoch · ")
+        app.session.update({"schedule.epochs": 3})
+        app.changed()
+        await pilot.pause()
+        assert prefix_line(app).startswith("prefix cache blocks 0-3 run once · ~")
+        assert "faster from epoch 2 · " in prefix_line(app)
