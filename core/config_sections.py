@@ -224,6 +224,13 @@ class ComputeConfig(_Section):
     """With several processes: ddp keeps a whole copy of the model on each GPU; fsdp shards weights,
     gradients and optimizer state across them, for models that do not fit on one GPU."""
 
+    @field_validator("prefix_cache", mode="before")
+    @classmethod
+    def _off_word(cls, value: Any) -> Any:
+        """YAML reads a bare `off` (in a file or `--set compute.prefix_cache=off`) as false: the word
+        it stood for."""
+        return {False: "off", True: "on"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("devices")
     @classmethod
     def _device_list(cls, devices: str) -> str:

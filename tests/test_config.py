@@ -255,3 +255,14 @@ def test_fp16_needs_a_cuda_gpu():
 def test_task_names_are_the_task_literal():
     assert TASKS == ("causal-lm", "classification")
     assert {example_config(task).task for task in TASKS} == set(TASKS)
+
+
+def test_a_bare_off_in_yaml_is_the_word_off(tmp_path):
+    """YAML 1.1 reads `off` as false; a config that says `prefix_cache: off` means the word."""
+    assert apply_overrides(RunConfig(), ["compute.prefix_cache=off"]).compute.prefix_cache == "off"
+    path = tmp_path / "run.yaml"
+    path.write_text("compute:\n  prefix_cache: off\n")
+    assert load_config(path).compute.prefix_cache == "off"
+    with pytest.raises(UserError) as err:
+        apply_overrides(RunConfig(), ["compute.prefix_cache=on"])
+    assert "compute.prefix_cache" in err.value.fields
