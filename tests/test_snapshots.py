@@ -43,6 +43,8 @@ async def data(pilot) -> None:
 
 
 async def freeze(pilot) -> None:
+    await pilot.pause()  # the app shows its first step before it takes keys
+    await pilot.press("escape")  # out of the model's path box, where "3" would be typed
     await step(pilot, "3")
     await pilot.pause(0.2)  # the tree's cursor highlight marks the deciding rule a moment later
 
