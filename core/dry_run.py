@@ -79,7 +79,8 @@ def prepare(config: RunConfig) -> DryRun:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's adapters are inside
     trainable = [name for name, p in inner.named_parameters() if p.requires_grad]
     prefix = plan_prefix_cache(inner, describe_model(inner), trainable, config, tokens=tokens, length=length,
-                               labelled_share=share, device=device, epochs=plan.total_steps / plan.steps_per_epoch)
+                               labelled_share=share, device=device,
+                               epochs=max(1.0, plan.total_steps / plan.steps_per_epoch))  # a first epoch gains nothing
     estimate = estimate_model(model, batch=config.optim.batch_size, length=length, task=config.task,
                               checkpointing=config.compute.gradient_checkpointing,
                               activation_bytes=4 if precision == "no" else 2, device=device,

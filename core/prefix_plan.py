@@ -11,6 +11,7 @@ that name what to change.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,17 +56,35 @@ def _is_dropout(module) -> bool:
     return any(cls.__name__ == "_DropoutNd" for cls in type(module).__mro__)
 
 
+_DROPOUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""model -> {k: prefix_dropout}: the walk over a 30-block model's modules takes milliseconds, and the
+freeze summary asks on every change of the form."""
+
+
 def prefix_dropout(model, description, k: int) -> str | None:
     """The dropout that the embeddings and blocks 0..k-1 of `model` (not wrapped by peft or DDP) draw
     in training mode, as core.prefix_cache finds it: dropout modules, float dropout attributes of the
-    base model's modules outside the stack's trained part, and the config's attention dropout."""
-    blocks, top = description.blocks, description.top
+    base model's modules outside the stack's trained part, and the config's attention dropout. Kept
+    per model and k: a model's modules and their dropout do not change once built."""
+    known = _DROPOUT.setdefault(model, {})
+    if k not in known:
+        known[k] = _find_dropout(model, description, k)
+    return known[k]
+
+
+def _find_dropout(model, description, k: int) -> str | None:
+    blocks = description.blocks
     stack = blocks[0].rpartition(".")[0]
     prefix = getattr(model, "base_model_prefix", "")
     base = prefix if any(name == prefix for name, _ in model.named_children()) else ""
-    modules = {path: m for path, m in model.named_modules()
-               if path and (not base or _within(path, [base])) and not _within(stack, [path])
-               and not _within(path, blocks[k:] + top)}
+    skipped = set(blocks[k:] + description.top)
+
+    def kept(path: str) -> bool:  # set lookups, not a scan of the blocks per module
+        parts = path.split(".")
+        return (bool(path) and (not base or parts[0] == base) and not _within(stack, [path])
+                and not any(".".join(parts[:i]) in skipped for i in range(1, len(parts) + 1)))
+
+    modules = {path: m for path, m in model.named_modules() if kept(path)}
     found = [f"{path} p={m.p}" for path, m in modules.items() if _is_dropout(m) and m.p > 0]
     found += [f"{path}.{key}={value}" for path, m in modules.items() for key, value in vars(m).items()
               if "dropout" in key and isinstance(value, float) and value > 0]
