@@ -38,14 +38,19 @@ async def step(pilot, key: str) -> None:
 
 
 # ---- how each picture is reached ----------------------------------------------------------------
+async def to_step(pilot, key: str) -> None:
+    """From the model step, whose path box has the focus (a digit would be typed into it), to step `key`."""
+    await pilot.pause()  # the app shows its first step before it takes keys
+    await pilot.press("escape")
+    await step(pilot, key)
+
+
 async def data(pilot) -> None:
-    await step(pilot, "2")
+    await to_step(pilot, "2")
 
 
 async def freeze(pilot) -> None:
-    await pilot.pause()  # the app shows its first step before it takes keys
-    await pilot.press("escape")  # out of the model's path box, where "3" would be typed
-    await step(pilot, "3")
+    await to_step(pilot, "3")
     await pilot.pause(0.2)  # the tree's cursor highlight marks the deciding rule a moment later
 
 
