@@ -15,7 +15,8 @@ Swapping entries of the block list, not wrapping the model, keeps the model's ow
 wrappers), so it works for any architecture whose block list core.describe finds. Not chosen:
 skipping the embeddings too (no generic way to feed a base model its mid-stack input; the lookup is
 cheap), and caching under FSDP (sharded blocks gather their weights in their own forward).
-`expected_speedup` estimates the gain from the model shape and the freeze map without torch.
+Whether a run has the cache, and what it will gain, is decided without torch in core.prefix_plan,
+which the dry run and the freeze-map screen ask too.
 """
 
 from __future__ import annotations
@@ -23,15 +24,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
-from core.memory import ModelShape, blocks_in_backward, format_bytes
+from core.memory import format_bytes
+from core.prefix_plan import blocks_name, cache_limit_bytes, plan_prefix_cache, prefix_modules
 
 log = logging.getLogger("core.engine")
 """The engine's logger: the cache's line is part of the run's start, and shows in its events."""
-CONFIG_DROPOUTS = ("attention_dropout", "attention_probs_dropout_prob", "attn_pdrop")
-"""Config names of attention dropout, which some attention functions take as a float, not a module."""
 
 
 class _Captured(Exception):
@@ -40,10 +39,6 @@ class _Captured(Exception):
     def __init__(self, output) -> None:
         super().__init__()
         self.output = output
-
-
-def _within(path: str, ancestors: Iterable[str]) -> bool:
-    return any(path == a or path.startswith(a + ".") for a in ancestors)
 
 
 def _inner_model(model):
@@ -76,32 +71,34 @@ class PrefixCache:
     @classmethod
     def for_run(cls, config, acc, model, train_rows) -> PrefixCache:
         """The cache of a run (off, or only keeping the frozen prefix in eval mode, where it cannot
-        help), with one log line saying whether it is on, its size, or why not."""
+        help), decided by core.prefix_plan as the dry run and the freeze screen decide it, with one
+        log line saying whether it is on, its size, or why not."""
+        from accelerate.utils import DistributedType
+
+        from core.describe import describe_model
+
         inner = _inner_model(model)
-        found = _prefix(inner, config, acc)
-        if isinstance(found, NoPrefix):  # said only where the user's freeze map could give one
-            log.log(logging.INFO if found.actionable else logging.DEBUG, "prefix cache off: %s", found.reason)
+        desc = describe_model(inner)
+        if acc.distributed_type == DistributedType.FSDP or not desc.blocks:  # nothing a user could change
+            log.debug("prefix cache off: %s", "FSDP shards the blocks" if desc.blocks else "no block stack found")
             return cls()
-        stack, k, modules, dropout = found
-        eval_modules = modules if config.compute.frozen_eval_mode else []
+        trainable = [name for name, p in inner.named_parameters() if p.requires_grad]  # a tied head: the embedding's name
         lengths = [len(ex.input_ids) for ex in train_rows]
-        why = (f"the frozen blocks below block {k} draw dropout ({dropout}); set compute.frozen_eval_mode: true "
-               "to run them without it" if dropout and not eval_modules else None)
-        need = sum(lengths) * inner.config.get_text_config().hidden_size * 4  # fp32 hidden states
         limit = _limit_bytes(config.compute.prefix_cache_max_gb, acc.device)
-        if why is None and config.compute.prefix_cache == "off":
-            why = "compute.prefix_cache is off"
-        if why is None and need > limit:
-            log.warning("prefix cache off: the outputs of %s for %d rows would need %s, over the limit of "
-                        "%s (compute.prefix_cache_max_gb); training recomputes them every epoch",
-                        _blocks(k), len(lengths), format_bytes(need), format_bytes(limit))
+        plan = plan_prefix_cache(inner, desc, trainable, config, tokens=sum(lengths), length=max(lengths, default=1),
+                                 labelled_share=1.0, device=acc.device.type, epochs=1, limit_bytes=limit)
+        if not plan.blocks:
+            log.debug("prefix cache off: block 0 trains, nothing below it to cache")
+            return cls()
+        k = plan.blocks
+        eval_modules = list(prefix_modules(inner, desc, k).values()) if config.compute.frozen_eval_mode else []
+        if not plan.on:
+            log.log(logging.WARNING if "prefix_cache_max_gb" in plan.off else logging.INFO, "prefix cache off: %s", plan.off)
             return cls(eval_modules=eval_modules)
-        if why is not None:
-            log.info("prefix cache off: %s", why)
-            return cls(eval_modules=eval_modules)
+        stack = inner.get_submodule(desc.blocks[0].rpartition(".")[0])
         log.info("prefix cache on: the embeddings and %s of %d run once per row, then their output is "
-                 "reused: up to %s for %d rows (limit %s)%s", _blocks(k), len(stack), format_bytes(need), len(lengths),
-                 format_bytes(limit), "; frozen prefix in eval mode (no dropout)" if eval_modules else "")
+                 "reused: up to %s for %d rows (limit %s)%s", blocks_name(k), len(stack), format_bytes(plan.bytes),
+                 len(lengths), format_bytes(limit), "; frozen prefix in eval mode (no dropout)" if eval_modules else "")
         return cls(inner, stack, k, eval_modules, lengths, limit, active=True)
 
     @contextlib.contextmanager
@@ -208,99 +205,11 @@ def _stub_class():
     return Stub
 
 
-@dataclass(frozen=True)
-class NoPrefix:
-    """Why a run has no frozen prefix to cache; `actionable` where a freeze rule could give it one."""
-
-    reason: str
-    actionable: bool = False
-
-
-def _prefix(inner, config, acc):
-    """(block list, k, the prefix's modules, its dropout or None) of a model whose embeddings and
-    blocks 0..k-1 are frozen below a trained block k (k = the number of blocks when none trains),
-    or why there is no such prefix to cache."""
-    from accelerate.utils import DistributedType
-    from torch import nn
-
-    from core.describe import describe_model
-
-    if acc.distributed_type == DistributedType.FSDP:
-        return NoPrefix("FSDP shards the blocks, which gather their weights in their own forward")
-    desc = describe_model(inner)
-    if not desc.blocks:
-        return NoPrefix("no stack of transformer blocks found in the model")
-    trainable = [name for name, p in inner.named_parameters() if p.requires_grad]  # a tied head under the embedding's name
-    trained = [i for i, block in enumerate(desc.blocks) if any(_within(name, [block]) for name in trainable)]
-    k = trained[0] if trained else len(desc.blocks)
-    if k == 0:
-        first = next(name for name in trainable if _within(name, desc.blocks[:1]))
-        return NoPrefix(f"block 0 trains ({first}): nothing below the lowest trained block to cache")
-    below = [name for name in trainable if not _within(name, desc.blocks[k:] + desc.top + desc.head)]
-    if below:
-        embedding = " (an embedding; a tied LM head is the embedding)" if _within(below[0], desc.embeddings) else ""
-        return NoPrefix(f"{below[0]}{embedding} trains below block {k}, so the blocks below it need a backward pass",
-                        actionable=True)
-    stack_path = desc.blocks[0].rpartition(".")[0]
-    base = inner.base_model_prefix if any(name == inner.base_model_prefix for name, _ in inner.named_children()) else ""
-    modules = {path: m for path, m in inner.named_modules()  # the base model's, less the stack's ancestors
-               if path and (not base or _within(path, [base])) and not _within(stack_path, [path])
-               and not _within(path, desc.blocks[k:] + desc.top)}
-    dropout = [f"{path} p={m.p}" for path, m in modules.items()
-               if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
-    dropout += [f"{path}.{key}={value}" for path, m in modules.items() for key, value in vars(m).items()
-                if "dropout" in key and isinstance(value, float) and value > 0]
-    text = inner.config.get_text_config()
-    dropout += [f"config {key}={getattr(text, key)}" for key in CONFIG_DROPOUTS
-                if isinstance(getattr(text, key, None), float) and getattr(text, key) > 0]
-    return inner.get_submodule(stack_path), k, list(modules.values()), ", ".join(dict.fromkeys(dropout)) or None
-
-
-def _blocks(k: int) -> str:
-    return "block 0" if k == 1 else f"blocks 0-{k - 1}"
-
-
 def _limit_bytes(max_gb: float | None, device) -> float:
-    """compute.prefix_cache_max_gb, or a quarter of what the cache's device has available now."""
-    if max_gb is not None:
-        return max_gb * 1024**3
-    if device.type == "cuda":
+    """compute.prefix_cache_max_gb, or a quarter of what the cache's own device has available now
+    (on a GPU torch asks that device; core.prefix_plan's NVML reading knows only the first GPU)."""
+    if max_gb is None and device.type == "cuda":
         import torch
 
         return torch.cuda.mem_get_info(device)[0] / 4
-    import psutil
-
-    return psutil.virtual_memory().available / 4
-
-
-@dataclass(frozen=True)
-class PrefixSpeedup:
-    """What the prefix cache is expected to save on one model and freeze map (for the freeze-map screen)."""
-
-    cached_blocks: int
-    """Blocks below the lowest trained one, run once per row; 0 where the cache cannot help."""
-    later_epochs: float
-    """Step-time ratio, plain over cached, in the epochs after the first (which computes the cache)."""
-    overall: float
-    """The same ratio over the whole run of `epochs` epochs."""
-    cache_bytes_per_token: int
-    """Memory the cache holds per training token (fp32 hidden states)."""
-
-
-def expected_speedup(shape: ModelShape, blocks: list[str], embeddings: list[str], trainable: Iterable[str], *,
-                     epochs: int, length: int, lm_head: bool = True, head_positions: float = 1.0) -> PrefixSpeedup:
-    """The prefix cache's expected speed-up from the model's shape (core.memory.model_shape) and its
-    freeze map (`trainable`: the trained parameter names or module paths), without torch: forward
-    FLOPs per token of a block (its projections, MLP and attention over `length` tokens) and of an
-    LM head over `head_positions` of the positions; a trained block's backward costs two forwards, a
-    frozen block the backward passes through one, and the head's about two. Dropout and the memory
-    limit are not known here: the run's log says whether the cache is on."""
-    trained, passed = blocks_in_backward(blocks, embeddings, trainable)
-    cached = len(blocks) - trained - passed
-    h, kv = shape.hidden, shape.hidden * shape.kv_heads // shape.heads
-    block = 2 * (2 * h * h + 2 * h * kv + (3 if shape.rms_norm else 2) * h * shape.intermediate) + 4 * length * h
-    head = 2 * h * shape.vocab * head_positions * 3 if lm_head else 0
-    plain = len(blocks) * block + 2 * trained * block + passed * block + head
-    later = plain - cached * block
-    total = epochs * plain / (plain + (epochs - 1) * later) if epochs > 0 else 1.0
-    return PrefixSpeedup(cached, plain / later, total, shape.hidden * 4 if cached else 0)
+    return cache_limit_bytes(max_gb, "cpu")

@@ -12,13 +12,49 @@ that name what to change.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psutil
 
-from core.memory import format_bytes, gpu_stats, model_shape
-from core.prefix_cache import CONFIG_DROPOUTS, PrefixSpeedup, expected_speedup
+from core.memory import ModelShape, blocks_in_backward, format_bytes, gpu_stats, model_shape
+
+CONFIG_DROPOUTS = ("attention_dropout", "attention_probs_dropout_prob", "attn_pdrop")
+"""Config names of attention dropout, which some attention functions take as a float, not a module."""
+
+
+@dataclass(frozen=True)
+class PrefixSpeedup:
+    """What the prefix cache is expected to save on one model and freeze map (for the freeze-map screen)."""
+
+    cached_blocks: int
+    """Blocks below the lowest trained one, run once per row; 0 where the cache cannot help."""
+    later_epochs: float
+    """Step-time ratio, plain over cached, in the epochs after the first (which computes the cache)."""
+    overall: float
+    """The same ratio over the whole run of `epochs` epochs."""
+    cache_bytes_per_token: int
+    """Memory the cache holds per training token (fp32 hidden states)."""
+
+
+def expected_speedup(shape: ModelShape, blocks: list[str], embeddings: list[str], trainable: Iterable[str], *,
+                     epochs: int, length: int, lm_head: bool = True, head_positions: float = 1.0) -> PrefixSpeedup:
+    """The prefix cache's expected speed-up from the model's shape (core.memory.model_shape) and its
+    freeze map (`trainable`: the trained parameter names or module paths), without torch: forward
+    FLOPs per token of a block (its projections, MLP and attention over `length` tokens) and of an
+    LM head over `head_positions` of the positions (a classification head: a pooler-sized layer once a
+    row); a trained block's backward costs two forwards, a
+    frozen block the backward passes through one, and the head's about two. Dropout and the memory
+    limit are not known here: the run's log says whether the cache is on."""
+    trained, passed = blocks_in_backward(blocks, embeddings, trainable)
+    cached = len(blocks) - trained - passed
+    h, kv = shape.hidden, shape.hidden * shape.kv_heads // shape.heads
+    block = 2 * (2 * h * h + 2 * h * kv + (3 if shape.rms_norm else 2) * h * shape.intermediate) + 4 * length * h
+    head = 2 * h * (shape.vocab * head_positions if lm_head else h / length) * 3  # a classifier's pooler: once a row
+    plain = len(blocks) * block + 2 * trained * block + passed * block + head
+    later = plain - cached * block
+    total = epochs * plain / (plain + (epochs - 1) * later) if epochs > 0 else 1.0
+    return PrefixSpeedup(cached, plain / later, total, shape.hidden * 4 if cached else 0)
 
 
 @dataclass(frozen=True)
@@ -72,7 +108,10 @@ def prefix_dropout(model, description, k: int) -> str | None:
     return known[k]
 
 
-def _find_dropout(model, description, k: int) -> str | None:
+def prefix_modules(model, description, k: int) -> dict:
+    """{path: module} of the embeddings and blocks 0..k-1 with what holds them in the base model,
+    less the stack's trained part, the top (final norm) and the head: what runs once per row under
+    the cache, and what compute.frozen_eval_mode puts in eval mode."""
     blocks = description.blocks
     stack = blocks[0].rpartition(".")[0]
     prefix = getattr(model, "base_model_prefix", "")
@@ -84,7 +123,11 @@ def _find_dropout(model, description, k: int) -> str | None:
         return (bool(path) and (not base or parts[0] == base) and not _within(stack, [path])
                 and not any(".".join(parts[:i]) in skipped for i in range(1, len(parts) + 1)))
 
-    modules = {path: m for path, m in model.named_modules() if kept(path)}
+    return {path: m for path, m in model.named_modules() if kept(path)}
+
+
+def _find_dropout(model, description, k: int) -> str | None:
+    modules = prefix_modules(model, description, k)
     found = [f"{path} p={m.p}" for path, m in modules.items() if _is_dropout(m) and m.p > 0]
     found += [f"{path}.{key}={value}" for path, m in modules.items() for key, value in vars(m).items()
               if "dropout" in key and isinstance(value, float) and value > 0]
@@ -111,11 +154,14 @@ def cache_limit_bytes(max_gb: float | None, device: str) -> float | None:
 
 
 def plan_prefix_cache(model, description, trainable: Sequence[str], config, *, tokens: int | None, length: int,
-                      labelled_share: float, device: str, epochs: float) -> PrefixPlan:
+                      labelled_share: float, device: str, epochs: float,
+                      limit_bytes: float | None = None) -> PrefixPlan:
     """The prefix cache of a run of `config` on `model` (its structure; core.describe's
     `description`) whose trainable parameters or module paths are `trainable`. `tokens`: the
     training rows' tokens (None while the data is unknown: no size then); `length`,
-    `labelled_share` and `epochs` feed the speed-up (core.prefix_cache.expected_speedup)."""
+    `labelled_share` and `epochs` feed the speed-up (expected_speedup). `limit_bytes`: the cache's
+    limit where the caller knows it (a run, from its device); else compute.prefix_cache_max_gb or a
+    quarter of what `device` has available."""
     blocks = description.blocks
     trained = [i for i, block in enumerate(blocks) if any(_within(name, [block]) for name in trainable)]
     k = trained[0] if trained else len(blocks)
@@ -133,11 +179,11 @@ def plan_prefix_cache(model, description, trainable: Sequence[str], config, *, t
     elif compute.distributed == "fsdp" and compute.nproc > 1:
         off = "FSDP shards the blocks (compute.distributed)"
     elif not compute.frozen_eval_mode and prefix_dropout(model, description, k):
-        off = f"{blocks_name(k)} draw dropout; set compute.frozen_eval_mode"
+        off = f"{blocks_name(k)} {'draws' if k == 1 else 'draw'} dropout; set compute.frozen_eval_mode"
     elif compute.prefix_cache == "off":
         off = "compute.prefix_cache is off"
     need = tokens * model_shape(model.config).hidden * 4 if tokens else 0
-    limit = cache_limit_bytes(compute.prefix_cache_max_gb, device) if off is None and need else None
+    limit = (limit_bytes or cache_limit_bytes(compute.prefix_cache_max_gb, device)) if off is None and need else None
     if limit is not None and need > limit:
         off = f"{format_bytes(need)} > limit {format_bytes(limit)} (compute.prefix_cache_max_gb)"
     if off is not None:

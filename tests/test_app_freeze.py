@@ -459,7 +459,7 @@ async def test_the_summary_shows_the_prefix_caches_speedup_for_the_map(tmp_path,
     trained block, but the tied head trains the embedding, which the line says how to fix; with the
     head frozen the line gives core.prefix_cache's expected speed-up, and follows the map."""
     from core.memory import model_shape
-    from core.prefix_cache import expected_speedup
+    from core.prefix_plan import expected_speedup
 
     app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
     async with app.run_test(size=(120, 40)) as pilot:

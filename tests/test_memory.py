@@ -233,7 +233,7 @@ def _meta(config):
 
 
 def test_the_prefix_plan_says_what_runs_once_its_size_and_its_speedup():
-    from core.prefix_cache import expected_speedup
+    from core.prefix_plan import expected_speedup
 
     model = _meta(_config(tie_word_embeddings=False))
     description = describe_model(model)

@@ -171,14 +171,14 @@ def test_ineligible_maps_say_why_and_train(tiny_model_factory, sft_file, cls_fil
     llama, gpt2 = tiny_model_factory("llama"), tiny_model_factory("gpt2")
     cases = {
         "dropout": (_config(gpt2, sft_file, tmp_path / "a", "gpt2", frozen_eval_mode=False),
-                    "draw dropout (transformer.drop p=0.1"),
+                    "block 0 draws dropout; set compute.frozen_eval_mode"),
         "embeddings": (_config(llama, sft_file, tmp_path / "b", "llama") | {"freeze": {"preset": "top-n", "top_n": 1}},
-                       "model.embed_tokens.weight (an embedding; a tied LM head is the embedding) trains below block 1"),
+                       "trains; freeze "),
         # nothing frozen below the lowest trained block: nothing to say in every full or LoRA run
         "full": (_config(llama, sft_file, tmp_path / "c", "llama") | {"freeze": {"preset": "all"}}, None),
         "lora": (_config(llama, sft_file, tmp_path / "d", "llama") | {"lora": {"enabled": True}, "freeze": {}}, None),
         "memory": (_config(llama, sft_file, tmp_path / "e", "llama", prefix_cache_max_gb=1e-6),
-                   "would need"),
+                   "(compute.prefix_cache_max_gb)"),
     }
     for name, (config, reason) in cases.items():
         config["schedule"] = {"max_steps": 2}
@@ -210,7 +210,7 @@ def test_cache_that_outgrows_its_limit_turns_off(tiny_model_factory):
 
 def test_expected_speedup_counts_the_blocks_below_the_lowest_trained_one():
     from core.memory import ModelShape
-    from core.prefix_cache import expected_speedup
+    from core.prefix_plan import expected_speedup
 
     shape = ModelShape(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, vocab=49152, rms_norm=True,
                        activation="silu", attention_dropout=0.0)
