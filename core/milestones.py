@@ -1,0 +1,114 @@
+"""What a run does between its optimizer steps: evaluations (with sample generations) and
+checkpoints as planned or asked, pause and resume, and a stop that every process agrees on.
+
+A mixin of core.engine's _Training, which holds the state these read (config, plan, state, model,
+optimizer, control, the event sink and the throughput window): the loop stays one screen in
+core/engine.py, and these, each timed out of the throughput the report shows, live here.
+"""
+
+from __future__ import annotations
+
+import time
+
+from core.checkpoint import save_checkpoint
+from core.errors import UserError
+from core.events import CheckpointSaved, EvalResult, Paused, Resumed, SampleGenerated
+from core.manifest import step_of
+
+
+class Milestones:
+    def _between_steps(self, final: bool) -> str:
+        """Evaluate and checkpoint as planned or asked, then obey pause and stop; the reason to end
+        the run, or 'completed' to go on."""
+        control, step = self.control, self.state.step
+        control.poll()
+        reason = "completed"
+        if (control.take_eval_request() or self.plan.evaluates_after(step)) and self._evaluate():
+            reason = "early-stopped"
+        if control.take_save_request() or self.plan.checkpoints_after(step):
+            self._checkpoint()
+        if control.paused:
+            self.out.emit(Paused(step=step))
+            waited = time.perf_counter()
+            while control.wait_while_paused():  # a save or an evaluation asked while paused is done now
+                self.started += time.perf_counter() - waited  # paused time is not training time
+                if control.take_eval_request() and self._evaluate():
+                    reason = "early-stopped"
+                if control.take_save_request():
+                    self._checkpoint()
+                waited = time.perf_counter()
+            self.started += time.perf_counter() - waited
+            self.out.emit(Resumed(step=step))
+            self._reset_window()
+        if not final and self._agreed(control.should_stop(step)):
+            self._checkpoint()
+            return "stopped"
+        return reason
+
+    def _agreed(self, flag: bool) -> bool:
+        """Every process must stop at the same step: any rank's stop request stops all of them."""
+        if self.acc.num_processes == 1:
+            return flag
+        import torch
+
+        t = torch.tensor(float(flag), device=self.acc.device)
+        return bool(self.acc.reduce(t, "sum") > 0)
+
+    def _evaluate(self) -> bool:
+        """Run an evaluation; True when early stopping says the run should end."""
+        import torch
+
+        from core.evaluate import default_batch_size, evaluate, generate_samples  # looked up per call: tests substitute them
+        from core.metrics import is_better
+
+        cfg, state, acc, data = self.config, self.state, self.acc, self.data
+        if not data.validation:
+            return False
+        started = time.perf_counter()
+        batch_size = cfg.eval.batch_size or default_batch_size(acc.unwrap_model(self.model), cfg.task, self.micro_batch)
+        try:
+            metrics = evaluate(self.model, data.validation, task=cfg.task, num_labels=len(data.labels or []),
+                               batch_size=batch_size, pad_token_id=self.tokenizer.pad_token_id, accelerator=acc,
+                               labelled_only=cfg.compute.labelled_logits_only)
+        except torch.OutOfMemoryError:
+            raise UserError(f"out of device memory evaluating after step {state.step} ({batch_size} rows a batch)",
+                            "set eval.batch_size lower") from None
+        value = metrics[cfg.eval.metric]
+        best = is_better(cfg.eval.metric, value, state.best)
+        if best:
+            state.best, state.best_step, state.best_metrics, state.bad_evals = value, state.step, metrics, 0
+        else:
+            state.bad_evals += 1
+        self.final_metrics = metrics
+        eval_s = time.perf_counter() - started
+        self.out.emit(EvalResult(step=state.step, epoch=round(state.epoch_progress, 4), metrics=metrics,
+                                 is_best=best, seconds=eval_s,
+                                 tokens_per_s=sum(len(ex.input_ids) for ex in data.validation) / eval_s))
+        samples_started = time.perf_counter()
+        if self.sample_prompts:
+            for prompt, output, reference in generate_samples(
+                acc.unwrap_model(self.model), self.tokenizer, self.sample_prompts,
+                max_new_tokens=cfg.eval.max_new_tokens, device=acc.device,
+            ):
+                self.out.emit(SampleGenerated(step=state.step, prompt=prompt, output=output, reference=reference))
+        acc.wait_for_everyone()
+        done = time.perf_counter()
+        self.eta.evaluated(eval_s, done - samples_started if self.sample_prompts else None)
+        self.window.excluded_s += done - started
+        return bool(cfg.eval.patience) and state.bad_evals >= cfg.eval.patience
+
+    def _checkpoint(self) -> None:
+        acc = self.acc
+        if self.last_checkpoint is not None and step_of(self.last_checkpoint) == self.state.step:
+            return  # e.g. a stop right after a scheduled save: that checkpoint is this step's
+        self._report()  # the divergence check, before weights are saved
+        acc.wait_for_everyone()
+        started = time.perf_counter()  # every process saves: FSDP gathers a sharded model's state onto rank 0
+        self.state.elapsed_s = started - self.started
+        self.last_checkpoint = save_checkpoint(self.paths.checkpoints, acc.unwrap_model(self.model), self.optimizer,
+                                               self.scheduler, self.state, self.config.checkpoint.keep_last)
+        seconds = time.perf_counter() - started
+        self.eta.checkpointed(seconds)
+        self.window.excluded_s += seconds
+        self.out.emit(CheckpointSaved(step=self.state.step, path=str(self.last_checkpoint), seconds=seconds))
+        acc.wait_for_everyone()
