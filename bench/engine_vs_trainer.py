@@ -125,6 +125,26 @@ class CpuWindow:
 # ------------------------------------------------------------------------------------------ engine
 
 
+def train_timed(cfg, **kwargs):
+    """core.engine.train with a sink that keeps the events and times the CPU from RunStarted to the
+    first evaluation (the end of training): (result, sink, the CPU window's figures)."""
+    from core.engine import train
+    from core.events import EvalResult, ListSink, RunStarted
+
+    window, cpu = CpuWindow(), {}
+
+    class Sink(ListSink):
+        def emit(self, event):
+            if isinstance(event, RunStarted):
+                window.start()
+            elif isinstance(event, EvalResult) and not cpu:
+                cpu.update(window.stop())
+            super().emit(event)
+
+    sink = Sink()
+    return train(cfg, [sink], **kwargs), sink, cpu
+
+
 def engine_padded_tokens(cfg, data, steps: int) -> tuple[int, int]:
     """(real, padded) tokens of the batches the engine trains on in `steps` steps: the loop's own
     plan (core.data.batch_plan per epoch, one process, grad_accum 1), recomputed."""
@@ -145,8 +165,7 @@ def engine_padded_tokens(cfg, data, steps: int) -> tuple[int, int]:
 
 
 def run_engine(spec: dict) -> dict:
-    from core.engine import train
-    from core.events import EvalResult, ListSink, RunFinished, RunStarted, StepMetrics
+    from core.events import EvalResult, RunFinished, StepMetrics
 
     if spec.get("engine_adamw") == "fused":
         # Diagnostic only (core/ is not changed): the engine's torch.optim.AdamW(...) call gets fused=True.
@@ -161,20 +180,7 @@ def run_engine(spec: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         cfg = run_config(spec, tmp)
         _, data = prepared(cfg)  # for the digest and the padding count; the engine tokenizes again itself
-        window, cpu = CpuWindow(), {}
-
-        class Sink(ListSink):
-            """Keeps the events; times the CPU from RunStarted to the final step's evaluation."""
-
-            def emit(self, event):
-                if isinstance(event, RunStarted):
-                    window.start()
-                elif isinstance(event, EvalResult) and not cpu:
-                    cpu.update(window.stop())
-                super().emit(event)
-
-        sink = Sink()
-        result = train(cfg, [sink], report_interval_s=spec["report_interval_s"])
+        result, sink, cpu = train_timed(cfg, report_interval_s=spec["report_interval_s"])
         steps = sink.of_type(StepMetrics)
         last = steps[-1]
         finished = sink.of_type(RunFinished)[-1]

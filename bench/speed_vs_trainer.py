@@ -57,6 +57,7 @@ from bench.engine_vs_trainer import (
     peak_rss_bytes,
     prepared,
     quiet,
+    train_timed,
     wait_idle,
 )
 
@@ -101,27 +102,16 @@ def side_result(train_s: float, real: int, labels: int, rows: int, metrics: dict
 
 def run_engine(spec: dict) -> dict:
     from core.config import apply_overrides
-    from core.engine import train
-    from core.events import EvalResult, ListSink, RunStarted, StepMetrics
+    from core.events import EvalResult, LogMessage, StepMetrics
     from core.loss import count_items
 
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         cfg = apply_overrides(run_config(spec, tmp), spec["engine_set"])
         _, data = prepared(cfg)  # for the digest and the counts; the engine tokenizes again itself
-        window, cpu = CpuWindow(), {}
-
-        class Sink(ListSink):
-            """Keeps the events; times the CPU from RunStarted to the final evaluation."""
-
-            def emit(self, event):
-                if isinstance(event, RunStarted):
-                    window.start()
-                elif isinstance(event, EvalResult) and not cpu:
-                    cpu.update(window.stop())
-                super().emit(event)
-
-        sink = Sink()
-        result = train(cfg, [sink])
+        result, sink, cpu = train_timed(cfg)
+        for said in sink.of_type(LogMessage):  # which speed-ups the run had (core.prefix_cache says)
+            if said.message.startswith("prefix cache"):
+                print(f"  engine: {said.message}", file=sys.stderr, flush=True)
         last = sink.of_type(StepMetrics)[-1]
         per_epoch = -(-len(data.train) // cfg.optim.batch_size)
         if result.step % per_epoch:
