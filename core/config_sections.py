@@ -204,7 +204,7 @@ class ComputeConfig(_Section):
     off only for a model whose forward cannot slice its logits by a mask (the run says so)."""
     prefix_cache: Literal["auto", "off"] = "auto"
     """auto: where nothing below the lowest trained block trains and the frozen blocks below it draw
-    no dropout, compute their output once per training row and reuse it in later epochs (the same
+    no dropout, compute their output once per row and reuse it in later epochs and evaluations (the same
     numbers; core.prefix_cache). The run's log says whether it is on, its size, or why not."""
     frozen_eval_mode: bool = False
     """Run the frozen blocks below the lowest trained one, and the embeddings, in eval mode: no

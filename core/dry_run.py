@@ -78,7 +78,8 @@ def prepare(config: RunConfig) -> DryRun:
     share = labelled_share(tokens, trained, config.compute.labelled_logits_only)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's adapters are inside
     trainable = [name for name, p in inner.named_parameters() if p.requires_grad]
-    prefix = plan_prefix_cache(inner, describe_model(inner), trainable, config, tokens=tokens, length=length,
+    cached = tokens + sum(len(example.input_ids) for example in data.validation)  # the cache keeps validation rows too
+    prefix = plan_prefix_cache(inner, describe_model(inner), trainable, config, tokens=cached, length=length,
                                labelled_share=share, device=device,
                                epochs=max(1.0, plan.total_steps / plan.steps_per_epoch))  # a first epoch gains nothing
     estimate = estimate_model(model, batch=config.optim.batch_size, length=length, task=config.task,
@@ -105,7 +106,7 @@ def _prefix_line(prefix: PrefixPlan, epochs: int) -> str:
     if prefix.off:
         return f"prefix cache: off ({prefix.off})"
     speedup = prefix.speedup
-    return (f"prefix cache: on, the embeddings and {blocks_name(prefix.blocks)} run once per training row, "
+    return (f"prefix cache: on, the embeddings and {blocks_name(prefix.blocks)} run once per row (training and validation), "
             f"{format_bytes(prefix.bytes)}; expected {speedup.later_epochs:.1f}x faster steps from epoch 2, "
             f"{speedup.overall:.1f}x over {epochs} epoch{'s' if epochs > 1 else ''}")
 

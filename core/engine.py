@@ -191,7 +191,8 @@ class _Training(Milestones):
         from core.prefix_cache import PrefixCache
 
         self._announce()
-        self.prefix = PrefixCache.for_run(self.config, self.acc, self.model, self.data.train)  # frozen blocks once per row
+        self.prefix = PrefixCache.for_run(self.config, self.acc, self.model, self.data.train,
+                                           self.data.validation)  # frozen blocks once per row
         self.model.train()
         reason = "completed"
         for epoch, index, step_rows in self._remaining_steps():

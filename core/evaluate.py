@@ -75,10 +75,11 @@ def eval_batches(lengths: list[int], batch_size: int, processes: int, rank: int)
 
 @torch.no_grad()
 def evaluate(model, examples, *, task, num_labels, batch_size, pad_token_id, accelerator,
-             labelled_only: bool = False) -> dict[str, float]:
+             labelled_only: bool = False, prefix=None) -> dict[str, float]:
     """Metrics over this rank's share of `examples` (eval_batches), reduced over all ranks.
     `labelled_only` (compute.labelled_logits_only): causal-LM logits at the labelled positions only
-    (core.loss). no_grad rather than inference_mode: a model that caches a tensor during a forward
+    (core.loss). `prefix`: the run's core.prefix_cache.PrefixCache, which keeps the frozen prefix's
+    output for each validation row from the first evaluation on (`examples` are the validation rows). no_grad rather than inference_mode: a model that caches a tensor during a forward
     (rotary tables) would hand later training steps an inference tensor, which autograd refuses."""
     device = accelerator.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -89,7 +90,8 @@ def evaluate(model, examples, *, task, num_labels, batch_size, pad_token_id, acc
         for rows in eval_batches(lengths, batch_size, accelerator.num_processes, accelerator.process_index):
             chunk = [examples[i] for i in rows] or examples[:1]  # an empty share still joins the forward
             batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id, task).items()}
-            with accelerator.autocast():
+            cached = prefix.serving([prefix.validation_key + i for i in rows], batch) if prefix and rows else None
+            with accelerator.autocast(), cached or contextlib.nullcontext():
                 loss, logits = batch_loss_sum(model, batch, task, labelled_only=labelled_only)
             if not rows:
                 continue

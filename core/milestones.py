@@ -69,7 +69,7 @@ class Milestones:
         try:
             metrics = evaluate(self.model, data.validation, task=cfg.task, num_labels=len(data.labels or []),
                                batch_size=batch_size, pad_token_id=self.tokenizer.pad_token_id, accelerator=acc,
-                               labelled_only=cfg.compute.labelled_logits_only)
+                               labelled_only=cfg.compute.labelled_logits_only, prefix=self.prefix)
         except torch.OutOfMemoryError:
             raise UserError(f"out of device memory evaluating after step {state.step} ({batch_size} rows a batch)",
                             "set eval.batch_size lower") from None

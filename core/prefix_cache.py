@@ -65,14 +65,17 @@ class PrefixCache:
         self.prefix_rows = 0
         """Rows the prefix has run for: a row runs once, however many epochs."""
         self.tuple_len = 0  # the real blocks' output: 0 a tensor, else a tuple of that length
+        self.validation_key = len(self.lengths)
+        """Validation row i is cached under key validation_key + i (after the training rows)."""
         self.real = list(stack[:k]) if active else []
         self.stubs = [_stub_class()(block, i == 0) for i, block in enumerate(self.real)]
 
     @classmethod
-    def for_run(cls, config, acc, model, train_rows) -> PrefixCache:
+    def for_run(cls, config, acc, model, train_rows, validation_rows=()) -> PrefixCache:
         """The cache of a run (off, or only keeping the frozen prefix in eval mode, where it cannot
         help), decided by core.prefix_plan as the dry run and the freeze screen decide it, with one
-        log line saying whether it is on, its size, or why not."""
+        log line saying whether it is on, its size, or why not. Validation rows are cached too, under
+        keys after the training rows' (`validation_key`): every evaluation runs the same prefix."""
         from accelerate.utils import DistributedType
 
         from core.describe import describe_model
@@ -83,7 +86,7 @@ class PrefixCache:
             log.debug("prefix cache off: %s", "FSDP shards the blocks" if desc.blocks else "no block stack found")
             return cls()
         trainable = [name for name, p in inner.named_parameters() if p.requires_grad]  # a tied head: the embedding's name
-        lengths = [len(ex.input_ids) for ex in train_rows]
+        lengths = [len(ex.input_ids) for ex in [*train_rows, *validation_rows]]
         limit = _limit_bytes(config.compute.prefix_cache_max_gb, acc.device)
         plan = plan_prefix_cache(inner, desc, trainable, config, tokens=sum(lengths), length=max(lengths, default=1),
                                  labelled_share=1.0, device=acc.device.type, epochs=1, limit_bytes=limit)
@@ -99,12 +102,14 @@ class PrefixCache:
         log.info("prefix cache on: the embeddings and %s of %d run once per row, then their output is "
                  "reused: up to %s for %d rows (limit %s)%s", blocks_name(k), len(stack), format_bytes(plan.bytes),
                  len(lengths), format_bytes(limit), "; frozen prefix in eval mode (no dropout)" if eval_modules else "")
-        return cls(inner, stack, k, eval_modules, lengths, limit, active=True)
+        cache = cls(inner, stack, k, eval_modules, lengths, limit, active=True)
+        cache.validation_key = len(train_rows)
+        return cache
 
     @contextlib.contextmanager
     def serving(self, rows: list[int], batch: dict) -> Iterator[None]:
-        """Around one micro-batch's forward and backward: `rows` are the indices of its training
-        rows, in the order of `batch`'s rows. Caches the rows not cached yet, then lets the forward
+        """Around one micro-batch's forward and backward: `rows` are the keys of its rows (a training
+        row's index, or validation_key + a validation row's), in the order of `batch`'s rows. Caches the rows not cached yet, then lets the forward
         start from the cached outputs; the real blocks and training flags are restored after."""
         flags = [(m, m.training) for m in self.eval_modules]
         for m, _ in flags:

@@ -72,7 +72,8 @@ def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, ca
 
 def test_a_frozen_prefix_is_cached_and_counted(config_path, capsys):
     """With the tied head frozen, block 0 runs once per training row: the dry run says so, with the
-    cache's size (training tokens x hidden x 4 bytes, in the peak) and the expected speed-up."""
+    cache's size (training and validation tokens x hidden x 4 bytes, in the peak) and the expected
+    speed-up."""
     from core import setup
     from core.config import apply_overrides, load_config
     from core.dry_run import prepare
@@ -83,16 +84,17 @@ def test_a_frozen_prefix_is_cached_and_counted(config_path, capsys):
     assert dry.prefix.on and dry.prefix.blocks == 1
     _, data = setup.setup_data(config)  # the rows the run trains on, prepared as the dry run prepares them
     tokens = sum(len(e.input_ids) for e in data.train)
-    assert dry.prefix.bytes == dry.estimate.prefix_cache == tokens * 64 * 4 > 0
+    cached = tokens + sum(len(e.input_ids) for e in data.validation)
+    assert dry.prefix.bytes == dry.estimate.prefix_cache == cached * 64 * 4 > tokens * 64 * 4
     trained = sum(trained_tokens(e.labels) for e in data.train)
     assert 0 < trained < tokens  # the prompts carry no loss: logits at the labelled share only
     full = prepare(apply_overrides(config, ["compute.labelled_logits_only=false"])).estimate
     assert dry.estimate.logits < full.logits
     out = dry_run_with(capsys, config_path, config)
-    assert "prefix cache: on, the embeddings and block 0 run once per training row" in out
+    assert "prefix cache: on, the embeddings and block 0 run once per row (training and validation)" in out
     # 7 steps of 8 a epoch: the run ends in the epoch that fills the cache
     assert re.search(r"expected \d+\.\dx faster steps from epoch 2, 1\.0x over 1 epoch$", out, re.MULTILINE)
-    assert parts(out)["prefix cache"] == format_bytes(tokens * 64 * 4)
+    assert parts(out)["prefix cache"] == format_bytes(cached * 64 * 4)
     assert "prefix cache" not in parts(dry_run_with(capsys, config_path,
                                                     apply_overrides(config, ['compute.prefix_cache="off"'])))
 

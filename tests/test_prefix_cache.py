@@ -222,3 +222,27 @@ def test_expected_speedup_counts_the_blocks_below_the_lowest_trained_one():
     tied = expected_speedup(shape, blocks, ["model.embed_tokens"], ["model.embed_tokens.weight", "model.layers.29"],
                             epochs=3, length=128)
     assert tied.cached_blocks == 0 and tied.later_epochs == tied.overall == 1.0
+
+
+def test_validation_rows_run_the_prefix_once_over_all_evaluations(tiny_model_factory, sft_file, tmp_path, monkeypatch):
+    """Evaluations read the frozen prefix's output from the cache too: the same metrics as without
+    it, and block 0 runs once per training and validation row over two epochs and their evaluations."""
+    from core.events import EvalResult, RunStarted
+
+    def config(runs, **compute):
+        cfg = _config(tiny_model_factory("llama"), sft_file, runs, "llama", **compute)
+        cfg["data"]["val_ratio"] = 0.25
+        cfg["eval"] = {"num_samples": 0, "every_steps": 2}
+        return cfg
+
+    plain_sink, _ = _train(config(tmp_path / "off", prefix_cache="off"))
+    seen = _count_prefix_rows(monkeypatch)
+    sink, _ = _train(config(tmp_path / "on"))
+    evals = [e.metrics for e in sink.events if isinstance(e, EvalResult)]
+    plain_evals = [e.metrics for e in plain_sink.events if isinstance(e, EvalResult)]
+    assert len(evals) == len(plain_evals) >= 3
+    for cached, plain in zip(evals, plain_evals):
+        torch.testing.assert_close(cached["loss"], plain["loss"])
+    started = next(e for e in sink.events if isinstance(e, RunStarted))
+    assert started.validation_rows > 0
+    assert sum(seen) == started.train_rows + started.validation_rows
