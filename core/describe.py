@@ -78,7 +78,7 @@ def _tree(module, path: str, name: str, owners: dict[int, str]) -> tuple[ModuleN
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
     owned_by = {owners[key] for key in params}
     tied_with = None
-    if path and len(owned_by) == 1 and not _within(next(iter(owned_by)), [path]):
+    if path and len(owned_by) == 1 and not within(next(iter(owned_by)), [path]):
         tied_with = owned_by.pop()
     return ModuleNode(path, name, type(module).__name__, total, trainable, children, tied_with), params
 
@@ -89,7 +89,8 @@ def _walk(node: ModuleNode):
         yield from _walk(child)
 
 
-def _within(path: str, ancestors: list[str]) -> bool:
+def within(path: str, ancestors) -> bool:
+    """Whether module or parameter `path` is one of `ancestors` or inside one (dotted paths)."""
     return any(path == a or path.startswith(a + ".") for a in ancestors)
 
 
@@ -109,7 +110,7 @@ def describe_model(model) -> ModelDescription:
     stack = max(stacks, key=lambda item: item[0])[1] if stacks else None
     blocks = [child.path for child in nodes[stack].children] if stack is not None else []
     embeddings = [
-        path for path, module in modules.items() if isinstance(module, nn.Embedding) and not _within(path, blocks)
+        path for path, module in modules.items() if isinstance(module, nn.Embedding) and not within(path, blocks)
     ]
     # A task model holds its base model as the child named base_model_prefix; a bare base model has no head.
     prefix = model.base_model_prefix
@@ -144,7 +145,7 @@ def _top_modules(base: ModuleNode, stack: str | None, marked: list[str], order: 
 
     def visit(node: ModuleNode) -> None:
         for child in node.children:
-            if _within(child.path, marked) or not child.params:
+            if within(child.path, marked) or not child.params:
                 continue
             if any(m.startswith(child.path + ".") for m in marked):
                 visit(child)

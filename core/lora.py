@@ -19,7 +19,7 @@ import importlib.util
 from dataclasses import dataclass
 
 from core.config import FreezeConfig, LoraConfig, RunConfig
-from core.describe import ModelDescription
+from core.describe import ModelDescription, within
 from core.errors import UserError
 from core.freeze import (
     PresetRule,
@@ -113,19 +113,16 @@ def adaptable_layers(model) -> dict[str, str]:
     return layers
 
 
-def _within(path: str, ancestors: list[str]) -> bool:
-    return any(path == a or path.startswith(a + ".") for a in ancestors)
-
 
 def _preset_targets(preset: str, model, desc: ModelDescription, layers: dict[str, str]) -> list[str]:
     linear = [path for path, kind in layers.items() if kind == "linear"]
     if preset == "all-linear":
-        return [path for path in linear if not _within(path, desc.head)]
+        return [path for path in linear if not within(path, desc.head)]
     # attention: the linear layers below a module of a block whose class is an attention class
     # (LlamaAttention, GPT2Attention, BertAttention, DistilBERT's MultiHeadSelfAttention).
     attention = [path for path, module in model.named_modules()
-                 if _within(path, desc.blocks) and "Attention" in type(module).__name__]
-    return [path for path in linear if _within(path, attention)]
+                 if within(path, desc.blocks) and "Attention" in type(module).__name__]
+    return [path for path in linear if within(path, attention)]
 
 
 def resolve_targets(model, desc: ModelDescription, targets: list[str]) -> list[str]:
@@ -190,7 +187,7 @@ def plan_lora(model, desc: ModelDescription, config: RunConfig) -> LoraPlan:
     """What LoRA will adapt and what trains in full, for the unwrapped `model`."""
     rules = lora_rules(config.freeze, desc, config.task)
     full = trained_in_full(model, rules)
-    targets = [path for path in resolve_targets(model, desc, config.lora.targets) if not _within(path, full)]
+    targets = [path for path in resolve_targets(model, desc, config.lora.targets) if not within(path, full)]
     if not targets:
         raise UserError("lora.targets: every target lies in modules the freeze map trains in full",
                         "target layers outside them, or freeze less (e.g. freeze.preset: head-only)",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from core.describe import within
 from core.memory import ModelShape, blocks_in_backward, format_bytes, gpu_stats, model_shape
 
 CONFIG_DROPOUTS = ("attention_dropout", "attention_probs_dropout_prob", "attn_pdrop")
@@ -78,9 +79,6 @@ class PrefixPlan:
 NO_PREFIX = PrefixPlan(0, 0, None, None)
 
 
-def _within(path: str, ancestors: Sequence[str]) -> bool:
-    return any(path == a or path.startswith(a + ".") for a in ancestors)
-
 
 def blocks_name(k: int) -> str:
     """The prefix's blocks as the run's log names them."""
@@ -120,7 +118,7 @@ def prefix_modules(model, description, k: int) -> dict:
 
     def kept(path: str) -> bool:  # set lookups, not a scan of the blocks per module
         parts = path.split(".")
-        return (bool(path) and (not base or parts[0] == base) and not _within(stack, [path])
+        return (bool(path) and (not base or parts[0] == base) and not within(stack, [path])
                 and not any(".".join(parts[:i]) in skipped for i in range(1, len(parts) + 1)))
 
     return {path: m for path, m in model.named_modules() if kept(path)}
@@ -163,14 +161,14 @@ def plan_prefix_cache(model, description, trainable: Sequence[str], config, *, t
     limit where the caller knows it (a run, from its device); else compute.prefix_cache_max_gb or a
     quarter of what `device` has available."""
     blocks = description.blocks
-    trained = [i for i, block in enumerate(blocks) if any(_within(name, [block]) for name in trainable)]
+    trained = [i for i, block in enumerate(blocks) if any(within(name, [block]) for name in trainable)]
     k = trained[0] if trained else len(blocks)
     if k == 0:
         return NO_PREFIX
     compute = config.compute
-    below = [name for name in trainable if not _within(name, blocks[k:] + description.top + description.head)]
+    below = [name for name in trainable if not within(name, blocks[k:] + description.top + description.head)]
     off = None
-    embedding = next((path for path in description.embeddings if below and _within(below[0], [path])), None)
+    embedding = next((path for path in description.embeddings if below and within(below[0], [path])), None)
     if embedding is not None:
         off = (f"the tied LM head is the embedding and trains; freeze {description.head[0]}"
                if _tied_head(model) and description.head else f"{embedding} trains; freeze it")
