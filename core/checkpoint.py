@@ -62,6 +62,8 @@ class TrainState:
     """The best value of eval.metric so far; None before the first evaluation."""
     best_step: int | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
+    before_metrics: dict[str, float] = field(default_factory=dict)
+    """The evaluation before the first step (eval.before_training), kept for the end's before -> after."""
     bad_evals: int = 0
     """Evaluations in a row without a better eval.metric, for early stopping."""
     elapsed_s: float = 0.0

@@ -86,6 +86,11 @@ class RunConfig(_Section):
         if self.data.packing and self.task != "causal-lm":
             raise _invalid("packing_for_task", "data.packing only applies to task 'causal-lm'; set it to false",
                            "set data.packing: false (packing concatenates causal-LM rows)", field="data.packing")
+        if self.freeze.unfreezing != "none" and self.compute.nproc > 1:
+            raise _invalid("unfreezing_processes",
+                           f"freeze.unfreezing {self.freeze.unfreezing!r} changes what trains during the run, which "
+                           "DDP and FSDP fix when they start; it trains on one process",
+                           "set freeze.unfreezing: none, or compute.nproc: 1", field="freeze.unfreezing")
         return self
 
 

@@ -20,6 +20,7 @@ TASKS: tuple[str, ...] = get_args(Task)
 """The task names, for command-line choices and the app's task picker."""
 DataFormat = Literal["auto", "text-label", "prompt-completion", "chat", "text"]
 Preset = Literal["all", "head-only", "top-n", "freeze-embeddings"]
+Unfreezing = Literal["none", "gradual", "lp-ft"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Distributed = Literal["ddp", "fsdp"]
 Scheduler = Literal["linear", "cosine", "constant"]
@@ -124,19 +125,35 @@ class FreezeRule(_Section):
 
 class FreezeConfig(_Section):
     preset: Preset = "all"
-    """Starting point: all (train everything), head-only, top-n (top N blocks plus head),
-    freeze-embeddings. The rules below are applied after the preset; later rules win."""
+    """Starting point: all (train everything), head-only (the head and what only feeds it: the
+    final norm, a pooler), top-n (top N blocks plus those), freeze-embeddings. The rules below are
+    applied after the preset; later rules win."""
     top_n: int = Field(2, ge=0)
     """Number of top transformer blocks that train under the top-n preset."""
     rules: list[FreezeRule] = Field(default_factory=list)
     """Extra ordered rules; later ones win."""
+    unfreezing: Unfreezing = "none"
+    """When what the map trains starts training (core.unfreezing): none (all of it from the first
+    step); gradual (ULMFiT: the head and the modules above the blocks first, then one more block from
+    the top every `unfreeze_every` steps, the embeddings last); lp-ft (linear probing, then fine-tuning:
+    the head and the modules above the blocks for `unfreeze_every` steps, then the whole map)."""
+    unfreeze_every: int = Field(0, ge=0)
+    """Optimizer steps between two unfreezing stages; 0: one epoch."""
 
 
 class OptimConfig(_Section):
     lr: float = Field(5e-5, gt=0.0, lt=1.0)
     """Base learning rate of AdamW (multiplied per group by lr_scale)."""
     weight_decay: float = Field(0.01, ge=0.0)
-    """Decoupled weight decay; never applied to biases and norm weights."""
+    """Decoupled weight decay; never applied to biases and norm weights. Not applied under L2-SP,
+    which replaces it."""
+    l2sp_alpha: float = Field(0.0, ge=0.0)
+    """L2-SP (Li et al., 2018): each optimizer step moves every trained pretrained weight towards its
+    starting value by lr x alpha x (weight - start), decoupled from Adam's moments as weight decay
+    is. 0 turns it off. Keeps a reference copy of those weights (counted in the memory estimate)."""
+    l2sp_beta: float = Field(0.0, ge=0.0)
+    """L2-SP's pull towards zero for new weights (a new task head, LoRA adapters): lr x beta x
+    weight per step; biases and norm weights are left alone, as weight decay leaves them."""
     beta1: float = Field(0.9, ge=0.0, lt=1.0)
     """AdamW beta1."""
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
@@ -170,6 +187,9 @@ class EvalConfig(_Section):
     metric: str = "loss"
     """Metric that picks the best checkpoint and drives early stopping: loss, accuracy, f1
     (classification) or perplexity (causal LM)."""
+    before_training: bool = True
+    """Evaluate once before the first step (step 0), so the results show every metric before -> after;
+    a classification model's new head is untrained then, and the results say so."""
     patience: int = Field(0, ge=0)
     """Stop after this many evaluations without improvement; 0 turns early stopping off."""
     batch_size: int | None = Field(None, ge=1)

@@ -85,7 +85,7 @@ def prepare(config: RunConfig) -> DryRun:
     estimate = estimate_model(model, batch=config.optim.batch_size, length=length, task=config.task,
                               checkpointing=config.compute.gradient_checkpointing,
                               activation_bytes=4 if precision == "no" else 2, device=device,
-                              labelled_share=share, prefix_cache_bytes=prefix.bytes)
+                              labelled_share=share, prefix_cache_bytes=prefix.bytes, l2sp=config.optim.l2sp_alpha > 0)
     return DryRun(plan=plan, evaluates=bool(data.validation), total_params=sum(p.numel() for p in model.parameters()),
                   trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad), device=device,
                   batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline,
@@ -121,6 +121,7 @@ def report(dry: DryRun) -> str:
              (f"activations (batch {dry.batch} x {dry.length} tokens)", memory.activations)]
     parts += [("logits and loss", memory.logits)] if memory.logits else []
     parts += [("prefix cache", memory.prefix_cache)] if memory.prefix_cache else []
+    parts += [("L2-SP reference", memory.reference)] if memory.reference else []
     parts += [("process baseline (torch, libraries, data)", dry.baseline_bytes)] if dry.device == "cpu" else []
     lines = [
         (f"plan: {plan.total_steps} optimizer steps over {plan.epochs} epoch{'s' if plan.epochs > 1 else ''} "

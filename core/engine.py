@@ -27,6 +27,7 @@ from core.events import (Broadcast, EventSink, JsonlSink, MicroBatchHalved, RunF
                          StepMetrics)
 from core.errors import UserError
 from core.eta import Eta
+from core.l2sp import L2SP
 from core.launch import accelerator_options
 from core.logs import logs_to_events
 from core.loss import raise_if_diverged
@@ -34,6 +35,7 @@ from core.milestones import Milestones
 from core.oom import out_of_memory, step_advice, why_not_halved
 from core.runs import RunPaths, config_digest, discard_stub, open_run
 from core.trackers import close_trackers, tracker_sinks
+from core.unfreezing import Unfreezer
 
 @dataclass
 class RunResult:
@@ -131,13 +133,14 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
         enable_gradient_checkpointing(model)
     optimizer = setup.setup_optimizer(config, model, rules, acc.device)
     model, optimizer = acc.prepare(model, optimizer)
+    l2sp = L2SP.for_run(config, acc.unwrap_model(model), optimizer)  # its reference: the weights before a resume loads
     plan = setup.setup_plan(config, len(data.train), acc.num_processes)
     scheduler = setup.setup_scheduler(plan, optimizer)
     state, checkpoint = (setup.restore_state(paths, acc.unwrap_model(model), optimizer, scheduler) if resume
                          else (TrainState(), None))
     return _Training(config, paths, acc, out, control, report_interval_s, tokenizer=tokenizer, data=data,
                      model=model, freeze=freeze, optimizer=optimizer, plan=plan, scheduler=scheduler, state=state,
-                     last_checkpoint=checkpoint)
+                     last_checkpoint=checkpoint, l2sp=l2sp)
 
 
 class _Window:
@@ -168,12 +171,13 @@ class _Training(Milestones):
 
     def __init__(self, config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Control,
                  report_interval_s: float, *, tokenizer, data, model, freeze, optimizer, plan, scheduler,
-                 state: TrainState, last_checkpoint: Path | None) -> None:
+                 state: TrainState, last_checkpoint: Path | None, l2sp: L2SP | None) -> None:
         self.config, self.paths, self.acc, self.out, self.control = config, paths, acc, out, control
         self.report_interval_s = report_interval_s
         self.tokenizer, self.data, self.model, self.freeze = tokenizer, data, model, freeze
-        self.optimizer, self.plan, self.scheduler = optimizer, plan, scheduler
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer, self.plan, self.scheduler, self.l2sp = optimizer, plan, scheduler, l2sp
+        self.trainable = [p for p in model.parameters() if p.requires_grad]  # by the whole map: clipping skips
+        self.unfreezer = Unfreezer.for_run(config, model, plan.steps_per_epoch)  # what has no gradient yet
         self.prefix = None  # the frozen-prefix cache, built once the run has announced itself
         self.state, self.last_checkpoint = state, last_checkpoint
         self.started = time.perf_counter() - state.elapsed_s  # the clock continues a resumed run's; pauses move it
@@ -192,10 +196,14 @@ class _Training(Milestones):
 
         self._announce()
         self.prefix = PrefixCache.for_run(self.config, self.acc, self.model, self.data.train,
-                                           self.data.validation)  # frozen blocks once per row
+                                           self.data.validation)  # frozen blocks once per row, by the whole map
+        self._unfreeze()
+        if self.state.step == 0 and self.config.eval.before_training:
+            self._evaluate(before_training=True)
         self.model.train()
         reason = "completed"
         for epoch, index, step_rows in self._remaining_steps():
+            self._unfreeze()
             self._optimizer_step(step_rows)
             self.state.step += 1
             self.state.epoch, self.state.step_in_epoch = epoch, index + 1
@@ -219,6 +227,14 @@ class _Training(Milestones):
             precision={"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision), world_size=acc.num_processes,
             resumed_from_step=self.state.step,
         ))
+
+    def _unfreeze(self) -> None:
+        """Under freeze.unfreezing, train what the stage of the next step trains, and say when it changed."""
+        started = self.unfreezer.enter(self.state.step) if self.unfreezer else None
+        if started:
+            schedule = self.unfreezer.schedule
+            setup.log.info("unfreezing stage %d of %d from step %d: %s trains", self.unfreezer.stage + 1,
+                     len(schedule.stages), self.state.step, started)
 
     @property
     def micro_batch(self) -> int:
@@ -269,6 +285,8 @@ class _Training(Milestones):
         try:
             if self.config.optim.max_grad_norm > 0:
                 window.grad += self.acc.clip_grad_norm_(self.trainable, self.config.optim.max_grad_norm).detach().float()
+            if self.l2sp:
+                self.l2sp.apply()
             self.optimizer.step()
         except torch.OutOfMemoryError:
             raise self._out_of_memory("in the optimizer step, whose state grows with the trained parameters",
@@ -365,5 +383,6 @@ class _Training(Milestones):
             step=self.state.step, reason=reason, final_metrics=self.final_metrics,
             best_metrics=self.state.best_metrics, best_step=self.state.best_step, output_path=_str(output),
             last_checkpoint=_str(self.last_checkpoint), elapsed_s=time.perf_counter() - self.started,
+            before_metrics=self.state.before_metrics,
         ))
         return RunResult(self.paths.root, reason, self.state.step, output, self.last_checkpoint)

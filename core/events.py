@@ -92,6 +92,12 @@ class EvalResult(StepEvent, tag="eval"):
     tokens_per_s: float | None = None
     """Validation tokens (padding not counted, as StepMetrics counts them) over `seconds`, all
     processes together; None in event logs written before it was reported."""
+    before_training: bool = False
+    """The evaluation before the first step (eval.before_training, step 0): the "before" of the
+    results' before -> after; it is never the best and does not count for early stopping."""
+    untrained_head: bool = False
+    """Before training, the model's task head was new (initialised at random): its metrics say what an
+    untrained head scores, not what the pretrained model knows."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,8 @@ class RunFinished(StepEvent, tag="run_finished"):
     output_path: str | None
     last_checkpoint: str | None
     elapsed_s: float
+    before_metrics: dict[str, float] = field(default_factory=dict)
+    """The evaluation before the first step (eval.before_training); empty without one."""
 
 
 @dataclass(frozen=True)

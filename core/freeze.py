@@ -110,10 +110,9 @@ def preset_rules(preset: str, desc: ModelDescription, top_n: int) -> list[Freeze
         return [PresetRule(match="*", train=True)]
     if preset == "freeze-embeddings":
         return [PresetRule(match="*", train=True)] + [PresetRule(match=p, train=False) for p in desc.embeddings]
-    if preset == "head-only":
-        trained = desc.head
-    elif preset == "top-n":
-        trained = (desc.blocks[-top_n:] if top_n else []) + desc.top + desc.head
+    if preset in ("head-only", "top-n"):  # head-only: the head and what only feeds it (the top), top-0
+        n = top_n if preset == "top-n" else 0
+        trained = (desc.blocks[-n:] if n else []) + desc.top + desc.head
     else:
         raise ValueError(f"unknown freeze preset {preset!r}")
     return [PresetRule(match="*", train=False)] + [PresetRule(match=p, train=True) for p in trained]

@@ -142,16 +142,19 @@ class MemoryEstimate:
     logits: int
     prefix_cache: int = 0
     """The frozen prefix's cached outputs (PrefixPlan.bytes): full once the first epoch has run."""
+    reference: int = 0
+    """L2-SP's fp32 copy of the trained pretrained weights' starting values (core.l2sp)."""
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.prefix_cache
+        return (self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.prefix_cache
+                + self.reference)
 
 
 def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, blocks: tuple[int, int], *,
                   batch: int, length: int, task: str, checkpointing: bool = False,
                   activation_bytes: int = 4, device: str = "cpu", adapters: int = 0,
-                  labelled_share: float = 1.0, prefix_cache_bytes: int = 0) -> MemoryEstimate:
+                  labelled_share: float = 1.0, prefix_cache_bytes: int = 0, reference_params: int = 0) -> MemoryEstimate:
     """The peak of one training step on a micro-batch of `batch` rows of `length` tokens.
 
     `blocks`: (trained, passed) from blocks_in_backward. Weights are fp32 (the engine keeps fp32
@@ -161,7 +164,7 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
     adapters keep beyond their block's own (see adapter_activations). `labelled_share`: the share of
     positions whose logits a causal LM computes (labelled_share()); the LM head's input stays per
     token, as the model computes the final hidden states everywhere. `prefix_cache_bytes`:
-    PrefixPlan.bytes."""
+    PrefixPlan.bytes. `reference_params`: parameters L2-SP keeps a starting copy of (core.l2sp)."""
     static = estimate_training_memory(total_params, trainable_params)
     tokens = batch * length
     trained, passed = blocks
@@ -182,7 +185,8 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
     labelled = batch * math.ceil(length * labelled_share)  # positions with logits, whole ones per row
     logits = labelled * shape.vocab * (activation_bytes + LOSS_BUFFER_BYTES) if task == "causal-lm" else 0
     return MemoryEstimate(static["weights"], static["gradients"], static["optimizer"],
-                          (tokens * per_token + batch * per_row) * activation_bytes, logits, prefix_cache_bytes)
+                          (tokens * per_token + batch * per_row) * activation_bytes, logits, prefix_cache_bytes,
+                          reference_params * 4)
 
 
 def labelled_share(tokens: int, trained: int, labelled_logits_only: bool) -> float:
@@ -228,10 +232,12 @@ def planned_adapter_activations(model, targets: list[str], r: int, dropout: floa
 
 def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: bool,
                    activation_bytes: int = 4, device: str = "cpu", labelled_share: float = 1.0,
-                   prefix_cache_bytes: int = 0) -> MemoryEstimate:
+                   prefix_cache_bytes: int = 0, l2sp: bool = False) -> MemoryEstimate:
     """estimate_peak for a built model (LoRA adapters and the freeze map applied): its parameter
-    counts, and the blocks its trainable parameters put in the backward pass."""
+    counts, and the blocks its trainable parameters put in the backward pass. `l2sp`: L2-SP keeps
+    a reference copy of the trained pretrained weights (optim.l2sp_alpha above 0)."""
     from core.describe import describe_model
+    from core.l2sp import reference_params
 
     description = describe_model(model)
     trainable = [name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad]
@@ -239,7 +245,8 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
     return estimate_peak(description.total_params, description.trainable_params, model_shape(model.config), blocks,
                          batch=batch, length=length, task=task, checkpointing=checkpointing,
                          activation_bytes=activation_bytes, device=device, adapters=adapter_activations(model),
-                         labelled_share=labelled_share, prefix_cache_bytes=prefix_cache_bytes)
+                         labelled_share=labelled_share, prefix_cache_bytes=prefix_cache_bytes,
+                         reference_params=reference_params(model) if l2sp else 0)
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -13,6 +13,7 @@ import time
 from core.checkpoint import save_checkpoint
 from core.errors import UserError
 from core.events import CheckpointSaved, EvalResult, Paused, Resumed, SampleGenerated
+from core.l2sp import NEW_WEIGHTS_ATTR
 from core.manifest import step_of
 
 
@@ -54,8 +55,9 @@ class Milestones:
         t = torch.tensor(float(flag), device=self.acc.device)
         return bool(self.acc.reduce(t, "sum") > 0)
 
-    def _evaluate(self) -> bool:
-        """Run an evaluation; True when early stopping says the run should end."""
+    def _evaluate(self, before_training: bool = False) -> bool:
+        """Run an evaluation; True when early stopping says the run should end. `before_training`:
+        the step-0 evaluation (eval.before_training), kept as the results' "before", never the best."""
         import torch
 
         from core.evaluate import default_batch_size, evaluate, generate_samples  # looked up per call: tests substitute them
@@ -74,16 +76,21 @@ class Milestones:
             raise UserError(f"out of device memory evaluating after step {state.step} ({batch_size} rows a batch)",
                             "set eval.batch_size lower") from None
         value = metrics[cfg.eval.metric]
-        best = is_better(cfg.eval.metric, value, state.best)
-        if best:
+        best = not before_training and is_better(cfg.eval.metric, value, state.best)
+        if before_training:
+            state.before_metrics = metrics
+        elif best:
             state.best, state.best_step, state.best_metrics, state.bad_evals = value, state.step, metrics, 0
+            self.final_metrics = metrics
         else:
             state.bad_evals += 1
-        self.final_metrics = metrics
+            self.final_metrics = metrics
         eval_s = time.perf_counter() - started
         self.out.emit(EvalResult(step=state.step, epoch=round(state.epoch_progress, 4), metrics=metrics,
                                  is_best=best, seconds=eval_s,
-                                 tokens_per_s=sum(len(ex.input_ids) for ex in data.validation) / eval_s))
+                                 tokens_per_s=sum(len(ex.input_ids) for ex in data.validation) / eval_s,
+                                 before_training=before_training,
+                                 untrained_head=before_training and bool(getattr(acc.unwrap_model(self.model), NEW_WEIGHTS_ATTR, None))))
         samples_started = time.perf_counter()
         if self.sample_prompts:
             for prompt, output, reference in generate_samples(
@@ -95,7 +102,7 @@ class Milestones:
         done = time.perf_counter()
         self.eta.evaluated(eval_s, done - samples_started if self.sample_prompts else None)
         self.window.excluded_s += done - started
-        return bool(cfg.eval.patience) and state.bad_evals >= cfg.eval.patience
+        return not before_training and bool(cfg.eval.patience) and state.bad_evals >= cfg.eval.patience
 
     def _checkpoint(self) -> None:
         acc = self.acc

@@ -19,6 +19,7 @@ from typing import Any
 from core.config import DEMO_MINILM, DEMO_MODELS, DEMO_TINY_LM, ModelConfig
 from core.describe import max_positions
 from core.errors import UserError
+from core.l2sp import NEW_WEIGHTS_ATTR
 from core.logs import quiet_libraries
 from core.tiny import demo_tiny_lm
 
@@ -273,7 +274,8 @@ def load_model(
     train fp32 master weights of a half-precision checkpoint. `announce_new_head` False: a caller
     about to load trained weights over a new head keeps its "new task head initialised" out of the log.
     `quantize` "4bit" loads the linear layers in 4-bit NF4 through bitsandbytes, for QLoRA (the caller
-    checks core.lora.quantize_problem first).
+    checks core.lora.quantize_problem first). The model carries the names of the weights its
+    checkpoint did not hold (core.l2sp.NEW_WEIGHTS_ATTR).
     """
     import transformers
 
@@ -301,6 +303,8 @@ def load_model(
     finally:
         report.removeFilter(_drop_load_report)
     _log_load_info(model, info, announce_new_head)
+    new = set(info.get("missing_keys") or ()) | {key for key, *_ in info.get("mismatched_keys") or ()}
+    setattr(model, NEW_WEIGHTS_ATTR, frozenset(new))  # for L2-SP, which pulls them towards 0
     return model
 
 

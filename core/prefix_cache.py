@@ -41,7 +41,7 @@ class _Captured(Exception):
         self.output = output
 
 
-def _inner_model(model):
+def inner_model(model):
     """The transformers model inside accelerate's (DDP) and peft's wrappers; peft's adapters are
     injected into it in place, so running it runs them."""
     from accelerate.utils import extract_model_from_parallel
@@ -80,7 +80,7 @@ class PrefixCache:
 
         from core.describe import describe_model
 
-        inner = _inner_model(model)
+        inner = inner_model(model)
         desc = describe_model(inner)
         if acc.distributed_type == DistributedType.FSDP or not desc.blocks:  # nothing a user could change
             log.debug("prefix cache off: %s", "FSDP shards the blocks" if desc.blocks else "no block stack found")

@@ -112,13 +112,18 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
 
 
 def setup_optimizer(config: RunConfig, model, rules, device):
-    """AdamW over the trainable parameters, in the freeze map's groups, each at its lr_scale."""
+    """AdamW over the trainable parameters, in the freeze map's groups, each at its lr_scale; without
+    weight decay under L2-SP (core.l2sp), which replaces it."""
     import torch
 
     from core.freeze import param_groups
 
     optim = config.optim
-    groups = param_groups(model, rules, optim.weight_decay)
+    l2sp = optim.l2sp_alpha > 0 or optim.l2sp_beta > 0
+    if l2sp and optim.weight_decay:
+        log.info("L2-SP (alpha %g, beta %g) replaces weight decay: optim.weight_decay %g is not applied",
+                 optim.l2sp_alpha, optim.l2sp_beta, optim.weight_decay)
+    groups = param_groups(model, rules, 0.0 if l2sp else optim.weight_decay)
     for group in groups:
         group["lr"] = optim.lr * group["lr_scale"]
     # torch picks its per-tensor Python loop on CPU unless asked; the fused kernel made MiniLM's

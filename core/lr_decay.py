@@ -1,0 +1,28 @@
+"""Layer-wise learning-rate decay (Howard & Ruder, 2018; ELECTRA's and many BERT recipes' choice):
+the top block trains at the base learning rate, each block below at `decay` times the one above,
+the embeddings lowest of all, so the general features of the lower layers move least.
+
+It is a generator of ordinary freeze rules with lr_scale, not a setting of its own: the user sees
+the rules it wrote in the freeze map, edits or deletes them, and a YAML config holds nothing new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from core.config import FreezeRule
+
+
+def layerwise_lr_rules(blocks: list[str], embeddings: list[str], decay: float,
+                       trains: Callable[[str], bool]) -> list[FreezeRule]:
+    """Rules giving block i of n (from the bottom) lr_scale decay^(n-1-i), and the embeddings
+    decay^n; for the modules that `trains` (the current map) says train, so no rule unfreezes a
+    frozen one. The head and the modules above the blocks keep their scale (1 unless a rule says
+    otherwise)."""
+    if not 0 < decay <= 1:
+        raise ValueError(f"layer-wise lr decay must be in (0, 1], not {decay}")
+    n = len(blocks)
+    scales = {block: decay ** (n - 1 - i) for i, block in enumerate(blocks)}
+    scales.update(dict.fromkeys(embeddings, decay**n))
+    return [FreezeRule(match=path, train=True, lr_scale=round(scale, 6))
+            for path, scale in scales.items() if trains(path)]
