@@ -73,7 +73,8 @@ class Milestones:
                                batch_size=batch_size, pad_token_id=self.tokenizer.pad_token_id, accelerator=acc,
                                labelled_only=cfg.compute.labelled_logits_only, prefix=self.prefix)
         except torch.OutOfMemoryError:
-            raise UserError(f"out of device memory evaluating after step {state.step} ({batch_size} rows a batch)",
+            when = "before training" if before_training else f"after step {state.step}"
+            raise UserError(f"out of device memory evaluating {when} ({batch_size} rows a batch)",
                             "set eval.batch_size lower") from None
         value = metrics[cfg.eval.metric]
         best = not before_training and is_better(cfg.eval.metric, value, state.best)

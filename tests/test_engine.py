@@ -20,9 +20,10 @@ from core.events import (CheckpointSaved, EvalResult, ListSink, Paused, Resumed,
 from helpers import StopAt, tiny_lm_config
 
 STATE_KEYS = {"step", "epoch", "step_in_epoch", "epoch_progress", "tokens_seen", "best", "best_step", "best_metrics",
-              "bad_evals", "elapsed_s", "micro_batch_size"}
+              "before_metrics", "bad_evals", "elapsed_s", "micro_batch_size"}
 """The keys of a checkpoint's state.json: runs of every version wrote these, but micro_batch_size
-(issue 11's out-of-memory recovery), which a resume of an older run takes as 0."""
+(issue 11's out-of-memory recovery), which a resume of an older run takes as 0, and before_metrics
+(issue 13's evaluation before training), which it takes as none."""
 
 
 def lm_config(model_dir, data, tmp_path, **over) -> RunConfig:
@@ -54,10 +55,14 @@ def test_loss_falls_frozen_params_stay_trainable_change(tiny_model_factory, sft_
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
     started = sink.of_type(RunStarted)[0]
     assert 0 < started.trainable_params < started.total_params
-    assert len(sink.of_type(EvalResult)) == 3
+    evals = sink.of_type(EvalResult)
+    assert [e.step for e in evals] == [0, 10, 20, 30]  # before training (eval.before_training), then every 10
+    assert evals[0].before_training and not evals[0].is_best and not evals[0].untrained_head  # the LM head is pretrained
+    assert evals[-1].metrics["loss"] < evals[0].metrics["loss"]
+    assert sink.of_type(RunFinished)[0].before_metrics == evals[0].metrics
     assert {"loss", "perplexity"} <= set(sink.of_type(EvalResult)[-1].metrics)
     samples = sink.of_type(SampleGenerated)
-    assert len(samples) == 6 and all(s.prompt.startswith("Say") for s in samples)
+    assert len(samples) == 8 and all(s.prompt.startswith("Say") for s in samples)  # 2 at each evaluation
 
     before = load_file(str(model_dir / "model.safetensors"))
     after = load_file(str(result.output_path / "model.safetensors"))
@@ -178,7 +183,8 @@ def test_classification_exports_a_loadable_model(tiny_model_factory, cls_file, t
     })
     result, sink = run(config)
     evals = sink.of_type(EvalResult)
-    assert len(evals) == 2  # once per epoch
+    assert len(evals) == 3 and evals[0].step == 0  # before training, then once per epoch
+    assert evals[0].untrained_head and not evals[1].untrained_head  # the new head's "before" is an untrained one
     assert {"loss", "accuracy", "f1"} == set(evals[-1].metrics)
     model = AutoModelForSequenceClassification.from_pretrained(result.output_path)
     assert model.config.id2label == {0: "neg", 1: "pos"}
@@ -254,7 +260,7 @@ def test_early_stopping_after_patience_evaluations_without_improvement(tiny_mode
                                                                        monkeypatch):
     import core.evaluate
 
-    losses = iter([1.0, 0.9, 0.95, 0.97, 0.5])
+    losses = iter([0.1, 1.0, 0.9, 0.95, 0.97, 0.5])  # the first, before training, is neither best nor counted
 
     def scripted(*args, **kwargs):
         loss = next(losses)
@@ -265,7 +271,7 @@ def test_early_stopping_after_patience_evaluations_without_improvement(tiny_mode
                        eval__patience=2, eval__num_samples=0)
     result, sink = run(config)
     assert result.reason == "early-stopped" and result.step == 8
-    assert [e.is_best for e in sink.of_type(EvalResult)] == [True, True, False, False]
+    assert [e.is_best for e in sink.of_type(EvalResult)] == [False, True, True, False, False]
     finished = sink.of_type(RunFinished)[0]
     assert finished.best_step == 4 and finished.best_metrics["loss"] == 0.9
     assert (result.run_dir / "final" / "model.safetensors").exists()
@@ -286,7 +292,7 @@ def test_save_now_and_eval_now_from_the_control(tiny_model_factory, sft_file, tm
     sink = AskAtTwo()
     train(config, [sink], control, report_interval_s=0)
     assert [e.step for e in sink.of_type(CheckpointSaved)] == [2]
-    assert [e.step for e in sink.of_type(EvalResult)] == [2, 6]  # on request, then at the end
+    assert [e.step for e in sink.of_type(EvalResult)] == [0, 2, 6]  # before training, on request, at the end
 
 
 def test_checkpoint_now_while_paused_saves_at_once(tiny_model_factory, sft_file, tmp_path):

@@ -220,7 +220,7 @@ def test_presets_train_what_they_say(tiny_model_dir, arch, task):
         return _trainable(model)
 
     assert trained("all") == everything
-    assert trained("head-only") == _names_under(model, desc.head)
+    assert trained("head-only") == _names_under(model, desc.top + desc.head)  # and what only feeds it: top-0
     assert trained("top-n", 1) == _names_under(model, desc.blocks[-1:] + desc.top + desc.head)
     assert trained("top-n", 0) == _names_under(model, desc.top + desc.head)
     assert trained("top-n", 99) == _names_under(model, desc.blocks + desc.top + desc.head)
@@ -244,7 +244,8 @@ def test_effective_rules_put_user_rules_after_the_preset(bert):
     desc = describe_model(bert)
     user = [R("bert.encoder.layer.0", lr_scale=0.5)]
     rules = effective_rules(FreezeConfig(preset="head-only", rules=user), desc)
-    assert rules == [PresetRule(match="*", train=False), PresetRule(match="classifier"), *user]
+    assert rules == [PresetRule(match="*", train=False), PresetRule(match="bert.pooler"), PresetRule(match="classifier"),
+                     *user]
 
 
 def test_tied_head_only_on_a_causal_lm_trains_the_shared_embedding(gpt2):

@@ -190,7 +190,7 @@ def test_headless_prints_the_halving_on_its_console():
 
 @pytest.mark.parametrize(("where", "said", "advice"), [
     ("optimizer", "out of device memory at step 1 in the optimizer step", "train fewer blocks with the freeze map"),
-    ("evaluation", "out of device memory evaluating after step 2 (16 rows a batch)", "set eval.batch_size lower"),
+    ("evaluation", "out of device memory evaluating before training (16 rows a batch)", "set eval.batch_size lower"),
 ])
 def test_running_out_outside_the_micro_batches_fails_with_its_own_advice(where, said, advice, tiny_model_factory,
                                                                          sft_file, tmp_path, monkeypatch):

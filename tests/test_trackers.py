@@ -65,9 +65,9 @@ def test_a_run_writes_tensorboard_files_with_its_loss_eval_and_samples(lm_setup,
     assert _series(acc, "train/lr")[0] == [e.step for e in steps]
     assert {"train/grad_norm", "perf/tokens_per_s", "memory/rss_bytes"} <= set(acc.Tags()["scalars"])
     evals = sink.of_type(EvalResult)
-    assert [e.step for e in evals] == [4, 8]
+    assert [e.step for e in evals] == [0, 4, 8]  # before training, then every 4: the curve starts where it began
     for metric in ("loss", "perplexity"):
-        assert _series(acc, f"eval/{metric}") == ([4, 8], pytest.approx([e.metrics[metric] for e in evals]))
+        assert _series(acc, f"eval/{metric}") == ([0, 4, 8], pytest.approx([e.metrics[metric] for e in evals]))
     tensors = set(acc.Tags()["tensors"])
     assert {"samples/0/text_summary", "samples/1/text_summary", "config/text_summary"} <= tensors
     text = acc.Tensors("samples/0/text_summary")[-1].tensor_proto.string_val[0].decode()
