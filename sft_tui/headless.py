@@ -17,7 +17,7 @@ from rich.text import Text
 from core.events import (CheckpointSaved, EvalResult, Event, LogMessage, MicroBatchHalved, Paused, Resumed, RunFailed,
                          RunFinished, RunStarted, SampleGenerated, StepMetrics)
 from sft_tui.format.numbers import format_duration, format_metrics
-from sft_tui.format.train import SmoothedRate, format_eta
+from sft_tui.format.train import SmoothedRate, before_after, format_eta, untrained_head_note
 
 
 class ProgressDisplay:
@@ -29,7 +29,10 @@ class ProgressDisplay:
         self.out = out or Console(file=sys.stdout, soft_wrap=True, highlight=False)
         self.rate = SmoothedRate()
         self.run_dir: str | None = None
+        self.run_task = ""
         self.last_eval: EvalResult | None = None
+        self.untrained_head = False
+        """The evaluation before training measured a new, untrained task head (said at the end)."""
         self.progress = Progress(
             TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
             TextColumn("epoch {task.fields[epoch]:.2f}  loss {task.fields[loss]}  {task.fields[tps]} tok/s"),
@@ -85,7 +88,7 @@ class ProgressDisplay:
             f"{e.device} {e.precision} x{e.world_size}"
             + (f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""),
         ))
-        self.run_dir, self.rate, self.last_eval = e.run_dir, SmoothedRate(), None
+        self.run_dir, self.run_task, self.rate, self.last_eval = e.run_dir, e.task, SmoothedRate(), None
         self.progress.start()
         self.task = self.progress.add_task("train", total=e.planned_steps, completed=e.resumed_from_step,
                                            epoch=0.0, loss="-", tps="-", eta=format_duration(None))
@@ -96,9 +99,14 @@ class ProgressDisplay:
                              tps=f"{self.rate.tokens_per_s:,.0f}", eta=format_eta(e))
 
     def _on_eval(self, e: EvalResult) -> None:
-        self.last_eval = e
-        self.console.print(f"[bold]evaluation[/] at step {e.step} (epoch {e.epoch:.2f}, {e.seconds:.1f}s)"
-                           + ("  [green]▲ best[/]" if e.is_best else ""))
+        if e.before_training:
+            self.untrained_head = e.untrained_head
+            note = f"; {untrained_head_note(self.run_task)}" if e.untrained_head else ""
+            self.console.print(f"[bold]evaluation before training[/] ({e.seconds:.1f}s{note})")
+        else:
+            self.last_eval = e
+            self.console.print(f"[bold]evaluation[/] at step {e.step} (epoch {e.epoch:.2f}, {e.seconds:.1f}s)"
+                               + ("  [green]▲ best[/]" if e.is_best else ""))
         table = Table()
         for name in e.metrics:
             table.add_column(name, justify="right")
@@ -135,6 +143,8 @@ class ProgressDisplay:
         last = self.last_eval
         if e.final_metrics and last is not None and last.step != e.best_step:
             self.result(f"last eval @ step {last.step}: {format_metrics(e.final_metrics)}")
+        for label, text in before_after(e.before_metrics, e.final_metrics, self.run_task, self.untrained_head):
+            self.result(f"{label}: {text}")
         if e.output_path:
             self.result(f"model saved to {e.output_path}")
 

@@ -25,13 +25,14 @@ from core.events import (CheckpointSaved, EvalResult, RunFailed, RunFinished, Ru
                          StepMetrics, read_events)
 from core.manifest import latest_checkpoint, write_manifest
 from sft_tui.app import create_app
+from sft_tui.format.numbers import format_metric
 from sft_tui.messages import EngineEvent
 from sft_tui.screens.dialogs import ErrorDialog, PathDialog, QuitDialog
 from sft_tui.screens.help import HelpScreen
 from sft_tui.screens.train import TrainScreen
 from sft_tui.widgets.freeze.rules import RuleTable
 from sft_tui.widgets.train.charts import TrainCharts
-from sft_tui.widgets.train.evals import BEST, EvalTable
+from sft_tui.widgets.train.evals import BEFORE, BEST, EvalTable
 from sft_tui.widgets.train.progress import RunProgress
 from sft_tui.widgets.train.results import ResultsPanel
 from sft_tui.widgets.train.samples import SamplesPanel
@@ -154,10 +155,11 @@ async def test_causal_lm_run_shows_progress_evals_samples_results_and_try_it(tin
         events = read_events(tmp_path / "runs" / "lm" / "events.jsonl")
         evals = [e for e in events if isinstance(e, EvalResult)]
         rows = screen.query_one(EvalTable).rows_as_text()
-        assert [int(r[0]) for r in rows] == [e.step for e in evals] == [5, 10, 15, 20]
+        assert [int(r[0]) for r in rows] == [e.step for e in evals] == [0, 5, 10, 15, 20]
         assert [float(r[2]) for r in rows] == pytest.approx([e.metrics["loss"] for e in evals], abs=1e-4)
+        assert evals[0].before_training and not evals[0].untrained_head  # the LM keeps its pretrained head
         best = max(i for i, e in enumerate(evals) if e.is_best)
-        assert [r[-1] for r in rows] == [BEST if i == best else "" for i in range(len(rows))]
+        assert [r[-1] for r in rows] == [BEFORE] + [BEST if i == best else "" for i in range(1, len(rows))]
 
         sample = [e for e in events if isinstance(e, SampleGenerated)][-1]
         samples = screen.query_one(SamplesPanel)
@@ -168,9 +170,16 @@ async def test_causal_lm_run_shows_progress_evals_samples_results_and_try_it(tin
         assert finished.output_path and finished.output_path in results
         assert f'pipeline("text-generation", model="{finished.output_path}")' in results
         assert screen.query_one(ResultsPanel).display
+        before, after = evals[0].metrics, evals[-1].metrics  # after: the last evaluation, the run's final metrics
+        assert finished.before_metrics == before and finished.final_metrics == after
+        assert "before -> after: " + " · ".join(
+            f"{name} {format_metric(before[name])} -> {format_metric(after[name])}" for name in ("loss", "perplexity")
+        ) in results
+        assert "untrained" not in results
 
         log = "\n".join(line.text for line in screen.query_one("#log", RichLog).lines)
         assert "checkpoint step-5 saved" in log and "run completed at step 20" in log
+        assert "evaluation before training: " in log and "evaluation at step 0" not in log
 
         answer = await try_it(pilot, screen, "Say red 1:")
         assert answer and not answer.startswith(("could not", "running"))
@@ -183,12 +192,16 @@ async def test_classification_run_and_try_it_labels_a_text_visible_at_80x24(tiny
         await finish(pilot)
         assert app.run_state == "finished"
         rows = screen.query_one(EvalTable).rows_as_text()
-        assert [r[0] for r in rows] == ["5", "10"]
+        assert [r[0] for r in rows] == ["0", "5", "10"] and rows[0][-1] == BEFORE
         assert screen.query_one(EvalTable).metric_names == ["loss", "accuracy", "f1"]
         assert not screen.query_one(SamplesPanel).display  # no generations for classification
         output = str(tmp_path / "runs" / "cls" / "final")
-        assert f'AutoModelForSequenceClassification.from_pretrained("{output}")' in text_of(
-            screen.query_one("#results-text", Static))
+        results = text_of(screen.query_one("#results-text", Static))
+        assert f'AutoModelForSequenceClassification.from_pretrained("{output}")' in results
+        # the bare encoder gets a new head: "before" scores random weights, and the panel says so
+        assert "before: the new classification head is untrained" in results
+        assert all(f"{name} {rows[0][i]} -> {rows[2][i]}" in results
+                   for i, name in enumerate(["loss", "accuracy", "f1"], start=2))
         answer = await try_it(pilot, screen, "cat is good great fine")
         assert answer.split(" ")[0] in ("neg", "pos") and "score" in answer
         await pilot.pause(0.1)
@@ -219,8 +232,8 @@ async def test_keys_pause_resume_save_and_stop_a_live_run(tiny_model_factory, tm
 
         await pilot.press("c")  # the only checkpoint before the stop: none is due for 100,000 steps
         await wait_until(pilot, lambda: any("checkpoint step-" in line.text for line in log.lines))
-        await pilot.press("e")
-        await wait_until(pilot, lambda: screen.query_one(EvalTable).row_count == 1)
+        await pilot.press("e")  # the table holds the evaluation before training, then this one
+        await wait_until(pilot, lambda: screen.query_one(EvalTable).row_count == 2)
 
         await pilot.press("s")
         assert app.followed.control.stop_requested and app.run_state in ("stopping", "stopped")
@@ -253,7 +266,7 @@ async def test_resume_continues_the_last_stopped_run_with_its_whole_history(tiny
         assert app.run_state == "finished" and screen.query_one(RunProgress).progress == 20
         events = read_events(tmp_path / "runs" / "lm" / "events.jsonl")
         assert [e.resumed_from_step for e in events if isinstance(e, RunStarted)] == [0, 7]
-        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["5", "10", "15", "20"]
+        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["0", "5", "10", "15", "20"]
         charts = screen.query_one("#charts")
         assert [s for s, _ in charts.train_loss] == [e.step for e in events if isinstance(e, StepMetrics)]
         log = "\n".join(line.text for line in screen.query_one("#log", RichLog).lines)
@@ -276,7 +289,10 @@ async def test_a_resumed_classifier_keeps_its_evaluations_and_announces_its_new_
         await finish(pilot)
         screen = app.screen
         assert app.run_state == "finished"
-        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["5", "10"]
+        rows = screen.query_one(EvalTable).rows_as_text()
+        assert [r[0] for r in rows] == ["0", "5", "10"] and rows[0][-1] == BEFORE  # the first start's, kept
+        # the resumed run's end still says what "before" was: the step-0 evaluation is in the history
+        assert "before: the new classification head is untrained" in text_of(screen.query_one("#results-text", Static))
         log = "".join(line.text for line in screen.query_one("#log", RichLog).lines).replace(" ", "")
         assert log.count("newtaskheadinitialised") == 1 and "resumedatstep5" in log
 
@@ -604,6 +620,8 @@ FINISHED_RUN = [
     RunStarted(run_id="demo-run", run_dir="runs/demo-run", task="causal-lm", model="demo:tiny-lm",
                config_digest="0123456789ab", total_params=1_200_000, trainable_params=1_200_000, planned_steps=40,
                steps_per_epoch=20, train_rows=320, validation_rows=32, device="cpu", precision="fp32", time=0),
+    EvalResult(step=0, epoch=0.0, metrics={"loss": 4.6, "perplexity": 99.5}, is_best=False, seconds=1.0, time=0,
+               before_training=True),
     *(StepMetrics(step=s, epoch=s / 20, loss=4.0 * 0.96 ** s, lr=3e-3 * min(1.0, s / 4) * (1 - s / 48), grad_norm=1.5,
                   tokens_per_s=1010.0, samples_per_s=31.0, tokens_seen=s * 512, elapsed_s=s * 0.5,
                   eta_s=(40 - s) * 0.5, memory={"rss_bytes": 1_181_116_006}, time=0) for s in range(2, 41, 2)),
@@ -614,7 +632,8 @@ FINISHED_RUN = [
     CheckpointSaved(step=40, path="runs/demo-run/checkpoints/step-40", seconds=0.2, time=0),
     RunFinished(step=40, reason="completed", final_metrics={"loss": 2.35, "perplexity": 10.5},
                 best_metrics={"loss": 2.35, "perplexity": 10.5}, best_step=40, output_path="runs/demo-run/final",
-                last_checkpoint="runs/demo-run/checkpoints/step-40", elapsed_s=42.0, time=0),
+                last_checkpoint="runs/demo-run/checkpoints/step-40", elapsed_s=42.0, time=0,
+                before_metrics={"loss": 4.6, "perplexity": 99.5}),
 ]
 
 
@@ -640,14 +659,17 @@ async def test_a_fixed_event_sequence_fills_every_pane():
         screen = app.screen
         assert screen.query_one(ContentSwitcher).current == "run" and app.run_state == "finished"
         assert screen.query_one(RunProgress).progress == 40
-        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["10", "20", "30", "40"]
-        assert [r[-1] for r in screen.query_one(EvalTable).rows_as_text()] == ["", "", "", BEST]
+        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["0", "10", "20", "30", "40"]
+        assert [r[-1] for r in screen.query_one(EvalTable).rows_as_text()] == [BEFORE, "", "", "", BEST]
         charts = screen.query_one("#charts")
-        assert len(charts.train_loss) == 20 and [s for s, _ in charts.eval_loss] == [10, 20, 30, 40]
+        assert len(charts.train_loss) == 20 and [s for s, _ in charts.eval_loss] == [0, 10, 20, 30, 40]
         assert "LAKE SMALL" in screen.query_one(SamplesPanel).text
         stats = text_of(screen.query_one(RunStats))
         assert "1,010 tok/s" in stats and "RSS 1.1 GB" in stats and "no GPU" in stats
-        assert "best eval @ step 40: loss 2.3500" in text_of(screen.query_one("#results-text", Static))
+        results = text_of(screen.query_one("#results-text", Static))
+        assert "best eval @ step 40: loss 2.3500" in results
+        assert "before -> after: loss 4.6000 -> 2.3500 · perplexity 99.5000 -> 10.5000" in results
+        assert "untrained" not in results  # a causal LM keeps its pretrained head
         snippet = screen.query_one(ResultsPanel).snippet
         assert snippet == 'from transformers import pipeline\npipeline("text-generation", model="runs/demo-run/final")'
 
@@ -756,7 +778,7 @@ async def test_the_log_and_the_samples_are_reached_while_a_run_trains_at_80x24()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("escape")
         await open_train(pilot)
-        for event in FINISHED_RUN[:8]:  # started, some steps: training
+        for event in FINISHED_RUN[:9]:  # started, the evaluation before training, steps 2-14: training
             app.screen.post_message(EngineEvent(event))
             await pilot.pause()
         assert app.run_state == "running"
@@ -790,13 +812,13 @@ async def test_the_lr_chart_draws_the_planned_schedule_and_marks_the_reported_st
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("escape")
         await open_train(pilot)
-        for event in [started, *FINISHED_RUN[1:5]]:  # steps 2 to 8
+        for event in [started, *FINISHED_RUN[1:6]]:  # the evaluation before training, steps 2 to 8
             app.screen.post_message(EngineEvent(event))
             await pilot.pause()
         charts = app.screen.query_one(TrainCharts)
         assert charts.planned_lr[0] == (0, 0.0) and charts.planned_lr[-1][0] == 40  # the whole run, ahead of it
         assert charts.planned_lr[4] == (4, pytest.approx(3e-3))  # the end of the warmup
-        reported = FINISHED_RUN[4]
+        reported = FINISHED_RUN[5]
         title = f"learning rate {reported.lr:.2e} @ step {reported.step}"
         assert app.screen.query_one("#lr-plot").border_title == title
         assert f"lr {reported.lr:.2e}" in text_of(app.screen.query_one(RunStats))  # the same value
@@ -825,7 +847,7 @@ async def test_samples_show_every_generation_of_the_latest_evaluation_whole_and_
 
 
 STOPPED_RUN = [
-    *FINISHED_RUN[:9],  # started, steps 2-16
+    FINISHED_RUN[0], *FINISHED_RUN[2:10],  # started, steps 2-16; no evaluation before training (an older run's log)
     EvalResult(step=10, epoch=0.5, metrics={"loss": 0.41}, is_best=True, seconds=1.0, time=0),
     EvalResult(step=15, epoch=0.75, metrics={"loss": 0.5}, is_best=False, seconds=1.0, time=0),
     RunFinished(step=17, reason="stopped", final_metrics={"loss": 0.5}, best_metrics={"loss": 0.41}, best_step=10,
@@ -851,6 +873,7 @@ async def test_a_stopped_run_is_labelled_stopped_everywhere_and_its_metrics_carr
         results = text_of(app.screen.query_one("#results-text", Static))
         assert results.startswith(f"{reason} at step 17") and "best eval @ step 10: loss 0.4100" in results
         assert "last eval @ step 15: loss 0.5000" in results and "final loss" not in results
+        assert "before" not in results  # nothing to compare with
 
 
 async def test_a_halved_micro_batch_is_logged_and_notified_while_the_run_goes_on():

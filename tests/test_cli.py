@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from core.events import EvalResult, RunFinished, RunStarted, read_events
+from sft_tui.format.numbers import format_metric
 
 
 
@@ -71,6 +75,11 @@ def test_demo_runs_the_pretrained_minilm(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "22,713,986/22,713,986" in out.stderr and "720 train / 80 validation rows" in out.stderr
     assert "accuracy" in out.stderr
+    # MiniLM gets a new classification head: the evaluation before training scores random weights
+    assert "evaluation before training (" in out.stderr and "; the new classification head is untrained)" in out.stderr
+    assert out.stdout.splitlines()[-2:] == ["before: the new classification head is untrained",
+                                            f"model saved to {Path('runs') / 'demo' / 'final'}"]
+    assert "\nbefore -> after: loss " in out.stdout and " · accuracy " in out.stdout and " · f1 " in out.stdout
     labels = json.loads((tmp_path / "runs" / "demo" / "final" / "config.json").read_text())["id2label"]
     assert labels == {"0": "negative", "1": "positive"}
 
@@ -107,6 +116,63 @@ def test_progress_goes_to_stderr_and_the_result_to_stdout(lm_setup, tmp_path):
     assert lines[1].startswith("best eval @ step ") and "perplexity" in lines[1]
     assert lines[-1] == "model saved to runs/cli/final"
     assert "evaluation" not in out.stdout and "ETA" not in out.stdout
+    assert "evaluation before training (" in out.stderr and "evaluation at step 0" not in out.stderr
+    evals = [e for e in read_events(tmp_path / "runs" / "cli" / "events.jsonl") if isinstance(e, EvalResult)]
+    before, after = evals[0].metrics, evals[-1].metrics  # after: the last evaluation (final_metrics)
+    assert lines[-2] == "before -> after: " + " · ".join(
+        f"{name} {format_metric(before[name])} -> {format_metric(after[name])}" for name in ("loss", "perplexity"))
+    assert "untrained" not in out.stdout  # the causal LM keeps its pretrained head
+
+
+def summary(*events) -> tuple[str, str]:
+    """What ProgressDisplay prints for `events`: (stderr, stdout)."""
+    import io
+
+    from rich.console import Console
+
+    from sft_tui.headless import ProgressDisplay
+
+    err, out = io.StringIO(), io.StringIO()
+    display = ProgressDisplay(Console(file=err, width=200), Console(file=out, width=200))
+    for event in events:
+        display.emit(event)
+    return err.getvalue(), out.getvalue()
+
+
+CLS_STARTED = RunStarted(run_id="cls", run_dir="runs/cls", task="classification", model="m", config_digest="0",
+                         total_params=10, trainable_params=10, planned_steps=4, steps_per_epoch=4, train_rows=8,
+                         validation_rows=4, device="cpu", precision="fp32", time=0)
+BEFORE = {"loss": 0.695, "accuracy": 0.36, "f1": 0.33}
+AFTER = {"loss": 0.098, "accuracy": 1.0, "f1": 1.0}
+
+
+def test_the_summary_shows_every_metric_before_and_after_and_says_the_head_was_untrained():
+    err, out = summary(
+        CLS_STARTED,
+        EvalResult(step=0, epoch=0.0, metrics=BEFORE, is_best=False, seconds=1.0, before_training=True,
+                   untrained_head=True, time=0),
+        EvalResult(step=4, epoch=1.0, metrics=AFTER, is_best=True, seconds=1.0, time=0),
+        RunFinished(step=4, reason="completed", final_metrics=AFTER, best_metrics=AFTER, best_step=4, output_path=None,
+                    last_checkpoint=None, elapsed_s=3.0, before_metrics=BEFORE, time=0))
+    assert "evaluation before training (1.0s; the new classification head is untrained)" in err
+    assert out.splitlines()[1:] == [
+        "best eval @ step 4: loss 0.0980 · accuracy 1.0000 · f1 1.0000",
+        "before -> after: loss 0.6950 -> 0.0980 · accuracy 0.3600 -> 1.0000 · f1 0.3300 -> 1.0000",
+        "before: the new classification head is untrained",
+    ]
+
+
+def test_the_summary_without_an_evaluation_before_training_is_unchanged_and_one_without_after_says_so():
+    """eval.before_training false (or an events.jsonl from before it existed): no before line. A run
+    stopped before its first evaluation after step 0 has only the before."""
+    finished = RunFinished(step=4, reason="completed", final_metrics=AFTER, best_metrics=AFTER, best_step=4,
+                           output_path=None, last_checkpoint=None, elapsed_s=3.0, time=0)
+    _, out = summary(CLS_STARTED, EvalResult(step=4, epoch=1.0, metrics=AFTER, is_best=True, seconds=1.0, time=0),
+                     finished)
+    assert "before" not in out and len(out.splitlines()) == 2
+    _, out = summary(CLS_STARTED, dataclasses.replace(finished, step=2, reason="stopped", final_metrics={},
+                                                      best_metrics={}, best_step=None, before_metrics=BEFORE))
+    assert out.splitlines()[1:] == ["before training: loss 0.6950 · accuracy 0.3600 · f1 0.3300"]
 
 
 def test_a_stopped_runs_resume_command_goes_to_stdout(lm_setup, tmp_path):

@@ -8,7 +8,7 @@ from collections import deque
 from core.config import RunConfig
 from core.events import StepMetrics
 from core.plan import when_checkpointed, when_evaluated
-from sft_tui.format.numbers import format_duration, format_share
+from sft_tui.format.numbers import format_duration, format_metric, format_metrics, format_share
 
 LOADERS = {
     "classification": ("AutoModelForSequenceClassification",
@@ -24,6 +24,34 @@ def load_snippet(task: str, path: str) -> str:
     return f"from transformers import {name}\n{call.format(path)}"
 
 
+def untrained_head_note(task: str) -> str:
+    """What the evaluation before training measured when the model's task head was new: its scores
+    are those of random weights, not of what the pretrained model knows."""
+    head = "classification head" if task == "classification" else "task head"
+    return f"the new {head} is untrained"
+
+
+def before_after(before: dict[str, float], after: dict[str, float], task: str,
+                 untrained_head: bool = False) -> list[tuple[str, str]]:
+    """(label, text) lines comparing the evaluation before training (`before`, empty without one:
+    then nothing) with the last one (`after`, the run's final metrics), every metric of either;
+    the results panel and the headless summary both show them."""
+    if not before:
+        return []
+    if after:
+        names = [*after, *(n for n in before if n not in after)]
+        lines = [("before -> after", " · ".join(f"{n} {_shown(before, n)} -> {_shown(after, n)}" for n in names))]
+    else:  # stopped before its first evaluation after step 0
+        lines = [("before training", format_metrics(before))]
+    if untrained_head:
+        lines.append(("before", untrained_head_note(task)))
+    return lines
+
+
+def _shown(metrics: dict[str, float], name: str) -> str:
+    return format_metric(metrics[name]) if name in metrics else "-"
+
+
 def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tuple[str, str]]:
     """(label, value) rows describing what Start would train."""
     optim, schedule, evals = config.optim, config.schedule, config.eval
@@ -34,19 +62,32 @@ def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tupl
              else "known once the model is loaded")
     rules = f" + {len(config.freeze.rules)} rule(s)" if config.freeze.rules else ""
     patience = f" · early stop after {evals.patience} evaluations without progress" if evals.patience else ""
+    before = "before training, then " if evals.before_training else ""
     return [
         ("model", f"{config.model.name_or_path}  ({config.task})"),
         ("data", f"{config.data.train} · format {config.data.format} · max length {config.data.max_length}"),
         ("trainable", f"{share} · freeze preset {config.freeze.preset}{rules}"),
         ("optimizer", f"AdamW lr {optim.lr:g} · batch {optim.batch_size} x {optim.grad_accum} · "
-                      f"weight decay {optim.weight_decay:g} · clip {optim.max_grad_norm:g}"),
+                      f"{regulariser(config)} · clip {optim.max_grad_norm:g}"),
         ("schedule", f"{length} · {schedule.scheduler} · {warmup}"),
-        ("evaluate", f"{when_evaluated(config)} · metric {evals.metric}{patience}"),
+        ("evaluate", f"{before}{when_evaluated(config)} · metric {evals.metric}{patience}"),
         ("checkpoint", f"{when_checkpointed(config)} · keep {config.checkpoint.keep_last}"),
         ("output", f"{config.output.runs_dir}/{config.output.run_name or '<time>-<model>'} · precision "
                    f"{config.precision} · seed {config.seed}"),
     ]
 
+
+def uses_l2sp(config: RunConfig) -> bool:
+    """Whether the run regularises with L2-SP, which replaces weight decay (core.l2sp.L2SP.for_run)."""
+    return config.optim.l2sp_alpha > 0 or config.optim.l2sp_beta > 0
+
+
+def regulariser(config: RunConfig) -> str:
+    """What pulls the weights: weight decay (towards zero), or L2-SP, which replaces it (core.l2sp)."""
+    optim = config.optim
+    if uses_l2sp(config):
+        return f"L2-SP alpha {optim.l2sp_alpha:g} beta {optim.l2sp_beta:g} (replaces weight decay)"
+    return f"weight decay {optim.weight_decay:g}"
 
 
 RATE_SPAN_S = 10.0

@@ -21,7 +21,7 @@ from core.events import (CheckpointSaved, EvalResult, LogMessage, MicroBatchHalv
 from core.plan import plan_steps
 from core.runs import RunPaths, open_run
 from sft_tui.format.numbers import format_duration
-from sft_tui.format.train import format_eta
+from sft_tui.format.train import format_eta, untrained_head_note
 from sft_tui.messages import EngineEvent, EngineEvents, EngineGone, RunFollowed, RunState, RunStateChanged
 from sft_tui.screens.dialogs import ErrorDialog
 from sft_tui.widgets.train.log import RunLog
@@ -171,7 +171,9 @@ class RunEvents:
         self._evals.add_result(e)
         self._evals_added = True
         if e.tokens_per_s is not None:  # absent from event logs written before it was reported
-            self._log(f"evaluation at step {e.step}: {e.seconds:.1f}s, {e.tokens_per_s:,.0f} tok/s")
+            when = "before training" if e.before_training else f"at step {e.step}"
+            self._log(f"evaluation {when}: {e.seconds:.1f}s, {e.tokens_per_s:,.0f} tok/s"
+                      + (f"; {untrained_head_note(self.run_task)}" if e.untrained_head else ""))
         if "loss" in e.metrics:
             self._charts.add_eval(e.step, e.metrics["loss"])
 
@@ -214,8 +216,10 @@ class RunEvents:
         total = self._total
         self._bar = (e.step, total, f"step {e.step}/{total or e.step} · {e.reason} in {format_duration(e.elapsed_s)}")
         self._charts.flush(force=True)
-        last_eval = self._evals.results[-1].step if self._evals.results else None
-        self.query_one(ResultsPanel).show_run(e, self.run_dir or "", self.run_task, last_eval)
+        results = self._evals.results
+        last_eval = results[-1].step if results else None
+        untrained_head = any(r.before_training and r.untrained_head for r in results)
+        self.query_one(ResultsPanel).show_run(e, self.run_dir or "", self.run_task, last_eval, untrained_head)
         self.add_class("-finished")
         self._log(f"run {e.reason} at step {e.step}" + (f"; model saved to {e.output_path}" if e.output_path else ""),
                   "bold")

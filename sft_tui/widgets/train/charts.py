@@ -162,13 +162,18 @@ class TrainCharts(Container):
             self.redraw()
 
     @staticmethod
-    def _step_ticks(plt, line) -> None:
-        """Whole optimizer steps on the x axis (plotext would label merged points 11.5, 21.0, ...)."""
-        if not line:
+    def _step_ticks(plt, points) -> None:
+        """Whole optimizer steps on the x axis (plotext would label merged points 11.5, 21.0, ...),
+        from the first point to the last, the evaluation before training (step 0) among them; a lone
+        point (that evaluation, before any step is reported) gets its step alone, not plotext's -1..1."""
+        if not points:
             return
-        first, last = line[0][0], line[-1][0]
+        xs = [x for x, _ in points]
+        first, last = min(xs), max(xs)
         ticks = sorted({round(first + (last - first) * i / 4) for i in range(5)})
         plt.xticks(ticks, [f"{t:,}" for t in ticks])
+        if first == last:
+            plt.xlim(first, first + 1)
 
     def redraw(self) -> None:
         """Draw both plots now."""
@@ -187,7 +192,7 @@ class TrainCharts(Container):
             plt.plot(*zip(*line), marker="braille")
         if dots:
             plt.scatter(*zip(*dots), marker=marker)
-        self._step_ticks(plt, line)
+        self._step_ticks(plt, [*line, *(dots or [])])
         plot.changed()
 
     def _lr_ticks(self, plot: CachedPlot) -> None:

@@ -1,4 +1,5 @@
-"""The evaluations of a run as a table that grows with each EvalResult; the best row is marked.
+"""The evaluations of a run as a table that grows with each EvalResult; the best row is marked, and
+so is the evaluation before training (the "before" of the results' before -> after, never the best).
 The cursor is the screen's to move (once per batch of events, not once per row)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from core.events import EvalResult
 from sft_tui.format.numbers import format_metric
 
 BEST = "▲ best"
+BEFORE = "before"
 
 
 class EvalTable(DataTable):
@@ -49,7 +51,7 @@ class EvalTable(DataTable):
         key = str(self.row_count)
         cells = [str(result.step), f"{result.epoch:.2f}"]
         cells += [format_metric(result.metrics[n]) if n in result.metrics else "-" for n in self.metric_names]
-        cells.append(BEST if result.is_best else "")
+        cells.append(BEFORE if result.before_training else BEST if result.is_best else "")
         self.add_row(*map(Text, cells), key=key)  # Text, not str: no markup to parse (a run's history adds hundreds)
         if result.is_best:
             if self._best_row is not None:

@@ -15,7 +15,7 @@ from textual.widgets import Input, Static
 
 from core.events import RunFinished
 from sft_tui.format.numbers import format_duration, format_metrics
-from sft_tui.format.train import load_snippet
+from sft_tui.format.train import before_after, load_snippet
 from sft_tui.worker import warm_up
 
 MAX_NEW_TOKENS = 32
@@ -47,9 +47,11 @@ class ResultsPanel(Vertical):
         """No results while the next run trains: nothing to copy or to try."""
         self.finished = None
 
-    def show_run(self, finished: RunFinished, run_dir: str, task: str, last_eval_step: int | None) -> None:
+    def show_run(self, finished: RunFinished, run_dir: str, task: str, last_eval_step: int | None,
+                 untrained_head: bool = False) -> None:
         """`last_eval_step`: the step of the evaluation that gave the run's final metrics (a stopped
-        run's are an earlier step's, and were once shown as "final" as if measured at its end)."""
+        run's are an earlier step's, and were once shown as "final" as if measured at its end).
+        `untrained_head`: the evaluation before training measured a new task head (then "before" says so)."""
         self.finished, self.run_dir, self.run_task = finished, run_dir, task
         text = Text()
         text.append(f"{finished.reason} at step {finished.step} in {format_duration(finished.elapsed_s)}", style="bold")
@@ -62,6 +64,9 @@ class ResultsPanel(Vertical):
             text.append(f"\nlast eval @ step {last_eval_step}: " if last_eval_step is not None else "\nlast eval: ",
                         style="dim")
             text.append(format_metrics(finished.final_metrics))
+        for label, line in before_after(finished.before_metrics, finished.final_metrics, task, untrained_head):
+            text.append(f"\n{label}: ", style="dim")
+            text.append(line)
         if finished.output_path:
             text.append("\nmodel ", style="dim")
             text.append(finished.output_path)
