@@ -64,28 +64,30 @@ async def select(pilot, path: str) -> None:
     assert tree.cursor_node.data.path == path
 
 
-async def test_head_only_preset_trains_only_the_classifier_and_marks_the_deciding_rules():
+async def test_head_only_preset_trains_the_classifier_and_the_pooler_and_marks_the_deciding_rules():
+    """MiniLM's pooler only feeds the classifier: head-only trains it too, and its name says so."""
     app = create_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await open_freeze(pilot)
         assert state(app, "") == "train" and "22,713,986 of 22,713,986" in summary(app)
+        assert "h head+pooler " in summary(app)
         await pilot.press("h")
         await pilot.pause()
         assert app.session.config.freeze.preset == "head-only"
-        assert state(app, "classifier") == "train"
-        assert {state(app, path) for path in ("bert", "bert.embeddings", BLOCK.format(0), "bert.pooler")} == {"frozen"}
+        assert state(app, "classifier") == "train" and state(app, "bert.pooler") == "train"
+        assert {state(app, path) for path in ("bert.embeddings", BLOCK.format(0))} == {"frozen"}
         truth = expected(app)
-        assert truth.trainable_params == 770
+        assert truth.trainable_params == 770 + 147_840  # the classifier and the pooler's dense layer
         assert f"Trainable {truth.trainable_params:,} of {truth.total_params:,}" in summary(app)
-        # the rule list marks the rules that decided the selected module: "*" frozen, then "classifier"
+        # the rule list marks the rules that decided the selected module: "*" frozen, then the pooler, "classifier"
         table = app.screen.query_one(RuleTable)
         await select(pilot, "classifier")
-        assert table.deciding == {1}
-        assert str(table.get_cell("1", "index")).startswith("▶") and str(table.get_cell("0", "index")).strip() == ""
+        assert table.deciding == {2}
+        assert str(table.get_cell("2", "index")).startswith("▶") and str(table.get_cell("0", "index")).strip() == ""
         await select(pilot, BLOCK.format(0))
         assert table.deciding == {0}
         await select(pilot, "")
-        assert table.deciding == {0, 1}
+        assert table.deciding == {0, 1, 2}
         await pilot.press("a")  # another preset undoes it
         await pilot.pause()
         assert app.session.config.freeze.preset == "all" and state(app, "bert") == "train"
@@ -512,3 +514,221 @@ async def test_the_demo_encoders_dropout_is_named_with_its_setting():
         await pilot.pause()
         assert prefix_line(app).startswith("prefix cache blocks 0-3 run once · ~")
         assert "faster from epoch 2 · " in prefix_line(app)
+
+
+# ---- the transfer-learning methods of the map (issue 13) --------------------------------------------
+def subtitles(app) -> tuple[str, str]:
+    """The bottom borders of the tree (unfreezing) and of the rule list (the lr spread)."""
+    screen = app.screen
+    return str(screen.query_one(ModuleTree).border_subtitle), str(screen.query_one(RuleTable).border_subtitle)
+
+
+async def decay_dialog(pilot, text: str):
+    """Type `text` into the open layer-wise decay dialog and press Enter; the dialog, or None once it closed."""
+    from sft_tui.screens.dialogs.freeze_methods import DecayDialog
+
+    dialog = pilot.app.screen
+    assert isinstance(dialog, DecayDialog)
+    dialog.query_one(Input).value = text
+    await pilot.press("enter")
+    await pilot.pause()
+    return pilot.app.screen if isinstance(pilot.app.screen, DecayDialog) else None
+
+
+async def test_layerwise_decay_writes_rules_for_the_trained_blocks_and_shows_the_lr_spread():
+    from core.lr_decay import layerwise_lr_rules
+
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        assert subtitles(app)[1] == "lr 5.0e-5 · d lr decay"
+        await pilot.press("d")
+        await pilot.pause()
+        dialog = await decay_dialog(pilot, "1.5")
+        assert "layer-wise lr decay must be in (0, 1], not 1.5" in dialog.error
+        dialog = await decay_dialog(pilot, "abc")
+        assert "must be a number in (0, 1]" in dialog.error and "'abc'" in dialog.error
+        assert app.session.config.freeze.rules == []  # nothing written while the value is refused
+        assert await decay_dialog(pilot, "0.5") is None
+        blocks = [BLOCK.format(i) for i in range(6)]
+        embeddings = [f"bert.embeddings.{name}_embeddings" for name in ("word", "position", "token_type")]
+        written = [(r.match, r.train, r.lr_scale) for r in app.session.config.freeze.rules]
+        assert written == ([(block, True, 0.5 ** (5 - i)) for i, block in enumerate(blocks)]
+                           + [(path, True, 0.5 ** 6) for path in embeddings])
+        assert labels(app)[BLOCK.format(0)].startswith("0 train lr x0.0312 ")
+        assert labels(app)[BLOCK.format(5)].startswith("5 train 1.8M")  # the top block at the base lr
+        # the spread over the trainable parameters, at optim.lr 5e-5: the embeddings' 1/64 to the head's 1
+        assert subtitles(app)[1] == "lr x0.016-x1 (7.8e-7 - 5.0e-5) · d lr decay"
+        app.session.update({"optim.lr": 1e-4})  # as the hyperparameter form does
+        app.changed()
+        await pilot.pause()
+        assert subtitles(app)[1] == "lr x0.016-x1 (1.6e-6 - 1.0e-4) · d lr decay"
+
+        # freeze block 0, then decay again: the old decay rules go, the toggle stays, block 0 gets none
+        await select(pilot, BLOCK.format(0))
+        await pilot.press("space")
+        await pilot.pause()
+        await pilot.press("d")
+        await pilot.pause()
+        assert app.screen.query_one(Input).value == "0.5"  # the last decay is offered again
+        assert await decay_dialog(pilot, "0.8") is None
+        model = app.session.model
+        again = layerwise_lr_rules(model.description.blocks, model.description.embeddings, 0.8,
+                                   lambda path: path != BLOCK.format(0))
+        assert app.session.config.freeze.rules == [FreezeRule(match=BLOCK.format(0), train=False)] + again
+        assert [r.lr_scale for r in again][:2] == [0.4096, 0.512] and state(app, BLOCK.format(0)) == "frozen"
+        assert subtitles(app)[1] == "lr x0.26-x1 (2.6e-5 - 1.0e-4) · d lr decay"
+
+
+async def unfreeze_dialog(pilot, kind: str, every: str):
+    """Set the open unfreezing dialog's fields and press Enter in `every`; the dialog, or None once it closed."""
+    from textual.widgets import Select
+
+    from sft_tui.screens.dialogs.freeze_methods import UnfreezeDialog
+
+    dialog = pilot.app.screen
+    assert isinstance(dialog, UnfreezeDialog)
+    dialog.query_one(Select).value = kind
+    field = dialog.query_one(Input)
+    field.value = every
+    field.focus()
+    await pilot.press("enter")
+    await pilot.pause()
+    return pilot.app.screen if isinstance(pilot.app.screen, UnfreezeDialog) else None
+
+
+def starts(app) -> dict[str, str]:
+    """Module path -> `from step N` / `from epoch k`, for the modules whose label says when they start."""
+    out = {}
+    for path, label in labels(app).items():
+        words = label.split()
+        if "from" in words:
+            at = words.index("from")
+            out[path] = " ".join(words[at:at + 3])
+    return out
+
+
+async def test_unfreezing_controls_set_the_config_and_the_tree_shows_when_each_part_starts():
+    from core.unfreezing import ABOVE_BLOCKS, EMBEDDINGS, plan_unfreezing
+
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        assert starts(app) == {} and subtitles(app)[0] == "u unfreezing none · p LP-FT"
+        await pilot.press("u")
+        await pilot.pause()
+        dialog = await unfreeze_dialog(pilot, "gradual", "ten")
+        assert "freeze.unfreeze_every" in dialog.error and "valid integer" in dialog.error
+        dialog = await unfreeze_dialog(pilot, "gradual", "-5")
+        assert "freeze.unfreeze_every" in dialog.error and "greater than or equal to 0" in dialog.error
+        assert app.session.config.freeze.unfreezing == "none"  # a refused value changes nothing
+        assert await unfreeze_dialog(pilot, "gradual", "100") is None
+        freeze = app.session.config.freeze
+        assert (freeze.unfreezing, freeze.unfreeze_every) == ("gradual", 100)
+        # the head and the pooler first, then one block from the top every 100 steps, the embeddings last
+        model = app.session.model
+        schedule = plan_unfreezing("gradual", 100, list(app.session.model.skeleton.state_dict()),
+                                   model.description.blocks, model.description.embeddings)
+        assert schedule.stages == (ABOVE_BLOCKS, *reversed(model.description.blocks), EMBEDDINGS)
+        shown = starts(app)
+        assert shown["classifier"] == shown["bert.pooler"] == "from step 0"
+        assert [shown[BLOCK.format(i)] for i in range(6)] == [f"from step {100 * (6 - i)}" for i in range(6)]
+        assert shown["bert.embeddings.word_embeddings"] == "from step 700"
+        assert "bert.encoder" not in shown and "" not in shown  # mixed: said on the parts
+        assert subtitles(app)[0] == "u unfreezing gradual: 8 stages of 100 steps · p LP-FT"
+
+        # LP-FT as a preset over the user's map (top-2): the head and the pooler, then both blocks
+        await pilot.press("t")
+        await pilot.pause()
+        await pilot.press("p")
+        await pilot.pause()
+        freeze = app.session.config.freeze
+        assert (freeze.preset, freeze.unfreezing, freeze.unfreeze_every) == ("top-n", "lp-ft", 100)
+        assert starts(app) == {"classifier": "from step 0", "bert.pooler": "from step 0",
+                               BLOCK.format(4): "from step 100", BLOCK.format(5): "from step 100"}
+        await pilot.press("u")
+        await pilot.pause()
+        assert await unfreeze_dialog(pilot, "lp-ft", "0") is None  # a stage of one epoch
+        assert starts(app)[BLOCK.format(4)] == "from epoch 2" and starts(app)["classifier"] == "from epoch 1"
+        assert subtitles(app)[0] == "u unfreezing lp-ft: 2 stages of 1 epoch · p LP-FT"
+        await pilot.press("h")  # head-only: one part, nothing starts later
+        await pilot.pause()
+        assert starts(app) == {} and "one stage" in subtitles(app)[0]
+        await pilot.press("a", "u")
+        await pilot.pause()
+        assert await unfreeze_dialog(pilot, "none", "0") is None
+        assert starts(app) == {} and app.session.config.freeze.unfreezing == "none"
+
+
+async def test_at_80x24_the_methods_and_their_dialogs_fit():
+    from helpers import visible_text
+
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_freeze(pilot)
+        await pilot.press("d")
+        await pilot.pause()
+        text = visible_text(app)
+        assert "Layer-wise learning-rate decay" in text and "Write rules" in text and "Cancel" in text
+        assert await decay_dialog(pilot, "0.8") is None
+        await pilot.press("u")
+        await pilot.pause()
+        text = visible_text(app)
+        assert "Gradual unfreezing / LP-FT" in text and "every" in text and "Apply" in text and "Cancel" in text
+        assert await unfreeze_dialog(pilot, "gradual", "0") is None
+        await select(pilot, BLOCK.format(0))
+        text = visible_text(app)
+        assert "u unfreezing gradual: 8 stages of 1 epoch · p LP-FT" in text
+        assert "lr x0.26-x1 (1.3e-5 - 5.0e-5) · d lr decay" in text
+        assert "0 train lr x0.328 from epoch 7 1.8M BertLayer" in text
+
+
+def l2sp_part(app) -> int | None:
+    """The bytes the estimate's `L2-SP start` part shows, None when it shows none."""
+    import re
+
+    found = re.search(r"L2-SP start ([\d.]+ [KMG]?B)", summary(app))
+    return found.group(1) if found else None
+
+
+async def test_the_memory_estimate_counts_l2sps_copy_of_the_trained_pretrained_weights():
+    """L2-SP keeps a 4-byte starting copy of each trained pretrained weight: not of the classifier,
+    which is new, so under head-only only of the pooler's."""
+    import re
+
+    from core.memory import format_bytes
+
+    def total(app) -> str:
+        return re.search(r"memory ([\d.]+ [KMG]?B)", summary(app)).group(1)
+
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        without = total(app)
+        assert l2sp_part(app) is None
+        app.session.update({"optim.l2sp_alpha": 0.01})
+        app.changed()
+        await pilot.pause()
+        assert l2sp_part(app) == format_bytes(4 * (22_713_986 - 770))
+        assert total(app) != without
+        await pilot.press("h")
+        await pilot.pause()
+        assert l2sp_part(app) == format_bytes(4 * 147_840)
+        app.session.update({"optim.l2sp_alpha": 0.0, "optim.l2sp_beta": 0.01})  # beta keeps no copy
+        app.changed()
+        await pilot.pause()
+        assert l2sp_part(app) is None
+
+
+async def test_a_causal_lms_head_is_pretrained_and_counted_once_with_its_tied_embedding(tmp_path, tiny_model_dir):
+    from core.memory import format_bytes
+
+    app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        app.session.update({"optim.l2sp_alpha": 0.1, "freeze.preset": "head-only"})
+        app.changed()
+        await pilot.pause()
+        skeleton = app.session.model.skeleton
+        tied_head = skeleton.model.embed_tokens.weight.numel() + skeleton.model.norm.weight.numel()
+        assert l2sp_part(app) == format_bytes(4 * tied_head)

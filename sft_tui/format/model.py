@@ -142,10 +142,44 @@ def training_memory(estimate: MemoryEstimate, other: MemoryEstimate, checkpointi
     text.append(format_bytes(estimate.total) + (" per GPU\n" if device == "cuda" else " + process\n"))
     parts = [("weights", estimate.weights), ("grads", estimate.gradients), ("AdamW", estimate.optimizer),
              ("activations", estimate.activations)] + ([("logits", estimate.logits)] if estimate.logits else [])
+    parts += [("L2-SP start", estimate.reference)] if estimate.reference else []
     text.append("  " + " · ".join(f"{name} {format_bytes(size)}" for name, size in parts) + "\n", "dim")
     text.append(f"  at batch {batch} x {length} tokens · {'without' if checkpointing else 'with'} gradient "
                 f"checkpointing: {format_bytes(other.total)}\n", "dim")
     return text
+
+
+def learning_rate(value: float) -> str:
+    """A learning rate as people write it: 5.0e-5, not 5.0e-05."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def lr_spread(scales, lr: float) -> str:
+    """The learning rates the trainable parameters get (`scales`: their lr_scale values, as layer-wise
+    decay spreads them): `lr x0.26-x1 (1.3e-5 - 5.0e-5)`, or `lr 5.0e-5` when all train at the base."""
+    low, high = min(scales, default=1.0), max(scales, default=1.0)
+    if low == high == 1.0:
+        return f"lr {learning_rate(lr)}"
+    if low == high:
+        return f"lr x{low:.2g} ({learning_rate(lr * low)})"
+    return f"lr x{low:.2g}-x{high:.2g} ({learning_rate(lr * low)} - {learning_rate(lr * high)})"
+
+
+def stage_start(stage: int, every: int) -> str:
+    """When unfreezing stage `stage` starts: after `every` optimizer steps per stage (freeze.unfreeze_every,
+    as the engine's log counts them), or, when `every` is 0, at the start of epoch stage + 1."""
+    return f"from step {stage * every}" if every else f"from epoch {stage + 1}"
+
+
+def unfreezing_text(kind: str, every: int, stages: int) -> str:
+    """freeze.unfreezing in a few words: `gradual: 8 stages of 1 epoch`; `stages`: the schedule's
+    count for the current map, 1 when the map has nothing to stage (it trains one part only)."""
+    if kind == "none":
+        return "none"
+    if stages < 2:
+        return f"{kind}: one stage (the map trains one part)"
+    return f"{kind}: {stages} stages of {f'{every} steps' if every else '1 epoch'}"
 
 
 def head_note(checkpoint, task: str, description, labels: list[str] | None) -> Text | None:

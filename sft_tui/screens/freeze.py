@@ -1,8 +1,11 @@
-"""Step 3, the freeze map: which modules train, and at what learning-rate scale.
+"""Step 3, the freeze map: which modules train, from when, and at what learning-rate scale.
 
 The module tree (left) and the rule list (right) are two views of config.freeze: every key edits the
 config through session.update, and one refresh per change resolves the map once
 (core.freeze.resolve) and aggregates it over the tree, so both views and the summary stay in sync.
+The transfer-learning methods that belong to the map live here too: layer-wise lr decay writes
+ordinary rules (core.lr_decay), and gradual unfreezing or LP-FT (freeze.unfreezing) mark in the
+tree when each part starts training (core.unfreezing, on the same skeleton the engine's run mirrors).
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from core.config import FreezeRule
 from core.errors import UserError
 from core.freeze import effective_rules, preset_rules, resolve, rule_name, summarize_freeze
 from core.lora import resolve_targets
+from core.lr_decay import layerwise_lr_rules
+from core.unfreezing import plan_unfreezing
+from sft_tui.format.model import lr_spread, stage_start, unfreezing_text
 from sft_tui.format.numbers import format_count, format_share
 from sft_tui.screens.base import StepScreen
+from sft_tui.screens.dialogs.freeze_methods import DecayDialog, UnfreezeDialog
 from sft_tui.screens.dialogs.freeze_rule import RuleDialog
 from sft_tui.widgets.freeze.rules import RuleTable
-from sft_tui.widgets.freeze.state import node_states, tensor_index
+from sft_tui.widgets.freeze.state import node_states, start_stages, tensor_index, trained_tensors
 from sft_tui.widgets.freeze.summary import PRESETS, FreezeSummaryBar
 from sft_tui.widgets.freeze.tree import ModuleTree
 from sft_tui.widgets.spinner import Spinner
@@ -34,9 +41,13 @@ class FreezeScreen(StepScreen):
     BINDINGS = [
         Binding("space", "toggle_freeze", "Train/freeze", id="freeze-toggle"),
         Binding("a", "preset('all')", "Preset: train all", id="freeze-preset-all", show=False),
-        Binding("h", "preset('head-only')", "Preset: head only", id="freeze-preset-head", show=False),
+        Binding("h", "preset('head-only')", "Preset: the head and what only feeds it (final norm, pooler)",
+                id="freeze-preset-head", show=False),
         Binding("t", "preset('top-n')", "Preset: top N blocks", id="freeze-preset-top", show=False),
         Binding("e", "preset('freeze-embeddings')", "Preset: freeze embeddings", id="freeze-preset-emb", show=False),
+        Binding("p", "lp_ft", "Preset: LP-FT (the head first, then the map)", id="freeze-preset-lpft", show=False),
+        Binding("d", "layer_decay", "Layer-wise lr decay rules", id="freeze-lr-decay", show=False),
+        Binding("u", "unfreezing", "Gradual unfreezing / LP-FT", id="freeze-unfreezing", show=False),
         Binding("plus", "top_n(1)", "More top blocks", id="freeze-top-more", show=False),
         Binding("minus", "top_n(-1)", "Fewer top blocks", id="freeze-top-fewer", show=False),
         Binding("l", "toggle_lora", "LoRA target", id="freeze-lora-toggle"),
@@ -60,6 +71,9 @@ class FreezeScreen(StepScreen):
         self._lora_targets: list[str] = []  # layers with adapters under the shown config
         self._states: dict = {}  # module path -> NodeState under the shown map
         self._preset_shares: dict[tuple[str, int], float] = {}
+        self._trained: dict[int, list[str]] = {}  # tensor identity -> names, of what trains under the shown map
+        self._stages = 1  # unfreezing stages of the shown map under its freeze.unfreezing
+        self._decay = "0.8"  # the decay last written, offered again
 
     def compose_body(self) -> ComposeResult:
         with ContentSwitcher(initial="freeze-loading", id="freeze-body"):
@@ -112,6 +126,7 @@ class FreezeScreen(StepScreen):
         if model is not self._model:
             self._show_model(model)
         elif (self.session.config.freeze, self.session.config.lora) == self._shown:
+            self._show_methods()  # the base lr may have changed
             return
         self._refresh()
 
@@ -137,12 +152,39 @@ class FreezeScreen(StepScreen):
             states = resolve(skeleton, rules)
         except UserError as err:  # an invalid regex from a loaded config
             summary, error = None, err
-        self._states = node_states(self._model.description.root, self._tensors, states) if summary else {}
-        self.query_one(ModuleTree).relabel(self._states, self._lora_targets)
+        description = self._model.description
+        self._states = node_states(description.root, self._tensors, states) if summary else {}
+        self._trained = trained_tensors(self._tensors, states, self._lora_targets) if summary else {}
+        schedule = self._schedule(freeze.unfreezing)
+        self._stages = len(schedule.stages)
+        parts = description.blocks + description.embeddings + description.head + description.top
+        starts = {}
+        if schedule.staged:
+            stages = start_stages(description.root, self._tensors, self._trained, schedule, parts)
+            starts = {path: stage_start(stage, freeze.unfreeze_every) for path, stage in stages.items()}
+        self.query_one(ModuleTree).relabel(self._states, self._lora_targets, starts)
+        self._show_methods()
         self.query_one(RuleTable).show_rules(rules, [rule.params for rule in summary.rules] if summary else None,
                                              self._deciding())
         shares = {preset: self._preset_share(preset) for _, preset, _ in PRESETS}
         self.query_one(FreezeSummaryBar).show(summary, error, freeze, shares)
+
+    def _schedule(self, kind: str):
+        """core.unfreezing's schedule of unfreezing `kind` for what the shown map trains."""
+        description = self._model.description
+        return plan_unfreezing(kind, self.session.config.freeze.unfreeze_every,
+                               [name for names in self._trained.values() for name in names],
+                               description.blocks, description.embeddings)
+
+    def _show_methods(self) -> None:
+        """The methods' state and keys under the panes: the learning rates the trainable parameters
+        get (the spread layer-wise decay gives) under the rules, the unfreezing schedule under the tree."""
+        freeze = self.session.config.freeze
+        root = self._states.get("")
+        scales = root.lr_scales if root is not None else frozenset()
+        self.query_one(RuleTable).border_subtitle = f"{lr_spread(scales, self.session.config.optim.lr)} · d lr decay"
+        self.query_one(ModuleTree).border_subtitle = (
+            f"u unfreezing {unfreezing_text(freeze.unfreezing, freeze.unfreeze_every, self._stages)} · p LP-FT")
 
     def _deciding(self) -> frozenset:
         node = self.query_one(ModuleTree).cursor_node
@@ -326,3 +368,50 @@ class FreezeScreen(StepScreen):
             rules[index], rules[target] = rules[target], rules[index]
             self._set_rules(rules, cursor=target)
 
+    # ---- the transfer-learning methods of the map -----------------------------------------------
+    def action_layer_decay(self) -> None:
+        if not self._ready() or not self._states:
+            return
+        blocks = self._model.description.blocks
+        if not blocks:
+            self.notify("Layer-wise lr decay needs a stack of blocks, and none was found in this model.",
+                        severity="warning")
+            return
+        self.app.push_screen(DecayDialog(self._decay, len(blocks), self._write_decay))
+
+    def _write_decay(self, decay: float) -> None:
+        """Replace the rules an earlier decay wrote (train rules naming exactly a block or an
+        embedding; a frozen one is the user's toggle and stays) with core.lr_decay's, for the blocks
+        and embeddings the map trains now in full; a ValueError (a decay out of range, nothing to
+        decay) leaves the rules alone and the dialog shows it."""
+        description = self._model.description
+        written = layerwise_lr_rules(description.blocks, description.embeddings, decay,
+                                     lambda path: path in self._states and self._states[path].train == "train")
+        if not written:
+            raise ValueError("the map trains no block or embedding in full: nothing to decay "
+                             "(train some first, e.g. preset a or t)")
+        decayed = set(description.blocks) | set(description.embeddings)
+        kept = [rule for rule in self._user_rules() if not (rule.train and rule.match in decayed)]
+        self._set_rules(kept + written, cursor=len(kept))
+        self._decay = f"{decay:g}"
+
+    def action_unfreezing(self) -> None:
+        if self._ready():
+            self.app.push_screen(UnfreezeDialog(self.session.config.freeze, self._set_unfreezing))
+
+    def _set_unfreezing(self, kind: str, every: str) -> None:
+        """Through the session, so pydantic checks `every`; its UserError stays in the dialog."""
+        self.session.update({"freeze.unfreezing": kind, "freeze.unfreeze_every": every})
+        self.app.changed()
+
+    def action_lp_ft(self) -> None:
+        """LP-FT over the user's map: the head and the top train alone for a stage, then the whole map."""
+        if not self._ready() or not self._apply({"freeze.unfreezing": "lp-ft"}):
+            return
+        every = self.session.config.freeze.unfreeze_every
+        if not self._schedule("lp-ft").staged:
+            self.notify("LP-FT is set, but the map trains only one part: it has nothing to start later "
+                        "(train more, e.g. preset a or t).", severity="warning")
+        else:
+            self.notify(f"LP-FT: the head and the top train alone for {f'{every} steps' if every else '1 epoch'}, "
+                        "then the whole map; u changes it.")

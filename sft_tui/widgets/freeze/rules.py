@@ -58,6 +58,6 @@ class RuleTable(DataTable):
         match = Text(rule.match, "dim" if preset else "")
         sets = Text("train", "green") if rule.train else Text("frozen", "dim")
         if rule.train and rule.lr_scale != 1.0:
-            sets.append(f" lr x{rule.lr_scale:g}", "magenta")
+            sets.append(f" lr x{rule.lr_scale:.3g}", "magenta")
         count = Text("?" if params is None else format_count(params), "" if params else "dim")
         return index, sets, match, count, Text("preset", "dim italic") if preset else Text("you")

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from core.describe import within
+
 TensorIndex = dict[str, list[tuple[int, int, str]]]
 """Module path -> its own parameters as (tensor identity, element count, parameter name)."""
 
@@ -41,7 +43,7 @@ class NodeState:
         if len(self.lr_scales) > 1:
             return "lr mixed"
         if self.lr_scales and (scale := next(iter(self.lr_scales))) != 1.0:
-            return f"lr x{scale:g}"
+            return f"lr x{scale:.3g}"
         return ""
 
 
@@ -81,3 +83,57 @@ def _aggregate(tensors: Iterable[tuple[int, object]]) -> NodeState:
             scales.add(state.lr_scale)
     return NodeState(params, trainable, frozenset(scales), frozenset(rules))
 
+
+
+def trained_tensors(index: TensorIndex, states: dict, lora_targets: list[str] = ()) -> dict[int, list[str]]:
+    """Each tensor that trains (by identity) with all its names: what the map trains, and under LoRA
+    the layers that carry adapters, which stand for their adapters (an adapter is in its layer's
+    block, so it starts training with that block)."""
+    trained: dict[int, list[str]] = {}
+    for entries in index.values():
+        for key, _, name in entries:
+            if states[name].train or within(name, lora_targets):
+                trained.setdefault(key, []).append(name)
+    return trained
+
+
+def reference_params(index: TensorIndex, states: dict, new: list[str]) -> int:
+    """Elements L2-SP keeps a starting copy of (core.l2sp): the tensors the map trains, each once,
+    except those under the module paths `new`, whose weights did not come from pretraining (a
+    classification model's head); LoRA's adapters are not in the skeleton and keep no copy either."""
+    kept: dict[int, int] = {}
+    for entries in index.values():
+        for key, numel, name in entries:
+            if states[name].train and not within(name, new):
+                kept[key] = numel
+    return sum(kept.values())
+
+
+def start_stages(root, index: TensorIndex, trained: dict[int, list[str]], schedule, parts: list[str]) -> dict[str, int]:
+    """Module path -> the unfreezing stage (core.unfreezing.UnfreezeSchedule) in which its trained
+    tensors start. Said on the parts the schedule stages (`parts`: the blocks, embeddings, head and
+    top modules) whose trained tensors start together, and on any other module where that holds and
+    not for its parent (an embedding norm, say), unless it holds parts, which say it themselves."""
+    stage = {key: schedule.stage_of(names) for key, names in trained.items()}
+    holders = {".".join(part.split(".")[:i]) for part in parts for i in range(part.count(".") + 1)}
+    below: dict[str, set[int]] = {}
+
+    def collect(node) -> set[int]:
+        found = {stage[key] for key, _, _ in index.get(node.path, []) if key in stage}
+        for child in node.children:
+            found |= collect(child)
+        below[node.path] = found
+        return found
+
+    out: dict[str, int] = {}
+
+    def choose(node, parent_uniform: bool) -> None:
+        uniform = len(below[node.path]) == 1
+        if uniform and (node.path in parts or not (parent_uniform or node.path in holders)):
+            out[node.path] = next(iter(below[node.path]))
+        for child in node.children:
+            choose(child, uniform)
+
+    collect(root)
+    choose(root, False)
+    return out

@@ -6,14 +6,15 @@ size, max_length, gradient checkpointing, precision), so the bar redraws on ever
 session, not only when the freeze screen shows a new map. It is arithmetic on the model's config and
 the map's trainable parameter names: no torch. The estimate counts the data's trained-token share
 (a causal LM's logits are only computed where a label is) and the prefix cache's memory, once the
-data has loaded; before that it errs high on logits and leaves the cache's size out."""
+data has loaded; before that it errs high on logits and leaves the cache's size out. Under L2-SP
+(optim.l2sp_alpha above 0) it counts the starting copy of the trained pretrained weights."""
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.widgets import Static
 
-from core.freeze import effective_rules, resolve
+from core.freeze import resolve
 from core.memory import (
     blocks_in_backward,
     estimate_peak,
@@ -25,17 +26,25 @@ from core.memory import (
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 from sft_tui.format.model import training_memory
 from sft_tui.format.numbers import format_share
+from sft_tui.widgets.freeze.state import reference_params, tensor_index
 
-PRESETS = [("a", "all", "all"), ("h", "head-only", "head-only"), ("t", "top-n", "top-{n}"),
+PRESETS = [("a", "all", "all"), ("h", "head-only", "{head}"), ("t", "top-n", "top-{n}"),
            ("e", "freeze-embeddings", "freeze-emb")]
 """(key, preset, short name) in the order the bar lists them."""
+
+
+def head_only_name(top: list[str]) -> str:
+    """head-only's name in the presets line says what it trains: the head and what only feeds it
+    (core.describe's top: `head+pooler`, `head+norm`), `head+top` when their names are long."""
+    name = "+".join(["head", *(path.rpartition(".")[2] for path in top)])
+    return name if len(name) <= 14 else "head+top"
 
 
 class FreezeSummaryBar(Static):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._shown: tuple | None = None  # the last show() arguments
-        self._map: tuple | None = None  # (model, (freeze, lora), trainable names, (trained, passed)) of the last map
+        self._map: tuple | None = None  # (model, (freeze, lora), trainable, blocks, reference) of the last map
 
     def on_mount(self) -> None:
         self.watch(self.app, "session_version", self._session_changed, init=False)
@@ -58,27 +67,33 @@ class FreezeSummaryBar(Static):
             text.append(f" of {summary.total_params:,} ({format_share(summary.trainable_share)})  ·  ")
             text.append_text(self._memory(summary, freeze))
         text.append("Presets", "bold")
+        model = self.app.session.model
+        head = head_only_name(model.description.top) if model is not None else "head-only"
         for key, preset, short in PRESETS:
             text.append("  ")
-            text.append(f"{key} {short.format(n=freeze.top_n)} {format_share(preset_shares[preset])}",
+            text.append(f"{key} {short.format(n=freeze.top_n, head=head)} {format_share(preset_shares[preset])}",
                         "reverse" if preset == freeze.preset else "")
         for warning in summary.warnings if summary else []:
             text.append(f"\n⚠ {warning}", "yellow")
         self.update(text)
 
-    def _trained(self, model, freeze) -> tuple[list[str], tuple[int, int]]:
-        """The trainable names or module paths under the map, and its (trained, passed) blocks,
-        kept until the model or the map changes."""
-        key = (freeze, self.app.session.config.lora)
+    def _trained(self, model, freeze) -> tuple[list[str], tuple[int, int], int]:
+        """The trainable names or module paths under the map, its (trained, passed) blocks, and the
+        parameters L2-SP would keep a starting copy of, kept until the model or the map changes."""
+        session = self.app.session
+        key = (freeze, session.config.lora)
         if self._map is None or self._map[0] is not model or self._map[1] != key:
-            description, lora = model.description, self.app.session.freeze_preview.lora
-            if lora is not None:  # the adapters train inside the layers they target, and the map's full modules
-                trainable = lora.targets + lora.modules_to_save
+            description, preview = model.description, session.freeze_preview
+            states = resolve(model.skeleton, preview.rules)
+            if preview.lora is not None:  # the adapters train inside the layers they target, and the map's full modules
+                trainable = preview.lora.targets + preview.lora.modules_to_save
             else:
-                states = resolve(model.skeleton, effective_rules(freeze, description))
                 trainable = [name for name, state in states.items() if state.train]
-            self._map = (model, key, trainable, blocks_in_backward(description.blocks, description.embeddings, trainable))
-        return self._map[2], self._map[3]
+            # A classification head starts random (load_model counts it new); a causal LM's is pretrained.
+            new = description.head if model.task == "classification" else []
+            blocks = blocks_in_backward(description.blocks, description.embeddings, trainable)
+            self._map = (model, key, trainable, blocks, reference_params(tensor_index(model.skeleton), states, new))
+        return self._map[2], self._map[3], self._map[4]
 
     def _adapters(self, model, lora) -> int:
         """Elements per token the LoRA adapters keep beyond their blocks' own (0 without LoRA)."""
@@ -95,14 +110,14 @@ class FreezeSummaryBar(Static):
         length = min(config.data.max_length, model.max_positions or config.data.max_length)
         stats = session.data.stats if session.data is not None else None
         share = labelled_share(stats.tokens_total, stats.loss_tokens, config.compute.labelled_logits_only) if stats else 1.0
-        trainable, blocks = self._trained(model, freeze)
+        trainable, blocks, reference = self._trained(model, freeze)
         prefix = plan_prefix_cache(model.skeleton, model.description, trainable, config,
                                    tokens=stats.tokens_total if stats else None, length=length, labelled_share=share,
                                    device=device, epochs=config.schedule.epochs)
         args = {"batch": config.optim.batch_size, "length": length, "task": config.task,
                 "activation_bytes": 2 if half else 4, "device": device,
                 "adapters": self._adapters(model, config.lora), "labelled_share": share,
-                "prefix_cache_bytes": prefix.bytes}
+                "prefix_cache_bytes": prefix.bytes, "reference_params": reference if config.optim.l2sp_alpha else 0}
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
         estimate, other = (estimate_peak(summary.total_params, summary.trainable_params, shape, blocks,
                                          checkpointing=checkpointing, **args) for checkpointing in (on, not on))

@@ -65,13 +65,17 @@ class ModuleTree(Tree):
                 node = parent.add_leaf(child.name, child)
             self._module_nodes.append(node)
 
-    def relabel(self, states: dict[str, NodeState], lora_targets: list[str] = ()) -> None:
+    def relabel(self, states: dict[str, NodeState], lora_targets: list[str] = (),
+                starts: dict[str, str] | None = None) -> None:
         """New labels from the states of the current freeze map (no state shown where it is missing,
-        e.g. while a rule is invalid); modules with LoRA adapters at or below them are marked."""
+        e.g. while a rule is invalid); modules with LoRA adapters at or below them are marked, and
+        under freeze.unfreezing `starts` says when a module starts training (`from step 200`)."""
         adapted = {prefix for target in lora_targets for prefix in [*_ancestors(target), target]} | (
             {""} if lora_targets else set())
+        starts = starts or {}
         for node in self._module_nodes:
-            node.set_label(module_label(node.data, states.get(node.data.path), node.data.path in adapted))
+            path = node.data.path
+            node.set_label(module_label(node.data, states.get(path), path in adapted, starts.get(path)))
 
 
 def _ancestors(path: str) -> list[str]:
@@ -79,10 +83,11 @@ def _ancestors(path: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def module_label(module, state: NodeState | None, lora: bool = False) -> Text:
-    """`0 train lr x0.5 1.8M BertLayer`: the state right after the name, so that a narrow terminal
-    cuts the class name, not the state; the root shows its class as its name. `lora`: LoRA adapters
-    sit on this module or below it (`+lora` after the state)."""
+def module_label(module, state: NodeState | None, lora: bool = False, start: str | None = None) -> Text:
+    """`0 train lr x0.5 from epoch 3 1.8M BertLayer`: the state right after the name, so that a
+    narrow terminal cuts the class name, not the state; the root shows its class as its name.
+    `lora`: LoRA adapters sit on this module or below it (`+lora` after the state). `start`: when
+    gradual unfreezing or LP-FT starts training it."""
     text = Text(module.name or module.kind, "bold")
     if state is not None and state.train:
         text.append(f" {state.train}", STATE_STYLES[state.train])
@@ -90,6 +95,8 @@ def module_label(module, state: NodeState | None, lora: bool = False) -> Text:
             text.append(f" {format_share(state.trainable / state.params)}", "yellow")
         if state.lr:
             text.append(f" {state.lr}", "magenta")
+    if start:
+        text.append(f" {start}", "cyan")
     if lora:
         text.append(" +lora", "bold cyan")
     if module.tied_with:
