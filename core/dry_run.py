@@ -24,6 +24,7 @@ from core.memory import (
 )
 from core.plan import StepPlan
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
+from core.unfreezing import UnfreezeSchedule, Unfreezer
 
 SHOWN_STEPS = 6
 """Scheduled evaluations and checkpoints listed by step before the rest are counted only."""
@@ -46,6 +47,10 @@ class DryRun:
     """CPU: the process's resident memory before the model loaded; 0 on a GPU."""
     prefix: PrefixPlan
     """The frozen-prefix cache the run will have (its bytes are in `estimate`)."""
+    before_training: bool = False
+    """Whether the run evaluates once before its first step (eval.before_training, with validation rows)."""
+    unfreezing: UnfreezeSchedule | None = None
+    """The stages of freeze.unfreezing, None when everything trains from the first step."""
 
     @property
     def peak_bytes(self) -> int:
@@ -89,7 +94,9 @@ def prepare(config: RunConfig) -> DryRun:
     return DryRun(plan=plan, evaluates=bool(data.validation), total_params=sum(p.numel() for p in model.parameters()),
                   trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad), device=device,
                   batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline,
-                  prefix=prefix)
+                  prefix=prefix, before_training=config.eval.before_training and bool(data.validation),
+                  unfreezing=unfreezer.schedule if (unfreezer := Unfreezer.for_run(config, model, plan.steps_per_epoch))
+                  else None)
 
 
 def _steps(steps: list[int]) -> str:
@@ -111,6 +118,14 @@ def _prefix_line(prefix: PrefixPlan, epochs: int) -> str:
             f"{speedup.overall:.1f}x over {epochs} epoch{'s' if epochs > 1 else ''}")
 
 
+def _unfreezing_line(schedule: UnfreezeSchedule | None) -> list[str]:
+    if schedule is None:
+        return []
+    starts = [f"{stage} from step {schedule.start_step(i)}" for i, stage in enumerate(schedule.stages)]
+    shown = starts if len(starts) <= SHOWN_STEPS else [*starts[:SHOWN_STEPS - 1], "…", starts[-1]]
+    return [f"unfreezing: {len(starts)} stages, one every {schedule.every} steps: {', '.join(shown)}"]
+
+
 def report(dry: DryRun) -> str:
     """What a dry run prints: the plan, the trainable parameters and the peak memory, the last on a
     line of its own (`peak_memory_bytes: N`) for scripts."""
@@ -128,9 +143,10 @@ def report(dry: DryRun) -> str:
         f"({plan.steps_per_epoch} per epoch), {plan.effective_batch} rows per step "
         f"(batch {plan.batch_size} x accumulation {plan.grad_accum} x {plan.processes} process"
         f"{'es' if plan.processes > 1 else ''}), {plan.warmup_steps} warmup steps, {plan.scheduler} schedule"),
-        f"evaluations: {_steps(plan.eval_steps) if dry.evaluates else 'none (no validation rows)'}",
+        f"evaluations: {('before training, then ' if dry.before_training else '') + _steps(plan.eval_steps) if dry.evaluates else 'none (no validation rows)'}",
         f"checkpoints: {_steps(plan.checkpoint_steps)}",
         f"trainable parameters: {dry.trainable_params:,} of {dry.total_params:,} ({share:.2%})",
+        *_unfreezing_line(dry.unfreezing),
         _prefix_line(dry.prefix, plan.epochs),
         f"estimated peak memory of the {where}: {format_bytes(dry.peak_bytes)}",
         *(f"  {name}: {format_bytes(size)}" for name, size in parts),

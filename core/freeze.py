@@ -160,7 +160,7 @@ def _candidates(names: list[str]) -> set[str]:
     return out
 
 
-def _tensors(model) -> list[tuple[list[str], object]]:
+def tensors(model) -> list[tuple[list[str], object]]:
     """Each distinct parameter tensor with all of its names, in registration order."""
     by_id: dict[int, tuple[list[str], object]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
@@ -175,7 +175,7 @@ def _decide(model, rules: list[FreezeRule]) -> tuple[list[tuple[list[str], objec
     matchers = [_matcher(rules, i) for i in range(len(rules))]
     matched_any = [False] * len(rules)
     decided = []
-    for names, param in _tensors(model):
+    for names, param in tensors(model):
         candidates = _candidates([base_name(name) for name in names])
         hits = [i for i, match in enumerate(matchers) if any(match(c) for c in candidates)]
         for i in hits:

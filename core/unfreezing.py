@@ -64,13 +64,18 @@ class UnfreezeSchedule:
         return len(self.stages) > 1
 
 
-def plan_unfreezing(kind: str, every: int, trainable: Iterable[str], blocks: list[str],
+def plan_unfreezing(kind: str, every: int, trainable: Iterable[Iterable[str]], blocks: list[str],
                     embeddings: list[str]) -> UnfreezeSchedule:
-    """The schedule of freeze.unfreezing `kind` for a map that trains `trainable` (parameter names
-    or module paths), on a model with these blocks and embeddings (core.describe). `every`: steps
-    per stage, freeze.unfreeze_every or, where that is 0, the run's steps per epoch."""
-    groups = {_group(base_name(name), blocks, embeddings) for name in trainable}
-    present = [group for group in (ABOVE_BLOCKS, *reversed(blocks), EMBEDDINGS) if group in groups]
+    """The schedule of freeze.unfreezing `kind` for a map that trains `trainable`: the names of each
+    trained tensor (a tied one has several: core.freeze.tensors), on a model with these blocks and
+    embeddings (core.describe). `every`: steps per stage, freeze.unfreeze_every or, where that is 0,
+    the run's steps per epoch."""
+    trainable = [[names] if isinstance(names, str) else list(names) for names in trainable]  # a name: a tensor of one
+    order = [ABOVE_BLOCKS, *reversed(blocks), EMBEDDINGS]
+    rank = {group: i for i, group in enumerate(order)}
+    groups = {min((_group(base_name(name), blocks, embeddings) for name in names), key=rank.__getitem__)
+              for names in trainable}  # a tensor starts with the earliest of its names' parts
+    present = [group for group in order if group in groups]
     if kind == "gradual" and len(present) > 1:
         stages, group_stage = tuple(present), {group: i for i, group in enumerate(present)}
     elif kind == "lp-ft" and len(present) > 1 and present[0] == ABOVE_BLOCKS:
@@ -93,25 +98,24 @@ class Unfreezer:
     trains, as they were when the run was built (peft's names map to the base model's)."""
 
     def __init__(self, schedule: UnfreezeSchedule, model) -> None:
-        by_id: dict[int, tuple[list[str], object]] = {}
-        for name, param in model.named_parameters(remove_duplicate=False):
-            if param.requires_grad:
-                by_id.setdefault(id(param), ([], param))[0].append(name)
+        from core.freeze import tensors
+
         self.schedule = schedule
-        self.tensors = [(schedule.stage_of(names), param) for names, param in by_id.values()]
+        self.tensors = [(schedule.stage_of(names), param) for names, param in tensors(model) if param.requires_grad]
         self.stage: int | None = None
 
     @classmethod
     def for_run(cls, config, model, steps_per_epoch: int) -> Unfreezer | None:
         """The run's unfreezer, None under freeze.unfreezing none or when the map has one stage only."""
         from core.describe import describe_model
+        from core.freeze import tensors
         from core.prefix_cache import inner_model
 
         if config.freeze.unfreezing == "none":
             return None
         inner = inner_model(model)
         description = describe_model(inner)
-        trainable = [name for name, p in inner.named_parameters(remove_duplicate=False) if p.requires_grad]
+        trainable = [names for names, param in tensors(inner) if param.requires_grad]
         schedule = plan_unfreezing(config.freeze.unfreezing, config.freeze.unfreeze_every or steps_per_epoch,
                                    trainable, description.blocks, description.embeddings)
         return cls(schedule, inner) if schedule.staged else None

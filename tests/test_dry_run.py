@@ -55,7 +55,8 @@ def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, ca
     plan = plan_steps(parse_config(yaml.safe_load(config_path.read_text())), train_rows=30)
     assert plan.total_steps == 7 and plan.eval_steps == [3, 6, 7]
     assert "plan: 7 optimizer steps" in out
-    assert "evaluations: 3 (after steps 3, 6, 7)" in out
+    assert "evaluations: before training, then 3 (after steps 3, 6, 7)" in out
+    assert "unfreezing" not in out
     assert "checkpoints: 2 (after steps 3, 6)" in out
     trainable, total = (int(n.replace(",", "")) for n in
                         re.search(r"trainable parameters: ([\d,]+) of ([\d,]+)", out).groups())
@@ -68,6 +69,18 @@ def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, ca
     assert "prefix cache: off (the tied LM head is the embedding and trains; freeze lm_head)" in out
     assert not (tmp_path / "runs").exists()
     assert "step 1" not in err  # nothing trained
+
+
+def test_unfreezing_stages_and_the_l2sp_copy_are_shown(config_path, capsys):
+    """Gradual unfreezing over top-1's map: the head and the final norm first (the tied head brings
+    the embedding along), then block 1; L2-SP's reference copy is a part of the peak."""
+    code, out, err = dry_run(capsys, str(config_path), "--set", "freeze.unfreezing=gradual", "--set",
+                             "freeze.unfreeze_every=2", "--set", "optim.l2sp_alpha=0.1")
+    assert code == 0, err
+    assert "unfreezing: 2 stages, one every 2 steps: the head and the top modules from step 0, model.layers.1 from step 2\n" in out
+    trainable = int(re.search(r"trainable parameters: ([\d,]+)", out).group(1).replace(",", ""))
+    assert parts(out)["L2-SP reference"] == parts(out)["gradients"]  # every trained weight is pretrained here
+    assert trainable > 0
 
 
 def test_a_frozen_prefix_is_cached_and_counted(config_path, capsys):

@@ -185,7 +185,7 @@ EMBED = ["m.embed"]
 
 
 def test_gradual_stages_go_from_the_head_down_and_skip_what_the_map_freezes():
-    trainable = ["head.weight", "m.norm.weight", "m.layers.2.q.weight", "m.layers.0.q.weight", "m.embed.weight"]
+    trainable = [["head.weight"], ["m.norm.weight"], ["m.layers.2.q.weight"], ["m.layers.0.q.weight"], ["m.embed.weight"]]
     schedule = plan_unfreezing("gradual", 4, trainable, BLOCKS, EMBED)
     assert schedule.stages == (ABOVE_BLOCKS, "m.layers.2", "m.layers.0", EMBEDDINGS)  # layers.1 is frozen: no stage
     assert [schedule.stage_at(step) for step in (0, 3, 4, 11, 12, 99)] == [0, 0, 1, 2, 3, 3]
@@ -194,11 +194,18 @@ def test_gradual_stages_go_from_the_head_down_and_skip_what_the_map_freezes():
 
 
 def test_lp_ft_is_the_head_then_the_whole_map():
-    trainable = ["head.weight", "m.layers.1.q.weight", "m.embed.weight"]
+    trainable = [["head.weight"], ["m.layers.1.q.weight"], ["m.embed.weight"]]
     schedule = plan_unfreezing("lp-ft", 10, trainable, BLOCKS, EMBED)
     assert schedule.stages == (ABOVE_BLOCKS, REST)
-    assert [schedule.stage_of([name]) for name in trainable] == [0, 1, 1]
-    assert not plan_unfreezing("lp-ft", 10, ["head.weight"], BLOCKS, EMBED).staged  # head-only: nothing later
+    assert [schedule.stage_of(names) for names in trainable] == [0, 1, 1]
+    assert not plan_unfreezing("lp-ft", 10, [["head.weight"]], BLOCKS, EMBED).staged  # head-only: nothing later
+
+
+def test_a_tied_embedding_makes_no_stage_of_its_own():
+    """GPT-2 and small Llamas tie the LM head to the embedding: one tensor, which starts with the head."""
+    schedule = plan_unfreezing("gradual", 2, [["lm_head.weight", "m.embed.weight"], ["m.layers.2.q.weight"]],
+                               BLOCKS, EMBED)
+    assert schedule.stages == (ABOVE_BLOCKS, "m.layers.2")
 
 
 def test_layerwise_lr_rules_decay_from_the_top_block_down_to_the_embeddings():
