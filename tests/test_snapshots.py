@@ -60,6 +60,15 @@ async def freeze_top_n(pilot) -> None:
     await pilot.pause()
 
 
+async def freeze_methods(pilot) -> None:
+    """Layer-wise lr decay at its default 0.8, then gradual unfreezing, one epoch per stage."""
+    await freeze(pilot)
+    await pilot.press("d", "enter")  # the decay dialog and its default
+    await pilot.pause()
+    await pilot.press("u", "enter", "down", "enter", "tab", "enter")  # gradual, every 0
+    await settle(pilot)
+
+
 async def hyper(pilot) -> None:
     """Step 4 with the demo's data loaded, so that the preview counts steps."""
     await pilot.pause()  # the app shows its first step before it takes keys
@@ -124,6 +133,14 @@ def test_snapshot_freeze_top_n_120x40(snap_compare):
 
 def test_snapshot_freeze_top_n_80x24(snap_compare):
     assert snap_compare(create_app(), terminal_size=(80, 24), run_before=freeze_top_n)
+
+
+def test_snapshot_freeze_methods_120x40(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(120, 40), run_before=freeze_methods)
+
+
+def test_snapshot_freeze_methods_80x24(snap_compare):
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=freeze_methods)
 
 
 def test_snapshot_hyper_120x40(snap_compare):
