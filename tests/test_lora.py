@@ -257,3 +257,25 @@ def test_qlora_without_a_gpu_is_a_problem_the_app_lists_before_the_start():
     assert session.problems()["lora.quantize"].startswith("needs a CUDA GPU")
     session.update({"lora.quantize": "none"})
     assert "lora.quantize" not in session.problems()
+
+
+def test_l2sp_pulls_adapters_and_the_new_head_to_zero_and_trained_copies_to_their_start(tiny_model_factory, cls_file,
+                                                                                          tmp_path):
+    """Issue 13: L2-SP with LoRA. The adapters and the new head's trained copy are new weights
+    (beta); a pretrained block that the map trains in full (peft's modules_to_save) is pulled
+    towards its start (alpha), so only it has a reference copy."""
+    from core.l2sp import L2SP, reference_params
+
+    model, desc = _loaded(tiny_model_factory("bert"), "classification")
+    config = cls_config(tiny_model_factory("bert"), cls_file, tmp_path, freeze={"preset": "top-n", "top_n": 1})
+    in_full = sum(p.numel() for m in (model.bert.encoder.layer[1], model.bert.pooler) for p in m.parameters())
+    wrapped, _, _ = apply_lora(model, desc, config)
+    assert reference_params(wrapped) == in_full
+    optimizer = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=0.1)
+    l2sp = L2SP(wrapped, optimizer, alpha=1.0, beta=1.0)
+    _, pretrained, _, new = l2sp.groups[0]
+    names = {id(p): n for n, p in wrapped.named_parameters()}
+    assert sum(p.numel() for p in pretrained) == in_full
+    assert {names[id(p)].split(".")[-2] for p in new} >= {"default"}  # lora_A.default / lora_B.default
+    assert any("classifier.modules_to_save" in names[id(p)] for p in new)
+    assert all(".lora_" in names[id(p)] or "classifier" in names[id(p)] for p in new)
