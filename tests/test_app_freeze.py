@@ -10,6 +10,7 @@ from core.freeze import effective_rules, summarize_freeze
 from sft_tui.app import create_app
 from sft_tui.format.numbers import format_count
 from sft_tui.screens.dialogs.freeze_rule import RuleDialog
+from sft_tui.screens.help import help_rows
 from sft_tui.widgets.freeze.rules import RuleTable
 from sft_tui.widgets.freeze.tree import ModuleTree
 
@@ -71,6 +72,7 @@ async def test_head_only_preset_trains_the_classifier_and_the_pooler_and_marks_t
         await open_freeze(pilot)
         assert state(app, "") == "train" and "22,713,986 of 22,713,986" in summary(app)
         assert "h head+pooler " in summary(app)
+        assert ("Freeze", "h", "Preset: head + final norm/pooler") in help_rows(app.keymap)
         await pilot.press("h")
         await pilot.pause()
         assert app.session.config.freeze.preset == "head-only"
