@@ -629,7 +629,7 @@ async def test_unfreezing_controls_set_the_config_and_the_tree_shows_when_each_p
         assert (freeze.unfreezing, freeze.unfreeze_every) == ("gradual", 100)
         # the head and the pooler first, then one block from the top every 100 steps, the embeddings last
         model = app.session.model
-        schedule = plan_unfreezing("gradual", 100, list(app.session.model.skeleton.state_dict()),
+        schedule = plan_unfreezing("gradual", 100, list(model.skeleton.state_dict()),
                                    model.description.blocks, model.description.embeddings)
         assert schedule.stages == (ABOVE_BLOCKS, *reversed(model.description.blocks), EMBEDDINGS)
         shown = starts(app)
@@ -734,3 +734,15 @@ async def test_a_causal_lms_head_is_pretrained_and_counted_once_with_its_tied_em
         skeleton = app.session.model.skeleton
         tied_head = skeleton.model.embed_tokens.weight.numel() + skeleton.model.norm.weight.numel()
         assert l2sp_part(app) == format_bytes(4 * tied_head)
+
+
+async def test_a_tied_lm_head_starts_with_its_embedding_and_makes_no_stage_of_its_own(tmp_path, tiny_model_dir):
+    app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        app.session.update({"freeze.unfreezing": "gradual", "freeze.unfreeze_every": 10})
+        app.changed()
+        await pilot.pause()
+        assert starts(app) == {"lm_head": "from step 0", "model.embed_tokens": "from step 0", "model.norm": "from step 0",
+                               "model.layers.1": "from step 10", "model.layers.0": "from step 20"}
+        assert subtitles(app)[0] == "u unfreezing gradual: 3 stages of 10 steps · p LP-FT"

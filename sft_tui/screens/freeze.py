@@ -175,8 +175,7 @@ class FreezeScreen(StepScreen):
     def _schedule(self, kind: str):
         """core.unfreezing's schedule of unfreezing `kind` for what the shown map trains."""
         description = self._model.description
-        return plan_unfreezing(kind, self.session.config.freeze.unfreeze_every,
-                               [name for names in self._trained.values() for name in names],
+        return plan_unfreezing(kind, self.session.config.freeze.unfreeze_every, list(self._trained.values()),
                                description.blocks, description.embeddings)
 
     def _show_methods(self) -> None:
