@@ -25,6 +25,8 @@ from sft_tui.widgets.hyper.schedule import lr_curve
 BAD_VALUES = {
     "optim.lr": ("0", "greater than 0", "0.1"),
     "optim.weight_decay": ("-1", "greater than or equal to 0", "1"),
+    "optim.l2sp_alpha": ("-1", "greater than or equal to 0", "0.01"),
+    "optim.l2sp_beta": ("-0.5", "greater than or equal to 0", "0.01"),
     "optim.beta1": ("1.5", "less than 1", "0"),
     "optim.beta2": ("1", "less than 1", "0"),
     "optim.eps": ("0", "greater than 0", "1"),
@@ -56,7 +58,7 @@ CHOICES = {"schedule.scheduler": "cosine", "eval.metric": "f1", "precision": "fp
 BLOCKS = re.compile("[\u2580-\u259f]+")
 """The block characters a scrollbar is drawn with."""
 TOGGLES = {"compute.gradient_checkpointing": True, "compute.oom_recovery": False,
-           "compute.labelled_logits_only": False, "compute.frozen_eval_mode": True, "lora.enabled": True,
+           "compute.labelled_logits_only": False, "eval.before_training": False, "compute.frozen_eval_mode": True, "lora.enabled": True,
            "lora.use_dora": True, "lora.use_rslora": True, "lora.merge_on_export": True}
 """Checkbox fields and the value a press of space gives them (the opposite of the default)."""
 
@@ -328,19 +330,64 @@ async def test_save_then_load_round_trips_and_bad_yaml_shows_in_the_dialog(tmp_p
 
 
 async def test_at_80x24_every_field_shows_its_range_and_the_focused_one_its_whole_help():
-    """At 80 columns the limits column was dropped, so the range hints were gone."""
+    """At 80 columns the limits column was dropped, so the range hints were gone; the help line
+    showed 4 lines of a docstring (L2-SP's has 8 there)."""
     from helpers import visible_text
 
     app = create_app()
     async with app.run_test(size=(80, 24)) as pilot:
-        await open_hyper(pilot)
-        lines = visible_text(app).splitlines()
-        for name, limits in (("lr", "> 0, < 1"), ("weight_decay", "≥ 0"), ("batch_size", "≥ 1"),
-                             ("max_grad_norm", "≥ 0"), ("epochs", "> 0, ≤ 10000")):
-            line = next(line for line in lines if line.startswith(f"│ {name} "))
+        screen = await open_hyper(pilot)
+        for name, limits in (("lr", "> 0, < 1"), ("weight_decay", "≥ 0"), ("l2sp_alpha", "≥ 0"), ("l2sp_beta", "≥ 0"),
+                             ("batch_size", "≥ 1"), ("max_grad_norm", "≥ 0"), ("epochs", "> 0, ≤ 10000")):
+            screen.query_one(f"#field-{'schedule' if name == 'epochs' else 'optim'}-{name}").scroll_visible(animate=False)
+            await pilot.pause()
+            line = next(line for line in visible_text(app).splitlines() if line.startswith(f"│ {name} "))
             cells = [word for word in line.split("│")[1].split() if not BLOCKS.fullmatch(word)]  # not the scrollbar
             assert cells[-len(limits.split()):] == limits.split(), line
+        screen.query_one("#hyper-form").scroll_home(animate=False)
         await pilot.press("tab")
-        help_line = app.screen.query_one("#hyper-help")
+        help_line = screen.query_one("#hyper-help")
         assert str(help_line.content).startswith("optim.lr (> 0, < 1): Base learning rate of AdamW")
         assert help_line.region.height and "optim.lr (> 0, < 1): Base" in visible_text(app)
+        for dotted in ("optim.l2sp_alpha", "eval.before_training", "compute.labelled_logits_only"):  # the longest
+            field = screen.fields[dotted]
+            field.control.focus()
+            await pilot.pause()
+            await pilot.pause()
+            limits = f" ({field.spec.limits})" if field.spec.limits else ""
+            assert shown_help(app) == f"{dotted}{limits}: {field.spec.help}"
+            rows = visible_text(app).splitlines()
+            assert any(row.startswith(f"│ {field.spec.name[:15]}") for row in rows), dotted  # scrolled back into view
+
+
+def shown_help(app) -> str:
+    """The help line as the terminal shows it: its rows under the form, joined."""
+    from helpers import visible_text
+
+    region = app.screen.query_one("#hyper-help").region
+    rows = visible_text(app).splitlines()[region.y:region.bottom]
+    return " ".join(" ".join(row[region.x:region.right].split()) for row in rows).strip()
+
+async def test_l2sp_and_the_evaluation_before_training_show_in_the_preview():
+    """The form still shows optim.weight_decay under L2-SP: the preview says L2-SP replaces it. The
+    evaluation before training (eval.before_training, on by default) is one of the preview's."""
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_hyper(pilot)
+        await load_demo_data(pilot)
+        preview = screen.query_one(SchedulePreview)
+        assert dict(preview.lines)["evaluation"] == "before training, then every 15 steps: 15, 30, 45 (3×)"
+        assert "regulariser" not in dict(preview.lines)
+
+        await type_into(pilot, screen.fields["optim.l2sp_alpha"], "0.01")
+        assert app.session.config.optim.l2sp_alpha == 0.01
+        assert dict(preview.lines)["regulariser"] == "L2-SP alpha 0.01 beta 0 (replaces weight decay)"
+        assert "Not applied under L2-SP" in screen.fields["optim.weight_decay"].spec.help
+        await type_into(pilot, screen.fields["optim.l2sp_alpha"], "0")
+        assert "regulariser" not in dict(preview.lines)
+
+        screen.fields["eval.before_training"].control.focus()
+        await pilot.press("space")
+        await pilot.pause()
+        assert app.session.config.eval.before_training is False
+        assert dict(preview.lines)["evaluation"] == "every 15 steps: 15, 30, 45 (3×)"

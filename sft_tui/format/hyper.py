@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from core.config import RunConfig
 from core.plan import StepPlan, plan_steps, when_checkpointed, when_evaluated
+from sft_tui.format.train import regulariser, uses_l2sp
 
 NO_DATA = "load the data (step 2) to see steps"
 
@@ -23,6 +24,8 @@ def describe_plan(config: RunConfig, plan: StepPlan | None, validation_rows: int
     lines = [("effective batch", f"{batch.effective_batch} = {batch.batch_size} × {batch.grad_accum} accum × "
                                  f"{batch.processes} proc")]
     when_eval, when_save = when_evaluated(config), when_checkpointed(config)
+    if evals.before_training:
+        when_eval = "before training, then " + when_eval
     if plan is None:
         lines.append(("steps", waiting))
     else:
@@ -36,4 +39,6 @@ def describe_plan(config: RunConfig, plan: StepPlan | None, validation_rows: int
         when_eval = "never: no validation rows"
     elif evals.patience:
         when_eval += f"; stops after {evals.patience} without a better {evals.metric}"
+    if uses_l2sp(config):  # the form still shows weight_decay, which it replaces
+        lines.append(("regulariser", regulariser(config)))
     return lines + [("evaluation", when_eval), ("checkpoints", f"{when_save}; keep {ckpt.keep_last}")]

@@ -114,12 +114,14 @@ class HyperScreen(StepScreen):
         self.app.changed()
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
-        """The help line shows the docstring of the field being edited."""
+        """The help line shows the docstring of the field being edited, whole: the form gives it the
+        rows, and scrolls the field back into view once it has fewer."""
         for node in event.widget.ancestors_with_self:
             if isinstance(node, ConfigField):
                 spec = node.spec
                 limits = f" ({spec.limits})" if spec.limits else ""
                 self.query_one("#hyper-help", Static).update(f"{spec.dotted}{limits}: {spec.help}")
+                self.call_after_refresh(node.scroll_visible, animate=False)
                 return
 
     def _show_preview(self, _value: object = None) -> None:
