@@ -674,6 +674,22 @@ async def test_a_fixed_event_sequence_fills_every_pane():
         assert snippet == 'from transformers import pipeline\npipeline("text-generation", model="runs/demo-run/final")'
 
 
+async def test_the_evaluation_before_training_alone_is_drawn_at_step_0():
+    """Before the first step report the loss chart holds one point, the evaluation at step 0: its
+    axis is labelled 0, not plotext's -1.00 ... 1.00 around it."""
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_train(pilot)
+        for event in FINISHED_RUN[:2]:  # started, the evaluation before training
+            app.screen.post_message(EngineEvent(event))
+            await pilot.pause()
+        await pilot.pause()
+        plot = "\n".join(line.text for line in app.screen.query_one("#loss-plot").render_lines(
+            app.screen.query_one("#loss-plot").region.reset_offset))
+        assert "•" in plot and "-1.00" not in plot and "-0.50" not in plot
+        assert [r[-1] for r in app.screen.query_one(EvalTable).rows_as_text()] == [BEFORE]
+
+
 async def test_an_edit_after_a_run_returns_the_draft_bar_to_ready_or_its_problems():
     """FINISHED or FAILED stays in the draft bar until the draft changes: an edit is the next run's
     draft, and the bar then says whether that one can start."""
