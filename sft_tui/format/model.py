@@ -135,15 +135,17 @@ def memory(description) -> Table:
 
 def training_memory(estimate: MemoryEstimate, other: MemoryEstimate, checkpointing: bool, batch: int, length: int,
                     device: str) -> Text:
-    """The freeze summary's memory, in lines that fit 80 columns: the peak of a step, its parts, then
-    the batch it is for and the peak with gradient checkpointing switched the other way (`other`)."""
+    """The freeze summary's memory, in lines that fit 80 columns: the peak of a step, its parts (and
+    L2-SP's reference copy, when it keeps one), then the batch it is for and the peak with gradient
+    checkpointing switched the other way (`other`)."""
     text = Text()
     text.append("memory ", "bold")
     text.append(format_bytes(estimate.total) + (" per GPU\n" if device == "cuda" else " + process\n"))
     parts = [("weights", estimate.weights), ("grads", estimate.gradients), ("AdamW", estimate.optimizer),
              ("activations", estimate.activations)] + ([("logits", estimate.logits)] if estimate.logits else [])
-    parts += [("L2-SP start", estimate.reference)] if estimate.reference else []
     text.append("  " + " · ".join(f"{name} {format_bytes(size)}" for name, size in parts) + "\n", "dim")
+    if estimate.reference:  # a line of its own: the parts above fill 80 columns already
+        text.append(f"  L2-SP's copy of the starting weights {format_bytes(estimate.reference)}\n", "dim")
     text.append(f"  at batch {batch} x {length} tokens · {'without' if checkpointing else 'with'} gradient "
                 f"checkpointing: {format_bytes(other.total)}\n", "dim")
     return text
