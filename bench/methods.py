@@ -158,7 +158,7 @@ def method_config(spec: dict, runs_dir: str):
     desc = describe_model(build_skeleton(base.model, "classification", [f"l{i}" for i in range(16)]))
     rules, every, notes = [], m.get("unfreeze_every", 0), {"total_steps": plan.total_steps}
     if "llrd_decay" in m:
-        rules = [r.model_dump() for r in layerwise_lr_rules(desc.blocks, desc.embeddings, m["llrd_decay"], lambda _: True)]
+        rules = [r.model_dump() for r in layerwise_lr_rules(desc, m["llrd_decay"], lambda _: True)]
         notes["lr_scales"] = {r["match"]: r["lr_scale"] for r in rules}
     if "head_lr_scale" in m:
         rules = [{"match": path, "train": True, "lr_scale": m["head_lr_scale"]} for path in desc.head + desc.top]

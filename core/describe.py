@@ -94,6 +94,34 @@ def within(path: str, ancestors) -> bool:
     return any(path == a or path.startswith(a + ".") for a in ancestors)
 
 
+def embedding_parts(blocks: list[str], embeddings: list[str]) -> list[str]:
+    """The embeddings with what holds them below the block stack: for each embedding its largest
+    ancestor that does not hold the stack. BERT's `bert.embeddings` (the three tables, their
+    LayerNorm and dropout), Llama's `model.embed_tokens` alone. Layer-wise lr decay and gradual
+    unfreezing treat these as the bottom layer: BERT's embedding LayerNorm is not an embedding
+    table, but it trains with them, not with the head."""
+    if not blocks:
+        return list(embeddings)
+    stack, parts = blocks[0].rpartition(".")[0], []
+    for path in embeddings:
+        names = path.split(".")
+        ancestors = [".".join(names[:i]) for i in range(len(names) - 1, 0, -1)]
+        root = path
+        for ancestor in ancestors:
+            if within(stack, [ancestor]):
+                break
+            root = ancestor
+        if not within(root, parts):
+            parts = [p for p in parts if not within(p, [root])] + [root]
+    return parts
+
+
+def tied_to_head(description: ModelDescription) -> set[str]:
+    """Modules whose parameters a head module shares (a tied LM head's embedding)."""
+    return {node.tied_with for node in _walk(description.root)
+            if node.tied_with and within(node.path, description.head)}
+
+
 def describe_model(model) -> ModelDescription:
     """Module tree with counts, and the blocks, embeddings, head and top modules, found structurally."""
     from torch import nn

@@ -11,18 +11,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core.config import FreezeRule
+from core.describe import ModelDescription, embedding_parts, tied_to_head
 
 
-def layerwise_lr_rules(blocks: list[str], embeddings: list[str], decay: float,
+def decayed_modules(description: ModelDescription) -> list[str]:
+    """The modules layer-wise decay writes rules for, from the bottom: the embeddings with what holds
+    them below the stack (core.describe.embedding_parts), then the blocks. An embedding tied to the
+    LM head is left out: it is the head, which keeps the base learning rate."""
+    tied = tied_to_head(description)
+    return [path for path in embedding_parts(description.blocks, description.embeddings) if path not in tied] + \
+        list(description.blocks)
+
+
+def layerwise_lr_rules(description: ModelDescription, decay: float,
                        trains: Callable[[str], bool]) -> list[FreezeRule]:
     """Rules giving block i of n (from the bottom) lr_scale decay^(n-1-i), and the embeddings
     decay^n; for the modules that `trains` (the current map) says train, so no rule unfreezes a
     frozen one. The head and the modules above the blocks keep their scale (1 unless a rule says
-    otherwise)."""
+    otherwise). Raises ValueError for a decay outside (0, 1]."""
     if not 0 < decay <= 1:
         raise ValueError(f"layer-wise lr decay must be in (0, 1], not {decay}")
-    n = len(blocks)
+    blocks, n = description.blocks, len(description.blocks)
     scales = {block: decay ** (n - 1 - i) for i, block in enumerate(blocks)}
-    scales.update(dict.fromkeys(embeddings, decay**n))
+    scales.update({path: decay**n for path in decayed_modules(description) if path not in scales})
     return [FreezeRule(match=path, train=True, lr_scale=round(scale, 6))
             for path, scale in scales.items() if trains(path)]

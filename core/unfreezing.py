@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from core.describe import within
+from core.describe import embedding_parts, within
 from core.freeze import base_name
 
 ABOVE_BLOCKS = "the head and the top modules"
@@ -71,6 +71,7 @@ def plan_unfreezing(kind: str, every: int, trainable: Iterable[Iterable[str]], b
     embeddings (core.describe). `every`: steps per stage, freeze.unfreeze_every or, where that is 0,
     the run's steps per epoch."""
     trainable = [[names] if isinstance(names, str) else list(names) for names in trainable]  # a name: a tensor of one
+    embeddings = embedding_parts(blocks, embeddings)  # BERT's embedding LayerNorm unfreezes with the tables
     order = [ABOVE_BLOCKS, *reversed(blocks), EMBEDDINGS]
     rank = {group: i for i, group in enumerate(order)}
     groups = {min((_group(base_name(name), blocks, embeddings) for name in names), key=rank.__getitem__)

@@ -98,8 +98,8 @@ async def test_a_run_outlives_the_app_and_a_new_app_shows_its_whole_history(tiny
         charts = screen.query_one(TrainCharts)
         steps = [e.step for e in events if isinstance(e, StepMetrics)]
         assert [s for s, _ in charts.train_loss] == steps  # from the first report on: the whole curve
-        assert [s for s, _ in charts.eval_loss] == [10, 20, 30, 40, 50, 60]
-        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["10", "20", "30", "40", "50", "60"]
+        assert [s for s, _ in charts.eval_loss] == [0, 10, 20, 30, 40, 50, 60]  # from the evaluation before training
+        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["0", "10", "20", "30", "40", "50", "60"]
         sample = [e for e in events if isinstance(e, SampleGenerated)][-1]
         assert sample.output in screen.query_one(SamplesPanel).text
         log = log_text(screen)
@@ -190,7 +190,7 @@ async def test_a_killed_engine_shows_crashed_and_the_resumed_run_keeps_its_histo
             await pilot.press("escape", "5", "enter")
             screen = app.screen
             evals = screen.query_one(EvalTable)
-            await wait_until(pilot, lambda: evals.row_count >= 2, ENGINE_START_S)
+            await wait_until(pilot, lambda: evals.row_count >= 3, ENGINE_START_S)  # before training, steps 5 and 10
             await pilot.press("p")  # hold it mid-run, after the checkpoints of steps 5 and 10
             await wait_until(pilot, lambda: app.run_state == "paused")
             os.kill(engine_pid(run), signal.SIGKILL)
@@ -217,9 +217,9 @@ async def test_a_killed_engine_shows_crashed_and_the_resumed_run_keeps_its_histo
             resumed_from = [e.resumed_from_step for e in read_events(paths.events) if isinstance(e, RunStarted)]
             assert resumed_from == [0, int(checkpoint.name.removeprefix("step-"))]
             rows = [row[0] for row in evals.rows_as_text()]
-            assert rows == ["5", "10", "15", "20", "25", "30"] and rows[:2] == before[:2]  # the pre-resume evals stay
+            assert rows == ["0", "5", "10", "15", "20", "25", "30"] and rows[:3] == before[:3]  # the pre-resume evals stay
             charts = screen.query_one(TrainCharts)
-            assert [s for s, _ in charts.eval_loss] == [5, 10, 15, 20, 25, 30]
+            assert [s for s, _ in charts.eval_loss] == [0, 5, 10, 15, 20, 25, 30]
             assert charts.train_loss.points[0][0] < resumed_from[1] < charts.train_loss.points[-1][0]
             assert [s for s, _ in charts.train_loss] == sorted({s for s, _ in charts.train_loss})  # no step twice
             assert screen.query_one(RunProgress).progress == 30

@@ -553,10 +553,9 @@ async def test_layerwise_decay_writes_rules_for_the_trained_blocks_and_shows_the
         assert app.session.config.freeze.rules == []  # nothing written while the value is refused
         assert await decay_dialog(pilot, "0.5") is None
         blocks = [BLOCK.format(i) for i in range(6)]
-        embeddings = [f"bert.embeddings.{name}_embeddings" for name in ("word", "position", "token_type")]
         written = [(r.match, r.train, r.lr_scale) for r in app.session.config.freeze.rules]
         assert written == ([(block, True, 0.5 ** (5 - i)) for i, block in enumerate(blocks)]
-                           + [(path, True, 0.5 ** 6) for path in embeddings])
+                           + [("bert.embeddings", True, 0.5**6)])  # the tables with their LayerNorm
         assert labels(app)[BLOCK.format(0)].startswith("0 train lr x0.0312 ")
         assert labels(app)[BLOCK.format(5)].startswith("5 train 1.8M")  # the top block at the base lr
         # the spread over the trainable parameters, at optim.lr 5e-5: the embeddings' 1/64 to the head's 1
@@ -575,8 +574,7 @@ async def test_layerwise_decay_writes_rules_for_the_trained_blocks_and_shows_the
         assert app.screen.query_one(Input).value == "0.5"  # the last decay is offered again
         assert await decay_dialog(pilot, "0.8") is None
         model = app.session.model
-        again = layerwise_lr_rules(model.description.blocks, model.description.embeddings, 0.8,
-                                   lambda path: path != BLOCK.format(0))
+        again = layerwise_lr_rules(model.description, 0.8, lambda path: path != BLOCK.format(0))
         assert app.session.config.freeze.rules == [FreezeRule(match=BLOCK.format(0), train=False)] + again
         assert [r.lr_scale for r in again][:2] == [0.4096, 0.512] and state(app, BLOCK.format(0)) == "frozen"
         assert subtitles(app)[1] == "lr x0.26-x1 (2.6e-5 - 1.0e-4) · d lr decay"

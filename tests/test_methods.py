@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from core.config import FreezeConfig, parse_config
-from core.describe import describe_model
+from core.describe import describe_model, tied_to_head
 from core.engine import train
 from core.events import EvalResult, ListSink, LogMessage, RunFinished, StepMetrics
 from core.freeze import apply_freeze_map, effective_rules, param_groups, resolve
@@ -208,12 +208,37 @@ def test_a_tied_embedding_makes_no_stage_of_its_own():
     assert schedule.stages == (ABOVE_BLOCKS, "m.layers.2")
 
 
+def _description(blocks, embeddings, head=(), tied=None):
+    from core.describe import ModelDescription, ModuleNode
+
+    nodes = [ModuleNode(path, path, "Linear", 1, 1, tied_with=tied if path in head else None) for path in head]
+    return ModelDescription("m", "M", "m", "float32", 1, 1, None, blocks, embeddings, list(head), [],
+                            ModuleNode("", "", "M", 1, 1, nodes))
+
+
 def test_layerwise_lr_rules_decay_from_the_top_block_down_to_the_embeddings():
-    rules = layerwise_lr_rules(BLOCKS, EMBED, 0.5, trains=lambda path: path != "m.layers.1")
+    rules = layerwise_lr_rules(_description(BLOCKS, EMBED), 0.5, trains=lambda path: path != "m.layers.1")
     assert [(r.match, r.train, r.lr_scale) for r in rules] == [
         ("m.layers.0", True, 0.25), ("m.layers.2", True, 1.0), ("m.embed", True, 0.125)]
     with pytest.raises(ValueError):
-        layerwise_lr_rules(BLOCKS, EMBED, 1.5, trains=lambda path: True)
+        layerwise_lr_rules(_description(BLOCKS, EMBED), 1.5, trains=lambda path: True)
+
+
+def test_layerwise_decay_covers_berts_embedding_norm_and_spares_a_tied_head():
+    """BERT's embedding LayerNorm sits beside the tables in bert.embeddings: the rule names that
+    module, so the norm decays (and unfreezes) with the embeddings. GPT-2's wte is its LM head:
+    no rule lowers the head's learning rate."""
+    bert = _description(["bert.encoder.layer.0", "bert.encoder.layer.1"],
+                        ["bert.embeddings.word_embeddings", "bert.embeddings.position_embeddings"])
+    rules = layerwise_lr_rules(bert, 0.5, trains=lambda path: True)
+    assert ("bert.embeddings", 0.25) in [(r.match, r.lr_scale) for r in rules]
+    schedule = plan_unfreezing("gradual", 1, [["bert.embeddings.LayerNorm.weight"], ["classifier.weight"]],
+                               bert.blocks, bert.embeddings)
+    assert schedule.stages == (ABOVE_BLOCKS, EMBEDDINGS)
+    gpt2 = _description(["transformer.h.0"], ["transformer.wte", "transformer.wpe"], head=["lm_head"],
+                        tied="transformer.wte")
+    assert [r.match for r in layerwise_lr_rules(gpt2, 0.5, trains=lambda path: True)] == ["transformer.h.0",
+                                                                                          "transformer.wpe"]
 
 
 def test_layerwise_rules_become_optimizer_groups(tiny_model_factory):
@@ -222,17 +247,16 @@ def test_layerwise_rules_become_optimizer_groups(tiny_model_factory):
 
     model = load_model(ModelConfig(name_or_path=str(tiny_model_factory("llama"))), "causal-lm")
     desc = describe_model(model)
-    rules = effective_rules(FreezeConfig(rules=layerwise_lr_rules(desc.blocks, desc.embeddings, 0.5,
-                                                                  trains=lambda path: True)), desc)
+    rules = effective_rules(FreezeConfig(rules=layerwise_lr_rules(desc, 0.5, trains=lambda path: True)), desc)
     apply_freeze_map(model, rules)
     states = resolve(model, rules)
-    n = len(desc.blocks)
+    n, tied = len(desc.blocks), "model.embed_tokens" in tied_to_head(desc)
     assert states[f"{desc.blocks[-1]}.self_attn.q_proj.weight"].lr_scale == 1.0
     assert states[f"{desc.blocks[0]}.self_attn.q_proj.weight"].lr_scale == 0.5 ** (n - 1)
-    assert states["model.embed_tokens.weight"].lr_scale == 0.5**n
+    assert states["model.embed_tokens.weight"].lr_scale == (1.0 if tied else 0.5**n)  # a tied one is the head
     assert states["model.norm.weight"].lr_scale == 1.0
     scales = sorted({group["lr_scale"] for group in param_groups(model, rules, 0.0)})
-    assert scales == sorted({0.5**k for k in range(n + 1)})
+    assert scales == sorted({0.5**k for k in range(n + (0 if tied else 1))})
 
 
 def test_head_only_trains_the_pooler_of_a_real_bert(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from core.config import FreezeRule
 from core.errors import UserError
 from core.freeze import effective_rules, preset_rules, resolve, rule_name, summarize_freeze
 from core.lora import resolve_targets
-from core.lr_decay import layerwise_lr_rules
+from core.lr_decay import decayed_modules, layerwise_lr_rules
 from core.unfreezing import plan_unfreezing
 from sft_tui.format.model import lr_spread, stage_start, unfreezing_text
 from sft_tui.format.numbers import format_count, format_share
@@ -387,12 +387,12 @@ class FreezeScreen(StepScreen):
         and embeddings the map trains now in full; a ValueError (a decay out of range, nothing to
         decay) leaves the rules alone and the dialog shows it."""
         description = self._model.description
-        written = layerwise_lr_rules(description.blocks, description.embeddings, decay,
+        written = layerwise_lr_rules(description, decay,
                                      lambda path: path in self._states and self._states[path].train == "train")
         if not written:
             raise ValueError("the map trains no block or embedding in full: nothing to decay "
                              "(train some first, e.g. preset a or t)")
-        decayed = set(description.blocks) | set(description.embeddings)
+        decayed = set(decayed_modules(description))
         kept = [rule for rule in self._user_rules() if not (rule.train and rule.match in decayed)]
         self._set_rules(kept + written, cursor=len(kept))
         self._decay = f"{decay:g}"
