@@ -83,4 +83,5 @@ async def test_model_data_freeze_hyper_train_results(tmp_path, tiny_model_factor
             assert f"{ev.metrics['loss']:.4f}" in text or f"{ev.metrics['loss']:.3f}" in text
         assert [e.step for e in events if isinstance(e, StepMetrics)][-1] == 12
         resolved = yaml.safe_load((tmp_path / "runs" / "flow" / "config.yaml").read_text())
-        assert resolved["optim"]["lr"] == 2e-3 and resolved["freeze"] == {"preset": "top-n", "top_n": 1, "rules": []}
+        assert resolved["optim"]["lr"] == 2e-3 and resolved["freeze"] == {"preset": "top-n", "top_n": 1, "rules": [],
+                                                                           "unfreezing": "none", "unfreeze_every": 0}

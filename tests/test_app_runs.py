@@ -166,7 +166,7 @@ async def test_two_real_runs_are_listed_compared_and_diffed(real_runs):
         for name, loss, evals in curves.shown:
             events = run_info(runs / name).events
             assert loss == loss_curve(events) and len(loss) == (20 if name == "lr-3e-3" else 6)
-            assert [step for step, _ in evals] == ([5, 10, 15, 20] if name == "lr-3e-3" else [5])
+            assert [step for step, _ in evals] == ([0, 5, 10, 15, 20] if name == "lr-3e-3" else [0, 5])  # from step 0
         assert "lr-3e-3" in str(screen.query_one("#curves-legend").render())
 
         diff = screen.query_one(ConfigDiff)

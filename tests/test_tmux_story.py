@@ -81,8 +81,8 @@ def test_a_run_started_in_the_app_outlives_its_terminal_and_is_attached_again(tm
         info = run_info(run)
         assert info.state == "finished" and info.step == STEPS
         evals = [e.step for e in info.events if e.type == "eval"]
-        assert evals == [500, 1000, 1500]
-        for step in evals[:-1]:  # the history before the attach is on screen too: the eval table's rows
+        assert evals == [0, 500, 1000, 1500]  # before training, then every 500 steps
+        for step in evals[1:-1]:  # the history before the attach is on screen too: the eval table's rows
             assert str(step) in shown, shown
     finally:
         tmux("kill-server")
