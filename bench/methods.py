@@ -41,6 +41,8 @@ Methods and their hyperparameters (METHODS; the chosen values are printed and wr
   block from the top every K = total steps // 12 steps, so that all 6 blocks train from half-way
   (block 0 starts at step 6K), the embeddings from step 7K.
 - head-only: the head-only preset (the head and the pooler), lr 1e-3 (a typical linear-probe lr).
+- full-head-lr: a control for lp-ft, not a method of its own: full fine-tuning with the head and the
+  pooler at 20 x lr as in lp-ft, but no probing stage; lp-ft against it measures the staging alone.
 
 Reported per method (mean ± sd over the seeds, sd with n - 1): validation accuracy and macro-F1
 (core.metrics.classification_metrics: F1 averaged over the labels present in the validation rows)
@@ -87,6 +89,7 @@ METHODS = {
     "lp-ft": {"lr": 5e-5, "unfreezing": "lp-ft", "unfreeze_every": 0, "head_lr_scale": 20.0},
     "gradual": {"lr": 5e-5, "unfreezing": "gradual", "blocks_unfrozen_by": 0.5},
     "head-only": {"lr": 1e-3, "preset": "head-only"},
+    "full-head-lr": {"lr": 5e-5, "head_lr_scale": 20.0},
 }
 """Each method's settings (the module docstring says why these values)."""
 
