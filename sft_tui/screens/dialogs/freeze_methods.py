@@ -8,10 +8,11 @@ the config), so a value is fixed in place."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import get_args
 
 from textual.app import ComposeResult
-from textual.events import Mount
 from textual.containers import Horizontal, Vertical
+from textual.events import Mount
 from textual.widgets import Input, Label, Select, Static
 
 from core.config import FreezeConfig
@@ -75,7 +76,8 @@ class UnfreezeDialog(FormDialog[bool]):
                          classes="dialog-text")
             with Horizontal(classes="unfreeze-fields"):
                 yield Label("unfreezing")
-                yield Select([(kind, kind) for kind in ("none", "gradual", "lp-ft")], value=self.freeze.unfreezing,
+                yield Select([(kind, kind) for kind in get_args(fields["unfreezing"].annotation)],
+                             value=self.freeze.unfreezing,
                              allow_blank=False, compact=True, id="unfreeze-kind",
                              tooltip=fields["unfreezing"].description)
                 yield Label("every")

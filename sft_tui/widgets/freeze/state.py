@@ -84,7 +84,6 @@ def _aggregate(tensors: Iterable[tuple[int, object]]) -> NodeState:
     return NodeState(params, trainable, frozenset(scales), frozenset(rules))
 
 
-
 def trained_tensors(index: TensorIndex, states: dict, lora_targets: list[str] = ()) -> dict[int, list[str]]:
     """Each tensor that trains (by identity) with all its names: what the map trains, and under LoRA
     the layers that carry adapters, which stand for their adapters (an adapter is in its layer's
