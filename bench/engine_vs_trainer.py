@@ -352,24 +352,31 @@ def wait_idle(limit_s: float, threshold: float = 15.0) -> float:
     return time.perf_counter() - started
 
 
-def spawn(only: str, spec: dict, env: dict, idle_s: float) -> dict:
+def run_child(args: list[str], env: dict, idle_s: float, what: str) -> dict:
+    """`python ARGS` in a fresh process (clean timing and memory), after waiting up to `idle_s` for
+    a quiet machine; the child's last MARKER line as a dict, with `process_wall_s` and
+    `waited_for_idle_s`. A child that fails ends the bench with its output, naming `what` it ran;
+    an interrupted bench does not leave it training."""
     waited = wait_idle(idle_s) if idle_s else 0.0
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--only", only, "--spec", json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT)
     try:
         stdout, stderr = proc.communicate()
     finally:
-        if proc.poll() is None:  # interrupted (Ctrl-C, timeout): don't leave the child training
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
     lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(stdout[-4000:] + stderr[-8000:])
-        raise SystemExit(f"{only} subprocess failed (exit {proc.returncode})")
-    result = json.loads(lines[-1][len(MARKER):])
-    result["process_wall_s"] = time.perf_counter() - started
-    result["waited_for_idle_s"] = waited
+        raise SystemExit(f"{what} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(MARKER):]) | {"process_wall_s": time.perf_counter() - started,
+                                                  "waited_for_idle_s": waited}
+
+
+def spawn(only: str, spec: dict, env: dict, idle_s: float) -> dict:
+    result = run_child([__file__, "--only", only, "--spec", json.dumps(spec)], env, idle_s, f"{only} subprocess")
     if result.get("foreign_cores", 0) > 0.1:
         print(f"WARNING: other processes used {result['foreign_cores']:.2f} cores while {only} trained; "
               "its timing is not clean", flush=True)

@@ -65,7 +65,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,9 +74,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.engine_vs_trainer import CpuWindow, quiet, wait_idle
-
-MARKER = "BENCH_RESULT "
+from bench.engine_vs_trainer import MARKER, CpuWindow, quiet, run_child
 BIG = 10**9  # "never" for eval.every_steps / checkpoint.every_steps
 VAL_SHARE = 0.1
 C1 = {"rows": 3000, "epochs": 3, "batch_size": 32, "max_length": 64, "weight_decay": 0.01, "warmup_ratio": 0.1}
@@ -222,20 +219,8 @@ def run_one(spec: dict) -> dict:
 
 def spawn(spec: dict, env: dict, idle_s: float) -> dict:
     """One run in a fresh process (clean timing and memory); its result line."""
-    waited = wait_idle(idle_s) if idle_s else 0.0
-    proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    try:
-        stdout, stderr = proc.communicate()
-    finally:
-        if proc.poll() is None:  # interrupted: don't leave the child training
-            proc.kill()
-            proc.wait()
-    lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(stdout[-4000:] + stderr[-8000:])
-        raise SystemExit(f"{spec['name']} with seed {spec['seed']} failed (exit {proc.returncode})")
-    result = json.loads(lines[-1][len(MARKER):]) | {"seed": spec["seed"], "waited_for_idle_s": waited}
+    result = run_child([__file__, "--child", json.dumps(spec)], env, idle_s,
+                       f"{spec['name']} with seed {spec['seed']}") | {"seed": spec["seed"]}
     print(f"  {spec['name']:9} seed {spec['seed']}: accuracy {result['before_accuracy']:.3f} -> {result['accuracy']:.3f}, "
           f"macro-F1 {result['before_f1']:.3f} -> {result['f1']:.3f}, {result['train_s']:.1f} s training "
           f"({result['tokens_seen'] / result['train_s']:,.0f} tok/s), "

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,16 +51,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.engine_vs_trainer import (
+    MARKER,
     CpuWindow,
     data_digest,
     peak_rss_bytes,
     prepared,
     quiet,
+    run_child,
     train_timed,
-    wait_idle,
 )
 
-MARKER = "BENCH_RESULT "
 BIG = 10**9  # "never" for eval.every_steps / checkpoint.every_steps
 C1 = {"task": "classification", "data": "c1", "model": "demo:minilm", "rows": 3000, "epochs": 3, "batch_size": 32,
       "max_length": 64}
@@ -193,20 +192,8 @@ SIDES = {"engine": "engine", "trainer": "Trainer default", "trainer-grouped": "T
 
 def spawn(spec: dict, env: dict, idle_s: float) -> dict:
     """One side in a fresh process; its result line. Waits first (up to idle_s) for a quiet machine."""
-    waited = wait_idle(idle_s) if idle_s else 0.0
-    proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    try:
-        stdout, stderr = proc.communicate()
-    finally:
-        if proc.poll() is None:  # interrupted: don't leave the child training
-            proc.kill()
-            proc.wait()
-    lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(stdout[-4000:] + stderr[-8000:])
-        raise SystemExit(f"{spec['side']} subprocess of {spec['case']} failed (exit {proc.returncode})")
-    result = json.loads(lines[-1][len(MARKER):]) | {"waited_for_idle_s": waited}
+    result = run_child([__file__, "--child", json.dumps(spec)], env, idle_s,
+                       f"{spec['side']} subprocess of {spec['case']}")
     print(f"  {spec['side']}: {result['train_s']:.1f} s, {result['real_tokens_per_s']:,.0f} real tok/s, "
           f"others used {result.get('foreign_cores', 0):.2f} cores", flush=True)
     return result

@@ -352,12 +352,17 @@ async def test_at_80x24_every_field_shows_its_range_and_the_focused_one_its_whol
         for dotted in ("optim.l2sp_alpha", "eval.before_training", "compute.labelled_logits_only"):  # the longest
             field = screen.fields[dotted]
             field.control.focus()
-            await pilot.pause()
-            await pilot.pause()
+
+            def in_view() -> bool:  # scrolled back into view (after a refresh or more on a loaded machine)
+                return any(row.startswith(f"│ {field.spec.name[:15]}") for row in visible_text(app).splitlines())
+
+            for _ in range(100):
+                await pilot.pause(0.02)
+                if in_view():
+                    break
             limits = f" ({field.spec.limits})" if field.spec.limits else ""
             assert shown_help(app) == f"{dotted}{limits}: {field.spec.help}"
-            rows = visible_text(app).splitlines()
-            assert any(row.startswith(f"│ {field.spec.name[:15]}") for row in rows), dotted  # scrolled back into view
+            assert in_view(), dotted
 
 
 def shown_help(app) -> str:
