@@ -747,3 +747,15 @@ async def test_a_tied_lm_head_starts_with_its_embedding_and_makes_no_stage_of_it
         assert starts(app) == {"lm_head": "from step 0", "model.embed_tokens": "from step 0", "model.norm": "from step 0",
                                "model.layers.1": "from step 10", "model.layers.0": "from step 20"}
         assert subtitles(app)[0] == "u unfreezing gradual: 3 stages of 10 steps · p LP-FT"
+
+
+def test_the_memory_parts_break_between_parts_at_80_columns():
+    """A causal LM's five parts were one line too wide for 80 columns: `logits` ended one line and
+    its size began the next. Parts now go whole to the next line."""
+    from core.memory import MemoryEstimate
+    from sft_tui.format.model import PARTS_WIDTH, training_memory
+
+    estimate = MemoryEstimate(4_500_000, 4_500_000, 9_000_000, 33_500_000, 1_250_000)
+    lines = training_memory(estimate, estimate, False, 8, 32, "cpu").plain.splitlines()
+    assert lines[1:3] == ["  weights 4.3 MB · grads 4.3 MB · AdamW 8.6 MB · activations 31.9 MB", "  logits 1.2 MB"]
+    assert all(len(line) <= PARTS_WIDTH + 2 for line in lines[1:3])

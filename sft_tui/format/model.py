@@ -133,6 +133,11 @@ def memory(description) -> Table:
     return grid
 
 
+PARTS_WIDTH = 72
+"""Characters of the memory's parts on one line of the freeze summary, which is 80 columns wide at
+the smallest terminal, less its indent and border; a part that does not fit starts the next line."""
+
+
 def training_memory(estimate: MemoryEstimate, other: MemoryEstimate, checkpointing: bool, batch: int, length: int,
                     device: str) -> Text:
     """The freeze summary's memory, in lines that fit 80 columns: the peak of a step, its parts (and
@@ -143,7 +148,13 @@ def training_memory(estimate: MemoryEstimate, other: MemoryEstimate, checkpointi
     text.append(format_bytes(estimate.total) + (" per GPU\n" if device == "cuda" else " + process\n"))
     parts = [("weights", estimate.weights), ("grads", estimate.gradients), ("AdamW", estimate.optimizer),
              ("activations", estimate.activations)] + ([("logits", estimate.logits)] if estimate.logits else [])
-    text.append("  " + " · ".join(f"{name} {format_bytes(size)}" for name, size in parts) + "\n", "dim")
+    lines: list[str] = []
+    for part in (f"{name} {format_bytes(size)}" for name, size in parts):
+        if lines and len(lines[-1]) + 3 + len(part) <= PARTS_WIDTH:
+            lines[-1] += f" · {part}"
+        else:
+            lines.append(part)  # a part is never cut between its name and its size
+    text.append("".join(f"  {line}\n" for line in lines), "dim")
     if estimate.reference:  # a line of its own: the parts above fill 80 columns already
         text.append(f"  L2-SP's copy of the starting weights {format_bytes(estimate.reference)}\n", "dim")
     text.append(f"  at batch {batch} x {length} tokens · {'without' if checkpointing else 'with'} gradient "
