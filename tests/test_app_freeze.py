@@ -546,8 +546,11 @@ async def test_layerwise_decay_writes_rules_for_the_trained_blocks_and_shows_the
         assert subtitles(app)[1] == "lr 5.0e-5 · d lr decay"
         await pilot.press("d")
         await pilot.pause()
+        dialog = pilot.app.screen
+        assert str(dialog.query_one("#decay-effect").content) == "block 0 x0.328 · embeddings x0.262 of the base lr"  # 0.8
         dialog = await decay_dialog(pilot, "1.5")
         assert "layer-wise lr decay must be in (0, 1], not 1.5" in dialog.error
+        assert str(dialog.query_one("#decay-effect").content) == ""  # no effect shown for a refused value
         dialog = await decay_dialog(pilot, "abc")
         assert "must be a number in (0, 1]" in dialog.error and "'abc'" in dialog.error
         assert app.session.config.freeze.rules == []  # nothing written while the value is refused

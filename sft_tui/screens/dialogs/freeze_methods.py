@@ -34,7 +34,22 @@ class DecayDialog(FormDialog[float]):
                          "times the one above, the embeddings lowest. Writes one rule per trained block and "
                          "embedding (replacing earlier ones), which you can edit.", classes="dialog-text")
             yield Input(self.decay, placeholder="decay in (0, 1], e.g. 0.8", id="decay-input")
+            yield Static(self._effect(self.decay), id="decay-effect", classes="dialog-text")
             yield from self.compose_error_and_buttons("Write rules")
+
+    def _effect(self, text: str) -> str:
+        """What the typed decay does to the bottom of the model: on a 30-block model 0.8 leaves block
+        0 at x0.0015 of the base lr, which a user should see before writing the rules."""
+        try:
+            decay = float(text)
+        except ValueError:
+            return ""
+        if not 0 < decay <= 1 or not self.blocks:
+            return ""
+        return f"block 0 x{decay ** (self.blocks - 1):.3g} · embeddings x{decay ** self.blocks:.3g} of the base lr"
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.query_one("#decay-effect", Static).update(self._effect(event.value.strip()))
 
     def act(self) -> None:
         text = self.query_one(Input).value.strip()
