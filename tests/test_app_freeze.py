@@ -547,7 +547,7 @@ async def test_layerwise_decay_writes_rules_for_the_trained_blocks_and_shows_the
         await pilot.press("d")
         await pilot.pause()
         dialog = pilot.app.screen
-        assert str(dialog.query_one("#decay-effect").content) == "block 0 x0.328 · embeddings x0.262 of the base lr"  # 0.8
+        assert str(dialog.query_one("#decay-effect").content) == "block 0 x0.328 of the base lr · embeddings x0.262"  # 0.8
         dialog = await decay_dialog(pilot, "1.5")
         assert "layer-wise lr decay must be in (0, 1], not 1.5" in dialog.error
         assert str(dialog.query_one("#decay-effect").content) == ""  # no effect shown for a refused value

@@ -379,7 +379,8 @@ class FreezeScreen(StepScreen):
             self.notify("Layer-wise lr decay needs a stack of blocks, and none was found in this model.",
                         severity="warning")
             return
-        self.app.push_screen(DecayDialog(self._decay, len(blocks), self._write_decay))
+        embeddings = len(decayed_modules(self._model.description)) > len(blocks)  # not when tied to the head
+        self.app.push_screen(DecayDialog(self._decay, len(blocks), self._write_decay, embeddings))
 
     def _write_decay(self, decay: float) -> None:
         """Replace the rules an earlier decay wrote (train rules naming exactly a block or an

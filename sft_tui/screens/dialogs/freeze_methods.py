@@ -23,9 +23,9 @@ from sft_tui.screens.dialogs.form import FormDialog
 class DecayDialog(FormDialog[float]):
     """Asks for the decay of layer-wise lr decay; answers it once `perform(decay)` has written the rules."""
 
-    def __init__(self, decay: str, blocks: int, perform: Callable[[float], object]) -> None:
+    def __init__(self, decay: str, blocks: int, perform: Callable[[float], object], embeddings: bool = True) -> None:
         super().__init__()
-        self.decay, self.blocks, self.perform = decay, blocks, perform
+        self.decay, self.blocks, self.perform, self.embeddings = decay, blocks, perform, embeddings
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -46,7 +46,8 @@ class DecayDialog(FormDialog[float]):
             return ""
         if not 0 < decay <= 1 or not self.blocks:
             return ""
-        return f"block 0 x{decay ** (self.blocks - 1):.3g} · embeddings x{decay ** self.blocks:.3g} of the base lr"
+        bottom = f"embeddings x{decay ** self.blocks:.3g}" if self.embeddings else "the embedding is the tied head: x1"
+        return f"block 0 x{decay ** (self.blocks - 1):.3g} of the base lr · {bottom}"
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.query_one("#decay-effect", Static).update(self._effect(event.value.strip()))
