@@ -272,3 +272,38 @@ def test_head_only_trains_the_pooler_of_a_real_bert(tmp_path, monkeypatch):
     plain = estimate_model(model, batch=4, length=16, task="classification", checkpointing=False)
     with_copy = estimate_model(model, batch=4, length=16, task="classification", checkpointing=False, l2sp=True)
     assert with_copy.total - plain.total == with_copy.reference == 4 * (384 * 384 + 384)
+
+
+def test_a_stage_joining_keeps_the_optimizer_state_of_those_already_training():
+    """AdamW over the whole map from the start: a tensor not started has no gradient, so no state;
+    when its stage starts, the head's moments and step count go on where they were."""
+    from core.unfreezing import Unfreezer
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = nn.Module()
+            self.m.layers = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+            self.head = nn.Linear(2, 1)
+
+        def forward(self, x):
+            for layer in self.m.layers:
+                x = layer(x)
+            return self.head(x)
+
+    model = Tiny()
+    names = [[name] for name, _ in model.named_parameters()]
+    unfreezer = Unfreezer(plan_unfreezing("gradual", 2, names, ["m.layers.0", "m.layers.1"], []), model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    for step in range(4):
+        unfreezer.enter(step)
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step == 1:
+            assert set(optimizer.state) == {model.head.weight, model.head.bias}
+            head_moment = optimizer.state[model.head.weight]["exp_avg"].clone()
+    assert int(optimizer.state[model.head.weight]["step"]) == 4  # kept through the stage change at step 2
+    assert int(optimizer.state[model.m.layers[1].weight]["step"]) == 2  # started at step 2
+    assert model.m.layers[0].weight not in optimizer.state  # its stage starts at step 4
+    assert not torch.equal(optimizer.state[model.head.weight]["exp_avg"], head_moment)
