@@ -176,8 +176,9 @@ class _Training(Milestones):
         self.report_interval_s = report_interval_s
         self.tokenizer, self.data, self.model, self.freeze = tokenizer, data, model, freeze
         self.optimizer, self.plan, self.scheduler, self.l2sp = optimizer, plan, scheduler, l2sp
-        self.trainable = [p for p in model.parameters() if p.requires_grad]  # by the whole map: clipping skips
-        self.unfreezer = Unfreezer.for_run(config, model, plan.steps_per_epoch)  # what has no gradient yet
+        self.trainable = [p for p in model.parameters() if p.requires_grad]  # the whole map's: clipping skips
+        # those of a later unfreezing stage, which have no gradient yet
+        self.unfreezer = Unfreezer.for_run(config, model, plan.steps_per_epoch)  # None without freeze.unfreezing
         self.prefix = None  # the frozen-prefix cache, built once the run has announced itself
         self.state, self.last_checkpoint = state, last_checkpoint
         self.started = time.perf_counter() - state.elapsed_s  # the clock continues a resumed run's; pauses move it
@@ -234,7 +235,7 @@ class _Training(Milestones):
         if started:
             schedule = self.unfreezer.schedule
             setup.log.info("unfreezing stage %d of %d from step %d: %s trains", self.unfreezer.stage + 1,
-                     len(schedule.stages), self.state.step, started)
+                           len(schedule.stages), self.state.step, started)
 
     @property
     def micro_batch(self) -> int:
