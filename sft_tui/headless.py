@@ -143,8 +143,8 @@ class ProgressDisplay:
         last = self.last_eval
         if e.final_metrics and last is not None and last.step != e.best_step:
             self.result(f"last eval @ step {last.step}: {format_metrics(e.final_metrics)}")
-        for label, text in before_after(e.before_metrics, e.final_metrics, self.run_task, self.untrained_head):
-            self.result(f"{label}: {text}")
+        for label, parts in before_after(e.before_metrics, e.final_metrics, self.run_task, self.untrained_head):
+            self.result(f"{label}: {' · '.join(parts)}")
         if e.output_path:
             self.result(f"model saved to {e.output_path}")
 

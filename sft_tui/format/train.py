@@ -32,19 +32,20 @@ def untrained_head_note(task: str) -> str:
 
 
 def before_after(before: dict[str, float], after: dict[str, float], task: str,
-                 untrained_head: bool = False) -> list[tuple[str, str]]:
-    """(label, text) lines comparing the evaluation before training (`before`, empty without one:
-    then nothing) with the last one (`after`, the run's final metrics), every metric of either;
-    the results panel and the headless summary both show them."""
+                 untrained_head: bool = False) -> list[tuple[str, list[str]]]:
+    """(label, parts) lines comparing the evaluation before training (`before`, empty without one:
+    then nothing) with the last one (`after`, the run's final metrics): a part per metric of
+    either (`loss 0.6951 -> 0.6404`). The headless summary joins the parts on one line; the results
+    panel, 80 columns at the smallest, puts each on a line of its own rather than cut one in two."""
     if not before:
         return []
     if after:
         names = [*after, *(n for n in before if n not in after)]
-        lines = [("before -> after", " · ".join(f"{n} {_shown(before, n)} -> {_shown(after, n)}" for n in names))]
+        lines = [("before -> after", [f"{n} {_shown(before, n)} -> {_shown(after, n)}" for n in names])]
     else:  # stopped before its first evaluation after step 0
-        lines = [("before training", format_metrics(before))]
+        lines = [("before training", [format_metrics({n: v}) for n, v in before.items()])]
     if untrained_head:
-        lines.append(("before", untrained_head_note(task)))
+        lines.append(("before", [untrained_head_note(task)]))
     return lines
 
 

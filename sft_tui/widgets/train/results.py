@@ -64,9 +64,9 @@ class ResultsPanel(Vertical):
             text.append(f"\nlast eval @ step {last_eval_step}: " if last_eval_step is not None else "\nlast eval: ",
                         style="dim")
             text.append(format_metrics(finished.final_metrics))
-        for label, line in before_after(finished.before_metrics, finished.final_metrics, task, untrained_head):
+        for label, parts in before_after(finished.before_metrics, finished.final_metrics, task, untrained_head):
             text.append(f"\n{label}: ", style="dim")
-            text.append(line)
+            text.append(f"\n{' ' * (len(label) + 2)}".join(parts))  # a metric a line, aligned: none cut in two
         if finished.output_path:
             text.append("\nmodel ", style="dim")
             text.append(finished.output_path)
