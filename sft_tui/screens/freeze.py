@@ -3,9 +3,9 @@
 The module tree (left) and the rule list (right) are two views of config.freeze: every key edits the
 config through session.update, and one refresh per change resolves the map once
 (core.freeze.resolve) and aggregates it over the tree, so both views and the summary stay in sync.
-The transfer-learning methods that belong to the map live here too: layer-wise lr decay writes
-ordinary rules (core.lr_decay), and gradual unfreezing or LP-FT (freeze.unfreezing) mark in the
-tree when each part starts training (core.unfreezing, on the same skeleton the engine's run mirrors).
+The transfer-learning methods built on the map (layer-wise lr decay, gradual unfreezing, LP-FT) are
+its mixin, sft_tui.screens.freeze_methods; the tree marks when each part starts training
+(core.unfreezing, on the same skeleton the engine's run mirrors).
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import ContentSwitcher, DataTable, Static, Tree
 
 from core.config import FreezeRule
+from core.describe import embedding_parts
 from core.errors import UserError
 from core.freeze import effective_rules, preset_rules, resolve, rule_name, summarize_freeze
 from core.lora import resolve_targets
-from core.lr_decay import decayed_modules, layerwise_lr_rules
-from core.unfreezing import plan_unfreezing
-from sft_tui.format.model import lr_spread, stage_start, unfreezing_text
+from sft_tui.format.model import stage_start
 from sft_tui.format.numbers import format_count, format_share
 from sft_tui.screens.base import StepScreen
-from sft_tui.screens.dialogs.freeze_methods import DecayDialog, UnfreezeDialog
+from sft_tui.screens.freeze_methods import FreezeMethods
 from sft_tui.screens.dialogs.freeze_rule import RuleDialog
 from sft_tui.widgets.freeze.rules import RuleTable
 from sft_tui.widgets.freeze.state import node_states, start_stages, tensor_index, trained_tensors
@@ -34,7 +33,7 @@ from sft_tui.widgets.freeze.tree import ModuleTree
 from sft_tui.widgets.spinner import Spinner
 
 
-class FreezeScreen(StepScreen):
+class FreezeScreen(FreezeMethods, StepScreen):
     STEP = "freeze"
     CSS_PATH = "freeze.tcss"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
@@ -160,7 +159,9 @@ class FreezeScreen(StepScreen):
         self._trained = trained_tensors(self._tensors, states, self._lora_targets) if summary else {}
         schedule = self._schedule(freeze.unfreezing)
         self._stages = len(schedule.stages)
-        parts = description.blocks + description.embeddings + description.head + description.top
+        # the parts the schedule stages: BERT's whole `bert.embeddings` is the bottom one (core.unfreezing)
+        parts = (description.blocks + embedding_parts(description.blocks, description.embeddings)
+                 + description.head + description.top)
         starts = {}
         if schedule.staged:
             stages = start_stages(description.root, self._tensors, self._trained, schedule, parts)
@@ -171,22 +172,6 @@ class FreezeScreen(StepScreen):
                                              self._deciding())
         shares = {preset: self._preset_share(preset) for _, preset, _ in PRESETS}
         self.query_one(FreezeSummaryBar).show(summary, error, freeze, shares)
-
-    def _schedule(self, kind: str):
-        """core.unfreezing's schedule of unfreezing `kind` for what the shown map trains."""
-        description = self._model.description
-        return plan_unfreezing(kind, self.session.config.freeze.unfreeze_every, list(self._trained.values()),
-                               description.blocks, description.embeddings)
-
-    def _show_methods(self) -> None:
-        """The methods' state and keys under the panes: the learning rates the trainable parameters
-        get (the spread layer-wise decay gives) under the rules, the unfreezing schedule under the tree."""
-        freeze = self.session.config.freeze
-        root = self._states.get("")
-        scales = root.lr_scales if root is not None else frozenset()
-        self.query_one(RuleTable).border_subtitle = f"{lr_spread(scales, self.session.config.optim.lr)} · d lr decay"
-        self.query_one(ModuleTree).border_subtitle = (
-            f"u unfreezing {unfreezing_text(freeze.unfreezing, freeze.unfreeze_every, self._stages)} · p LP-FT")
 
     def _deciding(self) -> frozenset:
         node = self.query_one(ModuleTree).cursor_node
@@ -369,52 +354,3 @@ class FreezeScreen(StepScreen):
         if 0 <= target < len(rules):
             rules[index], rules[target] = rules[target], rules[index]
             self._set_rules(rules, cursor=target)
-
-    # ---- the transfer-learning methods of the map -----------------------------------------------
-    def action_layer_decay(self) -> None:
-        if not self._ready() or not self._states:
-            return
-        blocks = self._model.description.blocks
-        if not blocks:
-            self.notify("Layer-wise lr decay needs a stack of blocks, and none was found in this model.",
-                        severity="warning")
-            return
-        embeddings = len(decayed_modules(self._model.description)) > len(blocks)  # not when tied to the head
-        self.app.push_screen(DecayDialog(self._decay, len(blocks), self._write_decay, embeddings))
-
-    def _write_decay(self, decay: float) -> None:
-        """Replace the rules an earlier decay wrote (train rules naming exactly a block or an
-        embedding; a frozen one is the user's toggle and stays) with core.lr_decay's, for the blocks
-        and embeddings the map trains now in full; a ValueError (a decay out of range, nothing to
-        decay) leaves the rules alone and the dialog shows it."""
-        description = self._model.description
-        written = layerwise_lr_rules(description, decay,
-                                     lambda path: path in self._states and self._states[path].train == "train")
-        if not written:
-            raise ValueError("the map trains no block or embedding in full: nothing to decay "
-                             "(train some first, e.g. preset a or t)")
-        decayed = set(decayed_modules(description))
-        kept = [rule for rule in self._user_rules() if not (rule.train and rule.match in decayed)]
-        self._set_rules(kept + written, cursor=len(kept))
-        self._decay = f"{decay:g}"
-
-    def action_unfreezing(self) -> None:
-        if self._ready():
-            self.app.push_screen(UnfreezeDialog(self.session.config.freeze, self._set_unfreezing))
-
-    def _set_unfreezing(self, kind: str, every: str) -> None:
-        """Through the session, so pydantic checks `every`; its UserError stays in the dialog."""
-        self.session.update({"freeze.unfreezing": kind, "freeze.unfreeze_every": every})
-        self.app.changed()
-
-    def action_lp_ft(self) -> None:
-        """LP-FT over the user's map: the head and the top train alone for a stage, then the whole map."""
-        if not self._ready() or not self._apply({"freeze.unfreezing": "lp-ft"}):
-            return
-        every = self.session.config.freeze.unfreeze_every
-        if not self._schedule("lp-ft").staged:
-            self.notify("LP-FT is set, but the map trains only one part: it has nothing to start later "
-                        "(train more, e.g. preset a or t).", severity="warning")
-        else:
-            self.notify(f"LP-FT: the head and the top train alone for {f'{every} steps' if every else '1 epoch'}, "
-                        "then the whole map; u changes it.")
