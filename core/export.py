@@ -25,8 +25,9 @@ def save_final(model, tokenizer, out_dir: Path, merge: bool | None = None) -> Pa
     A peft model saves its adapter; `merge` True also writes the merged model into `merged/`, and
     None takes lora.merge_on_export from the run's config.yaml beside `out_dir` (the engine passes
     none). Merging happens in place, after the adapter is saved: the run is over, and a copy of the
-    model would double the memory at the very end of it. A sharded model's adapter is saved, but
-    not merged: its base weights are spread over the processes, and no process holds them whole."""
+    model would double the memory at the very end of it. A model that FSDP shards holds its base
+    weights spread over the processes, so rank 0 merges the saved adapter into a fresh copy of the
+    base on the CPU (`_merge_saved`) instead."""
     from peft import PeftModel
 
     is_peft = isinstance(model, PeftModel)
@@ -39,19 +40,32 @@ def save_final(model, tokenizer, out_dir: Path, merge: bool | None = None) -> Pa
         generation.pad_token_id = tokenizer.pad_token_id
     if is_peft and merge is None:
         merge = _merge_requested(out_dir)
-    if is_peft and merge and sharded:
-        logging.getLogger("core.export").warning(
-            "lora.merge_on_export: the adapters of a model sharded by FSDP are saved unmerged in %s; merge them "
-            "on one process with peft's PeftModel.from_pretrained(base, %s).merge_and_unload()", out_dir, out_dir)
-        merge = False
     with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         if is_peft and merge:
-            merged = model.merge_and_unload()
+            merged = _merge_saved(model, tmp) if sharded else model.merge_and_unload()
             merged.save_pretrained(tmp / MERGED)
             tokenizer.save_pretrained(tmp / MERGED)
     return out_dir
+
+
+def _merge_saved(model, adapter_dir: Path):
+    """The merged model of a sharded peft `model` whose adapter was just saved in `adapter_dir`: its
+    base loaded again on the CPU, with the run's own config (a classification head sized from the
+    labels), the adapter and any fully trained module (modules_to_save) put on it by peft, merged."""
+    import copy
+
+    import torch
+    from peft import PeftModel
+
+    base = model.get_base_model()
+    source = model.peft_config[model.active_adapter].base_model_name_or_path
+    logging.getLogger("core.export").info(
+        "lora.merge_on_export: merging the adapter into a copy of %s on the CPU (FSDP spreads the run's own)", source)
+    fresh = type(base).from_pretrained(source, config=copy.deepcopy(base.config), dtype=torch.float32,
+                                       ignore_mismatched_sizes=True)
+    return PeftModel.from_pretrained(fresh, adapter_dir).merge_and_unload()
 
 
 def _merge_requested(out_dir: Path) -> bool:

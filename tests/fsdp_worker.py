@@ -5,13 +5,16 @@ core.checkpoint and core.export, beside the same model unsharded on rank 0.
 Usage: torchrun --standalone --nproc_per_node=2 tests/fsdp_worker.py MODEL_DIR OUT_DIR full|lora
 
 Writes under OUT_DIR: sharded/ and plain/ (save_checkpoint after two steps, from the sharded model
-and from the unsharded one), final-sharded/ and final-plain/ (save_final), resumed.pt (what a fresh
+and from the unsharded one), final-sharded/ and final-plain/ (save_final), in mode lora
+final-merged/ (save_final with merge of the sharded model) and merged-plain.pt (the unsharded model
+merged in memory), resumed.pt (what a fresh
 sharded model and optimizer hold after load_checkpoint of sharded/, gathered) and next-sharded.pt,
 next-plain.pt (the weights after one more step of each). The test compares them.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -72,6 +75,8 @@ def main(model_dir: str, out: Path, mode: str) -> None:
         train_step(sharded, optimizer, scheduler, batch)
     saved = save_checkpoint(out / "sharded", sharded, optimizer, scheduler, state, keep_last=1)
     save_final(sharded, tokenizer, out / "final-sharded", merge=False)
+    if mode == "lora":
+        save_final(sharded, tokenizer, out / "final-merged", merge=True)
 
     if rank0:
         plain, plain_optimizer, plain_scheduler = build(model_dir, mode, shard=False)
@@ -79,6 +84,9 @@ def main(model_dir: str, out: Path, mode: str) -> None:
             train_step(plain, plain_optimizer, plain_scheduler, batch)
         save_checkpoint(out / "plain", plain, plain_optimizer, plain_scheduler, state, keep_last=1)
         save_final(plain, tokenizer, out / "final-plain", merge=False)
+        if mode == "lora":  # the merge of the model in memory, which sharded/final-merged must equal
+            merged = copy.deepcopy(plain).merge_and_unload()
+            torch.save({n: t.detach().clone() for n, t in merged.state_dict().items()}, out / "merged-plain.pt")
 
     resumed, resumed_optimizer, resumed_scheduler = build(model_dir, mode, shard=True)
     loaded = load_checkpoint(saved, resumed, resumed_optimizer, resumed_scheduler)

@@ -101,6 +101,20 @@ def test_final_export_of_a_sharded_model_is_the_unsharded_models(written):
     assert json.loads((sharded / config).read_text()) == json.loads((plain / config).read_text())
 
 
+def test_a_sharded_lora_model_exports_merged_as_one_process_merges_it(written):
+    if not (written / "merged-plain.pt").exists():
+        pytest.skip("full fine-tuning has nothing to merge")
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(written / "final-merged" / "merged", dtype=torch.float32)
+    assert not any("lora" in name for name, _ in merged.named_parameters())  # a plain model, loaded without peft
+    expected = _torch_load(written / "merged-plain.pt")
+    weights = merged.state_dict()
+    assert weights.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(weights[name], tensor, msg=name)
+
+
 def test_library_warnings_reach_the_runs_events():
     """warnings.warn (as accelerate and FSDP warn) and torch.distributed's loggers, which torch gives
     stderr handlers of their own: events, not lines drawn over the app."""
