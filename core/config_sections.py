@@ -108,7 +108,8 @@ class DataConfig(_Section):
     group_by_length: bool = True
     """Batch rows of similar length together so less compute is spent on padding."""
     packing: bool = False
-    """Causal LM only: concatenate rows into full `max_length` blocks (no padding at all)."""
+    """Causal LM only: pack whole rows into blocks of up to `max_length` tokens, each row attending
+    only to itself (its own position ids), so batches carry little padding (core.packing)."""
     chat_template: str | None = None
     """Jinja chat template used when the tokenizer has none (chat format)."""
 

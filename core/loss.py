@@ -94,8 +94,10 @@ def labelled_lm_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor])
     forwards and every model's own post-processing of its logits)."""
     import torch.nn.functional as F
 
+    from core.data.batching import model_inputs
+
     keep = predicting_positions(batch["labels"])
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    logits = model(**model_inputs(batch), logits_to_keep=keep).logits
     targets = batch["labels"][:, 1:][keep[:, :-1]]
     if logits.shape[:-1] != targets.shape:
         raise UserError(f"the model returned logits of shape {tuple(logits.shape)} for {targets.numel()} labelled "
@@ -111,9 +113,11 @@ def batch_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], task:
     positions only (labelled_lm_loss_sum), where the model supports it; the same loss."""
     import torch.nn.functional as F
 
+    from core.data.batching import model_inputs
+
     if task == "causal-lm" and labelled_only and keeps_labelled_logits(model):
         return labelled_lm_loss_sum(model, batch)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(**model_inputs(batch)).logits
     if task == "classification":
         return F.cross_entropy(logits.float(), batch["labels"], reduction="sum"), logits
     return lm_loss_sum(logits, batch["labels"]), logits

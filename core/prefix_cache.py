@@ -132,6 +132,8 @@ class PrefixCache:
         k-1, and keep each row's hidden states up to its length."""
         import torch
 
+        from core.data.batching import model_inputs
+
         missing = [j for j, row in enumerate(rows) if row not in self.store]
         if not missing:
             return
@@ -140,8 +142,7 @@ class PrefixCache:
         hook = self.stack[self.k - 1].register_forward_hook(self._capture)
         try:
             with torch.no_grad():
-                self.inner(input_ids=batch["input_ids"][index, :width],
-                           attention_mask=batch["attention_mask"][index, :width])
+                self.inner(**model_inputs(batch, index, width))
             raise RuntimeError("the model's forward did not run its block list")  # a bug, not a user error
         except _Captured as captured:
             hidden = captured.output

@@ -95,6 +95,10 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
     model = load_model(config.model, config.task, data.labels, dtype=torch.float32,
                        pad_token_id=tokenizer.pad_token_id, announce_new_head=not resumed,
                        quantize=lora.quantize if lora is not None else "none")
+    if config.data.packing:
+        from core.packing import check_packing
+
+        check_packing(model)
     description = describe_model(model)
     if lora is not None:
         from core.lora import apply_lora

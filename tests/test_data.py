@@ -251,16 +251,16 @@ def test_max_length_beyond_positions_is_clipped(tok, tmp_path):
     assert prepared.stats.rows_truncated["train"] == 2
 
 
-def test_packing_makes_full_blocks(tok, tmp_path):
+def test_packing_packs_whole_rows_into_blocks(tok, tmp_path):
     rows = [{"prompt": f"What is {i} + 4?", "completion": str(i + 4)} for i in range(40)]
     train = write_jsonl(tmp_path / "t.jsonl", rows)
     unpacked = prepare_data(config(train=str(train), val_ratio=0.1, max_length=32), tok)
     packed = prepare_data(config(train=str(train), val_ratio=0.1, max_length=32, packing=True), tok)
-    assert all(len(e.input_ids) == len(e.labels) == 32 for e in packed.train)
-    total = sum(len(e.input_ids) for e in unpacked.train)
-    assert len(packed.train) == total // 32
-    flat = [t for e in unpacked.train for t in e.input_ids]
-    assert [t for e in packed.train for t in e.input_ids] == flat[: len(packed.train) * 32]
+    assert all(len(e.input_ids) == len(e.labels) == len(e.position_ids) <= 32 for e in packed.train)
+    assert len(packed.train) < len(unpacked.train) and packed.stats.rows_out["train"] == len(packed.train)
+    assert [t for e in packed.train for t in e.input_ids] == [t for e in unpacked.train for t in e.input_ids]
+    assert (sum(trained_tokens(e.labels) for e in packed.train)
+            == sum(trained_tokens(e.labels) for e in unpacked.train))
     assert [len(e.input_ids) for e in packed.validation] == [len(e.input_ids) for e in unpacked.validation]
 
 

@@ -130,9 +130,11 @@ def _cache(model, rows, **compute):
     return PrefixCache.for_run(config, acc, model, rows)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
-def test_gradients_of_a_step_match_at_every_padding(arch, tiny_model_factory):
-    from core.data import collate
+@pytest.mark.parametrize("arch, packed", [("llama", False), ("gpt2", False), ("bert", False), ("llama", True)],
+                         ids=["llama", "gpt2", "bert", "llama-packed"])
+def test_gradients_of_a_step_match_at_every_padding(arch, packed, tiny_model_factory):
+    from core.data import Example, collate
+    from core.data.prepare import _pack
     from core.loss import batch_loss_sum
 
     torch.manual_seed(0)
@@ -141,6 +143,10 @@ def test_gradients_of_a_step_match_at_every_padding(arch, tiny_model_factory):
     rows = [SimpleNamespace(input_ids=torch.randint(5, 200, (n,)).tolist(),
                             labels=(i % 3) if arch in ENCODERS else torch.randint(5, 200, (n,)).tolist())
             for i, n in enumerate([7, 12, 5, 9])]
+    if packed:  # blocks of several rows (data.packing), told apart by their position ids
+        rows = _pack([Example(torch.randint(5, 200, (n,)).tolist(), torch.randint(5, 200, (n,)).tolist())
+                      for n in [3, 4, 5, 7, 2, 6, 4, 5]], 12)
+        assert [len(b.position_ids) for b in rows] == [12, 9, 10, 5]
     cache = _cache(model, rows)
     assert cache.active
     model.eval()  # dropout off in the top block too: the two paths must draw nothing

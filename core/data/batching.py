@@ -64,21 +64,45 @@ def process_share(step_rows: list[int], unit: int, processes: int, rank: int) ->
 def collate(examples: list[Example], pad_token_id: int | None, task: str) -> dict[str, torch.Tensor]:
     """Right-pad a batch: input_ids (pad id), attention_mask, labels (-100 padding for causal LM,
     one class id per row for classification). Tokenizers without a pad token (GPT-2) pad with id 0,
-    which the attention mask and the -100 labels hide."""
+    which the attention mask and the -100 labels hide.
+
+    Packed blocks (data.packing) get position_ids instead of an attention mask: transformers builds
+    the mask that keeps each packed row to itself from where the positions restart, and only when no
+    attention mask is given. Their padding counts as one more row (positions from 0), which attends
+    to itself alone and carries no label."""
     import torch
 
     width = max(len(e.input_ids) for e in examples)
     pad = 0 if pad_token_id is None else pad_token_id
     input_ids = torch.full((len(examples), width), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    packed = getattr(examples[0], "position_ids", None) is not None  # packed blocks (data.packing)
+    position_ids = torch.zeros((len(examples), width), dtype=torch.long)
     for row, example in enumerate(examples):
         n = len(example.input_ids)
         input_ids[row, :n] = torch.tensor(example.input_ids, dtype=torch.long)
         attention_mask[row, :n] = 1
+        if packed:
+            position_ids[row, :n] = torch.tensor(example.position_ids, dtype=torch.long)
+            position_ids[row, n:] = torch.arange(width - n)
     if task == "classification":
         labels = torch.tensor([e.labels for e in examples], dtype=torch.long)
     else:
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
         for row, example in enumerate(examples):
             labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
+    if packed:
+        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def model_inputs(batch: dict[str, torch.Tensor], rows=None, width: int | None = None) -> dict:
+    """The model's keyword arguments of a collated batch (all but its labels: an attention mask, or
+    a packed batch's position ids), for the rows `rows` (an index tensor; None: all) and the first
+    `width` positions (None: all). A packed batch also turns the key-value cache off: transformers
+    reads packed rows from the position ids only when no cache is passed or made."""
+    inputs: dict = {key: (value if rows is None else value[rows])[:, :width]
+                    for key, value in batch.items() if key != "labels"}
+    if "position_ids" in inputs:
+        inputs["use_cache"] = False
+    return inputs

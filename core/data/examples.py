@@ -30,6 +30,9 @@ class Example:
     system_tokens: int = 0
     """Chat rows: how many leading tokens are the system prompt (the row's own system turns, or the
     default one a chat template adds), which the data preview folds so the turns themselves show."""
+    position_ids: list[int] | None = None
+    """A packed block (data.packing): each packed row's positions, restarting at 0 where a row
+    starts, which is how transformers' models tell the rows apart and keep attention within each."""
 
 
 @dataclass

@@ -25,7 +25,7 @@ from core.data.formats import detect_format
 from core.data.labels import encode_text_label, label_names
 from core.data.sources import load_raw
 from core.errors import UserError
-from core.loss import trained_tokens
+from core.loss import IGNORE_INDEX, trained_tokens
 
 if TYPE_CHECKING:
     import datasets
@@ -129,20 +129,27 @@ def _check_trainable(train: Encoded, total: int, max_length: int, warnings: list
 
 
 def _pack(examples: list[Example], block: int) -> list[Example]:
-    """Concatenate the rows into blocks of exactly `block` tokens; the tail that does not fill a
-    block is dropped, and so is any block without a trained token."""
+    """Pack whole rows, in order, into blocks of up to `block` tokens: a row that does not fit in the
+    current block starts the next, so no row is cut and none is dropped. Each row keeps its own
+    positions (Example.position_ids restart at 0), from which the model builds a mask that keeps
+    attention within the row, and its first token gets no label, as unpacked: the previous row's
+    last token does not learn to predict it. So a packed batch trains what the padded rows would,
+    with less padding."""
+    blocks: list[Example] = []
     ids: list[int] = []
     labels: list[int] = []
+    positions: list[int] = []
     for example in examples:
-        ids += example.input_ids
-        labels += example.labels
-    if len(ids) < block:
-        raise UserError(
-            f"data.packing: the training data has {len(ids)} tokens, fewer than one block of data.max_length ({block})",
-            "turn data.packing off or lower data.max_length",
-        )
-    blocks = (Example(ids[i : i + block], labels[i : i + block]) for i in range(0, len(ids) - block + 1, block))
-    return [b for b in blocks if trained_tokens(b.labels)]
+        n = len(example.input_ids)
+        if ids and len(ids) + n > block:
+            blocks.append(Example(ids, labels, position_ids=positions))
+            ids, labels, positions = [], [], []
+        ids.extend(example.input_ids)
+        labels.extend([IGNORE_INDEX, *example.labels[1:]])
+        positions.extend(range(n))
+    if ids:
+        blocks.append(Example(ids, labels, position_ids=positions))
+    return blocks
 
 
 def _stats(rows_in: dict[str, int], train: Encoded, validation: Encoded, train_out: int,
