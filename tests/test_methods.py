@@ -13,7 +13,7 @@ from core.engine import train
 from core.events import EvalResult, ListSink, LogMessage, RunFinished, StepMetrics
 from core.freeze import apply_freeze_map, effective_rules, param_groups, resolve
 from core.l2sp import L2SP, NEW_WEIGHTS_ATTR, reference_params
-from core.lr_decay import layerwise_lr_rules
+from core.lr_decay import FLOOR, default_decay, layerwise_lr_rules
 from core.memory import estimate_model
 from core.unfreezing import ABOVE_BLOCKS, EMBEDDINGS, REST, plan_unfreezing
 from helpers import StopAt, tiny_lm_config
@@ -222,6 +222,14 @@ def test_layerwise_lr_rules_decay_from_the_top_block_down_to_the_embeddings():
         ("m.layers.0", True, 0.25), ("m.layers.2", True, 1.0), ("m.embed", True, 0.125)]
     with pytest.raises(ValueError):
         layerwise_lr_rules(_description(BLOCKS, EMBED), 1.5, trains=lambda path: True)
+
+
+@pytest.mark.parametrize("blocks", [1, 6, 12, 24, 30, 80])
+def test_the_default_decay_is_0_8_unless_it_would_all_but_freeze_the_embeddings(blocks):
+    decay = default_decay(blocks)
+    assert decay >= 0.8 and decay ** blocks >= FLOOR  # the embeddings keep at least x0.1 of the base lr
+    assert decay == 0.8 or (decay - 0.01) ** blocks < FLOOR  # and no more decay than that takes
+    assert (default_decay(6), default_decay(30)) == (0.8, 0.93)
 
 
 def test_layerwise_decay_covers_berts_embedding_norm_and_spares_a_tied_head():

@@ -75,7 +75,7 @@ class FreezeScreen(FreezeMethods, StepScreen):
         self._preset_shares: dict[tuple[str, int], float] = {}
         self._trained: dict[int, list[str]] = {}  # tensor identity -> names, of what trains under the shown map
         self._stages = 1  # unfreezing stages of the shown map under its freeze.unfreezing
-        self._decay = "0.8"  # the decay last written, offered again
+        self._decay: str | None = None  # the decay last written, offered again (None: the model's default)
 
     def compose_body(self) -> ComposeResult:
         with ContentSwitcher(initial="freeze-loading", id="freeze-body"):

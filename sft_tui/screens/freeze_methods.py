@@ -9,7 +9,7 @@ map's editing and this one the methods built on it; it reads the screen's resolv
 
 from __future__ import annotations
 
-from core.lr_decay import decayed_modules, layerwise_lr_rules
+from core.lr_decay import decayed_modules, default_decay, layerwise_lr_rules
 from core.unfreezing import plan_unfreezing
 from sft_tui.format.model import lr_spread, unfreezing_text
 from sft_tui.screens.dialogs.freeze_methods import DecayDialog, UnfreezeDialog
@@ -29,7 +29,8 @@ class FreezeMethods:
                         severity="warning")
             return
         embeddings = len(decayed_modules(self._model.description)) > len(blocks)  # not when tied to the head
-        self.app.push_screen(DecayDialog(self._decay, len(blocks), self._write_decay, embeddings))
+        offered = self._decay or f"{default_decay(len(blocks)):g}"
+        self.app.push_screen(DecayDialog(offered, len(blocks), self._write_decay, embeddings))
 
     def _write_decay(self, decay: float) -> None:
         """Replace the rules an earlier decay wrote (train rules naming exactly a block or an
