@@ -64,6 +64,8 @@ class TrainState:
     best_metrics: dict[str, float] = field(default_factory=dict)
     before_metrics: dict[str, float] = field(default_factory=dict)
     """The evaluation before the first step (eval.before_training), kept for the end's before -> after."""
+    before_untrained_head: bool = False
+    """That evaluation measured a new, untrained task head, which the end's before -> after says."""
     bad_evals: int = 0
     """Evaluations in a row without a better eval.metric, for early stopping."""
     elapsed_s: float = 0.0

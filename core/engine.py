@@ -384,6 +384,6 @@ class _Training(Milestones):
             step=self.state.step, reason=reason, final_metrics=self.final_metrics,
             best_metrics=self.state.best_metrics, best_step=self.state.best_step, output_path=_str(output),
             last_checkpoint=_str(self.last_checkpoint), elapsed_s=time.perf_counter() - self.started,
-            before_metrics=self.state.before_metrics,
+            before_metrics=self.state.before_metrics, before_untrained_head=self.state.before_untrained_head,
         ))
         return RunResult(self.paths.root, reason, self.state.step, output, self.last_checkpoint)

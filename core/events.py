@@ -160,6 +160,8 @@ class RunFinished(StepEvent, tag="run_finished"):
     elapsed_s: float
     before_metrics: dict[str, float] = field(default_factory=dict)
     """The evaluation before the first step (eval.before_training); empty without one."""
+    before_untrained_head: bool = False
+    """That evaluation measured a new, untrained task head (kept across a resume, as before_metrics)."""
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,9 @@ class Milestones:
                             "set eval.batch_size lower") from None
         value = metrics[cfg.eval.metric]
         best = not before_training and is_better(cfg.eval.metric, value, state.best)
+        untrained = before_training and bool(getattr(acc.unwrap_model(self.model), NEW_WEIGHTS_ATTR, None))
         if before_training:
-            state.before_metrics = metrics
+            state.before_metrics, state.before_untrained_head = metrics, untrained
         elif best:
             state.best, state.best_step, state.best_metrics, state.bad_evals = value, state.step, metrics, 0
             self.final_metrics = metrics
@@ -90,8 +91,7 @@ class Milestones:
         self.out.emit(EvalResult(step=state.step, epoch=round(state.epoch_progress, 4), metrics=metrics,
                                  is_best=best, seconds=eval_s,
                                  tokens_per_s=sum(len(ex.input_ids) for ex in data.validation) / eval_s,
-                                 before_training=before_training,
-                                 untrained_head=before_training and bool(getattr(acc.unwrap_model(self.model), NEW_WEIGHTS_ATTR, None))))
+                                 before_training=before_training, untrained_head=untrained))
         samples_started = time.perf_counter()
         if self.sample_prompts:
             for prompt, output, reference in generate_samples(

@@ -31,8 +31,6 @@ class ProgressDisplay:
         self.run_dir: str | None = None
         self.run_task = ""
         self.last_eval: EvalResult | None = None
-        self.untrained_head = False
-        """The evaluation before training measured a new, untrained task head (said at the end)."""
         self.progress = Progress(
             TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
             TextColumn("epoch {task.fields[epoch]:.2f}  loss {task.fields[loss]}  {task.fields[tps]} tok/s"),
@@ -100,7 +98,6 @@ class ProgressDisplay:
 
     def _on_eval(self, e: EvalResult) -> None:
         if e.before_training:
-            self.untrained_head = e.untrained_head
             note = f"; {untrained_head_note(self.run_task)}" if e.untrained_head else ""
             self.console.print(f"[bold]evaluation before training[/] ({e.seconds:.1f}s{note})")
         else:
@@ -143,7 +140,7 @@ class ProgressDisplay:
         last = self.last_eval
         if e.final_metrics and last is not None and last.step != e.best_step:
             self.result(f"last eval @ step {last.step}: {format_metrics(e.final_metrics)}")
-        for label, parts in before_after(e.before_metrics, e.final_metrics, self.run_task, self.untrained_head):
+        for label, parts in before_after(e.before_metrics, e.final_metrics, self.run_task, e.before_untrained_head):
             self.result(f"{label}: {' · '.join(parts)}")
         if e.output_path:
             self.result(f"model saved to {e.output_path}")

@@ -153,7 +153,7 @@ def test_the_summary_shows_every_metric_before_and_after_and_says_the_head_was_u
                    untrained_head=True, time=0),
         EvalResult(step=4, epoch=1.0, metrics=AFTER, is_best=True, seconds=1.0, time=0),
         RunFinished(step=4, reason="completed", final_metrics=AFTER, best_metrics=AFTER, best_step=4, output_path=None,
-                    last_checkpoint=None, elapsed_s=3.0, before_metrics=BEFORE, time=0))
+                    last_checkpoint=None, elapsed_s=3.0, before_metrics=BEFORE, before_untrained_head=True, time=0))
     assert "evaluation before training (1.0s; the new classification head is untrained)" in err
     assert out.splitlines()[1:] == [
         "best eval @ step 4: loss 0.0980 · accuracy 1.0000 · f1 1.0000",

@@ -20,10 +20,10 @@ from core.events import (CheckpointSaved, EvalResult, ListSink, Paused, Resumed,
 from helpers import StopAt, tiny_lm_config
 
 STATE_KEYS = {"step", "epoch", "step_in_epoch", "epoch_progress", "tokens_seen", "best", "best_step", "best_metrics",
-              "before_metrics", "bad_evals", "elapsed_s", "micro_batch_size"}
+              "before_metrics", "before_untrained_head", "bad_evals", "elapsed_s", "micro_batch_size"}
 """The keys of a checkpoint's state.json: runs of every version wrote these, but micro_batch_size
 (issue 11's out-of-memory recovery), which a resume of an older run takes as 0, and before_metrics
-(issue 13's evaluation before training), which it takes as none."""
+and before_untrained_head (issue 13's evaluation before training), which it takes as none."""
 
 
 def lm_config(model_dir, data, tmp_path, **over) -> RunConfig:

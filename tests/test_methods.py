@@ -133,6 +133,24 @@ def test_evaluation_before_training_is_reported_and_can_be_skipped(tiny_model_fa
     assert off.of_type(RunFinished)[0].before_metrics == {}
 
 
+def test_a_resumed_run_still_says_its_new_head_was_untrained_before_training(tiny_model_factory, cls_file, tmp_path):
+    """The step-0 evaluation ran in the first process; the resumed one ends with its metrics and the
+    note that they measured a random head (the checkpoint's state keeps both)."""
+    fields = tiny_lm_config(tiny_model_factory("bert"), cls_file, tmp_path / "runs", schedule={"max_steps": 6},
+                            eval={"every_steps": 3, "num_samples": 0, "metric": "accuracy"},
+                            checkpoint={"every_steps": 3, "keep_last": 2})
+    fields.update(task="classification")
+    fields["output"]["run_name"] = "cls"
+    config = parse_config(fields)
+    first, sink = _run(config, StopAt(3))
+    before = sink.of_type(EvalResult)[0]
+    assert before.before_training and before.untrained_head
+    _, resumed = _run(config, resume_dir=first.run_dir)
+    assert not any(e.before_training for e in resumed.of_type(EvalResult))  # not evaluated again
+    finished = resumed.of_type(RunFinished)[-1]
+    assert finished.step == 6 and finished.before_metrics == before.metrics and finished.before_untrained_head
+
+
 @pytest.mark.parametrize("kind", ["gradual", "lp-ft"])
 def test_unfreezing_resumed_mid_schedule_equals_an_uninterrupted_run(tiny_model_factory, sft_file, tmp_path, kind):
     """Stages start every 3 steps; a run stopped at step 5 (mid-schedule) and resumed ends with the

@@ -218,8 +218,7 @@ class RunEvents:
         self._charts.flush(force=True)
         results = self._evals.results
         last_eval = results[-1].step if results else None
-        untrained_head = any(r.before_training and r.untrained_head for r in results)
-        self.query_one(ResultsPanel).show_run(e, self.run_dir or "", self.run_task, last_eval, untrained_head)
+        self.query_one(ResultsPanel).show_run(e, self.run_dir or "", self.run_task, last_eval)
         self.add_class("-finished")
         self._log(f"run {e.reason} at step {e.step}" + (f"; model saved to {e.output_path}" if e.output_path else ""),
                   "bold")

@@ -47,11 +47,9 @@ class ResultsPanel(Vertical):
         """No results while the next run trains: nothing to copy or to try."""
         self.finished = None
 
-    def show_run(self, finished: RunFinished, run_dir: str, task: str, last_eval_step: int | None,
-                 untrained_head: bool = False) -> None:
+    def show_run(self, finished: RunFinished, run_dir: str, task: str, last_eval_step: int | None) -> None:
         """`last_eval_step`: the step of the evaluation that gave the run's final metrics (a stopped
-        run's are an earlier step's, and were once shown as "final" as if measured at its end).
-        `untrained_head`: the evaluation before training measured a new task head (then "before" says so)."""
+        run's are an earlier step's, and were once shown as "final" as if measured at its end)."""
         self.finished, self.run_dir, self.run_task = finished, run_dir, task
         text = Text()
         text.append(f"{finished.reason} at step {finished.step} in {format_duration(finished.elapsed_s)}", style="bold")
@@ -64,7 +62,8 @@ class ResultsPanel(Vertical):
             text.append(f"\nlast eval @ step {last_eval_step}: " if last_eval_step is not None else "\nlast eval: ",
                         style="dim")
             text.append(format_metrics(finished.final_metrics))
-        for label, parts in before_after(finished.before_metrics, finished.final_metrics, task, untrained_head):
+        for label, parts in before_after(finished.before_metrics, finished.final_metrics, task,
+                                         finished.before_untrained_head):
             text.append(f"\n{label}: ", style="dim")
             text.append(f"\n{' ' * (len(label) + 2)}".join(parts))  # a metric a line, aligned: none cut in two
         if finished.output_path:
