@@ -75,25 +75,23 @@ def collate(examples: list[Example], pad_token_id: int | None, task: str) -> dic
     width = max(len(e.input_ids) for e in examples)
     pad = 0 if pad_token_id is None else pad_token_id
     input_ids = torch.full((len(examples), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
     packed = getattr(examples[0], "position_ids", None) is not None  # packed blocks (data.packing)
-    position_ids = torch.zeros((len(examples), width), dtype=torch.long)
+    layout = torch.zeros((len(examples), width), dtype=torch.long)  # the attention mask, or the position ids
     for row, example in enumerate(examples):
         n = len(example.input_ids)
         input_ids[row, :n] = torch.tensor(example.input_ids, dtype=torch.long)
-        attention_mask[row, :n] = 1
         if packed:
-            position_ids[row, :n] = torch.tensor(example.position_ids, dtype=torch.long)
-            position_ids[row, n:] = torch.arange(width - n)
+            layout[row, :n] = torch.tensor(example.position_ids, dtype=torch.long)
+            layout[row, n:] = torch.arange(width - n)
+        else:
+            layout[row, :n] = 1
     if task == "classification":
         labels = torch.tensor([e.labels for e in examples], dtype=torch.long)
     else:
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
         for row, example in enumerate(examples):
             labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
-    if packed:
-        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    return {"input_ids": input_ids, "position_ids" if packed else "attention_mask": layout, "labels": labels}
 
 
 def model_inputs(batch: dict[str, torch.Tensor], rows=None, width: int | None = None) -> dict:
