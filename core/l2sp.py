@@ -17,6 +17,8 @@ estimate counts it (core.memory, `reference`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from core.freeze import base_name
 
 NEW_WEIGHTS_ATTR = "sft_new_weights"
@@ -30,9 +32,21 @@ def is_new_weight(model, name: str) -> bool:
     return ".lora_" in name or base_name(name) in getattr(model, NEW_WEIGHTS_ATTR, frozenset())
 
 
+def kept_elements(tensors: Iterable[tuple[int, int, str]], trains: Callable[[str], bool],
+                  is_new: Callable[[str], bool]) -> int:
+    """Elements L2-SP keeps a starting copy of: each tensor that trains and came from pretraining,
+    once (tied names share it). `tensors`: (identity, elements, name) for every parameter name. The
+    one rule behind the engine's count (`reference_params`) and the freeze screen's, which asks it
+    of a skeleton by the map's decisions before any weight is loaded."""
+    kept = {key: numel for key, numel, name in tensors if trains(name) and not is_new(name)}
+    return sum(kept.values())
+
+
 def reference_params(model) -> int:
-    """Elements L2-SP keeps a starting copy of: the trainable parameters that came from pretraining."""
-    return sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and not is_new_weight(model, name))
+    """Elements L2-SP keeps a starting copy of in a built model (freeze map and LoRA applied)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return kept_elements(((id(p), p.numel(), name) for name, p in params.items()),
+                         lambda name: params[name].requires_grad, lambda name: is_new_weight(model, name))
 
 
 class L2SP:

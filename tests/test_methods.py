@@ -300,6 +300,29 @@ def test_head_only_trains_the_pooler_of_a_real_bert(tmp_path, monkeypatch):
     assert with_copy.total - plain.total == with_copy.reference == 4 * (384 * 384 + 384)
 
 
+@pytest.mark.parametrize(("arch", "task"), [("llama", "causal-lm"), ("bert", "classification")])
+@pytest.mark.parametrize("preset", ["all", "top-n", "head-only"])
+def test_the_freeze_screen_counts_l2sps_copy_as_the_engine_keeps_it(tiny_model_factory, arch, task, preset):
+    """The freeze screen counts L2-SP's copy on the skeleton, by the map's decisions and the head a
+    classification model replaces; the engine on the loaded model, by requires_grad and the weights
+    the checkpoint lacked. Both through core.l2sp.kept_elements, so they agree: on a tied Llama
+    (head = embedding, pretrained) and on BERT with a new classifier."""
+    from core.config import ModelConfig
+    from core.models import load_model
+    from sft_tui.widgets.freeze.state import reference_params as screen_count, tensor_index
+
+    model = load_model(ModelConfig(name_or_path=str(tiny_model_factory(arch))), task, ["a", "b"], dtype=torch.float32)
+    desc = describe_model(model)
+    rules = effective_rules(FreezeConfig(preset=preset, top_n=1), desc)
+    states = resolve(model, rules)
+    apply_freeze_map(model, rules)
+    engine = reference_params(model)
+    assert engine == screen_count(tensor_index(model), states, desc.head if task == "classification" else [])
+    trained = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}  # tied: once
+    new = sum(n for name, n in trained.items() if task == "classification" and name.startswith(tuple(desc.head)))
+    assert engine == sum(trained.values()) - new > 0
+
+
 def test_a_stage_joining_keeps_the_optimizer_state_of_those_already_training():
     """AdamW over the whole map from the start: a tensor not started has no gradient, so no state;
     when its stage starts, the head's moments and step count go on where they were."""

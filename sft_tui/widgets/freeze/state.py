@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from core.describe import within
+from core.l2sp import kept_elements
 
 TensorIndex = dict[str, list[tuple[int, int, str]]]
 """Module path -> its own parameters as (tensor identity, element count, parameter name)."""
@@ -97,15 +98,11 @@ def trained_tensors(index: TensorIndex, states: dict, lora_targets: list[str] = 
 
 
 def reference_params(index: TensorIndex, states: dict, new: list[str]) -> int:
-    """Elements L2-SP keeps a starting copy of (core.l2sp): the tensors the map trains, each once,
-    except those under the module paths `new`, whose weights did not come from pretraining (a
+    """Elements L2-SP would keep a starting copy of (core.l2sp.kept_elements) under the map's
+    `states`, on the skeleton: the module paths `new` did not come from pretraining (a
     classification model's head); LoRA's adapters are not in the skeleton and keep no copy either."""
-    kept: dict[int, int] = {}
-    for entries in index.values():
-        for key, numel, name in entries:
-            if states[name].train and not within(name, new):
-                kept[key] = numel
-    return sum(kept.values())
+    return kept_elements((entry for entries in index.values() for entry in entries),
+                         lambda name: states[name].train, lambda name: within(name, new))
 
 
 def start_stages(root, index: TensorIndex, trained: dict[int, list[str]], schedule, parts: list[str]) -> dict[str, int]:
