@@ -81,3 +81,29 @@ def test_two_processes_train_what_one_trains_at_the_same_global_batch(runs):
     assert weights_one.keys() == weights_two.keys()
     for name, tensor in weights_one.items():
         torch.testing.assert_close(weights_two[name], tensor, atol=1e-4, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_process_out_of_memory_ends_the_run_with_its_advice_and_no_traceback(tiny_model_factory, tmp_path, failing):
+    """One of two processes runs out of memory at step 3 (halving works on one process only): the
+    run ends with that process's message and advice, named by its rank when it is not rank 0 (whose
+    own error is only the collective the peer broke), with exit status 2, no traceback from either
+    process or torchrun, and the step-2 checkpoint kept."""
+    config = _config(tiny_model_factory, tmp_path, "oom", devices="cpu")
+    config["optim"]["batch_size"] = 4
+    path = tmp_path / "oom.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    site = os.path.join(os.path.dirname(__file__), "rank_oom_site")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OOM_RANK": str(failing), "OOM_STEP": "3",
+           "PYTHONPATH": os.pathsep.join([site, root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "sft_tui.cli", "train", str(path), "--nproc", "2"],
+                          capture_output=True, text=True, env=env, timeout=240)
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said[-3000:]
+    assert "Traceback" not in said and "ChildFailedError" not in said, said[-3000:]
+    message = ("process 1 of 2: " if failing else "") + "out of device memory at step 3"
+    assert f"run failed: {message}" in done.stderr and "lora.enabled: true" in done.stderr
+    end = read_events(tmp_path / "runs" / "oom" / "events.jsonl")[-1]
+    assert end.type == "run_failed" and end.message.startswith(message) and end.log_file is None
+    assert end.last_checkpoint.endswith("step-2") and os.path.isdir(end.last_checkpoint)

@@ -1,0 +1,58 @@
+"""Why a process other than rank 0 failed, told to rank 0 through the run folder.
+
+Under torchrun only rank 0 writes the run's events. When another process fails (out of memory with
+micro-batches that cannot be halved there, say), rank 0 learns of it only as a broken collective
+("Connection closed by peer"), which says nothing of why, and would report it as a bug. So the
+failing process leaves its message and hint in the run folder before it exits, keyed by torchrun's
+run id (a resumed run is another launch, so an old record is never taken for a new failure), and
+rank 0 reports that message as the run's failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+PATTERN = "failed-rank-*.json"
+"""Each failing process writes failed-rank-N.json in the run folder."""
+
+
+def _launch() -> str:
+    """The id torchrun gives one launch, the same in all its processes."""
+    return os.environ.get("TORCHELASTIC_RUN_ID", "")
+
+
+def record_failure(root: Path, rank: int, message: str, hint: str, *, user: bool) -> None:
+    """Leave this process's failure where rank 0 looks (atomically: a reader never sees half of it).
+    `user`: a problem the user can fix (a UserError), rather than a bug or a broken collective."""
+    path = root / f"failed-rank-{rank}.json"
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(json.dumps({"launch": _launch(), "rank": rank, "message": message, "hint": hint, "user": user}),
+                        encoding="utf-8")
+        os.replace(temp, path)
+    except OSError:
+        pass  # the folder is gone or full: rank 0 then reports the broken collective as it is
+
+
+def peer_failure(root: Path, rank: int, wait_s: float = 2.0) -> dict | None:
+    """The failure another process than `rank` recorded in this launch, waiting up to `wait_s` for
+    one (a collective can break a moment before the peer's record lands): a problem the user can fix
+    before a bug, since a failing process breaks its peers' collectives too, then the lowest rank."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for path in root.glob(PATTERN):
+            if path.name == f"failed-rank-{rank}.json":
+                continue
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if record.get("launch") == _launch():
+                found.append(record)
+        if found or time.monotonic() >= deadline:
+            return min(found, key=lambda r: (not r["user"], r["rank"])) if found else None
+        time.sleep(0.1)
