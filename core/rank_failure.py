@@ -5,7 +5,9 @@ micro-batches that cannot be halved there, say), rank 0 learns of it only as a b
 ("Connection closed by peer"), which says nothing of why, and would report it as a bug. So the
 failing process leaves its message and hint in the run folder before it exits, keyed by torchrun's
 run id (a resumed run is another launch, so an old record is never taken for a new failure), and
-rank 0 reports that message as the run's failure.
+rank 0 reports that message as the run's failure. Where rank 0 cannot (NCCL leaves it waiting
+in the broken collective until torchrun or NCCL's timeout ends it, with no final event), the record
+is still there: a client that finds the run crashed names the reason (`crash_reason`).
 """
 
 from __future__ import annotations
@@ -56,3 +58,19 @@ def peer_failure(root: Path, rank: int, wait_s: float = 2.0) -> dict | None:
         if found or time.monotonic() >= deadline:
             return min(found, key=lambda r: (not r["user"], r["rank"])) if found else None
         time.sleep(0.1)
+
+
+def crash_reason(root: Path, since: float) -> str:
+    """What a process recorded of its failure in the run's start at `since` (Unix time; a record
+    older than that is a previous start's): "process N: message", or empty without one."""
+    found = []
+    for path in root.glob(PATTERN):
+        try:
+            if path.stat().st_mtime >= since:
+                found.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    if not found:
+        return ""
+    record = min(found, key=lambda r: (not r.get("user"), r.get("rank", 0)))
+    return f"process {record.get('rank')}: {record.get('message')}"

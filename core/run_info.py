@@ -12,6 +12,7 @@ from pathlib import Path
 from core.events import Event, read_events
 from core.liveness import ProcessRecord, live_record
 from core.manifest import latest_checkpoint
+from core.rank_failure import crash_reason
 from core.runs import RunPaths
 
 LIVE_STATES = ("starting", "running", "paused")
@@ -68,11 +69,12 @@ def run_info(root: str | Path) -> RunInfo:
     chosen = (config.get("eval") or {}).get("metric")
     final = None
     paused = False
+    started = 0.0
     for event in events:
         kind = event.type
         if kind == "run_started":
             info.planned_steps, info.step, info.task = event.planned_steps, event.resumed_from_step, event.task
-            final, paused = None, False
+            final, paused, started = None, False, event.time
         elif kind == "step":
             info.step = event.step
         elif kind == "eval" and event.is_best:
@@ -91,6 +93,8 @@ def run_info(root: str | Path) -> RunInfo:
             info.reason = final.reason
     elif engine is not None:
         info.state = "paused" if paused else "running" if info.planned_steps else "starting"
+    else:  # crashed: one of several processes may have said why before rank 0 was ended for it
+        info.reason = crash_reason(paths.root, since=started)
     return info
 
 

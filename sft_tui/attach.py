@@ -36,7 +36,9 @@ def ended_problem(info: RunInfo) -> UserError | None:
     """Why `info` has nothing live to attach to: it ended, or its engine died without a word."""
     if info.state == "crashed":
         checkpoint = f" its last complete checkpoint is {info.last_checkpoint.name};" if info.last_checkpoint else ""
-        return UserError(f"run {info.paths.root} crashed: its engine ended without a final event at step {info.step}",
+        why = f"; {info.reason}" if info.reason else ""  # which process failed first, when one said
+        return UserError(f"run {info.paths.root} crashed: its engine ended without a final event at step "
+                         f"{info.step}{why}",
                          f"{checkpoint} resume it with `sft-tui train --resume {info.paths.root}`" if checkpoint
                          else f"it saved no checkpoint; start it again: `sft-tui train {info.paths.config}`")
     if not info.live:

@@ -220,3 +220,34 @@ def test_the_follower_reads_whole_lines_only_and_starts_over_on_a_new_file(tmp_p
     later = json.dumps({**event.to_dict(), "time": event.time + 60})
     path.write_text(later + "\n", encoding="utf-8")  # a failed start taken over: a new file, perhaps its inode
     assert len(follower.read_new()) == 1
+
+
+def test_a_crashed_run_names_the_process_that_failed_first(tmp_path, monkeypatch):
+    """Under NCCL, rank 0 can be ended inside the collective that a failed peer broke, before it
+    writes a final event: the run is crashed, and the peer's record (core.rank_failure) says why, in
+    run_info and in what attach and the app say. A record from before the run's last start (a
+    resumed run's earlier launch) says nothing."""
+    from core.events import JsonlSink, RunStarted
+    from core.rank_failure import record_failure
+    from sft_tui.attach import ended_problem
+
+    paths = RunPaths(tmp_path / "runs" / "two")
+    paths.root.mkdir(parents=True)
+    paths.config.write_text("task: causal-lm\n", encoding="utf-8")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "first-launch")
+    record_failure(paths.root, 1, "an earlier launch's failure", "", user=True)
+    earlier = time.time() - 60
+    os.utime(paths.root / "failed-rank-1.json", (earlier, earlier))
+    sink = JsonlSink(paths.events)
+    sink.emit(RunStarted(run_id="two", run_dir=str(paths.root), task="causal-lm", model="m", config_digest="0",
+                         total_params=10, trainable_params=10, planned_steps=6, steps_per_epoch=6, train_rows=48,
+                         validation_rows=0, device="cuda:0", precision="bf16", world_size=2))
+    sink.close()
+    assert run_info(paths.root).state == "crashed" and run_info(paths.root).reason == ""
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "second-launch")
+    record_failure(paths.root, 1, "out of device memory at step 3", "train LoRA adapters", user=True)
+    info = run_info(paths.root)
+    assert info.state == "crashed" and info.reason == "process 1: out of device memory at step 3"
+    assert ended_problem(info).message.endswith("without a final event at step 0; process 1: out of device memory "
+                                                "at step 3")
