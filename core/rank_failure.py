@@ -41,36 +41,33 @@ def record_failure(root: Path, rank: int, message: str, hint: str, *, user: bool
 
 def peer_failure(root: Path, rank: int, wait_s: float = 2.0) -> dict | None:
     """The failure another process than `rank` recorded in this launch, waiting up to `wait_s` for
-    one (a collective can break a moment before the peer's record lands): a problem the user can fix
-    before a bug, since a failing process breaks its peers' collectives too, then the lowest rank."""
+    one (a collective can break a moment before the peer's record lands)."""
     deadline = time.monotonic() + wait_s
     while True:
-        found = []
-        for path in root.glob(PATTERN):
-            if path.name == f"failed-rank-{rank}.json":
-                continue
-            try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if record.get("launch") == _launch():
-                found.append(record)
+        found = _first(r for r in _records(root) if r.get("launch") == _launch() and r.get("rank") != rank)
         if found or time.monotonic() >= deadline:
-            return min(found, key=lambda r: (not r["user"], r["rank"])) if found else None
+            return found
         time.sleep(0.1)
 
 
 def crash_reason(root: Path, since: float) -> str:
     """What a process recorded of its failure in the run's start at `since` (Unix time; a record
     older than that is a previous start's): "process N: message", or empty without one."""
-    found = []
+    found = _first(_records(root, since))
+    return f"process {found.get('rank')}: {found.get('message')}" if found else ""
+
+
+def _records(root: Path, since: float = 0.0):
+    """The failure records in the run folder written at `since` or later; torn or unreadable ones skipped."""
     for path in root.glob(PATTERN):
         try:
             if path.stat().st_mtime >= since:
-                found.append(json.loads(path.read_text(encoding="utf-8")))
+                yield json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-    if not found:
-        return ""
-    record = min(found, key=lambda r: (not r.get("user"), r.get("rank", 0)))
-    return f"process {record.get('rank')}: {record.get('message')}"
+
+
+def _first(records) -> dict | None:
+    """The failure that explains the others: a problem the user can fix before a bug (a failing
+    process breaks its peers' collectives too, and they record that), then the lowest rank."""
+    return min(records, key=lambda r: (not r.get("user"), r.get("rank", 0)), default=None)
