@@ -33,7 +33,7 @@ from core.logs import logs_to_events
 from core.loss import raise_if_diverged
 from core.milestones import Milestones
 from core.oom import out_of_memory, step_advice, why_not_halved
-from core.rank_failure import peer_failure, record_failure
+from core.rank_failure import share_failure
 from core.runs import RunPaths, config_digest, discard_stub, open_run
 from core.trackers import close_trackers, tracker_sinks
 from core.unfreezing import Unfreezer
@@ -83,8 +83,7 @@ def train(
             return training.run()
     except UserError as err:
         step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
-        if accelerator.num_processes > 1:
-            record_failure(paths.root, accelerator.process_index, err.message, err.hint, user=True)
+        share_failure(paths.root, accelerator.process_index, accelerator.num_processes, err)
         out.emit_failure(RunFailed(message=err.message, hint=err.hint, last_checkpoint=_str(last_checkpoint),
                                    step=step))
         if main and resumed is None and step == 0 and not keep_failed_start:
@@ -93,17 +92,10 @@ def train(
         raise
     except Exception as err:
         step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
-        rank, processes = accelerator.process_index, accelerator.num_processes
-        if processes > 1 and (peer := peer_failure(paths.root, rank)):
-            # this error is the collective that the failed peer broke: the run failed for the peer's reason
-            message = f"process {peer['rank']} of {processes}: {peer['message']}"
-            out.emit_failure(RunFailed(message=message, hint=peer["hint"], last_checkpoint=_str(last_checkpoint),
-                                       step=step))
-            raise UserError(message, peer["hint"]) from None
-        if processes > 1:
-            record_failure(paths.root, rank, f"{type(err).__name__}: {err}", "this looks like a bug in sft-tui or "
-                           "a library; its traceback is in that process's output (engine.log for a detached run)",
-                           user=False)
+        if peer := share_failure(paths.root, accelerator.process_index, accelerator.num_processes, err):
+            out.emit_failure(RunFailed(message=peer.message, hint=peer.hint, last_checkpoint=_str(last_checkpoint),
+                                       step=step))  # `err` is the collective that the failed peer broke
+            raise peer from None
         log_file = _write_traceback(paths) if main else None
         out.emit_failure(RunFailed(message=f"{type(err).__name__}: {err}",
                                    hint=f"this looks like a bug in sft-tui or a library; the traceback is in {log_file}",

@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+from core.errors import UserError
+
 PATTERN = "failed-rank-*.json"
 """Each failing process writes failed-rank-N.json in the run folder."""
 
@@ -24,6 +26,21 @@ PATTERN = "failed-rank-*.json"
 def _launch() -> str:
     """The id torchrun gives one launch, the same in all its processes."""
     return os.environ.get("TORCHELASTIC_RUN_ID", "")
+
+
+def share_failure(root: Path, rank: int, processes: int, err: Exception) -> UserError | None:
+    """For the failure `err` of process `rank` of `processes`: the failure of the peer it follows (a
+    broken collective is the peer's doing), or None once `err` is recorded for the peers to read
+    (nothing to share in a one-process run). A UserError is this process's own, never a follower's."""
+    if processes == 1:
+        return None
+    user = isinstance(err, UserError)
+    if not user and (peer := peer_failure(root, rank)):
+        return UserError(f"process {peer['rank']} of {processes}: {peer['message']}", peer["hint"])
+    record_failure(root, rank, err.message if user else f"{type(err).__name__}: {err}",
+                   err.hint if user else "this looks like a bug in sft-tui or a library; its traceback is in that "
+                   "process's output (engine.log for a detached run)", user=user)
+    return None
 
 
 def record_failure(root: Path, rank: int, message: str, hint: str, *, user: bool) -> None:
