@@ -49,12 +49,21 @@ CASES = {
     "minilm full b64": ("minilm", "classification", "all", 64, 128, {}),
     "minilm top-2 b32": ("minilm", "classification", "top-n", 32, 128, {}),
     "minilm head-only b32": ("minilm", "classification", "head-only", 32, 128, {}),
+    "minilm lora b16": ("minilm", "classification", "all", 16, 128, {"lora": {"enabled": True}}),
     "minilm lora b32": ("minilm", "classification", "all", 32, 128, {"lora": {"enabled": True}}),
+    "minilm lora dropout b32": ("minilm", "classification", "all", 32, 128, {"lora": {"enabled": True, "dropout": 0.05}}),
+    "minilm lora b64": ("minilm", "classification", "all", 64, 128, {"lora": {"enabled": True}}),
+    "minilm lora-attention b32": ("minilm", "classification", "all", 32, 128,
+                                  {"lora": {"enabled": True, "targets": ["attention"]}}),
     "smol full b4": ("smol", "causal-lm", "all", 4, 128, {}),
     "smol top-2 b8": ("smol", "causal-lm", "top-n", 8, 128, {}),
     "smol top-2 b16": ("smol", "causal-lm", "top-n", 16, 128, {}),
     "smol head-only b8": ("smol", "causal-lm", "head-only", 8, 128, {}),
+    "smol lora b4": ("smol", "causal-lm", "all", 4, 128, {"lora": {"enabled": True}}),
     "smol lora b8": ("smol", "causal-lm", "all", 8, 128, {"lora": {"enabled": True}}),
+    "smol lora b16": ("smol", "causal-lm", "all", 16, 128, {"lora": {"enabled": True}}),
+    "smol lora-attention b8": ("smol", "causal-lm", "all", 8, 128, {"lora": {"enabled": True, "targets": ["attention"]}}),
+    "smol top-2 lora b8": ("smol", "causal-lm", "top-n", 8, 128, {"lora": {"enabled": True}}),
 }
 
 

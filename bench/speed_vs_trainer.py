@@ -228,7 +228,7 @@ def prepare_case(name: str, args) -> dict:
 
 def run_case(name: str, args, env: dict, peak: float) -> dict:
     spec = prepare_case(name, args)
-    sides = ["engine", *CASES[name]["trainers"]]
+    sides = ["engine", *(args.trainers or CASES[name]["trainers"])]
     print(f"\n== {name}: {spec['model']}, {spec['rows']} rows, {spec['epochs']} epochs, batch {spec['batch_size']}, "
           f"max_length {spec['max_length']}, lr {spec['lr']}, freeze {spec['freeze']}, engine --set {spec['engine_set']}",
           flush=True)
@@ -290,6 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--engine-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="a RunConfig override for the engine side only (repeatable), e.g. compute.prefix_cache=true")
+    p.add_argument("--trainers", nargs="+", choices=["trainer", "trainer-grouped"], default=None,
+                   help="the Trainer sides to run (default: the case's)")
     p.add_argument("--wait-idle-s", type=float, default=0.0,
                    help="before each side wait up to this long for other CPU work to stop (0: don't)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this file")

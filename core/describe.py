@@ -122,6 +122,12 @@ def tied_to_head(description: ModelDescription) -> set[str]:
             if node.tied_with and within(node.path, description.head)}
 
 
+def _unwrapped(module):
+    """The block itself where peft trains it in full (lora with a top-n map): its ModulesToSaveWrapper
+    holds the original beside a trained copy, and the stack of blocks is still one stack."""
+    return getattr(module, "original_module", module)
+
+
 def describe_model(model) -> ModelDescription:
     """Module tree with counts, and the blocks, embeddings, head and top modules, found structurally."""
     from torch import nn
@@ -133,7 +139,7 @@ def describe_model(model) -> ModelDescription:
     stacks = [
         (nodes[path].params, path)
         for path, module in modules.items()
-        if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1
+        if isinstance(module, nn.ModuleList) and len(module) and len({type(_unwrapped(m)) for m in module}) == 1
     ]
     stack = max(stacks, key=lambda item: item[0])[1] if stacks else None
     blocks = [child.path for child in nodes[stack].children] if stack is not None else []

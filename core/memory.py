@@ -4,7 +4,9 @@ The estimate (`estimate_peak`) adds up what one optimizer step holds at its peak
 gradients and AdamW state of the trainable parameters only; the activations that autograd keeps for
 the backward pass, by batch, length and the blocks the backward pass goes through; a causal LM's
 logits with the loss buffers over them (at the labelled positions only under
-compute.labelled_logits_only); and the frozen-prefix cache (core.prefix_cache) when it will be on. It is arithmetic on numbers from the model's config
+compute.labelled_logits_only); the frozen-prefix cache (core.prefix_cache) when it will be on; and, for
+a LoRA run on the CPU, the freed memory that the C allocator keeps (`allocator_kept`). It is
+arithmetic on numbers from the model's config
 (`model_shape`) and its freeze map (`blocks_in_backward`), so the app computes it without torch; the
 per-block constants were counted with torch's saved-tensor hooks on Llama, BERT and GPT-2 blocks
 (bench/memory_estimate.py checks the total against measured peaks). A CPU process also holds torch
@@ -144,24 +146,45 @@ class MemoryEstimate:
     """The frozen prefix's cached outputs (PrefixPlan.bytes): full once the first epoch has run."""
     reference: int = 0
     """L2-SP's fp32 copy of the trained pretrained weights' starting values (core.l2sp)."""
+    allocator_kept: int = 0
+    """Freed memory the process still holds: a LoRA run on the CPU (see allocator_kept)."""
 
     @property
     def total(self) -> int:
         return (self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.prefix_cache
-                + self.reference)
+                + self.reference + self.allocator_kept)
+
+
+KEPT_OUTPUTS = 2
+"""Output-sized tensors per LoRA-adapted layer and token that a CPU process keeps (allocator_kept)."""
+
+
+def allocator_kept(tokens: int, adapter_outputs: int, activation_bytes: int, device: str) -> int:
+    """What a LoRA run's process holds on the CPU beyond its live tensors. peft's forward makes
+    three temporaries of each adapted layer's output size (the base layer's output, the adapter's
+    and its scaled copy) and frees them at once; glibc's malloc keeps such freed memory in its heap,
+    which goes back to the system only from its top, and a full fine-tune allocates its gradients
+    and AdamW state into it, while LoRA's few megabytes of them, spread through it, cannot fill it.
+    Measured, the process keeps about two output-sized tensors per adapted layer and token: summing
+    two of them in place lowered MiniLM's peak by that much, and over eleven LoRA configurations
+    (MiniLM and a SmolLM2-shaped Llama, batch 4-64, all-linear and attention targets, dropout, a
+    top-n map) the estimate with this term was within 16% (BENCHMARKS.md, Memory estimate). A GPU's
+    peak (max_memory_allocated) counts live tensors only. `adapter_outputs`: Adapters.outputs."""
+    return tokens * adapter_outputs * KEPT_OUTPUTS * activation_bytes if device == "cpu" else 0
 
 
 def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, blocks: tuple[int, int], *,
                   batch: int, length: int, task: str, checkpointing: bool = False,
                   activation_bytes: int = 4, device: str = "cpu", adapters: int = 0,
-                  labelled_share: float = 1.0, prefix_cache_bytes: int = 0, reference_params: int = 0) -> MemoryEstimate:
+                  labelled_share: float = 1.0, prefix_cache_bytes: int = 0, reference_params: int = 0,
+                  adapter_outputs: int = 0) -> MemoryEstimate:
     """The peak of one training step on a micro-batch of `batch` rows of `length` tokens.
 
     `blocks`: (trained, passed) from blocks_in_backward. Weights are fp32 (the engine keeps fp32
     master weights; mixed precision casts on the fly), activations `activation_bytes` each (2 under
     bf16/fp16 autocast). With gradient checkpointing a block keeps only its input and one block at
-    a time is recomputed in full during the backward pass. `adapters`: elements per token that LoRA
-    adapters keep beyond their block's own (see adapter_activations). `labelled_share`: the share of
+    a time is recomputed in full during the backward pass. `adapters`, `adapter_outputs`: the LoRA
+    adapters' Adapters.kept and Adapters.outputs (adapter_sizes). `labelled_share`: the share of
     positions whose logits a causal LM computes (labelled_share()); the LM head's input stays per
     token, as the model computes the final hidden states everywhere. `prefix_cache_bytes`:
     PrefixPlan.bytes. `reference_params`: parameters L2-SP keeps a starting copy of (core.l2sp)."""
@@ -184,9 +207,10 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
         per_row = shape.hidden  # a classification head reads one vector a row
     labelled = batch * math.ceil(length * labelled_share)  # positions with logits, whole ones per row
     logits = labelled * shape.vocab * (activation_bytes + LOSS_BUFFER_BYTES) if task == "causal-lm" else 0
-    return MemoryEstimate(static["weights"], static["gradients"], static["optimizer"],
-                          (tokens * per_token + batch * per_row) * activation_bytes, logits, prefix_cache_bytes,
-                          reference_params * 4)
+    activations = (tokens * per_token + batch * per_row) * activation_bytes
+    return MemoryEstimate(static["weights"], static["gradients"], static["optimizer"], activations, logits,
+                          prefix_cache_bytes, reference_params * 4,
+                          allocator_kept(tokens, adapter_outputs, activation_bytes, device))
 
 
 def labelled_share(tokens: int, trained: int, labelled_logits_only: bool) -> float:
@@ -196,38 +220,61 @@ def labelled_share(tokens: int, trained: int, labelled_logits_only: bool) -> flo
     return min(1.0, trained / tokens) if labelled_logits_only and tokens else 1.0
 
 
-def adapter_activations(model) -> int:
-    """Elements per token that peft's LoRA layers keep beyond what their block keeps: each adapter's
-    down-projection output (rank wide) and, under lora.dropout, its own dropped copy of the input."""
+@dataclass(frozen=True)
+class Adapters:
+    """Elements per token of a model's LoRA adapters that the estimate counts."""
+
+    kept: int
+    """What they keep for backward beyond their blocks' own: each adapter's down-projection output
+    (rank wide) and, under lora.dropout, its own dropped copy of the input."""
+    outputs: int
+    """The adapted layers' output widths, summed: the size of the temporaries their forward frees
+    (allocator_kept)."""
+
+
+def _out_width(layer) -> int:
+    """Output features of a linear layer, an embedding or GPT-2's Conv1D (`nf`), as peft reads them."""
+    for name in ("out_features", "embedding_dim", "nf"):
+        if getattr(layer, name, None) is not None:
+            return int(getattr(layer, name))
+    return int(layer.weight.shape[0])
+
+
+def adapter_sizes(model) -> Adapters:
+    """The Adapters of a model peft wrapped: its LoRA layers with a trainable adapter."""
     from torch import nn
 
-    total = 0
+    kept = outputs = 0
     for module in model.modules():
         down, dropout = getattr(module, "lora_A", None), getattr(module, "lora_dropout", None)
         if not isinstance(down, nn.ModuleDict) or not isinstance(dropout, nn.ModuleDict):
             continue
-        for name, layer in down.items():
-            if getattr(layer, "weight", None) is None or not layer.weight.requires_grad:
-                continue
-            total += layer.weight.shape[0]
+        trained = [name for name, layer in down.items() if layer.weight.requires_grad]
+        embedded = [name for name, p in getattr(module, "lora_embedding_A", {}).items() if p.requires_grad]
+        outputs += _out_width(module) if trained or embedded else 0
+        for name in trained:
+            kept += down[name].weight.shape[0]
             if isinstance(dropout[name], nn.Dropout) and dropout[name].p > 0:
-                total += layer.weight.shape[1]
-    return total
+                kept += down[name].weight.shape[1]
+    return Adapters(kept, outputs)
 
 
-def planned_adapter_activations(model, targets: list[str], r: int, dropout: float) -> int:
-    """adapter_activations before peft wraps `model` (the app's meta skeleton and core.lora's plan):
-    per targeted linear layer its rank and, under dropout, its input width (nn.Linear's in_features;
-    GPT-2's Conv1D stores its weight (in, out)). An embedding's adapter keeps no rank-wide output of
+def planned_adapter_sizes(model, targets: list[str], r: int, dropout: float) -> Adapters:
+    """adapter_sizes before peft wraps `model` (the app's meta skeleton and core.lora's plan): per
+    targeted linear layer its rank and, under dropout, its input width (nn.Linear's in_features;
+    GPT-2's Conv1D stores its weight (in, out)); an embedding's adapter keeps no rank-wide output of
     its own. Attribute reads only, so the app draws it without importing torch."""
-    total = 0
+    kept = outputs = 0
     for path in targets:
         module = model.get_submodule(path)
-        if hasattr(module, "num_embeddings") or getattr(module, "weight", None) is None:
+        if getattr(module, "weight", None) is None:
+            continue
+        outputs += _out_width(module)
+        if hasattr(module, "num_embeddings"):
             continue
         width = module.in_features if hasattr(module, "in_features") else module.weight.shape[0]
-        total += r + (width if dropout > 0 else 0)
-    return total
+        kept += r + (width if dropout > 0 else 0)
+    return Adapters(kept, outputs)
 
 
 def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: bool,
@@ -242,9 +289,11 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
     description = describe_model(model)
     trainable = [name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad]
     blocks = blocks_in_backward(description.blocks, description.embeddings, trainable)
+    adapters = adapter_sizes(model)
     return estimate_peak(description.total_params, description.trainable_params, model_shape(model.config), blocks,
                          batch=batch, length=length, task=task, checkpointing=checkpointing,
-                         activation_bytes=activation_bytes, device=device, adapters=adapter_activations(model),
+                         activation_bytes=activation_bytes, device=device, adapters=adapters.kept,
+                         adapter_outputs=adapters.outputs,
                          labelled_share=labelled_share, prefix_cache_bytes=prefix_cache_bytes,
                          reference_params=reference_params(model) if l2sp else 0)
 

@@ -71,6 +71,17 @@ def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, ca
     assert "step 1" not in err  # nothing trained
 
 
+def test_a_lora_run_on_the_cpu_shows_the_freed_memory_malloc_keeps(config_path, capsys):
+    """Its own part of the peak (core.memory.allocator_kept), absent without LoRA."""
+    label = "freed memory the allocator keeps (LoRA on the CPU)"
+    code, out, err = dry_run(capsys, str(config_path), "--set", "lora.enabled=true")
+    assert code == 0, err
+    assert parts(out)[label].endswith(" KB") or parts(out)[label].endswith(" MB")
+    code, out, err = dry_run(capsys, str(config_path))
+    assert code == 0, err
+    assert label not in parts(out)
+
+
 def test_unfreezing_stages_and_the_l2sp_copy_are_shown(config_path, capsys):
     """Gradual unfreezing over top-1's map: the head and the final norm first (the tied head brings
     the embedding along), then block 1; L2-SP's reference copy is a part of the peak."""

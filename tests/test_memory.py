@@ -12,6 +12,7 @@ from core.memory import (
     MemoryEstimate,
     blocks_in_backward,
     enable_gradient_checkpointing,
+    KEPT_OUTPUTS,
     estimate_model,
     estimate_peak,
     model_shape,
@@ -165,6 +166,41 @@ def test_lora_adapters_count_in_the_activation_term(tiny_model_factory, dropout)
     assert estimate.gradients == 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def test_a_lora_run_on_the_cpu_counts_the_freed_memory_malloc_keeps(tiny_model_factory):
+    """On the CPU a LoRA run's process holds about two output-sized tensors per adapted layer and
+    token that it no longer uses (glibc keeps what peft's forward frees; BENCHMARKS.md): the
+    estimate adds them there, and only there: not on a GPU, whose peak counts live tensors, nor
+    without LoRA."""
+    from peft import LoraConfig, get_peft_model
+
+    args = {"batch": 4, "length": 48, "task": "causal-lm", "checkpointing": False}
+    plain = estimate_model(load(tiny_model_factory("llama")), **args)
+    wrapped = get_peft_model(load(tiny_model_factory("llama")), LoraConfig(r=8, target_modules="all-linear"))
+    cpu, gpu = (estimate_model(wrapped, device=device, **args) for device in ("cpu", "cuda"))
+    outputs = 2 * (64 + 32 + 32 + 64 + 128 + 128 + 64)  # q, k, v, o, gate, up, down of two blocks; not lm_head
+    assert cpu.allocator_kept == 4 * 48 * outputs * KEPT_OUTPUTS * 4
+    assert cpu.total == gpu.total + cpu.allocator_kept and gpu.allocator_kept == 0
+    assert plain.allocator_kept == 0
+
+
+def test_blocks_that_peft_trains_in_full_stay_blocks(tiny_model_factory):
+    """LoRA on every linear layer with block 1 trained in full (peft's modules_to_save wraps it): the
+    stack of blocks is still found, so both blocks keep activations, as with LoRA alone; the
+    estimate once saw no blocks here and left out all of them."""
+    from peft import LoraConfig, get_peft_model
+
+    args = {"batch": 4, "length": 48, "task": "causal-lm", "checkpointing": False}
+    lora = LoraConfig(r=8, target_modules=r".*layers\.0\..*_proj")
+    alone = estimate_model(get_peft_model(load(tiny_model_factory("llama")), lora), **args)
+    lora.modules_to_save = ["layers.1"]
+    wrapped = get_peft_model(load(tiny_model_factory("llama")), lora)
+    blocks = describe_model(wrapped).blocks
+    assert len(blocks) == 2 and type(wrapped.get_submodule(blocks[1])).__name__ == "ModulesToSaveWrapper"
+    both = estimate_model(wrapped, **args)
+    assert both.activations > alone.activations  # block 1 trains in full: its linear layers keep their inputs
+    assert both.gradients > alone.gradients
+
+
 @pytest.mark.parametrize("arch,dropout", [("llama", 0.0), ("llama", 0.1), ("gpt2", 0.1)])
 def test_the_apps_adapter_count_before_wrapping_is_the_wrapped_models(tiny_model_factory, arch, dropout):
     """The freeze screen counts the adapters from core.lora's plan on the unwrapped skeleton (the app
@@ -172,15 +208,15 @@ def test_the_apps_adapter_count_before_wrapping_is_the_wrapped_models(tiny_model
     its weight transposed."""
     from core.config import example_config
     from core.lora import apply_lora
-    from core.memory import adapter_activations, planned_adapter_activations
+    from core.memory import adapter_sizes, planned_adapter_sizes
 
     config = example_config("causal-lm")
     config.lora.enabled, config.lora.dropout, config.lora.r = True, dropout, 4
     model = load(tiny_model_factory(arch))
     description = describe_model(model)
     wrapped, plan, _ = apply_lora(model, description, config)
-    planned = planned_adapter_activations(load(tiny_model_factory(arch)), plan.targets, 4, dropout)
-    assert planned == adapter_activations(wrapped) > 0
+    planned = planned_adapter_sizes(load(tiny_model_factory(arch)), plan.targets, 4, dropout)
+    assert planned == adapter_sizes(wrapped) and planned.kept > 0 and planned.outputs > 0
 
 
 def test_a_causal_lms_logits_count_only_the_labelled_share():

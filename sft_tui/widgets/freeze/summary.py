@@ -16,12 +16,13 @@ from textual.widgets import Static
 
 from core.freeze import resolve
 from core.memory import (
+    Adapters,
     blocks_in_backward,
     estimate_peak,
     format_bytes,
     labelled_share,
     model_shape,
-    planned_adapter_activations,
+    planned_adapter_sizes,
 )
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 from sft_tui.format.model import training_memory
@@ -95,10 +96,10 @@ class FreezeSummaryBar(Static):
             self._map = (model, key, trainable, blocks, reference_params(tensor_index(model.skeleton), states, new))
         return self._map[2], self._map[3], self._map[4]
 
-    def _adapters(self, model, lora) -> int:
-        """Elements per token the LoRA adapters keep beyond their blocks' own (0 without LoRA)."""
+    def _adapters(self, model, lora) -> Adapters:
+        """The LoRA adapters' sizes per token (none without LoRA)."""
         plan = self.app.session.freeze_preview.lora
-        return planned_adapter_activations(model.skeleton, plan.targets, lora.r, lora.dropout) if plan else 0
+        return planned_adapter_sizes(model.skeleton, plan.targets, lora.r, lora.dropout) if plan else Adapters(0, 0)
 
     def _memory(self, summary, freeze) -> Text:
         session = self.app.session
@@ -116,8 +117,10 @@ class FreezeSummaryBar(Static):
                                    device=device, epochs=config.schedule.epochs)
         args = {"batch": config.optim.batch_size, "length": length, "task": config.task,
                 "activation_bytes": 2 if half else 4, "device": device,
-                "adapters": self._adapters(model, config.lora), "labelled_share": share,
-                "prefix_cache_bytes": prefix.bytes, "reference_params": reference if config.optim.l2sp_alpha else 0}
+                "labelled_share": share, "prefix_cache_bytes": prefix.bytes,
+                "reference_params": reference if config.optim.l2sp_alpha else 0}
+        adapters = self._adapters(model, config.lora)
+        args.update(adapters=adapters.kept, adapter_outputs=adapters.outputs)
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
         estimate, other = (estimate_peak(summary.total_params, summary.trainable_params, shape, blocks,
                                          checkpointing=checkpointing, **args) for checkpointing in (on, not on))
