@@ -102,6 +102,9 @@ class FreezeSummary:
     """Parameters no rule covers (they train at lr scale 1)."""
     rules: list[RuleSummary]
     warnings: list[str] = field(default_factory=list)
+    originals_params: int = 0
+    """Under LoRA, the frozen originals of the modules peft trains in full: held in memory beside
+    their trained copies, but not part of total_params (see summarize_trained)."""
 
 
 def preset_rules(preset: str, desc: ModelDescription, top_n: int) -> list[FreezeRule]:
@@ -222,10 +225,12 @@ def summarize_trained(model, rules: list[FreezeRule]) -> FreezeSummary:
     """The summary of a model whose requires_grad flags are already set (a peft-wrapped one): its
     trainable count is what trains, LoRA adapters included, and the frozen originals of the modules
     peft trains in full (`original_module`) are left out of the total, which is then the base model's
-    size plus what LoRA adds."""
+    size plus what LoRA adds (the memory estimate adds them back: originals_params)."""
     decided, matched_any = _decide(model, rules)
-    decided = [item for item in decided if not any(".original_module." in name for name in item[0])]
+    originals, decided = ([item for item in decided if any(".original_module." in name for name in item[0]) == held]
+                          for held in (True, False))
     summary = _summarize(rules, decided, matched_any)
+    summary.originals_params = sum(param.numel() for _, param, _ in originals)
     summary.trainable_params = sum(param.numel() for _, param, _ in decided if param.requires_grad)
     summary.trainable_share = summary.trainable_params / summary.total_params if summary.total_params else 0.0
     return summary

@@ -451,6 +451,16 @@ async def test_under_lora_the_draft_bar_and_the_estimate_are_the_wrapped_models(
         assert estimate.allocator_kept  # a LoRA run on the CPU keeps freed activations
         shown = summary(app)
         assert all(format_bytes(part) in shown for part in parts), (shown, [format_bytes(p) for p in parts])
+        app.session.update({"freeze.top_n": 1})
+        await pilot.press("t")  # top-1: peft trains the top block in full (modules_to_save), block 0 through adapters
+        await pilot.pause()
+        wrapped, _, _ = apply_lora(copy.deepcopy(model.skeleton), model.description, app.session.config)
+        topn = estimate_model(wrapped, batch=config.optim.batch_size, length=length, task=config.task,
+                              checkpointing=False)
+        assert topn.gradients > estimate.gradients
+        parts = [topn.weights, topn.gradients, topn.activations, topn.total]  # weights: with peft's originals
+        shown = summary(app)
+        assert all(format_bytes(part) in shown for part in parts), (shown, [format_bytes(p) for p in parts])
 
 
 def prefix_line(app) -> str | None:

@@ -122,7 +122,8 @@ class FreezeSummaryBar(Static):
         adapters = self._adapters(model, config.lora)
         args.update(adapters=adapters.kept, adapter_outputs=adapters.outputs)
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
-        estimate, other = (estimate_peak(summary.total_params, summary.trainable_params, shape, blocks,
+        held = summary.total_params + summary.originals_params  # peft keeps the originals of what trains in full
+        estimate, other = (estimate_peak(held, summary.trainable_params, shape, blocks,
                                          checkpointing=checkpointing, **args) for checkpointing in (on, not on))
         text = training_memory(estimate, other, on, config.optim.batch_size, length, device)
         return text.append_text(prefix_line(prefix, stats is not None, config.schedule.epochs))
