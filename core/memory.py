@@ -166,9 +166,9 @@ def allocator_kept(tokens: int, adapter_outputs: int, activation_bytes: int, dev
     which goes back to the system only from its top, and a full fine-tune allocates its gradients
     and AdamW state into it, while LoRA's few megabytes of them, spread through it, cannot fill it.
     Measured, the process keeps about two output-sized tensors per adapted layer and token: summing
-    two of them in place lowered MiniLM's peak by that much, and over eleven LoRA configurations
+    two of them in place lowered MiniLM's peak by that much, and over ten LoRA configurations
     (MiniLM and a SmolLM2-shaped Llama, batch 4-64, all-linear and attention targets, dropout, a
-    top-n map) the estimate with this term was within 16% (BENCHMARKS.md, Memory estimate). A GPU's
+    top-n map) the estimate with this term was within 13% (BENCHMARKS.md, Memory estimate). A GPU's
     peak (max_memory_allocated) counts live tensors only. `adapter_outputs`: Adapters.outputs."""
     return tokens * adapter_outputs * KEPT_OUTPUTS * activation_bytes if device == "cpu" else 0
 
