@@ -16,6 +16,7 @@ module.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from dataclasses import dataclass
 
 from core.config import FreezeConfig, LoraConfig, RunConfig
@@ -223,7 +224,9 @@ def apply_lora(model, desc: ModelDescription, config: RunConfig):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    wrapped = get_peft_model(model, peft_config(config.lora, plan, config.task))
+    with warnings.catch_warnings():  # peft reads the property transformers 5 deprecated: noise atop every LoRA run
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        wrapped = get_peft_model(model, peft_config(config.lora, plan, config.task))
     summary = summarize_trained(wrapped, plan.rules)
     if problem := training_problem(summary):
         raise problem

@@ -155,6 +155,18 @@ def test_the_summary_counts_adapters_and_the_head(tiny_model_factory, cls_file, 
     assert summary.trainable_params == sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
+def test_wrapping_prints_no_library_deprecation(tiny_model_factory, cls_file, tmp_path):
+    """peft reads `is_gradient_checkpointing`, which transformers 5 deprecated: its FutureWarning
+    opened every LoRA run's output, headless and in the app's log, and is not the user's to act on."""
+    import warnings
+
+    model, desc = _loaded(tiny_model_factory("bert"), "classification")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_lora(model, desc, cls_config(tiny_model_factory("bert"), cls_file, tmp_path))
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
 # ---- training, export, resume -------------------------------------------------------------------
 
 def test_only_adapters_and_the_head_train_and_both_exports_load(tiny_model_factory, cls_file, tmp_path,
