@@ -230,6 +230,33 @@ def test_causal_lm_adapter_and_merged_model_compute_like_the_trained_one(tiny_mo
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_tied_head_trained_in_full_stays_tied_through_training_and_export(tiny_model_factory, sft_file, tmp_path,
+                                                                           trained_model):
+    """The tiny Llama ties its LM head to the embedding; head-only under LoRA trains that one tensor
+    in full. peft once made it two trained copies that drifted apart: now it is one trained tensor,
+    as in full fine-tuning, and both exports still compute like the trained model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_model_factory("llama")
+    assert AutoModelForCausalLM.from_pretrained(model_dir).config.tie_word_embeddings
+    config = lm_config(model_dir, sft_file, tmp_path, freeze={"preset": "head-only"}, lora={"merge_on_export": True},
+                       schedule={"max_steps": 6}, eval={"every_steps": 0, "num_samples": 0})
+    result, _ = run(config)
+    trained = trained_model["model"]
+    inner = trained.get_base_model()
+    head, embedding = inner.get_output_embeddings().weight, inner.get_input_embeddings().weight
+    assert head.requires_grad and head.data_ptr() == embedding.data_ptr()
+    ids = torch.tensor([[1, 5, 8, 13, 21, 34]])
+    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        expected = trained(ids).logits
+        assert not torch.allclose(base(ids).logits, expected)
+        torch.testing.assert_close(PeftModel.from_pretrained(base, result.output_path).eval()(ids).logits, expected)
+        merged = AutoModelForCausalLM.from_pretrained(result.output_path / "merged").eval()
+        torch.testing.assert_close(merged(ids).logits, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_resume_with_lora_equals_an_uninterrupted_run(tiny_model_factory, sft_file, tmp_path):
     """GPT-2 has dropout and LoRA dropout is on, so the RNG state's restoring is checked too."""
     model_dir = tiny_model_factory("gpt2")
