@@ -260,10 +260,11 @@ def adapter_sizes(model) -> Adapters:
 
 
 def planned_adapter_sizes(model, targets: list[str], r: int, dropout: float) -> Adapters:
-    """adapter_sizes before peft wraps `model` (the app's meta skeleton and core.lora's plan): per
-    targeted linear layer its rank and, under dropout, its input width (nn.Linear's in_features;
-    GPT-2's Conv1D stores its weight (in, out)); an embedding's adapter keeps no rank-wide output of
-    its own. Attribute reads only, so the app draws it without importing torch."""
+    """adapter_sizes before peft wraps `model` (the app's meta skeleton and core.lora's plan): every
+    targeted layer's output width (an embedding's too), and what its adapter keeps: per targeted
+    linear layer its rank and, under dropout, its input width (nn.Linear's in_features; GPT-2's
+    Conv1D stores its weight (in, out)); an embedding's adapter keeps no rank-wide output of its
+    own. Attribute reads only, so the app draws it without importing torch."""
     kept = outputs = 0
     for path in targets:
         module = model.get_submodule(path)

@@ -9,10 +9,10 @@ from torch.testing import assert_close
 
 from core.describe import describe_model
 from core.memory import (
+    KEPT_OUTPUTS,
     MemoryEstimate,
     blocks_in_backward,
     enable_gradient_checkpointing,
-    KEPT_OUTPUTS,
     estimate_model,
     estimate_peak,
     model_shape,
@@ -184,8 +184,8 @@ def test_a_lora_run_on_the_cpu_counts_the_freed_memory_malloc_keeps(tiny_model_f
 
 
 def test_blocks_that_peft_trains_in_full_stay_blocks(tiny_model_factory):
-    """LoRA on every linear layer with block 1 trained in full (peft's modules_to_save wraps it): the
-    stack of blocks is still found, so both blocks keep activations, as with LoRA alone; the
+    """LoRA on block 0's projections with block 1 trained in full (peft's modules_to_save wraps it):
+    the stack of blocks is still found, so block 1 keeps a trained block's activations; the
     estimate once saw no blocks here and left out all of them."""
     from peft import LoraConfig, get_peft_model
 
