@@ -240,7 +240,7 @@ class _Training(Milestones):
         started = self.unfreezer.enter(self.state.step) if self.unfreezer else None
         if started:
             schedule = self.unfreezer.schedule
-            setup.log.info("unfreezing stage %d of %d from step %d: %s trains", self.unfreezer.stage + 1,
+            setup.log.info("unfreezing stage %d of %d from step %d: now training %s", self.unfreezer.stage + 1,
                            len(schedule.stages), self.state.step, started)
 
     @property

@@ -175,6 +175,20 @@ def test_unfreezing_resumed_mid_schedule_equals_an_uninterrupted_run(tiny_model_
     assert any("from step 3" in message for message in stages)
 
 
+def test_unfreezing_stages_lora_adapters_under_a_top_n_map(tiny_model_factory, sft_file, tmp_path):
+    """LoRA with top-1 wraps block 1 in peft's ModulesToSaveWrapper, which once hid the stack of
+    blocks: gradual unfreezing then had one stage and was skipped without a word. Now the top, then
+    block 1 (trained in full), then block 0's adapters."""
+    model_dir = tiny_model_factory("llama")
+    _, sink = _run(_lm(model_dir, sft_file, tmp_path, "staged", schedule={"max_steps": 7},
+                       freeze={"preset": "top-n", "top_n": 1, "unfreezing": "gradual", "unfreeze_every": 3},
+                       lora={"enabled": True}, eval={"every_steps": 100, "num_samples": 0}))
+    stages = [e.message for e in sink.of_type(LogMessage) if e.message.startswith("unfreezing stage")]
+    assert stages == ["unfreezing stage 1 of 3 from step 0: now training the head and the top modules",
+                      "unfreezing stage 2 of 3 from step 3: now training model.layers.1",
+                      "unfreezing stage 3 of 3 from step 6: now training model.layers.0"]
+
+
 def test_a_stage_not_started_yet_keeps_its_weights(tiny_model_factory, sft_file, tmp_path):
     """Gradual unfreezing of a 2-block model every 100 steps: in 6 steps only the head and the final
     norm train; the blocks and the embeddings (the head is untied here) stay as loaded."""
