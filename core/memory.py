@@ -155,71 +155,6 @@ class MemoryEstimate:
                 + self.reference + self.allocator_kept)
 
 
-KEPT_OUTPUTS = 2
-"""Output-sized tensors per LoRA-adapted layer and token that a CPU process keeps (allocator_kept)."""
-
-
-def allocator_kept(tokens: int, adapter_outputs: int, activation_bytes: int, device: str) -> int:
-    """What a LoRA run's process holds on the CPU beyond its live tensors. peft's forward makes
-    three temporaries of each adapted layer's output size (the base layer's output, the adapter's
-    and its scaled copy) and frees them at once; glibc's malloc keeps such freed memory in its heap,
-    which goes back to the system only from its top, and a full fine-tune allocates its gradients
-    and AdamW state into it, while LoRA's few megabytes of them, spread through it, cannot fill it.
-    Measured, the process keeps about two output-sized tensors per adapted layer and token: summing
-    two of them in place lowered MiniLM's peak by that much, and over ten LoRA configurations
-    (MiniLM and a SmolLM2-shaped Llama, batch 4-64, all-linear and attention targets, dropout, a
-    top-n map) the estimate with this term was within 13% (BENCHMARKS.md, Memory estimate). A GPU's
-    peak (max_memory_allocated) counts live tensors only. `adapter_outputs`: Adapters.outputs."""
-    return tokens * adapter_outputs * KEPT_OUTPUTS * activation_bytes if device == "cpu" else 0
-
-
-def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, blocks: tuple[int, int], *,
-                  batch: int, length: int, task: str, checkpointing: bool = False,
-                  activation_bytes: int = 4, device: str = "cpu", adapters: int = 0,
-                  labelled_share: float = 1.0, prefix_cache_bytes: int = 0, reference_params: int = 0,
-                  adapter_outputs: int = 0) -> MemoryEstimate:
-    """The peak of one training step on a micro-batch of `batch` rows of `length` tokens.
-
-    `blocks`: (trained, passed) from blocks_in_backward. Weights are fp32 (the engine keeps fp32
-    master weights; mixed precision casts on the fly), activations `activation_bytes` each (2 under
-    bf16/fp16 autocast). With gradient checkpointing a block keeps only its input and one block at
-    a time is recomputed in full during the backward pass. `adapters`, `adapter_outputs`: the LoRA
-    adapters' Adapters.kept and Adapters.outputs (adapter_sizes). `labelled_share`: the share of
-    positions whose logits a causal LM computes (labelled_share()); the LM head's input stays per
-    token, as the model computes the final hidden states everywhere. `prefix_cache_bytes`:
-    PrefixPlan.bytes. `reference_params`: parameters L2-SP keeps a starting copy of (core.l2sp)."""
-    static = estimate_training_memory(total_params, trainable_params)
-    tokens = batch * length
-    trained, passed = blocks
-    if checkpointing:
-        per_token = (trained + passed) * shape.hidden
-        if trained or passed:
-            per_token += block_activations(shape, length, trained > 0, device) + adapters // max(trained, 1)
-    else:
-        per_token = (trained * block_activations(shape, length, True, device)
-                     + passed * block_activations(shape, length, False, device) + adapters)
-    if trained or passed:
-        per_token += shape.hidden  # the final norm's input
-    per_row = 0
-    if task == "causal-lm" and trainable_params:
-        per_token += shape.hidden  # the LM head's input
-    elif trainable_params:
-        per_row = shape.hidden  # a classification head reads one vector a row
-    labelled = batch * math.ceil(length * labelled_share)  # positions with logits, whole ones per row
-    logits = labelled * shape.vocab * (activation_bytes + LOSS_BUFFER_BYTES) if task == "causal-lm" else 0
-    activations = (tokens * per_token + batch * per_row) * activation_bytes
-    return MemoryEstimate(static["weights"], static["gradients"], static["optimizer"], activations, logits,
-                          prefix_cache_bytes, reference_params * 4,
-                          allocator_kept(tokens, adapter_outputs, activation_bytes, device))
-
-
-def labelled_share(tokens: int, trained: int, labelled_logits_only: bool) -> float:
-    """The share of a causal LM's positions that get logits: those predicting a trained token
-    (core.loss.trained_tokens; `trained` of the data's `tokens`) under compute.labelled_logits_only,
-    else every position. 1 while the data is unknown (tokens 0): an estimate may only err high."""
-    return min(1.0, trained / tokens) if labelled_logits_only and tokens else 1.0
-
-
 @dataclass(frozen=True)
 class Adapters:
     """Elements per token of a model's LoRA adapters that the estimate counts."""
@@ -230,6 +165,73 @@ class Adapters:
     outputs: int
     """The adapted layers' output widths, summed: the size of the temporaries their forward frees
     (allocator_kept)."""
+
+
+NO_ADAPTERS = Adapters(0, 0)
+"""A model without LoRA."""
+
+
+KEPT_OUTPUTS = 2
+"""Output-sized tensors per LoRA-adapted layer and token that a CPU process keeps (allocator_kept)."""
+
+
+def allocator_kept(tokens: int, adapters: Adapters, activation_bytes: int, device: str) -> int:
+    """What a LoRA run's process holds on the CPU beyond its live tensors. peft's forward makes
+    three temporaries of each adapted layer's output size (the base layer's output, the adapter's
+    and its scaled copy) and frees them at once; glibc's malloc keeps such freed memory in its heap,
+    which goes back to the system only from its top, and a full fine-tune allocates its gradients
+    and AdamW state into it, while LoRA's few megabytes of them, spread through it, cannot fill it.
+    Measured, the process keeps about two output-sized tensors per adapted layer and token: summing
+    two of them in place lowered MiniLM's peak by that much, and over ten LoRA configurations
+    (MiniLM and a SmolLM2-shaped Llama, batch 4-64, all-linear and attention targets, dropout, a
+    top-n map) the estimate with this term was within 13% (BENCHMARKS.md, Memory estimate). A GPU's
+    peak (max_memory_allocated) counts live tensors only."""
+    return tokens * adapters.outputs * KEPT_OUTPUTS * activation_bytes if device == "cpu" else 0
+
+
+def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, blocks: tuple[int, int], *,
+                  batch: int, length: int, task: str, checkpointing: bool = False,
+                  activation_bytes: int = 4, device: str = "cpu", adapters: Adapters = NO_ADAPTERS,
+                  labelled_share: float = 1.0, prefix_cache_bytes: int = 0, reference_params: int = 0) -> MemoryEstimate:
+    """The peak of one training step on a micro-batch of `batch` rows of `length` tokens.
+
+    `blocks`: (trained, passed) from blocks_in_backward. Weights are fp32 (the engine keeps fp32
+    master weights; mixed precision casts on the fly), activations `activation_bytes` each (2 under
+    bf16/fp16 autocast). With gradient checkpointing a block keeps only its input and one block at
+    a time is recomputed in full during the backward pass. `adapters`: the LoRA adapters' sizes
+    (adapter_sizes). `labelled_share`: the share of positions whose logits a causal LM computes
+    (labelled_share()); the LM head's input stays per token, as the model computes the final
+    hidden states everywhere. `prefix_cache_bytes`:
+    PrefixPlan.bytes. `reference_params`: parameters L2-SP keeps a starting copy of (core.l2sp)."""
+    static = estimate_training_memory(total_params, trainable_params)
+    tokens = batch * length
+    trained, passed = blocks
+    if checkpointing:
+        per_token = (trained + passed) * shape.hidden
+        if trained or passed:
+            per_token += block_activations(shape, length, trained > 0, device) + adapters.kept // max(trained, 1)
+    else:
+        per_token = (trained * block_activations(shape, length, True, device)
+                     + passed * block_activations(shape, length, False, device) + adapters.kept)
+    if trained or passed:
+        per_token += shape.hidden  # the final norm's input
+    per_row = 0
+    if task == "causal-lm" and trainable_params:
+        per_token += shape.hidden  # the LM head's input
+    elif trainable_params:
+        per_row = shape.hidden  # a classification head reads one vector a row
+    labelled = batch * math.ceil(length * labelled_share)  # positions with logits, whole ones per row
+    logits = labelled * shape.vocab * (activation_bytes + LOSS_BUFFER_BYTES) if task == "causal-lm" else 0
+    return MemoryEstimate(static["weights"], static["gradients"], static["optimizer"],
+                          (tokens * per_token + batch * per_row) * activation_bytes, logits, prefix_cache_bytes,
+                          reference_params * 4, allocator_kept(tokens, adapters, activation_bytes, device))
+
+
+def labelled_share(tokens: int, trained: int, labelled_logits_only: bool) -> float:
+    """The share of a causal LM's positions that get logits: those predicting a trained token
+    (core.loss.trained_tokens; `trained` of the data's `tokens`) under compute.labelled_logits_only,
+    else every position. 1 while the data is unknown (tokens 0): an estimate may only err high."""
+    return min(1.0, trained / tokens) if labelled_logits_only and tokens else 1.0
 
 
 def _out_width(layer) -> int:
@@ -290,11 +292,9 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
     description = describe_model(model)
     trainable = [name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad]
     blocks = blocks_in_backward(description.blocks, description.embeddings, trainable)
-    adapters = adapter_sizes(model)
     return estimate_peak(description.total_params, description.trainable_params, model_shape(model.config), blocks,
                          batch=batch, length=length, task=task, checkpointing=checkpointing,
-                         activation_bytes=activation_bytes, device=device, adapters=adapters.kept,
-                         adapter_outputs=adapters.outputs,
+                         activation_bytes=activation_bytes, device=device, adapters=adapter_sizes(model),
                          labelled_share=labelled_share, prefix_cache_bytes=prefix_cache_bytes,
                          reference_params=reference_params(model) if l2sp else 0)
 

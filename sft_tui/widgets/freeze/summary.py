@@ -16,6 +16,7 @@ from textual.widgets import Static
 
 from core.freeze import resolve
 from core.memory import (
+    NO_ADAPTERS,
     Adapters,
     blocks_in_backward,
     estimate_peak,
@@ -99,7 +100,7 @@ class FreezeSummaryBar(Static):
     def _adapters(self, model, lora) -> Adapters:
         """The LoRA adapters' sizes per token (none without LoRA)."""
         plan = self.app.session.freeze_preview.lora
-        return planned_adapter_sizes(model.skeleton, plan.targets, lora.r, lora.dropout) if plan else Adapters(0, 0)
+        return planned_adapter_sizes(model.skeleton, plan.targets, lora.r, lora.dropout) if plan else NO_ADAPTERS
 
     def _memory(self, summary, freeze) -> Text:
         session = self.app.session
@@ -117,10 +118,8 @@ class FreezeSummaryBar(Static):
                                    device=device, epochs=config.schedule.epochs)
         args = {"batch": config.optim.batch_size, "length": length, "task": config.task,
                 "activation_bytes": 2 if half else 4, "device": device,
-                "labelled_share": share, "prefix_cache_bytes": prefix.bytes,
-                "reference_params": reference if config.optim.l2sp_alpha else 0}
-        adapters = self._adapters(model, config.lora)
-        args.update(adapters=adapters.kept, adapter_outputs=adapters.outputs)
+                "adapters": self._adapters(model, config.lora), "labelled_share": share,
+                "prefix_cache_bytes": prefix.bytes, "reference_params": reference if config.optim.l2sp_alpha else 0}
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
         held = summary.total_params + summary.originals_params  # peft keeps the originals of what trains in full
         estimate, other = (estimate_peak(held, summary.trainable_params, shape, blocks,
