@@ -448,7 +448,7 @@ async def test_under_lora_the_draft_bar_and_the_estimate_are_the_wrapped_models(
         estimate = estimate_model(wrapped, batch=config.optim.batch_size, length=length, task=config.task,
                                   checkpointing=False)
         parts = [estimate.gradients, estimate.optimizer, estimate.activations, estimate.allocator_kept, estimate.total]
-        assert estimate.allocator_kept  # a LoRA run on the CPU keeps freed activations
+        assert estimate.allocator_kept  # a LoRA run on the CPU keeps what peft's forward frees
         shown = summary(app)
         assert all(format_bytes(part) in shown for part in parts), (shown, [format_bytes(p) for p in parts])
         app.session.update({"freeze.top_n": 1})
