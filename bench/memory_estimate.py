@@ -43,6 +43,8 @@ SMOL = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, 
             "rms_norm_eps": 1e-5}
 """SmolLM2-135M's config.json, the sizes that matter."""
 
+CHECKPOINTING = {"compute": {"gradient_checkpointing": True}}
+
 CASES = {
     # name: (model, task, freeze preset, batch, max_length, extra overrides)
     "minilm full b16": ("minilm", "classification", "all", 16, 128, {}),
@@ -64,6 +66,15 @@ CASES = {
     "smol lora b16": ("smol", "causal-lm", "all", 16, 128, {"lora": {"enabled": True}}),
     "smol lora-attention b8": ("smol", "causal-lm", "all", 8, 128, {"lora": {"enabled": True, "targets": ["attention"]}}),
     "smol top-2 lora b8": ("smol", "causal-lm", "top-n", 8, 128, {"lora": {"enabled": True}}),
+    "minilm full ckpt b16": ("minilm", "classification", "all", 16, 128, CHECKPOINTING),
+    "minilm full ckpt b64": ("minilm", "classification", "all", 64, 128, CHECKPOINTING),
+    "minilm top-2 ckpt b32": ("minilm", "classification", "top-n", 32, 128, CHECKPOINTING),
+    "minilm lora ckpt b32": ("minilm", "classification", "all", 32, 128, {"lora": {"enabled": True}, **CHECKPOINTING}),
+    "minilm dora b32": ("minilm", "classification", "all", 32, 128, {"lora": {"enabled": True, "use_dora": True}}),
+    "smol full ckpt b4": ("smol", "causal-lm", "all", 4, 128, CHECKPOINTING),
+    "smol top-2 ckpt b8": ("smol", "causal-lm", "top-n", 8, 128, CHECKPOINTING),
+    "smol lora ckpt b8": ("smol", "causal-lm", "all", 8, 128, {"lora": {"enabled": True}, **CHECKPOINTING}),
+    "smol dora b8": ("smol", "causal-lm", "all", 8, 128, {"lora": {"enabled": True, "use_dora": True}}),
 }
 
 
@@ -103,7 +114,6 @@ def run_config(spec: dict, folder: Path) -> dict:
         "schedule": {"max_steps": 3, "warmup_steps": 0},
         "eval": {"every_steps": BIG, "num_samples": 0},
         "checkpoint": {"every_steps": BIG},
-        "compute": {"gradient_checkpointing": spec.get("checkpointing", False)},
         "output": {"runs_dir": str(folder / "runs"), "save_final": False},
         **extra,
     }

@@ -161,7 +161,8 @@ class Adapters:
 
     kept: int
     """What they keep for backward beyond their blocks' own: each adapter's down-projection output
-    (rank wide) and, under lora.dropout, its own dropped copy of the input."""
+    (rank wide), under lora.dropout its own dropped copy of the input, and under DoRA two outputs of
+    the layer's width (DORA_OUTPUTS)."""
     outputs: int
     """The adapted layers' output widths, summed: the size of the temporaries their forward frees
     (allocator_kept)."""
@@ -169,6 +170,12 @@ class Adapters:
 
 NO_ADAPTERS = Adapters(0, 0)
 """A model without LoRA."""
+
+DORA_OUTPUTS = 2
+"""Output-sized tensors a DoRA layer keeps for backward per token: peft scales the base layer's
+output and the adapter's by the magnitude over the weight norm, and the magnitude's gradient needs
+both (peft's DoraLinearLayer.forward). Measured: without them the estimate was 25-36% low on DoRA
+runs of MiniLM and a SmolLM2-shaped Llama, with them -11% and +1% (BENCHMARKS.md, Memory estimate)."""
 
 
 KEPT_OUTPUTS = 2
@@ -243,7 +250,8 @@ def _out_width(layer) -> int:
 
 
 def adapter_sizes(model) -> Adapters:
-    """The Adapters of a model peft wrapped: its LoRA layers with a trainable adapter."""
+    """The Adapters of a model peft wrapped: its LoRA layers with a trainable adapter (DoRA's have a
+    magnitude vector)."""
     from torch import nn
 
     kept = outputs = 0
@@ -253,7 +261,10 @@ def adapter_sizes(model) -> Adapters:
             continue
         trained = [name for name, layer in down.items() if layer.weight.requires_grad]
         embedded = [name for name, p in getattr(module, "lora_embedding_A", {}).items() if p.requires_grad]
-        outputs += _out_width(module) if trained or embedded else 0
+        width = _out_width(module)
+        outputs += width if trained or embedded else 0
+        dora = getattr(module, "lora_magnitude_vector", {})
+        kept += sum(DORA_OUTPUTS * width for name in trained + embedded if name in dora)
         for name in trained:
             kept += down[name].weight.shape[0]
             if isinstance(dropout[name], nn.Dropout) and dropout[name].p > 0:
@@ -261,18 +272,20 @@ def adapter_sizes(model) -> Adapters:
     return Adapters(kept, outputs)
 
 
-def planned_adapter_sizes(model, targets: list[str], r: int, dropout: float) -> Adapters:
+def planned_adapter_sizes(model, targets: list[str], r: int, dropout: float, dora: bool = False) -> Adapters:
     """adapter_sizes before peft wraps `model` (the app's meta skeleton and core.lora's plan): every
-    targeted layer's output width (an embedding's too), and what its adapter keeps: per targeted
-    linear layer its rank and, under dropout, its input width (nn.Linear's in_features; GPT-2's
-    Conv1D stores its weight (in, out)); an embedding's adapter keeps no rank-wide output of its
-    own. Attribute reads only, so the app draws it without importing torch."""
+    targeted layer's output width (an embedding's too), and what its adapter keeps: under DoRA two
+    outputs, and per targeted linear layer its rank and, under dropout, its input width
+    (nn.Linear's in_features; GPT-2's Conv1D stores its weight (in, out)); an embedding's adapter
+    keeps no rank-wide output of its own. Attribute reads only, so the app draws it without
+    importing torch."""
     kept = outputs = 0
     for path in targets:
         module = model.get_submodule(path)
         if getattr(module, "weight", None) is None:
             continue
         outputs += _out_width(module)
+        kept += DORA_OUTPUTS * _out_width(module) if dora else 0
         if hasattr(module, "num_embeddings"):
             continue
         width = module.in_features if hasattr(module, "in_features") else module.weight.shape[0]

@@ -37,19 +37,21 @@ def train_only(model, paths: list[str]) -> None:
 
 
 def saved_activation_bytes(model, batch: dict) -> int:
-    """Bytes autograd keeps for backward in one forward pass, parameters (held anyway) left out."""
+    """Bytes autograd keeps for backward in one forward pass, parameters (held anyway) left out.
+    Counted per storage; each is held until the count is done, so that a graph the forward drops
+    at once (peft's DoRA makes one) cannot free a storage whose address a later one reuses."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
+    seen: dict[int, torch.Tensor] = {}
 
     def pack(t):
         ptr = t.untyped_storage().data_ptr()
         if ptr not in params:
-            seen[ptr] = t.untyped_storage().nbytes()
+            seen[ptr] = t
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(**batch)
-    return sum(seen.values())
+    return sum(t.untyped_storage().nbytes() for t in seen.values())
 
 
 def ids(batch: int, length: int) -> dict:
@@ -201,8 +203,9 @@ def test_blocks_that_peft_trains_in_full_stay_blocks(tiny_model_factory):
     assert both.gradients > alone.gradients
 
 
-@pytest.mark.parametrize("arch,dropout", [("llama", 0.0), ("llama", 0.1), ("gpt2", 0.1)])
-def test_the_apps_adapter_count_before_wrapping_is_the_wrapped_models(tiny_model_factory, arch, dropout):
+@pytest.mark.parametrize("arch,dropout,dora", [("llama", 0.0, False), ("llama", 0.1, False), ("gpt2", 0.1, False),
+                                               ("llama", 0.0, True), ("gpt2", 0.1, True)])
+def test_the_apps_adapter_count_before_wrapping_is_the_wrapped_models(tiny_model_factory, arch, dropout, dora):
     """The freeze screen counts the adapters from core.lora's plan on the unwrapped skeleton (the app
     keeps no wrapped model); the dry run counts them on the model peft wrapped. GPT-2's Conv1D stores
     its weight transposed."""
@@ -211,12 +214,35 @@ def test_the_apps_adapter_count_before_wrapping_is_the_wrapped_models(tiny_model
     from core.memory import adapter_sizes, planned_adapter_sizes
 
     config = example_config("causal-lm")
-    config.lora.enabled, config.lora.dropout, config.lora.r = True, dropout, 4
+    config.lora.enabled, config.lora.dropout, config.lora.r, config.lora.use_dora = True, dropout, 4, dora
     model = load(tiny_model_factory(arch))
     description = describe_model(model)
     wrapped, plan, _ = apply_lora(model, description, config)
-    planned = planned_adapter_sizes(load(tiny_model_factory(arch)), plan.targets, 4, dropout)
+    planned = planned_adapter_sizes(load(tiny_model_factory(arch)), plan.targets, 4, dropout, dora)
     assert planned == adapter_sizes(wrapped) and planned.kept > 0 and planned.outputs > 0
+
+
+def test_dora_keeps_two_outputs_of_each_adapted_layer(tiny_model_factory):
+    """DoRA's magnitude gradient needs the base layer's output and the adapter's (DORA_OUTPUTS): the
+    estimate adds exactly those to plain LoRA's count, and autograd keeps that much more per token.
+    Per token: the growth from 2 to 4 rows, as peft's DoRA also saves weight-sized tensors while it
+    computes the weight norm, in a graph it drops at once."""
+    from core.config import example_config
+    from core.lora import apply_lora
+    from core.memory import DORA_OUTPUTS, adapter_sizes
+
+    growth, sizes = {}, {}
+    for dora in (False, True):
+        config = example_config("causal-lm")
+        config.lora.enabled, config.lora.r, config.lora.use_dora = True, 4, dora
+        model = load(tiny_model_factory("llama"))
+        wrapped, plan, _ = apply_lora(model, describe_model(model), config)
+        growth[dora] = saved_activation_bytes(wrapped, ids(4, 16)) - saved_activation_bytes(wrapped, ids(2, 16))
+        sizes[dora] = adapter_sizes(wrapped)
+    inner = wrapped.get_base_model()
+    widths = sum(inner.get_submodule(name).get_base_layer().out_features for name in plan.targets)
+    assert sizes[True].kept - sizes[False].kept == DORA_OUTPUTS * widths
+    assert growth[True] - growth[False] == 2 * 16 * DORA_OUTPUTS * widths * 4  # 2 rows x 16 tokens more, fp32
 
 
 def test_a_causal_lms_logits_count_only_the_labelled_share():

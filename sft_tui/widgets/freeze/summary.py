@@ -100,7 +100,9 @@ class FreezeSummaryBar(Static):
     def _adapters(self, model, lora) -> Adapters:
         """The LoRA adapters' sizes per token (none without LoRA)."""
         plan = self.app.session.freeze_preview.lora
-        return planned_adapter_sizes(model.skeleton, plan.targets, lora.r, lora.dropout) if plan else NO_ADAPTERS
+        if not plan:
+            return NO_ADAPTERS
+        return planned_adapter_sizes(model.skeleton, plan.targets, lora.r, lora.dropout, lora.use_dora)
 
     def _memory(self, summary, freeze) -> Text:
         session = self.app.session
