@@ -199,19 +199,31 @@ def plan_lora(model, desc: ModelDescription, config: RunConfig) -> LoraPlan:
     return LoraPlan(targets, full, rules, transposed)
 
 
-def peft_config(lora: LoraConfig, plan: LoraPlan, task: str):
+def trains_tied_weights(model, plan: LoraPlan) -> bool:
+    """Whether the plan trains a module whose weight is tied to another (a tied LM head and its
+    input embedding), in full or through an adapter."""
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if inputs is None or outputs is None or outputs.weight is not inputs.weight:
+        return False
+    tied = [path for path, module in model.named_modules() if module is inputs or module is outputs]
+    return any(within(path, [*plan.targets, *plan.modules_to_save]) for path in tied)
+
+
+def peft_config(lora: LoraConfig, plan: LoraPlan, task: str, tied: bool):
     """peft's LoraConfig for the plan; DoRA / rsLoRA only when set (older peft lacks the fields).
 
-    `ensure_weight_tying` where peft has it: without it, a tied LM head trained in full (its
-    embedding comes along) became two trained copies that drifted apart (0.06 after three steps on
-    the tiny demo): a model no longer tied as its base is, with twice those parameters' gradients
-    and AdamW state (on a SmolLM2-135M head, 28M parameters: 340 MB more). peft edits the lists it
-    is given (it drops the tied head it handles), so it gets copies of the plan's."""
+    `ensure_weight_tying` where peft has it and the plan trains tied weights (`tied`,
+    trains_tied_weights): without it, a tied LM head trained in full (its embedding comes along)
+    became two trained copies that drifted apart (0.06 after three steps on the tiny demo): a model
+    no longer tied as its base is, with twice those parameters' gradients and AdamW state (on a
+    SmolLM2-135M head, 28M parameters: 340 MB more). Asked for where nothing tied trains, peft
+    warns at every wrapping and, as the flag is saved with the adapter, at every load of the export.
+    peft edits the lists it is given (it drops the tied head it handles), so it gets copies."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType
 
     extra = {name: True for name in ("use_dora", "use_rslora") if getattr(lora, name)}
-    if "ensure_weight_tying" in PeftLoraConfig.__dataclass_fields__:
+    if tied and "ensure_weight_tying" in PeftLoraConfig.__dataclass_fields__:
         extra["ensure_weight_tying"] = True
     return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                           target_modules=list(plan.targets), modules_to_save=list(plan.modules_to_save) or None,
@@ -232,9 +244,10 @@ def apply_lora(model, desc: ModelDescription, config: RunConfig):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    tied = trains_tied_weights(model, plan)
     with warnings.catch_warnings():  # peft reads the property transformers 5 deprecated: noise atop every LoRA run
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        wrapped = get_peft_model(model, peft_config(config.lora, plan, config.task))
+        wrapped = get_peft_model(model, peft_config(config.lora, plan, config.task, tied))
     summary = summarize_trained(wrapped, plan.rules)
     if problem := training_problem(summary):
         raise problem

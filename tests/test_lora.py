@@ -155,16 +155,27 @@ def test_the_summary_counts_adapters_and_the_head(tiny_model_factory, cls_file, 
     assert summary.trainable_params == sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
-def test_wrapping_prints_no_library_deprecation(tiny_model_factory, cls_file, tmp_path):
-    """peft reads `is_gradient_checkpointing`, which transformers 5 deprecated: its FutureWarning
-    opened every LoRA run's output, headless and in the app's log, and is not the user's to act on."""
+@pytest.mark.parametrize("arch,freeze", [("bert", {}), ("llama", {}), ("llama", {"preset": "top-n", "top_n": 1})])
+def test_wrapping_prints_no_library_warning(tiny_model_factory, cls_file, sft_file, tmp_path, arch, freeze):
+    """Wrapping is silent: peft read `is_gradient_checkpointing`, which transformers 5 deprecated, and
+    said that the weight tying asked for found nothing to tie (BERT ties nothing; the tiny Llama's
+    tied head stays frozen under default LoRA). Both opened every LoRA run's output, headless and in
+    the app's log, and neither is the user's to act on. Tying is asked for where a tied head trains
+    (top-n), and only there, as peft saves the flag with the adapter and warns again at its load."""
     import warnings
 
-    model, desc = _loaded(tiny_model_factory("bert"), "classification")
+    from core.lora import plan_lora, trains_tied_weights
+
+    task = "classification" if arch == "bert" else "causal-lm"
+    model, desc = _loaded(tiny_model_factory(arch), task)
+    config = (cls_config(tiny_model_factory(arch), cls_file, tmp_path) if arch == "bert"
+              else lm_config(tiny_model_factory(arch), sft_file, tmp_path, freeze=freeze))
+    assert trains_tied_weights(model, plan_lora(model, desc, config)) == bool(freeze)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        apply_lora(model, desc, cls_config(tiny_model_factory("bert"), cls_file, tmp_path))
-    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+        wrapped, _, _ = apply_lora(model, desc, config)
+    assert [str(w.message) for w in caught] == []
+    assert getattr(wrapped.peft_config["default"], "ensure_weight_tying", False) == bool(freeze)
 
 
 # ---- training, export, resume -------------------------------------------------------------------
