@@ -911,3 +911,18 @@ async def test_a_halved_micro_batch_is_logged_and_notified_while_the_run_goes_on
         assert "Triedtoallocate2.00GiB" in log
         assert [(n.title, n.severity) for n in app._notifications if "micro-batches of 4 rows" in n.message] == \
             [("Out of memory", "warning")]
+
+
+async def test_the_setup_says_a_run_trains_lora_adapters_and_how_it_computes_at_80x24(tiny_model_factory, tmp_path):
+    """The trainable share alone does not say that adapters train: the setup names LoRA with its
+    variants, and how the run computes, before Start; every row whole in 80 columns."""
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"), lora={"enabled": True, "use_dora": True},
+                            compute={"gradient_checkpointing": True})
+    app = create_app(config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("escape", "5")
+        await settle(pilot)
+        shown = visible_text(app)
+        assert "LoRA        r 16 · alpha 32 · all-linear · DoRA" in shown
+        assert "compute     precision auto · devices auto · gradient checkpointing" in shown
+        assert "no problems: ready to start" in shown

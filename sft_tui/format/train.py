@@ -68,14 +68,34 @@ def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tupl
         ("model", f"{config.model.name_or_path}  ({config.task})"),
         ("data", f"{config.data.train} · format {config.data.format} · max length {config.data.max_length}"),
         ("trainable", f"{share} · freeze preset {config.freeze.preset}{rules}"),
+        *([("LoRA", lora_summary(config.lora))] if config.lora.enabled else []),
         ("optimizer", f"AdamW lr {optim.lr:g} · batch {optim.batch_size} x {optim.grad_accum} · "
                       f"{regulariser(config)} · clip {optim.max_grad_norm:g}"),
         ("schedule", f"{length} · {schedule.scheduler} · {warmup}"),
         ("evaluate", f"{before}{when_evaluated(config)} · metric {evals.metric}{patience}"),
         ("checkpoint", f"{when_checkpointed(config)} · keep {config.checkpoint.keep_last}"),
-        ("output", f"{config.output.runs_dir}/{config.output.run_name or '<time>-<model>'} · precision "
-                   f"{config.precision} · seed {config.seed}"),
+        ("compute", compute_summary(config)),
+        ("output", f"{config.output.runs_dir}/{config.output.run_name or '<time>-<model>'} · seed {config.seed}"),
     ]
+
+
+def lora_summary(lora) -> str:
+    """The adapters Start would train: rank, scale, targets and the variants on, so that a run
+    that trains adapters says so before it starts (the trainable share alone does not)."""
+    parts = [f"r {lora.r} · alpha {lora.alpha:g} · {', '.join(lora.targets)}"]
+    parts += [f"dropout {lora.dropout:g}"] if lora.dropout else []
+    parts += [name for name, on in (("DoRA", lora.use_dora), ("rsLoRA", lora.use_rslora)) if on]
+    parts += ["4-bit base (QLoRA)"] if lora.quantize == "4bit" else []
+    parts += ["merged export too"] if lora.merge_on_export else []
+    return " · ".join(parts)
+
+
+def compute_summary(config: RunConfig) -> str:
+    """Where and how the run computes: precision, devices, processes, gradient checkpointing."""
+    compute = config.compute
+    processes = f" · {compute.nproc} processes ({compute.distributed})" if compute.nproc > 1 else ""
+    checkpointing = " · gradient checkpointing" if compute.gradient_checkpointing else ""
+    return f"precision {config.precision} · devices {compute.devices}{processes}{checkpointing}"
 
 
 def uses_l2sp(config: RunConfig) -> bool:
