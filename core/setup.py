@@ -101,12 +101,14 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
         check_packing(model)
     description = describe_model(model)
     if lora is not None:
-        from core.lora import apply_lora
+        from core.lora import apply_lora, lr_advice
 
         model, plan, summary = apply_lora(model, description, config)
         rules = plan.rules
         log.info("LoRA adapters on %d layers (r %d); trained in full: %s", len(plan.targets), lora.r,
                  ", ".join(plan.modules_to_save) or "nothing")
+        if advice := lr_advice(config):
+            log.warning(advice)
     else:
         rules = effective_rules(config.freeze, description)
         summary = apply_freeze_map(model, rules)

@@ -925,4 +925,13 @@ async def test_the_setup_says_a_run_trains_lora_adapters_and_how_it_computes_at_
         shown = visible_text(app)
         assert "LoRA        r 16 · alpha 32 · all-linear · DoRA" in shown
         assert "compute     precision auto · devices auto · gradient checkpointing" in shown
+        assert "no problems: ready to start" in shown and "full fine-tuning rate" not in shown
+
+        await pilot.press("4")  # a full fine-tuning rate under LoRA gets a word, and does not block Start
+        await settle(pilot)
+        app.screen.query_one("#field-optim-lr").query_one(Input).value = "5e-5"
+        await pilot.press("escape", "5")
+        await settle(pilot)
+        shown = squeezed(visible_text(app))
+        assert "! optim.lr 5e-05 is a full fine-tuning rate; LoRA adapters usually train at 1e-4 to 5e-4" in shown
         assert "no problems: ready to start" in shown

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from collections import deque
 
+from rich.text import Text
+
 from core.config import RunConfig
 from core.events import StepMetrics
+from core.lora import lr_advice
 from core.plan import when_checkpointed, when_evaluated
 from sft_tui.format.numbers import format_duration, format_metric, format_metrics, format_share
 
@@ -53,8 +56,9 @@ def _shown(metrics: dict[str, float], name: str) -> str:
     return format_metric(metrics[name]) if name in metrics else "-"
 
 
-def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tuple[str, str]]:
-    """(label, value) rows describing what Start would train."""
+def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tuple[str, str | Text]]:
+    """(label, value) rows describing what Start would train, with a word where LoRA's learning rate
+    looks too low (core.lora.lr_advice)."""
     optim, schedule, evals = config.optim, config.schedule, config.eval
     length = f"{schedule.max_steps} steps" if schedule.max_steps else f"{schedule.epochs:g} epoch(s)"
     warmup = (f"warmup {schedule.warmup_steps} steps" if schedule.warmup_steps
@@ -69,6 +73,7 @@ def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tupl
         ("data", f"{config.data.train} · format {config.data.format} · max length {config.data.max_length}"),
         ("trainable", f"{share} · freeze preset {config.freeze.preset}{rules}"),
         *([("LoRA", lora_summary(config.lora))] if config.lora.enabled else []),
+        *([("", Text(f"! {advice}", "yellow"))] if (advice := lr_advice(config)) else []),
         ("optimizer", f"AdamW lr {optim.lr:g} · batch {optim.batch_size} x {optim.grad_accum} · "
                       f"{regulariser(config)} · clip {optim.max_grad_norm:g}"),
         ("schedule", f"{length} · {schedule.scheduler} · {warmup}"),
