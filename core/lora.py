@@ -96,8 +96,7 @@ def lr_advice(config: RunConfig) -> str | None:
     low, high = (f"{rate:.0e}".replace("e-0", "e-") for rate in LORA_LR_RANGE)  # 1e-4, as people write it
     if not config.lora.enabled or config.optim.lr >= LORA_LR_RANGE[0]:
         return None
-    return (f"optim.lr {config.optim.lr:g} is a full fine-tuning rate; "
-            f"LoRA adapters usually train at {low} to {high}")
+    return f"optim.lr {config.optim.lr:g} is low for LoRA: adapters usually train at {low} to {high}"
 
 
 def lora_problem(lora: LoraConfig) -> UserError | None:
@@ -216,13 +215,16 @@ def plan_lora(model, desc: ModelDescription, config: RunConfig) -> LoraPlan:
 
 
 def trains_tied_weights(model, plan: LoraPlan) -> bool:
-    """Whether the plan trains a module whose weight is tied to another (a tied LM head and its
-    input embedding), in full or through an adapter."""
+    """Whether peft's weight tying has work under the plan: the model ties its LM head to its input
+    embedding, and one of them trains, in full or through an adapter. peft recognises them by name
+    only (EMBEDDING_LAYER_NAMES: `embed_tokens`, `lm_head`); GPT-2's `transformer.wte` as a target it
+    leaves alone, and warns where it is asked to tie."""
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
     inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
     if inputs is None or outputs is None or outputs.weight is not inputs.weight:
         return False
-    tied = [path for path, module in model.named_modules() if module is inputs or module is outputs]
-    return any(within(path, [*plan.targets, *plan.modules_to_save]) for path in tied)
+    return any(path.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES for path in [*plan.targets, *plan.modules_to_save])
 
 
 def peft_config(lora: LoraConfig, plan: LoraPlan, task: str, tied: bool):
@@ -271,9 +273,13 @@ def apply_lora(model, desc: ModelDescription, config: RunConfig):
 
 
 def preview(skeleton, desc: ModelDescription, config: RunConfig):
-    """For the freeze screen: the summary and the adapted layers LoRA would give, computed on a copy
-    of the model's skeleton on the meta device (peft wraps it without memory or weights)."""
+    """For the freeze screen: the summary, the plan and the adapters' sizes (core.memory.Adapters)
+    LoRA would give, computed on a copy of the model's skeleton on the meta device (peft wraps it
+    without memory or weights), so the screen's memory estimate counts the adapters peft really
+    adds (an LM head tied to a targeted embedding gets one too), as the dry run does."""
     import copy
 
-    _, plan, summary = apply_lora(copy.deepcopy(skeleton), desc, config)
-    return summary, plan
+    from core.memory import adapter_sizes
+
+    wrapped, plan, summary = apply_lora(copy.deepcopy(skeleton), desc, config)
+    return summary, plan, adapter_sizes(wrapped)

@@ -174,8 +174,8 @@ NO_ADAPTERS = Adapters(0, 0)
 DORA_OUTPUTS = 2
 """Output-sized tensors a DoRA layer keeps for backward per token: peft scales the base layer's
 output and the adapter's by the magnitude over the weight norm, and the magnitude's gradient needs
-both (peft's DoraLinearLayer.forward). Measured: without them the estimate was 25-36% low on DoRA
-runs of MiniLM and a SmolLM2-shaped Llama, with them -11% and +1% (BENCHMARKS.md, Memory estimate)."""
+both (peft's DoraLinearLayer.forward). Measured: without them the estimate was 24-36% low on DoRA
+runs of MiniLM and a SmolLM2-shaped Llama, with them -12% to +0% (BENCHMARKS.md, Memory estimate)."""
 
 
 KEPT_OUTPUTS = 2
@@ -269,27 +269,6 @@ def adapter_sizes(model) -> Adapters:
             kept += down[name].weight.shape[0]
             if isinstance(dropout[name], nn.Dropout) and dropout[name].p > 0:
                 kept += down[name].weight.shape[1]
-    return Adapters(kept, outputs)
-
-
-def planned_adapter_sizes(model, targets: list[str], r: int, dropout: float, dora: bool = False) -> Adapters:
-    """adapter_sizes before peft wraps `model` (the app's meta skeleton and core.lora's plan): every
-    targeted layer's output width (an embedding's too), and what its adapter keeps: under DoRA two
-    outputs, and per targeted linear layer its rank and, under dropout, its input width
-    (nn.Linear's in_features; GPT-2's Conv1D stores its weight (in, out)); an embedding's adapter
-    keeps no rank-wide output of its own. Attribute reads only, so the app draws it without
-    importing torch."""
-    kept = outputs = 0
-    for path in targets:
-        module = model.get_submodule(path)
-        if getattr(module, "weight", None) is None:
-            continue
-        outputs += _out_width(module)
-        kept += DORA_OUTPUTS * _out_width(module) if dora else 0
-        if hasattr(module, "num_embeddings"):
-            continue
-        width = module.in_features if hasattr(module, "in_features") else module.weight.shape[0]
-        kept += r + (width if dropout > 0 else 0)
     return Adapters(kept, outputs)
 
 

@@ -17,6 +17,7 @@ from core.config import RunConfig, config_to_dict, parse_config, set_dotted
 from core.errors import UserError
 from core.freeze import FreezeSummary, effective_rules, rule_problems, summarize_freeze, training_problem
 from core.launch import Gpus, launch_problems, local_gpus
+from core.memory import NO_ADAPTERS, Adapters
 from core.lora import preview as lora_preview
 from core.lora import quantize_problem
 
@@ -44,6 +45,8 @@ class FreezePreview:
     error: UserError | None = None
     lora: Any = None
     """core.lora.LoraPlan (targets, modules_to_save) under LoRA, else None."""
+    adapters: Adapters = NO_ADAPTERS
+    """The sizes of the adapters peft adds, which the memory estimate counts (core.memory)."""
 
 
 @dataclass(frozen=True)
@@ -189,8 +192,8 @@ class Session:
         rules = effective_rules(config.freeze, description)
         try:
             if config.lora.enabled:
-                summary, plan = lora_preview(self.model.skeleton, description, config)
-                return FreezePreview(plan.rules, summary, lora=plan)
+                summary, plan, adapters = lora_preview(self.model.skeleton, description, config)
+                return FreezePreview(plan.rules, summary, lora=plan, adapters=adapters)
             return FreezePreview(rules, summarize_freeze(self.model.skeleton, rules))
         except UserError as err:  # an invalid regex in a loaded config, a LoRA target matching nothing
             return FreezePreview(rules, None, err)

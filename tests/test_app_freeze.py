@@ -360,7 +360,7 @@ async def test_lora_targets_are_picked_from_the_tree_and_the_summary_counts_the_
         assert lora.enabled and lora.targets == ["all-linear"]
         assert "+lora" in labels(app)["model.layers.0.mlp.up_proj"] and "+lora" not in labels(app)["lm_head"]
         model = app.session.model
-        truth, plan = preview(model.skeleton, model.description, app.session.config)
+        truth, plan, _ = preview(model.skeleton, model.description, app.session.config)
         assert 0 < truth.trainable_params < truth.total_params
         assert f"Trainable {truth.trainable_params:,} of {truth.total_params:,}" in summary(app)
         assert state(app, "model.layers.0") == "frozen"  # the base freezes under LoRA

@@ -915,7 +915,8 @@ async def test_a_halved_micro_batch_is_logged_and_notified_while_the_run_goes_on
 
 async def test_the_setup_says_a_run_trains_lora_adapters_and_how_it_computes_at_80x24(tiny_model_factory, tmp_path):
     """The trainable share alone does not say that adapters train: the setup names LoRA with its
-    variants, and how the run computes, before Start; every row whole in 80 columns."""
+    variants, and how the run computes, before Start, each on one row in 80 columns; a rate too low
+    for LoRA gets a word there."""
     config = lm_config_file(tmp_path, tiny_model_factory("llama"), lora={"enabled": True, "use_dora": True},
                             compute={"gradient_checkpointing": True})
     app = create_app(config)
@@ -925,7 +926,7 @@ async def test_the_setup_says_a_run_trains_lora_adapters_and_how_it_computes_at_
         shown = visible_text(app)
         assert "LoRA        r 16 · alpha 32 · all-linear · DoRA" in shown
         assert "compute     precision auto · devices auto · gradient checkpointing" in shown
-        assert "no problems: ready to start" in shown and "full fine-tuning rate" not in shown
+        assert "no problems: ready to start" in shown and "low for LoRA" not in shown
 
         await pilot.press("4")  # a full fine-tuning rate under LoRA gets a word, and does not block Start
         await settle(pilot)
@@ -933,5 +934,5 @@ async def test_the_setup_says_a_run_trains_lora_adapters_and_how_it_computes_at_
         await pilot.press("escape", "5")
         await settle(pilot)
         shown = squeezed(visible_text(app))
-        assert "! optim.lr 5e-05 is a full fine-tuning rate; LoRA adapters usually train at 1e-4 to 5e-4" in shown
+        assert "! optim.lr 5e-05 is low for LoRA: adapters usually train at 1e-4 to 5e-4" in shown
         assert "no problems: ready to start" in shown

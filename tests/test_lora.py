@@ -155,13 +155,20 @@ def test_the_summary_counts_adapters_and_the_head(tiny_model_factory, cls_file, 
     assert summary.trainable_params == sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("arch,freeze", [("bert", {}), ("llama", {}), ("llama", {"preset": "top-n", "top_n": 1})])
-def test_wrapping_prints_no_library_warning(tiny_model_factory, cls_file, sft_file, tmp_path, arch, freeze):
+@pytest.mark.parametrize("arch,sections,ties", [
+    ("bert", {}, False),
+    ("llama", {}, False),
+    ("llama", {"freeze": {"preset": "top-n", "top_n": 1}}, True),
+    ("llama", {"lora": {"targets": ["all-linear", "model.embed_tokens"]}}, True),
+    ("gpt2", {"lora": {"targets": ["all-linear", "transformer.wte"]}}, False),  # peft ties by name only
+])
+def test_wrapping_prints_no_library_warning(tiny_model_factory, cls_file, sft_file, tmp_path, arch, sections, ties):
     """Wrapping is silent: peft read `is_gradient_checkpointing`, which transformers 5 deprecated, and
     said that the weight tying asked for found nothing to tie (BERT ties nothing; the tiny Llama's
     tied head stays frozen under default LoRA). Both opened every LoRA run's output, headless and in
-    the app's log, and neither is the user's to act on. Tying is asked for where a tied head trains
-    (top-n), and only there, as peft saves the flag with the adapter and warns again at its load."""
+    the app's log, and neither is the user's to act on. Tying is asked for where peft has a tied
+    module to tie (a top-n map trains the head, an embedding target), and only there, as peft saves
+    the flag with the adapter and warns again at its load."""
     import warnings
 
     from core.lora import plan_lora, trains_tied_weights
@@ -169,13 +176,13 @@ def test_wrapping_prints_no_library_warning(tiny_model_factory, cls_file, sft_fi
     task = "classification" if arch == "bert" else "causal-lm"
     model, desc = _loaded(tiny_model_factory(arch), task)
     config = (cls_config(tiny_model_factory(arch), cls_file, tmp_path) if arch == "bert"
-              else lm_config(tiny_model_factory(arch), sft_file, tmp_path, freeze=freeze))
-    assert trains_tied_weights(model, plan_lora(model, desc, config)) == bool(freeze)
+              else lm_config(tiny_model_factory(arch), sft_file, tmp_path, **sections))
+    assert trains_tied_weights(model, plan_lora(model, desc, config)) == ties
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         wrapped, _, _ = apply_lora(model, desc, config)
     assert [str(w.message) for w in caught] == []
-    assert getattr(wrapped.peft_config["default"], "ensure_weight_tying", False) == bool(freeze)
+    assert getattr(wrapped.peft_config["default"], "ensure_weight_tying", False) == ties
 
 
 # ---- training, export, resume -------------------------------------------------------------------
@@ -348,6 +355,5 @@ def test_lora_at_a_full_fine_tuning_rate_gets_a_word_at_the_start(tiny_model_fac
     tokenizer = load_tokenizer(config.model)
     with caplog.at_level(logging.WARNING, logger="core.engine"):
         setup_model(config, tokenizer, prepare_data(config, tokenizer))
-    said = [r.getMessage() for r in caplog.records if "full fine-tuning rate" in r.getMessage()]
-    assert said == ([f"optim.lr {lr:g} is a full fine-tuning rate; LoRA adapters usually train at 1e-4 to 5e-4"]
-                    if advised else [])
+    said = [r.getMessage() for r in caplog.records if "low for LoRA" in r.getMessage()]
+    assert said == ([f"optim.lr {lr:g} is low for LoRA: adapters usually train at 1e-4 to 5e-4"] if advised else [])

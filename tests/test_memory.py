@@ -203,23 +203,29 @@ def test_blocks_that_peft_trains_in_full_stay_blocks(tiny_model_factory):
     assert both.gradients > alone.gradients
 
 
-@pytest.mark.parametrize("arch,dropout,dora", [("llama", 0.0, False), ("llama", 0.1, False), ("gpt2", 0.1, False),
-                                               ("llama", 0.0, True), ("gpt2", 0.1, True)])
-def test_the_apps_adapter_count_before_wrapping_is_the_wrapped_models(tiny_model_factory, arch, dropout, dora):
-    """The freeze screen counts the adapters from core.lora's plan on the unwrapped skeleton (the app
-    keeps no wrapped model); the dry run counts them on the model peft wrapped. GPT-2's Conv1D stores
-    its weight transposed."""
-    from core.config import example_config
-    from core.lora import apply_lora
-    from core.memory import adapter_sizes, planned_adapter_sizes
+@pytest.mark.parametrize("arch,lora", [
+    ("llama", {}), ("llama", {"dropout": 0.1}), ("gpt2", {"dropout": 0.1}), ("llama", {"use_dora": True}),
+    ("gpt2", {"use_dora": True, "dropout": 0.1}),
+    ("llama", {"targets": ["all-linear", "model.embed_tokens"]}),  # peft adds the tied head: ensure_weight_tying
+    ("llama", {"targets": ["model.embed_tokens"], "use_dora": True}),
+])
+def test_the_freeze_screens_adapters_are_the_dry_runs(tiny_model_factory, arch, lora):
+    """The freeze screen counts the adapters peft puts on a copy of the meta skeleton (core.lora.preview);
+    the dry run counts them on the model peft wrapped for training: the same, GPT-2's Conv1D, DoRA and
+    an LM head tied to a targeted embedding (peft adapts it too) included."""
+    from core.config import example_config, parse_config
+    from core.lora import apply_lora, preview
+    from core.memory import adapter_sizes
+    from core.models import build_skeleton
 
     config = example_config("causal-lm")
-    config.lora.enabled, config.lora.dropout, config.lora.r, config.lora.use_dora = True, dropout, 4, dora
+    config.model.name_or_path = str(tiny_model_factory(arch))
+    config = parse_config({**config.model_dump(), "lora": {"enabled": True, "r": 4, **lora}})
+    skeleton = build_skeleton(config.model, "causal-lm", None)
+    _, _, previewed = preview(skeleton, describe_model(skeleton), config)
     model = load(tiny_model_factory(arch))
-    description = describe_model(model)
-    wrapped, plan, _ = apply_lora(model, description, config)
-    planned = planned_adapter_sizes(load(tiny_model_factory(arch)), plan.targets, 4, dropout, dora)
-    assert planned == adapter_sizes(wrapped) and planned.kept > 0 and planned.outputs > 0
+    wrapped, _, _ = apply_lora(model, describe_model(model), config)
+    assert previewed == adapter_sizes(wrapped) and previewed.kept > 0 and previewed.outputs > 0
 
 
 def test_dora_keeps_two_outputs_of_each_adapted_layer(tiny_model_factory):

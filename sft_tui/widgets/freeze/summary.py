@@ -15,16 +15,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from core.freeze import resolve
-from core.memory import (
-    NO_ADAPTERS,
-    Adapters,
-    blocks_in_backward,
-    estimate_peak,
-    format_bytes,
-    labelled_share,
-    model_shape,
-    planned_adapter_sizes,
-)
+from core.memory import blocks_in_backward, estimate_peak, format_bytes, labelled_share, model_shape
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 from sft_tui.format.model import training_memory
 from sft_tui.format.numbers import format_share
@@ -97,13 +88,6 @@ class FreezeSummaryBar(Static):
             self._map = (model, key, trainable, blocks, reference_params(tensor_index(model.skeleton), states, new))
         return self._map[2], self._map[3], self._map[4]
 
-    def _adapters(self, model, lora) -> Adapters:
-        """The LoRA adapters' sizes per token (none without LoRA)."""
-        plan = self.app.session.freeze_preview.lora
-        if not plan:
-            return NO_ADAPTERS
-        return planned_adapter_sizes(model.skeleton, plan.targets, lora.r, lora.dropout, lora.use_dora)
-
     def _memory(self, summary, freeze) -> Text:
         session = self.app.session
         model, config = session.model, session.config
@@ -120,7 +104,7 @@ class FreezeSummaryBar(Static):
                                    device=device, epochs=config.schedule.epochs)
         args = {"batch": config.optim.batch_size, "length": length, "task": config.task,
                 "activation_bytes": 2 if half else 4, "device": device,
-                "adapters": self._adapters(model, config.lora), "labelled_share": share,
+                "adapters": session.freeze_preview.adapters, "labelled_share": share,
                 "prefix_cache_bytes": prefix.bytes, "reference_params": reference if config.optim.l2sp_alpha else 0}
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
         held = summary.total_params + summary.originals_params  # peft keeps the originals of what trains in full
