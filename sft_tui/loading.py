@@ -54,8 +54,13 @@ class Loading:
             await asyncio.sleep(SETTLE_POLL_S)
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
+        """Take the model; the configured data follows when nothing loaded it yet, so that the
+        steps after it show the run's steps and a memory estimate for the real rows without a
+        visit to step 2 first."""
         if self.session.is_current("model", message.config):
             self._take_model(message.info)
+            if self.session.data is None and self.data_state == "none":
+                self.load_data()
             self.changed()
 
     def _take_model(self, info) -> None:

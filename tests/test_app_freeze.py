@@ -383,9 +383,20 @@ async def test_lora_targets_are_picked_from_the_tree_and_the_summary_counts_the_
         assert "+lora" in labels(app)["model.layers.0.self_attn"] and "+lora" not in labels(app)["model.layers.0.mlp"]
 
 
+def data_share(app) -> float:
+    """The share of positions whose logits the run computes, from the data the app loaded after
+    the model (core.memory.labelled_share); 1 while the data is unknown (a data setting changed)."""
+    from core.memory import labelled_share
+
+    data, config = app.session.data, app.session.config
+    if data is None:
+        return 1.0
+    return labelled_share(data.stats.tokens_total, data.stats.loss_tokens, config.compute.labelled_logits_only)
+
+
 def memory_line(app, checkpointing: bool) -> tuple[str, str]:
     """The freeze summary's memory and the batch it is for, computed from core.memory on the
-    session's model and form."""
+    session's model, data and form."""
     from core.freeze import resolve
     from core.memory import blocks_in_backward, estimate_peak, format_bytes, model_shape
 
@@ -395,8 +406,8 @@ def memory_line(app, checkpointing: bool) -> tuple[str, str]:
     blocks = blocks_in_backward(model.description.blocks, model.description.embeddings, names)
     length = min(config.data.max_length, model.max_positions)
     sizes = [estimate_peak(truth.total_params, truth.trainable_params, model_shape(model.skeleton.config), blocks,
-                           batch=config.optim.batch_size, length=length, task=config.task,
-                           checkpointing=on).total for on in (checkpointing, not checkpointing)]
+                           batch=config.optim.batch_size, length=length, task=config.task, checkpointing=on,
+                           labelled_share=data_share(app)).total for on in (checkpointing, not checkpointing)]
     return (f"memory {format_bytes(sizes[0])} + process", f"at batch {config.optim.batch_size} x {length} tokens · "
             f"{'without' if checkpointing else 'with'} gradient checkpointing: {format_bytes(sizes[1])}")
 
@@ -446,7 +457,7 @@ async def test_under_lora_the_draft_bar_and_the_estimate_are_the_wrapped_models(
         assert f"{format_share(truth.trainable_share)} trainable" in bar
         length = min(config.data.max_length, model.max_positions)
         estimate = estimate_model(wrapped, batch=config.optim.batch_size, length=length, task=config.task,
-                                  checkpointing=False)
+                                  checkpointing=False, labelled_share=data_share(app))
         parts = [estimate.gradients, estimate.optimizer, estimate.activations, estimate.allocator_kept, estimate.total]
         assert estimate.allocator_kept  # a LoRA run on the CPU keeps what peft's forward frees
         shown = summary(app)
@@ -456,7 +467,7 @@ async def test_under_lora_the_draft_bar_and_the_estimate_are_the_wrapped_models(
         await pilot.pause()
         wrapped, _, _ = apply_lora(copy.deepcopy(model.skeleton), model.description, app.session.config)
         topn = estimate_model(wrapped, batch=config.optim.batch_size, length=length, task=config.task,
-                              checkpointing=False)
+                              checkpointing=False, labelled_share=data_share(app))
         assert topn.gradients > estimate.gradients
         parts = [topn.weights, topn.gradients, topn.activations, topn.total]  # weights: with peft's originals
         shown = summary(app)
@@ -472,8 +483,9 @@ def prefix_line(app) -> str | None:
 async def test_the_summary_shows_the_prefix_caches_speedup_for_the_map(tmp_path, tiny_model_dir):
     """On a dropout-free tiny Llama (2 blocks, tied head): top-1 leaves block 0 below the lowest
     trained block, but the tied head trains the embedding, which the line says how to fix; with the
-    head frozen the line gives core.prefix_cache's expected speed-up, and follows the map."""
-    from core.memory import model_shape
+    head frozen the line gives core.prefix_cache's expected speed-up and the cache's size (a hidden
+    state per training token), and follows the map."""
+    from core.memory import format_bytes, model_shape
     from core.prefix_plan import expected_speedup
 
     app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
@@ -492,10 +504,12 @@ async def test_the_summary_shows_the_prefix_caches_speedup_for_the_map(tmp_path,
 
         def speedup(trainable):
             return expected_speedup(model_shape(model.skeleton.config), description.blocks, description.embeddings,
-                                    trainable, epochs=config.schedule.epochs, length=length).later_epochs
+                                    trainable, epochs=config.schedule.epochs, length=length,
+                                    head_positions=data_share(app)).later_epochs
 
         one = speedup(["model.layers.1", "model.norm"])
-        assert prefix_line(app) == f"prefix cache block 0 run once · ~{one:.1f}x faster from epoch 2 · size with the data"
+        size = format_bytes(app.session.data.stats.tokens_total * model.skeleton.config.hidden_size * 4)
+        assert prefix_line(app) == f"prefix cache block 0 run once · ~{one:.1f}x faster from epoch 2 · {size}"
         app.session.update({"freeze.preset": "head-only"})  # the rule still freezes lm_head: both blocks run once
         app.changed()
         await pilot.pause()

@@ -242,8 +242,8 @@ async def test_step_preview_counts_like_the_engine_and_follows_the_form():
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_hyper(pilot)
         preview = screen.query_one(SchedulePreview)
-        assert preview.plan is None and dict(preview.lines)["steps"] == NO_DATA
-        await load_demo_data(pilot)
+        await settle(pilot)  # the demo data loads after the model: the steps show without a visit to step 2
+        assert app.data_state == "ready" and preview.plan is not None
         data = app.session.data
         lengths = [len(ex.input_ids) for ex in data.train]
         for batch, accum, max_steps in [("16", "1", ""), ("7", "3", ""), ("16", "2", "11")]:
@@ -263,6 +263,10 @@ async def test_step_preview_counts_like_the_engine_and_follows_the_form():
             assert plan.checkpoint_steps == plan.eval_steps[:-1]
             shown = dict(preview.lines)
             assert shown["steps / epoch"] == f"{per_epoch:,}" and shown["total steps"].startswith(f"{total:,} (")
+        app.session.update({"data.max_length": 48})  # as step 2's form does: the rows must be tokenized again
+        app.changed()
+        await pilot.pause()
+        assert preview.plan is None and dict(preview.lines)["steps"] == NO_DATA
 
 
 # ---- YAML --------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ async def test_every_step_is_built_before_its_first_visit_and_waits_to_be_shown(
         for name, _ in STEPS:
             (screen,) = app.get_screen_stack(name)
             assert isinstance(screen, SCREENS[name]) and screen.is_mounted
-        assert app.data_state == "none"  # the data step, built but not shown, has not loaded its data
+        assert app.data_state == "ready"  # the configured data follows the model, before step 2 is shown
         runs = app.get_screen_stack("runs")[0]
         assert not runs.is_current and runs.query("RunTable")  # built, composed, not shown
 

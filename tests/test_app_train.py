@@ -355,6 +355,7 @@ async def test_a_vanished_data_file_fails_into_a_dialog_and_the_app_keeps_runnin
     config = lm_config_file(tmp_path, tiny_model_factory("llama"))
     app = create_app(config)  # the engine of its own process finds it gone, and says so in events.jsonl
     async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)  # the app has read the data (it loads after the model); then the file goes
         (tmp_path / "sft.jsonl").unlink()
         screen = await start_run(pilot)
         await finish(pilot)
@@ -366,6 +367,22 @@ async def test_a_vanished_data_file_fails_into_a_dialog_and_the_app_keeps_runnin
         assert len(app.screen_stack) == 1  # one dialog: the RunFailed event and the worker error agree
         await pilot.press("v")  # the setup view, where Enter starts the next run
         assert screen.check_action("start", ()) is True
+
+
+async def test_a_data_file_missing_at_start_is_a_problem_on_step_5_before_step_2_is_visited(tiny_model_factory,
+                                                                                              tmp_path):
+    """The data loads after the model, so a config whose data file is gone says so on the Train
+    step without a visit to step 2, and Start stays off."""
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"))
+    (tmp_path / "sft.jsonl").unlink()
+    app = create_app(config)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.data_state == "failed"
+        await pilot.press("escape", "5")
+        await pilot.pause()
+        assert "• data: did not load" in squeezed(visible_text(app)) and "sft.jsonl" in visible_text(app)
+        assert app.screen.query_one("#start", Button).disabled
 
 
 async def test_an_engine_crash_outside_the_engine_handler_opens_the_dialog_naming_its_traceback(monkeypatch,
