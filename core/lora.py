@@ -93,9 +93,9 @@ def lr_advice(config: RunConfig) -> str | None:
     """A word when LoRA trains below LORA_LR_RANGE, as at a full fine-tuning rate: the adapters start
     at zero and barely move (the MiniLM demo with LoRA: accuracy 0.36 -> 0.35 at its 5e-5, 0.36 ->
     0.80 at 5e-4)."""
-    low, high = (f"{rate:.0e}".replace("e-0", "e-") for rate in LORA_LR_RANGE)  # 1e-4, as people write it
     if not config.lora.enabled or config.optim.lr >= LORA_LR_RANGE[0]:
         return None
+    low, high = (f"{rate:.0e}".replace("e-0", "e-") for rate in LORA_LR_RANGE)  # 1e-4, as people write it
     return f"optim.lr {config.optim.lr:g} is low for LoRA: adapters usually train at {low} to {high}"
 
 

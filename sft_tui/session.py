@@ -17,9 +17,9 @@ from core.config import RunConfig, config_to_dict, parse_config, set_dotted
 from core.errors import UserError
 from core.freeze import FreezeSummary, effective_rules, rule_problems, summarize_freeze, training_problem
 from core.launch import Gpus, launch_problems, local_gpus
-from core.memory import NO_ADAPTERS, Adapters
 from core.lora import preview as lora_preview
 from core.lora import quantize_problem
+from core.memory import NO_ADAPTERS, Adapters
 
 
 @dataclass
