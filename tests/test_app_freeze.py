@@ -788,3 +788,31 @@ def test_the_memory_parts_break_between_parts_at_80_columns():
     lines = training_memory(estimate, estimate, False, 8, 32, "cpu").plain.splitlines()
     assert lines[1:3] == ["  weights 4.3 MB · grads 4.3 MB · AdamW 8.6 MB · activations 31.9 MB", "  logits 1.2 MB"]
     assert all(len(line) <= PARTS_WIDTH + 2 for line in lines[1:3])
+
+
+async def test_a_preset_key_pressed_while_the_model_loads_is_kept(monkeypatch, tmp_path, tiny_model_dir):
+    """The first visit to step 3 shows a spinner while the model's structure loads (seconds, with
+    torch and transformers imported then); a preset key pressed meanwhile used to be dropped."""
+    import threading
+
+    import sft_tui.loading
+
+    release = threading.Event()
+    real = sft_tui.loading.load_model_info
+
+    def slow(config, labels=None):
+        release.wait(30)
+        return real(config, labels)
+
+    monkeypatch.setattr(sft_tui.loading, "load_model_info", slow)
+    app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("escape", "3")
+        await pilot.pause()
+        assert app.model_state == "loading"
+        await pilot.press("h")
+        assert app.session.config.freeze.preset == "head-only"
+        release.set()
+        await open_freeze(pilot)
+        assert app.session.config.freeze.preset == "head-only"
+        assert summary(app).startswith(f"Trainable {expected(app).trainable_params:,} of")

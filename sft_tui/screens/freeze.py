@@ -214,8 +214,10 @@ class FreezeScreen(FreezeMethods, StepScreen):
         return self._model is not None and self.query_one(ContentSwitcher).current == "freeze-editor"
 
     def action_preset(self, preset: str) -> None:
-        if self._ready():
-            self._apply({"freeze.preset": preset, "freeze.rules": []})
+        """Set the preset, also while the model still loads: a preset is a config value, so a key
+        pressed during the first visit's spinner (the model loading) is kept, not dropped, and the
+        map shows it once the model is there."""
+        self._apply({"freeze.preset": preset, "freeze.rules": []})
 
     def action_top_n(self, step: int) -> None:
         if self._ready():
