@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from rich.console import RenderableType
 from rich.text import Text
 
 from core.config import RunConfig
@@ -12,6 +13,7 @@ from core.events import StepMetrics
 from core.lora import lr_advice
 from core.plan import when_checkpointed, when_evaluated
 from sft_tui.format.numbers import format_duration, format_metric, format_metrics, format_share
+from sft_tui.format.paths import TailPath
 
 LOADERS = {
     "classification": ("AutoModelForSequenceClassification",
@@ -56,9 +58,10 @@ def _shown(metrics: dict[str, float], name: str) -> str:
     return format_metric(metrics[name]) if name in metrics else "-"
 
 
-def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tuple[str, str | Text]]:
+def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tuple[str, RenderableType]]:
     """(label, value) rows describing what Start would train, with a word where LoRA's learning rate
-    looks too low (core.lora.lr_advice)."""
+    looks too low (core.lora.lr_advice). Paths lose their start, not their file name, where the row
+    would not fit its line."""
     optim, schedule, evals = config.optim, config.schedule, config.eval
     length = f"{schedule.max_steps} steps" if schedule.max_steps else f"{schedule.epochs:g} epoch(s)"
     warmup = (f"warmup {schedule.warmup_steps} steps" if schedule.warmup_steps
@@ -69,8 +72,8 @@ def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tupl
     patience = f" · early stop after {evals.patience} evaluations without progress" if evals.patience else ""
     before = "before training, then " if evals.before_training else ""
     return [
-        ("model", f"{config.model.name_or_path}  ({config.task})"),
-        ("data", f"{config.data.train} · format {config.data.format} · max length {config.data.max_length}"),
+        ("model", TailPath(config.model.name_or_path, f"  ({config.task})")),
+        ("data", TailPath(config.data.train, f" · format {config.data.format} · max length {config.data.max_length}")),
         ("trainable", f"{share} · freeze preset {config.freeze.preset}{rules}"),
         *([("LoRA", lora_summary(config.lora))] if config.lora.enabled else []),
         *([("", Text(f"! {advice}", "yellow"))] if (advice := lr_advice(config)) else []),
@@ -80,7 +83,8 @@ def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tupl
         ("evaluate", f"{before}{when_evaluated(config)} · metric {evals.metric}{patience}"),
         ("checkpoint", f"{when_checkpointed(config)} · keep {config.checkpoint.keep_last}"),
         ("compute", compute_summary(config)),
-        ("output", f"{config.output.runs_dir}/{config.output.run_name or '<time>-<model>'} · seed {config.seed}"),
+        ("output", TailPath(f"{config.output.runs_dir}/{config.output.run_name or '<time>-<model>'}",
+                            f" · seed {config.seed}")),
     ]
 
 

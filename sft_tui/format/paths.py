@@ -1,0 +1,42 @@
+"""Paths in cells whose width is known only when they are drawn (80 columns over SSH, or 200)."""
+
+from __future__ import annotations
+
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
+from rich.text import Text
+
+ELLIPSIS = "…"
+MIN_PATH = 20
+"""Fewer characters of a path than this say too little: below it the path keeps a line of its own
+and the words after it wrap onto the next."""
+
+
+def tail(path: str, width: int) -> str:
+    """`path` in at most `width` characters, losing its start: the file name and the folders
+    nearest it say which file it is, where Rich's own overflow would cut those."""
+    if len(path) <= width:
+        return path
+    return ELLIPSIS + path[len(path) - max(width, 2) + 1:]
+
+
+class TailPath:
+    """A path and the words after it (`data.jsonl · format auto`), fitted to the line when drawn:
+    whole if it fits, else the path shortened from its start so that the row stays one line."""
+
+    def __init__(self, path: str, after: str = "") -> None:
+        self.path, self.after = path, after
+
+    def fitted(self, width: int) -> str:
+        if len(self.path) + len(self.after) <= width:
+            return self.path + self.after
+        room = width - len(self.after)
+        if room < min(MIN_PATH, len(self.path)):
+            room = width
+        return tail(self.path, room) + self.after
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text(self.fitted(options.max_width))
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(min(MIN_PATH, len(self.path)), len(self.path) + len(self.after))
