@@ -477,6 +477,32 @@ def test_the_status_line_gives_up_details_before_essentials():
     assert running.startswith("RUNNING · ") and "lr 5e-05" in running and len(running) <= 78
 
 
+async def test_at_80_columns_deep_model_and_data_paths_show_their_names(tiny_model_factory, tmp_path):
+    """Textual's Input shows a value from its start, so a server's deep paths showed their first
+    folders and no file name; the path boxes show the end."""
+    from core.config import parse_config, save_config
+    from helpers import tiny_lm_config, write_jsonl
+
+    deep = tmp_path / "home" / "alice" / "projects" / "support-bot" / "experiments" / "2026-12"
+    model = shutil.copytree(tiny_model_factory("llama"), deep / "models" / "smollm2-135m-instruct-v3")
+    data = write_jsonl(deep / "train-with-system-prompts.jsonl", [{"prompt": "Say a:", "completion": " a"}] * 20)
+    config = tmp_path / "deep.yaml"
+    save_config(parse_config(tiny_lm_config(model, data, tmp_path / "runs")), config)
+    app = create_app(config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+
+        def box_line(selector: str) -> str:
+            box = app.screen.query_one(selector, Input)
+            return visible_text(app).splitlines()[box.region.y][box.region.x:box.region.right]
+
+        assert "instruct-v3" in box_line("#model-path")  # then the suggester's "/", as the box has focus
+        await pilot.press("escape", "2")
+        await settle(pilot)
+        assert box_line("#data-train").rstrip().endswith("prompts.jsonl")
+        assert app.screen.query_one("#data-train", Input).value == str(data)  # shown from its end, whole
+
+
 async def test_a_tied_lm_head_is_marked_and_counted_once_in_the_summary(tiny_model_factory):
     """Top modules listed lm_head and embed_tokens with the same count each: rows summed to more than
     the total. Now the tied head names its owner instead, and the overview says it is counted once."""

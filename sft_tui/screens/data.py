@@ -27,7 +27,7 @@ from sft_tui.format.data import data_stats
 from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.data.preview import DataPreview
 from sft_tui.widgets.load_status import LoadStatus
-from sft_tui.widgets.paths import PathSuggester
+from sft_tui.widgets.paths import PathInput, PathSuggester
 
 FORMATS = get_args(DataFormat)
 ROLES = tuple(ColumnMap.model_fields)
@@ -52,10 +52,10 @@ class DataScreen(StepScreen):
         with Vertical(id="data-form"):
             with Horizontal(classes="form-row"):
                 yield _field("Train: file, folder or datasets name",
-                             Input(id="data-train", compact=True, suggester=PathSuggester(DATA_FILES)), "f-train")
+                             PathInput(id="data-train", compact=True, suggester=PathSuggester(DATA_FILES)), "f-train")
                 yield _field("Validation: empty holds out val_ratio",
-                             Input(id="data-validation", compact=True, suggester=PathSuggester(DATA_FILES),
-                                   placeholder="none"), "f-validation")
+                             PathInput(id="data-validation", compact=True, suggester=PathSuggester(DATA_FILES),
+                                       placeholder="none"), "f-validation")
             with Horizontal(classes="form-row"):
                 yield _field("Format", Select([(f, f) for f in FORMATS], id="data-format", compact=True,
                                               allow_blank=False), "f-format")
@@ -117,8 +117,8 @@ class DataScreen(StepScreen):
         if data == self._synced:
             return
         self._synced = data
-        self.query_one("#data-train", Input).value = data.train
-        self.query_one("#data-validation", Input).value = data.validation or ""
+        self.query_one("#data-train", PathInput).fill(data.train)
+        self.query_one("#data-validation", PathInput).fill(data.validation or "")
         self.query_one("#data-format", Select).value = data.format
         self.query_one("#data-val-ratio", Input).value = f"{data.val_ratio:g}"
         self.query_one("#data-max-length", Input).value = str(data.max_length)

@@ -24,7 +24,7 @@ from sft_tui.format.model import head_note, model_summary
 from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.load_status import LoadStatus
 from sft_tui.widgets.model.sources import ModelSources
-from sft_tui.widgets.paths import PathSuggester
+from sft_tui.widgets.paths import PathInput, PathSuggester
 
 
 class ModelScreen(StepScreen):
@@ -46,8 +46,8 @@ class ModelScreen(StepScreen):
             with Vertical(id="model-form"):
                 yield Label("Model folder or hub id", classes="field-label")
                 with Horizontal(classes="field-row"):
-                    yield Input(id="model-path", compact=True, suggester=PathSuggester(),
-                                placeholder="folder with config.json, or org/name")
+                    yield PathInput(id="model-path", compact=True, suggester=PathSuggester(),
+                                    placeholder="folder with config.json, or org/name")
                     yield Button("Load", id="model-load", compact=True, variant="primary")
                 yield Label("Task", classes="field-label")
                 with RadioSet(id="model-task", compact=True):
@@ -83,7 +83,7 @@ class ModelScreen(StepScreen):
         if current == self._synced:
             return
         self._synced = current
-        self.query_one("#model-path", Input).value = config.model.name_or_path
+        self.query_one("#model-path", PathInput).fill(config.model.name_or_path)
         self.query_one(f"#task-{config.task}", RadioButton).value = True
         self.query_one("#model-trust", Checkbox).value = config.model.trust_remote_code
         self.query_one(ModelSources).highlight_model(config.model.name_or_path)
@@ -145,7 +145,7 @@ class ModelScreen(StepScreen):
         if event.demo:
             self._pick_demo(event.name)
         else:
-            self.query_one("#model-path", Input).value = event.name
+            self.query_one("#model-path", PathInput).fill(event.name)
             self.action_load()
 
     def _pick_demo(self, name: str) -> None:

@@ -1,4 +1,4 @@
-"""Path completion for the model and data inputs: the rest of a folder or file name as you type.
+"""Path inputs: completion of the rest of a folder or file name as you type, and the path's end in view.
 
 Over SSH there is no file dialog, so the inputs complete names the way a shell does: the first
 entry (in sorted order) of the typed folder that starts with the typed name, accepted with the
@@ -10,6 +10,30 @@ from __future__ import annotations
 import os
 
 from textual.suggester import Suggester
+from textual.widgets import Input
+
+
+class PathInput(Input):
+    """An Input holding a path, which shows the path's end when the app fills it in. Input shows a
+    value from its start until the cursor moves, so at 80 columns a deep path showed its folders
+    (`/home/alice/projects/sup`) and hid the file name."""
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self.show_end)
+
+    def on_resize(self) -> None:
+        """A box that the layout narrows after it was filled keeps the end in view."""
+        if self.cursor_position == len(self.value):
+            self.show_end()
+
+    def fill(self, path: str) -> None:
+        """Put `path` in the box with the cursor after it and its end in view."""
+        self.value = path
+        self.cursor_position = len(path)
+        self.call_after_refresh(self.show_end)
+
+    def show_end(self) -> None:
+        self.scroll_to(x=self.max_scroll_x, animate=False)
 
 
 class PathSuggester(Suggester):

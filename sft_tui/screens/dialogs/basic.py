@@ -15,6 +15,7 @@ from core.errors import UserError
 from core.events import RunFailed
 from sft_tui.error_log import write_traceback
 from sft_tui.screens.dialogs.form import FormDialog
+from sft_tui.widgets.paths import PathInput
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -105,7 +106,7 @@ class PathDialog(FormDialog[Path]):
             yield Label(self.title_text, classes="dialog-title")
             if self.explanation:
                 yield Static(self.explanation, classes="dialog-text")
-            yield Input(self.path, placeholder=self.placeholder, id="path-input")
+            yield PathInput(self.path, placeholder=self.placeholder, id="path-input")
             yield from self.compose_error_and_buttons(self.verb)
 
     def act(self) -> None:
