@@ -4,6 +4,11 @@
 #
 #   bench/gpu_check.sh RESULTS.json        (PYTHON=... to use another interpreter than .venv/bin/python)
 #
+# Through the `device` tool: run bench/gpu_wheels.sh here first (the machines there lack pydantic,
+# datasets and textual, and reach no index), then one call,
+#   run(command="bench/gpu_check.sh $OUT/gpu_check.json", carry=[".whl"], timeout_s=560)
+# and record $OUT/gpu_check.json in BENCHMARKS.md.
+#
 # It builds a 0.5B-class causal LM from Qwen2-0.5B's shape (random weights, a tokenizer trained on
 # the spot) and generated JSONL, then runs through `sft-tui train`, as a user would:
 #   full_bf16      a bf16 full fine-tune (20 steps); its measured peak is torch.cuda.max_memory_allocated
@@ -24,6 +29,11 @@ WORK=$(mktemp -d -t sft-gpu-check-XXXX)
 export HF_HUB_OFFLINE=1 HF_HOME=$WORK/hf TOKENIZERS_PARALLELISM=false PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 cd "$ROOT" || exit 1
 START=$(date +%s)
+if ! "$PY" -c "import pydantic, datasets, textual" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    # bench/gpu_wheels.sh's wheels, for an interpreter that has torch but not every package we need
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" .whl/*.whl || exit 1
+    export PYTHONPATH=$WORK/site:$PYTHONPATH
+fi
 
 cat > "$WORK/check.py" <<'PYEOF'
 """The steps of bench/gpu_check.sh; each writes WORK/results/NAME.json."""

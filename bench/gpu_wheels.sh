@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Wheels of the packages the device machines lack, for bench/gpu_check.sh to install there.
+#
+#   bench/gpu_wheels.sh        (here, where pip reaches the package index; writes .whl/, git-ignored)
+#
+# The H200 machines lent by the `device` tool hold torch, transformers, accelerate, peft, rich and
+# the rest of the scientific stack for Python 3.12, cannot reach an index, and lack these (their
+# package list: /work/.library/device/KINDS.md). The versions are those of this checkout's .venv,
+# the ones the test suite passes with. bitsandbytes is left out: its wheel is over the 64 MiB a
+# device call may carry, so gpu_check.sh reports QLoRA as skipped there.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+PACKAGES="pydantic pydantic-core annotated-types typing-inspection typing-extensions datasets dill multiprocess
+textual mdit-py-plugins platformdirs textual-plotext plotext"
+pins=()
+for name in $PACKAGES; do
+    pins+=("$name==$(.venv/bin/pip show "$name" | sed -n 's/^Version: //p')")
+done
+rm -rf .whl
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl "${pins[@]}"
+exclude="$(git rev-parse --git-dir)/info/exclude"
+mkdir -p "$(dirname "$exclude")"
+grep -qx "/.whl/" "$exclude" 2>/dev/null || echo "/.whl/" >> "$exclude"
+du -sh .whl
