@@ -3,16 +3,18 @@
 #
 #   bench/gpu_wheels.sh        (here, where pip reaches the package index; writes .whl/, git-ignored)
 #
-# The H200 machines lent by the `device` tool hold torch, transformers, accelerate, peft, rich and
-# the rest of the scientific stack for Python 3.12, cannot reach an index, and lack these (their
-# package list: /work/.library/device/KINDS.md). The versions are those of this checkout's .venv,
-# the ones the test suite passes with. bitsandbytes is left out: its wheel is over the 64 MiB a
-# device call may carry, so gpu_check.sh reports QLoRA as skipped there.
+# The H200 machines lent by the `device` tool hold torch, rich and the rest of the scientific stack
+# for Python 3.12, cannot reach an index, and lack pydantic, datasets and textual (their package
+# list: /work/.library/device/KINDS.md); their transformers, accelerate and peft are older
+# releases than ours, so those come too. The versions are those of this checkout's .venv, the
+# ones the test suite passes with; torch stays theirs (a CUDA build). bitsandbytes is left out:
+# its wheel is over the 64 MiB a device call may carry, so gpu_check.sh reports QLoRA as skipped.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PACKAGES="pydantic pydantic-core annotated-types typing-inspection typing-extensions datasets dill multiprocess
-textual mdit-py-plugins platformdirs textual-plotext plotext"
+textual mdit-py-plugins platformdirs textual-plotext plotext transformers accelerate peft huggingface-hub tokenizers
+safetensors httpx2 httpcore2 truststore hf-xet"
 pins=()
 for name in $PACKAGES; do
     pins+=("$name==$(.venv/bin/pip show "$name" | sed -n 's/^Version: //p')")
