@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -319,6 +320,32 @@ async def test_compare_is_usable_at_80x24(tmp_path):
         await pilot.press("m")  # the eval chart cycles through the metrics both runs report
         assert "eval perplexity" in visible_text(app)
 
+
+async def test_at_80_columns_long_run_names_give_up_their_middle_and_state_to_age_stay(tmp_path):
+    """Run names hold the model's name: with a 35-character model the name pushed the best metric
+    half out of an 80-column table, and the age out of it."""
+    runs = tmp_path / "runs"
+    long_name = "20261203-114237-smollm2-135m-instruct-finetuned-v3"
+    write_fake_run(runs, long_name, 3e-3)
+    write_fake_run(runs, "20261203-120000-minilm", 1e-3, end="stopped")
+    draft = config_to_dict(example_config("causal-lm"))
+    draft["output"]["runs_dir"] = str(runs)
+    save_config(parse_config(draft), tmp_path / "draft.yaml")
+    app = create_app(tmp_path / "draft.yaml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_runs(pilot)
+        table = screen.query_one(RunTable)
+        lines = visible_text(app).splitlines()
+        header = next(line for line in lines if " run " in line and " best " in line)
+        assert "age" in header
+        row = next(line for line in lines if "finetuned-v3" in line)
+        assert "20261203-114" in row and "…" in row  # its start and end, its middle given up
+        assert re.search(r"finished +40/40 +loss \d\.\d{4} @40 +\d+d", row)  # the whole best metric, the age
+        assert "20261203-120000-minilm" in visible_text(app)  # a short name stays whole
+        assert table.infos[str(runs / long_name)].name == long_name
+        await pilot.resize_terminal(160, 40)
+        await pilot.pause()
+        assert long_name in visible_text(app)  # room again: the whole name
 
 # ---- the rules behind the screen ------------------------------------------------------------------
 def test_config_diff_keeps_only_keys_that_differ():

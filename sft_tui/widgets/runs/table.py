@@ -3,14 +3,19 @@ column: the marked runs are the ones compared."""
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable
 
 from core.run_info import RunInfo
-from sft_tui.format.runs import COLUMNS, STATE_STYLES, run_row
+from sft_tui.format.runs import COLUMNS, STATE_STYLES, fit_name, run_row
 
 MARK = "●"
+NAME_MIN = 24
+"""The run column narrows so that state, step, best and age fit the table's width (80 columns over
+SSH), but not below this: the start time and some of the model's name stay. The parent, last,
+may be cut; the curves' legend below the table names the runs in full."""
 
 
 class RunTable(DataTable):
@@ -39,17 +44,36 @@ class RunTable(DataTable):
         before = list(self.infos)
         self.infos = {str(info.paths.root): info for info in infos}
         self.marked = [key for key in self.marked if key in self.infos]
+        rows = {key: self._cells(key, info) for key, info in self.infos.items()}
+        self._fit_names(rows)
         if list(self.infos) == before:
-            for key, info in self.infos.items():
-                for column, cell in zip(self.columns, self._cells(key, info)):
+            for key, cells in rows.items():
+                for column, cell in zip(self.columns, cells):
                     if self.get_cell(key, column) != cell:
                         self.update_cell(key, column, cell)
             return
         self.clear()
-        for key, info in self.infos.items():
-            self.add_row(*self._cells(key, info), key=key)
+        for key, cells in rows.items():
+            self.add_row(*cells, key=key)
         if current is not None and str(current.paths.root) in self.infos:
             self.move_cursor(row=self.get_row_index(str(current.paths.root)), scroll=False)
+
+    def on_resize(self) -> None:
+        self.show(list(self.infos.values()))
+
+    def _fit_names(self, rows: dict[str, list]) -> None:
+        """Shorten the run names in `rows` (their middle) where they would push the columns after
+        them out of the table's width."""
+        width = self.scrollable_content_region.width
+        if not width or not rows:
+            return
+        labels = [" ", *COLUMNS]
+        fixed = [i for i, label in enumerate(labels) if label not in ("run", "parent")]
+        others = sum(max(cell_len(str(row[i])) for row in [labels, *rows.values()]) + 2 * self.cell_padding
+                     for i in fixed)
+        room = max(NAME_MIN, width - others - 2 * self.cell_padding)
+        for cells in rows.values():
+            cells[1] = fit_name(cells[1], room)
 
     def _cells(self, key: str, info: RunInfo) -> list:
         name, state, *rest = run_row(info)
