@@ -191,6 +191,41 @@ async def test_escape_leaves_the_form_on_every_step(step, box):
         assert app.current_mode != step  # the number keys switch steps again
 
 
+async def test_a_digit_typed_right_after_escape_switches_steps_even_while_the_app_lags():
+    """At start-up, while torch loads, the loop can lag by seconds, and the keys of a quick `Esc 3`
+    wait in the app's queue together. Esc used to reach the path box first and leave the form only
+    once it had bubbled back up, after the box had already taken the 3."""
+    from textual import events
+
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        box = app.screen.query_one("#model-path", Input)
+        assert app.screen.focused is box
+        app.post_message(events.Key("escape", "\x1b"))
+        app.post_message(events.Key("3", "3"))  # in the queue before the escape is handled
+        await pilot.pause()
+        await pilot.pause()
+        assert box.value == app.session.config.model.name_or_path
+        assert app.current_mode == "freeze"
+
+
+async def test_escape_closes_an_open_drop_down_list_and_stays_in_the_form():
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await go(pilot, "data")
+        select = app.screen.query_one("#data-format")
+        select.focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert select.expanded
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not select.expanded and app.screen.focused is select
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen.focused is None
+
+
 async def test_only_enter_starts_a_run_never_a_letter(monkeypatch):
     app = create_app()
     async with app.run_test(size=(80, 24)) as pilot:

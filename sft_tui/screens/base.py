@@ -29,9 +29,13 @@ class StepScreen(Screen):
     STEP = ""
     """The name of this step in sft_tui.app.STEPS."""
     BINDINGS = [
-        Binding("escape", "leave_form", "Leave the form", id="leave-form",
+        Binding("escape", "leave_form", "Leave the form", id="leave-form", priority=True,
                 tooltip="Take the focus out of the text box or form, so that the number keys switch steps again"),
     ]
+    """Esc is a priority binding: the app runs it as it reads the key, before it hands the next key
+    to the focused box. Handed to the box first, Esc left the form only once it had bubbled back up,
+    and at start-up, while torch loads and the loop lags by seconds, the 3 of a quick `Esc 3` was
+    typed into the model's path box by then."""
 
     def compose(self) -> ComposeResult:
         yield DraftBar()
@@ -102,8 +106,12 @@ class StepScreen(Screen):
         return character is not None and character.isprintable() and self.in_form
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Esc shows in the footer only while there is a form to leave."""
-        return self.in_form if action == "leave_form" else True
+        """Esc shows in the footer only while there is a form to leave, and an open drop-down list
+        keeps it: there it closes the list (Select's own binding)."""
+        if action != "leave_form":
+            return True
+        return self.in_form and not any(isinstance(node, Select) and node.expanded
+                                        for node in self.focused.ancestors_with_self)
 
     def action_leave_form(self) -> None:
         self.set_focus(None)
