@@ -17,7 +17,7 @@ def tail(path: str, width: int) -> str:
     nearest it say which file it is, where Rich's own overflow would cut those."""
     if len(path) <= width:
         return path
-    return ELLIPSIS + path[len(path) - max(width, 2) + 1:]
+    return ELLIPSIS + path[len(path) - width + 1:]
 
 
 class TailPath:
