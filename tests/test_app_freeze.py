@@ -13,6 +13,7 @@ from sft_tui.screens.dialogs.freeze_rule import RuleDialog
 from sft_tui.screens.help import help_rows
 from sft_tui.widgets.freeze.rules import RuleTable
 from sft_tui.widgets.freeze.tree import ModuleTree
+from helpers import visible_text
 
 BLOCK = "bert.encoder.layer.{}"
 
@@ -810,6 +811,7 @@ async def test_a_preset_key_pressed_while_the_model_loads_is_kept(monkeypatch, t
         await pilot.press("escape", "3")
         await pilot.pause()
         assert app.model_state == "loading"
+        assert "reading the model's structure" in visible_text(app)  # says what the dots wait for
         await pilot.press("h")
         assert app.session.config.freeze.preset == "head-only"
         release.set()

@@ -79,7 +79,7 @@ class FreezeScreen(FreezeMethods, StepScreen):
 
     def compose_body(self) -> ComposeResult:
         with ContentSwitcher(initial="freeze-loading", id="freeze-body"):
-            yield Spinner(id="freeze-loading")
+            yield Spinner("reading the model's structure (step 1 shows how far it got)", id="freeze-loading")
             yield Static("", id="freeze-failed")
             with Vertical(id="freeze-editor"):
                 with Horizontal(id="freeze-panes"):
