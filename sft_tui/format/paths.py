@@ -1,4 +1,5 @@
-"""Paths in cells whose width is known only when they are drawn (80 columns over SSH, or 200)."""
+"""Names and paths cut to a width, which is often known only when they are drawn (80 columns over
+SSH, or 200): a name loses its middle, a path its start."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ ELLIPSIS = "…"
 MIN_PATH = 20
 """Fewer characters of a path than this say too little: below it the path keeps a line of its own
 and the words after it wrap onto the next."""
+
+
+def cut_middle(name: str, width: int) -> str:
+    """`SmolLM2-1…nstruct`: both ends of a long name in at most `width` characters, which is where
+    names differ (a run's: the time it started and the end of its model's name)."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return name[:head] + ELLIPSIS + name[len(name) - (width - 1 - head):]
 
 
 def tail(path: str, width: int) -> str:

@@ -27,15 +27,6 @@ def state_text(info: RunInfo) -> str:
     return info.state
 
 
-def fit_name(name: str, width: int) -> str:
-    """`name` in at most `width` characters, its middle given up for an ellipsis: a run's name keeps
-    the time it started and the end of its model's name."""
-    if len(name) <= width:
-        return name
-    head = (width - 1) // 2
-    return name[:head] + "…" + name[len(name) - (width - 1 - head):]
-
-
 def run_row(info: RunInfo) -> tuple[str, ...]:
     """Cells in COLUMNS order."""
     step = f"{info.step}/{info.planned_steps}" if info.planned_steps else str(info.step or "-")

@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from sft_tui.format.numbers import format_share
+from sft_tui.format.paths import cut_middle
 from sft_tui.messages import RunState
 
 RUN_STYLES = {RunState.RUNNING: "bold green", RunState.PAUSED: "bold yellow", RunState.STOPPING: "bold yellow",
@@ -17,14 +18,6 @@ RUN_STYLES = {RunState.RUNNING: "bold green", RunState.PAUSED: "bold yellow", Ru
 SHORT_TASKS = {"classification": "classif."}
 NAME_CHARS = 18
 """A model or data name longer than this is cut in the middle when the line is short of room."""
-
-
-def _cut(name: str, limit: int = NAME_CHARS) -> str:
-    """`SmolLM2-1…nstruct`: both ends of a long name, which is where names differ."""
-    if len(name) <= limit:
-        return name
-    head = (limit - 1) // 2
-    return f"{name[:head]}…{name[-(limit - 1 - head):]}"
 
 
 def status_line(session, state: RunState, width: int) -> Text:
@@ -56,7 +49,7 @@ def status_line(session, state: RunState, width: int) -> Text:
     shorter = [
         ("brand", None), ("bs", None), ("data", None),
         ("share", (f"{format_share(share)} train" if share is not None else config.freeze.preset, "")),
-        ("task", (SHORT_TASKS.get(config.task, config.task), "")), ("model", (_cut(model), "")),
+        ("task", (SHORT_TASKS.get(config.task, config.task), "")), ("model", (cut_middle(model, NAME_CHARS), "")),
     ]
     order = ["brand", "status", "model", "task", "data", "share", "lr", "bs"]
 

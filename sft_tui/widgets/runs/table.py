@@ -9,7 +9,8 @@ from textual.binding import Binding
 from textual.widgets import DataTable
 
 from core.run_info import RunInfo
-from sft_tui.format.runs import COLUMNS, STATE_STYLES, fit_name, run_row
+from sft_tui.format.paths import cut_middle
+from sft_tui.format.runs import COLUMNS, STATE_STYLES, run_row
 
 MARK = "●"
 NAME_MIN = 24
@@ -73,7 +74,7 @@ class RunTable(DataTable):
                      for i in fixed)
         room = max(NAME_MIN, width - others - 2 * self.cell_padding)
         for cells in rows.values():
-            cells[1] = fit_name(cells[1], room)
+            cells[1] = cut_middle(cells[1], room)
 
     def _cells(self, key: str, info: RunInfo) -> list:
         name, state, *rest = run_row(info)
