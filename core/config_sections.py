@@ -231,6 +231,11 @@ class ComputeConfig(_Section):
     """Run the frozen blocks below the lowest trained one, and the embeddings, in eval mode: no
     dropout there. It changes the numbers (as asked), and lets the prefix cache serve a model whose
     frozen blocks have dropout (BERT, MiniLM)."""
+    compact_vocab: Literal["auto", "off"] = "auto"
+    """auto: where the input embedding trains (not tied to the output head) and the training rows use
+    at most half of its rows, only those rows carry gradients and optimizer state; AdamW would move
+    the others by weight decay alone, which is applied to them when the weights are saved (the same
+    numbers; core.compact_vocab). One process only. The run's log says when it is on."""
     prefix_cache_max_gb: float | None = Field(None, gt=0)
     """The most memory the prefix cache may hold; unset: a quarter of the memory available on its
     device at the start. When the training rows' cached outputs would need more, the run trains
@@ -245,7 +250,7 @@ class ComputeConfig(_Section):
     """With several processes: ddp keeps a whole copy of the model on each GPU; fsdp shards weights,
     gradients and optimizer state across them, for models that do not fit on one GPU."""
 
-    @field_validator("prefix_cache", mode="before")
+    @field_validator("prefix_cache", "compact_vocab", mode="before")
     @classmethod
     def _off_word(cls, value: Any) -> Any:
         """YAML reads a bare `off` (in a file or `--set compute.prefix_cache=off`) as false: the word

@@ -7,12 +7,14 @@ start of a run fails here with the same UserError. On the CPU the peak is that o
 the estimate (core.memory) plus the process's resident memory measured just before the model loads,
 which holds torch, the libraries, the tokenizer and the data. On a GPU it is the device's share.
 It also says whether the frozen-prefix cache will be on (core.prefix_plan), its size, which the
-peak includes, and the speed-up expected from it.
+peak includes, and the speed-up expected from it; and whether only the input embedding's used rows
+train (core.compact_vocab).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core.config import RunConfig
 from core.memory import (
@@ -25,6 +27,9 @@ from core.memory import (
 from core.plan import StepPlan
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 from core.unfreezing import UnfreezeSchedule, Unfreezer
+
+if TYPE_CHECKING:
+    from core.compact_vocab import VocabPlan
 
 SHOWN_STEPS = 6
 """Scheduled evaluations and checkpoints listed by step before the rest are counted only."""
@@ -47,6 +52,8 @@ class DryRun:
     """CPU: the process's resident memory before the model loaded; 0 on a GPU."""
     prefix: PrefixPlan
     """The frozen-prefix cache the run will have (its bytes are in `estimate`)."""
+    vocab: VocabPlan | None = None
+    """The input embedding's rows that train where core.compact_vocab leaves the others out."""
     before_training: bool = False
     """Whether the run evaluates once before its first step (eval.before_training, with validation rows)."""
     unfreezing: UnfreezeSchedule | None = None
@@ -63,6 +70,7 @@ def prepare(config: RunConfig) -> DryRun:
     from transformers import set_seed
 
     from core import setup
+    from core.compact_vocab import plan_compact_vocab
     from core.describe import describe_model
     from core.loss import trained_tokens
     from core.memory import enable_gradient_checkpointing
@@ -76,6 +84,7 @@ def prepare(config: RunConfig) -> DryRun:
     if config.compute.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     setup.setup_optimizer(config, model, rules, torch.device(device))
+    vocab = plan_compact_vocab(config, model, data.train, tokenizer.pad_token_id, config.compute.nproc)
     plan = setup.setup_plan(config, len(data.train), config.compute.nproc)
     length = max(len(example.input_ids) for example in data.train)
     tokens = sum(len(example.input_ids) for example in data.train)
@@ -90,11 +99,12 @@ def prepare(config: RunConfig) -> DryRun:
     estimate = estimate_model(model, batch=config.optim.batch_size, length=length, task=config.task,
                               checkpointing=config.compute.gradient_checkpointing,
                               activation_bytes=4 if precision == "no" else 2, device=device,
-                              labelled_share=share, prefix_cache_bytes=prefix.bytes, l2sp=config.optim.l2sp_alpha > 0)
+                              labelled_share=share, prefix_cache_bytes=prefix.bytes, l2sp=config.optim.l2sp_alpha > 0,
+                              vocab=vocab)
     return DryRun(plan=plan, evaluates=bool(data.validation), total_params=sum(p.numel() for p in model.parameters()),
                   trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad), device=device,
                   batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline,
-                  prefix=prefix, before_training=config.eval.before_training and bool(data.validation),
+                  prefix=prefix, vocab=vocab, before_training=config.eval.before_training and bool(data.validation),
                   unfreezing=unfreezer.schedule if (unfreezer := Unfreezer.for_run(config, model, plan.steps_per_epoch))
                   else None)
 
@@ -116,6 +126,13 @@ def _prefix_line(prefix: PrefixPlan, epochs: int) -> str:
     return (f"prefix cache: on, the embeddings and {blocks_name(prefix.blocks)} run once per row (training and validation), "
             f"{format_bytes(prefix.bytes)}; expected {speedup.later_epochs:.1f}x faster steps from epoch 2, "
             f"{speedup.overall:.1f}x over {epochs} epoch{'s' if epochs > 1 else ''}")
+
+
+def _vocab_line(vocab: VocabPlan | None) -> list[str]:
+    if vocab is None:
+        return []
+    return [f"compact vocabulary: on, {len(vocab.used):,} of the input embedding's {vocab.rows:,} rows train "
+            f"(those the training rows use); {vocab.stateless_params:,} parameters hold no gradient or AdamW state"]
 
 
 def _unfreezing_line(schedule: UnfreezeSchedule | None) -> list[str]:
@@ -149,6 +166,7 @@ def report(dry: DryRun) -> str:
         f"trainable parameters: {dry.trainable_params:,} of {dry.total_params:,} ({share:.2%})",
         *_unfreezing_line(dry.unfreezing),
         _prefix_line(dry.prefix, plan.epochs),
+        *_vocab_line(dry.vocab),
         f"estimated peak memory of the {where}: {format_bytes(dry.peak_bytes)}",
         *(f"  {name}: {format_bytes(size)}" for name, size in parts),
         f"peak_memory_bytes: {dry.peak_bytes}",

@@ -130,6 +130,8 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
     """Everything the loop works on, built in this order (the seed covers the new head's weights)."""
     from transformers import set_seed
 
+    from core.compact_vocab import compact_vocab
+
     set_seed(config.seed)
     tokenizer, data = setup.setup_data(config)
     model, rules, freeze = setup.setup_model(config, tokenizer, data, resumed=resume)
@@ -137,7 +139,8 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
         from core.memory import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(model)
-    optimizer = setup.setup_optimizer(config, model, rules, acc.device)
+    compact = compact_vocab(config, model, data.train, tokenizer.pad_token_id, acc.num_processes)
+    optimizer = setup.setup_optimizer(config, model, rules, acc.device, compact)
     model, optimizer = acc.prepare(model, optimizer)
     l2sp = L2SP.for_run(config, acc.unwrap_model(model), optimizer)  # its reference: the weights before a resume loads
     plan = setup.setup_plan(config, len(data.train), acc.num_processes)

@@ -274,17 +274,22 @@ def adapter_sizes(model) -> Adapters:
 
 def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: bool,
                    activation_bytes: int = 4, device: str = "cpu", labelled_share: float = 1.0,
-                   prefix_cache_bytes: int = 0, l2sp: bool = False) -> MemoryEstimate:
+                   prefix_cache_bytes: int = 0, l2sp: bool = False, vocab=None) -> MemoryEstimate:
     """estimate_peak for a built model (LoRA adapters and the freeze map applied): its parameter
     counts, and the blocks its trainable parameters put in the backward pass. `l2sp`: L2-SP keeps
-    a reference copy of the trained pretrained weights (optim.l2sp_alpha above 0)."""
+    a reference copy of the trained pretrained weights (optim.l2sp_alpha above 0). `vocab`: the run's
+    core.compact_vocab.VocabPlan, whose rows left out hold no gradient or optimizer state, and whose
+    used rows train as a copy beside the embedding."""
     from core.describe import describe_model
     from core.l2sp import reference_params
 
     description = describe_model(model)
     trainable = [name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad]
     blocks = blocks_in_backward(description.blocks, description.embeddings, trainable)
-    return estimate_peak(description.total_params, description.trainable_params, model_shape(model.config), blocks,
+    total, trained = description.total_params, description.trainable_params
+    if vocab is not None:
+        total, trained = total + vocab.trained_params, trained - vocab.stateless_params
+    return estimate_peak(total, trained, model_shape(model.config), blocks,
                          batch=batch, length=length, task=task, checkpointing=checkpointing,
                          activation_bytes=activation_bytes, device=device, adapters=adapter_sizes(model),
                          labelled_share=labelled_share, prefix_cache_bytes=prefix_cache_bytes,

@@ -117,9 +117,10 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
     return model, rules, summary
 
 
-def setup_optimizer(config: RunConfig, model, rules, device):
+def setup_optimizer(config: RunConfig, model, rules, device, compact=None):
     """AdamW over the trainable parameters, in the freeze map's groups, each at its lr_scale; without
-    weight decay under L2-SP (core.l2sp), which replaces it."""
+    weight decay under L2-SP (core.l2sp), which replaces it. `compact`: the model's CompactEmbedding
+    (core.compact_vocab), which counts the decay the optimizer's steps owe its rows left out."""
     import torch
 
     from core.freeze import param_groups
@@ -134,8 +135,11 @@ def setup_optimizer(config: RunConfig, model, rules, device):
         group["lr"] = optim.lr * group["lr_scale"]
     # torch picks its per-tensor Python loop on CPU unless asked; the fused kernel made MiniLM's
     # optimizer step 5x faster (BENCHMARKS.md), and it is what Trainer uses by default too.
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
-                             fused=device.type in ("cpu", "cuda") or None)
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                                  fused=device.type in ("cpu", "cuda") or None)
+    if compact is not None:
+        compact.follow(optimizer)
+    return optimizer
 
 
 def setup_plan(config: RunConfig, train_rows: int, processes: int) -> StepPlan:
