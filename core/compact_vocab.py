@@ -12,7 +12,7 @@ the weights are read (`state_dict`: checkpoints, the exported model) every row i
 what is saved is the whole embedding a run without it would have saved, the same numbers up to float
 rounding (tests/test_compact_vocab.py). Loading a whole embedding splits it again.
 
-It applies where it is exact and pays (`plan_compact_vocab`): `compute.compact_vocab: auto`, one
+It applies where it is exact and pays (core.vocab_plan): `compute.compact_vocab: auto`, one
 process (DDP would broadcast the frozen rows each step), no LoRA, a plain `nn.Embedding` that trains
 and shares its weight with no other module (a tied output head's gradient covers every row), and
 training rows that use at most half of its rows. A GPU saves the memory of the unused rows' gradients
@@ -22,82 +22,30 @@ and AdamW moments (12 bytes a parameter); a CPU saves most of the time, too (BEN
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from core.errors import UserError
+from core.vocab_plan import plan_compact_vocab
 
 log = logging.getLogger("core.engine")
 """The engine's logger: whether the run compacts its vocabulary is part of its start."""
 
-MAX_USED_SHARE = 0.5
-"""Above this share of rows used, the rows left out would save too little to be worth a second lookup."""
 
-
-@dataclass(frozen=True)
-class VocabPlan:
-    """The rows of the input embedding that train; None from plan_compact_vocab when all of them do."""
-
-    used: list[int]
-    rows: int
-    width: int
-
-    @property
-    def trained_params(self) -> int:
-        """Parameters of the used rows: the trained copy of them that the run holds beside the embedding."""
-        return len(self.used) * self.width
-
-    @property
-    def stateless_params(self) -> int:
-        """Parameters the freeze map trains that get no gradient and no optimizer state."""
-        return (self.rows - len(self.used)) * self.width
-
-
-def used_ids(examples, pad_token_id: int | None) -> list[int]:
-    """Every token id a training batch can hold: the rows' own, and the id core.data.collate pads with."""
-    ids = {0 if pad_token_id is None else pad_token_id}
-    for example in examples:
-        ids.update(example.input_ids)
-    return sorted(ids)
-
-
-def plan_compact_vocab(config, model, examples, pad_token_id: int | None, processes: int) -> VocabPlan | None:
-    """Which rows of `model`'s input embedding train under `config` on `examples` (the training rows),
-    or None where the whole embedding trains as usual. Says why not, where that is news to the user."""
-    if config.compute.compact_vocab == "off" or config.lora.enabled:
-        return None
-    embedding = model.get_input_embeddings()
-    if type(embedding) is not nn.Embedding or not embedding.weight.requires_grad:
-        return None  # a subclass may scale or extend its lookup; a frozen embedding has nothing to save
-    if embedding.max_norm is not None or embedding.scale_grad_by_freq or embedding.sparse:
-        return None
-    if sum(p is embedding.weight for _, p in model.named_parameters(remove_duplicate=False)) > 1:
-        return None  # tied to the output head, whose gradient reaches every row
-    used = used_ids(examples, pad_token_id)
-    rows, width = embedding.weight.shape
-    if len(used) > MAX_USED_SHARE * rows:
-        return None
-    if processes > 1:
-        log.info("compact vocabulary off: it runs in one process (compute.nproc %d); every row of the input "
-                 "embedding trains", processes)
-        return None
-    return VocabPlan(used=used, rows=rows, width=width)
-
-
-def compact_vocab(config, model, examples, pad_token_id: int | None, processes: int) -> CompactEmbedding | None:
-    """Put a CompactEmbedding in place of `model`'s input embedding where plan_compact_vocab allows;
-    call it before the optimizer is built, then `follow` the optimizer."""
-    plan = plan_compact_vocab(config, model, examples, pad_token_id, processes)
+def compact_vocab(config, model, token_ids: list[int], processes: int) -> CompactEmbedding | None:
+    """Put a CompactEmbedding in place of `model`'s input embedding where core.vocab_plan allows, for
+    the `token_ids` of the training rows (core.data's PreparedData.token_ids); call it before the
+    optimizer is built, then `follow` the optimizer."""
+    plan = plan_compact_vocab(config, model, len(token_ids), processes)
     if plan is None:
         return None
-    compact = CompactEmbedding(model.get_input_embeddings(), plan.used)
+    compact = CompactEmbedding(model.get_input_embeddings(), token_ids)
     model.set_input_embeddings(compact)
     log.info("compact vocabulary on: the training rows use %s of the input embedding's %s rows; only those "
              "carry gradients and optimizer state (%s fewer parameters stepped)",
-             f"{len(plan.used):,}", f"{plan.rows:,}", f"{plan.stateless_params:,}")
+             f"{plan.used:,}", f"{plan.rows:,}", f"{plan.stateless_params:,}")
     return compact
 
 

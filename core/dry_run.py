@@ -8,7 +8,7 @@ the estimate (core.memory) plus the process's resident memory measured just befo
 which holds torch, the libraries, the tokenizer and the data. On a GPU it is the device's share.
 It also says whether the frozen-prefix cache will be on (core.prefix_plan), its size, which the
 peak includes, and the speed-up expected from it; and whether only the input embedding's used rows
-train (core.compact_vocab).
+train (core.vocab_plan).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 from core.unfreezing import UnfreezeSchedule, Unfreezer
 
 if TYPE_CHECKING:
-    from core.compact_vocab import VocabPlan
+    from core.vocab_plan import VocabPlan
 
 SHOWN_STEPS = 6
 """Scheduled evaluations and checkpoints listed by step before the rest are counted only."""
@@ -70,7 +70,7 @@ def prepare(config: RunConfig) -> DryRun:
     from transformers import set_seed
 
     from core import setup
-    from core.compact_vocab import plan_compact_vocab
+    from core.vocab_plan import plan_compact_vocab
     from core.describe import describe_model
     from core.loss import trained_tokens
     from core.memory import enable_gradient_checkpointing
@@ -84,7 +84,7 @@ def prepare(config: RunConfig) -> DryRun:
     if config.compute.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     setup.setup_optimizer(config, model, rules, torch.device(device))
-    vocab = plan_compact_vocab(config, model, data.train, tokenizer.pad_token_id, config.compute.nproc)
+    vocab = plan_compact_vocab(config, model, len(data.token_ids), config.compute.nproc)
     plan = setup.setup_plan(config, len(data.train), config.compute.nproc)
     length = max(len(example.input_ids) for example in data.train)
     tokens = sum(len(example.input_ids) for example in data.train)
@@ -131,7 +131,7 @@ def _prefix_line(prefix: PrefixPlan, epochs: int) -> str:
 def _vocab_line(vocab: VocabPlan | None) -> list[str]:
     if vocab is None:
         return []
-    return [f"compact vocabulary: on, {len(vocab.used):,} of the input embedding's {vocab.rows:,} rows train "
+    return [f"compact vocabulary: on, {vocab.used:,} of the input embedding's {vocab.rows:,} rows train "
             f"(those the training rows use); {vocab.stateless_params:,} parameters hold no gradient or AdamW state"]
 
 

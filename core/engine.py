@@ -139,7 +139,7 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
         from core.memory import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(model)
-    compact = compact_vocab(config, model, data.train, tokenizer.pad_token_id, acc.num_processes)
+    compact = compact_vocab(config, model, data.token_ids, acc.num_processes)
     optimizer = setup.setup_optimizer(config, model, rules, acc.device, compact)
     model, optimizer = acc.prepare(model, optimizer)
     l2sp = L2SP.for_run(config, acc.unwrap_model(model), optimizer)  # its reference: the weights before a resume loads

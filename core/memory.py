@@ -278,7 +278,7 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
     """estimate_peak for a built model (LoRA adapters and the freeze map applied): its parameter
     counts, and the blocks its trainable parameters put in the backward pass. `l2sp`: L2-SP keeps
     a reference copy of the trained pretrained weights (optim.l2sp_alpha above 0). `vocab`: the run's
-    core.compact_vocab.VocabPlan, whose rows left out hold no gradient or optimizer state, and whose
+    core.vocab_plan.VocabPlan, whose rows left out hold no gradient or optimizer state, and whose
     used rows train as a copy beside the embedding."""
     from core.describe import describe_model
     from core.l2sp import reference_params
@@ -288,7 +288,7 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
     blocks = blocks_in_backward(description.blocks, description.embeddings, trainable)
     total, trained = description.total_params, description.trainable_params
     if vocab is not None:
-        total, trained = total + vocab.trained_params, trained - vocab.stateless_params
+        total, trained = vocab.held_and_stepped(total, trained)
     return estimate_peak(total, trained, model_shape(model.config), blocks,
                          batch=batch, length=length, task=task, checkpointing=checkpointing,
                          activation_bytes=activation_bytes, device=device, adapters=adapter_sizes(model),

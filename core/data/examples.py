@@ -58,6 +58,9 @@ class DataStats:
     """Causal LM: trained tokens (core.loss.trained_tokens) of the training rows; 0 for classification."""
     label_counts: dict[str, int] | None
     """Classification: training rows per label."""
+    token_ids: int = 0
+    """Distinct token ids in the training rows, the padding id included: the input-embedding rows a
+    run trains where core.compact_vocab applies."""
 
 
 @dataclass
@@ -72,3 +75,5 @@ class PreparedData:
     """Classification: the label names; class id i is labels[i]."""
     stats: DataStats
     warnings: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    """The distinct token ids of the training rows and the padding id, ascending (core.vocab_plan.used_ids)."""

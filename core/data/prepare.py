@@ -26,6 +26,7 @@ from core.data.labels import encode_text_label, label_names
 from core.data.sources import load_raw
 from core.errors import UserError
 from core.loss import IGNORE_INDEX, trained_tokens
+from core.vocab_plan import used_ids
 
 if TYPE_CHECKING:
     import datasets
@@ -85,8 +86,9 @@ def prepare_data(config: RunConfig, tokenizer: Any, max_positions: int | None = 
     train_examples = train.examples
     if data.packing:
         train_examples = _pack(train_examples, max_length)
-    stats = _stats(rows_in, train, validation, len(train_examples), labels)
-    return PreparedData(train_examples, validation.examples, fmt, cols, labels, stats, warnings)
+    token_ids = used_ids(train_examples, tokenizer.pad_token_id)
+    stats = _stats(rows_in, train, validation, len(train_examples), labels, len(token_ids))
+    return PreparedData(train_examples, validation.examples, fmt, cols, labels, stats, warnings, token_ids)
 
 
 def _check_columns(names: list[str], cols: ColumnMap) -> None:
@@ -153,7 +155,7 @@ def _pack(examples: list[Example], block: int) -> list[Example]:
 
 
 def _stats(rows_in: dict[str, int], train: Encoded, validation: Encoded, train_out: int,
-           labels: list[str] | None) -> DataStats:
+           labels: list[str] | None, token_ids: int) -> DataStats:
     lengths = sorted(len(e.input_ids) for e in train.examples)
     label_counts = None
     loss_tokens = 0
@@ -175,6 +177,7 @@ def _stats(rows_in: dict[str, int], train: Encoded, validation: Encoded, train_o
         tokens_total=sum(lengths),
         loss_tokens=loss_tokens,
         label_counts=label_counts,
+        token_ids=token_ids,
     )
 
 

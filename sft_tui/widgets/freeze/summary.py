@@ -7,7 +7,9 @@ session, not only when the freeze screen shows a new map. It is arithmetic on th
 the map's trainable parameter names: no torch. The estimate counts the data's trained-token share
 (a causal LM's logits are only computed where a label is) and the prefix cache's memory, once the
 data has loaded; before that it errs high on logits and leaves the cache's size out. Under L2-SP
-(optim.l2sp_alpha above 0) it counts the starting copy of the trained pretrained weights."""
+(optim.l2sp_alpha above 0) it counts the starting copy of the trained pretrained weights. Once the
+data is known, input-embedding rows that no training row uses carry no gradient or optimizer state
+where core.vocab_plan says the run will leave them out."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from textual.widgets import Static
 from core.freeze import resolve
 from core.memory import blocks_in_backward, estimate_peak, format_bytes, labelled_share, model_shape
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
+from core.vocab_plan import VocabPlan, plan_compact_vocab
 from sft_tui.format.model import training_memory
 from sft_tui.format.numbers import format_share
 from sft_tui.widgets.freeze.state import reference_params, tensor_index
@@ -108,10 +111,23 @@ class FreezeSummaryBar(Static):
                 "prefix_cache_bytes": prefix.bytes, "reference_params": reference if config.optim.l2sp_alpha else 0}
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
         held = summary.total_params + summary.originals_params  # peft keeps the originals of what trains in full
-        estimate, other = (estimate_peak(held, summary.trainable_params, shape, blocks,
+        stepped = summary.trainable_params
+        if vocab := self._vocab(model, trainable, stats):
+            held, stepped = vocab.held_and_stepped(held, stepped)
+        estimate, other = (estimate_peak(held, stepped, shape, blocks,
                                          checkpointing=checkpointing, **args) for checkpointing in (on, not on))
         text = training_memory(estimate, other, on, config.optim.batch_size, length, device)
         return text.append_text(prefix_line(prefix, stats is not None, config.schedule.epochs))
+
+    def _vocab(self, model, trainable: list[str], stats) -> VocabPlan | None:
+        """The input-embedding rows the run will train (core.vocab_plan), once the data is known."""
+        if stats is None or not stats.token_ids:
+            return None
+        config, skeleton = self.app.session.config, model.skeleton
+        embedding = skeleton.get_input_embeddings()
+        name = next((f"{path}.weight" for path, module in skeleton.named_modules() if module is embedding), None)
+        return plan_compact_vocab(config, skeleton, stats.token_ids, config.compute.nproc, trains=name in trainable,
+                                  announce=False)
 
 
 def prefix_line(prefix: PrefixPlan, sized: bool, epochs: float) -> Text:

@@ -1,0 +1,75 @@
+"""Whether a run trains only the input-embedding rows its training rows use (core.compact_vocab), and
+what that saves, decided without building anything: the engine, the dry run and the freeze-map
+screen's memory estimate ask it alike. torch is imported only to check the embedding's class, which
+only a caller that holds a model (or its skeleton on the meta device) does."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+log = logging.getLogger("core.engine")
+"""The engine's logger: whether the run compacts its vocabulary is part of its start."""
+
+MAX_USED_SHARE = 0.5
+"""Above this share of rows used, the rows left out would save too little to be worth a second lookup."""
+
+
+@dataclass(frozen=True)
+class VocabPlan:
+    """How many rows of the input embedding train, of how many, each `width` parameters wide."""
+
+    used: int
+    rows: int
+    width: int
+
+    @property
+    def trained_params(self) -> int:
+        """Parameters of the used rows: the trained copy of them that the run holds beside the embedding."""
+        return self.used * self.width
+
+    @property
+    def stateless_params(self) -> int:
+        """Parameters the freeze map trains that get no gradient and no optimizer state."""
+        return (self.rows - self.used) * self.width
+
+    def held_and_stepped(self, total: int, trainable: int) -> tuple[int, int]:
+        """(parameters held, parameters with a gradient and AdamW state) of a model whose counts
+        without compaction are `total` and `trainable`: what the memory estimate counts."""
+        return total + self.trained_params, trainable - self.stateless_params
+
+
+def used_ids(examples: Iterable, pad_token_id: int | None) -> list[int]:
+    """Every token id a training batch can hold: the rows' own, and the id core.data.collate pads with."""
+    ids = {0 if pad_token_id is None else pad_token_id}
+    for example in examples:
+        ids.update(example.input_ids)
+    return sorted(ids)
+
+
+def plan_compact_vocab(config, model, used: int, processes: int, trains: bool | None = None,
+                       announce: bool = True) -> VocabPlan | None:
+    """The plan for `model`'s input embedding under `config` when the training rows use `used` token
+    ids, or None where every row trains as usual. `trains`: whether the freeze map trains the
+    embedding (default: its weight's requires_grad). `announce`: log why not where that is news."""
+    from torch import nn
+
+    if config.compute.compact_vocab == "off" or config.lora.enabled:
+        return None
+    embedding = model.get_input_embeddings()
+    if type(embedding) is not nn.Embedding or not (embedding.weight.requires_grad if trains is None else trains):
+        return None  # a subclass may scale or extend its lookup; a frozen embedding has nothing to save
+    if embedding.max_norm is not None or embedding.scale_grad_by_freq or embedding.sparse:
+        return None
+    if sum(p is embedding.weight for _, p in model.named_parameters(remove_duplicate=False)) > 1:
+        return None  # tied to the output head, whose gradient reaches every row
+    rows, width = embedding.weight.shape
+    if used > MAX_USED_SHARE * rows:
+        return None
+    if processes > 1:
+        if announce:
+            log.info("compact vocabulary off: it runs in one process (compute.nproc %d); every row of the input "
+                     "embedding trains", processes)
+        return None
+    return VocabPlan(used=used, rows=rows, width=width)
