@@ -526,6 +526,36 @@ async def test_the_summary_shows_the_prefix_caches_speedup_for_the_map(tmp_path,
         assert prefix_line(app) is None
 
 
+def vocab_line(app) -> str | None:
+    lines = [line for line in summary(app).splitlines() if line.startswith("vocabulary")]
+    assert len(lines) <= 1
+    return lines[0] if lines else None
+
+
+async def test_the_demo_full_fine_tune_counts_state_for_the_embedding_rows_its_data_uses():
+    """MiniLM on demo:sentiment: the engine trains only the word-embedding rows the rows use
+    (core.compact_vocab), and the bar counts gradients for those and says why they are fewer."""
+    from core.memory import format_bytes
+
+    app = create_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_freeze(pilot)
+        used, total = app.session.data.stats.token_ids, 22_713_986
+        assert 0 < used < 30_522 // 2
+        assert vocab_line(app) == f"vocabulary {used:,} of 30,522 embedding rows train: those the data uses"
+        assert f"grads {format_bytes((total - (30_522 - used) * 384) * 4)}" in summary(app)
+        await pilot.press("e")  # freeze-emb: the embeddings are frozen, every trained tensor has state
+        await pilot.pause()
+        assert vocab_line(app) is None
+        await pilot.press("a")
+        await pilot.pause()
+        assert vocab_line(app) is not None
+        app.session.update({"compute.compact_vocab": "off"})
+        app.changed()
+        await pilot.pause()
+        assert vocab_line(app) is None and f"grads {format_bytes(total * 4)}" in summary(app)
+
+
 async def test_the_demo_encoders_dropout_is_named_with_its_setting():
     app = create_app()
     async with app.run_test(size=(80, 24)) as pilot:

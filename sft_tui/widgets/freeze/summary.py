@@ -117,7 +117,8 @@ class FreezeSummaryBar(Static):
         estimate, other = (estimate_peak(held, stepped, shape, blocks,
                                          checkpointing=checkpointing, **args) for checkpointing in (on, not on))
         text = training_memory(estimate, other, on, config.optim.batch_size, length, device)
-        return text.append_text(prefix_line(prefix, stats is not None, config.schedule.epochs))
+        text.append_text(prefix_line(prefix, stats is not None, config.schedule.epochs))
+        return text.append_text(vocab_line(vocab))
 
     def _vocab(self, model, trainable: list[str], stats) -> VocabPlan | None:
         """The input-embedding rows the run will train (core.vocab_plan), once the data is known."""
@@ -128,6 +129,17 @@ class FreezeSummaryBar(Static):
         name = next((f"{path}.weight" for path, module in skeleton.named_modules() if module is embedding), None)
         return plan_compact_vocab(config, skeleton, stats.token_ids, config.compute.nproc, trains=name in trainable,
                                   announce=False)
+
+
+def vocab_line(vocab: VocabPlan | None) -> Text:
+    """One line where only the embedding rows the data uses train (core.vocab_plan): it says why the
+    gradients and AdamW state are smaller than the trainable count suggests. Never beside the prefix
+    cache's line: that one needs the embedding frozen, this one trained."""
+    text = Text()
+    if vocab is not None:
+        text.append("vocabulary ", "bold")
+        text.append(f"{vocab.used:,} of {vocab.rows:,} embedding rows train: those the data uses\n")
+    return text
 
 
 def prefix_line(prefix: PrefixPlan, sized: bool, epochs: float) -> Text:
