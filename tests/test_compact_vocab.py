@@ -191,3 +191,14 @@ def test_the_dry_run_says_so_and_counts_no_state_for_the_rows_left_out(tiny_mode
     assert on.trainable_params == off.trainable_params  # the freeze map still trains the whole embedding
     saved = on.vocab.stateless_params * 12 - on.vocab.trained_params * 4  # fp32 gradient and 2 moments; the copy
     assert off.estimate.total - on.estimate.total == saved > 0
+
+
+def test_a_trained_embedding_below_frozen_blocks_keeps_the_prefix_cache_off(tiny_model_factory, cls_file, tmp_path):
+    """The compact embedding keeps the embedding's parameter name, so core.prefix_plan still sees
+    it train below the frozen block 0 (a cache there would drop its gradient)."""
+    config = _config(tiny_model_factory("bert"), cls_file, tmp_path, "classification", "below", frozen_eval_mode=True)
+    config["freeze"]["rules"] = [{"match": "bert.encoder.layer.0", "train": False}]
+    _, sink = _train(config)
+    logs = _logs(sink)
+    assert any(m.startswith("compact vocabulary on") for m in logs)
+    assert any(m.startswith("prefix cache off: ") and "trains" in m for m in logs), logs
