@@ -63,8 +63,8 @@ class CompactEmbedding(nn.Module):
         self.register_buffer("used", used_t, persistent=False)
         self.register_buffer("index", index, persistent=False)
         self.weight = nn.Parameter(full[used_t].clone())
-        pad = embedding.padding_idx
-        self.padding_idx = int(index[pad]) if pad is not None else None
+        pad = int(index[embedding.padding_idx]) if embedding.padding_idx is not None else -1
+        self.padding_idx = pad if pad >= 0 else None  # a padding row that no batch holds stays in `full`
         self.decay = 1.0
         """The product of (1 - lr * weight_decay) over the steps since `full` last took it."""
         self.register_state_dict_post_hook(_write_back)

@@ -70,10 +70,10 @@ def prepare(config: RunConfig) -> DryRun:
     from transformers import set_seed
 
     from core import setup
-    from core.vocab_plan import plan_compact_vocab
     from core.describe import describe_model
     from core.loss import trained_tokens
     from core.memory import enable_gradient_checkpointing
+    from core.vocab_plan import plan_compact_vocab
 
     set_seed(config.seed)
     precision = setup.mixed_precision(config.precision)

@@ -152,6 +152,8 @@ def test_unused_ids_read_the_decayed_rows_and_state_dict_holds_the_whole_embeddi
     again = CompactEmbedding(torch.nn.Embedding(10, 4, padding_idx=0), [0, 3, 7])
     again.load_state_dict(state)
     torch.testing.assert_close(again(torch.arange(10)), state["weight"])
+    # a padding row no batch holds is not one of the trained rows (index -1 would name the last one)
+    assert CompactEmbedding(torch.nn.Embedding(10, 4, padding_idx=9), [0, 3, 7]).padding_idx is None
 
 
 def _plan(config: dict, model, data_rows, processes: int = 1):
