@@ -287,13 +287,14 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
     trainable = [name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad]
     blocks = blocks_in_backward(description.blocks, description.embeddings, trainable)
     total, trained = description.total_params, description.trainable_params
+    reference = reference_params(model) if l2sp else 0
     if vocab is not None:
-        total, trained = vocab.held_and_stepped(total, trained)
+        total, trained, reference = vocab.counted(total, trained, reference)
     return estimate_peak(total, trained, model_shape(model.config), blocks,
                          batch=batch, length=length, task=task, checkpointing=checkpointing,
                          activation_bytes=activation_bytes, device=device, adapters=adapter_sizes(model),
                          labelled_share=labelled_share, prefix_cache_bytes=prefix_cache_bytes,
-                         reference_params=reference_params(model) if l2sp else 0)
+                         reference_params=reference)
 
 
 def enable_gradient_checkpointing(model) -> None:

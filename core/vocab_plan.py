@@ -34,10 +34,13 @@ class VocabPlan:
         """Parameters the freeze map trains that get no gradient and no optimizer state."""
         return (self.rows - self.used) * self.width
 
-    def held_and_stepped(self, total: int, trainable: int) -> tuple[int, int]:
-        """(parameters held, parameters with a gradient and AdamW state) of a model whose counts
-        without compaction are `total` and `trainable`: what the memory estimate counts."""
-        return total + self.trained_params, trainable - self.stateless_params
+    def counted(self, total: int, trainable: int, reference: int) -> tuple[int, int, int]:
+        """(parameters held, parameters with a gradient and AdamW state, parameters of L2-SP's
+        starting copy) of a model whose counts without compaction are `total`, `trainable` and
+        `reference` (0 without L2-SP): what the memory estimate counts. L2-SP copies the trained
+        parameter, so only the used rows."""
+        return (total + self.trained_params, trainable - self.stateless_params,
+                max(reference - self.stateless_params, 0) if reference else 0)
 
 
 def used_ids(examples: Iterable, pad_token_id: int | None) -> list[int]:

@@ -37,7 +37,8 @@ def _train(config: dict, control=None, resume_dir=None):
     from core.engine import train
 
     sink = ListSink()
-    result = train(parse_config(config) if config else None, [sink], control, report_interval_s=0, resume_dir=resume_dir)
+    result = train(parse_config(config) if config else None, [sink], control, report_interval_s=0,
+                   resume_dir=resume_dir)
     return result, sink
 
 
@@ -79,7 +80,8 @@ def test_a_compact_run_matches_a_run_that_trains_every_row(arch, tiny_model_fact
     torch.testing.assert_close(torch.tensor(losses), torch.tensor([e.loss for e in plain.of_type(StepMetrics)]))
     evals = [e.metrics["loss"] for e in compact.of_type(EvalResult)]
     assert len(evals) >= 2
-    torch.testing.assert_close(torch.tensor(evals), torch.tensor([e.metrics["loss"] for e in plain.of_type(EvalResult)]))
+    plain_evals = [e.metrics["loss"] for e in plain.of_type(EvalResult)]
+    torch.testing.assert_close(torch.tensor(evals), torch.tensor(plain_evals))
     if task == "causal-lm":  # generation looks up ids no training row holds
         outputs = [s.output for s in compact.of_type(SampleGenerated)]
         assert outputs and outputs == [s.output for s in plain.of_type(SampleGenerated)]
@@ -193,6 +195,9 @@ def test_the_dry_run_says_so_and_counts_no_state_for_the_rows_left_out(tiny_mode
     assert on.trainable_params == off.trainable_params  # the freeze map still trains the whole embedding
     saved = on.vocab.stateless_params * 12 - on.vocab.trained_params * 4  # fp32 gradient and 2 moments; the copy
     assert off.estimate.total - on.estimate.total == saved > 0
+    l2sp = {**config, "optim": {**config["optim"], "l2sp_alpha": 0.01}}  # its starting copy: the used rows only
+    on, off = prepare(parse_config(l2sp)), prepare(parse_config({**l2sp, "compute": {"compact_vocab": "off"}}))
+    assert off.estimate.reference - on.estimate.reference == on.vocab.stateless_params * 4
 
 
 def test_a_trained_embedding_below_frozen_blocks_keeps_the_prefix_cache_off(tiny_model_factory, cls_file, tmp_path):

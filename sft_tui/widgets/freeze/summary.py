@@ -108,14 +108,14 @@ class FreezeSummaryBar(Static):
         args = {"batch": config.optim.batch_size, "length": length, "task": config.task,
                 "activation_bytes": 2 if half else 4, "device": device,
                 "adapters": session.freeze_preview.adapters, "labelled_share": share,
-                "prefix_cache_bytes": prefix.bytes, "reference_params": reference if config.optim.l2sp_alpha else 0}
+                "prefix_cache_bytes": prefix.bytes}
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
         held = summary.total_params + summary.originals_params  # peft keeps the originals of what trains in full
-        stepped = summary.trainable_params
+        stepped, reference = summary.trainable_params, reference if config.optim.l2sp_alpha else 0
         if vocab := self._vocab(model, trainable, stats):
-            held, stepped = vocab.held_and_stepped(held, stepped)
-        estimate, other = (estimate_peak(held, stepped, shape, blocks,
-                                         checkpointing=checkpointing, **args) for checkpointing in (on, not on))
+            held, stepped, reference = vocab.counted(held, stepped, reference)
+        estimate, other = (estimate_peak(held, stepped, shape, blocks, checkpointing=checkpointing,
+                                         reference_params=reference, **args) for checkpointing in (on, not on))
         text = training_memory(estimate, other, on, config.optim.batch_size, length, device)
         text.append_text(prefix_line(prefix, stats is not None, config.schedule.epochs))
         return text.append_text(vocab_line(vocab))
