@@ -6,7 +6,7 @@ only a caller that holds a model (or its skeleton on the meta device) does."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 log = logging.getLogger("core.engine")
@@ -51,22 +51,26 @@ def used_ids(examples: Iterable, pad_token_id: int | None) -> list[int]:
     return sorted(ids)
 
 
-def plan_compact_vocab(config, model, used: int, processes: int, trains: bool | None = None,
+def plan_compact_vocab(config, model, used: int, processes: int, trainable: Collection[str] | None = None,
                        announce: bool = True) -> VocabPlan | None:
     """The plan for `model`'s input embedding under `config` when the training rows use `used` token
-    ids, or None where every row trains as usual. `trains`: whether the freeze map trains the
-    embedding (default: its weight's requires_grad). `announce`: log why not where that is news."""
+    ids, or None where every row trains as usual. `trainable`: the parameter names the freeze map
+    trains, for a model whose requires_grad flags it has not set (the freeze screen's skeleton);
+    default: those flags. `announce`: log why not where that is news."""
     from torch import nn
 
     if config.compute.compact_vocab == "off" or config.lora.enabled:
         return None
     embedding = model.get_input_embeddings()
-    if type(embedding) is not nn.Embedding or not (embedding.weight.requires_grad if trains is None else trains):
-        return None  # a subclass may scale or extend its lookup; a frozen embedding has nothing to save
+    if type(embedding) is not nn.Embedding:
+        return None  # a subclass may scale or extend its lookup
     if embedding.max_norm is not None or embedding.scale_grad_by_freq or embedding.sparse:
         return None
-    if sum(p is embedding.weight for _, p in model.named_parameters(remove_duplicate=False)) > 1:
+    names = [name for name, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight]
+    if len(names) > 1:
         return None  # tied to the output head, whose gradient reaches every row
+    if not (embedding.weight.requires_grad if trainable is None else names[0] in trainable):
+        return None  # frozen: nothing to save
     rows, width = embedding.weight.shape
     if used > MAX_USED_SHARE * rows:
         return None

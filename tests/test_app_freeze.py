@@ -541,7 +541,7 @@ async def test_the_demo_full_fine_tune_counts_state_for_the_embedding_rows_its_d
     app = create_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await open_freeze(pilot)
-        used, total = app.session.data.stats.token_ids, 22_713_986
+        used, total = len(app.session.data.token_ids), 22_713_986
         assert 0 < used < 30_522 // 2
         assert vocab_line(app) == f"vocabulary {used:,} of 30,522 embedding rows train: those the data uses"
         assert f"grads {format_bytes((total - (30_522 - used) * 384) * 4)}" in summary(app)
@@ -773,7 +773,7 @@ async def test_the_memory_estimate_counts_l2sps_copy_of_the_trained_pretrained_w
         app.session.update({"optim.l2sp_alpha": 0.01})
         app.changed()
         await pilot.pause()
-        left_out = (30_522 - app.session.data.stats.token_ids) * 384
+        left_out = (30_522 - len(app.session.data.token_ids)) * 384
         reference = 4 * (22_713_986 - 770 - left_out)
         assert l2sp_part(app) == format_bytes(reference)
         assert abs(total(app) - without - reference) <= 0.1 * 1024**2  # the peak grows by the copy

@@ -58,9 +58,6 @@ class DataStats:
     """Causal LM: trained tokens (core.loss.trained_tokens) of the training rows; 0 for classification."""
     label_counts: dict[str, int] | None
     """Classification: training rows per label."""
-    token_ids: int = 0
-    """Distinct token ids in the training rows, the padding id included: the input-embedding rows a
-    run trains where core.compact_vocab applies."""
 
 
 @dataclass

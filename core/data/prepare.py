@@ -86,9 +86,9 @@ def prepare_data(config: RunConfig, tokenizer: Any, max_positions: int | None = 
     train_examples = train.examples
     if data.packing:
         train_examples = _pack(train_examples, max_length)
-    token_ids = used_ids(train_examples, tokenizer.pad_token_id)
-    stats = _stats(rows_in, train, validation, len(train_examples), labels, len(token_ids))
-    return PreparedData(train_examples, validation.examples, fmt, cols, labels, stats, warnings, token_ids)
+    stats = _stats(rows_in, train, validation, len(train_examples), labels)
+    return PreparedData(train_examples, validation.examples, fmt, cols, labels, stats, warnings,
+                        used_ids(train_examples, tokenizer.pad_token_id))
 
 
 def _check_columns(names: list[str], cols: ColumnMap) -> None:
@@ -155,7 +155,7 @@ def _pack(examples: list[Example], block: int) -> list[Example]:
 
 
 def _stats(rows_in: dict[str, int], train: Encoded, validation: Encoded, train_out: int,
-           labels: list[str] | None, token_ids: int) -> DataStats:
+           labels: list[str] | None) -> DataStats:
     lengths = sorted(len(e.input_ids) for e in train.examples)
     label_counts = None
     loss_tokens = 0
@@ -177,7 +177,6 @@ def _stats(rows_in: dict[str, int], train: Encoded, validation: Encoded, train_o
         tokens_total=sum(lengths),
         loss_tokens=loss_tokens,
         label_counts=label_counts,
-        token_ids=token_ids,
     )
 
 

@@ -112,7 +112,7 @@ class FreezeSummaryBar(Static):
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
         held = summary.total_params + summary.originals_params  # peft keeps the originals of what trains in full
         stepped, reference = summary.trainable_params, reference if config.optim.l2sp_alpha else 0
-        if vocab := self._vocab(model, trainable, stats):
+        if vocab := self._vocab(model, trainable, session.data):
             held, stepped, reference = vocab.counted(held, stepped, reference)
         estimate, other = (estimate_peak(held, stepped, shape, blocks, checkpointing=checkpointing,
                                          reference_params=reference, **args) for checkpointing in (on, not on))
@@ -120,15 +120,13 @@ class FreezeSummaryBar(Static):
         text.append_text(prefix_line(prefix, stats is not None, config.schedule.epochs))
         return text.append_text(vocab_line(vocab))
 
-    def _vocab(self, model, trainable: list[str], stats) -> VocabPlan | None:
+    def _vocab(self, model, trainable: list[str], data) -> VocabPlan | None:
         """The input-embedding rows the run will train (core.vocab_plan), once the data is known."""
-        if stats is None or not stats.token_ids:
+        if data is None:
             return None
-        config, skeleton = self.app.session.config, model.skeleton
-        embedding = skeleton.get_input_embeddings()
-        name = next((f"{path}.weight" for path, module in skeleton.named_modules() if module is embedding), None)
-        return plan_compact_vocab(config, skeleton, stats.token_ids, config.compute.nproc, trains=name in trainable,
-                                  announce=False)
+        config = self.app.session.config
+        return plan_compact_vocab(config, model.skeleton, len(data.token_ids), config.compute.nproc,
+                                  trainable=trainable, announce=False)
 
 
 def vocab_line(vocab: VocabPlan | None) -> Text:
