@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.speed_vs_trainer import CASES, prepare_case, spawn  # noqa: E402
+from bench.speed_vs_trainer import engine_case_arguments, prepare_case, spawn  # noqa: E402
 
 
 def variant(changes: list[str], case: str, args) -> tuple[dict, dict]:
@@ -37,10 +37,7 @@ def variant(changes: list[str], case: str, args) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--case", choices=list(CASES), default="c2")
-    p.add_argument("--rows", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--seed", type=int, default=42)
+    engine_case_arguments(p, "c2")
     p.add_argument("--repeats", type=int, default=2, help="runs of each variant")
     p.add_argument("--a", nargs="*", default=["default"], metavar="NAME [CHANGE ...]",
                    help="the baseline: a name and its changes (none: the engine's defaults)")

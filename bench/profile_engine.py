@@ -15,23 +15,19 @@ import argparse
 import os
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.speed_vs_trainer import CASES, prepare_case, run_config  # noqa: E402
+from bench.speed_vs_trainer import engine_case_arguments, prepare_case, run_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--case", choices=list(CASES), default="c1-full")
-    p.add_argument("--rows", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--set", dest="sets", nargs="*", default=[], metavar="SECTION.FIELD=VALUE")
+    engine_case_arguments(p, "c1-full")
+    p.add_argument("--set", dest="engine_set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE")
     p.add_argument("--top", type=int, default=14, help="operators listed")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,15 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     from core.config import apply_overrides
     from core.engine import train
 
-    spec = prepare_case(args.case, types.SimpleNamespace(seed=args.seed, engine_set=args.sets, rows=args.rows,
-                                                         epochs=args.epochs))
+    spec = prepare_case(args.case, args)
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
-        config = apply_overrides(run_config(spec, tmp), args.sets)
+        config = apply_overrides(run_config(spec, tmp), args.engine_set)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             result = train(config, report_interval_s=1.0)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    print(f"{args.case}, {result.step} steps, --set {args.sets}; self CPU time {total / 1e6:.1f} s, "
+    print(f"{args.case}, {result.step} steps, --set {args.engine_set}; self CPU time {total / 1e6:.1f} s, "
           f"torch {torch.__version__}")
     print("| op | self CPU s | share | calls |\n|---|---:|---:|---:|")
     for e in events[: args.top]:

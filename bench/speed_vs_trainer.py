@@ -199,6 +199,15 @@ def spawn(spec: dict, env: dict, idle_s: float) -> dict:
     return result
 
 
+def engine_case_arguments(p, case: str) -> None:
+    """The options of a bench that trains one case's engine side alone (bench/engine_ab.py,
+    bench/profile_engine.py), named as prepare_case reads them; one epoch unless told."""
+    p.add_argument("--case", choices=list(CASES), default=case)
+    p.add_argument("--rows", type=int, default=None, help="rows before the 10%% validation split (default: per case)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=42)
+
+
 def prepare_case(name: str, args) -> dict:
     """The case's spec with its data file and model folder built (cached across invocations)."""
     from bench import _cases
