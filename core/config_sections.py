@@ -236,6 +236,10 @@ class ComputeConfig(_Section):
     at most half of its rows, only those rows carry gradients and optimizer state; AdamW would move
     the others by weight decay alone, which is applied to them when the weights are saved (the same
     numbers; core.compact_vocab). One process only. The run's log says when it is on."""
+    fast_dropout: Literal["auto", "off"] = "auto"
+    """auto: on the CPU, draw dropout masks four elements to a random word instead of one each, about
+    3x faster (a tenth of an encoder's training time); the keep probability is rounded to 1/32768 and
+    the masks differ from torch's, as with another seed (core.dropout_masks). No effect on a GPU."""
     prefix_cache_max_gb: float | None = Field(None, gt=0)
     """The most memory the prefix cache may hold; unset: a quarter of the memory available on its
     device at the start. When the training rows' cached outputs would need more, the run trains
@@ -250,7 +254,7 @@ class ComputeConfig(_Section):
     """With several processes: ddp keeps a whole copy of the model on each GPU; fsdp shards weights,
     gradients and optimizer state across them, for models that do not fit on one GPU."""
 
-    @field_validator("prefix_cache", "compact_vocab", mode="before")
+    @field_validator("prefix_cache", "compact_vocab", "fast_dropout", mode="before")
     @classmethod
     def _off_word(cls, value: Any) -> Any:
         """YAML reads a bare `off` (in a file or `--set compute.prefix_cache=off`) as false: the word

@@ -202,6 +202,7 @@ class _Training(Milestones):
                        save_final=config.output.save_final)
 
     def run(self) -> RunResult:
+        from core.dropout_masks import fast_dropout
         from core.prefix_cache import PrefixCache
 
         self._announce()
@@ -210,20 +211,21 @@ class _Training(Milestones):
         self._unfreeze()
         if self.state.step == 0 and self.config.eval.before_training:
             self._evaluate(before_training=True)
-        self.model.train()
-        reason = "completed"
-        for epoch, index, step_rows in self._remaining_steps():
-            self._unfreeze()
-            self._optimizer_step(step_rows)
-            self.state.step += 1
-            self.state.epoch, self.state.step_in_epoch = epoch, index + 1
-            self.state.epoch_progress = epoch + (index + 1) / self.plan.steps_per_epoch
-            final = self.state.step == self.plan.total_steps
-            if final or time.perf_counter() - self.window.started >= self.report_interval_s:
-                self._report()
-            reason = self._between_steps(final)
-            if reason != "completed":
-                break
+        with fast_dropout(self.config, self.acc.device):  # its log line follows run_started
+            self.model.train()
+            reason = "completed"
+            for epoch, index, step_rows in self._remaining_steps():
+                self._unfreeze()
+                self._optimizer_step(step_rows)
+                self.state.step += 1
+                self.state.epoch, self.state.step_in_epoch = epoch, index + 1
+                self.state.epoch_progress = epoch + (index + 1) / self.plan.steps_per_epoch
+                final = self.state.step == self.plan.total_steps
+                if final or time.perf_counter() - self.window.started >= self.report_interval_s:
+                    self._report()
+                reason = self._between_steps(final)
+                if reason != "completed":
+                    break
         return self._finish(reason)
 
     def _announce(self) -> None:

@@ -54,7 +54,8 @@ BAD_VALUES = {
     "compute.prefix_cache_max_gb": ("0", "greater than 0", "2"),
 }
 CHOICES = {"schedule.scheduler": "cosine", "eval.metric": "f1", "precision": "fp32", "lora.quantize": "4bit",
-           "compute.distributed": "fsdp", "compute.prefix_cache": "off", "compute.compact_vocab": "off"}
+           "compute.distributed": "fsdp", "compute.prefix_cache": "off", "compute.compact_vocab": "off",
+           "compute.fast_dropout": "off"}
 BLOCKS = re.compile("[\u2580-\u259f]+")
 """The block characters a scrollbar is drawn with."""
 TOGGLES = {"compute.gradient_checkpointing": True, "compute.oom_recovery": False,
