@@ -2,9 +2,8 @@
 
 On the CPU every dropout fills its mask with `bernoulli_(1 - p)`: nn.Dropout, F.dropout, peft's
 LoRA dropout, and the dropout inside scaled_dot_product_attention's math path (its fused CPU kernel
-takes none). torch draws one double from its Mersenne Twister for each element, in one thread:
-about 14 ns an element, 11-14% of a MiniLM fine-tune's CPU time (BENCHMARKS.md), spent with one
-core idle.
+takes none). torch draws one double from its Mersenne Twister for each element: about 14 ns an
+element, 11-14% of a MiniLM fine-tune's CPU time (BENCHMARKS.md).
 
 `fast_dropout` replaces that kernel, for the CPU only and while a run trains, with one that draws a
 64-bit word for four elements (`random_`, from the same generator, so the seed and a resume's saved
