@@ -126,3 +126,26 @@ def test_a_run_draws_the_fast_masks_says_so_and_repeats_itself(tiny_model_factor
     assert len(losses) >= 5
     assert losses == again  # the seed decides the masks
     assert losses[0] != torch_losses[0]  # other masks from the first step on
+
+
+def test_gradient_checkpointing_recomputes_the_same_masks(tiny_model_factory):
+    """Checkpointing recomputes each block's forward, dropout included, in the backward pass: from the
+    generator state it saved, so the fast masks must come from that generator too."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    plain = AutoModelForSequenceClassification.from_pretrained(tiny_model_factory("bert"), num_labels=3)
+    recomputed = AutoModelForSequenceClassification.from_pretrained(tiny_model_factory("bert"), num_labels=3)
+    recomputed.load_state_dict(plain.state_dict())
+    recomputed.gradient_checkpointing_enable()
+    ids, labels = torch.randint(5, 100, (4, 12)), torch.tensor([0, 1, 2, 1])
+    with fast_dropout(ON, "cpu"):
+        for model in (plain, recomputed):
+            model.train()
+            torch.manual_seed(5)
+            model(input_ids=ids, labels=labels).loss.backward()
+    grads = [dict(m.named_parameters()) for m in (plain, recomputed)]
+    assert any(p.grad.abs().sum() > 0 for p in grads[0].values() if p.grad is not None)
+    for name, parameter in grads[0].items():
+        if parameter.grad is not None:
+            torch.testing.assert_close(grads[1][name].grad, parameter.grad, msg=name)
