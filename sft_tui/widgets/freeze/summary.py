@@ -112,21 +112,15 @@ class FreezeSummaryBar(Static):
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
         held = summary.total_params + summary.originals_params  # peft keeps the originals of what trains in full
         stepped, reference = summary.trainable_params, reference if config.optim.l2sp_alpha else 0
-        if vocab := self._vocab(model, trainable, session.data):
+        vocab = (plan_compact_vocab(config, model.skeleton, len(session.data.token_ids), config.compute.nproc,
+                                    trainable=trainable, announce=False) if session.data is not None else None)
+        if vocab is not None:  # once the data is known, the rows it leaves out (core.vocab_plan)
             held, stepped, reference = vocab.counted(held, stepped, reference)
         estimate, other = (estimate_peak(held, stepped, shape, blocks, checkpointing=checkpointing,
                                          reference_params=reference, **args) for checkpointing in (on, not on))
         text = training_memory(estimate, other, on, config.optim.batch_size, length, device)
         text.append_text(prefix_line(prefix, stats is not None, config.schedule.epochs))
         return text.append_text(vocab_line(vocab))
-
-    def _vocab(self, model, trainable: list[str], data) -> VocabPlan | None:
-        """The input-embedding rows the run will train (core.vocab_plan), once the data is known."""
-        if data is None:
-            return None
-        config = self.app.session.config
-        return plan_compact_vocab(config, model.skeleton, len(data.token_ids), config.compute.nproc,
-                                  trainable=trainable, announce=False)
 
 
 def vocab_line(vocab: VocabPlan | None) -> Text:
