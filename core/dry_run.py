@@ -154,7 +154,7 @@ def report(dry: DryRun) -> str:
     parts += [("logits and loss", memory.logits)] if memory.logits else []
     parts += [("prefix cache", memory.prefix_cache)] if memory.prefix_cache else []
     parts += [("L2-SP reference", memory.reference)] if memory.reference else []
-    parts += [("freed memory the allocator keeps (LoRA on the CPU)", memory.allocator_kept)] if memory.allocator_kept else []
+    parts += [("freed memory the allocator keeps (on the CPU)", memory.allocator_kept)] if memory.allocator_kept else []
     parts += [("process baseline (torch, libraries, data)", dry.baseline_bytes)] if dry.device == "cpu" else []
     lines = [
         (f"plan: {plan.total_steps} optimizer steps over {plan.epochs} epoch{'s' if plan.epochs > 1 else ''} "

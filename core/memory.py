@@ -5,8 +5,8 @@ gradients and AdamW state of the trainable parameters only; the activations that
 the backward pass, by batch, length and the blocks the backward pass goes through; a causal LM's
 logits with the loss buffers over them (at the labelled positions only under
 compute.labelled_logits_only); the frozen-prefix cache (core.prefix_cache) when it will be on; and, for
-a LoRA run on the CPU, the freed memory that the C allocator keeps (`allocator_kept`). It is
-arithmetic on numbers from the model's config
+a LoRA or gradient-checkpointed run on the CPU, the freed memory that the C allocator keeps
+(`allocator_kept`). It is arithmetic on numbers from the model's config
 (`model_shape`) and its freeze map (`blocks_in_backward`), so the app computes it without torch; the
 per-block constants were counted with torch's saved-tensor hooks on Llama, BERT and GPT-2 blocks
 (bench/memory_estimate.py checks the total against measured peaks). A CPU process also holds torch
@@ -147,7 +147,7 @@ class MemoryEstimate:
     reference: int = 0
     """L2-SP's fp32 copy of the trained pretrained weights' starting values (core.l2sp)."""
     allocator_kept: int = 0
-    """Freed memory the process still holds: a LoRA run on the CPU (see allocator_kept)."""
+    """Freed memory the process still holds: a LoRA or checkpointed run on the CPU (see allocator_kept)."""
 
     @property
     def total(self) -> int:
@@ -182,18 +182,29 @@ KEPT_OUTPUTS = 2
 """Output-sized tensors per LoRA-adapted layer and token that a CPU process keeps (allocator_kept)."""
 
 
-def allocator_kept(tokens: int, adapters: Adapters, activation_bytes: int, device: str) -> int:
-    """What a LoRA run's process holds on the CPU beyond its live tensors. peft's forward makes
-    three temporaries of each adapted layer's output size (the base layer's output, the adapter's
-    and its scaled copy) and frees them at once; glibc's malloc keeps such freed memory in its heap,
-    which goes back to the system only from its top, and a full fine-tune allocates its gradients
-    and AdamW state into it, while LoRA's few megabytes of them, spread through it, cannot fill it.
-    Measured, the process keeps about two output-sized tensors per adapted layer and token: summing
-    two of them in place lowered MiniLM's peak by that much, and over ten LoRA configurations
-    (MiniLM and a SmolLM2-shaped Llama, batch 4-64, all-linear and attention targets, dropout, a
-    top-n map) the estimate with this term was within 13% (BENCHMARKS.md, Memory estimate). A GPU's
-    peak (max_memory_allocated) counts live tensors only."""
-    return tokens * adapters.outputs * KEPT_OUTPUTS * activation_bytes if device == "cpu" else 0
+def allocator_kept(tokens: int, adapters: Adapters, recomputed_block: int, activation_bytes: int,
+                   device: str) -> int:
+    """Freed memory a training process holds on the CPU beyond its live tensors: glibc's malloc keeps
+    freed memory in its heap, which goes back to the system only from its top, and raises its mmap
+    threshold to each freed tensor's size, so later activations come from that heap too.
+
+    - LoRA: peft's forward makes three temporaries of each adapted layer's output size (the base
+      layer's output, the adapter's and its scaled copy) and frees them at once; a full fine-tune
+      allocates its gradients and AdamW state into them, while LoRA's few megabytes of them, spread
+      through the heap, cannot fill it. Measured, the process keeps about two output-sized tensors
+      per adapted layer and token: summing two of them in place lowered MiniLM's peak by that much,
+      and over ten LoRA configurations (MiniLM and a SmolLM2-shaped Llama, batch 4-64, all-linear
+      and attention targets, dropout, a top-n map) the estimate with this term was within 13%.
+    - Gradient checkpointing: the backward pass recomputes each block's activations and frees them
+      after that block's backward, with gradients allocated between them; the heap keeps about one
+      such block (`recomputed_block`, elements per token) on top of the live one. Without it the
+      estimate was up to 32% low on MiniLM at batch 64, with it within 17% over seven
+      configurations.
+
+    BENCHMARKS.md, Memory estimate. A GPU's peak (max_memory_allocated) counts live tensors only."""
+    if device != "cpu":
+        return 0
+    return tokens * (adapters.outputs * KEPT_OUTPUTS + recomputed_block) * activation_bytes
 
 
 def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, blocks: tuple[int, int], *,
@@ -213,10 +224,12 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
     static = estimate_training_memory(total_params, trainable_params)
     tokens = batch * length
     trained, passed = blocks
+    recomputed = 0
     if checkpointing:
         per_token = (trained + passed) * shape.hidden
         if trained or passed:
-            per_token += block_activations(shape, length, trained > 0, device) + adapters.kept // max(trained, 1)
+            recomputed = block_activations(shape, length, trained > 0, device) + adapters.kept // max(trained, 1)
+            per_token += recomputed
     else:
         per_token = (trained * block_activations(shape, length, True, device)
                      + passed * block_activations(shape, length, False, device) + adapters.kept)
@@ -231,7 +244,7 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
     logits = labelled * shape.vocab * (activation_bytes + LOSS_BUFFER_BYTES) if task == "causal-lm" else 0
     return MemoryEstimate(static["weights"], static["gradients"], static["optimizer"],
                           (tokens * per_token + batch * per_row) * activation_bytes, logits, prefix_cache_bytes,
-                          reference_params * 4, allocator_kept(tokens, adapters, activation_bytes, device))
+                          reference_params * 4, allocator_kept(tokens, adapters, recomputed, activation_bytes, device))
 
 
 def labelled_share(tokens: int, trained: int, labelled_logits_only: bool) -> float:

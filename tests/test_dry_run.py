@@ -73,7 +73,7 @@ def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, ca
 
 def test_a_lora_run_on_the_cpu_shows_the_freed_memory_malloc_keeps(config_path, capsys):
     """Its own part of the peak (core.memory.allocator_kept), absent without LoRA."""
-    label = "freed memory the allocator keeps (LoRA on the CPU)"
+    label = "freed memory the allocator keeps (on the CPU)"
     code, out, err = dry_run(capsys, str(config_path), "--set", "lora.enabled=true")
     assert code == 0, err
     assert parts(out)[label].endswith(" KB") or parts(out)[label].endswith(" MB")
