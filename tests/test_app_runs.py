@@ -423,6 +423,11 @@ async def test_a_continued_run_records_its_parent_and_starts_from_the_finished_w
     first, last, continued = parent_losses[0][1], parent_losses[-1][1], child_losses[0][1]
     assert abs(continued - last) < 0.25 * (first - last), (first, last, continued)  # not back at the start
 
+    async with create_app(path).run_test(size=(80, 24)) as pilot:  # the parent column is cut there
+        screen = await open_runs(pilot)
+        await select(pilot, screen, "lr-3e-3-cont")
+        assert "continued from lr-3e-3" in str(screen.query_one("#curves-legend").render())
+
 
 def test_a_continued_classifier_keeps_its_trained_head(tiny_model_factory, tmp_path):
     """Continuing loads <parent>/final with the same labels: the trained head is loaded, not replaced

@@ -1,5 +1,5 @@
 """The train-loss and eval curves of several runs in one pair of charts, one colour per run, with a
-legend line naming the runs in their colours."""
+legend line naming the runs in their colours (and the run a single one continued)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ class RunCurves(Container):
         for i, info in enumerate(runs):
             legend.append("━━ ", style=colour_style(i))
             legend.append(info.name + "   ")
+        if len(runs) == 1 and runs[0].parent is not None:  # the table's last column, cut at 80 columns
+            legend.append(f"continued from {runs[0].parent.name}", style="dim")
         self.query_one("#curves-legend", Static).update(legend or "no run to show")
         self.shown = [(info.name, loss_curve(info.events), eval_curve(info.events, metric) if metric else [])
                       for info in runs]
