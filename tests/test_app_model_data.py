@@ -261,6 +261,22 @@ async def test_picking_the_tiny_lm_demo_switches_to_its_task_and_data():
         assert "LlamaForCausalLM" in shown(app, "#model-description")
 
 
+async def test_typing_a_demo_name_is_picking_it():
+    """Typed into the path box, demo:tiny-lm once loaded as a classifier (the task left as it was)."""
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        path = app.screen.query_one("#model-path", Input)
+        path.value = "demo:tiny-lm"
+        path.focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        config = app.session.config
+        assert (config.model.name_or_path, config.task, config.data.train) == (
+            "demo:tiny-lm", "causal-lm", "demo:instructions")
+        assert "LlamaForCausalLM" in shown(app, "#model-description")
+
+
 # ---- the data screen ------------------------------------------------------------------------------
 
 
