@@ -42,9 +42,16 @@ def config_digest(config: RunConfig) -> str:
 
 
 def new_run_id(config: RunConfig) -> str:
+    """output.run_name, else `<start time>-<model>`. A model that is another run's final folder
+    names the run after that one (`<start time>-<its model>-cont`), not after the folder `final`."""
     if config.output.run_name:
         return config.output.run_name
-    model = Path(config.model.name_or_path.replace("demo:", "")).name or "model"
+    path = Path(config.model.name_or_path.replace("demo:", ""))
+    parent = RunPaths(path.parent)
+    if path.name == parent.final.name and parent.config.is_file():
+        model = re.sub(r"^\d{8}-\d{6}-", "", parent.root.name) + "-cont"
+    else:
+        model = path.name or "model"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-")[:40]
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
 
