@@ -268,7 +268,10 @@ def _runs(args: argparse.Namespace) -> int:
     if not infos:
         print(f"no runs under {args.runs_dir}/ (start one: sft-tui train CONFIG, or in the app)")
         return 0
-    table = Table(*COLUMNS, box=None, pad_edge=False)
+    table = Table(box=None, pad_edge=False)
+    for column in COLUMNS:  # the run's name whole, to copy into `sft-tui attach`; the others give way
+        table.add_column(column, no_wrap=column != "best", overflow="ellipsis",
+                         min_width=max(len(info.name) for info in infos) if column == "run" else None)
     for info in infos:
         table.add_row(*run_row(info), style=STATE_STYLES.get(info.state, ""))
     Console(soft_wrap=True).print(table)

@@ -508,3 +508,18 @@ async def test_at_80x24_every_run_and_the_whole_diff_are_reached_from_the_keyboa
         await pilot.press("tab")
         assert isinstance(app.focused, ConfigDiff)
         assert "optim.lr" in visible_text(app)
+
+
+def test_sft_tui_runs_prints_whole_run_names_at_80_columns(tmp_path, monkeypatch, capsys):
+    """`sft-tui runs` over SSH: the names are what `sft-tui attach runs/<name>` takes, so the other
+    columns wrap or shorten, never the name (it printed "20261203-195351-mi…" at 80 columns)."""
+    from sft_tui.cli import main
+
+    names = ["20261203-195351-a-model-name-of-forty-chars", "20261203-195352-minilm-cont"]
+    for name in names:
+        write_fake_run(tmp_path / "runs", name, 1e-3)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["runs", "--runs-dir", str(tmp_path / "runs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    assert all(any(line.startswith(name + " ") for line in lines) for name in names), lines
