@@ -47,7 +47,7 @@ def new_run_id(config: RunConfig) -> str:
     if config.output.run_name:
         return config.output.run_name
     path = Path(config.model.name_or_path.replace("demo:", ""))
-    parent = RunPaths(path.parent)
+    parent = RunPaths(path.parent.absolute())  # `final` in the working folder: named after that folder
     if path.name == parent.final.name and parent.config.is_file():
         model = re.sub(r"^\d{8}-\d{6}-", "", parent.root.name) + "-cont"
     else:
