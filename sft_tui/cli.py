@@ -121,10 +121,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _dry_run(config) -> int:
+    """The plan of a run that would start here: what keeps it from starting on this machine (more
+    processes than devices, a precision the device lacks) fails the dry run as it would the run."""
     from core.dry_run import prepare, report
+    from core.launch import check_launch
 
     if config is None:
         raise UserError("--dry-run plans a new run, not a resumed one", "pass a config (or --demo) instead of --resume")
+    check_launch(config)
     print(report(prepare(config)))
     return 0
 

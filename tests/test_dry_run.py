@@ -151,3 +151,18 @@ def test_a_bad_config_exits_2_with_its_message(config_path, capsys):
     assert code == 2 and "optim.batch_size" in err and "Traceback" not in err and "peak_memory_bytes" not in out
     code, _, err = dry_run(capsys, "--resume", "runs/none")
     assert code == 2 and "--dry-run" in err
+
+
+def test_a_run_that_could_not_start_here_fails_its_dry_run_with_the_same_message(config_path, capsys, monkeypatch):
+    """Four processes on a machine without a GPU: the dry run printed a plan for 4 processes and
+    exited 0, while `sft-tui train` refused to start."""
+    from core import launch
+    from core.launch import Gpus
+
+    monkeypatch.setattr(launch, "local_gpus", lambda: Gpus({}))
+    code, out, err = dry_run(capsys, str(config_path), "--set", "compute.nproc=4")
+    assert code == 2 and out == ""
+    assert "compute.nproc 4 asks for more processes than devices: the run has no NVIDIA GPU" in err
+    assert "compute.devices: cpu" in err  # the way to try it anyway
+    code, out, _ = dry_run(capsys, str(config_path), "--set", "compute.nproc=4", "--set", "compute.devices=cpu")
+    assert code == 0 and "x 4 processes" in out
