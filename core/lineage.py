@@ -15,9 +15,8 @@ from pathlib import Path
 from core.config import RunConfig, config_to_dict, load_config, parse_config, set_dotted
 from core.errors import UserError
 from core.run_info import RunInfo
-from core.runs import RunPaths
+from core.runs import CONTINUED, RunPaths
 
-CONTINUED = "-cont"
 _CONTINUED_SUFFIX = re.compile(rf"{CONTINUED}\d*$")
 
 

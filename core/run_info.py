@@ -13,7 +13,7 @@ from core.events import Event, read_events
 from core.liveness import ProcessRecord, live_record
 from core.manifest import latest_checkpoint
 from core.rank_failure import crash_reason
-from core.runs import RunPaths
+from core.runs import RunPaths, run_of_final
 
 LIVE_STATES = ("starting", "running", "paused")
 STATES = (*LIVE_STATES, "finished", "stopped", "failed", "crashed")
@@ -125,9 +125,7 @@ def _parent(config: dict) -> Path | None:
     model = (config.get("model") or {}).get("name_or_path")
     if not isinstance(model, str):
         return None
-    candidate = Path(model)
-    parent = RunPaths(candidate.parent)
-    return candidate.parent if candidate == parent.final and parent.config.is_file() else None
+    return run_of_final(model)
 
 
 def _mtime(path: Path) -> float:

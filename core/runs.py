@@ -41,17 +41,27 @@ def config_digest(config: RunConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+CONTINUED = "-cont"
+"""What a continued run's name adds to its parent's (core.lineage, new_run_id)."""
+
+
+def run_of_final(model: str) -> Path | None:
+    """The run whose final model `model` is, or None: a continued run starts from `<parent>/final`,
+    and that path is the whole record of its lineage (core.run_info, core.lineage)."""
+    candidate = Path(model)
+    parent = RunPaths(candidate.parent)
+    return candidate.parent if candidate == parent.final and parent.config.is_file() else None
+
+
 def new_run_id(config: RunConfig) -> str:
     """output.run_name, else `<start time>-<model>`. A model that is another run's final folder
     names the run after that one (`<start time>-<its model>-cont`), not after the folder `final`."""
     if config.output.run_name:
         return config.output.run_name
-    path = Path(config.model.name_or_path.replace("demo:", ""))
-    parent = RunPaths(path.parent.absolute())  # `final` in the working folder: named after that folder
-    if path.name == parent.final.name and parent.config.is_file():
-        model = re.sub(r"^\d{8}-\d{6}-", "", parent.root.name) + "-cont"
+    if (parent := run_of_final(config.model.name_or_path)) is not None:  # `final` here: the working folder's name
+        model = re.sub(r"^\d{8}-\d{6}-", "", parent.absolute().name) + CONTINUED
     else:
-        model = path.name or "model"
+        model = Path(config.model.name_or_path.replace("demo:", "")).name or "model"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-")[:40]
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
 
