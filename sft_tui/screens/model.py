@@ -109,13 +109,13 @@ class ModelScreen(StepScreen):
             self.query_one(LoadStatus).error("no model given", "type a folder or a hub id, or pick one from the list")
             return
         task = self._form_task()
-        if name in DEMO_MODELS and name != self.session.config.model.name_or_path and task == self.session.config.task:
-            self._pick_demo(name)  # typed as picked from the list: the demo's task, data and settings
-            return
         self._task_proposal = None
         if name != self.session.config.model.name_or_path and task == self.session.config.task:
             # A new model with the task left as it was: the task follows the checkpoint's head, so
             # that picking a causal LM does not quietly load it as a classifier with a new head.
+            if name in DEMO_MODELS:
+                self._pick_demo(name)  # typed as picked from the list: the demo's task, data and settings
+                return
             checkpoint = read_checkpoint(name)
             if checkpoint is not None and checkpoint.task not in (None, task):
                 task = checkpoint.task
