@@ -359,15 +359,16 @@ async def test_at_80x24_every_field_shows_its_range_and_the_focused_one_its_whol
             field.control.focus()
 
             limits = f" ({field.spec.limits})" if field.spec.limits else ""
+            expected = f"{dotted}{limits}: {field.spec.help}"
 
             def in_view() -> bool:  # scrolled back into view (after a refresh or more on a loaded machine)
                 return any(row.startswith(f"│ {field.spec.name[:15]}") for row in visible_text(app).splitlines())
 
             for _ in range(100):  # a loaded machine (CI) can repaint the help line a few frames after the scroll
                 await pilot.pause(0.02)
-                if in_view() and shown_help(app) == f"{dotted}{limits}: {field.spec.help}":
+                if in_view() and shown_help(app) == expected:
                     break
-            assert shown_help(app) == f"{dotted}{limits}: {field.spec.help}"
+            assert shown_help(app) == expected
             assert in_view(), dotted
 
 
