@@ -305,7 +305,7 @@ async def test_demo_sentiment_preview_shows_labels_and_statistics():
         for label, count in s.label_counts.items():
             assert label in stats and f"█ {count}" in stats
         # the columns found are shown in the empty (auto) column fields
-        assert app.screen.query_one("#col-label", Input).placeholder == "auto: label"
+        assert app.screen.query_one("#col-label", Input).placeholder == "label"
 
 
 def write_prompt_completion(path: Path) -> Path:

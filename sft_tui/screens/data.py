@@ -217,9 +217,8 @@ class DataScreen(StepScreen):
             self._clear_results()
 
     def _show_data(self, data) -> None:
-        for role in ROLES:
-            detected = getattr(data.columns, role)
-            self.query_one(f"#col-{role}", Input).placeholder = f"auto: {detected}" if detected else "auto"
+        for role in ROLES:  # the detected column alone, dimmed as a default: "auto: completion" is cut at 80 columns
+            self.query_one(f"#col-{role}", Input).placeholder = getattr(data.columns, role) or "auto"
         self.query_one("#data-stats", Static).update(data_stats(data, self.session.config.data))
         # The model may be reloading with the data's labels: its tokenizer, the same, comes with it.
         self.query_one(DataPreview).show(data, self.session.model.tokenizer if self.session.model is not None else None)
