@@ -49,6 +49,17 @@ def compact_vocab(config, model, token_ids: list[int], processes: int) -> Compac
     return compact
 
 
+def saved_weight_bytes(model: nn.Module) -> int:
+    """The bytes of the weights that a checkpoint or an export writes. A CompactEmbedding writes its
+    whole embedding back while its parameter holds only the used rows, so counting parameters alone
+    put the ETA's checkpoint estimate 41 MB short on MiniLM."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    for module in model.modules():
+        if isinstance(module, CompactEmbedding):
+            total += (module.full.numel() - module.weight.numel()) * module.full.element_size()
+    return total
+
+
 class CompactEmbedding(nn.Module):
     """An nn.Embedding whose parameter holds only the rows `used` (sorted ids); see the module's text."""
 

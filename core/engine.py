@@ -185,8 +185,7 @@ class _Training(Milestones):
         self.report_interval_s = report_interval_s
         self.tokenizer, self.data, self.model, self.freeze = tokenizer, data, model, freeze
         self.optimizer, self.plan, self.scheduler, self.l2sp = optimizer, plan, scheduler, l2sp
-        self.trainable = [p for p in model.parameters() if p.requires_grad]  # the whole map's: clipping skips
-        # those of a later unfreezing stage, which have no gradient yet
+        self.trainable = [p for p in model.parameters() if p.requires_grad]  # the whole map's; clipping skips a later stage's (no grad)
         self.unfreezer = Unfreezer.for_run(config, model, plan.steps_per_epoch)  # None without freeze.unfreezing
         self.prefix = None  # the frozen-prefix cache, built once the run has announced itself
         self.state, self.last_checkpoint = state, last_checkpoint
@@ -195,7 +194,8 @@ class _Training(Milestones):
         self.final_metrics: dict[str, float] = {}
         self.sample_prompts = ([ex for ex in data.validation if getattr(ex, "prompt_ids", None)][: config.eval.num_samples]
                                if config.task == "causal-lm" and acc.is_main_process else [])
-        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        from core.compact_vocab import saved_weight_bytes
+        model_bytes = saved_weight_bytes(model)
         self.eta = Eta(plan, validation_rows=len(data.validation), samples_per_eval=len(self.sample_prompts),
                        max_new_tokens=config.eval.max_new_tokens, model_bytes=model_bytes,
                        checkpoint_bytes=model_bytes + 8 * sum(p.numel() for p in self.trainable),  # + AdamW's 2 fp32

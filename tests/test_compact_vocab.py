@@ -158,6 +158,16 @@ def test_unused_ids_read_the_decayed_rows_and_state_dict_holds_the_whole_embeddi
     assert CompactEmbedding(torch.nn.Embedding(10, 4, padding_idx=9), [0, 3, 7]).padding_idx is None
 
 
+def test_saved_weight_bytes_count_the_whole_embedding_a_checkpoint_writes():
+    """The ETA's first checkpoint estimate: what state_dict writes, not the parameters alone."""
+    from core.compact_vocab import CompactEmbedding, saved_weight_bytes
+
+    model = torch.nn.Sequential(CompactEmbedding(torch.nn.Embedding(10, 4), [1, 2]), torch.nn.Linear(4, 3))
+    written = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert saved_weight_bytes(model) == written == (10 * 4 + 4 * 3 + 3) * 4
+    assert sum(p.numel() * p.element_size() for p in model.parameters()) < written
+
+
 def _plan(config: dict, model, data_rows, processes: int = 1):
     from core.vocab_plan import plan_compact_vocab, used_ids
 
