@@ -511,15 +511,25 @@ async def test_at_80x24_every_run_and_the_whole_diff_are_reached_from_the_keyboa
 
 
 def test_sft_tui_runs_prints_whole_run_names_at_80_columns(tmp_path, monkeypatch, capsys):
-    """`sft-tui runs` over SSH: the names are what `sft-tui attach runs/<name>` takes, so the other
-    columns wrap or shorten, never the name (it printed "20261203-195351-mi…" at 80 columns)."""
+    """`sft-tui runs` over SSH: the names are what `sft-tui attach runs/<name>` takes, so they are
+    never cut (it printed "20261203-195351-mi…" at 80 columns). Where the table fits, one line a run;
+    where a long model name leaves no room for the other columns, each name on a line of its own and
+    its state and step under it (the table cut them to "running (pid 97…" and "7/…")."""
     from sft_tui.cli import main
 
-    names = ["20261203-195351-a-model-name-of-forty-chars", "20261203-195352-minilm-cont"]
-    for name in names:
-        write_fake_run(tmp_path / "runs", name, 1e-3)
+    def printed(names: list[str]) -> list[str]:
+        for name in names:
+            write_fake_run(tmp_path / "runs", name, 1e-3)
+        assert main(["runs", "--runs-dir", str(tmp_path / "runs")]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert all(len(line) <= 80 for line in lines), lines
+        assert all(any(line.split()[0] == name for line in lines) for name in names), lines
+        return lines
+
     monkeypatch.setenv("COLUMNS", "80")
-    assert main(["runs", "--runs-dir", str(tmp_path / "runs")]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert all(len(line) <= 80 for line in lines), lines
-    assert all(any(line.startswith(name + " ") for line in lines) for name in names), lines
+    table = printed(["20261203-195351-minilm", "20261203-195352-minilm-cont"])
+    assert table[0].split() == ["run", "state", "step", "best", "age", "parent"] and len(table) == 3, table
+    stacked = printed(["20261204-165642-smol-c2-chat-300-42-0.23-4096"])
+    assert len(stacked) == 6, stacked  # three runs, two lines each
+    for name, details in zip(stacked[::2], stacked[1::2]):
+        assert details.startswith("  ") and " · step " in details and "…" not in details, stacked
