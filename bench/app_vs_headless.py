@@ -4,7 +4,7 @@ and the time from launch to the app's first screen.
 
     .venv/bin/python bench/app_vs_headless.py [--repeats 4] [--startup-repeats 5] [--against detached app]
 
-The app runs in tmux at 120x40 exactly as a user runs it (keys: 5, then enter to start); both
+The app runs in tmux at 120x40 exactly as a user runs it (keys: Escape, 5, then Enter to start); both
 runs write events.jsonl, and throughput is read from there the same way for both: the tokens
 trained between the first and the last step report, over the time between them (the first
 report window, with its warm-up steps, is left out). Headless and app runs alternate, and which
@@ -84,7 +84,9 @@ def run_app(folder: Path, task: str) -> float:
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40",
                     f"cd {folder} && {SFT} {config}"], check=True)
     try:
-        time.sleep(3)
+        time.sleep(3)  # the model step opens with its path box focused: Escape, so that 5 switches steps
+        subprocess.run(["tmux", "send-keys", "-t", session, "Escape"], check=True)
+        time.sleep(0.5)  # sent at once, Escape and 5 read as one escape sequence (alt+5), as a person's would not
         subprocess.run(["tmux", "send-keys", "-t", session, "5"], check=True)
         time.sleep(1)
         subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
