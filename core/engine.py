@@ -60,9 +60,8 @@ def train(
 ) -> RunResult:
     """Run (or with `resume_dir`, continue) a fine-tune. Raises UserError after a RunFailed event.
 
-    A start that fails on its input leaves no run folder behind, unless `keep_failed_start`: a
-    detached engine's clients learn of the failure from the folder's events.jsonl (a new start
-    under the same name takes such a folder over)."""
+    A start that fails on its input leaves no run folder behind, unless `keep_failed_start`: a detached engine's
+    clients learn of the failure from the folder's events.jsonl (a new start under the same name takes it over)."""
     from accelerate import Accelerator
 
     control = control or Control()
@@ -185,7 +184,8 @@ class _Training(Milestones):
         self.report_interval_s = report_interval_s
         self.tokenizer, self.data, self.model, self.freeze = tokenizer, data, model, freeze
         self.optimizer, self.plan, self.scheduler, self.l2sp = optimizer, plan, scheduler, l2sp
-        self.trainable = [p for p in model.parameters() if p.requires_grad]  # the whole map's; clipping skips a later stage's (no grad)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]  # the whole map's: clipping skips
+        # those of a later unfreezing stage, which have no gradient yet
         self.unfreezer = Unfreezer.for_run(config, model, plan.steps_per_epoch)  # None without freeze.unfreezing
         self.prefix = None  # the frozen-prefix cache, built once the run has announced itself
         self.state, self.last_checkpoint = state, last_checkpoint
