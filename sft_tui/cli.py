@@ -272,23 +272,22 @@ def _runs(args: argparse.Namespace) -> int:
     if not infos:
         print(f"no runs under {args.runs_dir}/ (start one: sft-tui train CONFIG, or in the app)")
         return 0
-    console, table = Console(soft_wrap=True), Table(box=None, pad_edge=False)
+    console, table = Console(highlight=False), Table(box=None, pad_edge=False)
     rows = [(info, run_row(info)) for info in infos]
     for column in COLUMNS:
         table.add_column(column, no_wrap=True)
     for info, row in rows:
         table.add_row(*row, style=STATE_STYLES.get(info.state, ""))
     if console.measure(table, options=console.options.update_width(10_000)).maximum <= console.width:
-        console.print(table)
+        console.print(table, soft_wrap=True)
         return 0
     # Too narrow for a line a run (80 columns, a long model name): each name whole on a line of its
     # own, since `sft-tui attach runs/<name>` takes it, and what the table's columns say under it.
-    wrapping = Console(highlight=False)
     for info, (name, state, step, best, age, parent) in rows:
-        wrapping.print(name, style=STATE_STYLES.get(info.state, ""), soft_wrap=True)
-        details = [state, f"step {step}", *([f"best {best}"] if best != "-" else []), f"{age} ago",
-                   *([f"from {parent}"] if parent != "-" else [])]
-        wrapping.print("  " + " · ".join(details))
+        console.print(name, style=STATE_STYLES.get(info.state, ""), soft_wrap=True)
+        details = [state, f"step {step}", *([f"best {best}"] if info.best else []), f"{age} ago",
+                   *([f"from {parent}"] if info.parent else [])]
+        console.print("  " + " · ".join(details))
     return 0
 
 
