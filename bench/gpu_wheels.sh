@@ -6,7 +6,8 @@
 # The H200 machines lent by the `device` tool hold torch, rich and the rest of the scientific stack
 # for Python 3.12, cannot reach an index, and lack pydantic, datasets and textual (their package
 # list: /work/.library/device/KINDS.md); their transformers, accelerate and peft are older
-# releases than ours, so those come too. The versions are those of this checkout's .venv, the
+# releases than ours, so those come too, with what ours require that theirs do not (kernels, which
+# transformers 5.25 loads every model through, and its tomlkit). The versions are those of this checkout's .venv, the
 # ones the test suite passes with; torch stays theirs (a CUDA build). bitsandbytes, for QLoRA, comes
 # unpacked into .whl/bnb with only its CUDA 13 libraries (their torch is a cu130 build): the whole
 # wheel, a library for every CUDA release, is 43 MB and would take the call past its 64 MiB.
@@ -15,7 +16,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PACKAGES="pydantic pydantic-core annotated-types typing-inspection typing-extensions datasets dill multiprocess
 textual mdit-py-plugins platformdirs textual-plotext plotext transformers accelerate peft huggingface-hub tokenizers
-safetensors httpx2 httpcore2 truststore hf-xet"
+safetensors httpx2 httpcore2 truststore hf-xet kernels tomlkit"
 pins=()
 for name in $PACKAGES; do
     pins+=("$name==$(.venv/bin/pip show "$name" | sed -n 's/^Version: //p')")

@@ -8,17 +8,19 @@ import logging
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from pynvml import NVMLError_GpuIsLost
 from textual.app import App, ComposeResult
 
-from core import launch
+from core import launch, memory
 from core.config import RunConfig, load_config, parse_config, precision_problem, save_config
 from core.errors import UserError
 from core.events import StepMetrics
 from core.control import Control
 from core.launch import AgreedControl, Gpus, accelerator_options, launch_env, launch_problems, local_gpus
+from core.memory import gpu_stats
 from sft_tui.detach import DetachedRun, engine_command, prepare_start
 from sft_tui.session import Session
 from sft_tui.widgets.train.stats import RunStats
@@ -134,6 +136,45 @@ def test_local_gpus_reads_nvml_and_keeps_what_cuda_visible_devices_shows(monkeyp
     monkeypatch.setattr(launch, "_nvml", lambda: None)  # no NVML library: no NVIDIA GPU
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert local_gpus() == Gpus({})
+
+
+class FakeMemoryNvml(FakeNvml):
+    """One GPU whose driver reserves 614 MiB, as an H200 did: NVML's first memory call counts it as
+    used, nvidia-smi (the second) does not."""
+
+    MiB = 2**20
+    second_version_works = True
+    nvmlMemory_v2 = 0x2000028
+
+    @staticmethod
+    def nvmlDeviceGetCount():
+        return 1
+
+    @staticmethod
+    def nvmlDeviceGetName(handle):
+        return "NVIDIA H200"
+
+    @staticmethod
+    def nvmlDeviceGetUtilizationRates(handle):
+        return SimpleNamespace(gpu=99)
+
+    @classmethod
+    def nvmlDeviceGetMemoryInfo(cls, handle, version=None):
+        if version is None:
+            return SimpleNamespace(used=9689 * cls.MiB, total=143771 * cls.MiB)
+        if not cls.second_version_works:
+            raise NVMLError_GpuIsLost()
+        return SimpleNamespace(used=9075 * cls.MiB, total=143771 * cls.MiB)
+
+
+def test_gpu_memory_is_what_nvidia_smi_shows_and_older_drivers_still_report(monkeypatch):
+    monkeypatch.setattr(memory, "_nvml", lambda: FakeMemoryNvml)
+    [gpu] = gpu_stats()
+    assert (gpu["memory_used"], gpu["memory_total"], gpu["utilization"]) == (9075 * 2**20, 143771 * 2**20, 99)
+    monkeypatch.setattr(FakeMemoryNvml, "second_version_works", False)
+    assert gpu_stats()[0]["memory_used"] == 9689 * 2**20
+    monkeypatch.delattr(FakeMemoryNvml, "nvmlMemory_v2")  # a pynvml without the second version
+    assert gpu_stats()[0]["memory_used"] == 9689 * 2**20
 
 
 def test_the_app_lists_launch_problems_by_field():
