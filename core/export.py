@@ -64,7 +64,7 @@ def _merge_saved(model, adapter_dir: Path):
     logging.getLogger("core.export").info(
         "lora.merge_on_export: merging the adapter into a copy of %s on the CPU (FSDP spreads the run's own)", source)
     fresh = type(base).from_pretrained(source, config=copy.deepcopy(base.config), dtype=torch.float32,
-                                       ignore_mismatched_sizes=True)
+                                       ignore_mismatched_sizes=True, use_kernels=False)  # as core.models loads
     return PeftModel.from_pretrained(fresh, adapter_dir).merge_and_unload()
 
 

@@ -276,6 +276,10 @@ def load_model(
     `quantize` "4bit" loads the linear layers in 4-bit NF4 through bitsandbytes, for QLoRA (the caller
     checks core.lora.quantize_problem first). The model carries the names of the weights its
     checkpoint did not hold (core.l2sp.NEW_WEIGHTS_ATTR).
+
+    Hub kernels stay off (transformers 5 turns them on by default): they are fetched from the Hub at
+    the first forward, which fails the run on an offline GPU server (seen on an H200 with
+    HF_HUB_OFFLINE=1), and they would run code that the engine's tests never ran.
     """
     import transformers
 
@@ -292,7 +296,7 @@ def load_model(
     try:
         model, info = auto.from_pretrained(
             path, config=config, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype,
-            output_loading_info=True, **extra,
+            output_loading_info=True, use_kernels=False, **extra,
         )
     except (OSError, ValueError) as err:
         _check_weights(cfg, path)

@@ -169,6 +169,13 @@ def test_load_model_prints_nothing_and_logs_the_new_head(tiny_model_dir, capfd, 
     assert "new task head initialised: classifier.bias, classifier.weight" in caplog.text
 
 
+@pytest.mark.parametrize("arch,task", [("llama", "causal-lm"), ("bert", "classification")])
+def test_models_load_without_hub_kernels(tiny_model_dir, arch, task):
+    """transformers 5 turns hub kernels on by default; on a GPU they are fetched at the first forward,
+    and an offline server's run failed there."""
+    assert _load(tiny_model_dir(arch), task).use_kernels is False
+
+
 def test_max_positions_from_config_alone(tiny_model_dir):
     assert model_max_positions(ModelConfig(name_or_path=str(tiny_model_dir("gpt2")))) == 256
     assert model_max_positions(ModelConfig(name_or_path="demo:minilm")) == 512
