@@ -100,7 +100,7 @@ def prepare(config: RunConfig) -> DryRun:
                               checkpointing=config.compute.gradient_checkpointing,
                               activation_bytes=4 if precision == "no" else 2, device=device,
                               labelled_share=share, prefix_cache_bytes=prefix.bytes, l2sp=config.optim.l2sp_alpha > 0,
-                              vocab=vocab)
+                              vocab=vocab, quantized=config.lora.enabled and config.lora.quantize != "none")
     return DryRun(plan=plan, evaluates=bool(data.validation), total_params=sum(p.numel() for p in model.parameters()),
                   trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad), device=device,
                   batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline,
@@ -153,6 +153,7 @@ def report(dry: DryRun) -> str:
              (f"activations (batch {dry.batch} x {dry.length} tokens)", memory.activations)]
     parts += [("logits and loss", memory.logits)] if memory.logits else []
     parts += [("prefix cache", memory.prefix_cache)] if memory.prefix_cache else []
+    parts += [("half-precision weight copies", memory.weight_copies)] if memory.weight_copies else []
     parts += [("L2-SP reference", memory.reference)] if memory.reference else []
     parts += [("freed memory the allocator keeps (on the CPU)", memory.allocator_kept)] if memory.allocator_kept else []
     parts += [("process baseline (torch, libraries, data)", dry.baseline_bytes)] if dry.device == "cpu" else []

@@ -2,7 +2,8 @@
 
 The estimate (`estimate_peak`) adds up what one optimizer step holds at its peak: the weights; the
 gradients and AdamW state of the trainable parameters only; the activations that autograd keeps for
-the backward pass, by batch, length and the blocks the backward pass goes through; a causal LM's
+the backward pass, by batch, length and the blocks the backward pass goes through (and, under mixed
+precision, the half-precision copies of their weights); a causal LM's
 logits with the loss buffers over them (at the labelled positions only under
 compute.labelled_logits_only); the frozen-prefix cache (core.prefix_cache) when it will be on; and, for
 a LoRA or gradient-checkpointed run on the CPU, the freed memory that the C allocator keeps
@@ -144,6 +145,8 @@ class MemoryEstimate:
     logits: int
     prefix_cache: int = 0
     """The frozen prefix's cached outputs (PrefixPlan.bytes): full once the first epoch has run."""
+    weight_copies: int = 0
+    """Half-precision copies of weights that mixed precision keeps for the backward pass (weight_copies)."""
     reference: int = 0
     """L2-SP's fp32 copy of the trained pretrained weights' starting values (core.l2sp)."""
     allocator_kept: int = 0
@@ -152,7 +155,7 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         return (self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.prefix_cache
-                + self.reference + self.allocator_kept)
+                + self.weight_copies + self.reference + self.allocator_kept)
 
 
 @dataclass(frozen=True)
@@ -207,10 +210,33 @@ def allocator_kept(tokens: int, adapters: Adapters, recomputed_block: int, activ
     return tokens * (adapters.outputs * KEPT_OUTPUTS + recomputed_block) * activation_bytes
 
 
+def block_linear_params(shape: ModelShape) -> int:
+    """Weights of one block's linear layers: attention's query, key, value and output projections and
+    the MLP's two (plain) or three (gated) matrices."""
+    kv = shape.hidden * shape.kv_heads // shape.heads
+    return 2 * shape.hidden * (shape.hidden + kv) + (3 if shape.rms_norm else 2) * shape.hidden * shape.intermediate
+
+
+def weight_copies(shape: ModelShape, backward_blocks: int, lm_head: bool, activation_bytes: int) -> int:
+    """Bytes of the half-precision weight copies a mixed-precision step keeps until its backward pass.
+
+    Autocast casts each fp32 weight as a linear layer uses it, and the layer's backward needs that
+    copy for its input's gradient, trained or frozen: so every block the backward pass goes through
+    keeps a copy of its linear weights, and a causal LM one of its LM head (the embedding when tied).
+    Counted with saved-tensor hooks on a Llama, full and LoRA alike; a 0.5B Qwen2 on an H200 (bf16,
+    LoRA) peaked 27% above the estimate without them (BENCHMARKS.md, GPU check). In fp32 the layers
+    keep the weights themselves: nothing more. `backward_blocks`: blocks whose copies live at once
+    (one under gradient checkpointing, which recomputes a block at a time)."""
+    if activation_bytes >= 4:
+        return 0
+    return (backward_blocks * block_linear_params(shape) + (shape.vocab * shape.hidden if lm_head else 0)) * activation_bytes
+
+
 def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, blocks: tuple[int, int], *,
                   batch: int, length: int, task: str, checkpointing: bool = False,
                   activation_bytes: int = 4, device: str = "cpu", adapters: Adapters = NO_ADAPTERS,
-                  labelled_share: float = 1.0, prefix_cache_bytes: int = 0, reference_params: int = 0) -> MemoryEstimate:
+                  labelled_share: float = 1.0, prefix_cache_bytes: int = 0, reference_params: int = 0,
+                  quantized: bool = False) -> MemoryEstimate:
     """The peak of one training step on a micro-batch of `batch` rows of `length` tokens.
 
     `blocks`: (trained, passed) from blocks_in_backward. Weights are fp32 (the engine keeps fp32
@@ -220,7 +246,9 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
     (adapter_sizes). `labelled_share`: the share of positions whose logits a causal LM computes
     (labelled_share()); the LM head's input stays per token, as the model computes the final
     hidden states everywhere. `prefix_cache_bytes`:
-    PrefixPlan.bytes. `reference_params`: parameters L2-SP keeps a starting copy of (core.l2sp)."""
+    PrefixPlan.bytes. `reference_params`: parameters L2-SP keeps a starting copy of (core.l2sp).
+    `quantized`: the blocks' linear layers are 4-bit (QLoRA), which keep their packed weights for the
+    backward pass, not half-precision copies."""
     static = estimate_training_memory(total_params, trainable_params)
     tokens = batch * length
     trained, passed = blocks
@@ -240,11 +268,15 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
         per_token += shape.hidden  # the LM head's input
     elif trainable_params:
         per_row = shape.hidden  # a classification head reads one vector a row
+    in_backward = min(trained + passed, 1) if checkpointing else trained + passed
+    copies = weight_copies(shape, 0 if quantized else in_backward, task == "causal-lm" and trainable_params > 0,
+                           activation_bytes)
     labelled = batch * math.ceil(length * labelled_share)  # positions with logits, whole ones per row
     logits = labelled * shape.vocab * (activation_bytes + LOSS_BUFFER_BYTES) if task == "causal-lm" else 0
     return MemoryEstimate(static["weights"], static["gradients"], static["optimizer"],
                           (tokens * per_token + batch * per_row) * activation_bytes, logits, prefix_cache_bytes,
-                          reference_params * 4, allocator_kept(tokens, adapters, recomputed, activation_bytes, device))
+                          copies, reference_params * 4,
+                          allocator_kept(tokens, adapters, recomputed, activation_bytes, device))
 
 
 def labelled_share(tokens: int, trained: int, labelled_logits_only: bool) -> float:
@@ -287,12 +319,12 @@ def adapter_sizes(model) -> Adapters:
 
 def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: bool,
                    activation_bytes: int = 4, device: str = "cpu", labelled_share: float = 1.0,
-                   prefix_cache_bytes: int = 0, l2sp: bool = False, vocab=None) -> MemoryEstimate:
+                   prefix_cache_bytes: int = 0, l2sp: bool = False, vocab=None, quantized: bool = False) -> MemoryEstimate:
     """estimate_peak for a built model (LoRA adapters and the freeze map applied): its parameter
     counts, and the blocks its trainable parameters put in the backward pass. `l2sp`: L2-SP keeps
     a reference copy of the trained pretrained weights (optim.l2sp_alpha above 0). `vocab`: the run's
     core.vocab_plan.VocabPlan, whose rows left out hold no gradient or optimizer state, and whose
-    used rows train as a copy beside the embedding."""
+    used rows train as a copy beside the embedding. `quantized`: QLoRA's 4-bit base."""
     from core.describe import describe_model
     from core.l2sp import reference_params
 
@@ -307,7 +339,7 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
                          batch=batch, length=length, task=task, checkpointing=checkpointing,
                          activation_bytes=activation_bytes, device=device, adapters=adapter_sizes(model),
                          labelled_share=labelled_share, prefix_cache_bytes=prefix_cache_bytes,
-                         reference_params=reference)
+                         reference_params=reference, quantized=quantized)
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -148,6 +148,7 @@ def training_memory(estimate: MemoryEstimate, other: MemoryEstimate, checkpointi
     text.append(format_bytes(estimate.total) + (" per GPU\n" if device == "cuda" else " + process\n"))
     parts = [("weights", estimate.weights), ("grads", estimate.gradients), ("AdamW", estimate.optimizer),
              ("activations", estimate.activations)] + ([("logits", estimate.logits)] if estimate.logits else [])
+    parts += [("half weights", estimate.weight_copies)] if estimate.weight_copies else []
     parts += [("freed, kept by malloc", estimate.allocator_kept)] if estimate.allocator_kept else []
     lines: list[str] = []
     for part in (f"{name} {format_bytes(size)}" for name, size in parts):
