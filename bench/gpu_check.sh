@@ -11,7 +11,9 @@
 #
 # It builds a 0.5B-class causal LM from Qwen2-0.5B's shape (random weights, a tokenizer trained on
 # the spot) and generated JSONL, then runs through `sft-tui train`, as a user would:
-#   full_bf16      a bf16 full fine-tune (20 steps); its measured peak is torch.cuda.max_memory_allocated
+#   full_bf16      a bf16 full fine-tune (20 steps); its measured peak is torch.cuda.max_memory_allocated;
+#                  it evaluates at steps 10 and 20 with greedy samples, checkpoints at 10 and exports
+#                  the final model, so evaluation, generation and saving run on CUDA too
 #   lora, qlora    the same with --set lora.enabled=true (and lora.quantize=4bit where bitsandbytes is;
 #                  "skipped" where it is missing)
 #   estimate       `--dry-run`'s peak_memory_bytes against full_bf16's and lora's measured peaks
@@ -38,7 +40,7 @@ fi
 
 cat > "$WORK/check.py" <<'PYEOF'
 """The steps of bench/gpu_check.sh; each writes WORK/results/NAME.json."""
-import json, os, re, subprocess, sys, time
+import json, math, os, re, subprocess, sys, time
 from pathlib import Path
 
 WORK = Path(os.environ["WORK"])
@@ -82,6 +84,7 @@ def build():
             "optim": {"lr": 1e-5, "batch_size": 8}, "schedule": {"max_steps": 20},
             "eval": {"every_steps": 0, "num_samples": 0}, "checkpoint": {"every_steps": 0},
             "output": {"runs_dir": str(WORK / "runs"), "save_final": False}}
+    # full_bf16 turns evaluation, samples, a checkpoint and the export on (WITH_EVAL)
     import yaml
     (WORK / "base.yaml").write_text(yaml.safe_dump(base))
     save("build", "pass", params=params, rows=len(rows), long_rows=len(long_rows))
@@ -116,13 +119,23 @@ def train(name, *args, timeout=150, expect=0):
                "halved": [{"step": e.step, "batch_size": e.batch_size, "grad_accum": e.grad_accum}
                           for e in events if e.type == "micro_batch_halved"],
                "failed": next(({"message": e.message, "hint": e.hint} for e in events if e.type == "run_failed"), None),
+               "evals": [{"step": e.step, **e.metrics} for e in events if e.type == "eval"],
+               "samples": [e.output[:80] for e in events if e.type == "sample"],
+               "checkpoints": [e.step for e in events if e.type == "checkpoint"],
+               "exported": (WORK / "runs" / name / "final" / "config.json").is_file(),
                "stderr_tail": err[-1500:] if code != expect else ""}
     return summary
 
 
+WITH_EVAL = ["--set", "data.val_ratio=0.05", "--set", "eval.every_steps=10", "--set", "eval.num_samples=2",
+             "--set", "checkpoint.every_steps=10", "--set", "output.save_final=true"]
+
+
 def full_bf16():
-    s = train("full-bf16")
-    ok = s["exit"] == 0 and s["steps"] == 20 and s["started"] and s["started"]["precision"] == "bf16"
+    s = train("full-bf16", *WITH_EVAL)
+    ok = (s["exit"] == 0 and s["steps"] == 20 and s["started"] and s["started"]["precision"] == "bf16"
+          and [e["step"] for e in s["evals"]][-2:] == [10, 20] and all(math.isfinite(e["loss"]) for e in s["evals"])
+          and len(s["samples"]) >= 2 and 10 in s["checkpoints"] and s["exported"])
     save("full_bf16", "pass" if ok else "fail", **s)
 
 
@@ -143,7 +156,7 @@ def qlora():
 def estimate():
     """--dry-run's estimate against each measured peak: the goal is within 25%."""
     rows = {}
-    for name, extra in (("full-bf16", []), ("lora", ["--set", "lora.enabled=true", "--set", "lora.r=16"])):
+    for name, extra in (("full-bf16", WITH_EVAL), ("lora", ["--set", "lora.enabled=true", "--set", "lora.r=16"])):
         done = subprocess.run([*SFT, str(WORK / "base.yaml"), "--dry-run", *extra], capture_output=True, text=True,
                               timeout=120)
         found = re.search(r"^peak_memory_bytes: (\d+)$", done.stdout, re.M)
