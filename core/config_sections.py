@@ -306,6 +306,11 @@ class LoraConfig(_Section):
     """Also write `final/merged/`: the adapters merged into the base weights, a model that loads
     with AutoModel* without peft. `final/` itself always holds the adapter and the tokenizer."""
 
+    @property
+    def quantized(self) -> bool:
+        """QLoRA: LoRA on, over a frozen base loaded in 4 bits."""
+        return self.enabled and self.quantize != "none"
+
     @field_validator("targets", mode="before")
     @classmethod
     def _targets_text(cls, targets: Any) -> Any:

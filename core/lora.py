@@ -57,7 +57,7 @@ def peft_features() -> set[str]:
 
 def quantize_problem(lora: LoraConfig, cuda_available: bool) -> UserError | None:
     """Why `lora.quantize` cannot run here, or None: 4-bit QLoRA needs a CUDA GPU and bitsandbytes."""
-    if not lora.enabled or lora.quantize == "none":
+    if not lora.quantized:
         return None
     missing = [what for what, present in (("a CUDA GPU", cuda_available),
                                           ("bitsandbytes", importlib.util.find_spec("bitsandbytes") is not None))

@@ -109,7 +109,7 @@ class FreezeSummaryBar(Static):
                 "activation_bytes": 2 if half else 4, "device": device,
                 "adapters": session.freeze_preview.adapters, "labelled_share": share,
                 "prefix_cache_bytes": prefix.bytes,
-                "quantized": config.lora.enabled and config.lora.quantize != "none"}
+                "quantized": config.lora.quantized}
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
         held = summary.total_params + summary.originals_params  # peft keeps the originals of what trains in full
         stepped, reference = summary.trainable_params, reference if config.optim.l2sp_alpha else 0
