@@ -223,6 +223,10 @@ class ComputeConfig(_Section):
     token, not at every position (the same loss and gradients: the others are masked out anyway).
     Full logits, their fp32 copy and gradients are the largest tensors of a small model's step;
     off only for a model whose forward cannot slice its logits by a mask (the run says so)."""
+    last_block_cls_only: bool = True
+    """Classification with a BERT-family encoder (BERT, MiniLM, RoBERTa, XLM-R, CamemBERT, ELECTRA):
+    compute the last block at the first token only, the one its head reads (the same loss and
+    gradients; core.cls_only). Other models run as they are."""
     prefix_cache: Literal["auto", "off"] = "auto"
     """auto: where nothing below the lowest trained block trains and the frozen blocks below it draw
     no dropout, compute their output once per row and reuse it in later epochs and evaluations (the same
