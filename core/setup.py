@@ -114,6 +114,11 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
         summary = apply_freeze_map(model, rules)
     for warning in summary.warnings:
         log.warning(warning)
+    if config.task == "classification" and config.compute.last_block_cls_only and not config.compute.gradient_checkpointing:
+        from core.cls_only import cls_only_block
+
+        if cls_only_block(model) is not None:
+            log.info("the last block runs at the first token only, the one the head reads (compute.last_block_cls_only)")
     return model, rules, summary
 
 
