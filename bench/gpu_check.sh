@@ -18,7 +18,7 @@
 #                  "skipped" where it is missing)
 #   estimate       `--dry-run`'s peak_memory_bytes against full_bf16's and lora's measured peaks
 #   oom_recovery   a batch too big for the card: a real CUDA OOM, MicroBatchHalved events, and the run ends
-#   gpu_panel      core.memory.gpu_stats (the training screen's numbers) against nvidia-smi, under load
+#   gpu_panel      core.device_usage.gpu_stats (the training screen's numbers) against nvidia-smi, under load
 #   launch_checks  the device checks on real GPUs: bf16 accepted, more processes than GPUs refused
 #   ddp            two processes through --nproc 2 (only with two GPUs or more)
 # Each step records status (pass, fail, skipped), seconds and its numbers; RESULTS.json gets them all.
@@ -179,12 +179,12 @@ def oom_recovery():
 
 
 def gpu_panel():
-    """core.memory.gpu_stats against nvidia-smi, with 8 GiB held and matmuls queued on GPU 0."""
+    """core.device_usage.gpu_stats against nvidia-smi, with 8 GiB held and matmuls queued on GPU 0."""
     import threading
 
     import torch
 
-    from core.memory import gpu_stats
+    from core.device_usage import gpu_stats
 
     held = torch.empty(8 * 2**30, dtype=torch.uint8, device="cuda:0")
     a = torch.randn(8192, 8192, device="cuda:0", dtype=torch.bfloat16)

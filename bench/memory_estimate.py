@@ -129,7 +129,7 @@ def one(spec: dict) -> dict:
     from core.dry_run import prepare
     from core.engine import train
     from core.logs import quiet_libraries
-    from core.memory import process_memory
+    from core.device_usage import process_memory
 
     quiet_libraries()
     torch.manual_seed(0)

@@ -17,13 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from core.config import RunConfig
-from core.memory import (
-    MemoryEstimate,
-    estimate_model,
-    format_bytes,
-    labelled_share,
-    process_memory,
-)
+from core.device_usage import process_memory
+from core.memory import MemoryEstimate, estimate_model, format_bytes, labelled_share
 from core.plan import StepPlan
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 from core.unfreezing import UnfreezeSchedule, Unfreezer

@@ -355,7 +355,7 @@ class _Training(Milestones):
 
     def _report(self) -> None:
         """The window's means as one StepMetrics: the one device sync of a few steps."""
-        from core.memory import process_memory
+        from core.device_usage import process_memory
 
         window, world = self.window, self.acc.num_processes
         if window.steps == 0:

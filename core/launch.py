@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from core.config import RunConfig, precision_problem
 from core.control import Control
 from core.errors import UserError
-from core.memory import _nvml
+from core.device_usage import _nvml
 
 FSDP_MIN_PARAMS = 100_000_000
 """Below this a model, with its gradients and AdamW state (16 bytes a parameter, 1.6 GB), fits on

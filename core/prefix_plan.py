@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import psutil
 
 from core.describe import within
-from core.memory import ModelShape, blocks_in_backward, format_bytes, gpu_stats, model_shape
+from core.device_usage import gpu_stats
+from core.memory import ModelShape, blocks_in_backward, format_bytes, model_shape
 
 CONFIG_DROPOUTS = ("attention_dropout", "attention_probs_dropout_prob", "attn_pdrop")
 """Config names of attention dropout, which some attention functions take as a float, not a module."""

@@ -14,13 +14,13 @@ import pytest
 from pynvml import NVMLError_GpuIsLost
 from textual.app import App, ComposeResult
 
-from core import launch, memory
+from core import device_usage, launch
 from core.config import RunConfig, load_config, parse_config, precision_problem, save_config
 from core.errors import UserError
 from core.events import StepMetrics
 from core.control import Control
 from core.launch import AgreedControl, Gpus, accelerator_options, launch_env, launch_problems, local_gpus
-from core.memory import gpu_stats
+from core.device_usage import gpu_stats
 from sft_tui.detach import DetachedRun, engine_command, prepare_start
 from sft_tui.session import Session
 from sft_tui.widgets.train.stats import RunStats
@@ -168,7 +168,7 @@ class FakeMemoryNvml(FakeNvml):
 
 
 def test_gpu_memory_is_what_nvidia_smi_shows_and_older_drivers_still_report(monkeypatch):
-    monkeypatch.setattr(memory, "_nvml", lambda: FakeMemoryNvml)
+    monkeypatch.setattr(device_usage, "_nvml", lambda: FakeMemoryNvml)
     [gpu] = gpu_stats()
     assert (gpu["memory_used"], gpu["memory_total"], gpu["utilization"]) == (9075 * 2**20, 143771 * 2**20, 99)
     monkeypatch.setattr(FakeMemoryNvml, "second_version_works", False)

@@ -27,7 +27,8 @@ from core.freeze import (
     training_problem,
     user_rule_index,
 )
-from core.memory import estimate_training_memory, format_bytes, gpu_stats, process_memory
+from core.device_usage import gpu_stats, process_memory
+from core.memory import estimate_training_memory, format_bytes
 from core.models import load_model
 
 CASES = [("gpt2", "causal-lm"), ("llama", "causal-lm"), ("qwen2", "causal-lm"), ("mistral", "causal-lm"),
@@ -308,7 +309,7 @@ def test_format_bytes():
 
 
 def test_process_and_gpu_memory_never_import_torch():
-    code = ("import sys; from core.memory import process_memory, gpu_stats; "
+    code = ("import sys; from core.device_usage import process_memory, gpu_stats; "
             "m = process_memory(); g = gpu_stats(); assert m['rss_bytes'] > 0 and isinstance(g, list); "
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

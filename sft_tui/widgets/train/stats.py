@@ -17,7 +17,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 from core.events import StepMetrics
-from core.memory import format_bytes, gpu_stats
+from core.device_usage import gpu_stats
+from core.memory import format_bytes
 from sft_tui.format.train import RATE_SPAN_S, SmoothedRate
 
 GPU_POLL_S = 2.0
