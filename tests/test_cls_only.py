@@ -120,11 +120,7 @@ def test_gradient_checkpointing_and_flash_attention_keep_the_whole_block(tiny_mo
 def test_the_run_says_when_the_last_block_runs_at_the_first_token(tiny_model_factory, cls_file, tmp_path):
     from core.config import parse_config
     from core.engine import train
-    from core.events import LogMessage
-
-    class Sink(list):
-        def emit(self, event) -> None:
-            self.append(event)
+    from core.events import ListSink, LogMessage
 
     config = {"task": "classification", "model": {"name_or_path": str(tiny_model_factory("bert"))},
               "data": {"train": str(cls_file), "max_length": 24, "val_ratio": 0.0},
@@ -132,6 +128,6 @@ def test_the_run_says_when_the_last_block_runs_at_the_first_token(tiny_model_fac
               "output": {"runs_dir": str(tmp_path), "save_final": False}}
     line = "the last block runs at the first token only, the one the head reads (compute.last_block_cls_only)"
     for on in (True, False):
-        sink = Sink()
+        sink = ListSink()
         train(parse_config(config | {"compute": {"last_block_cls_only": on}}), [sink])
-        assert (line in [e.message for e in sink if isinstance(e, LogMessage)]) is on
+        assert (line in [e.message for e in sink.of_type(LogMessage)]) is on
