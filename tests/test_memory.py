@@ -36,20 +36,21 @@ def train_only(model, paths: list[str]) -> None:
         param.requires_grad |= any(name.startswith(path + ".") for path in paths)
 
 
-def saved_activation_bytes(model, batch: dict) -> int:
-    """Bytes autograd keeps for backward in one forward pass, parameters (held anyway) left out.
-    Counted per storage; each is held until the count is done, so that a graph the forward drops
-    at once (peft's DoRA makes one) cannot free a storage whose address a later one reuses."""
+def saved_activation_bytes(model, batch: dict, counted=lambda t: True, half: bool = False) -> int:
+    """Bytes autograd keeps for backward in one forward pass, parameters (held anyway) left out, of
+    the saved tensors `counted` accepts; `half`: the forward under bf16 autocast. Counted per
+    storage; each is held until the count is done, so that a graph the forward drops at once (peft's
+    DoRA makes one) cannot free a storage whose address a later one reuses."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, torch.Tensor] = {}
 
     def pack(t):
         ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
+        if ptr not in params and counted(t):
             seen[ptr] = t
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", torch.bfloat16, enabled=half):
         model(**batch)
     return sum(t.untyped_storage().nbytes() for t in seen.values())
 
@@ -106,18 +107,9 @@ def test_the_activation_term_is_what_autograd_keeps(tiny_model_factory, arch, ta
 def saved_weight_copy_bytes(model, batch: dict) -> int:
     """Bytes of the weight-shaped tensors a bf16-autocast forward keeps for backward that are not the
     parameters themselves: autocast's half copies of the model's weights (LoRA's own left out)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     shapes = {tuple(p.shape) for name, p in model.named_parameters() if p.dim() == 2 and "lora_" not in name}
-    seen: dict[int, torch.Tensor] = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in params and (tuple(t.shape) in shapes or tuple(t.shape)[::-1] in shapes):
-            seen[t.untyped_storage().data_ptr()] = t
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
-        model(**batch)
-    return sum(t.untyped_storage().nbytes() for t in seen.values())
+    return saved_activation_bytes(model, batch, lambda t: tuple(t.shape) in shapes or tuple(t.shape)[::-1] in shapes,
+                                  half=True)
 
 
 @pytest.mark.parametrize("trained", ["all blocks", "top block", "lora"])
