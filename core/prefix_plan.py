@@ -19,7 +19,7 @@ import psutil
 
 from core.describe import within
 from core.device_usage import gpu_stats
-from core.memory import ModelShape, blocks_in_backward, format_bytes, model_shape
+from core.memory import ModelShape, block_linear_params, blocks_in_backward, format_bytes, model_shape
 
 CONFIG_DROPOUTS = ("attention_dropout", "attention_probs_dropout_prob", "attn_pdrop")
 """Config names of attention dropout, which some attention functions take as a float, not a module."""
@@ -50,8 +50,8 @@ def expected_speedup(shape: ModelShape, blocks: list[str], embeddings: list[str]
     limit are not known here: the run's log says whether the cache is on."""
     trained, passed = blocks_in_backward(blocks, embeddings, trainable)
     cached = len(blocks) - trained - passed
-    h, kv = shape.hidden, shape.hidden * shape.kv_heads // shape.heads
-    block = 2 * (2 * h * h + 2 * h * kv + (3 if shape.rms_norm else 2) * h * shape.intermediate) + 4 * length * h
+    h = shape.hidden
+    block = 2 * block_linear_params(shape) + 4 * length * h
     head = 2 * h * (shape.vocab * head_positions if lm_head else h / length) * 3  # a classifier's pooler: once a row
     plain = len(blocks) * block + 2 * trained * block + passed * block + head
     later = plain - cached * block
