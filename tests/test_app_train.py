@@ -28,6 +28,7 @@ from sft_tui.app import create_app
 from sft_tui.format.numbers import format_metric
 from sft_tui.messages import EngineEvent
 from sft_tui.screens.dialogs import ErrorDialog, PathDialog, QuitDialog
+from sft_tui.screens import train_events
 from sft_tui.screens.help import HelpScreen
 from sft_tui.screens.train import TrainScreen
 from sft_tui.widgets.freeze.rules import RuleTable
@@ -848,6 +849,7 @@ async def test_the_lr_chart_draws_the_planned_schedule_and_marks_the_reported_st
         for event in [started, *FINISHED_RUN[1:6]]:  # the evaluation before training, steps 2 to 8
             app.screen.post_message(EngineEvent(event))
             await pilot.pause()
+        await pilot.pause(train_events.STEP_DRAW_S)  # the last reports came within a second: they wait for it
         charts = app.screen.query_one(TrainCharts)
         assert charts.planned_lr[0] == (0, 0.0) and charts.planned_lr[-1][0] == 40  # the whole run, ahead of it
         assert charts.planned_lr[4] == (4, pytest.approx(3e-3))  # the end of the warmup
@@ -855,6 +857,33 @@ async def test_the_lr_chart_draws_the_planned_schedule_and_marks_the_reported_st
         title = f"learning rate {reported.lr:.2e} @ step {reported.step}"
         assert app.screen.query_one("#lr-plot").border_title == title
         assert f"lr {reported.lr:.2e}" in text_of(app.screen.query_one(RunStats))  # the same value
+
+
+async def test_step_reports_are_drawn_at_most_once_a_second_and_the_last_one_is_not_lost(monkeypatch):
+    """A detached engine writes four reports a second; drawing each cost the app's process about
+    5% of a core, which the engine's threads gave up (app / headless 0.974). Reports that come
+    within STEP_DRAW_S of a drawing wait for it: the progress bar, the stats and the LR title then
+    show the last of them, together."""
+    monkeypatch.setattr(train_events, "STEP_DRAW_S", 3.0)  # a slow machine's pauses stay well within it
+    started, *rest = FINISHED_RUN
+    steps = [e for e in rest if isinstance(e, StepMetrics)]
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("escape")
+        await open_train(pilot)
+        app.screen.post_message(EngineEvent(started))
+        app.screen.post_message(EngineEvent(steps[0]))
+        await pilot.pause()
+        stats, bar = app.screen.query_one(RunStats), app.screen.query_one(RunProgress)
+        assert f"step {steps[0].step}: train loss" in text_of(stats) and bar.progress == steps[0].step
+        for event in steps[1:3]:
+            app.screen.post_message(EngineEvent(event))
+            await pilot.pause()
+        assert f"step {steps[0].step}: train loss" in text_of(stats) and bar.progress == steps[0].step
+        await pilot.pause(train_events.STEP_DRAW_S)
+        last = steps[2]
+        assert f"step {last.step}: train loss" in text_of(stats) and bar.progress == last.step
+        assert app.screen.query_one("#lr-plot").border_title == f"learning rate {last.lr:.2e} @ step {last.step}"
 
 
 async def test_samples_show_every_generation_of_the_latest_evaluation_whole_and_earlier_below():

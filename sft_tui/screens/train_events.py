@@ -8,9 +8,17 @@ EngineEvent one by one or EngineEvents in batches, and EngineGone when a detache
 ends. A batch is applied in one screen update: each event's handler records what changed, and
 `_flush` draws it once, so attaching to a long run costs one drawing of each pane, not one per
 event. Changes of the run's state go to the app as RunStateChanged.
+
+Step reports are drawn at most once a second (STEP_DRAW_S), though a detached engine writes four
+a second: each drawing repaints the progress bar, the stats and the learning-rate title, about
+6 ms of the app's CPU, which on a small machine the engine's threads give up
+(bench/app_vs_headless.py). A report that comes sooner waits for its second, on a timer; the end
+of a run, a pause and a run's history are drawn at once.
 """
 
 from __future__ import annotations
+
+import time
 
 from rich.text import Text
 from textual.widgets import ContentSwitcher
@@ -31,6 +39,9 @@ from sft_tui.widgets.train.charts import PLANNED_POINTS
 from sft_tui.widgets.train.results import ResultsPanel
 from sft_tui.widgets.train.samples import SamplesPanel
 from sft_tui.widgets.train.stats import RunStats
+
+STEP_DRAW_S = 1.0
+"""Least time between two drawings of the step reports (the progress bar, the stats, the charts)."""
 
 LOG_STYLES = {"warning": "yellow", "error": "bold red", "critical": "bold red"}
 
@@ -62,6 +73,9 @@ class RunEvents:
         self._samples_added = False
         self._log_texts: list[Text] = []
         self._evals_added = False
+        self._steps_drawn_at = 0.0
+        self._step_timer = None
+        """The timer that draws a step report that came within STEP_DRAW_S of the last drawing."""
 
     def _set_state(self, state: RunState) -> None:
         """The run's state after this batch (sent to the app by _flush); live events only."""
@@ -99,7 +113,7 @@ class RunEvents:
         self._charts.reset()
         self._evals.reset()
         self.query_one(RunStats).reset()
-        self._stats, self._samples_added = None, False
+        self._stats, self._samples_added, self._steps_drawn_at = None, False, 0.0
         samples = self.query_one(SamplesPanel)
         samples.reset()
         samples.display = False
@@ -267,18 +281,38 @@ class RunEvents:
         self.app.push_screen(dialog)
         self._flush()
 
+    def _steps_due(self) -> bool:
+        """Whether the step reports applied since the last drawing are drawn now: at once with a
+        progress label of another event's (the run starts, ends or crashes) or when it has failed or
+        paused, else STEP_DRAW_S after the last drawing (a timer then comes back)."""
+        wait = self._steps_drawn_at + STEP_DRAW_S - time.monotonic()
+        if wait <= 0 or self._bar is not None or self._final is not None or self._paused:
+            self._steps_drawn_at = time.monotonic()
+            return True
+        if self._step_timer is None:
+            self._step_timer = self.set_timer(wait, self._draw_waiting_steps)
+        return False
+
+    def _draw_waiting_steps(self) -> None:
+        self._step_timer = None
+        with self.app.batch_update():
+            self._flush()
+
     def _flush(self) -> None:
-        """Draw what the events applied since the last flush changed, once each."""
-        if self._stats is not None:
+        """Draw what the events applied since the last flush changed, once each (step reports when
+        they are due, _steps_due)."""
+        waiting = self._stats is not None and not self._steps_due()
+        if self._stats is not None and not waiting:
             e = self._stats
             self._stats_pane.show_last()
             if self._bar is None:
                 self._bar = (e.step, self._total, self._step_label(e.step, self._total, e.epoch, format_eta(e)))
             self._stats = None
+        if not waiting:
+            self._charts.flush()
         if self._bar is not None:
             self.query_one(RunProgress).show(*self._bar)
             self._bar = None
-        self._charts.flush()
         if self._evals_added:
             self._evals.move_cursor(row=self._evals.row_count - 1)
             self._evals_added = False

@@ -11,8 +11,9 @@ training thread, so every millisecond spent drawing here is felt in how fast key
   among them, show at once;
 - the learning rate is known before the run starts (core.plan and the schedule the hyperparameter
   preview draws): its whole planned curve is drawn, and a marker moves along it to the step last
-  reported, whose value the plot's title gives at each report (a curve drawn from the reports
-  lagged: at step 9 it ended at step 4). A run whose config cannot be read plots its reports;
+  reported, whose value the plot's title gives at each flush, as the stats pane does (a curve drawn
+  from the reports lagged: at step 9 it ended at step 4). A run whose config cannot be read plots
+  its reports;
 - a plot keeps its drawing until its data or size changes, so switching screens costs no redraw.
 """
 
@@ -136,16 +137,18 @@ class TrainCharts(Container):
         self.train_loss.add(step, loss)
         self.lr.add(step, lr)
         self._dirty = True
-        self._title_lr()
 
     def _title_lr(self) -> None:
-        """The plot's title holds the learning rate last reported, at each report: the marker moves
-        with the plot's next drawing."""
+        """The plot's title holds the learning rate last reported, at each flush: the marker moves
+        with the plot's next drawing. A title set repaints the whole plot, so an unchanged one is
+        not set again."""
         title = "learning rate"
         if self.lr:
             step, lr = self.lr.points[-1]
             title += f" {lr:.2e} @ step {step:,.0f}"
-        self.query_one("#lr-plot").border_title = title
+        plot = self.query_one("#lr-plot")
+        if plot.border_title != title:
+            plot.border_title = title
 
     def add_eval(self, step: int, loss: float) -> None:
         """The point shows with the next step report's flush (or the end of the run)."""
@@ -157,6 +160,7 @@ class TrainCharts(Container):
         when none of them was drawn yet (a run's first points, or its whole history)."""
         if not (self._dirty or force):
             return
+        self._title_lr()
         now, first = time.monotonic(), not self._drawn_points
         if force or first or now - self._drawn_at >= REDRAW_INTERVAL_S:
             self.redraw()
