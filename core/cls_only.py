@@ -51,6 +51,18 @@ def cls_only_block(model):
     return block
 
 
+def first_token_top(model, blocks: list[str], trainable: list[str]) -> str | None:
+    """How the memory estimate counts `model`'s last block under compute.last_block_cls_only:
+    "trained" or "passed" (frozen, with the backward pass going through it) where it runs at the
+    first token only, None where it runs whole. `blocks`: core.describe's block paths; `trainable`:
+    the names of the trainable parameters or modules. Works on a weightless skeleton too."""
+    from core.memory import within
+
+    if not blocks or cls_only_block(model) is None:
+        return None
+    return "trained" if any(within(name, blocks[-1]) for name in trainable) else "passed"
+
+
 def _forward_at_cls(block, hidden_states, attention_mask=None, *args, **kwargs):
     """The block's output at the first token, shaped [B, 1, H]: a reader of any other position
     fails on the shape rather than reading something that was not computed."""

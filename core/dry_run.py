@@ -95,7 +95,7 @@ def prepare(config: RunConfig) -> DryRun:
                               checkpointing=config.compute.gradient_checkpointing,
                               activation_bytes=4 if precision == "no" else 2, device=device,
                               labelled_share=share, prefix_cache_bytes=prefix.bytes, l2sp=config.optim.l2sp_alpha > 0,
-                              vocab=vocab, quantized=config.lora.quantized)
+                              vocab=vocab, quantized=config.lora.quantized, cls_only=config.compute.last_block_cls_only)
     return DryRun(plan=plan, evaluates=bool(data.validation), total_params=sum(p.numel() for p in model.parameters()),
                   trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad), device=device,
                   batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline,

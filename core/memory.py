@@ -6,7 +6,8 @@ gradients and AdamW state of the trainable parameters only; the activations that
 the backward pass, by batch, length and the blocks the backward pass goes through (and, under mixed
 precision, the half-precision copies of their weights); a causal LM's
 logits with the loss buffers over them (at the labelled positions only under
-compute.labelled_logits_only); the frozen-prefix cache (core.prefix_cache) when it will be on; and, for
+compute.labelled_logits_only); a BERT-style classifier's last block at the first token
+(compute.last_block_cls_only) by what it keeps there; the frozen-prefix cache (core.prefix_cache) when it will be on; and, for
 a LoRA or gradient-checkpointed run on the CPU, the freed memory that the C allocator keeps
 (`allocator_kept`). It is arithmetic on numbers from the model's config
 (`model_shape`) and its freeze map (`blocks_in_backward`), so the app computes it without torch; the
@@ -94,7 +95,8 @@ def model_shape(config) -> ModelShape:
     )
 
 
-def _within(name: str, path: str) -> bool:
+def within(name: str, path: str) -> bool:
+    """Whether the parameter or module `name` is `path` or inside it."""
     return name == path or name.startswith(path + ".")
 
 
@@ -104,8 +106,8 @@ def blocks_in_backward(blocks: list[str], embeddings: list[str], trainable: Iter
     LM head, which is the embedding). Blocks below the lowest one that needs a gradient keep no
     activations at all. `trainable`: names of the trainable parameters (or module paths)."""
     trainable = list(trainable)
-    trained = [any(_within(name, block) for name in trainable) for block in blocks]
-    if any(_within(name, path) for name in trainable for path in embeddings):
+    trained = [any(within(name, block) for name in trainable) for block in blocks]
+    if any(within(name, path) for name in trainable for path in embeddings):
         lowest = 0
     else:
         lowest = trained.index(True) if any(trained) else len(blocks)
@@ -125,6 +127,17 @@ def block_activations(shape: ModelShape, length: int, trained: bool, device: str
         per_token = 6 * h + kv + (h if shape.rms_norm else 0) + i * (act + (1 if shape.rms_norm else 0))
     if shape.attention_dropout > 0 and device == "cpu":  # probabilities, dropout mask, dropped probabilities
         per_token += 3 * shape.heads * length
+    return per_token
+
+
+def first_token_block_activations(shape: ModelShape, trained: bool, device: str = "cpu") -> int:
+    """Elements per token that a last block computed at the first token only (core.cls_only) keeps
+    for backward: the keys and values, which every position has, and in a trained block the input
+    their weight gradients need; the rest is the first position's, per row (block_activations at
+    length 1)."""
+    per_token = 2 * shape.hidden * shape.kv_heads // shape.heads + (shape.hidden if trained else 0)
+    if shape.attention_dropout > 0 and device == "cpu":  # one query row's probabilities, mask, dropped copy
+        per_token += 3 * shape.heads
     return per_token
 
 
@@ -230,7 +243,7 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
                   batch: int, length: int, task: str, checkpointing: bool = False,
                   activation_bytes: int = 4, device: str = "cpu", adapters: Adapters = NO_ADAPTERS,
                   labelled_share: float = 1.0, prefix_cache_bytes: int = 0, reference_params: int = 0,
-                  quantized: bool = False) -> MemoryEstimate:
+                  quantized: bool = False, first_token_top: str | None = None) -> MemoryEstimate:
     """The peak of one training step on a micro-batch of `batch` rows of `length` tokens.
 
     `blocks`: (trained, passed) from blocks_in_backward. Weights are fp32 (the engine keeps fp32
@@ -242,7 +255,9 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
     hidden states everywhere. `prefix_cache_bytes`:
     PrefixPlan.bytes. `reference_params`: parameters L2-SP keeps a starting copy of (core.l2sp).
     `quantized`: the blocks' linear layers are 4-bit (QLoRA), which keep their packed weights for the
-    backward pass, not half-precision copies."""
+    backward pass, not half-precision copies. `first_token_top`: "trained" or "passed" where the top
+    block, trained or passed through, runs at the first token only (core.cls_only.first_token_top;
+    never under checkpointing, which this then ignores), None where it runs whole."""
     static = estimate_training_memory(total_params, trainable_params)
     tokens = batch * length
     trained, passed = blocks
@@ -255,13 +270,20 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
     else:
         per_token = (trained * block_activations(shape, length, True, device)
                      + passed * block_activations(shape, length, False, device) + adapters.kept)
-    if trained or passed:
-        per_token += shape.hidden  # the final norm's input
     per_row = 0
+    if first_token_top and (trained or passed) and not checkpointing:
+        top_trained = first_token_top == "trained"
+        per_token += (first_token_block_activations(shape, top_trained, device)
+                      - block_activations(shape, length, top_trained, device))
+        per_row += block_activations(shape, 1, top_trained, device)
+    if (trained or passed) and first_token_top and not checkpointing:
+        per_row += shape.hidden  # what reads the last block's output reads its first token
+    elif trained or passed:
+        per_token += shape.hidden  # the final norm's input
     if task == "causal-lm" and trainable_params:
         per_token += shape.hidden  # the LM head's input
     elif trainable_params:
-        per_row = shape.hidden  # a classification head reads one vector a row
+        per_row += shape.hidden  # a classification head reads one vector a row
     in_backward = min(trained + passed, 1) if checkpointing else trained + passed
     copies = weight_copies(shape, 0 if quantized else in_backward, task == "causal-lm" and trainable_params > 0,
                            activation_bytes)
@@ -313,12 +335,15 @@ def adapter_sizes(model) -> Adapters:
 
 def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: bool,
                    activation_bytes: int = 4, device: str = "cpu", labelled_share: float = 1.0,
-                   prefix_cache_bytes: int = 0, l2sp: bool = False, vocab=None, quantized: bool = False) -> MemoryEstimate:
+                   prefix_cache_bytes: int = 0, l2sp: bool = False, vocab=None, quantized: bool = False,
+                   cls_only: bool = False) -> MemoryEstimate:
     """estimate_peak for a built model (LoRA adapters and the freeze map applied): its parameter
     counts, and the blocks its trainable parameters put in the backward pass. `l2sp`: L2-SP keeps
     a reference copy of the trained pretrained weights (optim.l2sp_alpha above 0). `vocab`: the run's
     core.vocab_plan.VocabPlan, whose rows left out hold no gradient or optimizer state, and whose
-    used rows train as a copy beside the embedding. `quantized`: QLoRA's 4-bit base."""
+    used rows train as a copy beside the embedding. `quantized`: QLoRA's 4-bit base. `cls_only`:
+    compute.last_block_cls_only is on (core.cls_only.first_token_top says where it applies)."""
+    from core.cls_only import first_token_top
     from core.describe import describe_model
     from core.l2sp import reference_params
 
@@ -333,7 +358,8 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
                          batch=batch, length=length, task=task, checkpointing=checkpointing,
                          activation_bytes=activation_bytes, device=device, adapters=adapter_sizes(model),
                          labelled_share=labelled_share, prefix_cache_bytes=prefix_cache_bytes,
-                         reference_params=reference, quantized=quantized)
+                         reference_params=reference, quantized=quantized,
+                         first_token_top=first_token_top(model, description.blocks, trainable) if cls_only else None)
 
 
 def enable_gradient_checkpointing(model) -> None:

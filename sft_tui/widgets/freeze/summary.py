@@ -16,6 +16,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from core.cls_only import first_token_top
 from core.freeze import resolve
 from core.memory import blocks_in_backward, estimate_peak, format_bytes, labelled_share, model_shape
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
@@ -73,9 +74,10 @@ class FreezeSummaryBar(Static):
             text.append(f"\n⚠ {warning}", "yellow")
         self.update(text)
 
-    def _trained(self, model, freeze) -> tuple[list[str], tuple[int, int], int]:
-        """The trainable names or module paths under the map, its (trained, passed) blocks, and the
-        parameters L2-SP would keep a starting copy of, kept until the model or the map changes."""
+    def _trained(self, model, freeze) -> tuple[list[str], tuple[int, int], int, str | None]:
+        """The trainable names or module paths under the map, its (trained, passed) blocks, the
+        parameters L2-SP would keep a starting copy of, and how the last block counts at the first
+        token (core.cls_only.first_token_top), kept until the model or the map changes."""
         session = self.app.session
         key = (freeze, session.config.lora)
         if self._map is None or self._map[0] is not model or self._map[1] != key:
@@ -88,8 +90,9 @@ class FreezeSummaryBar(Static):
             # A classification head starts random (load_model counts it new); a causal LM's is pretrained.
             new = description.head if model.task == "classification" else []
             blocks = blocks_in_backward(description.blocks, description.embeddings, trainable)
-            self._map = (model, key, trainable, blocks, reference_params(tensor_index(model.skeleton), states, new))
-        return self._map[2], self._map[3], self._map[4]
+            self._map = (model, key, trainable, blocks, reference_params(tensor_index(model.skeleton), states, new),
+                         first_token_top(model.skeleton, description.blocks, trainable))
+        return self._map[2:]
 
     def _memory(self, summary, freeze) -> Text:
         session = self.app.session
@@ -101,7 +104,7 @@ class FreezeSummaryBar(Static):
         length = min(config.data.max_length, model.max_positions or config.data.max_length)
         stats = session.data.stats if session.data is not None else None
         share = labelled_share(stats.tokens_total, stats.loss_tokens, config.compute.labelled_logits_only) if stats else 1.0
-        trainable, blocks, reference = self._trained(model, freeze)
+        trainable, blocks, reference, top = self._trained(model, freeze)
         prefix = plan_prefix_cache(model.skeleton, model.description, trainable, config,
                                    tokens=stats.tokens_total if stats else None, length=length, labelled_share=share,
                                    device=device, epochs=config.schedule.epochs)
@@ -109,7 +112,8 @@ class FreezeSummaryBar(Static):
                 "activation_bytes": 2 if half else 4, "device": device,
                 "adapters": session.freeze_preview.adapters, "labelled_share": share,
                 "prefix_cache_bytes": prefix.bytes,
-                "quantized": config.lora.quantized}
+                "quantized": config.lora.quantized,
+                "first_token_top": top if config.compute.last_block_cls_only else None}
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
         held = summary.total_params + summary.originals_params  # peft keeps the originals of what trains in full
         stepped, reference = summary.trainable_params, reference if config.optim.l2sp_alpha else 0
