@@ -4,11 +4,11 @@ core.device_usage's).
 The estimate (`estimate_peak`) adds up what one optimizer step holds at its peak: the weights; the
 gradients and AdamW state of the trainable parameters only; the activations that autograd keeps for
 the backward pass, by batch, length and the blocks the backward pass goes through (and, under mixed
-precision, the half-precision copies of their weights); a causal LM's
-logits with the loss buffers over them (at the labelled positions only under
-compute.labelled_logits_only); a BERT-style classifier's last block at the first token
-(compute.last_block_cls_only) by what it keeps there; the frozen-prefix cache (core.prefix_cache) when it will be on; and, for
-a LoRA or gradient-checkpointed run on the CPU, the freed memory that the C allocator keeps
+precision, the half-precision copies of their weights), with a BERT-style classifier's last block
+counted as it runs at the first token (compute.last_block_cls_only); a causal LM's logits with the
+loss buffers over them (at the labelled positions only under compute.labelled_logits_only); the
+frozen-prefix cache (core.prefix_cache) when it will be on; and, for a LoRA or
+gradient-checkpointed run on the CPU, the freed memory that the C allocator keeps
 (`allocator_kept`). It is arithmetic on numbers from the model's config
 (`model_shape`) and its freeze map (`blocks_in_backward`), so the app computes it without torch; the
 per-block constants were counted with torch's saved-tensor hooks on Llama, BERT and GPT-2 blocks
@@ -275,9 +275,8 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
         top_trained = first_token_top == "trained"
         per_token += (first_token_block_activations(shape, top_trained, device)
                       - block_activations(shape, length, top_trained, device))
-        per_row += block_activations(shape, 1, top_trained, device)
-    if (trained or passed) and first_token_top and not checkpointing:
-        per_row += shape.hidden  # what reads the last block's output reads its first token
+        # its first position whole, and what reads the block's output (the pooler) reads that one
+        per_row += block_activations(shape, 1, top_trained, device) + shape.hidden
     elif trained or passed:
         per_token += shape.hidden  # the final norm's input
     if task == "causal-lm" and trainable_params:

@@ -11,7 +11,7 @@ event. Changes of the run's state go to the app as RunStateChanged.
 
 Step reports are drawn at most once a second (STEP_DRAW_S), though a detached engine writes four
 a second: each drawing repaints the progress bar, the stats and the learning-rate title, about
-6 ms of the app's CPU, which on a small machine the engine's threads give up
+5 ms of the app's CPU, which on a small machine the engine's threads give up
 (bench/app_vs_headless.py). A report that comes sooner waits for its second, on a timer; the end
 of a run, a pause and a run's history are drawn at once.
 """
