@@ -7,7 +7,8 @@ cooperative control and exact resume stay visible in one place.
 `train` claims the run folder and turns failures into a RunFailed event. `_set_up` calls the steps
 of core.setup in order (data, the model with its freeze map, the optimizer, the step plan and its
 learning-rate schedule, the state to start from), each returning what it builds. `_Training.run` is
-the loop: an optimizer step, a throttled report, then evaluation, checkpoints and the Control.
+the loop: an optimizer step, a throttled report (core.step_reports), then evaluation, checkpoints
+and the Control (core.milestones).
 """
 
 from __future__ import annotations
@@ -23,18 +24,17 @@ from core import setup
 from core.checkpoint import TrainState
 from core.config import RunConfig
 from core.control import Control
-from core.events import (Broadcast, EventSink, JsonlSink, MicroBatchHalved, RunFailed, RunFinished, RunStarted,
-                         StepMetrics)
+from core.events import Broadcast, EventSink, JsonlSink, MicroBatchHalved, RunFailed, RunFinished, RunStarted
 from core.errors import UserError
 from core.eta import Eta
 from core.l2sp import L2SP
 from core.launch import accelerator_options
 from core.logs import logs_to_events
-from core.loss import raise_if_diverged
 from core.milestones import Milestones
 from core.oom import out_of_memory, step_advice, why_not_halved
 from core.rank_failure import share_failure
 from core.runs import RunPaths, config_digest, discard_stub, open_run
+from core.step_reports import StepReports
 from core.trackers import close_trackers, tracker_sinks
 from core.unfreezing import Unfreezer
 
@@ -151,30 +151,10 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
                      last_checkpoint=checkpoint, l2sp=l2sp)
 
 
-class _Window:
-    """What happened since the last report. Sums stay on the device, so a step never waits for it;
-    a report, a few times a second, reads them once. `excluded_s`: time in it spent on anything but
-    steps (an evaluation, a checkpoint, a pause), left out of its rates: a report after an
-    evaluation once said 3 samples/s."""
-
-    def __init__(self, device) -> None:
-        import torch
-
-        self.started = time.perf_counter()
-        self.excluded_s = 0.0
-        self.loss = torch.zeros((), device=device)
-        self.grad = torch.zeros((), device=device)
-        self.steps = self.tokens = self.rows = 0
-
-    @property
-    def step_seconds(self) -> float:
-        return max(time.perf_counter() - self.started - self.excluded_s, 1e-9)
-
-
 # ---- the loop ---------------------------------------------------------------------------------------
 
 
-class _Training(Milestones):
+class _Training(Milestones, StepReports):
     """One run's loop and everything it works on; `run()` is the whole procedure after setup."""
 
     def __init__(self, config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Control,
@@ -190,7 +170,7 @@ class _Training(Milestones):
         self.prefix = None  # the frozen-prefix cache, built once the run has announced itself
         self.state, self.last_checkpoint = state, last_checkpoint
         self.started = time.perf_counter() - state.elapsed_s  # the clock continues a resumed run's; pauses move it
-        self.window = _Window(acc.device)
+        self._reset_window()
         self.final_metrics: dict[str, float] = {}
         self.sample_prompts = ([ex for ex in data.validation if getattr(ex, "prompt_ids", None)][: config.eval.num_samples]
                                if config.task == "causal-lm" and acc.is_main_process else [])
@@ -352,35 +332,6 @@ class _Training(Milestones):
 
     def _out_of_memory(self, why: str, advice: list[str]) -> UserError:
         return out_of_memory(self.state.step + 1, why, advice, self.last_checkpoint, self.paths.root)
-
-    def _report(self) -> None:
-        """The window's means as one StepMetrics: the one device sync of a few steps."""
-        from core.device_usage import process_memory
-
-        window, world = self.window, self.acc.num_processes
-        if window.steps == 0:
-            return
-        loss = float(window.loss) / window.steps
-        raise_if_diverged(loss, self.state.step)
-        seconds = window.step_seconds  # after the sync above: the steps' device work is done
-        self.eta.stepped(seconds, window.steps)
-        remaining = self.eta.remaining(self.state.step)
-        self.state.tokens_seen += window.tokens * world
-        elapsed = time.perf_counter() - self.started
-        self.out.emit(StepMetrics(
-            step=self.state.step, epoch=round(self.state.epoch_progress, 4), loss=loss,
-            lr=self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0]["lr_scale"],
-            grad_norm=float(window.grad) / window.steps if self.config.optim.max_grad_norm > 0 else None,
-            tokens_per_s=window.tokens * world / seconds, samples_per_s=window.rows * world / seconds,
-            tokens_seen=self.state.tokens_seen, elapsed_s=elapsed,
-            eta_s=remaining.seconds if remaining else None, eta_estimated=bool(remaining and remaining.estimated),
-            memory=process_memory(),
-        ))
-        self._reset_window()
-
-    def _reset_window(self) -> None:
-        """Start a new throughput window: after a report, and after a pause (not training time)."""
-        self.window = _Window(self.acc.device)
 
     # ---- the end --------------------------------------------------------------------------------
 
