@@ -493,6 +493,28 @@ def test_the_status_line_gives_up_details_before_essentials():
     assert running.startswith("RUNNING · ") and "lr 5e-05" in running and len(running) <= 78
 
 
+def test_before_the_model_loads_the_status_line_says_what_the_preset_trains():
+    """Until the model is loaded the trainable share cannot be counted; the line showed `freeze all`
+    for the preset that trains everything."""
+    from types import SimpleNamespace
+
+    from core.config import example_config
+    from core.config_sections import FreezeRule
+    from sft_tui.messages import RunState
+    from sft_tui.widgets.draft_bar import status_line
+
+    config = example_config("causal-lm")
+    session = SimpleNamespace(config=config, trainable_share=None, problems=dict)
+    shown = {}
+    for preset in ("all", "head-only", "top-n", "freeze-embeddings"):
+        config.freeze.preset = preset
+        shown[preset] = status_line(session, RunState.IDLE, 78).plain.split(" · ")[4]
+    assert shown == {"all": "train all", "head-only": "train head", "top-n": "train top-2",
+                     "freeze-embeddings": "embeddings frozen"}
+    config.freeze.rules = [FreezeRule(match="lm_head", train=True)]
+    assert " · embeddings frozen +1 rule(s) · " in status_line(session, RunState.IDLE, 200).plain
+
+
 async def test_at_80_columns_deep_model_and_data_paths_show_their_names(tiny_model_factory, tmp_path):
     """Textual's Input shows a value from its start, so a server's deep paths showed their first
     folders and no file name; the path boxes show the end."""

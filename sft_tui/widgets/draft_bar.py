@@ -17,6 +17,16 @@ RUN_STYLES = {RunState.RUNNING: "bold green", RunState.PAUSED: "bold yellow", Ru
               RunState.FAILED: "bold red"}
 SHORT_TASKS = {"classification": "classif."}
 NAME_CHARS = 18
+PRESET_WORDS = {"all": "train all", "head-only": "train head", "top-n": "train top-{n}",
+                "freeze-embeddings": "embeddings frozen"}
+"""What the freeze preset trains, shown until the model is loaded and the share can be counted
+(`freeze all` read as the opposite of the preset `all`, which trains everything)."""
+
+
+def preset_words(freeze) -> str:
+    """The preset in words, and how many of the user's rules follow it."""
+    words = PRESET_WORDS[freeze.preset].format(n=freeze.top_n)
+    return words + (f" +{len(freeze.rules)} rule(s)" if freeze.rules else "")
 """A model or data name longer than this is cut in the middle when the line is short of room."""
 
 
@@ -34,7 +44,7 @@ def status_line(session, state: RunState, width: int) -> Text:
     share = session.trainable_share
     plain = {
         "model": model, "task": config.task, "data": Path(config.data.train.removeprefix("demo:")).name,
-        "share": f"{format_share(share)} trainable" if share is not None else f"freeze {config.freeze.preset}",
+        "share": f"{format_share(share)} trainable" if share is not None else preset_words(config.freeze),
         "lr": f"lr {config.optim.lr:g}", "bs": f"bs {config.optim.batch_size}x{config.optim.grad_accum}",
     }
     parts: dict[str, tuple[str, str] | None] = {key: (value, "") for key, value in plain.items()}
@@ -48,7 +58,7 @@ def status_line(session, state: RunState, width: int) -> Text:
         parts["status"] = ("ready", "green")
     shorter = [
         ("brand", None), ("bs", None), ("data", None),
-        ("share", (f"{format_share(share)} train" if share is not None else config.freeze.preset, "")),
+        ("share", (f"{format_share(share)} train" if share is not None else preset_words(config.freeze), "")),
         ("task", (SHORT_TASKS.get(config.task, config.task), "")), ("model", (cut_middle(model, NAME_CHARS), "")),
     ]
     order = ["brand", "status", "model", "task", "data", "share", "lr", "bs"]
