@@ -172,6 +172,21 @@ def test_chat_accepts_sharegpt_turns(tok, tmp_path):
     assert [tok.decode(run) for run in trained_runs(example)] == ["7<|im_end|>"]
 
 
+def test_chat_content_given_as_text_parts_is_their_text(tok, tmp_path):
+    """OpenAI-style content parts were handed to the template as a list: a TypeError traceback."""
+    def parts(text):
+        return [{"type": "text", "text": text[:3]}, {"type": "text", "text": text[3:]}]
+
+    rows = [{"messages": [{"role": t["role"], "content": parts(t["content"])} for t in CONVERSATION]}] * 2
+    train = write_jsonl(tmp_path / "parts.jsonl", rows)
+    example = prepare_data(config(train=str(train), val_ratio=0), tok).train[0]
+    assert example.input_ids == tok(tok.apply_chat_template(CONVERSATION, tokenize=False), add_special_tokens=False)["input_ids"]
+    image = [{"role": "user", "content": [{"type": "image", "text": None}]}, {"role": "assistant", "content": parts("7")}]
+    train = write_jsonl(tmp_path / "image.jsonl", [rows[0], {"messages": image}])
+    with pytest.raises(UserError, match=r"data.columns.messages: row 2: a turn holds a 'image' part"):
+        prepare_data(config(train=str(train), val_ratio=0), tok)
+
+
 def test_chat_template_from_config_or_error(tok, tmp_path):
     bare = copy.deepcopy(tok)
     bare.chat_template = None

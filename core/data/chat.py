@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
 
 
-def _turns(value: Any) -> list[dict[str, Any]]:
-    """A row's messages as [{role, content}], accepting ShareGPT's {from, value} spelling."""
+def _turns(value: Any, row: int) -> list[dict[str, Any]]:
+    """A row's messages as [{role, content}], accepting ShareGPT's {from, value} spelling and
+    content given as a list of text parts (OpenAI's [{"type": "text", "text": ...}]), joined."""
     if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
         raise UserError(
-            f"data.columns.messages: expected a non-empty list of {{role, content}} turns, got {str(value)[:80]!r}",
+            f"data.columns.messages: row {row}: expected a non-empty list of {{role, content}} turns, "
+            f"got {str(value)[:80]!r}",
             "point data.columns.messages at a column of chat turns",
         )
     turns = []
@@ -36,9 +38,24 @@ def _turns(value: Any) -> list[dict[str, Any]]:
         # Arrow gives every turn every key seen in the column, the absent ones as None.
         content = message.get("content") if message.get("content") is not None else message.get("value")
         if role is None or content is None:
-            raise UserError(f"data.columns.messages: a turn lacks its role or content: {str(message)[:80]!r}")
-        turns.append({"role": role, "content": content})
+            raise UserError(f"data.columns.messages: row {row}: a turn lacks its role or content: "
+                            f"{str(message)[:80]!r}", "give every turn a role and a content, or drop the row")
+        turns.append({"role": role, "content": _text_of(content, row)})
     return turns
+
+
+def _text_of(content: Any, row: int) -> Any:
+    """A turn's content; a list of parts becomes the text of its text parts, one after another."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for part in content:
+        kind = part.get("type", "text") if isinstance(part, dict) else type(part).__name__
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise UserError(f"data.columns.messages: row {row}: a turn holds a {kind!r} part: {str(part)[:80]!r}",
+                            "sft-tui trains on text: keep the text parts ({\"type\": \"text\", \"text\": ...}) only")
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 def encode_chat(ds: datasets.Dataset, ctx: Context, split: str) -> Encoded:
@@ -54,8 +71,8 @@ def encode_chat(ds: datasets.Dataset, ctx: Context, split: str) -> Encoded:
     system_tokens: dict[tuple, int] = {}  # by the row's system turns: the same prompt, the same count
     silent = "the conversation has no assistant turn with content"
     reason = f"no assistant token within data.max_length ({ctx.max_length} tokens)"
-    for value in ds[ctx.columns.messages]:
-        turns = _turns(value)
+    for row, value in enumerate(ds[ctx.columns.messages], start=1):
+        turns = _turns(value, row)
         if not any(turn["role"] == "assistant" and not is_blank(turn["content"]) for turn in turns):
             out.dropped[silent] += 1
             continue
