@@ -153,7 +153,8 @@ def report(dry: DryRun) -> str:
     parts += [("freed memory the allocator keeps (on the CPU)", memory.allocator_kept)] if memory.allocator_kept else []
     parts += [("process baseline (torch, libraries, data)", dry.baseline_bytes)] if dry.device == "cpu" else []
     lines = [
-        (f"plan: {plan.total_steps} optimizer steps over {plan.epochs} epoch{'s' if plan.epochs > 1 else ''} "
+        (f"plan: {plan.total_steps} optimizer step{'s' * (plan.total_steps != 1)} over {plan.epochs} "
+         f"epoch{'s' if plan.epochs > 1 else ''} "
         f"({plan.steps_per_epoch} per epoch), {plan.effective_batch} rows per step "
         f"(batch {plan.batch_size} x accumulation {plan.grad_accum} x {plan.processes} process"
         f"{'es' if plan.processes > 1 else ''}), {plan.warmup_steps} warmup steps, {plan.scheduler} schedule"),

@@ -66,6 +66,16 @@ class StepPlan:
         return self.evaluates_after(step) and step != self.total_steps
 
     @property
+    def warmup_problem(self) -> str | None:
+        """A warmup as long as the run keeps the learning rate below optim.lr to the end: said
+        before the run, since its loss barely moves and nothing else would tell why."""
+        if self.total_steps and self.warmup_steps >= self.total_steps:
+            return (f"the warmup ({self.warmup_steps:,} steps) is not shorter than the run ({self.total_steps:,} "
+                    f"step{'s' * (self.total_steps != 1)}): the learning rate never reaches optim.lr; lower "
+                    "schedule.warmup_steps or schedule.warmup_ratio")
+        return None
+
+    @property
     def eval_steps(self) -> list[int]:
         """Every step after which an evaluation is scheduled, in order."""
         steps = list(range(self.eval_every, self.total_steps + 1, self.eval_every)) if self.eval_every else []

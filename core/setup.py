@@ -154,6 +154,8 @@ def setup_plan(config: RunConfig, train_rows: int, processes: int) -> StepPlan:
         raise UserError(f"{train_rows} training rows make no full batch per process "
                         f"(optim.batch_size {config.optim.batch_size}, {processes} processes)",
                         "lower optim.batch_size or add data")
+    if plan.warmup_problem:
+        log.warning(plan.warmup_problem)
     return plan
 
 

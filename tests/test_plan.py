@@ -42,6 +42,22 @@ def test_total_and_warmup_steps():
     assert plan_steps(config(epochs=5, warmup_ratio=0.1, warmup_steps=7), 100).warmup_steps == 7  # steps win
 
 
+def test_a_warmup_as_long_as_the_run_is_named_in_the_engine_log_and_the_preview(caplog):
+    """With 4 steps and warmup_steps 100 the learning rate stayed at 4% of optim.lr, and nothing said so."""
+    from core.setup import setup_plan
+    from sft_tui.format.hyper import describe_plan
+
+    long = config(warmup_steps=100)
+    assert plan_steps(long, 100).warmup_problem == (
+        "the warmup (100 steps) is not shorter than the run (4 steps): the learning rate never reaches "
+        "optim.lr; lower schedule.warmup_steps or schedule.warmup_ratio")
+    assert plan_steps(config(warmup_steps=3), 100).warmup_problem is None
+    with caplog.at_level("WARNING", logger="core"):
+        setup_plan(long, 100, 1)
+    assert plan_steps(long, 100).warmup_problem in caplog.messages
+    assert ("warning", plan_steps(long, 100).warmup_problem) in describe_plan(long, plan_steps(long, 100), 10, "")
+
+
 def test_constant_schedule_with_warmup_is_transformers_constant_with_warmup():
     assert plan_steps(config(scheduler="constant", warmup_steps=2), 100).scheduler == "constant_with_warmup"
     assert plan_steps(config(scheduler="constant"), 100).scheduler == "constant"

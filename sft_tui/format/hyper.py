@@ -33,6 +33,8 @@ def describe_plan(config: RunConfig, plan: StepPlan | None, validation_rows: int
         source = "warmup_steps" if schedule.warmup_steps else f"ratio {schedule.warmup_ratio:g}"
         lines += [("training rows", f"{plan.train_rows:,}"), ("steps / epoch", f"{plan.steps_per_epoch:,}"),
                   ("total steps", f"{plan.total_steps:,} ({why})"), ("warmup", f"{plan.warmup_steps:,} steps ({source})")]
+        if plan.warmup_problem:
+            lines.append(("warning", plan.warmup_problem))
         when_eval += ": " + _some(plan.eval_steps)
         when_save += ": " + (_some(plan.checkpoint_steps) if plan.checkpoint_steps else "none")
     if validation_rows == 0:
