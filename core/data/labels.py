@@ -58,9 +58,26 @@ def label_names(ds: datasets.Dataset, column: str, source: str) -> list[str]:
         raise UserError(
             f"data.train: the label column {column!r} has {len(names)} distinct value(s) ({', '.join(names)}); "
             "classification needs at least two",
-            "check data.columns.label, or use data with more than one class",
+            "check data.columns.label, or use data with more than one class; the classes are counted after "
+            "data.max_rows and the rows held out for validation (data.val_ratio) are taken",
         )
     return names
+
+
+def some_labels(names: list[str], shown: int = 8) -> str:
+    """The first class names and how many there are: a label column of scores or ids has thousands."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])}, … ({len(names):,} in all)"
+
+
+def many_labels_warning(names: list[str], rows: int, column: str) -> str | None:
+    """Decimal scores or ids as labels make a class of each value: said before the head is sized by them."""
+    if len(names) > max(20, rows // 2):
+        return (f"the label column {column!r} has {len(names):,} distinct values in {rows:,} training rows "
+                f"({some_labels(names, 5)}): each value becomes a class; check that it holds categories, "
+                "not scores or ids")
+    return None
 
 
 def _label_order(label: str) -> tuple[int, int, str]:
@@ -81,7 +98,7 @@ def encode_text_label(ds: datasets.Dataset, ctx: Context, split: str) -> Encoded
         elif label not in index:
             where = "the rows held out for validation (data.val_ratio)" if ctx.held_out else "the validation data"
             raise UserError(
-                f"{split} label {label!r} is not among the training labels ({', '.join(ctx.labels)})",
+                f"{split} label {label!r} is not among the training labels ({some_labels(ctx.labels)})",
                 f"{label!r} occurs only in {where}; add training rows with it, or remove those rows",
             )
         else:

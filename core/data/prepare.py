@@ -21,8 +21,8 @@ from core.data.encoding import (
     encode_text,
 )
 from core.data.examples import DataStats, Example, PreparedData
-from core.data.formats import detect_format
-from core.data.labels import encode_text_label, label_names
+from core.data.formats import detect_format, unused_columns
+from core.data.labels import encode_text_label, label_names, many_labels_warning
 from core.data.sources import load_raw
 from core.errors import UserError
 from core.loss import IGNORE_INDEX, trained_tokens
@@ -66,6 +66,9 @@ def prepare_data(config: RunConfig, tokenizer: Any, max_positions: int | None = 
 
     sources = {"train": data.train, "validation": data.validation or data.train}
     labels = label_names(train_ds, cols.label, sources["train"]) if fmt == "text-label" else None
+    if labels and (many := many_labels_warning(labels, rows_in["train"], cols.label)):
+        warnings.append(many)
+    warnings += unused_columns(train_ds.column_names, fmt, cols)
     encode = _ENCODERS[fmt]
     context = Context(tokenizer, max_length, cols, labels, data.chat_template, held_out, sources)
     train = encode(train_ds, context, "train")
@@ -77,7 +80,7 @@ def prepare_data(config: RunConfig, tokenizer: Any, max_positions: int | None = 
                 f"cut {encoded.cut} of {rows_in[split]} {name} rows to {context.max_chars} characters before "
                 f"tokenizing ({CHARS_PER_TOKEN} per token of data.max_length); the rest lies beyond max_length"
             )
-    _check_trainable(train, rows_in["train"], max_length, warnings)
+    _check_trainable(train, rows_in["train"], max_length, fmt, warnings)
     if validation.dropped:
         warnings.append(_dropped_note("validation", validation.dropped, rows_in["validation"]))
     if rows_in["validation"] and not validation.examples:
@@ -117,15 +120,17 @@ def _dropped_note(split: str, dropped: Counter[str], total: int) -> str:
     return f"dropped {sum(dropped.values())} of {total} {split} rows with nothing to train on ({reasons})"
 
 
-def _check_trainable(train: Encoded, total: int, max_length: int, warnings: list[str]) -> None:
+def _check_trainable(train: Encoded, total: int, max_length: int, fmt: str, warnings: list[str]) -> None:
     """No training row left is an error that says why; some rows lost is a warning."""
     if not train.examples:
         reasons = "; ".join(f"{n} rows: {why}" for why, n in train.dropped.most_common())
-        raise UserError(
-            f"none of the {total} training rows has a token to train on ({reasons})",
-            f"raise data.max_length (now {max_length}), and check data.columns: the prompt/answer "
-            "or messages column may be the wrong one",
+        hint = (
+            "check data.columns.text and data.columns.label: they may point at empty columns"
+            if fmt == "text-label" else
+            f"raise data.max_length (now {max_length}), and check data.columns: the prompt/answer or messages "
+            "column may be the wrong one"
         )
+        raise UserError(f"none of the {total} training rows has a token to train on ({reasons})", hint)
     if train.dropped:
         warnings.append(_dropped_note("training", train.dropped, total))
 

@@ -236,12 +236,24 @@ def _read_error(paths: list[Path], kind: str, field_name: str, err: Exception) -
             problem = _first_json_problem(path)
             if problem:
                 return UserError(f"{field_name}: {path} {problem}", "fix that line (one JSON object per line)")
-    if isinstance(err, ValueError) and "corresponds to no data" in str(err):
+    if (isinstance(err, ValueError) and "corresponds to no data" in str(err)) or (
+            kind == "parquet" and all(_parquet_rows(path) == 0 for path in paths)):
         return UserError(f"{field_name}: {_names(paths)} has no rows", "point at a file with data rows")
     if len(paths) > 1:
         return _folder_error(paths, kind, field_name) or _read_error(paths[:1], kind, field_name, err)
     cause = err.__cause__ or err
     return UserError(f"{field_name}: cannot read {_names(paths)}: {cause}", f"check that it is valid {kind.upper()}")
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """The rows a Parquet file's footer counts (None when it cannot be read): `datasets` fails on a
+    file of none with a message about batch sizes."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the caller
+        return None
 
 
 def _folder_error(paths: list[Path], kind: str, field_name: str) -> UserError | None:
