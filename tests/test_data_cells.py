@@ -128,3 +128,18 @@ def test_a_column_named_like_a_role_that_another_column_plays_is_a_warning(tmp_p
                         tok)
     assert ("column 'input' is not read: the prompt is column 'instruction'; to train on both, join them into "
             "one column before loading, or set data.columns.prompt") in data.warnings
+
+
+def test_a_training_folder_with_files_named_like_other_splits_is_a_warning(tmp_path, bert):
+    """Every file of a folder trains: its test.jsonl trained without a word."""
+    rows = "".join(json.dumps({"text": f"film {i}", "label": ["pos", "neg"][i % 2]}) + "\n" for i in range(6))
+    for name in ("train.jsonl", "test.jsonl", "dev-set.jsonl"):
+        (tmp_path / "splits" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "splits" / name).write_text(rows, encoding="utf-8")
+    (tmp_path / "shards").mkdir()
+    for name in ("part-0.jsonl", "part-1.jsonl"):
+        (tmp_path / "shards" / name).write_text(rows, encoding="utf-8")
+    warned = prepared(tmp_path / "splits", bert).warnings
+    assert (f"folder {tmp_path / 'splits'} holds dev-set.jsonl, test.jsonl: every file in a data.train folder is "
+            "training data; point data.train at the training file and data.validation at the validation one") in warned
+    assert not any("folder" in w for w in prepared(tmp_path / "shards", bert).warnings)

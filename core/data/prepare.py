@@ -23,7 +23,7 @@ from core.data.encoding import (
 from core.data.examples import DataStats, Example, PreparedData
 from core.data.formats import detect_format, unused_columns
 from core.data.labels import encode_text_label, label_names, many_labels_warning
-from core.data.sources import load_raw
+from core.data.sources import load_raw, split_files_warning
 from core.errors import UserError
 from core.loss import IGNORE_INDEX, trained_tokens
 from core.vocab_plan import used_ids
@@ -55,6 +55,8 @@ def prepare_data(config: RunConfig, tokenizer: Any, max_positions: int | None = 
         max_length = max_positions
 
     train_ds, val_ds = load_raw(data)
+    if split_files := split_files_warning(data.train):
+        warnings.append(split_files)
     fmt, cols = detect_format(train_ds.column_names, config.task, data)
     held_out = False
     if val_ds is not None:

@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
@@ -58,6 +59,24 @@ def load_raw(data: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | Non
             )
         return train, _load_source(data.train, "data.validation_split", data.subset, data.validation_split)
     return train, None
+
+
+_SPLIT_NAME = re.compile(r"(^|[-_.])(test|validation|valid|val|eval|dev)([-_.]|$)", re.IGNORECASE)
+"""A file name that says it holds another split than training (test.jsonl, data-val.csv)."""
+
+
+def split_files_warning(source: str) -> str | None:
+    """A training folder whose files are named like other splits: every file of a folder trains,
+    so its test rows would train without a word."""
+    path = Path(source).expanduser()
+    if source.startswith("demo:") or not path.is_dir():
+        return None
+    named = [p for p in _data_files(path, "data.train") if _SPLIT_NAME.search(p.stem)]
+    if not named:
+        return None
+    return (f"folder {path} holds {', '.join(p.name for p in named[:3])}{' …' if len(named) > 3 else ''}: every file "
+            "in a data.train folder is training data; point data.train at the training file and data.validation "
+            "at the validation one")
 
 
 def _is_local(source: str) -> bool:
