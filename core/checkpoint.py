@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from core.atomic import atomic_folder
-from core.errors import UserError
+from core.errors import UserError, train_command
 from core.full_state import STATE, agree, by_name, gather, is_sharded, is_writer, scatter
 from core.manifest import PREFIX, checkpoint_problem, list_checkpoints, step_of, write_manifest
 
@@ -248,7 +248,7 @@ def save_checkpoint(
             f"cannot write checkpoint {final}: {_FULL_DISK[code]} "
             f"(a checkpoint needs about {needed:,} MB)",
             "free space under " + str(checkpoints_dir) + " (or lower checkpoint.keep_last), then resume with "
-            f"`sft-tui train --resume {checkpoints_dir.parent}`"
+            f"`{train_command('--resume', checkpoints_dir.parent)}`"
             + (f"; the last complete checkpoint is {kept[-1].name}" if kept else ""),
         ) from None
     for old in list_checkpoints(checkpoints_dir)[:-keep_last]:

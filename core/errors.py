@@ -6,6 +6,9 @@ without a traceback; any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 
 class UserError(Exception):
     """Bad input: a config value, a file, a model or a dataset the user pointed at.
@@ -24,3 +27,10 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+def train_command(*args: str | Path) -> str:
+    """`sft-tui train ...` as a message gives it to be typed: each argument quoted for the shell (a
+    path with a space), and paths absolute, so the command works from any folder."""
+    words = [str(Path(a).absolute()) if isinstance(a, Path) else a for a in args]
+    return shlex.join(["sft-tui", "train", *words])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.config import RunConfig
-from core.errors import UserError
+from core.errors import UserError, train_command
 
 
 def why_not_halved(size: int, oom_recovery: bool, processes: int) -> str:
@@ -31,6 +31,6 @@ def out_of_memory(step: int, why: str, advice: list[str], last_checkpoint: Path 
     """The failure of a step out of device memory: what would make a run fit, and that the last
     checkpoint still resumes this one as it was (on a device with more free memory)."""
     kept = (f"; the last checkpoint ({last_checkpoint.name}) resumes this run as it was, where more "
-            f"memory is free: `sft-tui train --resume {run_dir}`" if last_checkpoint else "")
+            f"memory is free: `{train_command('--resume', run_dir)}`" if last_checkpoint else "")
     return UserError(f"out of device memory at step {step} {why}",
                      "start a new run that needs less memory: " + ", ".join(advice) + kept)

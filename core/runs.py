@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from core.config import RunConfig, config_to_dict, is_folder_name, load_config, save_config
-from core.errors import UserError
+from core.errors import UserError, train_command
 from core.events import read_events
 from core.liveness import live_record, write_record
 from core.manifest import incomplete_checkpoints, latest_checkpoint
@@ -122,7 +122,7 @@ def occupied_problem(paths: RunPaths) -> UserError | None:
     if not holds_a_run(paths):
         return None
     return UserError(f"run folder {paths.root} already holds a run",
-                     f"choose another output.run_name, or resume it with `sft-tui train --resume {paths.root}`")
+                     f"choose another output.run_name, or resume it with `{train_command('--resume', paths.root)}`")
 
 
 def create_run(config: RunConfig, run_id: str) -> tuple[RunPaths, RunLock]:
@@ -142,8 +142,29 @@ def create_run(config: RunConfig, run_id: str) -> tuple[RunPaths, RunLock]:
     paths.events.unlink(missing_ok=True)
     shutil.rmtree(paths.checkpoints)  # nothing complete in it: interrupted writes only
     paths.checkpoints.mkdir()
-    save_config(config, paths.config)
+    save_config(anchored(config), paths.config)
     return paths, lock
+
+
+def anchored(config: RunConfig) -> RunConfig:
+    """The config with its local paths (data, model folder, runs folder) made absolute: a run is
+    resumed from its folder's config, and its relative paths named files under the folder the run
+    was started in, so a resume from anywhere else could not find its data."""
+    from core.data.sources import is_local
+
+    data = config.data
+    changes = {"data": {"train": _absolute(data.train) if is_local(data.train) else data.train,
+                        "validation": _absolute(data.validation) if data.validation and is_local(data.validation)
+                        else data.validation},
+               "output": {"runs_dir": _absolute(config.output.runs_dir)}}
+    if Path(config.model.name_or_path).expanduser().exists():
+        changes["model"] = {"name_or_path": _absolute(config.model.name_or_path)}
+    return config.model_copy(update={section: getattr(config, section).model_copy(update=values)
+                                     for section, values in changes.items()})
+
+
+def _absolute(path: str) -> str:
+    return path if path.startswith("demo:") else str(Path(path).expanduser().absolute())
 
 
 def discard_stub(paths: RunPaths) -> None:
@@ -176,12 +197,12 @@ def resume_problem(paths: RunPaths) -> UserError | None:
     if finished and finished[-1].type == "run_finished" and finished[-1].reason != "stopped":
         return UserError(f"run {paths.root} is complete ({finished[-1].reason} at step {finished[-1].step}"
                          + (", model in final/)" if paths.final.exists() else ")"),
-                         f"start a new run from its config: `sft-tui train {paths.config} --set output.run_name=NEW`")
+                         f"start a new run from its config: `{train_command(paths.config, '--set', 'output.run_name=NEW')}`")
     if latest_checkpoint(paths.checkpoints) is None:
         found = incomplete_checkpoints(paths.checkpoints)
         return UserError(f"run {paths.root} has no complete checkpoint to resume from"
                          + (f" ({'; '.join(found)})" if found else " (it ended before its first checkpoint)"),
-                         f"start it again: `sft-tui train {paths.config}`")
+                         f"start it again: `{train_command(paths.config)}`")
     return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.errors import UserError
+from core.errors import UserError, train_command
 from core.follow import EventFollower, follow
 from core.liveness import live_record
 from core.run_info import RunInfo, newest_live_run, run_info
@@ -39,8 +39,8 @@ def ended_problem(info: RunInfo) -> UserError | None:
         why = f"; {info.reason}" if info.reason else ""  # which process failed first, when one said
         return UserError(f"run {info.paths.root} crashed: its engine ended without a final event at step "
                          f"{info.step}{why}",
-                         f"{checkpoint} resume it with `sft-tui train --resume {info.paths.root}`" if checkpoint
-                         else f"it saved no checkpoint; start it again: `sft-tui train {info.paths.config}`")
+                         f"{checkpoint} resume it with `{train_command('--resume', info.paths.root)}`" if checkpoint
+                         else f"it saved no checkpoint; start it again: `{train_command(info.paths.config)}`")
     if not info.live:
         how = info.reason if info.state != "failed" else f"failed: {info.reason}"
         return UserError(f"run {info.paths.root} is not training: it {info.state} at step {info.step} ({how})",

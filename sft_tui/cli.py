@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from core.config import TASKS
-from core.errors import UserError
+from core.errors import UserError, train_command
 
 EXIT_STOPPED = 3
 """Exit status of a run stopped before its end with a checkpoint saved (Ctrl+C, SIGTERM, SIGHUP):
@@ -89,7 +89,7 @@ def _init(args: argparse.Namespace) -> int:
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror}",
                         "create its folder first, or choose a path in an existing folder you can write to") from None
-    print(f"wrote {path}; run it with: sft-tui train {path}")
+    print(f"wrote {path}; run it with: {train_command(str(path))}")
     return 0
 
 
@@ -216,7 +216,7 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if result.reason == "stopped":
-        display.result(f"resume with: sft-tui train --resume {result.run_dir}")
+        display.result(f"resume with: {train_command('--resume', Path(result.run_dir))}")
         return EXIT_STOPPED
     return 0
 

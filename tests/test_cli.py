@@ -49,6 +49,8 @@ def test_init_writes_a_config_that_trains(lm_setup, tmp_path):
     assert "# Base learning rate of AdamW" in text
     again = sft("init", "my.yaml", cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
+    spaced = sft("init", "my run.yaml", cwd=tmp_path)  # the command it prints can be pasted as it is
+    assert spaced.stdout.strip().endswith("run it with: sft-tui train 'my run.yaml'")
 
     write_config(tmp_path / "run.yaml", **lm_setup)
     out = sft("train", "run.yaml", "--set", "optim.lr=2e-3", cwd=tmp_path)
@@ -195,4 +197,4 @@ def test_a_stopped_runs_resume_command_goes_to_stdout(lm_setup, tmp_path):
     assert "SIGTERM: stopping after this step" in stderr
     lines = stdout.splitlines()
     assert lines[0].startswith("run stopped at step ")
-    assert lines[-1] == f"resume with: sft-tui train --resume {Path('runs') / 'cli'}"
+    assert lines[-1] == f"resume with: sft-tui train --resume {tmp_path / 'runs' / 'cli'}"  # works from any folder

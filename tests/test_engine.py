@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from core.config import RunConfig, parse_config
@@ -118,6 +119,28 @@ def test_resume_equals_uninterrupted(tiny_model_factory, sft_file, tmp_path):
     for name in a:
         torch.testing.assert_close(a[name], b[name])
     assert read_events(first.run_dir / "events.jsonl")[-1].type == "run_finished"
+
+
+def test_a_run_started_with_relative_paths_resumes_from_another_folder(tiny_model_factory, sft_file, tmp_path,
+                                                                    monkeypatch):
+    """The run's config named its data relative to the folder it started in: a resume from anywhere
+    else failed with "file data.jsonl does not exist"."""
+    import shutil
+
+    here, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    shutil.copy(sft_file, here / "data.jsonl")
+    monkeypatch.chdir(here)
+    config = lm_config(tiny_model_factory("llama"), "data.jsonl", here, schedule__max_steps=6, eval__every_steps=0,
+                       eval__num_samples=0)
+    config.output.runs_dir = "runs"
+    first, _ = run(config, StopAt(3))
+    assert first.reason == "stopped"
+    saved = parse_config(yaml.safe_load((here / first.run_dir / "config.yaml").read_text()))
+    assert (saved.data.train, saved.output.runs_dir) == (str(here / "data.jsonl"), str(here / "runs"))
+    monkeypatch.chdir(elsewhere)
+    resumed, _ = run(None, resume_dir=here / first.run_dir)
+    assert resumed.reason == "completed" and resumed.step == 6
 
 
 def test_interrupted_checkpoint_write_keeps_previous(tiny_model_factory, sft_file, tmp_path, monkeypatch):

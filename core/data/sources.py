@@ -52,7 +52,7 @@ def load_raw(data: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | Non
         split = data.validation_split or "validation"
         return train, _load_source(data.validation, "data.validation", data.subset, split)
     if data.validation_split is not None:
-        if _is_local(data.train):
+        if is_local(data.train):
             raise UserError(
                 f"data.validation_split applies to a `datasets` name, but data.train ({data.train}) is local",
                 "set data.validation to a validation file, or unset data.validation_split",
@@ -79,7 +79,7 @@ def split_files_warning(source: str) -> str | None:
             "at the validation one")
 
 
-def _is_local(source: str) -> bool:
+def is_local(source: str) -> bool:
     """Demo names and anything that looks like a path are read from disk, never from the cache."""
     path = Path(source).expanduser()
     return (
@@ -95,7 +95,7 @@ def _load_source(source: str, field_name: str, subset: str | None, split: str) -
         if source not in DEMO_DATASETS:
             raise UserError(f"{field_name}: unknown demo dataset {source!r}", f"use one of: {', '.join(DEMO_DATASETS)}")
         return _load_files([DEMO_DATASETS[source]], field_name)
-    if _is_local(source):
+    if is_local(source):
         path = Path(source).expanduser()
         if not path.exists():
             raise UserError(
