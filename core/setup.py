@@ -69,6 +69,9 @@ def setup_data(config: RunConfig):
     data = prepare_data(config, tokenizer, usable_positions(config.model, tokenizer))
     for warning in data.warnings:
         log.warning(warning)
+    if cut := data.stats.rows_truncated["train"]:  # the data screen shows it in its statistics
+        log.warning("%d of %d training rows are longer than the length limit (data.max_length) and are cut to it",
+                    cut, data.stats.rows_out["train"])
     if not data.validation:
         log.warning("no validation rows: evaluation, early stopping and samples are skipped")
     return tokenizer, data

@@ -170,6 +170,11 @@ def test_chat_accepts_sharegpt_turns(tok, tmp_path):
     train = write_jsonl(tmp_path / "chat.jsonl", [{"conversations": turns}] * 2)
     example = prepare_data(config(train=str(train), val_ratio=0), tok).train[0]
     assert [tok.decode(run) for run in trained_runs(example)] == ["7<|im_end|>"]
+    # ShareGPT's role names under OpenAI's keys were dropped as "no assistant turn"
+    turns = [{"role": "human", "content": "What is 3 + 4?"}, {"role": "gpt", "content": "7"}]
+    train = write_jsonl(tmp_path / "mixed.jsonl", [{"messages": turns}] * 2)
+    example = prepare_data(config(train=str(train), val_ratio=0), tok).train[0]
+    assert [tok.decode(run) for run in trained_runs(example)] == ["7<|im_end|>"]
 
 
 def test_chat_content_given_as_text_parts_is_their_text(tok, tmp_path):

@@ -49,7 +49,7 @@ def parts(stdout: str) -> dict[str, str]:
     return dict(re.findall(r"^  ([a-zA-Z][^:]*): (.+)$", stdout, re.MULTILINE))
 
 
-def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, capsys, tmp_path):
+def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, capsys, tmp_path, caplog):
     code, out, err = dry_run(capsys, str(config_path))
     assert code == 0, err
     plan = plan_steps(parse_config(yaml.safe_load(config_path.read_text())), train_rows=30)
@@ -61,7 +61,9 @@ def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, ca
     trainable, total = (int(n.replace(",", "")) for n in
                         re.search(r"trainable parameters: ([\d,]+) of ([\d,]+)", out).groups())
     assert 0 < trainable < total  # top-1 block and the (tied) head, not the whole model
-    # the longest row (17 tokens) is cut to data.max_length
+    # the longest rows (up to 17 tokens) are cut to data.max_length, and the run says how many
+    assert "30 of 30 training rows are longer than the length limit (data.max_length) and are cut to it" \
+        in caplog.messages
     assert set(parts(out)) == {"weights", "gradients", "AdamW state", "activations (batch 4 x 12 tokens)",
                                "logits and loss", "process baseline (torch, libraries, data)"}
     assert peak(out) > 100 * 2**20  # the process baseline alone (torch) is hundreds of MB

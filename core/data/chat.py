@@ -19,7 +19,8 @@ from core.loss import IGNORE_INDEX
 if TYPE_CHECKING:
     import datasets
 
-# ShareGPT-style turns ({"from": "human", "value": ...}) are mapped onto role/content.
+# ShareGPT-style turns ({"from": "human", "value": ...}) are mapped onto role/content; its role
+# names are mapped under either key.
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
 
 
@@ -34,7 +35,8 @@ def _turns(value: Any, row: int) -> list[dict[str, Any]]:
         )
     turns = []
     for message in value:
-        role = message.get("role") or _SHAREGPT_ROLES.get(message.get("from"), message.get("from"))
+        role = message.get("role") or message.get("from")
+        role = _SHAREGPT_ROLES.get(role, role)
         # Arrow gives every turn every key seen in the column, the absent ones as None.
         content = message.get("content") if message.get("content") is not None else message.get("value")
         if role is None or content is None:
