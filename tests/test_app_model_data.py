@@ -513,6 +513,7 @@ def test_before_the_model_loads_the_status_line_says_what_the_preset_trains():
                      "freeze-embeddings": "embeddings frozen"}
     config.freeze.rules = [FreezeRule(match="lm_head", train=True)]
     assert " · embeddings frozen +1 rule(s) · " in status_line(session, RunState.IDLE, 200).plain
+    assert " · emb frozen +1 · " in status_line(session, RunState.IDLE, 60).plain  # shortened to fit
 
 
 async def test_at_80_columns_deep_model_and_data_paths_show_their_names(tiny_model_factory, tmp_path):

@@ -556,7 +556,7 @@ async def test_a_bad_freeze_regex_from_a_yaml_config_keeps_start_off_until_the_r
         screen = app.screen
         shown = squeezed(visible_text(app))
         assert "• freeze.rules.0.match: 're:[' is not a valid regular expression" in shown
-        assert "sft-tui 1 problem(s): freeze.rules.0.match ·" in shown
+        assert "1 problem(s): freeze.rules.0.match ·" in shown
         assert screen.query_one("#start", Button).disabled
         await press_enter_on_setup(pilot)
 
@@ -587,7 +587,7 @@ async def test_every_problem_is_visible_at_80x24(tiny_model_factory, tmp_path):
         await pilot.press("5")
         await pilot.pause()
         shown = squeezed(visible_text(app))
-        assert shown.startswith("2 problem(s): data, freeze.rules.0")  # the status line, shortened to fit
+        assert shown.startswith("2 problem(s): data, freeze.rule")  # the status line, shortened to fit
         assert "2 problem(s) keep Start disabled: • data: did not load: data.train:" in shown
         assert "• freeze.rules.0.match: 're:(' is not a valid regular expression" in shown
         assert "fix them on their step" in shown

@@ -23,10 +23,14 @@ PRESET_WORDS = {"all": "train all", "head-only": "train head", "top-n": "train t
 (`freeze all` read as the opposite of the preset `all`, which trains everything)."""
 
 
-def preset_words(freeze) -> str:
+SHORT_PRESET_WORDS = {"all": "all", "head-only": "head", "top-n": "top-{n}", "freeze-embeddings": "emb frozen"}
+
+
+def preset_words(freeze, short: bool = False) -> str:
     """The preset in words, and how many of the user's rules follow it."""
-    words = PRESET_WORDS[freeze.preset].format(n=freeze.top_n)
-    return words + (f" +{len(freeze.rules)} rule(s)" if freeze.rules else "")
+    words = (SHORT_PRESET_WORDS if short else PRESET_WORDS)[freeze.preset].format(n=freeze.top_n)
+    rules = len(freeze.rules)
+    return words + ((f" +{rules}" if short else f" +{rules} rule(s)") if rules else "")
 """A model or data name longer than this is cut in the middle when the line is short of room."""
 
 
@@ -58,7 +62,7 @@ def status_line(session, state: RunState, width: int) -> Text:
         parts["status"] = ("ready", "green")
     shorter = [
         ("brand", None), ("bs", None), ("data", None),
-        ("share", (f"{format_share(share)} train" if share is not None else preset_words(config.freeze), "")),
+        ("share", (f"{format_share(share)} train" if share is not None else preset_words(config.freeze, short=True), "")),
         ("task", (SHORT_TASKS.get(config.task, config.task), "")), ("model", (cut_middle(model, NAME_CHARS), "")),
     ]
     order = ["brand", "status", "model", "task", "data", "share", "lr", "bs"]
