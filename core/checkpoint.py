@@ -191,22 +191,33 @@ def _torch_load(path: Path) -> Any:
     return torch.load(path, weights_only=True)
 
 
-def _load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Rank 0 reads the full weights and optimizer state and every process takes its shards of
-    them. A file rank 0 cannot read fails the checkpoint on every process alike, so all of them
-    go on to the one before it together."""
+def _load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Rank 0 reads the full weights and optimizer state (None: the weights alone) and every process
+    takes its shards of them. A file rank 0 cannot read fails the checkpoint on every process alike,
+    so all of them go on to the one before it together."""
     weights, optim_state, problem = {}, {}, None
     adapters = _is_adapter_run(model)
     if is_writer():
         try:
             weights = _read(path, "model.safetensors",
                             lambda p: _check_adapters(model, load_file(str(p))) if adapters else load_file(str(p)))
-            optim_state = _read(path, "optimizer.pt", lambda p: by_name(_torch_load(p), model, optimizer))
+            if optimizer is not None:
+                optim_state = _read(path, "optimizer.pt", lambda p: by_name(_torch_load(p), model, optimizer))
         except UserError as err:
             problem = err.message
     if problem := agree(problem):
         raise UserError(problem)
     scatter(model, weights, optimizer, optim_state, strict=not adapters)
+
+
+def load_weights(path: Path, model: torch.nn.Module) -> None:
+    """The weights of checkpoint `path` alone, into the model that trains (the best checkpoint's,
+    for final/). Every process calls it."""
+    if is_sharded(model):
+        _load_sharded(path, model, None)
+    else:
+        device = str(next(model.parameters()).device)
+        _read(path, "model.safetensors", lambda p: _load_weights(model, p, device))
 
 
 def save_checkpoint(
@@ -218,7 +229,7 @@ def save_checkpoint(
     keep_last: int,
 ) -> Path:
     """Write `checkpoints_dir/step-N` (N: state.step) atomically, then delete all but the newest
-    `keep_last`; return that folder.
+    `keep_last` and the best one (state.best_step); return that folder.
 
     Every process of a run calls it at the same step: a sharded model's state is gathered onto
     rank 0 (a collective), and rank 0 alone writes. A full disk or a file-size limit becomes a
@@ -252,7 +263,8 @@ def save_checkpoint(
             + (f"; the last complete checkpoint is {kept[-1].name}" if kept else ""),
         ) from None
     for old in list_checkpoints(checkpoints_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if step_of(old) != state.best_step:  # eval.metric picks it: the one checkpoint worth more than the newest
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

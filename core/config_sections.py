@@ -192,7 +192,8 @@ class EvalConfig(_Section):
     """Evaluate once before the first step (step 0), so the results show every metric before -> after;
     a classification model's new head is untrained then, and the results say so."""
     patience: int = Field(0, ge=0)
-    """Stop after this many evaluations without improvement; 0 turns early stopping off."""
+    """Stop after this many evaluations without improvement; 0 turns early stopping off. With it on,
+    final/ holds the best evaluated model (its checkpoint is kept), as Trainer's early stopping loads it."""
     batch_size: int | None = Field(None, ge=1)
     """Rows per evaluation batch; None: the training micro-batch times up to 4 (classification) or 2
     (causal LM), as memory without autograd allows (core.evaluate.default_batch_size)."""
@@ -206,7 +207,7 @@ class CheckpointConfig(_Section):
     every_steps: int = Field(0, ge=0)
     """Save a checkpoint every N optimizer steps; 0 saves after each evaluation."""
     keep_last: int = Field(2, ge=1)
-    """How many checkpoints to keep; older ones are deleted."""
+    """How many of the newest checkpoints to keep; older ones are deleted, but the best (eval.metric)."""
 
 
 class ComputeConfig(_Section):

@@ -338,8 +338,9 @@ class _Training(Milestones, StepReports):
     def _finish(self, reason: str) -> RunResult:
         from core.export import save_final
 
-        output = None
+        output = output_step = None
         if reason != "stopped" and self.config.output.save_final:
+            output_step = self._weights_for_final()
             save_final(self.acc.unwrap_model(self.model), self.tokenizer, self.paths.final)  # every process, as a save
             output = self.paths.final
         self.acc.wait_for_everyone()
@@ -348,5 +349,6 @@ class _Training(Milestones, StepReports):
             best_metrics=self.state.best_metrics, best_step=self.state.best_step, output_path=_str(output),
             last_checkpoint=_str(self.last_checkpoint), elapsed_s=time.perf_counter() - self.started,
             before_metrics=self.state.before_metrics, before_untrained_head=self.state.before_untrained_head,
+            output_step=output_step,
         ))
         return RunResult(self.paths.root, reason, self.state.step, output, self.last_checkpoint)

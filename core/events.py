@@ -162,6 +162,16 @@ class RunFinished(StepEvent, tag="run_finished"):
     """The evaluation before the first step (eval.before_training); empty without one."""
     before_untrained_head: bool = False
     """That evaluation measured a new, untrained task head (kept across a resume, as before_metrics)."""
+    output_step: int | None = None
+    """The step whose weights output_path holds: the best evaluation's under early stopping
+    (eval.patience), else the last step. None without a final model (or in runs before it was recorded)."""
+
+    @property
+    def output_metrics(self) -> dict[str, float]:
+        """The evaluation of the model in output_path: the best one's when that model is the best step's."""
+        if self.output_step is not None and self.output_step == self.best_step and self.output_step != self.step:
+            return self.best_metrics
+        return self.final_metrics
 
 
 @dataclass(frozen=True)

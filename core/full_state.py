@@ -72,18 +72,20 @@ def gather(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = Non
     return tie(weights, model), (by_position(optim) if optim else {})
 
 
-def scatter(model: torch.nn.Module, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+def scatter(model: torch.nn.Module, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None,
             optim_state: dict[str, Any], strict: bool = True) -> None:
-    """Load the full `weights` and the optimizer state that rank 0 read (keyed by name: `by_name`)
-    into the shards of every process; the other ranks pass empty dicts. Collective. `strict` False
-    leaves parameters the weights do not name as they are (a LoRA checkpoint names only what trains)."""
+    """Load the full `weights` and the optimizer state that rank 0 read (keyed by name: `by_name`;
+    none without an optimizer) into the shards of every process; the other ranks pass empty dicts.
+    Collective. `strict` False leaves parameters the weights do not name as they are (a LoRA
+    checkpoint names only what trains)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     writer = is_writer()
     set_model_state_dict(model, tie(weights, model) if writer else {},
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict))
-    set_optimizer_state_dict(model, _unwrapped(optimizer), optim_state if writer else {},
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    if optimizer is not None:
+        set_optimizer_state_dict(model, _unwrapped(optimizer), optim_state if writer else {},
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def _unwrapped(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

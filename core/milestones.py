@@ -8,13 +8,16 @@ core/engine.py, and these, each timed out of the throughput the report shows, li
 
 from __future__ import annotations
 
+import logging
 import time
 
-from core.checkpoint import save_checkpoint
+from core.checkpoint import load_weights, save_checkpoint
 from core.errors import UserError
 from core.events import CheckpointSaved, EvalResult, Paused, Resumed, SampleGenerated
 from core.l2sp import NEW_WEIGHTS_ATTR
-from core.manifest import step_of
+from core.manifest import list_checkpoints, step_of
+
+log = logging.getLogger("core.engine")
 
 
 class Milestones:
@@ -105,6 +108,24 @@ class Milestones:
         self.eta.evaluated(eval_s, done - samples_started if self.sample_prompts else None)
         self.window.excluded_s += done - started
         return not before_training and bool(cfg.eval.patience) and state.bad_evals >= cfg.eval.patience
+
+    def _weights_for_final(self) -> int:
+        """The step whose weights final/ gets, loaded into the model. With early stopping on
+        (eval.patience) the best evaluated step's, from its checkpoint (save_checkpoint keeps it), as
+        transformers' EarlyStoppingCallback has Trainer load the best model at the end: the evaluations
+        after it were worse, and the last of them stopped the run. Otherwise the last step's."""
+        state = self.state
+        if not self.config.eval.patience or state.best_step is None or state.best_step == state.step:
+            return state.step
+        best = next((p for p in list_checkpoints(self.paths.checkpoints) if step_of(p) == state.best_step), None)
+        if best is None:  # checkpoint.every_steps saved none at that step
+            log.warning("final/ holds the model of the last step %d: no checkpoint was saved at step %d, the "
+                        "best %s", state.step, state.best_step, self.config.eval.metric)
+            return state.step
+        load_weights(best, self.acc.unwrap_model(self.model))
+        log.info("final/ holds the model of step %d, the best %s (checkpoint %s)", state.best_step,
+                 self.config.eval.metric, best.name)
+        return state.best_step
 
     def _checkpoint(self) -> None:
         acc = self.acc

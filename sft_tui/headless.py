@@ -17,7 +17,7 @@ from rich.text import Text
 from core.events import (CheckpointSaved, EvalResult, Event, LogMessage, MicroBatchHalved, Paused, Resumed, RunFailed,
                          RunFinished, RunStarted, SampleGenerated, StepMetrics)
 from sft_tui.format.numbers import format_duration, format_metrics
-from sft_tui.format.train import SmoothedRate, before_after, format_eta, untrained_head_note
+from sft_tui.format.train import SmoothedRate, before_after, best_weights_note, format_eta, untrained_head_note
 
 
 class ProgressDisplay:
@@ -140,10 +140,10 @@ class ProgressDisplay:
         last = self.last_eval
         if e.final_metrics and last is not None and last.step != e.best_step:
             self.result(f"last eval @ step {last.step}: {format_metrics(e.final_metrics)}")
-        for label, parts in before_after(e.before_metrics, e.final_metrics, self.run_task, e.before_untrained_head):
+        for label, parts in before_after(e.before_metrics, e.output_metrics, self.run_task, e.before_untrained_head):
             self.result(f"{label}: {' · '.join(parts)}")
         if e.output_path:
-            self.result(f"model saved to {e.output_path}")
+            self.result(f"model saved to {e.output_path}{best_weights_note(e)}")
 
     def _on_run_failed(self, e: RunFailed) -> None:
         self.failure_shown = True

@@ -291,13 +291,24 @@ def test_early_stopping_after_patience_evaluations_without_improvement(tiny_mode
 
     monkeypatch.setattr(core.evaluate, "evaluate", scripted)
     config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=20, eval__every_steps=2,
-                       eval__patience=2, eval__num_samples=0)
+                       eval__patience=2, eval__num_samples=0, checkpoint__keep_last=1)
     result, sink = run(config)
     assert result.reason == "early-stopped" and result.step == 8
     assert [e.is_best for e in sink.of_type(EvalResult)] == [False, True, True, False, False]
     finished = sink.of_type(RunFinished)[0]
     assert finished.best_step == 4 and finished.best_metrics["loss"] == 0.9
-    assert (result.run_dir / "final" / "model.safetensors").exists()
+    # The best checkpoint outlives keep_last 1, and final/ holds its model, as Trainer's early stopping
+    # loads the best at the end: it was deleted, and final/ held the worse model of step 8.
+    assert [p.name for p in list_checkpoints(result.run_dir / "checkpoints")] == ["step-4", "step-8"]
+    assert finished.output_step == 4 and finished.output_metrics == finished.best_metrics
+    from sft_tui.format.train import best_weights_note  # what both front ends add after the model's path
+
+    assert best_weights_note(finished) == " (the weights of step 4, the best evaluation)"
+    final = load_file(str(result.run_dir / "final" / "model.safetensors"))
+    best = load_file(str(result.run_dir / "checkpoints" / "step-4" / "model.safetensors"))
+    last = load_file(str(result.run_dir / "checkpoints" / "step-8" / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(final[name], best[name]) and not torch.equal(final[name], last[name])
 
 
 def test_save_now_and_eval_now_from_the_control(tiny_model_factory, sft_file, tmp_path):

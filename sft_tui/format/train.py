@@ -36,10 +36,18 @@ def untrained_head_note(task: str) -> str:
     return f"the new {head} is untrained"
 
 
+def best_weights_note(finished) -> str:
+    """After the final model's path, when it holds an earlier step's weights (the best evaluation's,
+    under early stopping): which step, so the metrics beside it are not read as the last step's."""
+    if finished.output_step is None or finished.output_step == finished.step:
+        return ""
+    return f" (the weights of step {finished.output_step}, the best evaluation)"
+
+
 def before_after(before: dict[str, float], after: dict[str, float], task: str,
                  untrained_head: bool = False) -> list[tuple[str, list[str]]]:
     """(label, parts) lines comparing the evaluation before training (`before`, empty without one:
-    then nothing) with the last one (`after`, the run's final metrics): a part per metric of
+    then nothing) with the saved model's (`after`: RunFinished.output_metrics): a part per metric of
     either (`loss 0.6951 -> 0.6404`). The headless summary joins the parts on one line; the results
     panel, 80 columns at the smallest, puts each on a line of its own rather than cut one in two."""
     if not before:

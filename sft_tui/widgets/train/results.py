@@ -15,7 +15,7 @@ from textual.widgets import Input, Static
 
 from core.events import RunFinished
 from sft_tui.format.numbers import format_duration, format_metrics
-from sft_tui.format.train import before_after, load_snippet
+from sft_tui.format.train import before_after, best_weights_note, load_snippet
 from sft_tui.worker import warm_up
 
 MAX_NEW_TOKENS = 32
@@ -62,13 +62,14 @@ class ResultsPanel(Vertical):
             text.append(f"\nlast eval @ step {last_eval_step}: " if last_eval_step is not None else "\nlast eval: ",
                         style="dim")
             text.append(format_metrics(finished.final_metrics))
-        for label, parts in before_after(finished.before_metrics, finished.final_metrics, task,
+        for label, parts in before_after(finished.before_metrics, finished.output_metrics, task,
                                          finished.before_untrained_head):
             text.append(f"\n{label}: ", style="dim")
             text.append(f"\n{' ' * (len(label) + 2)}".join(parts))  # a metric a line, aligned: none cut in two
         if finished.output_path:
             text.append("\nmodel ", style="dim")
             text.append(finished.output_path)
+            text.append(best_weights_note(finished), style="dim")
             text.append("\nload  ", style="dim")
             text.append(load_snippet(task, finished.output_path).splitlines()[-1], style="cyan")
             text.append("  y copies", style="dim")
