@@ -33,7 +33,7 @@ from core.logs import logs_to_events
 from core.milestones import Milestones
 from core.oom import out_of_memory, step_advice, why_not_halved
 from core.rank_failure import share_failure
-from core.runs import RunPaths, config_digest, discard_stub, open_run
+from core.runs import RunPaths, anchored, config_digest, discard_stub, open_run
 from core.step_reports import StepReports
 from core.trackers import close_trackers, tracker_sinks
 from core.unfreezing import Unfreezer
@@ -68,6 +68,8 @@ def train(
     resumed = None
     if resume_dir is not None:
         resumed, config = open_run(resume_dir)
+    else:
+        config = anchored(config)
     accelerator = Accelerator(mixed_precision=setup.mixed_precision(config.precision),
                               step_scheduler_with_optimizer=False, **accelerator_options(config))
     paths, lock = setup.claim_run_folder(config, accelerator, resumed)

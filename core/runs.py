@@ -142,21 +142,21 @@ def create_run(config: RunConfig, run_id: str) -> tuple[RunPaths, RunLock]:
     paths.events.unlink(missing_ok=True)
     shutil.rmtree(paths.checkpoints)  # nothing complete in it: interrupted writes only
     paths.checkpoints.mkdir()
-    save_config(anchored(config), paths.config)
+    save_config(config, paths.config)
     return paths, lock
 
 
 def anchored(config: RunConfig) -> RunConfig:
-    """The config with its local paths (data, model folder, runs folder) made absolute: a run is
-    resumed from its folder's config, and its relative paths named files under the folder the run
-    was started in, so a resume from anywhere else could not find its data."""
+    """The config with its local inputs (data, model folder) made absolute, as a new run
+    runs by it and keeps it: a run is resumed from its folder's config, and relative paths named
+    files under the folder the run was started in, so a resume from anywhere else could not find its
+    data. Its digest (RunStarted.config_digest) is the anchored config's."""
     from core.data.sources import is_local
 
     data = config.data
     changes = {"data": {"train": _absolute(data.train) if is_local(data.train) else data.train,
                         "validation": _absolute(data.validation) if data.validation and is_local(data.validation)
-                        else data.validation},
-               "output": {"runs_dir": _absolute(config.output.runs_dir)}}
+                        else data.validation}}
     if Path(config.model.name_or_path).expanduser().exists():
         changes["model"] = {"name_or_path": _absolute(config.model.name_or_path)}
     return config.model_copy(update={section: getattr(config, section).model_copy(update=values)
@@ -190,8 +190,8 @@ def open_run(run_dir: str | Path) -> tuple[RunPaths, RunConfig]:
 
 
 def resume_problem(paths: RunPaths) -> UserError | None:
-    """Why the run in `paths` cannot be resumed (it is complete, or has no checkpoint), or None.
-    Cheap: no torch, no model, so a resume fails before any loading."""
+    """Why the run in `paths` cannot be resumed (it is complete, its config was edited, or it has no
+    checkpoint), or None. Cheap: no torch, no model, so a resume fails before any loading."""
     finished = [e for e in read_events(paths.events) if e.type in ("run_started", "run_finished")] \
         if paths.events.exists() else []
     if finished and finished[-1].type == "run_finished" and finished[-1].reason != "stopped":
@@ -203,7 +203,25 @@ def resume_problem(paths: RunPaths) -> UserError | None:
         return UserError(f"run {paths.root} has no complete checkpoint to resume from"
                          + (f" ({'; '.join(found)})" if found else " (it ended before its first checkpoint)"),
                          f"start it again: `{train_command(paths.config)}`")
-    return None
+    started = next((e for e in finished if e.type == "run_started"), None)
+    return _changed_config(paths, started.config_digest) if started is not None else None
+
+
+def _changed_config(paths: RunPaths, started_with: str) -> UserError | None:
+    """An edit of the run's config.yaml since it started: a resume continues the run by its
+    checkpoint, whose schedule, data position and weights the edit would not fit (a new lr was
+    ignored, a new batch size changed which rows the saved position means, a new model made every
+    checkpoint look damaged)."""
+    try:
+        digest = config_digest(load_config(paths.config))
+    except UserError as err:
+        return err
+    if digest == started_with:
+        return None
+    return UserError(f"{paths.config} was changed after the run started (digest {started_with} -> {digest}): "
+                     "a resume continues the run as it was trained",
+                     "undo the edit to resume, or train the edited config as a new run: "
+                     f"`{train_command(paths.config, '--set', 'output.run_name=NEW')}`")
 
 
 def latest_resumable(runs_dir: str | Path) -> Path | None:

@@ -328,7 +328,11 @@ async def test_resume_offers_the_newest_resumable_run_and_refuses_the_others_in_
             write_manifest(step, 40)
         return root
 
-    started, completed = FINISHED_RUN[0], FINISHED_RUN[-1]
+    from core.runs import config_digest
+
+    # started by the config the folders hold: an edited config is refused (core.runs.resume_problem)
+    started = dataclasses.replace(FINISHED_RUN[0], config_digest=config_digest(example_config("causal-lm")))
+    completed = FINISHED_RUN[-1]
     stopped = run_folder("stopped", started, dataclasses.replace(completed, reason="stopped", output_path=None))
     os.utime(stopped / "checkpoints" / "step-40", (1, 1))  # the oldest checkpoint, yet the one to offer
     done = run_folder("done", started, completed)

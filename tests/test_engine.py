@@ -137,8 +137,15 @@ def test_a_run_started_with_relative_paths_resumes_from_another_folder(tiny_mode
     first, _ = run(config, StopAt(3))
     assert first.reason == "stopped"
     saved = parse_config(yaml.safe_load((here / first.run_dir / "config.yaml").read_text()))
-    assert (saved.data.train, saved.output.runs_dir) == (str(here / "data.jsonl"), str(here / "runs"))
+    assert saved.data.train == str(here / "data.jsonl")
     monkeypatch.chdir(elsewhere)
+    config_file = here / first.run_dir / "config.yaml"
+    as_started = config_file.read_text()
+    config_file.write_text(as_started.replace("lr: 0.003", "lr: 0.0001"))
+    with pytest.raises(UserError, match=r"config.yaml was changed after the run started"):
+        run(None, resume_dir=here / first.run_dir)  # the new lr was ignored, a new batch size misread the position
+    assert read_events(here / first.run_dir / "events.jsonl")[-1].type == "run_finished"  # not marked failed
+    config_file.write_text(as_started)
     resumed, _ = run(None, resume_dir=here / first.run_dir)
     assert resumed.reason == "completed" and resumed.step == 6
 
