@@ -4,6 +4,7 @@ final model (layout in DESIGN.md). Everything about a past run is read back from
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -64,6 +65,29 @@ def new_run_id(config: RunConfig) -> str:
         model = Path(config.model.name_or_path.replace("demo:", "")).name or "model"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-")[:40]
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
+
+
+def claim_run_id(config: RunConfig) -> str:
+    """new_run_id, with its folder created here when the name was generated, under a `-2`, `-3`
+    suffix if taken: two runs started in the same second (a sweep's script, two terminals) took the
+    same name, and the second was refused as in use. mkdir is atomic, so two processes never claim
+    the same folder. An output.run_name is the user's and is left to create_run's checks."""
+    run_id = new_run_id(config)
+    if config.output.run_name:
+        return run_id
+    runs = Path(config.output.runs_dir)
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            candidate = run_id if n == 1 else f"{run_id}-{n}"
+            try:
+                (runs / candidate).mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as err:
+        raise UserError(f"cannot create a run folder in {runs}: {err.strerror}", "check output.runs_dir") from None
+    raise AssertionError("unreachable")
 
 
 def run_root(runs_dir: str | Path, run_id: str) -> Path:

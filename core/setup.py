@@ -16,7 +16,7 @@ from core.checkpoint import TrainState, load_latest
 from core.config import RunConfig, precision_problem
 from core.errors import UserError
 from core.plan import StepPlan, plan_steps
-from core.runs import RunLock, RunPaths, create_run, new_run_id, resume_problem
+from core.runs import RunLock, RunPaths, claim_run_id, create_run, resume_problem
 
 log = logging.getLogger("core.engine")
 """The engine's logger: these steps are the engine's, and their warnings say so in the run's events."""
@@ -50,7 +50,7 @@ def claim_run_folder(config: RunConfig, acc, resumed: RunPaths | None) -> tuple[
                 lock.release()
                 raise problem
     else:
-        holder = [new_run_id(config) if acc.is_main_process else None]
+        holder = [claim_run_id(config) if acc.is_main_process else None]
         broadcast_object_list(holder)
         if acc.is_main_process:
             paths, lock = create_run(config, holder[0])

@@ -31,7 +31,7 @@ from core.errors import UserError
 from core.events import Event, read_events
 from core.launch import check_launch, launch_env
 from core.liveness import ProcessRecord, live_record, write_record
-from core.runs import RunPaths, discard_stub, new_run_id, occupied_problem, open_run, resume_problem, run_root
+from core.runs import RunPaths, claim_run_id, discard_stub, occupied_problem, open_run, resume_problem, run_root
 
 
 @dataclass
@@ -86,7 +86,7 @@ def prepare_start(config: RunConfig | None = None, resume_dir: str | Path | None
             raise problem
         args, stdin = ["--resume", str(paths.root)], None
     else:
-        run_id = new_run_id(config)
+        run_id = claim_run_id(config)
         paths = RunPaths(run_root(config.output.runs_dir, run_id))
         if problem := live_engine_problem(paths) or occupied_problem(paths):
             raise problem
