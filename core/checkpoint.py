@@ -250,17 +250,20 @@ def save_checkpoint(
             (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=1), encoding="utf-8")
             write_manifest(tmp, step)
     except Exception as err:
+        needed = _needed_mb(weights or model.state_dict(), optim_state[STATE] if optim_state else optimizer.state)
         code = _os_errno(err)
+        if code is None and shutil.disk_usage(checkpoints_dir).free < needed << 20:
+            code = errno.ENOSPC  # torch.save's zip writer says "unexpected pos" or "file write failed", no errno
         if code not in _FULL_DISK:
             raise
         kept = list_checkpoints(checkpoints_dir)
-        needed = _needed_mb(weights or model.state_dict(), optim_state[STATE] if optim_state else optimizer.state)
         raise UserError(
             f"cannot write checkpoint {final}: {_FULL_DISK[code]} "
             f"(a checkpoint needs about {needed:,} MB)",
-            "free space under " + str(checkpoints_dir) + " (or lower checkpoint.keep_last), then resume with "
-            f"`{train_command('--resume', checkpoints_dir.parent)}`"
-            + (f"; the last complete checkpoint is {kept[-1].name}" if kept else ""),
+            "free space under " + str(checkpoints_dir) + " (or lower checkpoint.keep_last), then "
+            + (f"resume with `{train_command('--resume', checkpoints_dir.parent)}`; the last complete checkpoint "
+               f"is {kept[-1].name}" if kept else
+               f"start the run again: `{train_command(checkpoints_dir.parent / 'config.yaml')}`"),
         ) from None
     for old in list_checkpoints(checkpoints_dir)[:-keep_last]:
         if step_of(old) != state.best_step:  # eval.metric picks it: the one checkpoint worth more than the newest

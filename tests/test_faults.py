@@ -280,6 +280,30 @@ def test_a_full_disk_keeps_the_previous_checkpoint(code, words, setup, capsys, m
     setup.assert_same_weights(name)
 
 
+def test_a_disk_that_fills_up_under_torch_save_is_the_same_message(setup, capsys, monkeypatch):
+    """torch.save's zip writer reports a full disk as "unexpected pos ..." with no errno: a traceback
+    and "this looks like a bug" when the disk filled up on optimizer.pt rather than on the weights."""
+    import shutil
+
+    import torch
+
+    name = "full-disk-torch-save"
+    real_save, real_usage, calls = torch.save, shutil.disk_usage, []
+
+    def disk_fills_up(obj, f, *args, **kw):
+        calls.append(f)
+        if len(calls) == 5:  # optimizer.pt of the third checkpoint
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 34902080 vs 34901968")
+        return real_save(obj, f, *args, **kw)
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=4096))
+    assert main(["train", str(setup.config_file(name))]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"cannot write checkpoint {setup.run_dir(name) / 'checkpoints' / 'step-60'}: no space left" in err
+    assert "Traceback" not in err and "the last complete checkpoint is step-40" in err
+
+
 def test_a_real_file_size_limit_is_a_message_not_a_crash(setup):
     """RLIMIT_FSIZE makes the kernel refuse the weights file (Python ignores SIGXFSZ: EFBIG)."""
     import resource
