@@ -84,15 +84,16 @@ def prepare_start(config: RunConfig | None = None, resume_dir: str | Path | None
         paths, config = open_run(resume_dir)
         if problem := live_engine_problem(paths) or resume_problem(paths):
             raise problem
+        check_launch(config)
         args, stdin = ["--resume", str(paths.root)], None
     else:
+        check_launch(config)  # before the run's folder is claimed: a refused start leaves nothing behind
         run_id = claim_run_id(config)
         paths = RunPaths(run_root(config.output.runs_dir, run_id))
         if problem := live_engine_problem(paths) or occupied_problem(paths):
             raise problem
         config = config.model_copy(update={"output": config.output.model_copy(update={"run_name": run_id})})
         args, stdin = ["-"], yaml.safe_dump(config_to_dict(config), sort_keys=False)
-    check_launch(config)
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
         if stdin and config.compute.nproc > 1:
