@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from core.adapter_labels import write_labels
 from core.atomic import atomic_folder
 from core.full_state import gather, is_sharded, is_writer
 
@@ -43,6 +44,8 @@ def save_final(model, tokenizer, out_dir: Path, merge: bool | None = None) -> Pa
     with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
+        if is_peft:
+            write_labels(tmp, model.get_base_model())
         if is_peft and merge:
             merged = _merge_saved(model, tmp) if sharded else model.merge_and_unload()
             merged.save_pretrained(tmp / MERGED)

@@ -226,6 +226,30 @@ def test_only_adapters_and_the_head_train_and_both_exports_load(tiny_model_facto
         torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_the_load_snippet_of_a_classification_adapter_loads_its_classes(tiny_model_factory, tmp_path, trained_model):
+    """Loaded over its base, the adapter got the base's default head of 2 classes named LABEL_0 and
+    LABEL_1: a 3-class adapter failed to load ("size mismatch"), and the app's snippet and try-it box
+    with it. The adapter now keeps its class names (labels.json), and the snippet loads with them."""
+    from core.adapter_labels import adapter_labels
+    from helpers import write_jsonl
+    from sft_tui.format.train import load_snippet
+
+    rows = [{"text": f"{w} is {['bad awful', 'so so', 'good great'][i % 3]}", "label": ["neg", "meh", "pos"][i % 3]}
+            for i, w in enumerate(["red", "blue", "green", "gold", "pink", "gray"] * 8)]
+    config = cls_config(tiny_model_factory("bert"), write_jsonl(tmp_path / "three.jsonl", rows), tmp_path, lora={"r": 4})
+    result, _ = run(config)
+    assert adapter_labels(result.output_path) == ["meh", "neg", "pos"]
+    scope: dict = {}
+    exec(load_snippet("classification", str(result.output_path)).replace("AutoModelForSequenceClassification.from",
+                                                                         "model = AutoModelForSequenceClassification.from"),
+         scope)
+    model = scope["model"].eval()
+    assert model.config.id2label == {0: "meh", 1: "neg", 2: "pos"}
+    batch = {"input_ids": torch.tensor([[2, 7, 9, 11, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, trained_model["model"](**batch).logits)
+
+
 def test_causal_lm_adapter_and_merged_model_compute_like_the_trained_one(tiny_model_factory, sft_file, tmp_path,
                                                                           trained_model):
     from peft import PeftModel

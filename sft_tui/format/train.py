@@ -4,11 +4,13 @@ ETA and a smoothed throughput. Pure code, so the wording is tested without a UI.
 from __future__ import annotations
 
 from collections import deque
+from pathlib import Path
 
 from rich.console import RenderableType
 from rich.text import Text
 
 from core.config import RunConfig
+from core.adapter_labels import LABELS_FILE
 from core.events import StepMetrics
 from core.lora import lr_advice
 from core.plan import when_checkpointed, when_evaluated
@@ -24,8 +26,13 @@ LOADERS = {
 
 
 def load_snippet(task: str, path: str) -> str:
-    """Two lines of Python that load the exported model, to copy into a notebook."""
+    """Lines of Python that load the exported model, to copy into a notebook; the last one loads it.
+    A classification adapter is loaded over its base with the class names it keeps (core.export)."""
     name, call = LOADERS.get(task, LOADERS["causal-lm"])
+    if task == "classification" and (Path(path) / LABELS_FILE).is_file():
+        labels = f"{path}/{LABELS_FILE}"
+        return (f"import json\nfrom transformers import {name}\n"
+                f'{name}.from_pretrained("{path}", id2label=dict(enumerate(json.load(open("{labels}")))))')
     return f"from transformers import {name}\n{call.format(path)}"
 
 

@@ -13,6 +13,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, Static
 
+from core.adapter_labels import adapter_labels
 from core.events import RunFinished
 from sft_tui.format.numbers import format_duration, format_metrics
 from sft_tui.format.train import before_after, best_weights_note, load_snippet
@@ -134,7 +135,15 @@ class ResultsPanel(Vertical):
             from transformers import pipeline
 
             kind = "text-classification" if task == "classification" else "text-generation"
-            self._pipeline = pipeline(kind, model=model_path, device="cuda" if torch.cuda.is_available() else "cpu")
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            if task == "classification" and (labels := adapter_labels(model_path)) is not None:
+                from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+                model = AutoModelForSequenceClassification.from_pretrained(model_path, id2label=dict(enumerate(labels)))
+                self._pipeline = pipeline(kind, model=model, tokenizer=AutoTokenizer.from_pretrained(model_path),
+                                          device=device)
+            else:
+                self._pipeline = pipeline(kind, model=model_path, device=device)
             self._pipeline_path = model_path
         return self._pipeline
 
