@@ -143,3 +143,10 @@ def test_a_training_folder_with_files_named_like_other_splits_is_a_warning(tmp_p
     assert (f"folder {tmp_path / 'splits'} holds dev-set.jsonl, test.jsonl: every file in a data.train folder is "
             "training data; point data.train at the training file and data.validation at the validation one") in warned
     assert not any("folder" in w for w in prepared(tmp_path / "shards", bert).warnings)
+
+
+def test_a_column_name_with_spaces_around_it_is_quoted_in_messages(tmp_path, bert):
+    """`columns are: text, label ` hid the space that made `label` not found."""
+    (tmp_path / "d.csv").write_text('text,"label "\ngood,pos\nbad,neg\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"columns are: text, 'label '\n"):
+        prepared(tmp_path / "d.csv", bert, columns={"label": "label"})

@@ -26,6 +26,11 @@ _FORMAT_ROLES = {
 _TASK_FORMATS = {"classification": ("text-label",), "causal-lm": ("prompt-completion", "chat", "text")}
 
 
+def column_list(columns: list[str]) -> str:
+    """Column names for a message; one with spaces around it quoted, or `label ` reads as `label`."""
+    return ", ".join(name if name == name.strip() else repr(name) for name in columns)
+
+
 def detect_format(column_names: list[str], task: str, data: DataConfig) -> tuple[str, ColumnMap]:
     """The row format and the column that plays each of its roles.
 
@@ -34,7 +39,7 @@ def detect_format(column_names: list[str], task: str, data: DataConfig) -> tuple
     rows, causal LM reads prompt-completion, chat or plain text.
     """
     columns = list(column_names)
-    available = ", ".join(columns)
+    available = column_list(columns)
     explicit = data.columns.model_dump()
     for role, column in explicit.items():
         if column is not None and column not in columns:

@@ -21,7 +21,7 @@ from core.data.encoding import (
     encode_text,
 )
 from core.data.examples import DataStats, Example, PreparedData
-from core.data.formats import detect_format, unused_columns
+from core.data.formats import column_list, detect_format, unused_columns
 from core.data.labels import encode_text_label, label_names, many_labels_warning
 from core.data.sources import load_raw, split_files_warning
 from core.errors import UserError
@@ -101,7 +101,7 @@ def _check_columns(names: list[str], cols: ColumnMap) -> None:
         if column not in names:
             raise UserError(
                 f"data.validation: column {column!r} (the {role} column of the training data) not found; "
-                f"columns are: {', '.join(names)}",
+                f"columns are: {column_list(names)}",
                 "give validation data with the same columns as the training data",
             )
 
