@@ -4,7 +4,6 @@ final model (layout in DESIGN.md). Everything about a past run is read back from
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -76,18 +75,18 @@ def claim_run_id(config: RunConfig) -> str:
     if config.output.run_name:
         return run_id
     runs = Path(config.output.runs_dir)
+    candidate, n = run_id, 1
     try:
         runs.mkdir(parents=True, exist_ok=True)
-        for n in itertools.count(1):
-            candidate = run_id if n == 1 else f"{run_id}-{n}"
+        while True:
             try:
                 (runs / candidate).mkdir()
                 return candidate
             except FileExistsError:
-                continue
+                n += 1
+                candidate = f"{run_id}-{n}"
     except OSError as err:
         raise UserError(f"cannot create a run folder in {runs}: {err.strerror}", "check output.runs_dir") from None
-    raise AssertionError("unreachable")
 
 
 def run_root(runs_dir: str | Path, run_id: str) -> Path:
