@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.config import RunConfig, config_to_dict, load_config, parse_config, set_dotted
 from core.errors import UserError
+from core.final_layout import MERGED
 from core.run_info import RunInfo
 from core.runs import CONTINUED, RunPaths
 
@@ -33,7 +34,20 @@ def continue_problem(info: RunInfo) -> UserError | None:
         return UserError(f"{where} saved no final model: {info.paths.final} does not exist "
                          "(it ran with output.save_final false)",
                          "load its config, set output.save_final true and train it again")
+    if final_model(info.paths) is None:
+        return UserError(f"{where} saved a LoRA adapter, which a run cannot start from, and no merged model",
+                         "load its config, set lora.merge_on_export true and train it again: its final/merged/ "
+                         "can be continued")
     return None
+
+
+def final_model(paths: RunPaths) -> Path | None:
+    """The model folder a continuation starts from: final/, or for a LoRA run (final/ holds only the
+    adapter) the merged model in final/merged/ (lora.merge_on_export), None without one."""
+    if not (paths.final / "adapter_config.json").is_file():
+        return paths.final
+    merged = paths.final / MERGED
+    return merged if (merged / "config.json").is_file() else None
 
 
 def unique_run_name(runs_dir: str | Path, base: str) -> str:
@@ -57,10 +71,13 @@ def continued_config(run_dir: str | Path, *, epochs: float | None = None, max_st
     if not paths.final.is_dir():
         raise UserError(f"run {paths.root.name} saved no final model ({paths.final} does not exist)",
                         "only a finished run saved with output.save_final true can be continued")
+    if (model := final_model(paths)) is None:
+        raise UserError(f"run {paths.root.name} saved a LoRA adapter and no merged model ({paths.final})",
+                        "only a LoRA run saved with lora.merge_on_export true can be continued")
     data = config_to_dict(load_config(paths.config))
     base = _CONTINUED_SUFFIX.sub("", paths.root.name) + CONTINUED
     changes = {
-        "model.name_or_path": str(paths.final.absolute()),
+        "model.name_or_path": str(model.absolute()),
         "schedule.epochs": epochs if epochs is not None else data["schedule"]["epochs"],
         "schedule.max_steps": max_steps,
         "output.runs_dir": str(paths.root.parent),

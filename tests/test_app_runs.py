@@ -459,6 +459,28 @@ def test_a_continued_classifier_keeps_its_trained_head(tiny_model_factory, tmp_p
     assert head_news(parent) and not head_news(tmp_path / "runs" / "cls-cont")
 
 
+def test_a_lora_run_continues_from_its_merged_model_or_is_refused_before_the_dialog(tiny_model_factory, tmp_path):
+    """Continue pointed the new run at a LoRA run's final/, which holds only the adapter: the run
+    failed with "final is not a model folder: no config.json"."""
+    from core.engine import train
+    from core.lineage import continue_problem, continued_config
+    from core.run_info import run_info
+    from test_app_train import cls_config_file
+
+    config = load_config(cls_config_file(tmp_path, tiny_model_factory("bert")))
+    for name, merge in (("adapter", False), ("merged", True)):
+        config.output.run_name, config.lora.enabled, config.lora.merge_on_export = name, True, merge
+        train(config, [], report_interval_s=0)
+    adapter, merged = tmp_path / "runs" / "adapter", tmp_path / "runs" / "merged"
+    problem = continue_problem(run_info(adapter))
+    assert problem is not None and "saved a LoRA adapter, which a run cannot start from" in problem.message
+    assert "lora.merge_on_export true" in problem.hint
+    assert continue_problem(run_info(merged)) is None
+    continued = continued_config(merged, max_steps=2)
+    assert continued.model.name_or_path == str(merged / "final" / "merged")
+    assert train(continued, [], report_interval_s=0).reason == "completed"
+
+
 @pytest.mark.skipif("in_process" not in inspect.signature(create_app).parameters,
                     reason="needs SftApp.launch_run and create_app(in_process=...) (the detached-engine work)")
 async def test_n_through_the_app_trains_a_new_run_under_its_parent(real_runs, tmp_path):

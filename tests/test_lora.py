@@ -230,7 +230,7 @@ def test_the_load_snippet_of_a_classification_adapter_loads_its_classes(tiny_mod
     """Loaded over its base, the adapter got the base's default head of 2 classes named LABEL_0 and
     LABEL_1: a 3-class adapter failed to load ("size mismatch"), and the app's snippet and try-it box
     with it. The adapter now keeps its class names (labels.json), and the snippet loads with them."""
-    from core.adapter_labels import adapter_labels
+    from core.final_layout import adapter_labels
     from helpers import write_jsonl
     from sft_tui.format.train import load_snippet
 

@@ -10,7 +10,7 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from core.config import RunConfig
-from core.adapter_labels import LABELS_FILE
+from core.final_layout import LABELS_FILE
 from core.events import StepMetrics
 from core.lora import lr_advice
 from core.plan import when_checkpointed, when_evaluated

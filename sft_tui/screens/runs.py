@@ -213,6 +213,9 @@ class RunsScreen(StepScreen):
         """A new run from a finished run's final model, for as many more epochs or steps as asked."""
         if (info := self._current()) is None:
             return
+        if self.app.run_state.live:  # refused now, not after the dialog was filled in
+            self._refuse("Cannot continue", "a run is training here: stop it, or quit and detach from it, first")
+            return
         if problem := continue_problem(info):
             self._refuse("Cannot continue", f"{problem.message}: {problem.hint}")
             return

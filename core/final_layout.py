@@ -1,9 +1,11 @@
-"""The class names a classification adapter keeps beside it (labels.json), in class-id order.
+"""What a run's final/ folder holds besides a save_pretrained model, named here without torch so
+that the app reads it before any model is loaded (core.export writes it).
 
-An adapter folder holds no model config, and must not hold one: transformers would load the folder
-as a whole model. Loaded over its base, the adapter got a head of the base's default size (2) with
-the names LABEL_0, LABEL_1; these names give the head its size and the predictions their names.
-No torch here: the app's load snippet reads them before any model is loaded.
+A LoRA run's final/ is the adapter; `merged/` in it, with lora.merge_on_export, the plain model.
+A classification adapter keeps its class names beside it (labels.json), in class-id order: an
+adapter folder holds no model config, and must not hold one (transformers would load the folder as
+a whole model), so loaded over its base it got a head of the base's default size (2) with the names
+LABEL_0, LABEL_1. These names give the head its size and the predictions their names.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+MERGED = "merged"
 LABELS_FILE = "labels.json"
 
 
