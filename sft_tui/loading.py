@@ -54,12 +54,14 @@ class Loading:
             await asyncio.sleep(SETTLE_POLL_S)
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
-        """Take the model; the configured data follows when nothing loaded it yet, so that the
-        steps after it show the run's steps and a memory estimate for the real rows without a
-        visit to step 2 first."""
+        """Take the model; the configured data follows when nothing loaded it for these settings
+        yet, so that the steps after it show the run's steps, a memory estimate for the real rows
+        and any problem of the data without a visit to step 2 first. A new model can change the
+        task: the data loaded for the old one was dropped (Session.replace_config), and Start said
+        "ready" for rows the new task cannot read until step 2 loaded them again."""
         if self.session.is_current("model", message.config):
             self._take_model(message.info)
-            if self.session.data is None and self.data_state == "none":
+            if self.session.data is None and self.data_state != "loading" and "data" not in self.session.load_errors:
                 self.load_data()
             self.changed()
 

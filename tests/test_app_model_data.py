@@ -239,10 +239,26 @@ async def test_picking_a_cached_causal_lm_while_on_classification_switches_the_t
         await settle(pilot)
         assert app.session.config.task == "classification"
         note = " ".join(shown(app, "#model-head-note").split())
-        # (the labels, and so the head's size, are known once step 2 has loaded the data for this task)
-        assert "classification: a new head (score) is created: LlamaForCausalLM has no classification head" in note
+        # (the data is loaded for this task after the model, without a visit to step 2: the head's size is known)
+        assert "classification: a new head of 2 labels (score) is created: LlamaForCausalLM has no classification head" in note
         assert "LlamaForCausalLM is made for causal-lm: choose that task and Load to keep its head" in note
-        assert "a new head (score) is created" in " ".join(visible_text(app).split())
+        assert "a new head of 2 labels (score)" in " ".join(visible_text(app).split())
+
+
+async def test_a_model_that_switches_the_task_checks_the_data_for_it_before_step_2(tiny_model_factory):
+    """A causal LM typed over the classification demo switched the task, and step 5 said "ready to
+    start" for the sentiment rows until step 2 loaded them again; the run then failed."""
+    app = create_app()  # the demo: classification on demo:sentiment
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await load_model_from(pilot, str(tiny_model_factory("llama")))
+        assert app.session.config.task == "causal-lm"
+        await pilot.press("escape", "5")
+        await settle(pilot)
+        problem = app.session.problems()["data"]
+        assert "the detected format 'text-label' does not fit task 'causal-lm'" in problem
+        assert "the bundled demo: demo:instructions" in app.session.load_errors["data"].hint  # on step 2
+        assert "ready to start" not in visible_text(app)
 
 
 async def test_picking_the_tiny_lm_demo_switches_to_its_task_and_data():

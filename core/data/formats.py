@@ -5,7 +5,7 @@ ask it on its own (the results of a finished run do, to tell whether it trained 
 
 from __future__ import annotations
 
-from core.config import ColumnMap, DataConfig
+from core.config import ColumnMap, DataConfig, example_config
 from core.errors import UserError
 
 # Column names each role is detected from, in order of preference (matched case-insensitively).
@@ -65,7 +65,8 @@ def detect_format(column_names: list[str], task: str, data: DataConfig) -> tuple
         if task == "classification":
             hint = "set task: causal-lm, or data.columns.text and data.columns.label for classification"
         elif found["text"]:
-            hint = f"set task: classification, or set data.format: text to train on the {found['text']!r} column alone"
+            hint = (f"choose causal-LM data (the bundled demo: {example_config(task).data.train}), set task: "
+                    f"classification, or set data.format: text to train on the {found['text']!r} column alone")
         else:
             hint = f"set data.format to auto or one of: {', '.join(allowed)}; or set task: classification"
         detected = "the detected format" if data.format == "auto" else "format"
