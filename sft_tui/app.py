@@ -99,6 +99,9 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         self.followed: RunClient | None = None
         """The run the train screen follows (live or ended); None before the first. (Not `run`:
         that is App.run.)"""
+        self.followed_config: RunConfig | None = None
+        """The config of the run followed, which the status line describes while it trains: one opened
+        from step 6 or continued is not the draft that steps 1-5 edit."""
         self._attach = attach
         self._sink: RunSink | None = None
         """The in-process run's sink: what its engine reported of its start and failure."""

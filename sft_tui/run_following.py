@@ -15,7 +15,7 @@ from textual.message_pump import MessagePump
 from core.config import RunConfig
 from core.control import Control
 from core.errors import UserError
-from core.runs import RunPaths
+from core.runs import RunPaths, open_run
 from sft_tui.messages import RunFollowed, RunState, RunStateChanged
 from sft_tui.run_client import InProcessClient, RunClient
 from sft_tui.worker import RunSink, follow_run, run_ended, run_training
@@ -31,6 +31,7 @@ class RunFollowing:
             return
         screen = self._train_screen()
         config = config or self.session.config
+        self.followed_config = _run_config(resume_dir) if resume_dir else config
         if self.in_process:
             client = InProcessClient(Control(), resume_dir)
             self._sink = sink = RunSink(screen, client)
@@ -60,6 +61,7 @@ class RunFollowing:
                         title="Cannot attach", severity="warning")
             return
         client = RunClient(RunPaths(Path(run_dir)))
+        self.followed_config = _run_config(client.paths.root)
         training = client.engine_alive()
         if training:
             client.claim()
@@ -89,3 +91,12 @@ class RunFollowing:
         self.workers.cancel_group(self, "follow")
         if self.followed is not None:
             self.followed.leave()
+
+
+def _run_config(run_dir: Path) -> RunConfig | None:
+    """The config a run folder keeps, for the status line; None when it cannot be read (the follow
+    itself says what is wrong with the folder)."""
+    try:
+        return open_run(run_dir)[1]
+    except UserError:
+        return None

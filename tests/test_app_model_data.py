@@ -645,3 +645,19 @@ async def test_a_chat_row_folds_the_system_prompt_and_opens_at_the_answer(tmp_pa
         assert app.focused is detail
         await pilot.press("home")
         assert folded in visible_text(app) and SYSTEM_PROMPT[:30] not in visible_text(app)
+
+
+def test_while_a_run_trains_the_status_line_describes_that_run_not_the_draft():
+    """A live run opened from step 6 was described by the draft's model, task and lr."""
+    from types import SimpleNamespace
+
+    from core.config import example_config
+    from sft_tui.messages import RunState
+    from sft_tui.widgets.draft_bar import status_line
+
+    draft, run = example_config("classification"), example_config("causal-lm")
+    run.model.name_or_path, run.optim.lr = "/models/deep-llama", 5e-4
+    session = SimpleNamespace(config=draft, trainable_share=1.0, problems=dict)
+    line = status_line(session, RunState.RUNNING, 200, run).plain
+    assert line.startswith("sft-tui RUNNING · deep-llama · causal-lm · instructions · ") and "lr 0.0005" in line
+    assert status_line(session, RunState.FINISHED, 200, run).plain.startswith("sft-tui FINISHED · minilm")  # draft again

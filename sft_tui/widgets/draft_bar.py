@@ -34,7 +34,7 @@ def preset_words(freeze, short: bool = False) -> str:
 """A model or data name longer than this is cut in the middle when the line is short of room."""
 
 
-def status_line(session, state: RunState, width: int) -> Text:
+def status_line(session, state: RunState, width: int, run_config=None) -> Text:
     """The draft run in at most `width` cells, when it can be done.
 
     The whole line first; then, until it fits, the least useful parts go (the app's name, the batch
@@ -42,10 +42,11 @@ def status_line(session, state: RunState, width: int) -> Text:
     the problem list is cut (to its count when no name fits). What stays at 80 columns: the state,
     model, task, trainable share and lr.
     """
-    config = session.config
+    following = run_config is not None and state.live  # a run from step 6 or continued is not the draft
+    config = run_config if following else session.config
     model = config.model.name_or_path.removeprefix("demo:")
     model = Path(model).name or model
-    share = session.trainable_share
+    share = None if following else session.trainable_share
     plain = {
         "model": model, "task": config.task, "data": Path(config.data.train.removeprefix("demo:")).name,
         "share": f"{format_share(share)} trainable" if share is not None else preset_words(config.freeze),
@@ -106,4 +107,4 @@ class DraftBar(Static):
 
     def _redraw(self, _value=None) -> None:
         width = self.content_size.width or self.app.size.width - 2
-        self.update(status_line(self.app.session, self.app.run_state, width), layout=False)
+        self.update(status_line(self.app.session, self.app.run_state, width, self.app.followed_config), layout=False)
