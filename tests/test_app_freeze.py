@@ -384,6 +384,17 @@ async def test_lora_targets_are_picked_from_the_tree_and_the_summary_counts_the_
         assert app.session.config.lora.targets == ["attention"]
         assert "+lora" in labels(app)["model.layers.0.self_attn"] and "+lora" not in labels(app)["model.layers.0.mlp"]
 
+        # A stray `l` that turned LoRA on is undone by a second one: it was refused ("turn LoRA off in
+        # the hyperparameters instead"), and the map stayed as the stray key left it.
+        await pilot.press("a")  # the all preset, LoRA off
+        app.session.update({"lora.enabled": False})
+        await pilot.pause()
+        await select(pilot, "model.layers.1")
+        await pilot.press("l", "l")
+        await pilot.pause()
+        assert not app.session.config.lora.enabled and "+lora" not in labels(app)["model.layers.1"]
+        assert state(app, "model.layers.0") == "train"
+
 
 def data_share(app) -> float:
     """The share of positions whose logits the run computes, from the data the app loaded after

@@ -278,7 +278,9 @@ class FreezeScreen(FreezeMethods, StepScreen):
 
     def action_toggle_lora(self) -> None:
         """Give the selected module's layers adapters, or take them away when all have them: the
-        targets become explicit layer paths then, so one module leaves a preset's list. Turns LoRA on."""
+        targets become explicit layer paths then, so one module leaves a preset's list. Turns LoRA on,
+        and off again (with the default targets) when the last adapter is taken away: a second `l`
+        undoes the first."""
         node = self.query_one(ModuleTree).cursor_node
         if not self._ready() or node is None or node.data is None:
             return
@@ -294,9 +296,9 @@ class FreezeScreen(FreezeMethods, StepScreen):
         below = [p for p in current if path == "" or p == path or p.startswith(path + ".")]
         if lora.enabled and below and set(below) == set(self._targets_under(path)):
             targets = [p for p in current if p not in below]
-            if not targets:
-                self.notify("LoRA needs at least one target; turn LoRA off in the hyperparameters (4) instead.",
-                            severity="warning")
+            if not targets:  # the last target taken away: LoRA off, as it was before an `l` turned it on
+                self._apply({"lora.enabled": False, "lora.targets": type(lora)().targets})
+                self.notify("LoRA is off: no layer has an adapter now.")
                 return
         else:
             targets = (current if lora.enabled else []) + [path or "*"]
