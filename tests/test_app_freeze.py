@@ -888,3 +888,23 @@ async def test_a_preset_key_pressed_while_the_model_loads_is_kept(monkeypatch, t
         await open_freeze(pilot)
         assert app.session.config.freeze.preset == "head-only"
         assert summary(app).startswith(f"Trainable {expected(app).trainable_params:,} of")
+
+
+async def test_right_opens_a_module_and_left_closes_it_or_goes_to_its_parent(tmp_path, tiny_model_dir):
+    """Only an undocumented Enter opened a module; at 80x24 the tree shows 7 rows, and one opened on
+    the last of them seemed not to open."""
+    app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_freeze(pilot)
+        tree = app.screen.query_one(ModuleTree)
+        assert "→ open" in app.screen.query_one("#freeze-tree").border_title
+        await select(pilot, "model.layers.1")
+        block = tree.cursor_node
+        assert not block.is_expanded
+        await pilot.press("right")
+        await pilot.pause()
+        assert block.is_expanded and "self_attn" in visible_text(app)
+        await pilot.press("down", "left")  # on a closed child: to its parent
+        assert tree.cursor_node is block
+        await pilot.press("left")
+        assert not block.is_expanded

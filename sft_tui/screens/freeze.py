@@ -88,7 +88,7 @@ class FreezeScreen(FreezeMethods, StepScreen):
                 yield FreezeSummaryBar(id="freeze-summary")
 
     def on_mount(self) -> None:
-        self.query_one("#freeze-tree").border_title = "modules · space train/freeze · l LoRA target"
+        self.query_one("#freeze-tree").border_title = "modules · space train/freeze · → open · l LoRA target"
         self.query_one("#freeze-rules").border_title = "rules · later ones win"
         self.watch(self.app, "model_state", self._model_state_changed)
         self.watch(self.app, "session_version", self._session_changed)

@@ -17,10 +17,34 @@ class ModuleTree(Tree):
     """Modules without parameters (dropout, activations) are left out: no rule can change them.
 
     Space is taken from Tree's expand/collapse (enter still does that) for the freeze toggle, the
-    screen's action, because toggling is what this tree is for.
+    screen's action, because toggling is what this tree is for. Right opens a module and left closes
+    it (or goes to its parent), as in a file manager: nothing but an undocumented enter did.
     """
 
-    BINDINGS = [Binding("space", "screen.toggle_freeze", "Train/freeze", id="freeze-tree-toggle")]
+    BINDINGS = [
+        Binding("space", "screen.toggle_freeze", "Train/freeze", id="freeze-tree-toggle"),
+        Binding("right", "open_module", "Open module", id="freeze-tree-open", show=False),
+        Binding("left", "close_module", "Close module / to parent", id="freeze-tree-close", show=False),
+    ]
+
+    def action_open_module(self) -> None:
+        """Open the module under the cursor and bring its first children into view: at 80x24 the tree
+        shows 7 rows, and a module opened on the last of them seemed not to open at all."""
+        node = self.cursor_node
+        if node is not None and node.allow_expand:
+            node.expand()
+            if node.children:
+                self.call_after_refresh(self.scroll_to_node, node.children[min(2, len(node.children) - 1)],
+                                        animate=False)
+
+    def action_close_module(self) -> None:
+        node = self.cursor_node
+        if node is None:
+            return
+        if node.is_expanded and node.children:
+            node.collapse()
+        elif node.parent is not None:
+            self.move_cursor(node.parent)
 
     def __init__(self, **kwargs) -> None:
         super().__init__("model", **kwargs)
