@@ -338,8 +338,8 @@ async def test_at_80_columns_long_run_names_give_up_their_middle_and_state_to_ag
         lines = visible_text(app).splitlines()
         header = next(line for line in lines if " run " in line and " best " in line)
         assert "age" in header
-        row = next(line for line in lines if "finetuned-v3" in line)
-        assert "20261203-114" in row and "…" in row  # its start and end, its middle given up
+        row = next(line for line in lines if "20261203-114237-" in line and "…" in line)
+        assert row.split("…")[1].split()[0].endswith("-v3")  # its start time whole and its end, the middle given up
         assert re.search(r"finished +40/40 +loss \d\.\d{4} @40 +\d+d", row)  # the whole best metric, the age
         assert "20261203-120000-minilm" in visible_text(app)  # a short name stays whole
         assert table.infos[str(runs / long_name)].name == long_name
@@ -555,3 +555,12 @@ def test_sft_tui_runs_prints_whole_run_names_at_80_columns(tmp_path, monkeypatch
     assert len(stacked) == 6, stacked  # three runs, two lines each
     for name, details in zip(stacked[::2], stacked[1::2]):
         assert details.startswith("  ") and " · step " in details and "…" not in details, stacked
+
+
+def test_a_cut_run_name_keeps_its_start_time():
+    """Cut in the middle, three runs of one model read `20261205-00…1-deep-llama`, told apart by a digit."""
+    from sft_tui.widgets.runs.table import _cut_run_name
+
+    assert _cut_run_name("20261205-004051-deep-llama", 24) == "20261205-004051-dee…lama"
+    assert _cut_run_name("20261205-004051-deep-llama", 30) == "20261205-004051-deep-llama"
+    assert _cut_run_name("my-own-run-name-that-is-long", 12) == "my-ow…s-long"  # not a generated name

@@ -3,6 +3,8 @@ column: the marked runs are the ones compared."""
 
 from __future__ import annotations
 
+import re
+
 from rich.cells import cell_len
 from rich.text import Text
 from textual.binding import Binding
@@ -47,7 +49,7 @@ class RunTable(DataTable):
         self.marked = [key for key in self.marked if key in self.infos]
         rows = {key: self._cells(key, info) for key, info in self.infos.items()}
         self._fit_names(rows)
-        if list(self.infos) == before:
+        if list(self.infos) == before and not self._widths_change(rows):
             for key, cells in rows.items():
                 for column, cell in zip(self.columns, cells):
                     if self.get_cell(key, column) != cell:
@@ -58,6 +60,13 @@ class RunTable(DataTable):
             self.add_row(*cells, key=key)
         if current is not None and str(current.paths.root) in self.infos:
             self.move_cursor(row=self.get_row_index(str(current.paths.root)), scroll=False)
+
+    def _widths_change(self, rows: dict[str, list]) -> bool:
+        """Whether a cell of `rows` is wider or narrower than the one it replaces: cells updated in
+        place keep their columns' widths, so a run that went from `running (pid 15827)` to
+        `finished` showed `1700/170` and a run name cut for the old state's room."""
+        return any(cell_len(str(self.get_cell(key, column))) != cell_len(str(cell))
+                   for key, cells in rows.items() for column, cell in zip(self.columns, cells))
 
     def on_resize(self) -> None:
         self.show(list(self.infos.values()))
@@ -74,7 +83,7 @@ class RunTable(DataTable):
                      for i in fixed)
         room = max(NAME_MIN, width - others - 2 * self.cell_padding)
         for cells in rows.values():
-            cells[1] = cut_middle(cells[1], room)
+            cells[1] = _cut_run_name(cells[1], room)
 
     def _cells(self, key: str, info: RunInfo) -> list:
         name, state, *rest = run_row(info)
@@ -107,3 +116,16 @@ class RunTable(DataTable):
         for key in self.marked:
             self.update_cell(key, "mark", "")
         self.marked = []
+
+
+_STARTED = re.compile(r"\d{8}-\d{6}-")
+"""The start time that generated run names begin with (core.runs.new_run_id)."""
+
+
+def _cut_run_name(name: str, room: int) -> str:
+    """A run name in `room` cells: the start time kept whole, which is what tells runs of one model
+    apart (cut in the middle, three runs read `20261205-00…1-deep-llama`), the rest cut in its middle."""
+    started = _STARTED.match(name)
+    if started and cell_len(name) > room and room > started.end() + 4:
+        return name[: started.end()] + cut_middle(name[started.end():], room - started.end())
+    return cut_middle(name, room)
