@@ -145,8 +145,8 @@ class Session:
         can start): fields that do not validate, a model or data that did not load, a freeze map that
         cannot be applied, devices, processes, a precision or QLoRA this machine lacks."""
         problems = dict(self.invalid)
-        for kind, error in self.load_errors.items():
-            problems[kind] = f"did not load: {error.message}"
+        for kind, error in self.load_errors.items():  # with its hint, as step 2 shows it: step 5 is where Start is
+            problems[kind] = f"did not load: {error.message}" + (f"; {error.hint}" if error.hint else "")
         if error := rule_problems(list(self.config.freeze.rules)):
             problems.update(error.fields)
         if (preview := self.freeze_preview) is not None:

@@ -257,7 +257,7 @@ async def test_a_model_that_switches_the_task_checks_the_data_for_it_before_step
         await settle(pilot)
         problem = app.session.problems()["data"]
         assert "the detected format 'text-label' does not fit task 'causal-lm'" in problem
-        assert "the bundled demo: demo:instructions" in app.session.load_errors["data"].hint  # on step 2
+        assert "the bundled demo: demo:instructions" in problem  # the hint, as on step 2
         assert "ready to start" not in visible_text(app)
 
 
