@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from core.final_layout import MERGED, write_labels
 from core.atomic import atomic_folder
+from core.final_layout import MERGED, write_labels
 from core.full_state import gather, is_sharded, is_writer
-
 
 
 def save_final(model, tokenizer, out_dir: Path, merge: bool | None = None) -> Path:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 MERGED = "merged"
 LABELS_FILE = "labels.json"
+ADAPTER_CONFIG = "adapter_config.json"
+"""What peft's save_pretrained writes beside an adapter: a final/ that holds one is a LoRA run's."""
 
 
 def write_labels(folder: Path, model) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from core.config import RunConfig, config_to_dict, load_config, parse_config, set_dotted
 from core.errors import UserError
-from core.final_layout import MERGED
+from core.final_layout import ADAPTER_CONFIG, MERGED
 from core.run_info import RunInfo
 from core.runs import CONTINUED, RunPaths
 
@@ -44,7 +44,7 @@ def continue_problem(info: RunInfo) -> UserError | None:
 def final_model(paths: RunPaths) -> Path | None:
     """The model folder a continuation starts from: final/, or for a LoRA run (final/ holds only the
     adapter) the merged model in final/merged/ (lora.merge_on_export), None without one."""
-    if not (paths.final / "adapter_config.json").is_file():
+    if not (paths.final / ADAPTER_CONFIG).is_file():
         return paths.final
     merged = paths.final / MERGED
     return merged if (merged / "config.json").is_file() else None

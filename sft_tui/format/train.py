@@ -10,8 +10,8 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from core.config import RunConfig
-from core.final_layout import LABELS_FILE
 from core.events import StepMetrics
+from core.final_layout import LABELS_FILE
 from core.lora import lr_advice
 from core.plan import when_checkpointed, when_evaluated
 from sft_tui.format.numbers import format_duration, format_metric, format_metrics, format_share

@@ -17,13 +17,13 @@ RUN_STYLES = {RunState.RUNNING: "bold green", RunState.PAUSED: "bold yellow", Ru
               RunState.FAILED: "bold red"}
 SHORT_TASKS = {"classification": "classif."}
 NAME_CHARS = 18
+"""A model or data name longer than this is cut in the middle when the line is short of room."""
 PRESET_WORDS = {"all": "train all", "head-only": "train head", "top-n": "train top-{n}",
                 "freeze-embeddings": "embeddings frozen"}
 """What the freeze preset trains, shown until the model is loaded and the share can be counted
 (`freeze all` read as the opposite of the preset `all`, which trains everything)."""
-
-
 SHORT_PRESET_WORDS = {"all": "all", "head-only": "head", "top-n": "top-{n}", "freeze-embeddings": "emb frozen"}
+"""The same at 80 columns, where the problem names need the room."""
 
 
 def preset_words(freeze, short: bool = False) -> str:
@@ -31,7 +31,6 @@ def preset_words(freeze, short: bool = False) -> str:
     words = (SHORT_PRESET_WORDS if short else PRESET_WORDS)[freeze.preset].format(n=freeze.top_n)
     rules = len(freeze.rules)
     return words + ((f" +{rules}" if short else f" +{rules} rule(s)") if rules else "")
-"""A model or data name longer than this is cut in the middle when the line is short of room."""
 
 
 def status_line(session, state: RunState, width: int, run_config=None) -> Text:

@@ -13,8 +13,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, Static
 
-from core.final_layout import adapter_labels
 from core.events import RunFinished
+from core.final_layout import adapter_labels
 from sft_tui.format.numbers import format_duration, format_metrics
 from sft_tui.format.train import before_after, best_weights_note, load_snippet
 from sft_tui.worker import warm_up
