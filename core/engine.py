@@ -25,7 +25,7 @@ from core.checkpoint import TrainState
 from core.config import RunConfig
 from core.control import Control
 from core.events import Broadcast, EventSink, JsonlSink, MicroBatchHalved, RunFailed, RunFinished, RunStarted
-from core.errors import UserError
+from core.errors import UserError, train_command
 from core.eta import Eta
 from core.l2sp import L2SP
 from core.launch import accelerator_options
@@ -91,6 +91,12 @@ def train(
             jsonl.close()
             discard_stub(paths)  # a start that failed on its input must not block its run name
         raise
+    except KeyboardInterrupt:  # a second Ctrl+C: the person wants out now, without the checkpoint
+        step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
+        out.emit_failure(RunFailed(message=f"aborted at step {step} by a second Ctrl+C, without saving",
+                                   hint=_after_abort(paths, last_checkpoint), last_checkpoint=_str(last_checkpoint),
+                                   step=step))
+        raise
     except Exception as err:
         step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
         if peer := share_failure(paths.root, accelerator.process_index, accelerator.num_processes, err):
@@ -117,6 +123,13 @@ def _write_traceback(paths: RunPaths) -> Path:
     with open(paths.error_log, "a", encoding="utf-8") as f:
         f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} step failure\n{traceback.format_exc()}\n")
     return paths.error_log
+
+
+def _after_abort(paths: RunPaths, last_checkpoint: Path | None) -> str:
+    """An aborted run is not a crash: it says how to go on, as a stopped one does."""
+    if last_checkpoint:
+        return f"the steps after the last checkpoint are lost; resume with `{train_command('--resume', paths.root)}`"
+    return f"no checkpoint was saved yet; start it again with `{train_command(paths.config)}`"
 
 
 def _str(path: Path | None) -> str | None:

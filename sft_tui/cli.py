@@ -210,7 +210,8 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
         raise
     except KeyboardInterrupt:
         display.progress.stop()
-        print("aborted", file=sys.stderr)
+        if not display.failure_shown:  # aborted before the run folder could say so
+            print("aborted", file=sys.stderr)
         return 130
     finally:
         for sig, handler in previous.items():

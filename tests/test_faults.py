@@ -26,9 +26,11 @@ import yaml
 from safetensors.torch import load_file
 
 from core.config import parse_config
+from core.control import Control
 from core.engine import train
 from core.events import read_events
 from core.manifest import MANIFEST, latest_checkpoint, list_checkpoints
+from core.run_info import run_info
 from sft_tui.cli import EXIT_STOPPED, main
 from helpers import StopAt, tiny_lm_config, write_jsonl
 
@@ -146,6 +148,35 @@ def test_sighup_from_a_closed_terminal_saves_a_checkpoint_and_resumes(setup, cap
     assert finished.type == "run_finished" and finished.reason == "stopped"
     resume(setup.run_dir(name), capsys)
     setup.assert_same_weights(name)
+
+
+class AbortAt(Control):
+    """A second Ctrl+C at optimizer step `at`: the CLI's handler raises KeyboardInterrupt there."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def should_stop(self, step: int) -> bool:
+        if step >= self.at:
+            raise KeyboardInterrupt
+        return super().should_stop(step)
+
+
+def test_an_aborted_run_says_so_and_resumes_from_its_last_checkpoint(setup, capsys):
+    """A second Ctrl+C ended the run without a final event, so `sft-tui runs` called it crashed,
+    as if the engine had died, and nothing said what the last checkpoint still offered."""
+    config = parse_config(yaml.safe_load(setup.config_file("aborted").read_text()))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, control=AbortAt(EVERY + 5))
+    info = run_info(setup.run_dir("aborted"))
+    assert info.state == "failed" and info.resumable
+    assert info.reason == f"aborted at step {EVERY + 5} by a second Ctrl+C, without saving"
+    failed = info.events[-1]
+    assert failed.last_checkpoint.endswith(f"step-{EVERY}")
+    assert f"resume with `sft-tui train --resume {setup.run_dir('aborted')}`" in failed.hint
+    assert f"resumed at step {EVERY}" in resume(setup.run_dir("aborted"), capsys)
+    setup.assert_same_weights("aborted")
 
 
 def test_a_second_engine_on_a_running_run_is_refused_with_the_holders_pid(setup, capsys):
