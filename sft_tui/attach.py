@@ -50,7 +50,8 @@ def ended_problem(info: RunInfo) -> UserError | None:
 
 def follow_plain(info: RunInfo, display) -> int:
     """Print the run's whole history, then its live progress, until it ends (its exit status as
-    `sft-tui train` would give it) or Ctrl+C, which leaves the run training."""
+    `sft-tui train` would give it) or Ctrl+C, which leaves the run training. A run that has ended
+    is its history and its status."""
     from sft_tui.cli import EXIT_STOPPED
 
     follower = EventFollower(info.paths.events)
@@ -69,7 +70,8 @@ def follow_plain(info: RunInfo, display) -> int:
             if (code := show(events)) is not None:
                 return code
             if not alive:
-                display.note(ended_problem(run_info(info.paths.root)).message)
+                crash = ended_problem(run_info(info.paths.root))
+                display.note(f"{crash.message}\nhint: {crash.hint.strip()}")
                 return EXIT_CRASHED
     except KeyboardInterrupt:
         display.progress.stop()

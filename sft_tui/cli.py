@@ -247,12 +247,10 @@ def _detach(config, resume: str | None) -> int:
 
 
 def _attach(args: argparse.Namespace) -> int:
-    from sft_tui.attach import ended_problem, find_run, follow_plain
+    from sft_tui.attach import find_run, follow_plain
 
     info = find_run(args.run_dir, args.runs_dir)
-    if args.plain:
-        if problem := ended_problem(info):
-            raise problem
+    if args.plain:  # an ended run too: its history, then its status, as `docker logs` gives a stopped one's
         from sft_tui.headless import ProgressDisplay
 
         return follow_plain(info, ProgressDisplay())
