@@ -213,6 +213,8 @@ async def test_a_killed_engine_shows_crashed_and_the_resumed_run_keeps_its_histo
             assert app.screen.query_one(Input).value == str(run)
             await pilot.press("enter")
             await wait_until(pilot, lambda: app.run_state == "running")
+            # until the resumed engine has loaded, the line says so, not "crashed" (the history's end)
+            assert screen.query_one(RunProgress).label.startswith("resuming from the last checkpoint")
             assert app.followed.controls and read_record(paths.controller).pid == os.getpid()
             await wait_until(pilot, lambda: app.run_state == "finished", ENGINE_START_S)
             await pilot.pause()
@@ -246,6 +248,7 @@ async def test_an_engine_that_ends_before_its_first_event_shows_its_output(tiny_
                              ENGINE_START_S)
             dialog = app.screen
             assert dialog.title_text == "The engine did not start"
+            assert app.screen_stack[0].query_one(RunProgress).label == "the engine did not start"
             assert "is in use by another sft-tui engine" in dialog.message and str(run / "engine.log") in dialog.hint
 
 

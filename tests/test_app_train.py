@@ -367,6 +367,7 @@ async def test_a_vanished_data_file_fails_into_a_dialog_and_the_app_keeps_runnin
         dialog = app.screen
         assert isinstance(dialog, ErrorDialog) and "sft.jsonl" in dialog.message
         assert dialog.title_text == "Training failed" and app.run_state == "failed"
+        assert screen.query_one(RunProgress).label == "failed before its first step"  # not "starting: loading…"
         await pilot.press("escape")
         assert app.screen is screen and app.is_running
         assert len(app.screen_stack) == 1  # one dialog: the RunFailed event and the worker error agree

@@ -68,7 +68,7 @@ class RunEvents:
         """The planned steps of the run's latest start."""
         # what the events of a batch changed, drawn once by _flush:
         self._state: RunState | None = None
-        self._bar: tuple[int, int | None, str] | None = None
+        self._bar: tuple[int, int | None, str] | tuple[int, int | None, str, bool] | None = None
         self._stats: StepMetrics | None = None
         self._samples_added = False
         self._log_texts: list[Text] = []
@@ -86,7 +86,7 @@ class RunEvents:
         """The app follows a new run: the panes start empty."""
         message.stop()
         self.run_dir, self._attached = message.run_dir, message.training
-        self._final, self._final_in_history, self._paused = None, False, False
+        self._final, self._final_in_history, self._paused, self._total = None, False, False, None
         self._clear_panes()
         self.query_one(RunProgress).show(0, None, "attaching: reading the run's history…" if message.attached
                                          else "starting: loading the model and the data…")
@@ -98,6 +98,11 @@ class RunEvents:
             self._log(note, "yellow")
             self.notify(note, title="Viewing", markup=False)
         self.apply(message.history, history=True)
+        if message.history and not message.attached:  # a resume: how the run ended before is not how it stands
+            self._final = None
+            self.remove_class("-finished")
+            self.query_one(ResultsPanel).reset()
+            self.query_one(RunProgress).show(0, None, "resuming from the last checkpoint: loading the model and the data…")
 
     def focus_panes(self) -> None:
         """Unless the focus is on the run view already, give it to its panes, so that the keys scroll
@@ -177,6 +182,12 @@ class RunEvents:
         self._stats_pane.add_step(e)
         self._charts.add_step(e.step, e.loss, e.lr)
 
+    def _ended_bar(self, step: int, how: str) -> tuple[int, int | None, str, bool]:
+        """The progress line of a run that ended without finishing: where it stopped, standing still."""
+        if self._total is None:
+            return 0, None, f"{how} before its first step", False
+        return step, self._total, f"step {step}/{self._total} · {how}", False
+
     @staticmethod
     def _step_label(step: int, total: int | None, epoch: float, eta: str) -> str:
         return f"step {step}/{total or step} · epoch {epoch:.2f} · ETA {eta}"
@@ -240,6 +251,7 @@ class RunEvents:
 
     def _on_run_failed(self, e: RunFailed) -> None:
         self._final, self._final_in_history = e, self._history
+        self._bar = self._ended_bar(e.step, "failed")
         if e.last_checkpoint:
             self.resumable = self.run_dir
         self._log(f"run failed: {e.message}" + (f" (traceback in {e.log_file})" if e.log_file else ""), "bold red")
@@ -268,6 +280,7 @@ class RunEvents:
             dialog = ErrorDialog("The engine did not start", message.engine_log or "(it wrote nothing)",
                                  f"its whole output is in {log}")
             self._log("the engine ended before its first event: " + (message.engine_log or "no output"), "bold red")
+            self._bar = (0, None, "the engine did not start", False)
         else:
             problem = message.problem or UserError(f"run {self.run_dir}: its engine ended without a final event",
                                                    "R resumes it from its last checkpoint")
@@ -275,7 +288,7 @@ class RunEvents:
                                  f"{problem.hint.strip()} (or R on this screen)")
             self.resumable = self.run_dir
             bar = self.query_one(RunProgress)
-            self._bar = (bar.progress, bar.total, f"step {bar.progress}/{bar.total or bar.progress} · crashed")
+            self._bar = self._ended_bar(bar.progress, "crashed")
             self._log(f"{problem.message}; {problem.hint.strip()}", "bold red")
         self.post_message(RunStateChanged(RunState.FAILED))
         self.app.push_screen(dialog)

@@ -33,10 +33,13 @@ class RunProgress(Widget):
         self.total: int | None = None
         """Planned optimizer steps; None until the engine knows them (the bar pulses meanwhile)."""
         self.label = ""
+        self.busy = True
 
-    def show(self, progress: int, total: int | None, label: str) -> None:
-        self.progress, self.total, self.label = progress, total, label
-        self.auto_refresh = None if total else 1 / PULSE_FPS
+    def show(self, progress: int, total: int | None, label: str, busy: bool = True) -> None:
+        """`busy`: without a step count the bar pulses while the engine works, and stands still
+        (empty) once it has ended before it knew one."""
+        self.progress, self.total, self.label, self.busy = progress, total, label, busy
+        self.auto_refresh = None if total or not busy else 1 / PULSE_FPS
         self.refresh()
 
     def render(self) -> RenderResult:
@@ -45,7 +48,7 @@ class RunProgress(Widget):
         row.add_column(no_wrap=True)
         share = f" {100 * self.progress / self.total:3.0f}%" if self.total else ""
         bar = BarRenderable(
-            total=self.total, completed=self.progress, pulse=not self.total,
+            total=self.total or (None if self.busy else 1), completed=self.progress, pulse=not self.total and self.busy,
             style=self.get_component_rich_style("run-progress--back"),
             complete_style=self.get_component_rich_style("run-progress--bar"),
             finished_style=self.get_component_rich_style("run-progress--complete"),
