@@ -132,6 +132,8 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         else:
             self.switch_mode("model")
             self._start_warm_up()
+            self.run_worker(self.announce_live_runs, thread=True, name="live runs", group="live-runs",
+                            exit_on_error=False)
 
     def _start_warm_up(self) -> None:
         """Once the first screen is drawn: import torch and transformers, and build the other steps."""

@@ -69,6 +69,27 @@ class RunFollowing:
         self._follow(client, self._train_screen(), message)
         self.post_message(RunStateChanged(RunState.IDLE))  # until its history says how it stands
 
+    def announce_live_runs(self) -> None:
+        """A thread worker at the start: name the runs that train under the draft's runs folder (the
+        user detached, or the connection dropped, and opened the app anew), so that nobody starts a
+        second run beside one that goes on unseen, and say how to follow it."""
+        from core.run_info import list_runs
+        from sft_tui.keymap import effective_keys, key_label
+
+        try:
+            live = [info for info in list_runs(self.session.config.output.runs_dir) if info.live]
+        except OSError:  # an unreadable runs folder: step 6 says so when visited; this is only a hint
+            return
+        if not live:
+            return
+        binding = next(b for b in self.BINDINGS if b.id == "go-runs")
+        key = key_label(effective_keys(binding, self.keymap).split(",")[0])
+        newest = live[0]
+        more = f" (and {len(live) - 1} more)" if len(live) > 1 else ""
+        where = f"{newest.state}, step {newest.step}/{newest.planned_steps}" if newest.planned_steps else "starting"
+        self.call_from_thread(self.notify, f"{newest.name} is {where}{more}: {key} lists the runs, and Enter on "
+                              "one follows it", title="A run trains", timeout=10, markup=False)
+
     def _train_screen(self) -> MessagePump:
         self.switch_mode("train")
         return self.screen_stack[0]
@@ -79,6 +100,7 @@ class RunFollowing:
         panes), and a detached run's new events are read in a thread worker (replacing the reader of
         the run followed before)."""
         self._leave_run()
+        self.clear_notifications()  # what they said was about the app before it followed this run
         self.followed = client
         message.history = client.read_history()
         screen.post_message(message)

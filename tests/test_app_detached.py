@@ -159,6 +159,10 @@ async def viewer_sees_the_pause_and_is_refused_a_second_trainer(config: Path, ru
     is typed in, offers to attach instead, and attached it is a viewer of the paused run."""
     viewer = create_app(config)
     async with viewer.run_test(size=(120, 40), notifications=True) as pilot:
+        # opened anew beside a live run, the app names it: a user back after a dropped connection
+        await wait_until(pilot, lambda: any(n.title == "A run trains" for n in viewer._notifications))
+        note = next(n.message for n in viewer._notifications if n.title == "A run trains")
+        assert note.startswith("lm is paused, step ") and "6 lists the runs, and Enter on one follows it" in note
         await pilot.press("escape", "5", "R")
         await pilot.pause()
         dialog = viewer.screen
