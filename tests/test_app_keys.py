@@ -46,6 +46,18 @@ async def test_help_and_quit_show_in_the_footer_of_every_step(size):
             assert "1 Model" not in text  # the step tabs show the number keys
 
 
+async def test_a_key_that_does_not_fit_is_left_out_whole_and_comes_back_with_room():
+    """At 80 columns the footer cut "^r Rescan HF cache" to "^r Rescan HF cach"."""
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        narrow = footer(app)
+        assert "Load model" in narrow and "Rescan" not in narrow
+        await pilot.resize_terminal(120, 30)
+        await pilot.pause()
+        assert "^r Rescan HF cache ^s Save YAML" in footer(app)
+
+
 async def test_the_help_screen_writes_keys_as_people_do_one_line_per_action():
     rows = help_rows({})
     text = "\n".join("  ".join(row) for row in rows)

@@ -3,11 +3,14 @@ its right end.
 
 Textual's Footer lists the focused widget's keys, then the screen's, then the app's, and cuts what
 does not fit: at 80 columns the app's `?` and `q` were the first to go. Here the screen's own keys
-come first and get cut first; the keys that lead out of any situation always show.
+come first and get cut first; the keys that lead out of any situation always show. A key that
+would be cut in its middle ("^r Rescan HF cach") is left out whole: `?` lists every key.
 """
 
 from __future__ import annotations
 
+from rich.cells import cell_len
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import HorizontalGroup
 from textual.widgets import Footer
@@ -31,6 +34,8 @@ class StepFooter(Footer):
         super().__init__(show_command_palette=False, compact=True)
         self._shown: tuple | None = None
         """The keys the footer shows or is about to (_keys): it is composed again only when they change."""
+        self._width = 0
+        """The width the keys were fitted to."""
 
     def bindings_changed(self, screen) -> None:
         """Textual composes the footer anew whenever the bindings may have changed: on every step
@@ -47,13 +52,25 @@ class StepFooter(Footer):
     def compose(self) -> ComposeResult:
         if self._bindings_ready:
             self._shown = self._keys()
-        pinned = {}
+        pinned, others = {}, []
         for widget in super().compose():
             if getattr(widget, "action", None) in PINNED:  # a FooterKey (private to Textual)
                 pinned[widget.action] = self._plainest_key(widget)
             else:
-                yield widget
-        yield HorizontalGroup(*(pinned[action] for action in PINNED if action in pinned), classes="footer-pinned")
+                others.append(widget)
+        keys = [pinned[action] for action in PINNED if action in pinned]
+        self._width = self.app.size.width
+        room = self._width - sum(map(_width, keys)) - 2  # the pinned group's border and padding
+        for widget in others:
+            room -= _width(widget)
+            if room < 0:
+                break
+            yield widget
+        yield HorizontalGroup(*keys, classes="footer-pinned")
+
+    async def on_resize(self, event: events.Resize) -> None:
+        if event.size.width != self._width and self._bindings_ready:
+            await self.recompose()
 
     def _plainest_key(self, key):
         """Show `q` rather than `^q` where both quit: Textual shows an action's first key, and the
@@ -64,3 +81,9 @@ class StepFooter(Footer):
         if plain:
             key.key, key.key_display = plain[0].key, self.app.get_key_display(plain[0])
         return key
+
+
+def _width(widget) -> int:
+    """The cells a compact FooterKey takes: its key, a space and its description, then its margin."""
+    description = getattr(widget, "description", "")
+    return cell_len(getattr(widget, "key_display", "")) + (1 + cell_len(description) if description else 0) + 1
