@@ -4,10 +4,17 @@ textual-serve starts the ordinary app (the command `app_command` builds) as a su
 browser tab and relays its screen over a websocket. The server listens on 127.0.0.1 only: the app
 starts training and reads and writes files as the user who runs it, so it must never be reachable
 from the network. A remote user forwards the port instead: `ssh -L 8000:127.0.0.1:8000 host`.
+
+Loopback is not private on a shared GPU server (every local user reaches 127.0.0.1), nor on the
+laptop end of the tunnel (any web page may open a websocket to it). So the address printed at the
+start carries a secret token: the page opened with it sets a cookie that only same-site requests
+carry, and the websocket that drives the app needs that cookie and an Origin of the page's own
+(`guard`). textual-serve itself checks neither.
 """
 
 from __future__ import annotations
 
+import secrets
 import shlex
 import sys
 from pathlib import Path
@@ -45,18 +52,51 @@ def serve(port: int = 8000, config: str | None = None, task: str = "classificati
         raise UserError(f"--task {task!r} is not a task", f"use one of: {', '.join(TASKS)}")
 
     _check_port_free(port)
+    token = secrets.token_urlsafe(24)
 
     class _Server(Server):
+        async def _make_app(self):
+            app = await super()._make_app()
+            app.middlewares.append(guard(token, f"sft-tui-{port}"))
+            return app
+
         async def on_startup(self, app) -> None:
             """Say where to point the browser and how to get there over SSH, not textual-serve's
             banner with the full command line."""
-            self.console.print(f"sft-tui is served on [bold]{self.public_url}[/] (this machine only).\n"
-                               f"From another machine: ssh -L {port}:{HOST}:{port} <this host>, then open "
-                               f"{self.public_url} there (the same port on both ends).\nCtrl+C stops the server.",
+            url = f"{self.public_url}/?token={token}"
+            self.console.print(f"sft-tui is served on [bold]{url}[/] (this machine only; the token keeps "
+                               "other users out: do not share the address).\n"
+                               f"From another machine: ssh -L {port}:{HOST}:{port} <this host>, then open that "
+                               "address there (the same port on both ends).\nCtrl+C stops the server.",
                                highlight=False)
 
     _Server(app_command(config, task), host=HOST, port=port, title="sft-tui").serve()
     return 0
+
+
+def guard(token: str, cookie: str):
+    """aiohttp middleware: the page opened with `?token=` gets the token as a same-site, HTTP-only
+    cookie (named per port: cookies ignore ports); everything but the static files then needs that
+    cookie, and a browser request from another origin (a web page aiming at the tunnel) is refused."""
+    from aiohttp import web
+
+    @web.middleware
+    async def check(request, handler):
+        if request.path.startswith("/static/"):  # textual-serve's scripts and fonts: nothing private
+            return await handler(request)
+        if request.path == "/" and secrets.compare_digest(request.query.get("token", ""), token):
+            response = await handler(request)
+            response.set_cookie(cookie, token, httponly=True, samesite="Strict")
+            return response
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"{request.scheme}://{request.host}":
+            raise web.HTTPForbidden(text=f"sft-tui serve: requests from {origin} are refused")
+        if not secrets.compare_digest(request.cookies.get(cookie, ""), token):
+            raise web.HTTPForbidden(text="sft-tui serve: open the address that `sft-tui serve` printed, "
+                                         "with its ?token=")
+        return await handler(request)
+
+    return check
 
 
 def _check_port_free(port: int) -> None:
