@@ -57,13 +57,18 @@ def follow_plain(info: RunInfo, display) -> int:
     follower = EventFollower(info.paths.events)
 
     def show(events) -> int | None:
+        """Print `events`; the exit status when the last of them ends the run (a stopped run that
+        was resumed goes on after its first end)."""
+        code = None
         for event in events:
             display.emit(event)
-            if event.type == "run_failed":
-                return EXIT_FAILED
-            if event.type == "run_finished":
-                return EXIT_STOPPED if event.reason == "stopped" else 0
-        return None
+            if event.type == "run_started":
+                code = None
+            elif event.type == "run_failed":
+                code = EXIT_FAILED
+            elif event.type == "run_finished":
+                code = EXIT_STOPPED if event.reason == "stopped" else 0
+        return code
 
     try:
         for events, alive in follow(follower, lambda: live_record(info.paths.engine) is not None, POLL_S):

@@ -177,6 +177,10 @@ def test_an_aborted_run_says_so_and_resumes_from_its_last_checkpoint(setup, caps
     assert f"resume with `sft-tui train --resume {setup.run_dir('aborted')}`" in failed.hint
     assert f"resumed at step {EVERY}" in resume(setup.run_dir("aborted"), capsys)
     setup.assert_same_weights("aborted")
+    # its history holds the abort, then the resumed start that completed: attach reads to the end
+    assert main(["attach", "--plain", str(setup.run_dir("aborted"))]) == 0
+    printed = capsys.readouterr()
+    assert "aborted at step 25" in printed.err and f"run completed at step {STEPS}" in printed.out
 
 
 def test_a_second_engine_on_a_running_run_is_refused_with_the_holders_pid(setup, capsys):
