@@ -193,7 +193,8 @@ class EvalConfig(_Section):
     a classification model's new head is untrained then, and the results say so."""
     patience: int = Field(0, ge=0)
     """Stop after this many evaluations without improvement; 0 turns early stopping off. With it on,
-    final/ holds the best evaluated model (its checkpoint is kept), as Trainer's early stopping loads it."""
+    final/ holds the best evaluated model (its checkpoint is kept), as Trainer's early stopping loads it.
+    Only the planned evaluations count: one asked for while the run trains (evaluate now) only shows."""
     batch_size: int | None = Field(None, ge=1)
     """Rows per evaluation batch; None: the training micro-batch times up to 4 (classification) or 2
     (causal LM), as memory without autograd allows (core.evaluate.default_batch_size)."""

@@ -27,7 +27,8 @@ class Milestones:
         control, step = self.control, self.state.step
         control.poll()
         reason = "completed"
-        if (control.take_eval_request() or self.plan.evaluates_after(step)) and self._evaluate():
+        planned = self.plan.evaluates_after(step)
+        if (control.take_eval_request() or planned) and self._evaluate(requested=not planned):
             reason = "early-stopped"
         if control.take_save_request() or self.plan.checkpoints_after(step):
             self._checkpoint()
@@ -36,8 +37,8 @@ class Milestones:
             waited = time.perf_counter()
             while control.wait_while_paused():  # a save or an evaluation asked while paused is done now
                 self.started += time.perf_counter() - waited  # paused time is not training time
-                if control.take_eval_request() and self._evaluate():
-                    reason = "early-stopped"
+                if control.take_eval_request():
+                    self._evaluate(requested=True)
                 if control.take_save_request():
                     self._checkpoint()
                 waited = time.perf_counter()
@@ -58,9 +59,12 @@ class Milestones:
         t = torch.tensor(float(flag), device=self.acc.device)
         return bool(self.acc.reduce(t, "sum") > 0)
 
-    def _evaluate(self, before_training: bool = False) -> bool:
+    def _evaluate(self, before_training: bool = False, requested: bool = False) -> bool:
         """Run an evaluation; True when early stopping says the run should end. `before_training`:
-        the step-0 evaluation (eval.before_training), kept as the results' "before", never the best."""
+        the step-0 evaluation (eval.before_training), kept as the results' "before", never the best.
+        `requested`: one a client asked for (evaluate now), between the planned ones. It shows where
+        the run stands and changes nothing: neither the best step nor early stopping's count, which
+        three looks at a paused run once used up and so ended the run without a checkpoint."""
         import torch
 
         from core.evaluate import default_batch_size, evaluate, generate_samples  # looked up per call: tests substitute them
@@ -81,10 +85,12 @@ class Milestones:
             raise UserError(f"out of device memory evaluating {when} ({batch_size} rows a batch)",
                             "set eval.batch_size lower") from None
         value = metrics[cfg.eval.metric]
-        best = not before_training and is_better(cfg.eval.metric, value, state.best)
+        best = not (before_training or requested) and is_better(cfg.eval.metric, value, state.best)
         untrained = before_training and bool(getattr(acc.unwrap_model(self.model), NEW_WEIGHTS_ATTR, None))
         if before_training:
             state.before_metrics, state.before_untrained_head = metrics, untrained
+        elif requested:
+            self.final_metrics = metrics
         elif best:
             state.best, state.best_step, state.best_metrics, state.bad_evals = value, state.step, metrics, 0
             self.final_metrics = metrics
@@ -107,7 +113,7 @@ class Milestones:
         done = time.perf_counter()
         self.eta.evaluated(eval_s, done - samples_started if self.sample_prompts else None)
         self.window.excluded_s += done - started
-        return not before_training and bool(cfg.eval.patience) and state.bad_evals >= cfg.eval.patience
+        return not (before_training or requested) and bool(cfg.eval.patience) and state.bad_evals >= cfg.eval.patience
 
     def _weights_for_final(self) -> int:
         """The step whose weights final/ gets, loaded into the model. With early stopping on

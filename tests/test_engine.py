@@ -318,6 +318,44 @@ def test_early_stopping_after_patience_evaluations_without_improvement(tiny_mode
     assert torch.equal(final[name], best[name]) and not torch.equal(final[name], last[name])
 
 
+def test_evaluations_asked_for_change_neither_the_best_step_nor_early_stopping(tiny_model_factory, sft_file,
+                                                                              tmp_path, monkeypatch):
+    """A review paused a run with eval.patience 2 and pressed `e` three times: three evaluations of the
+    same weights, none better, ended the run as early-stopped with no checkpoint to resume."""
+    import core.evaluate
+
+    losses = iter([2.0, 1.0, 1.5, 1.5, 1.5, 0.9])  # before training, step 2, three asked for at step 3, step 4
+
+    def scripted(*args, **kwargs):
+        loss = next(losses)
+        return {"loss": loss, "perplexity": 2.718 ** loss}
+
+    monkeypatch.setattr(core.evaluate, "evaluate", scripted)
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=4, eval__every_steps=2,
+                       eval__patience=2, eval__num_samples=0)
+    control = Control()
+
+    class AskThriceAtThree(ListSink):
+        """Pauses after step 3 and asks for an evaluation, then another as each one comes, three in all."""
+
+        def emit(self, event):
+            super().emit(event)
+            asked = [e for e in self.of_type(EvalResult) if e.step == 3]
+            if isinstance(event, StepMetrics) and event.step == 3:
+                control.pause()
+                control.eval_now()
+            elif isinstance(event, EvalResult) and event.step == 3:
+                control.eval_now() if len(asked) < 3 else control.resume()
+
+    sink = AskThriceAtThree()
+    result = train(config, [sink], control, report_interval_s=0)
+    assert result.reason == "completed" and result.step == 4
+    evals = sink.of_type(EvalResult)
+    assert [(e.step, e.is_best) for e in evals] == [(0, False), (2, True), (3, False), (3, False), (3, False),
+                                                   (4, True)]
+    assert sink.of_type(RunFinished)[0].best_step == 4
+
+
 def test_save_now_and_eval_now_from_the_control(tiny_model_factory, sft_file, tmp_path):
     config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=6, eval__every_steps=100,
                        checkpoint__every_steps=100, eval__num_samples=0)
