@@ -18,6 +18,12 @@ TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
 
 
+def no_follow(path: str, flags: int) -> int:
+    """An `opener` for open(): a run folder's file, never a symbolic link in its place (which would
+    aim an append or a truncation at a file of the link's choosing; core.runs.foreign_problem)."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+
+
 def _umask() -> int:
     """The process umask, read without changing it where the system allows (Linux)."""
     try:

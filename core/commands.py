@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from core.control import Control
 
 COMMANDS = ("pause", "resume", "stop", "save", "eval")
 POLL_S = 0.1
+COMMAND_FILE = re.compile(rf"\d{{20}}-\d+-({'|'.join(COMMANDS)})\.json")
+"""The name send_command gives a command; the engine reads and deletes files of this name only."""
 
 
 def send_command(folder: Path, command: str) -> None:
@@ -53,14 +56,15 @@ class FolderControl(Control):
         if now < self._next_poll:
             return
         self._next_poll = now + POLL_S
+        if self.folder.is_symlink():  # not the run's own folder: its files are not commands, nor ours to delete
+            return
         try:
-            names = sorted(p.name for p in os.scandir(self.folder) if p.name.endswith(".json"))
+            names = sorted(p.name for p in os.scandir(self.folder) if COMMAND_FILE.fullmatch(p.name))
         except FileNotFoundError:
             return
         for name in names:
             sent_ns, _, rest = name.partition("-")
             command = rest.rsplit("-", 1)[-1].removesuffix(".json")
-            fresh = sent_ns.isdigit() and int(sent_ns) >= self._born_ns - 10_000_000  # start time: 10 ms ticks
-            if fresh and command in COMMANDS:
+            if int(sent_ns) >= self._born_ns - 10_000_000:  # sent after this engine started (10 ms ticks)
                 self.apply(command)
             (self.folder / name).unlink(missing_ok=True)

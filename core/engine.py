@@ -120,7 +120,9 @@ def _write_traceback(paths: RunPaths) -> Path:
     """Append the exception being handled to the run's error log, so a front end can name a file."""
     import traceback
 
-    with open(paths.error_log, "a", encoding="utf-8") as f:
+    from core.atomic import no_follow
+
+    with open(paths.error_log, "a", encoding="utf-8", opener=no_follow) as f:
         f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} step failure\n{traceback.format_exc()}\n")
     return paths.error_log
 

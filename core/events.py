@@ -209,7 +209,9 @@ class JsonlSink:
     """Appends each event as one JSON line and flushes, so a crash loses at most the current line."""
 
     def __init__(self, path: str | Path) -> None:
-        self._file = open(path, "a+b")  # noqa: SIM115 - closed by close()
+        from core.atomic import no_follow
+
+        self._file = open(path, "a+b", opener=no_follow)  # noqa: SIM115 - closed by close()
         if self._file.tell() > 0:
             self._file.seek(-1, 2)
             if self._file.read(1) != b"\n":  # a torn last line: never glue the next event onto it

@@ -34,6 +34,33 @@ class RunPaths:
         self.commands = self.root / "commands"  # the control channel (core.commands)
         self.controller = self.root / "controller.json"  # the client that sends the commands
 
+    def written(self) -> tuple[Path, ...]:
+        """Every name in the folder that an engine or a client writes, appends to, truncates or
+        cleans up."""
+        return (self.config, self.events, self.checkpoints, self.final, self.error_log, self.lock, self.engine,
+                self.engine_log, self.commands, self.controller)
+
+
+def foreign_problem(paths: RunPaths) -> UserError | None:
+    """Why this user must not write the run folder `paths`: it belongs to another user, or a name
+    sft-tui writes there is a symbolic link. Run folders are shared by copying (cp -r and tar keep
+    links), and a link named events.jsonl, engine.log or commands turned the engine's appends,
+    truncations and clean-ups on a file of the link's choosing: a review appended a command to
+    ~/.bashrc and had an engine delete every *.json of another folder. None for a folder to be made."""
+    try:
+        owner = paths.root.stat().st_uid
+    except FileNotFoundError:
+        return None
+    if owner != os.getuid():
+        return UserError(f"run folder {paths.root} belongs to another user (uid {owner})",
+                         "copy it to a folder of your own to resume it: `cp -rL RUN my-runs/` (-L copies the files "
+                         "links point at)")
+    if links := [path.name for path in paths.written() if path.is_symlink()]:
+        return UserError(f"run folder {paths.root} has symbolic links where sft-tui writes: {', '.join(links)}",
+                         "a run folder holds files of its own: copy it with `cp -rL`, which replaces links by "
+                         "the files they point at, or remove the links")
+    return None
+
 
 def config_digest(config: RunConfig) -> str:
     """Short stable hash of the resolved config: two runs with equal digests trained the same thing."""
@@ -151,9 +178,12 @@ def occupied_problem(paths: RunPaths) -> UserError | None:
 def create_run(config: RunConfig, run_id: str) -> tuple[RunPaths, RunLock]:
     """Make (and lock) the run folder and write the config it runs with.
 
-    A folder that holds a run is refused; one left by a start that never saved a checkpoint is
-    taken over with the new config, so a failed start never blocks its name."""
+    A folder that holds a run is refused, and so is one that holds what sft-tui did not write; one
+    left by a start that never saved a checkpoint is taken over with the new config, so a failed
+    start never blocks its name."""
     paths = RunPaths(run_root(config.output.runs_dir, run_id))
+    if problem := foreign_problem(paths) or not_a_stub_problem(paths):
+        raise problem
     try:
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -167,6 +197,31 @@ def create_run(config: RunConfig, run_id: str) -> tuple[RunPaths, RunLock]:
     paths.checkpoints.mkdir()
     save_config(config, paths.config)
     return paths, lock
+
+
+def not_a_stub_problem(paths: RunPaths) -> UserError | None:
+    """An existing folder under the new run's name that holds files sft-tui did not write: a config
+    that is not a run's, an event log of something else, checkpoints not named step-N. Taking it
+    over deleted them (an output.run_name equal to a project folder's name lost its checkpoints)."""
+    from core.atomic import TMP_PREFIX
+
+    if not paths.root.is_dir():
+        return None
+    foreign = []
+    if paths.config.is_file():
+        try:
+            load_config(paths.config)
+        except UserError:
+            foreign.append(paths.config.name)
+    if paths.events.is_file() and paths.events.stat().st_size and not read_events(paths.events):
+        foreign.append(paths.events.name)
+    if paths.checkpoints.is_dir():
+        foreign += [f"{paths.checkpoints.name}/{p.name}" for p in paths.checkpoints.iterdir()
+                    if not p.name.startswith(("step-", TMP_PREFIX))]
+    if not foreign:
+        return None
+    return UserError(f"{paths.root} exists and is not an sft-tui run folder: it holds {', '.join(foreign)}",
+                     "choose another output.run_name (the folder is left as it is)")
 
 
 def anchored(config: RunConfig) -> RunConfig:

@@ -16,7 +16,7 @@ from core.checkpoint import TrainState, load_latest
 from core.config import RunConfig, precision_problem
 from core.errors import UserError
 from core.plan import StepPlan, plan_steps
-from core.runs import RunLock, RunPaths, claim_run_id, create_run, resume_problem
+from core.runs import RunLock, RunPaths, claim_run_id, create_run, foreign_problem, resume_problem
 
 log = logging.getLogger("core.engine")
 """The engine's logger: these steps are the engine's, and their warnings say so in the run's events."""
@@ -44,6 +44,8 @@ def claim_run_folder(config: RunConfig, acc, resumed: RunPaths | None) -> tuple[
     if resumed is not None:
         paths = resumed
         if acc.is_main_process:
+            if problem := foreign_problem(paths):
+                raise problem
             lock = RunLock(paths)
             problem = resume_problem(paths)
             if problem:

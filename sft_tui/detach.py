@@ -26,12 +26,14 @@ from pathlib import Path
 import psutil
 import yaml
 
+from core.atomic import no_follow
 from core.config import RunConfig, config_to_dict, save_config
 from core.errors import UserError
 from core.events import Event, read_events
 from core.launch import check_launch, launch_env
 from core.liveness import ProcessRecord, live_record, write_record
-from core.runs import RunPaths, claim_run_id, discard_stub, occupied_problem, open_run, resume_problem, run_root
+from core.runs import (RunPaths, claim_run_id, discard_stub, foreign_problem, not_a_stub_problem, occupied_problem,
+                       open_run, resume_problem, run_root)
 
 
 @dataclass
@@ -82,7 +84,7 @@ def prepare_start(config: RunConfig | None = None, resume_dir: str | Path | None
     file the run keeps it in anyway (config.yaml), written here."""
     if resume_dir is not None:
         paths, config = open_run(resume_dir)
-        if problem := live_engine_problem(paths) or resume_problem(paths):
+        if problem := foreign_problem(paths) or live_engine_problem(paths) or resume_problem(paths):
             raise problem
         check_launch(config)
         args, stdin = ["--resume", str(paths.root)], None
@@ -90,7 +92,8 @@ def prepare_start(config: RunConfig | None = None, resume_dir: str | Path | None
         check_launch(config)  # before the run's folder is claimed: a refused start leaves nothing behind
         run_id = claim_run_id(config)
         paths = RunPaths(run_root(config.output.runs_dir, run_id))
-        if problem := live_engine_problem(paths) or occupied_problem(paths):
+        if problem := (foreign_problem(paths) or not_a_stub_problem(paths) or live_engine_problem(paths)
+                       or occupied_problem(paths)):
             raise problem
         config = config.model_copy(update={"output": config.output.model_copy(update={"run_name": run_id})})
         args, stdin = ["-"], yaml.safe_dump(config_to_dict(config), sort_keys=False)
@@ -120,7 +123,7 @@ def start_detached(config: RunConfig | None = None, resume_dir: str | Path | Non
     paths, stdin = start.paths, start.stdin
     command, env = engine_command(start.config, [*start.args, "--engine"])
     try:
-        log = open(paths.engine_log, "ab")  # noqa: SIM115 - the child holds it; ours closes below
+        log = open(paths.engine_log, "ab", opener=no_follow)  # noqa: SIM115 - the child holds it; ours closes below
     except OSError as err:
         raise UserError(f"cannot create run folder {paths.root}: {err.strerror}", "check output.runs_dir") from None
     with log:

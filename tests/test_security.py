@@ -136,3 +136,74 @@ def test_no_environment_secret_is_written_into_a_run_folder(lm, tmp_path, monkey
         for key, value in secrets.items():
             assert value.encode() not in data, f"{key} leaked into {path}"
     shutil.rmtree(tmp_path / "runs")
+
+
+# ---- run folders handed over with links in them, or owned by someone else ----------------------
+@pytest.mark.parametrize("name", ["events.jsonl", "engine.log", ".lock", "commands", "error.log"])
+@pytest.mark.parametrize("detached", [False, True], ids=["foreground", "detached"])
+def test_a_link_where_the_engine_writes_is_refused_and_its_target_left_alone(name, detached, lm, tmp_path, capsys):
+    """A review handed over a run folder whose engine.log was a link to ~/.bashrc: the resume appended
+    a command to it; a `.lock` link truncated a file, a `commands` link had every *.json of its target
+    folder deleted."""
+    run_dir = train(parse_config(lm), control=StopAt(4)).run_dir
+    target = tmp_path / "victim"
+    target.mkdir()
+    (target / "settings.json").write_text("{}")
+    (target / "notes.txt").write_text("precious")
+    link = run_dir / name
+    if link.is_dir():
+        shutil.rmtree(link)
+    link.unlink(missing_ok=True)
+    link.symlink_to(target if name == "commands" else target / "notes.txt")
+
+    assert main(["train", "--resume", str(run_dir), *(["--detach"] if detached else [])]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"run folder {run_dir} has symbolic links where sft-tui writes: {name}" in err and "cp -rL" in err
+    assert (target / "notes.txt").read_text() == "precious" and (target / "settings.json").exists()
+
+
+def test_a_run_folder_of_another_user_is_not_written(lm, tmp_path, capsys, monkeypatch):
+    run_dir = train(parse_config(lm), control=StopAt(4)).run_dir
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(run_dir).st_uid + 1)  # as another user sees it
+    before = (run_dir / "events.jsonl").read_bytes()
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert f"run folder {run_dir} belongs to another user" in " ".join(capsys.readouterr().err.split())
+    assert (run_dir / "events.jsonl").read_bytes() == before
+
+
+def test_the_engine_reads_and_deletes_only_its_own_command_files(tmp_path):
+    from core.commands import FolderControl, send_command
+
+    folder = tmp_path / "commands"
+    send_command(folder, "pause")
+    (folder / "dataset.json").write_text("{}")  # not a command: a file of someone's
+    control = FolderControl(folder)
+    control.poll()
+    assert control.paused and [p.name for p in folder.iterdir()] == ["dataset.json"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    send_command(elsewhere, "stop")
+    linked = tmp_path / "linked"
+    linked.symlink_to(elsewhere)
+    control = FolderControl(linked)
+    control.poll()
+    assert not control.stop_requested and len(list(elsewhere.iterdir())) == 1  # neither obeyed nor deleted
+
+
+def test_a_run_name_that_is_a_folder_of_something_else_is_refused_and_left_alone(lm, tmp_path, capsys):
+    """`output.run_name: proj` over a project folder overwrote its config.yaml and deleted its event log
+    and its checkpoints/."""
+    project = tmp_path / "runs" / "proj"
+    (project / "checkpoints").mkdir(parents=True)
+    files = {project / "config.yaml": "trainer: {epochs: 3}\n", project / "events.jsonl": "not ours\n",
+             project / "checkpoints" / "epoch=3.ckpt": "weights"}
+    for path, text in files.items():
+        path.write_text(text)
+    lm["output"]["run_name"] = "proj"
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(lm))
+    for detached in ([], ["--detach"]):
+        assert main(["train", str(tmp_path / "run.yaml"), *detached]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"{project} exists and is not an sft-tui run folder: it holds config.yaml, events.jsonl, " \
+               "checkpoints/epoch=3.ckpt" in err
+        assert all(path.read_text() == text for path, text in files.items())
