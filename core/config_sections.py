@@ -63,7 +63,8 @@ class ModelConfig(_Section):
     offline), or a bundled demo model: `demo:minilm` (pretrained all-MiniLM-L6-v2) or `demo:tiny-lm`
     (a tiny Llama-style model built on the fly)."""
     trust_remote_code: bool = False
-    """Run Python code shipped with the model. Off unless you trust its author."""
+    """Run Python code shipped with the model. Off unless you trust its author; true in a file counts
+    only with `sft-tui train --trust-remote-code` or the box ticked in the app (SECURITY.md)."""
     revision: str | None = None
     """Hub branch, tag or commit to load; None takes the default branch."""
 

@@ -159,7 +159,8 @@ def _load_error(
     if "trust_remote_code" in text:
         return UserError(
             f"model {name} needs to run Python code from its repository to load",
-            hint="if you trust its author, set model.trust_remote_code: true",
+            hint="if you have read that code or trust its author: tick 'trust remote code' (step 1 of the app), "
+                 "or run `sft-tui train CONFIG --trust-remote-code` with model.trust_remote_code: true",
         )
     if "Unrecognized configuration class" in text:
         return UserError(

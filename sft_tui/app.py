@@ -36,7 +36,7 @@ from sft_tui.loading import Loading
 from sft_tui.messages import EngineEvent, RunState, RunStateChanged
 from sft_tui.run_client import RunClient
 from sft_tui.run_following import RunFollowing
-from sft_tui.session import Session
+from sft_tui.session import Session, untrusted
 from sft_tui.step_prebuild import StepPrebuild
 from sft_tui.worker import PostingSink, RunSink, warm_up
 
@@ -103,6 +103,8 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         """The config of the run followed, which the status line describes while it trains: one opened
         from step 6 or continued is not the draft that steps 1-5 edit."""
         self._attach = attach
+        self.startup_note: str | None = None
+        """What to tell the user once the first screen shows (the config asked to trust its model's code)."""
         self._sink: RunSink | None = None
         """The in-process run's sink: what its engine reported of its start and failure."""
         self._quit_when_stopped = False
@@ -127,6 +129,8 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         for name in ROUTED_LOGGERS:
             logging.getLogger(name).addHandler(self._log_handler)
         logging.getLogger("core").setLevel(logging.INFO)
+        if self.startup_note:
+            self.notify(self.startup_note, title="Remote code", severity="warning", timeout=20, markup=False)
         if self._attach is not None:  # the run's history is drawn first: importing torch beside it slows it down
             self.attach_run(self._attach)
         else:
@@ -286,7 +290,10 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         from sft_tui.screens.dialogs import PathDialog
 
         def load(path: Path) -> None:
-            self.session.replace_config(load_config(path), path)
+            config, note = untrusted(load_config(path), str(path))
+            self.session.replace_config(config, path)
+            if note:
+                self.notify(note, title="Remote code", severity="warning", timeout=20, markup=False)
 
         def loaded(path: Path | None) -> None:
             if path is not None:
@@ -359,5 +366,8 @@ def create_app(config_path: str | Path | None = None, task: str = "classificatio
     over the defaults (sft_tui.keymap.load_keymap reads the user's file).
     """
     config: RunConfig = load_config(config_path) if config_path else example_config(task)
-    return SftApp(Session(config, Path(config_path) if config_path else None),
-                  attach=Path(attach) if attach is not None else None, in_process=in_process, keymap=keymap)
+    config, note = untrusted(config, str(config_path))
+    app = SftApp(Session(config, Path(config_path) if config_path else None),
+                 attach=Path(attach) if attach is not None else None, in_process=in_process, keymap=keymap)
+    app.startup_note = note
+    return app

@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--dry-run", action="store_true",
                        help="prepare everything short of training (no run folder), then print the plan, the "
                             "trainable parameters and the estimated peak memory")
+    train.add_argument("--trust-remote-code", action="store_true",
+                       help="allow the model's own Python code to run, where the config sets "
+                            "model.trust_remote_code (a file cannot allow it by itself; see SECURITY.md)")
     train.add_argument("--engine", action="store_true", help=argparse.SUPPRESS)  # what --detach starts
 
     attach = sub.add_parser("attach", help="follow a training run: its whole history, then live")
@@ -108,6 +111,7 @@ def _train(args: argparse.Namespace) -> int:
         config = apply_overrides(config, overrides)
     elif args.resume and overrides:
         raise UserError("--set and --nproc cannot change a run being resumed", "resume it as it was, or start a new run")
+    _check_trust(config, args)
     if args.dry_run:
         return _dry_run(config)
     if args.detach:
@@ -118,6 +122,19 @@ def _train(args: argparse.Namespace) -> int:
     # One of torchrun's processes: how the run ended is in its events, which the launcher reads; a
     # status other than 0 would make torchrun print a failure report for a stop or a refusal.
     return 0 if code in (2, EXIT_STOPPED) and os.environ.get("TORCHELASTIC_RUN_ID") else code
+
+
+def _check_trust(config, args: argparse.Namespace) -> None:
+    """Refuse a config (or resumed run) that trusts its model's code unless this command line
+    approves it (core.trust); an approval is handed to the engine processes started from here."""
+    from core.runs import open_run
+    from core.trust import trust_problem, trusted_env
+
+    run_config = config or open_run(args.resume)[1]
+    typed = any(o.split("=", 1)[0].strip() == "model.trust_remote_code" for o in args.overrides)
+    if problem := trust_problem(run_config, approved=args.trust_remote_code or typed):
+        raise problem
+    os.environ.update(trusted_env(run_config))
 
 
 def _dry_run(config) -> int:

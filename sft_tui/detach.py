@@ -34,6 +34,7 @@ from core.launch import check_launch, launch_env
 from core.liveness import ProcessRecord, live_record, write_record
 from core.runs import (RunPaths, claim_run_id, discard_stub, foreign_problem, not_a_stub_problem, occupied_problem,
                        open_run, resume_problem, run_root)
+from core.trust import trusted_env
 
 
 @dataclass
@@ -117,11 +118,15 @@ def engine_command(config: RunConfig, args: list[str]) -> tuple[list[str], dict[
     return [sys.executable, *launcher, *train], {**os.environ, "PYTHONUNBUFFERED": "1", **launch_env(config)}
 
 
-def start_detached(config: RunConfig | None = None, resume_dir: str | Path | None = None) -> DetachedRun:
-    """Start the engine for `config` (a new run) or for the run in `resume_dir`; returns at once."""
+def start_detached(config: RunConfig | None = None, resume_dir: str | Path | None = None,
+                   trusted: bool = False) -> DetachedRun:
+    """Start the engine for `config` (a new run) or for the run in `resume_dir`; returns at once.
+    `trusted`: the user approved the code of its model (core.trust), which the engine is told."""
     start = prepare_start(config, resume_dir)
     paths, stdin = start.paths, start.stdin
     command, env = engine_command(start.config, [*start.args, "--engine"])
+    if trusted:
+        env.update(trusted_env(start.config))
     try:
         log = open(paths.engine_log, "ab", opener=no_follow)  # noqa: SIM115 - the child holds it; ours closes below
     except OSError as err:

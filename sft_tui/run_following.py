@@ -22,16 +22,24 @@ from sft_tui.worker import RunSink, follow_run, run_ended, run_training
 
 
 class RunFollowing:
-    def launch_run(self, config: RunConfig | None = None, resume_dir: Path | None = None) -> None:
+    def launch_run(self, config: RunConfig | None = None, resume_dir: Path | None = None,
+                   approved: bool = False) -> None:
         """Switch to step 5 and start a new run of `config` (the draft by default), or continue the
-        run in `resume_dir`; the train screen follows it. Refused while the followed run trains."""
+        run in `resume_dir`; the train screen follows it. Refused while the followed run trains.
+        A run of a config from a file (resumed, continued) that trusts its model's code is started
+        once the user confirms that (`approved`); the draft has it only where the box was ticked."""
         if self.run_state.live:
             self.notify("a run is training here: stop it, or quit and detach from it, first",
                         title="Cannot start", severity="warning")
             return
+        run_config = _run_config(resume_dir) if resume_dir else config or self.session.config
+        trusts = run_config is not None and run_config.model.trust_remote_code
+        if trusts and not approved and (config is not None or resume_dir is not None):
+            self._confirm_code(run_config, lambda: self.launch_run(config, resume_dir, approved=True))
+            return
         screen = self._train_screen()
         config = config or self.session.config
-        self.followed_config = _run_config(resume_dir) if resume_dir else config
+        self.followed_config = run_config
         if self.in_process:
             client = InProcessClient(Control(), resume_dir)
             self._sink = sink = RunSink(screen, client)
@@ -42,7 +50,7 @@ class RunFollowing:
             from sft_tui.detach import start_detached
 
             try:
-                started = start_detached(None if resume_dir else config, resume_dir)
+                started = start_detached(None if resume_dir else config, resume_dir, trusted=trusts)
             except UserError as err:
                 from sft_tui.screens.dialogs import ErrorDialog
 
@@ -52,6 +60,15 @@ class RunFollowing:
             client.claim()
             self._follow(client, screen, RunFollowed(str(started.paths.root), controller=client.controller))
         self.post_message(RunStateChanged(RunState.RUNNING))
+
+    def _confirm_code(self, config: RunConfig, start) -> None:
+        from sft_tui.screens.dialogs import ConfirmDialog
+
+        question = (f"This run sets model.trust_remote_code: it imports and runs the Python code that "
+                    f"{config.model.name_or_path} ships, with your rights. Start it only if you have read that "
+                    "code or trust its author.")
+        self.push_screen(ConfirmDialog(question, yes="Run its code", no="Cancel"),
+                         lambda yes: start() if yes else None)
 
     def attach_run(self, run_dir: Path) -> None:
         """Switch to step 5 and follow the run in `run_dir`: its whole history, then what its engine

@@ -22,6 +22,18 @@ from core.lora import quantize_problem
 from core.memory import NO_ADAPTERS, Adapters
 
 
+def untrusted(config: RunConfig, source: str) -> tuple[RunConfig, str | None]:
+    """`config`, read from `source` (a file, a run folder), with model.trust_remote_code off, and
+    what to tell the user when the file had it on: the box on step 1, ticked by the user, is the
+    approval a file cannot give (core.trust), and the app loads a model as soon as a config opens."""
+    if not config.model.trust_remote_code:
+        return config, None
+    model = config.model.model_copy(update={"trust_remote_code": False})
+    return config.model_copy(update={"model": model}), (
+        f"{source} asks to run the Python code that {model.name_or_path} ships (model.trust_remote_code): "
+        "it is off until you tick 'trust remote code' on step 1, once you have read that code")
+
+
 @dataclass
 class ModelInfo:
     """A model's structure (on the meta device, no weights) and tokenizer, for one task and label set."""

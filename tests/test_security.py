@@ -20,7 +20,7 @@ from core.errors import UserError
 from core.manifest import MANIFEST
 from core.runs import create_run
 from sft_tui.cli import main
-from helpers import StopAt, tiny_lm_config, write_jsonl
+from helpers import StopAt, settle, tiny_lm_config, write_jsonl
 
 
 class _RunsCode:
@@ -207,3 +207,83 @@ def test_a_run_name_that_is_a_folder_of_something_else_is_refused_and_left_alone
         assert f"{project} exists and is not an sft-tui run folder: it holds config.yaml, events.jsonl, " \
                "checkpoints/epoch=3.ckpt" in err
         assert all(path.read_text() == text for path, text in files.items())
+
+
+# ---- trust_remote_code: approved by the person starting the run, never by a file ---------------
+@pytest.fixture
+def code_model(tmp_path, tiny_model_factory) -> tuple[Path, Path]:
+    """A model folder whose config.json names code of its own, which leaves a marker when imported."""
+    folder, marker = tmp_path / "code-model", tmp_path / "code-ran"
+    shutil.copytree(tiny_model_factory("llama"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_mine.MineConfig",
+                          "AutoModelForCausalLM": "configuration_mine.MineForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "configuration_mine.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n\n\nclass MineConfig(LlamaConfig):\n"
+        "    model_type = 'llama'\n\n\nclass MineForCausalLM(LlamaForCausalLM):\n    config_class = MineConfig\n")
+    return folder, marker
+
+
+def _trusting(lm: dict, folder: Path, path: Path) -> Path:
+    lm["model"].update(name_or_path=str(folder), trust_remote_code=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(lm))
+    return path
+
+
+def test_a_config_or_run_folder_cannot_approve_its_models_code(lm, code_model, tmp_path, capsys):
+    """A review's shared run folder held `trust_remote_code: true`: `sft-tui train --resume` ran its
+    model's code, with no question asked."""
+    folder, marker = code_model
+    config = _trusting(lm, folder, tmp_path / "theirs.yaml")
+    run = tmp_path / "runs" / "theirs"
+    _trusting(lm, folder, run / "config.yaml")
+    for argv in (["train", str(config)], ["train", str(config), "--dry-run"], ["train", "--resume", str(run)],
+                 ["train", "--resume", str(run), "--detach"]):
+        assert main(argv) == 2, argv
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"model.trust_remote_code is true: the run would import and run the Python code that {folder} " \
+               "ships" in err and "--trust-remote-code" in err
+        assert not marker.exists(), argv
+    main(["train", str(config), "--dry-run", "--trust-remote-code"])  # approved now: the code is live
+    assert marker.exists(), "the model's code must be live, or this test proves nothing"
+
+
+async def test_the_app_opens_a_trusting_config_untrusted_and_asks_before_resuming_one(lm, code_model, tmp_path):
+    from sft_tui.app import create_app
+    from sft_tui.screens.dialogs import ConfirmDialog
+
+    folder, marker = code_model
+    app = create_app(_trusting(lm, folder, tmp_path / "theirs.yaml"), in_process=True)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await settle(pilot)  # the model loads at once (llama's own classes serve), without its code
+        assert app.model_state == "ready" and not app.session.config.model.trust_remote_code
+        assert not marker.exists()
+        assert any("asks to run the Python code" in n.message and "tick 'trust remote code'" in n.message
+                   for n in app._notifications)
+        run = tmp_path / "runs" / "theirs"
+        _trusting(lm, folder, run / "config.yaml")
+        app.launch_run(resume_dir=run)
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog) and str(folder) in app.screen.question
+        await pilot.press("escape")
+        assert app.run_state == "idle" and not marker.exists()
+
+
+def test_the_apps_approval_reaches_its_detached_engine_and_only_for_that_model(lm, code_model, tmp_path):
+    """The app starts every run as `sft-tui train - --engine`: the box ticked in the app (or its
+    confirmation) must reach that process, and nothing else may."""
+    from core.run_info import run_info
+    from sft_tui.detach import start_detached
+
+    folder, marker = code_model
+    config = parse_config(yaml.safe_load(_trusting(lm, folder, tmp_path / "mine.yaml").read_text()))
+    refused = start_detached(config)
+    assert refused.process.wait(timeout=120) == 2 and not marker.exists()
+    assert "model.trust_remote_code is true" in " ".join(refused.paths.engine_log.read_text().split())
+    approved = start_detached(config.model_copy(update={"output": config.output.model_copy(
+        update={"run_name": "approved"})}), trusted=True)
+    assert approved.process.wait(timeout=300) == 0
+    assert marker.exists() and run_info(approved.paths.root).state == "finished"

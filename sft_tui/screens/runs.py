@@ -22,10 +22,10 @@ from textual.widgets import DataTable, Static
 from core.errors import UserError
 from core.lineage import continue_problem, continued_config, variant_config
 from core.run_catalog import RunCatalog
-from core.run_info import RunInfo
 from core.runs import resume_problem
 from sft_tui.format.compare import eval_metrics, shared_metrics
 from sft_tui.screens.base import StepScreen
+from sft_tui.session import untrusted
 from sft_tui.widgets.runs.curves import RunCurves
 from sft_tui.widgets.runs.diff import ConfigDiff
 from sft_tui.widgets.runs.table import RunTable
@@ -239,9 +239,12 @@ class RunsScreen(StepScreen):
         except UserError as err:
             self._refuse("Cannot load", f"{err.message}" + (f" ({err.hint})" if err.hint else ""))
             return
+        config, note = untrusted(config, f"run {info.name}'s config")
         self.session.invalid.clear()
         self.session.replace_config(config)
         self.app.changed()
+        if note:
+            self.notify(note, title="Remote code", severity="warning", timeout=20, markup=False)
         self.notify(f"the draft is now run {info.name}'s config, with output.run_name cleared so that the new "
                     "run gets a folder of its own; edit it in steps 1-4, start it in step 5",
                     title="Config loaded", markup=False)
