@@ -38,6 +38,7 @@ class RunStats(Static):
         self.rate = SmoothedRate()
         self.gpus: list[dict] = []
         self.gpu_error: str | None = None
+        self._drawn_lines = -1
 
     def on_mount(self) -> None:
         self._probe()
@@ -98,4 +99,8 @@ class RunStats(Static):
             text.append(f"\n{self.gpu_error}", style="dim")
         elif not self.gpus:
             text.append("\nno GPU", style="dim")
-        self.update(text, layout=False)  # its size comes from the screen's grid, not from the text
+        lines = text.plain.count("\n")
+        # Its size comes from the screen's grid, except in the narrow layouts, where the pane is as tall as
+        # its text: there a new number of lines needs a layout (it stayed 2 lines, hiding RSS and the GPUs).
+        self.update(text, layout=lines != self._drawn_lines)
+        self._drawn_lines = lines
