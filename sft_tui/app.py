@@ -32,6 +32,7 @@ from core.config import RunConfig, example_config, load_config, save_config
 from core.logs import ROUTED_LOGGERS, EventLogHandler
 from core.runs import RunPaths
 from sft_tui.error_log import APP_ERROR_LOG
+from sft_tui.format.safe import safe_text
 from sft_tui.loading import Loading
 from sft_tui.messages import EngineEvent, RunState, RunStateChanged
 from sft_tui.run_client import RunClient
@@ -211,6 +212,12 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         """Textual's short form for the footer (`^l`), with function keys as people write them (F1)."""
         display = super().get_key_display(binding)
         return display.upper() if display[:1] == "f" and display[1:].isdigit() else display
+
+    def notify(self, message: str, *, title: str = "", **kwargs) -> None:
+        """Every notification (a screen's and a widget's come here too) with its control characters
+        escaped: many name a run folder, a path or an engine's message, which files chose. Callers
+        that quote them pass markup=False as well."""
+        super().notify(safe_text(message), title=safe_text(title, one_line=True), **kwargs)
 
     def action_help(self) -> None:
         from sft_tui.screens.help import HelpScreen

@@ -280,6 +280,7 @@ def _attach(args: argparse.Namespace) -> int:
 def _runs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from core.run_info import list_runs
     from sft_tui.format.runs import COLUMNS, STATE_STYLES, run_row
@@ -292,18 +293,18 @@ def _runs(args: argparse.Namespace) -> int:
     rows = [(info, run_row(info)) for info in infos]
     for column in COLUMNS:
         table.add_column(column, no_wrap=True)
-    for info, row in rows:
-        table.add_row(*row, style=STATE_STYLES.get(info.state, ""))
+    for info, row in rows:  # Text: a run's name is a folder's, and no markup is read from it
+        table.add_row(*map(Text, row), style=STATE_STYLES.get(info.state, ""))
     if console.measure(table, options=console.options.update_width(10_000)).maximum <= console.width:
         console.print(table, soft_wrap=True)
         return 0
     # Too narrow for a line a run (80 columns, a long model name): each name whole on a line of its
     # own, since `sft-tui attach runs/<name>` takes it, and what the table's columns say under it.
     for info, (name, state, step, best, age, parent) in rows:
-        console.print(name, style=STATE_STYLES.get(info.state, ""), soft_wrap=True)
+        console.print(Text(name), style=STATE_STYLES.get(info.state, ""), soft_wrap=True)
         details = [state, f"step {step}", *([f"best {best}"] if info.best else []), f"{age} ago",
                    *([f"from {parent}"] if info.parent else [])]
-        console.print("  " + " · ".join(details))
+        console.print(Text("  " + " · ".join(details)))
     return 0
 
 
@@ -370,10 +371,13 @@ COMMANDS = {"init": _init, "train": _train, "attach": _attach, "runs": _runs, "s
 
 
 def _refuse(err: UserError) -> int:
-    """Print a UserError as its message and hint, without a traceback; the exit status for it."""
-    print(f"error: {err.message}", file=sys.stderr)
+    """Print a UserError as its message and hint, without a traceback; the exit status for it. They
+    may quote a file (a run folder's name, a data set's columns): its control characters are escaped."""
+    from sft_tui.format.safe import safe_text
+
+    print(f"error: {safe_text(err.message)}", file=sys.stderr)
     if err.hint:
-        print(f"hint: {err.hint}", file=sys.stderr)
+        print(f"hint: {safe_text(err.hint)}", file=sys.stderr)
     return 2
 
 

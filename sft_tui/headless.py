@@ -10,6 +10,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -17,12 +18,17 @@ from rich.text import Text
 from core.events import (CheckpointSaved, EvalResult, Event, LogMessage, MicroBatchHalved, Paused, Resumed, RunFailed,
                          RunFinished, RunStarted, SampleGenerated, StepMetrics)
 from sft_tui.format.numbers import format_duration, format_metrics
+from sft_tui.format.safe import safe_text
 from sft_tui.format.train import SmoothedRate, before_after, best_weights_note, format_eta, untrained_head_note
 
 
 class ProgressDisplay:
     """An EventSink that draws a progress bar (step, epoch, loss, smoothed tokens/s, ETA) and prints
-    evaluations on `console` (stderr), and the run's result on `out` (stdout)."""
+    evaluations on `console` (stderr), and the run's result on `out` (stdout).
+
+    `sft-tui attach --plain` feeds it a run folder's events.jsonl, which anyone who can write there
+    may have crafted: every field an event brings is shown through sft_tui.format.safe, and as a
+    Text or escaped markup, so that none writes to the terminal or is read as Rich markup."""
 
     def __init__(self, console: Console | None = None, out: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
@@ -59,14 +65,14 @@ class ProgressDisplay:
     def result(self, text: str) -> None:
         """A line of the run's result, for scripts: on stdout."""
         try:
-            self.out.print(Text(text), soft_wrap=True)
+            self.out.print(Text(safe_text(text)), soft_wrap=True)
         except OSError:
             self.detach(always=True)
 
     def _line(self, text: str, style: str = "") -> None:
-        """Text that may hold paths and library messages: no markup is read from it, and it is not
-        broken into lines, so a path copied from the terminal is whole."""
-        self.console.print(Text(text, style=style), soft_wrap=True)
+        """Text that may hold paths and library messages: no markup or control sequence is read from
+        it, and it is not broken into lines, so a path copied from the terminal is whole."""
+        self.console.print(Text(safe_text(text), style=style), soft_wrap=True)
 
     def detach(self, always: bool = False) -> None:
         """Stop drawing to a terminal that went away (SIGHUP); output into a file or a pipe goes on
@@ -80,11 +86,11 @@ class ProgressDisplay:
     def _on_run_started(self, e: RunStarted) -> None:
         share = 100 * e.trainable_params / max(e.total_params, 1)
         self.console.print(Text.assemble(
-            (e.run_id, "bold"),
-            f"  {e.task} · {e.model} · {e.trainable_params:,}/{e.total_params:,} "
-            f"trainable ({share:.1f}%) · {e.train_rows} train / {e.validation_rows} validation rows · "
-            f"{e.device} {e.precision} x{e.world_size}"
-            + (f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""),
+            (safe_text(e.run_id, one_line=True), "bold"),
+            safe_text(f"  {e.task} · {e.model} · {e.trainable_params:,}/{e.total_params:,} "
+                      f"trainable ({share:.1f}%) · {e.train_rows} train / {e.validation_rows} validation rows · "
+                      f"{e.device} {e.precision} x{e.world_size}"
+                      + (f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""), one_line=True),
         ))
         self.run_dir, self.run_task, self.rate, self.last_eval = e.run_dir, e.task, SmoothedRate(), None
         self.progress.start()
@@ -102,11 +108,12 @@ class ProgressDisplay:
             self.console.print(f"[bold]evaluation before training[/] ({e.seconds:.1f}s{note})")
         else:
             self.last_eval = e
-            self.console.print(f"[bold]evaluation[/] at step {e.step} (epoch {e.epoch:.2f}, {e.seconds:.1f}s)"
+            self.console.print(f"[bold]evaluation[/] at step {escape(safe_text(e.step))} "
+                               f"(epoch {e.epoch:.2f}, {e.seconds:.1f}s)"
                                + ("  [green]▲ best[/]" if e.is_best else ""))
         table = Table()
         for name in e.metrics:
-            table.add_column(name, justify="right")
+            table.add_column(Text(safe_text(name, one_line=True)), justify="right")
         table.add_row(*(f"{v:.4f}" for v in e.metrics.values()))
         self.console.print(table)
 
@@ -118,10 +125,10 @@ class ProgressDisplay:
         self._line(f"checkpoint saved: {e.path} ({e.seconds:.1f}s)", "dim")
 
     def _on_paused(self, e: Paused) -> None:
-        self.console.print(f"paused at step {e.step}")
+        self.console.print(f"paused at step {safe_text(e.step)}", markup=False)
 
     def _on_resumed(self, e: Resumed) -> None:
-        self.console.print(f"resumed at step {e.step}")
+        self.console.print(f"resumed at step {safe_text(e.step)}", markup=False)
 
     def _on_micro_batch_halved(self, e: MicroBatchHalved) -> None:
         self._line(f"step {e.step} ran out of memory ({e.reason}): retrying with micro-batches of {e.batch_size} "

@@ -1,6 +1,8 @@
 """The data screen's account of tokenized data: rows as the model sees them, and their statistics.
 
 Pure functions from core.data's PreparedData (and the tokenizer that made it) to rich renderables.
+What comes from the data set (its cells, column names, labels) is a file's: it is shown with its
+control characters escaped (sft_tui.format.safe) and no markup read from it.
 A causal-LM row is decoded run by run, so the tokens without loss (core.loss.trained_positions: the
 prompt, chat framing, a row's first token) show dim and the tokens the model learns to produce show bold: a wrong column mapping
 or a template that masks everything is visible before any training starts.
@@ -12,10 +14,12 @@ from itertools import groupby
 
 from rich.cells import cell_len
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from core.loss import trained_positions, trained_tokens
+from sft_tui.format.safe import safe_text
 
 MASKED_STYLE = "dim"
 """Tokens that carry no loss."""
@@ -30,7 +34,7 @@ BAR_WIDTH = 20
 
 def _flat(text: str, one_line: bool) -> str:
     text = text.replace("\r", "")
-    return text.replace("\n", "⏎") if one_line else text
+    return safe_text(text.replace("\n", "⏎") if one_line else text)
 
 
 def lm_row(tokenizer, example, one_line: bool = True, folded: int = 0) -> Text:
@@ -66,7 +70,8 @@ def preview(data, tokenizer, limit: int = 20) -> tuple[list[tuple[str, int]], li
     for i, example in enumerate(data.train[:limit], 1):
         if data.labels is not None:
             text = classification_row(tokenizer, example)
-            rows.append((str(i), data.labels[example.labels], str(len(example.input_ids)), text))
+            label = escape(safe_text(data.labels[example.labels], one_line=True))  # a str cell is markup
+            rows.append((str(i), label, str(len(example.input_ids)), text))
         else:
             text = lm_row(tokenizer, example, folded=example.system_tokens)
             rows.append((str(i), str(len(example.input_ids)), str(trained_tokens(example.labels)), text))
@@ -89,7 +94,8 @@ def row_detail(data, tokenizer, index: int) -> tuple[Text, int]:
     the preview scrolls to."""
     example = data.train[index]
     if data.labels is not None:
-        heading = f"row {index + 1} · label {data.labels[example.labels]} · {len(example.input_ids)} tokens\n"
+        label = safe_text(data.labels[example.labels], one_line=True)
+        heading = f"row {index + 1} · label {label} · {len(example.input_ids)} tokens\n"
         body = classification_row(tokenizer, example, one_line=False)
     else:
         heading = f"row {index + 1} · {len(example.input_ids)} tokens, {trained_tokens(example.labels)} trained\n"
@@ -107,7 +113,7 @@ def label_bars(counts: dict[str, int]) -> Table:
     most = max(counts.values(), default=0) or 1
     for label, count in counts.items():
         width = max(1, round(BAR_WIDTH * count / most)) if count else 0
-        table.add_row(label, Text("█" * width, style="cyan"), f"{count:,}")
+        table.add_row(Text(safe_text(label, one_line=True)), Text("█" * width, style="cyan"), f"{count:,}")
     return table
 
 
@@ -130,10 +136,11 @@ def data_stats(data, data_config) -> Group:
     detected = "" if data_config.format != "auto" else " (detected)"
     columns = ", ".join(f"{role} → {column}" for role, column in data.columns.model_dump(exclude_none=True).items())
     grid.add_row("Format", f"{data.format}{detected}")
-    grid.add_row("Columns", columns)
+    grid.add_row("Columns", Text(safe_text(columns)))
     train_rows, val_rows = stats.rows_out["train"], stats.rows_out["validation"]
     grid.add_row("Train", f"{train_rows:,} rows" + (" (packed blocks)" if data_config.packing else ""))
-    grid.add_row("Validation", f"{val_rows:,} rows, {_validation_source(data_config, stats.rows_in['validation'])}")
+    grid.add_row("Validation", Text(safe_text(f"{val_rows:,} rows, "
+                                              f"{_validation_source(data_config, stats.rows_in['validation'])}")))
     grid.add_row("Tokens", f"min {stats.length_min} · mean {stats.length_mean:.1f} · p50 {stats.length_p50} · "
                            f"p95 {stats.length_p95} · max {stats.length_max}")
     if data.labels is None and stats.tokens_total:
@@ -149,5 +156,5 @@ def data_stats(data, data_config) -> Group:
         parts += [Text(), Text("Labels (training rows)", style="bold"), label_bars(stats.label_counts)]
     if data.warnings:
         parts += [Text(), Text("Warnings", style="bold yellow")]
-        parts += [Text(f"• {warning}", style="yellow") for warning in data.warnings]
+        parts += [Text(f"• {safe_text(warning)}", style="yellow") for warning in data.warnings]
     return Group(*parts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from core.run_info import RunInfo
 from sft_tui.format.numbers import format_metric
+from sft_tui.format.safe import safe_text
 
 COLUMNS = ("run", "state", "step", "best", "age", "parent")
 STATE_STYLES = {"running": "green", "starting": "green", "paused": "yellow", "finished": "bold",
@@ -28,8 +29,10 @@ def state_text(info: RunInfo) -> str:
 
 
 def run_row(info: RunInfo) -> tuple[str, ...]:
-    """Cells in COLUMNS order."""
+    """Cells in COLUMNS order, each one line. A run's name is its folder's, its host, reason and
+    metric names come from its files: whoever can write in the runs folder chose them, so their
+    control characters are escaped (sft_tui.format.safe); the callers show the cells as Text."""
     step = f"{info.step}/{info.planned_steps}" if info.planned_steps else str(info.step or "-")
     best = f"{info.best[0]} {format_metric(info.best[1])} @{info.best[2]}" if info.best else "-"
-    return (info.name, state_text(info), step, best, format_age(info.age_s),
-            info.parent.name if info.parent else "-")
+    cells = (info.name, state_text(info), step, best, format_age(info.age_s), info.parent.name if info.parent else "-")
+    return tuple(safe_text(cell, one_line=True) for cell in cells)

@@ -24,6 +24,7 @@ from core.config import ColumnMap, DataFormat
 from core.data.sources import FILE_KINDS
 from core.errors import UserError
 from sft_tui.format.data import data_stats
+from sft_tui.format.safe import safe_text
 from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.data.preview import DataPreview
 from sft_tui.widgets.load_status import LoadStatus
@@ -158,7 +159,8 @@ class DataScreen(StepScreen):
             self.session.invalid[key] = error
             self._field_errors[name] = error
         errors = self.query_one("#data-field-errors", Static)
-        errors.update(Text("\n".join(f"{n}: {e}" for n, e in self._field_errors.items()), style="red"))
+        # a field's message quotes its value, which a loaded config (a file) may have set
+        errors.update(Text(safe_text("\n".join(f"{n}: {e}" for n, e in self._field_errors.items())), style="red"))
         errors.display = bool(self._field_errors)
         if self.session.invalid.get(key) != before:
             self.app.changed()

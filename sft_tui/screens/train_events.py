@@ -29,6 +29,7 @@ from core.events import (CheckpointSaved, EvalResult, LogMessage, MicroBatchHalv
 from core.plan import plan_steps
 from core.runs import RunPaths, open_run
 from sft_tui.format.numbers import format_duration
+from sft_tui.format.safe import safe_text
 from sft_tui.format.train import format_eta, untrained_head_note
 from sft_tui.messages import EngineEvent, EngineEvents, EngineGone, RunFollowed, RunState, RunStateChanged
 from sft_tui.screens.dialogs import ErrorDialog
@@ -350,7 +351,9 @@ class RunEvents:
         self._flush()
 
     def _log(self, line: str, style: str = "") -> None:
-        self._log_texts.append(Text(line, style=style))
+        """A line of the log pane. Its words come from a run's files and from library messages, which
+        may quote a data set: its control characters are escaped (a Text reads no markup)."""
+        self._log_texts.append(Text(safe_text(line), style=style))
 
 
 def _planned_lr(e: RunStarted) -> list[tuple[int, float]]:

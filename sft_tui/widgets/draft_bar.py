@@ -10,6 +10,7 @@ from textual.widgets import Static
 
 from sft_tui.format.numbers import format_share
 from sft_tui.format.paths import cut_middle
+from sft_tui.format.safe import safe_text
 from sft_tui.messages import RunState
 
 RUN_STYLES = {RunState.RUNNING: "bold green", RunState.PAUSED: "bold yellow", RunState.STOPPING: "bold yellow",
@@ -73,7 +74,7 @@ def status_line(session, state: RunState, width: int, run_config=None) -> Text:
         for i, (words, style) in enumerate(shown):
             # The app's name is followed by a space, the rest are separated by dots.
             text.append(" " if i == 1 and parts["brand"] else " · " if i else "")
-            text.append(words, style)
+            text.append(safe_text(words, one_line=True), style)  # the model's and data's names are a config's
         return text
 
     text = assemble()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from sft_tui.format.safe import safe_text
+
 
 class ErrorLine(Static):
     """Hidden until there is an error to show (an empty one would still draw its red bar)."""
@@ -17,7 +19,8 @@ class ErrorLine(Static):
         super().__init__(markup=False, **kwargs)
 
     def show(self, message: str | None, hint: str = "") -> None:
-        """The message in bold and its hint below; None hides the line."""
+        """The message in bold and its hint below; None hides the line. A load's message may quote the
+        file (a data set's columns), so control characters are escaped."""
         self.display = message is not None
         if message is not None:
-            self.update(Text.assemble((message, "bold"), *(("\nhint: ", hint) if hint else ())))
+            self.update(Text.assemble((safe_text(message), "bold"), *(("\nhint: ", safe_text(hint)) if hint else ())))

@@ -8,6 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
+from sft_tui.format.safe import safe_text
 from sft_tui.widgets.error_line import ErrorLine
 from sft_tui.widgets.spinner import Spinner
 
@@ -40,7 +41,9 @@ class LoadStatus(Vertical):
     def show(self, state: str, name: str, *, loading: tuple[str, str], ready: str, idle: str, error=None) -> None:
         """`state` of the app's model_state/data_state for `name`: loading (`loading` is the text
         around the name), ready (`ready` follows the name), failed (`error`: the session's
-        LoadError), or anything else (`idle` says how to load)."""
+        LoadError), or anything else (`idle` says how to load). The name is a config's, shown with
+        its control characters escaped."""
+        name = safe_text(name, one_line=True)
         if state == "loading":
             self.error(None)
             self._line(True, Text.assemble(loading[0], (name, "bold"), loading[1]))

@@ -1,4 +1,8 @@
-"""The plain dialogs: a yes/no question, an error with its hint, and a path to act on."""
+"""The plain dialogs: a yes/no question, an error with its hint, and a path to act on.
+
+What they say often quotes a file (a run folder's name, its engine's host, a data set's columns,
+an engine's output): it is shown with its control characters escaped (sft_tui.format.safe) and
+no markup read from it."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from textual.widgets import Button, Input, Label, Static
 from core.errors import UserError
 from core.events import RunFailed
 from sft_tui.error_log import write_traceback
+from sft_tui.format.safe import safe_text
 from sft_tui.screens.dialogs.form import FormDialog
 from sft_tui.widgets.paths import PathInput
 
@@ -27,7 +32,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, classes="dialog-text")
+            yield Label(safe_text(self.question), classes="dialog-text", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self.yes, variant="error", id="yes")
                 yield Button(self.no, variant="primary", id="no")
@@ -44,7 +49,8 @@ class ErrorDialog(ModalScreen[None]):
 
     def __init__(self, title: str, message: str, hint: str = "", detail: str = "") -> None:
         super().__init__()
-        self.title_text, self.message, self.hint, self.detail = title, message, hint, detail
+        self.title_text = title
+        self.message, self.hint, self.detail = safe_text(message), safe_text(hint), safe_text(detail)
 
     @classmethod
     def for_error(cls, title: str, error: BaseException, log: Path, what: str) -> ErrorDialog:

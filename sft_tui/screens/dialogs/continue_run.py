@@ -10,6 +10,7 @@ from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 
 from core.config import RunConfig
 from core.errors import UserError
+from sft_tui.format.safe import safe_text
 from sft_tui.screens.dialogs.form import FormDialog
 
 UNITS = ("epochs", "steps")
@@ -33,7 +34,8 @@ class ContinueDialog(FormDialog[RunConfig]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"Continue run {self.run_name}", classes="dialog-title")
+            yield Label(f"Continue run {safe_text(self.run_name, one_line=True)}", classes="dialog-title",
+                        markup=False)  # the run's name is its folder's
             yield Static("A new run trains this run's final model further, in a folder of its own that "
                          "names this run as its parent. How much more?", classes="dialog-text")
             with Horizontal(id="continue-row"):

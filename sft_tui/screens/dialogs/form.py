@@ -13,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
 from core.errors import UserError
+from sft_tui.format.safe import safe_text
 
 Result = TypeVar("Result")
 
@@ -56,8 +57,10 @@ class FormDialog(ModalScreen[Result | None]):
         return str(self.query_one(".form-error", Static).content)
 
     def show_error(self, message: str | UserError) -> None:
+        """The failure under the fields; it may quote the file acted on (a YAML line), so its control
+        characters are escaped."""
         if isinstance(message, UserError):
             message = f"{message.message}\nhint: {message.hint}" if message.hint else message.message
         error = self.query_one(".form-error", Static)
-        error.update(message)
+        error.update(safe_text(message))
         error.set_class(not message, "-empty")

@@ -6,9 +6,11 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Container, Horizontal
+from textual.markup import escape
 from textual.widgets import Static
 
 from core.run_info import RunInfo
+from sft_tui.format.safe import safe_text
 from sft_tui.format.compare import eval_curve, loss_curve
 from sft_tui.widgets.train.charts import CachedPlot
 
@@ -53,9 +55,9 @@ class RunCurves(Container):
         legend = Text()
         for i, info in enumerate(runs):
             legend.append("━━ ", style=colour_style(i))
-            legend.append(info.name + "   ")
+            legend.append(safe_text(info.name, one_line=True) + "   ")  # names are folders'
         if len(runs) == 1 and runs[0].parent is not None:  # the table's last column, cut at 80 columns
-            legend.append(f"continued from {runs[0].parent.name}", style="dim")
+            legend.append(f"continued from {safe_text(runs[0].parent.name, one_line=True)}", style="dim")
         self.query_one("#curves-legend", Static).update(legend or "no run to show")
         self.shown = [(info.name, loss_curve(info.events), eval_curve(info.events, metric) if metric else [])
                       for info in runs]
@@ -63,7 +65,8 @@ class RunCurves(Container):
         loss.border_title = "train loss"
         _draw(loss, [points for _, points, _ in self.shown])
         evals = self.query_one("#curves-eval", CachedPlot)
-        evals.border_title = f"eval {metric}" if metric else "eval: no metric all of them report"
+        evals.border_title = (f"eval {escape(safe_text(metric, one_line=True))}" if metric  # a title is markup
+                              else "eval: no metric all of them report")
         _draw(evals, [points for _, _, points in self.shown])
 
 

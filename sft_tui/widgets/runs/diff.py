@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.text import Text
 from textual.widgets import DataTable
 
 from sft_tui.format.compare import MISSING, config_diff
+from sft_tui.format.safe import safe_text
 from sft_tui.widgets.runs.curves import colour_style
 
 
@@ -19,15 +21,21 @@ class ConfigDiff(DataTable):
         self.diff: list[tuple[str, list[str]]] = []
 
     def show(self, names: list[str], configs: list[dict]) -> None:
-        """One column per run (named in its curve's colour); only the keys whose values differ."""
+        """One column per run (named in its curve's colour); only the keys whose values differ. Names,
+        keys and values are the run folders' and their configs': shown with their control characters
+        escaped, and no markup read from them (a str cell of a DataTable is markup)."""
         self.clear(columns=True)
         self.diff = config_diff(configs) if len(configs) >= 2 else []
         self.add_column("key", key="key")
         for i, name in enumerate(names):
-            self.add_column(Text(name, style=f"bold {colour_style(i)}"), key=f"run-{i}")
+            self.add_column(Text(safe_text(name, one_line=True), style=f"bold {colour_style(i)}"), key=f"run-{i}")
         for key, values in self.diff:
-            self.add_row(key, *(Text(v, style="dim") if v == MISSING else v for v in values), key=key)
+            self.add_row(_cell(key), *(Text(v, style="dim") if v == MISSING else _cell(v) for v in values), key=key)
 
     @property
     def keys(self) -> list[str]:
         return [key for key, _ in self.diff]
+
+
+def _cell(text: str) -> str:
+    return escape(safe_text(text, one_line=True))

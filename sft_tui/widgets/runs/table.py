@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from rich.cells import cell_len
+from rich.markup import escape
 from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable
@@ -49,6 +50,9 @@ class RunTable(DataTable):
         self.marked = [key for key in self.marked if key in self.infos]
         rows = {key: self._cells(key, info) for key, info in self.infos.items()}
         self._fit_names(rows)
+        # The DataTable reads markup from a str cell, and a run's name and what its files say are not
+        # the app's to style: escaped, once cut to fit (a cut could split an escape from its bracket).
+        rows = {key: [escape(cell) if isinstance(cell, str) else cell for cell in cells] for key, cells in rows.items()}
         if list(self.infos) == before and not self._widths_change(rows):
             for key, cells in rows.items():
                 for column, cell in zip(self.columns, cells):

@@ -9,6 +9,7 @@ from textual.widgets import DataTable
 
 from core.events import EvalResult
 from sft_tui.format.numbers import format_metric
+from sft_tui.format.safe import safe_text
 
 BEST = "▲ best"
 BEFORE = "before"
@@ -45,14 +46,15 @@ class EvalTable(DataTable):
             self.add_column("step", key="step")
             self.add_column("epoch", key="epoch")
             for name in self.metric_names:
-                self.add_column(name, key=name)
+                self.add_column(Text(safe_text(name, one_line=True)), key=name)  # a name from events.jsonl
             self.add_column("", key="best")
         self.results.append(result)
         key = str(self.row_count)
         cells = [str(result.step), f"{result.epoch:.2f}"]
         cells += [format_metric(result.metrics[n]) if n in result.metrics else "-" for n in self.metric_names]
         cells.append(BEFORE if result.before_training else BEST if result.is_best else "")
-        self.add_row(*map(Text, cells), key=key)  # Text, not str: no markup to parse (a run's history adds hundreds)
+        # Text, not str: no markup to parse (a run's history adds hundreds); escaped: an events.jsonl's
+        self.add_row(*(Text(safe_text(cell, one_line=True)) for cell in cells), key=key)
         if result.is_best:
             if self._best_row is not None:
                 self.update_cell(self._best_row, "best", Text(""))

@@ -16,6 +16,7 @@ from textual.widgets import Input, Static
 from core.events import RunFinished
 from core.final_layout import adapter_labels
 from sft_tui.format.numbers import format_duration, format_metrics
+from sft_tui.format.safe import safe_text
 from sft_tui.format.train import before_after, best_weights_note, load_snippet
 from sft_tui.worker import warm_up
 
@@ -50,34 +51,37 @@ class ResultsPanel(Vertical):
 
     def show_run(self, finished: RunFinished, run_dir: str, task: str, last_eval_step: int | None) -> None:
         """`last_eval_step`: the step of the evaluation that gave the run's final metrics (a stopped
-        run's are an earlier step's, and were once shown as "final" as if measured at its end)."""
+        run's are an earlier step's, and were once shown as "final" as if measured at its end). What an
+        attached run's events.jsonl says (its folder, reason, metric names, paths) is shown escaped."""
         self.finished, self.run_dir, self.run_task = finished, run_dir, task
         text = Text()
-        text.append(f"{finished.reason} at step {finished.step} in {format_duration(finished.elapsed_s)}", style="bold")
+        text.append(safe_text(f"{finished.reason} at step {finished.step} in {format_duration(finished.elapsed_s)}"),
+                    style="bold")
         text.append(" · run folder ", style="dim")
-        text.append(run_dir)
+        text.append(safe_text(run_dir))
         if finished.best_metrics:
             text.append(f"\nbest eval @ step {finished.best_step}: ", style="dim")
-            text.append(format_metrics(finished.best_metrics), style="green")
+            text.append(safe_text(format_metrics(finished.best_metrics)), style="green")
         if finished.final_metrics and last_eval_step != finished.best_step:
             text.append(f"\nlast eval @ step {last_eval_step}: " if last_eval_step is not None else "\nlast eval: ",
                         style="dim")
-            text.append(format_metrics(finished.final_metrics))
+            text.append(safe_text(format_metrics(finished.final_metrics)))
         for label, parts in before_after(finished.before_metrics, finished.output_metrics, task,
                                          finished.before_untrained_head):
             text.append(f"\n{label}: ", style="dim")
-            text.append(f"\n{' ' * (len(label) + 2)}".join(parts))  # a metric a line, aligned: none cut in two
+            # a metric a line, aligned: none cut in two
+            text.append(f"\n{' ' * (len(label) + 2)}".join(map(safe_text, parts)))
         if finished.output_path:
             text.append("\nmodel ", style="dim")
-            text.append(finished.output_path)
+            text.append(safe_text(finished.output_path))
             text.append(best_weights_note(finished), style="dim")
             text.append("\nload  ", style="dim")
-            text.append(load_snippet(task, finished.output_path).splitlines()[-1], style="cyan")
+            text.append(safe_text(load_snippet(task, finished.output_path).splitlines()[-1]), style="cyan")
             text.append("  y copies", style="dim")
         else:
             text.append("\nno final model was saved", style="yellow")
             if finished.last_checkpoint:
-                text.append(f"; R resumes from the last checkpoint {finished.last_checkpoint}")
+                text.append(safe_text(f"; R resumes from the last checkpoint {finished.last_checkpoint}"))
         self.query_one("#results-text", Static).update(text)
         box = self.query_one("#try-input", Input)
         box.display = finished.output_path is not None

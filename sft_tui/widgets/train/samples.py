@@ -13,6 +13,8 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from sft_tui.format.safe import safe_text
+
 from core.events import SampleGenerated
 
 MAX_EVALUATIONS = 20
@@ -55,11 +57,11 @@ class SamplesPanel(VerticalScroll):
             text.append(f"step {step} · {len(samples)} sample(s)", style="bold underline")
             for sample in samples:
                 text.append("\nprompt ", style="dim")
-                text.append(sample.prompt)
+                text.append(safe_text(sample.prompt))  # the data set's text, and what the model made of it
                 text.append("\nmodel  ", style="dim")
-                text.append(sample.output, style="bold")
+                text.append(safe_text(sample.output), style="bold")
                 text.append("\nref    ", style="dim")
-                text.append(sample.reference)
+                text.append(safe_text(sample.reference))
         self.query_one("#samples-text", Static).update(text)
         latest = max(self.by_step, default=None)
         self.border_title = "samples" if latest is None else (
