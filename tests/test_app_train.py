@@ -230,6 +230,9 @@ async def test_keys_pause_resume_save_and_stop_a_live_run(tiny_model_factory, tm
         await pilot.press("p")
         assert not app.followed.control.paused
         await wait_until(pilot, lambda: app.run_state == "running" and bar.progress > paused_at)
+        await pilot.press("p", "p")  # two quick presses, before the engine answers: pause, then resume
+        assert not app.followed.control.paused
+        await wait_until(pilot, lambda: app.run_state == "running" and screen.pause_asked is None)
 
         await pilot.press("c")  # the only checkpoint before the stop: none is due for 100,000 steps
         await wait_until(pilot, lambda: any("checkpoint step-" in line.text for line in log.lines))

@@ -156,10 +156,14 @@ class TrainScreen(RunEvents, StepScreen):
 
     # ---- commands to the live run -------------------------------------------------------------
     def action_pause(self) -> None:
+        """Pause, or resume a paused run. Toggled against what was last asked until the engine
+        answers: two quick presses sent "pause" twice, since the state changes only with its answer."""
         state = self.app.run_state
         if not self.controls or state == RunState.STOPPING:
             return
-        if state == RunState.PAUSED:
+        paused = self.pause_asked if self.pause_asked is not None else state == RunState.PAUSED
+        self.pause_asked = not paused
+        if paused:
             self.app.followed.send("resume")
             self.notify("resuming")
         else:
@@ -181,7 +185,8 @@ class TrainScreen(RunEvents, StepScreen):
     def action_eval_now(self) -> None:
         if self.controls:
             self.app.followed.send("eval")
-            self.notify("evaluating after the current step")
+            self.notify("evaluating now: the run is paused" if self.app.run_state == RunState.PAUSED
+                        else "evaluating after the current step")
 
     def action_toggle_view(self) -> None:
         switcher = self.query_one(ContentSwitcher)

@@ -64,6 +64,9 @@ class RunEvents:
         """How the run's latest start ended; None while it trains (or crashed)."""
         self._final_in_history = False
         self._paused = False
+        self.pause_asked: bool | None = None
+        """Whether the last pause key asked to pause (True) or resume, until the engine answers; None
+        when it has (TrainScreen.action_pause)."""
         self._history = False
         self._total: int | None = None
         """The planned steps of the run's latest start."""
@@ -88,6 +91,7 @@ class RunEvents:
         message.stop()
         self.run_dir, self._attached = message.run_dir, message.training
         self._final, self._final_in_history, self._paused, self._total = None, False, False, None
+        self.pause_asked = None
         self._clear_panes()
         self.query_one(RunProgress).show(0, None, "attaching: reading the run's history…" if message.attached
                                          else "starting: loading the model and the data…")
@@ -226,12 +230,16 @@ class RunEvents:
     def _on_paused(self, e: Paused) -> None:
         self._log(f"paused at step {e.step}", "yellow")
         self._paused = True
+        if self.pause_asked:
+            self.pause_asked = None
         if (self._state or self.app.run_state) == RunState.RUNNING:
             self._set_state(RunState.PAUSED)
 
     def _on_resumed(self, e: Resumed) -> None:
         self._log(f"resumed at step {e.step}", "yellow")
         self._paused = False
+        if self.pause_asked is False:
+            self.pause_asked = None
         if (self._state or self.app.run_state) == RunState.PAUSED:
             self._set_state(RunState.RUNNING)
 
