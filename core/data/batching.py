@@ -29,7 +29,10 @@ def batch_plan(
     With `group_by_length`, the shuffled order is cut into chunks of 50 batches, each chunk sorted
     by length so batches hold rows of similar length (less padding), and the batch order shuffled
     again; the batch with the longest row goes first, so running out of memory shows at the first
-    step rather than mid-epoch. The generator is seeded with a string of (seed, epoch): string
+    step rather than mid-epoch, and the one short batch stays last, as without grouping: the plan
+    counts an epoch's steps with it last (core.plan), and several processes leave it out when it does
+    not go round (process_share), so shuffled into the middle it trained no process (a crash) and
+    pushed a full step out of the epoch. The generator is seeded with a string of (seed, epoch): string
     seeds are hashed with SHA-512, so different pairs never collide the way seed+epoch would.
     """
     rng = random.Random(f"batch-plan:{seed}:{epoch}")
@@ -43,10 +46,13 @@ def batch_plan(
         for start in range(0, len(order), chunk):
             part = sorted(order[start : start + chunk], key=lambda i: -lengths[i])
             batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        short = [b for b in batches if len(b) < batch_size]  # at most one: the last chunk's remainder
+        batches = [b for b in batches if len(b) == batch_size]
         rng.shuffle(batches)
         if batches:
             longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
             batches.insert(0, batches.pop(longest))
+        batches += short
     if drop_last:
         batches = [b for b in batches if len(b) == batch_size]
     return batches
