@@ -92,6 +92,9 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
     from core.models import load_model
 
     lora = config.lora if config.lora.enabled else None
+    if lora is None and config.lora.quantize != "none":  # QLoRA asked for, LoRA left off: not what was meant
+        log.warning("lora.quantize %s is set but lora.enabled is false: this run is a full-precision fine-tune "
+                    "without adapters; set lora.enabled: true for QLoRA", config.lora.quantize)
     if lora is not None:
         from core.lora import lora_problem, quantize_problem
 

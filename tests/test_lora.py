@@ -128,6 +128,16 @@ def test_qlora_without_cuda_is_refused_before_the_run(tiny_model_factory, sft_fi
     assert not (tmp_path / "runs" / "lm").exists()  # refused before anything trained
 
 
+def test_qlora_asked_for_with_lora_off_says_the_run_is_a_full_fine_tune(tiny_model_factory, sft_file, tmp_path):
+    """`--set lora.quantize=4bit` without lora.enabled trained a full fine-tune in full precision
+    without a word: many times the memory the user planned for."""
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, lora={"enabled": False, "quantize": "4bit"},
+                       schedule={"max_steps": 1})
+    _, sink = run(config)
+    assert any(e.type == "log" and e.level == "warning" and "lora.quantize 4bit is set but lora.enabled is false"
+               in e.message for e in sink.events)
+
+
 # ---- freeze map and LoRA ----------------------------------------------------------------------------
 
 def test_a_new_head_trains_in_full_and_top_n_blocks_take_no_adapters(tiny_model_factory, cls_file, tmp_path):
