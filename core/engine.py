@@ -25,7 +25,7 @@ from core.checkpoint import TrainState
 from core.config import RunConfig
 from core.control import Control
 from core.events import Broadcast, EventSink, JsonlSink, MicroBatchHalved, RunFailed, RunFinished, RunStarted
-from core.errors import UserError, train_command
+from core.errors import ABORTED, UserError, train_command
 from core.eta import Eta
 from core.l2sp import L2SP
 from core.launch import accelerator_options
@@ -93,7 +93,7 @@ def train(
         raise
     except KeyboardInterrupt:  # a second Ctrl+C: the person wants out now, without the checkpoint
         step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
-        out.emit_failure(RunFailed(message=f"aborted at step {step} by a second Ctrl+C, without saving",
+        out.emit_failure(RunFailed(message=f"aborted at step {step} {ABORTED}",
                                    hint=_after_abort(paths, last_checkpoint), last_checkpoint=_str(last_checkpoint),
                                    step=step))
         raise

@@ -34,3 +34,8 @@ def train_command(*args: str | Path) -> str:
     path with a space), and paths absolute, so the command works from any folder."""
     words = [str(Path(a).absolute()) if isinstance(a, Path) else a for a in args]
     return shlex.join(["sft-tui", "train", *words])
+
+
+ABORTED = "by a second Ctrl+C, without saving"
+"""The end of a RunFailed message for a run aborted on purpose (core.engine): a launcher that reads
+how its processes ended (`sft-tui train --nproc N`) gives it the aborted status, 130, not a failure's."""

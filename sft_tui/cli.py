@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 
 from core.config import TASKS
-from core.errors import UserError, train_command
+from core.errors import ABORTED, UserError, train_command
 
 EXIT_STOPPED = 3
 """Exit status of a run stopped before its end with a checkpoint saved (Ctrl+C, SIGTERM, SIGHUP):
 not 0, so a job scheduler or script can tell it from a completed run and resume it."""
+EXIT_ABORTED = 130
+"""A run aborted by a second Ctrl+C, without saving: the shell's status for an interrupt."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """What a person, a job scheduler or `systemctl stop`, and a dropped SSH connection send. Each
 stops the run like the first Ctrl+C; only a second Ctrl+C aborts without saving."""
@@ -170,7 +172,7 @@ def _run_processes(config, resume: str | None) -> int:
         return status
     if end.type == "run_finished":
         return EXIT_STOPPED if end.reason == "stopped" else 0
-    return 1 if end.log_file else 2
+    return EXIT_ABORTED if end.message.endswith(ABORTED) else 1 if end.log_file else 2
 
 
 def _config_from_stdin():
@@ -229,7 +231,7 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
         display.progress.stop()
         if not display.failure_shown:  # aborted before the run folder could say so
             print("aborted", file=sys.stderr)
-        return 130
+        return EXIT_ABORTED
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

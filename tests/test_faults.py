@@ -183,6 +183,21 @@ def test_an_aborted_run_says_so_and_resumes_from_its_last_checkpoint(setup, caps
     assert "aborted at step 25" in printed.err and f"run completed at step {STEPS}" in printed.out
 
 
+def test_an_aborted_run_of_several_processes_exits_as_aborted(setup, monkeypatch):
+    """`--nproc 2` read the processes' end from the events, where an abort is a failure without a
+    traceback: it exited 2, bad input, where one process exits 130."""
+    from core.errors import ABORTED
+    from core.events import RunFailed
+    from sft_tui.cli import EXIT_ABORTED
+
+    ended = {"aborted": RunFailed(last_checkpoint=None, message=f"aborted at step 3 {ABORTED}", hint=""),
+             "refused": RunFailed(last_checkpoint=None, message="data.train: no such file", hint="")}
+    for end, code in (("aborted", EXIT_ABORTED), ("refused", 2)):
+        monkeypatch.setattr("sft_tui.detach.run_processes", lambda config, resume, e=ended[end]: (1, e))
+        config = setup.config_file(f"several-{end}")
+        assert main(["train", str(config), "--nproc", "2", "--set", "compute.devices=cpu"]) == code, end
+
+
 def test_a_second_engine_on_a_running_run_is_refused_with_the_holders_pid(setup, capsys):
     """Issue 7.6: two `--resume` of one run both trained and interleaved events.jsonl."""
     name = "locked"
