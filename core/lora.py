@@ -208,10 +208,24 @@ def plan_lora(model, desc: ModelDescription, config: RunConfig) -> LoraPlan:
         raise UserError("lora.targets: every target lies in modules the freeze map trains in full",
                         "target layers outside them, or freeze less (e.g. freeze.preset: head-only)",
                         {"lora.targets": "every target is trained in full by the freeze map"})
+    if config.lora.merge_on_export and (tied := _tied_targets(model, targets)):
+        raise UserError(f"lora.merge_on_export cannot merge adapters on {', '.join(tied)}: the model ties its "
+                        "output head and input embedding to one weight, and the merge would add both adapters "
+                        "to it (the merged model was not the trained one)",
+                        "leave the head and the embedding out of lora.targets (`all-linear` does), or export the "
+                        "adapter alone (lora.merge_on_export: false)", {"lora.merge_on_export": "tied target"})
     from transformers.pytorch_utils import Conv1D
 
     transposed = any(isinstance(model.get_submodule(path), Conv1D) for path in targets)
     return LoraPlan(targets, full, rules, transposed)
+
+
+def _tied_targets(model, targets: list[str]) -> list[str]:
+    """The targets that are the output head or the input embedding of a model that ties the two."""
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if inputs is None or outputs is None or outputs.weight is not inputs.weight:
+        return []
+    return [path for path in targets if model.get_submodule(path) in (inputs, outputs)]
 
 
 def trains_tied_weights(model, plan: LoraPlan) -> bool:

@@ -195,6 +195,24 @@ def test_wrapping_prints_no_library_warning(tiny_model_factory, cls_file, sft_fi
     assert getattr(wrapped.peft_config["default"], "ensure_weight_tying", False) == ties
 
 
+def test_merging_adapters_on_a_tied_head_is_refused_before_the_run(tiny_model_factory, sft_file, tmp_path):
+    """An adapter on the tiny demo's tied lm_head (peft puts one on its embedding too) exported a
+    `final/merged/` whose logits were 13 off the trained adapter's: both deltas went into the one
+    shared weight."""
+    from core.lora import plan_lora
+
+    model, desc = _loaded(tiny_model_factory("llama"), "causal-lm")
+    for target in ("lm_head", "model.embed_tokens"):
+        config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path,
+                           lora={"targets": [target], "merge_on_export": True})
+        with pytest.raises(UserError, match=f"lora.merge_on_export cannot merge adapters on {target}") as err:
+            plan_lora(model, desc, config)
+        assert "lora.merge_on_export" in err.value.fields
+        assert plan_lora(model, desc, config.model_copy(update={"lora": config.lora.model_copy(
+            update={"merge_on_export": False})})).targets == [target]  # the adapter alone is fine
+    plan_lora(model, desc, lm_config(tiny_model_factory("llama"), sft_file, tmp_path, lora={"merge_on_export": True}))
+
+
 # ---- training, export, resume -------------------------------------------------------------------
 
 def test_only_adapters_and_the_head_train_and_both_exports_load(tiny_model_factory, cls_file, tmp_path,
