@@ -31,7 +31,7 @@ from core.l2sp import L2SP
 from core.launch import accelerator_options
 from core.logs import logs_to_events
 from core.milestones import Milestones
-from core.oom import out_of_memory, step_advice, why_not_halved
+from core.oom import host_out_of_memory, out_of_memory, step_advice, why_not_halved
 from core.rank_failure import share_failure
 from core.runs import RunPaths, anchored, config_digest, discard_stub, open_run
 from core.step_reports import StepReports
@@ -286,6 +286,11 @@ class _Training(Milestones, StepReports):
                 break
             except torch.OutOfMemoryError as err:
                 reason = str(err).split("\n")[0]
+            except RuntimeError as err:
+                if not host_out_of_memory(err):
+                    raise
+                raise self._out_of_memory(f"with micro-batches of {self.micro_batch} rows",
+                                          step_advice(self.config, self.micro_batch), memory="memory (RAM)") from None
             self._halve_micro_batch(reason)  # outside the handler, whose traceback held the step's tensors
         window = self.window
         window.loss += loss
@@ -347,8 +352,8 @@ class _Training(Milestones, StepReports):
         raise self._out_of_memory(why_not_halved(size, cfg.compute.oom_recovery, processes),
                                   step_advice(cfg, size))
 
-    def _out_of_memory(self, why: str, advice: list[str]) -> UserError:
-        return out_of_memory(self.state.step + 1, why, advice, self.last_checkpoint, self.paths.root)
+    def _out_of_memory(self, why: str, advice: list[str], memory: str = "device memory") -> UserError:
+        return out_of_memory(self.state.step + 1, why, advice, self.last_checkpoint, self.paths.root, memory)
 
     # ---- the end --------------------------------------------------------------------------------
 

@@ -27,10 +27,17 @@ def step_advice(config: RunConfig, size: int) -> list[str]:
             *([f"lower optim.batch_size (now {config.optim.batch_size})"] if size > 1 else [])]
 
 
-def out_of_memory(step: int, why: str, advice: list[str], last_checkpoint: Path | None, run_dir: Path) -> UserError:
-    """The failure of a step out of device memory: what would make a run fit, and that the last
+def out_of_memory(step: int, why: str, advice: list[str], last_checkpoint: Path | None, run_dir: Path,
+                  memory: str = "device memory") -> UserError:
+    """The failure of a step out of `memory`: what would make a run fit, and that the last
     checkpoint still resumes this one as it was (on a device with more free memory)."""
     kept = (f"; the last checkpoint ({last_checkpoint.name}) resumes this run as it was, where more "
             f"memory is free: `{train_command('--resume', run_dir)}`" if last_checkpoint else "")
-    return UserError(f"out of device memory at step {step} {why}",
+    return UserError(f"out of {memory} at step {step} {why}",
                      "start a new run that needs less memory: " + ", ".join(advice) + kept)
+
+
+def host_out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is torch's CPU allocator out of memory: a plain RuntimeError, not the
+    OutOfMemoryError of a device, which read as "this looks like a bug", with a traceback."""
+    return type(err) is RuntimeError and "DefaultCPUAllocator: can't allocate memory" in str(err)

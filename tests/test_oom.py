@@ -154,23 +154,48 @@ def test_with_recovery_off_an_oom_fails_at_once_with_the_advice(tiny_model_facto
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize(("rows", "processes", "batch", "accum"), [
     (100, 1, 8, 2), (100, 2, 8, 2), (100, 4, 16, 2), (37, 3, 4, 3), (5, 2, 4, 1), (100, 8, 16, 2),
+    (1350, 2, 16, 1), (2000, 3, 8, 1),
 ])
 def test_the_rows_of_a_step_depend_on_the_effective_batch_and_match_the_plans_counts(rows, processes, batch, accum,
                                                                                     grouped):
     """core.plan counts what process_share deals out; halving the micro-batch (half the batch, twice
-    the accumulation) deals the same rows to the steps of a single process."""
+    the accumulation) deals the same rows to the steps of a single process. The engine takes an
+    epoch's first steps_per_epoch steps: each gives every process rows (length grouping once shuffled
+    the short step among them, where it gave none: `--nproc 2` crashed, and a full step went untrained)."""
     lengths = [(i * 7) % 23 + 1 for i in range(rows)]
     cfg = config(Path("m"), Path("d.jsonl"), Path("."), "x", batch=batch, accum=accum)
     plan = plan_steps(cfg, rows, processes)
     steps = batch_plan(lengths, plan.effective_batch, 3, 0, grouped)
     shares = [[process_share(step, batch, processes, rank) for step in steps] for rank in range(processes)]
     for mine in shares:
-        assert sum(1 for share in mine if share) == plan.steps_per_epoch
+        assert all(mine[:plan.steps_per_epoch]) and not any(mine[plan.steps_per_epoch:])
         assert sum(-(-len(share) // batch) for share in mine) == plan.micro_batches_per_epoch
     for index in range(plan.steps_per_epoch - 1):  # every full step: its rows, whole, once
         assert sorted(row for mine in shares for row in mine[index]) == sorted(steps[index])
     if processes == 1:
         assert [process_share(step, batch // 2, 1, 0) for step in steps] == shares[0]
+
+
+def test_the_cpus_allocator_running_out_is_a_message_with_advice_not_a_bug(tiny_model_factory, sft_file, tmp_path,
+                                                                           monkeypatch):
+    """torch's CPU allocator raises a plain RuntimeError: the run failed as "this looks like a bug",
+    with a traceback on the terminal."""
+    import core.loss
+
+    real = core.loss.batch_loss_sum
+
+    def batch_loss_sum(model, batch, task, **kw):
+        if model.training:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 3221225472 bytes. Error code 12")
+        return real(model, batch, task, **kw)
+
+    monkeypatch.setattr(core.loss, "batch_loss_sum", batch_loss_sum)
+    cfg = config(tiny_model_factory("llama"), sft_file, tmp_path, "ram", batch=8, accum=1)
+    with pytest.raises(UserError, match=r"out of memory \(RAM\) at step 1 with micro-batches of 8 rows") as err:
+        run(cfg)
+    assert "lower optim.batch_size (now 8)" in err.value.hint and "data.max_length" in err.value.hint
+    assert not (Path(cfg.output.runs_dir) / "ram").exists()  # a start that failed on its input leaves no folder
 
 
 def test_headless_prints_the_halving_on_its_console():

@@ -34,30 +34,6 @@ def test_steps_per_epoch_count_processes_batches_and_accumulation(rows, processe
     assert plan.effective_batch == 16 * 2 * processes
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["plain", "length-grouped"])
-@pytest.mark.parametrize(("rows", "batch", "accum", "processes"), [
-    (1350, 16, 1, 2), (1350, 16, 2, 2), (100, 4, 1, 3), (1003, 8, 3, 4), (52, 4, 1, 2), (500, 16, 1, 1)])
-def test_every_planned_step_gives_every_process_rows_and_each_row_trains_once(rows, batch, accum, processes,
-                                                                                grouped):
-    """`--nproc 2` on the demos crashed mid-epoch: length grouping shuffled the epoch's short step into
-    the middle, where it gave no process a row (a loss of int 0 met the all-reduce), and the plan's
-    last full step was never taken."""
-    from core.data.batching import batch_plan, process_share
-
-    plan = plan_steps(config(batch=batch, accum=accum), rows, processes)
-    lengths = [(i * 37) % 101 + 1 for i in range(rows)]
-    for epoch in range(3):
-        steps = batch_plan(lengths, plan.effective_batch, seed=7, epoch=epoch, group_by_length=grouped)
-        trained = [[row for rank in range(processes) for row in process_share(steps[i], batch, processes, rank)]
-                   for i in range(plan.steps_per_epoch)]
-        assert all(process_share(steps[i], batch, processes, rank) for i in range(plan.steps_per_epoch)
-                   for rank in range(processes))
-        flat = sorted(row for step in trained for row in step)
-        assert len(flat) == len(set(flat))  # each row once; every full step's rows
-        assert len(flat) >= rows // plan.effective_batch * plan.effective_batch
-        assert all(len(step) == plan.effective_batch for step in steps[:-1])  # only the last step is short
-
-
 def test_total_and_warmup_steps():
     assert plan_steps(config(epochs=2.5), 100).total_steps == 10
     assert plan_steps(config(epochs=0.3), 100).total_steps == math.ceil(0.3 * 4)
