@@ -225,6 +225,7 @@ async def test_keys_pause_resume_save_and_stop_a_live_run(tiny_model_factory, tm
         log = screen.query_one("#log", RichLog)
         assert any("paused at step" in line.text for line in log.lines)
         paused_at = bar.progress
+        assert bar.label == f"step {paused_at}/100000 · paused"  # where it paused, not the last report drawn
         await pilot.pause(0.5)
         assert bar.progress == paused_at  # nothing trains while paused
         await pilot.press("p")

@@ -230,6 +230,8 @@ class RunEvents:
     def _on_paused(self, e: Paused) -> None:
         self._log(f"paused at step {e.step}", "yellow")
         self._paused = True
+        if self._total is not None:  # the step reports are throttled: the last one drawn may be steps behind
+            self._bar = (e.step, self._total, f"step {e.step}/{self._total} · paused")
         if self.pause_asked:
             self.pause_asked = None
         if (self._state or self.app.run_state) == RunState.RUNNING:
