@@ -110,8 +110,10 @@ def lora_problem(lora: LoraConfig) -> UserError | None:
                        if getattr(lora, name)})
     if not fields:
         return None
-    return UserError("; ".join(f"{name}: {problem}" for name, problem in fields.items()),
-                     "fix the regex after 're:', or upgrade peft (pip install -U peft) for DoRA / rsLoRA", fields)
+    hints = [*(["fix the regex after 're:'"] if any(name.startswith("lora.targets") for name in fields) else []),
+             *(["upgrade peft (pip install -U peft) for DoRA / rsLoRA"]
+               if any(not name.startswith("lora.targets") for name in fields) else [])]
+    return UserError("; ".join(f"{name}: {problem}" for name, problem in fields.items()), "; ".join(hints), fields)
 
 
 def adaptable_layers(model) -> dict[str, str]:

@@ -128,6 +128,14 @@ def test_qlora_without_cuda_is_refused_before_the_run(tiny_model_factory, sft_fi
     assert not (tmp_path / "runs" / "lm").exists()  # refused before anything trained
 
 
+def test_a_broken_target_regex_is_told_how_to_fix_it_and_nothing_else():
+    """Its hint also said to upgrade peft for DoRA / rsLoRA, which the config did not ask for."""
+    from core.lora import lora_problem
+
+    problem = lora_problem(LoraConfig(enabled=True, targets=["attention", "re:(x"]))
+    assert "lora.targets.1" in problem.fields and problem.hint == "fix the regex after 're:'"
+
+
 def test_qlora_asked_for_with_lora_off_says_the_run_is_a_full_fine_tune(tiny_model_factory, sft_file, tmp_path):
     """`--set lora.quantize=4bit` without lora.enabled trained a full fine-tune in full precision
     without a word: many times the memory the user planned for."""
