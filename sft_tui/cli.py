@@ -229,14 +229,15 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
         raise
     except KeyboardInterrupt:
         display.progress.stop()
-        if not display.failure_shown:  # aborted before the run folder could say so
+        if main and not display.failure_shown:  # aborted before the run folder could say so
             print("aborted", file=sys.stderr)
         return EXIT_ABORTED
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if result.reason == "stopped":
-        display.result(f"resume with: {train_command('--resume', Path(result.run_dir))}")
+        if main:  # one line for the run, not one per process
+            display.result(f"resume with: {train_command('--resume', Path(result.run_dir))}")
         return EXIT_STOPPED
     return 0
 
@@ -304,9 +305,10 @@ def _runs(args: argparse.Namespace) -> int:
     # own, since `sft-tui attach runs/<name>` takes it, and what the table's columns say under it.
     for info, (name, state, step, best, age, parent) in rows:
         console.print(Text(name), style=STATE_STYLES.get(info.state, ""), soft_wrap=True)
-        details = [state, f"step {step}", *([f"best {best}"] if info.best else []), f"{age} ago",
-                   *([f"from {parent}"] if info.parent else [])]
+        details = [state, f"step {step}", *([f"best {best}"] if info.best else []), f"{age} ago"]
         console.print(Text("  " + " · ".join(details)))
+        if info.parent:  # on a line of its own: wrapped, a parent's name read as a run of its own
+            console.print(Text(f"  from {parent}"), soft_wrap=True)
     return 0
 
 
