@@ -50,7 +50,9 @@ def _hint(path: str, e: dict) -> str:
     if kind == "missing":
         return f"add {path}"
     if kind == "string_type":
-        return f"set {path} to text (in YAML, quote a value that would read as a number or true/false)"
+        typed = f"--set '{path}=\"{e.get('input')}\"'"
+        return (f"set {path} to text (in YAML, quote a value that would read as a number or true/false; "
+                f"on the command line: {typed})")
     if kind in ("bool_type", "bool_parsing"):
         return f"set {path} to true or false"
     if kind in ("model_type", "model_attributes_type", "dict_type"):

@@ -85,6 +85,8 @@ CASES = [
          argv=["train", "run.yaml", "--set", "optm.lr=1"]),
     case("set-unknown-field", None, "optim.lrr", "rename it to optim.lr",
          argv=["train", "run.yaml", "--set", "optim.lrr=1"]),
+    case("set-number-for-text", None, "compute.devices", "on the command line: --set 'compute.devices=\"0\"'",
+         argv=["train", "run.yaml", "--set", "compute.devices=0"]),
     case("set-run-name-path", None, "output.run_name", "a plain folder name",
          argv=["train", "run.yaml", "--set", "output.run_name=../x"]),
     case("set-on-resume", None, "--set", "resume it as it was",
