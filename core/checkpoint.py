@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
@@ -187,6 +188,30 @@ def _read(folder: Path, name: str, load: Callable[[Path], Any]) -> Any:
         raise UserError(f"{folder / name} cannot be loaded ({reason})") from None
 
 
+_COUNTS = ("step", "epoch", "step_in_epoch", "epoch_progress", "tokens_seen", "best_step", "bad_evals",
+          "elapsed_s", "micro_batch_size")
+"""TrainState's fields that count something, so are never below zero (best_step: when not None)."""
+
+
+def _train_state(path: Path) -> TrainState:
+    """A checkpoint's state.json, each field of its type and possible: a run folder may come from
+    anyone, and a `"step": "20"` failed the resumed run far from the file (in the progress bar)
+    instead of making this checkpoint unusable, so that the resume takes the one before it.
+    Raises ValueError naming the first wrong field."""
+    try:
+        state = TypeAdapter(TrainState).validate_json(path.read_bytes(), strict=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ValueError(" ".join([*map(str, first["loc"]), first["msg"].lower()])) from None
+    for name in _COUNTS:
+        value = getattr(state, name)
+        if value is not None and not value >= 0:  # NaN too
+            raise ValueError(f"{name} is {value}")
+    if state.step != step_of(path.parent) or state.step_in_epoch > state.step:
+        raise ValueError(f"step {state.step} with step_in_epoch {state.step_in_epoch} cannot be {path.parent.name}")
+    return state
+
+
 def _torch_load(path: Path) -> Any:
     return torch.load(path, weights_only=True)
 
@@ -280,7 +305,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     problem = checkpoint_problem(path)
     if problem:
         raise UserError(problem)
-    state = _read(path, STATE_FILE, lambda p: TrainState(**json.loads(p.read_text(encoding="utf-8"))))
+    state = _read(path, STATE_FILE, _train_state)
     if is_sharded(model):
         _load_sharded(path, model, optimizer)
     else:

@@ -8,11 +8,18 @@ the runs browser and a re-attaching app rebuild everything from it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import IO, Any, ClassVar, Literal, Protocol
+
+from pydantic import TypeAdapter
+
+from core.safe_read import open_regular
 
 
 EndReason = Literal["completed", "stopped", "early-stopped"]
@@ -192,11 +199,27 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+MAX_LINE_BYTES = 1 << 20
+"""No event the engine writes comes near this (a sample generation is a few KB): a longer line of an
+events.jsonl is skipped without being held whole, so a huge file cannot fill the reader's memory."""
+
+
+@functools.cache
+def _validator(cls: type[Event]) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
 def event_from_dict(data: dict[str, Any]) -> Event:
-    """Rebuild an event from its JSON form (reading `events.jsonl`)."""
+    """Rebuild an event from its JSON form (reading `events.jsonl`), each field checked against its
+    type: a run folder may come from anyone, and a `"time": "soon"` would otherwise fail far from
+    here (sorting runs, formatting a run's age, which an infinite time breaks too). Unknown fields
+    (a newer version's) are ignored; a missing or wrong one raises ValueError (pydantic's
+    ValidationError), KeyError or TypeError."""
     data = dict(data)
-    cls = EVENT_TYPES[data.pop("type")]
-    return cls(**data)
+    event = _validator(EVENT_TYPES[data.pop("type")]).validate_python(data)
+    if not math.isfinite(event.time):
+        raise ValueError(f"time {event.time} is no moment")
+    return event
 
 
 class EventSink(Protocol):
@@ -258,17 +281,31 @@ class ListSink:
         return [e for e in self.events if isinstance(e, cls)]
 
 
-def parse_event_lines(lines: list[bytes] | list[str]) -> list[Event]:
-    """The events of JSON lines from an events.jsonl; a line torn by a crash is skipped."""
+def parse_event_lines(lines: Iterable[bytes] | Iterable[str]) -> list[Event]:
+    """The events of JSON lines from an events.jsonl; a line torn by a crash, or one that is no valid
+    event, is skipped."""
     events = []
     for line in lines:
         try:
             events.append(event_from_dict(json.loads(line)))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deep
             continue
     return events
 
 
 def read_events(path: str | Path) -> list[Event]:
-    """All events of a run's `events.jsonl`; a torn last line (crash mid-write) is skipped."""
-    return parse_event_lines(Path(path).read_bytes().splitlines())
+    """All events of a run's `events.jsonl`, read line by line; a torn line (crash mid-write), a line
+    that is no valid event and one over MAX_LINE_BYTES are skipped. OSError when it is not a regular
+    file (core.safe_read.open_regular: a FIFO there must not hang every client listing runs)."""
+    with open_regular(path) as file:
+        return parse_event_lines(_bounded_lines(file))
+
+
+def _bounded_lines(file: IO[bytes]) -> Iterator[bytes]:
+    """The lines of `file`, at most MAX_LINE_BYTES each: a longer one is passed over in pieces."""
+    while line := file.readline(MAX_LINE_BYTES + 1):
+        if line.endswith(b"\n") or len(line) <= MAX_LINE_BYTES:
+            yield line
+            continue
+        while (rest := file.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+            pass

@@ -1,7 +1,8 @@
 """Is the process that wrote a record still the same process? A pid alone cannot say: pids are
 reused, and a crashed engine's pid may belong to an unrelated process a day later. A record holds
 the pid with its start time (psutil's create_time) and host, and counts as alive only while a
-process with that pid and that start time runs on this host.
+process with that pid and that start time runs on this host, as this user: in a shared runs folder,
+another user's process named in a planted record is not this user's engine.
 
 The engine records itself in its run folder (engine.json); a controlling client records itself in
 controller.json. Both are read by clients that never import torch.
@@ -17,6 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
+from pydantic import TypeAdapter
+
+from core.safe_read import read_small
 
 START_TIME_TOLERANCE_S = 0.05
 """psutil reports start times rounded to the clock tick (10 ms on Linux)."""
@@ -43,20 +47,25 @@ class ProcessRecord:
         return self.host == socket.gethostname()
 
     def alive(self) -> bool:
-        """True while this very process runs. A record from another host cannot be checked from
-        here: it counts as alive, so a client never takes over a run it cannot see."""
+        """True while this very process runs, as this user. A record from another host cannot be
+        checked from here: it counts as alive, so a client never takes over a run it cannot see."""
         if not self.here:
             return True
         try:
             process = psutil.Process(self.pid)
-            started, status = process.create_time(), process.status()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+            started, status, uid = process.create_time(), process.status(), process.uids().real
+        except (psutil.Error, ValueError):
             return False
         # a zombie has ended: only its parent (the app that started it) has not collected it yet
-        return abs(started - self.create_time) < START_TIME_TOLERANCE_S and status != psutil.STATUS_ZOMBIE
+        return (uid == os.getuid() and abs(started - self.create_time) < START_TIME_TOLERANCE_S
+                and status != psutil.STATUS_ZOMBIE)
 
     def describe(self) -> str:
         return f"pid {self.pid}" + ("" if self.here else f" on {self.host}")
+
+
+_RECORD = TypeAdapter(ProcessRecord)
+"""A record's fields checked against their types, strictly: sft-tui writes them exactly so."""
 
 
 def write_record(path: Path, record: ProcessRecord | None = None) -> ProcessRecord:
@@ -69,11 +78,12 @@ def write_record(path: Path, record: ProcessRecord | None = None) -> ProcessReco
 
 
 def read_record(path: Path) -> ProcessRecord | None:
-    """The record in `path`, or None when there is none or it cannot be read (a torn copy from
-    another tool counts as none: its writer is not known)."""
+    """The record in `path`, or None when there is none or it cannot be read: a torn copy, a field
+    of the wrong type (`"pid": "1"` would fail comparisons far from here) or a file that is no
+    regular one (a FIFO would hang the reader) all count as none, since their writer is not known."""
     try:
-        return ProcessRecord(**json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
+        return _RECORD.validate_json(read_small(path), strict=True)
+    except (OSError, ValueError):  # ValidationError and UnicodeDecodeError are ValueErrors
         return None
 
 

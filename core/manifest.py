@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.safe_read import read_small
+
 PREFIX = "step-"
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -32,7 +34,7 @@ def write_manifest(folder: Path, step: int) -> None:
 def checkpoint_problem(folder: Path) -> str | None:
     """Why `folder` is not a complete checkpoint (naming the file), or None when it is."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads(read_small(folder / MANIFEST))  # never a FIFO: every client lists checkpoints
         files = manifest["files"]
         if manifest.get("format") != FORMAT or not isinstance(files, dict):
             return f"{folder / MANIFEST} is of an unknown format"

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from core.errors import UserError
+from core.safe_read import read_small
 
 PATTERN = "failed-rank-*.json"
 """Each failing process writes failed-rank-N.json in the run folder."""
@@ -75,11 +76,12 @@ def crash_reason(root: Path, since: float) -> str:
 
 
 def _records(root: Path, since: float = 0.0):
-    """The failure records in the run folder written at `since` or later; torn or unreadable ones skipped."""
+    """The failure records in the run folder written at `since` or later; torn or unreadable ones
+    (a FIFO, which would hang every client listing runs) skipped."""
     for path in root.glob(PATTERN):
         try:
             if path.stat().st_mtime >= since:
-                yield json.loads(path.read_text(encoding="utf-8"))
+                yield json.loads(read_small(path))
         except (OSError, ValueError):
             continue
 

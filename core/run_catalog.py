@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from core.run_info import RunInfo, run_info
+from core.run_info import RunInfo, read_run, run_roots
 from core.runs import RunPaths
 
 
@@ -35,18 +35,14 @@ class RunCatalog:
 
     def read(self, runs_dir: str | Path) -> list[RunInfo]:
         """Every run folder under `runs_dir` (one with a config.yaml; anything else is skipped),
-        the most recently active first, as core.run_info.list_runs orders them."""
-        folder = Path(runs_dir)
-        roots = [p for p in folder.iterdir() if (p / "config.yaml").is_file()] if folder.is_dir() else []
+        the most recently active first, as core.run_info.list_runs orders and reads them (a folder
+        that cannot be read as a run is one unreadable row)."""
         with self._lock:
             known, infos = {}, []
-            for root in roots:
+            for root in run_roots(runs_dir):
                 stamp = _stamp(RunPaths(root))
                 cached = self._known.get(root)
-                try:
-                    info = cached[1] if cached and cached[0] == stamp and not cached[1].live else run_info(root)
-                except OSError:  # a run folder this user cannot read: skipped like a folder that is no run
-                    continue
+                info = cached[1] if cached and cached[0] == stamp and not cached[1].live else read_run(root)
                 known[root] = (stamp, info)
                 infos.append(info)
             self._known = known

@@ -9,21 +9,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from core.events import Event, read_events
 from core.liveness import ProcessRecord, live_record
 from core.manifest import latest_checkpoint
 from core.rank_failure import crash_reason
 from core.runs import RunPaths, run_of_final
+from core.safe_read import read_small
 
 LIVE_STATES = ("starting", "running", "paused")
-STATES = (*LIVE_STATES, "finished", "stopped", "failed", "crashed")
+STATES = (*LIVE_STATES, "finished", "stopped", "failed", "crashed", "unreadable")
 
 
 @dataclass
 class RunInfo:
     paths: RunPaths
     state: str
-    """One of STATES. crashed: no engine runs it and its log has no final event."""
+    """One of STATES. crashed: no engine runs it and its log has no final event. unreadable: its
+    files cannot be read as a run's (damaged, or planted by someone else); `reason` says why."""
     engine: ProcessRecord | None
     """The live engine's record; None when none runs the run."""
     step: int = 0
@@ -62,7 +66,7 @@ def run_info(root: str | Path) -> RunInfo:
     paths = RunPaths(Path(root))
     events = read_events(paths.events) if paths.events.exists() else []
     engine = live_record(paths.engine)
-    config = _config_dict(paths)
+    config = config_dict(paths)
     info = RunInfo(paths, "crashed", engine, events=events,
                    updated=events[-1].time if events else _mtime(paths.root),
                    parent=_parent(config), last_checkpoint=latest_checkpoint(paths.checkpoints))
@@ -77,7 +81,7 @@ def run_info(root: str | Path) -> RunInfo:
             final, paused, started = None, False, event.time
         elif kind == "step":
             info.step = event.step
-        elif kind == "eval" and event.is_best:
+        elif kind == "eval" and event.is_best and event.metrics:
             metric = chosen if chosen in event.metrics else next(iter(event.metrics))
             info.best = (metric, event.metrics[metric], event.step)
         elif kind in ("paused", "resumed"):
@@ -98,26 +102,61 @@ def run_info(root: str | Path) -> RunInfo:
     return info
 
 
+def read_run(root: Path) -> RunInfo:
+    """run_info, or the run as unreadable with the reason when its folder cannot be read as a run:
+    one damaged or hostile folder in a shared runs folder must not hide (or crash) the list of
+    every run, in `sft-tui runs`, `sft-tui attach` and the app."""
+    try:
+        return run_info(root)
+    except Exception as err:  # noqa: BLE001 - whatever the folder holds, the other runs are still listed
+        why = f"{err.strerror}: {Path(err.filename).name}" if isinstance(err, OSError) and err.filename \
+            else f"{type(err).__name__}: {err}"
+        return RunInfo(RunPaths(root), "unreadable", None, updated=_mtime(root), reason=why.splitlines()[0][:200])
+
+
+def run_roots(runs_dir: str | Path) -> list[Path]:
+    """The run folders under `runs_dir`: those with a config.yaml. A folder this user may not look
+    into (another user's, mode 0700) is no run of theirs."""
+    folder = Path(runs_dir)
+    return [root for root in folder.iterdir() if _has_config(root)] if folder.is_dir() else []
+
+
 def list_runs(runs_dir: str | Path) -> list[RunInfo]:
     """Every run folder under `runs_dir` (a folder with a config.yaml), the most recently active first."""
-    folder = Path(runs_dir)
-    roots = [p for p in folder.iterdir() if (p / "config.yaml").is_file()] if folder.is_dir() else []
-    return sorted((run_info(root) for root in roots), key=lambda info: info.updated, reverse=True)
+    return sorted(map(read_run, run_roots(runs_dir)), key=lambda info: info.updated, reverse=True)
 
 
 def newest_live_run(runs_dir: str | Path) -> RunInfo | None:
     return next((info for info in list_runs(runs_dir) if info.live), None)
 
 
-def _config_dict(paths: RunPaths) -> dict:
-    """The run's config.yaml as plain data (no validation: a client lists runs of other versions too)."""
-    import yaml
-
+def config_dict(paths: RunPaths) -> dict:
+    """The run's config.yaml as plain data (no validation: a client lists runs of other versions
+    too); {} when it cannot be read, or holds YAML aliases (_NoAliasLoader)."""
     try:
-        data = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data = yaml.load(read_small(paths.config), Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):  # RecursionError: nested too deep
         return {}
     return data if isinstance(data, dict) else {}
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader refusing aliases: `*name` repeats a subtree without copying it in the
+    file, so a few hundred bytes of nested aliases become gigabytes once a config is flattened or
+    printed (the runs screen's diff). sft-tui writes no alias in a run's config."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "a run's config holds no YAML alias",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def _has_config(root: Path) -> bool:
+    try:
+        return (root / "config.yaml").is_file()
+    except OSError:
+        return False
 
 
 def _parent(config: dict) -> Path | None:

@@ -140,17 +140,29 @@ class RunLock:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.seek(0)
-            holder = self._file.read().strip() or "unknown"
+            holder = self._file.read(32).strip()
             self._file.close()
-            raise UserError(f"run folder {paths.root} is in use by another sft-tui engine (pid {holder})",
-                            f"wait for it to end, or stop it with `kill -TERM {holder}` (it saves a checkpoint)"
-                            ) from None
+            raise self._refusal(paths, holder) from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(str(os.getpid()))
         self._file.flush()
         self._record = paths.engine
         write_record(paths.engine)  # for clients: the lock says "someone", this says who, and since when
+
+    @staticmethod
+    def _refusal(paths: RunPaths, holder: str) -> UserError:
+        """Why the lock is refused. The pid in `.lock` is named, with a kill hint, only while it is
+        the live engine that engine.json records on this host: anyone who can read `.lock` can hold
+        it, and its text may be a long-dead engine's pid (since reused by another process) or
+        anything else (`1; rm -rf ~`), which the hint must not ask the user to paste."""
+        record = live_record(paths.engine)
+        if record is not None and record.here and holder == str(record.pid):  # so a number, and alive
+            return UserError(f"run folder {paths.root} is in use by another sft-tui engine (pid {holder})",
+                             f"wait for it to end, or stop it with `kill -TERM {holder}` (it saves a checkpoint)")
+        return UserError(f"run folder {paths.root} is in use: a process holds its lock ({paths.lock}), and it is "
+                         "not a live sft-tui engine on record",
+                         f"wait for it to end; `fuser -v {paths.lock}` names the process")
 
     def release(self) -> None:
         """Unlock, and remove the engine's record: an engine in a thread of a process that lives on

@@ -8,7 +8,7 @@ from pathlib import Path
 from core.errors import UserError, train_command
 from core.follow import EventFollower, follow
 from core.liveness import live_record
-from core.run_info import RunInfo, newest_live_run, run_info
+from core.run_info import RunInfo, newest_live_run, read_run, run_info
 from core.runs import RunPaths
 
 POLL_S = 0.25
@@ -29,7 +29,11 @@ def find_run(run_dir: str | None, runs_dir: str) -> RunInfo:
     if not paths.config.is_file():
         raise UserError(f"{run_dir} is not a run folder: it has no {paths.config.name}",
                         "pass a folder under runs/; `sft-tui runs` lists them")
-    return run_info(paths.root)
+    info = read_run(paths.root)
+    if info.state == "unreadable":
+        raise UserError(f"run {run_dir} cannot be read: {info.reason}",
+                        "a run folder holds the files sft-tui wrote there; replace or remove the one named")
+    return info
 
 
 def ended_problem(info: RunInfo) -> UserError | None:

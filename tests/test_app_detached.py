@@ -253,7 +253,7 @@ async def test_an_engine_that_ends_before_its_first_event_shows_its_output(tiny_
             dialog = app.screen
             assert dialog.title_text == "The engine did not start"
             assert app.screen_stack[0].query_one(RunProgress).label == "the engine did not start"
-            assert "is in use by another sft-tui engine" in dialog.message and str(run / "engine.log") in dialog.hint
+            assert "is in use: a process holds its lock" in dialog.message and str(run / "engine.log") in dialog.hint
 
 
 class Tmux:

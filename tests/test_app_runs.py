@@ -379,8 +379,8 @@ def test_the_catalog_reads_again_only_runs_that_changed_or_live(tmp_path, monkey
     write_fake_run(runs, "live", 1e-3, end=None)
     make_live(runs / "live")
     read = []
-    real = core.run_catalog.run_info
-    monkeypatch.setattr(core.run_catalog, "run_info", lambda root: read.append(root.name) or real(root))
+    real = core.run_catalog.read_run
+    monkeypatch.setattr(core.run_catalog, "read_run", lambda root: read.append(root.name) or real(root))
     catalog = core.run_catalog.RunCatalog()
     assert {info.name: info.state for info in catalog.read(runs)} == {"done": "finished", "live": "running"}
     assert sorted(read) == ["done", "live"]

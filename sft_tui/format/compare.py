@@ -13,6 +13,8 @@ from core.events import Event
 
 MISSING = "-"
 """How the diff shows a key a run's config does not have (a config of another version)."""
+MAX_VALUE_CHARS = 200
+"""A longer value is cut: a diff cell is read at a glance, and a run's config may come from anyone."""
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -28,8 +30,13 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def format_value(value: Any) -> str:
-    """A config value as YAML would write it inline: strings bare, the rest as JSON (null, true, [..])."""
-    return value if isinstance(value, str) else json.dumps(value)
+    """A config value as YAML would write it inline: strings bare, the rest as JSON (null, true, [..];
+    what JSON has no form for, such as a YAML date, as its text), cut at MAX_VALUE_CHARS."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+    except TypeError:  # a mapping keyed by what JSON cannot key by (a date)
+        text = str(value)
+    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS - 1] + "…"
 
 
 def config_diff(configs: Iterable[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:

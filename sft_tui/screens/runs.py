@@ -12,7 +12,6 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-import yaml
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -22,6 +21,7 @@ from textual.widgets import DataTable, Static
 from core.errors import UserError
 from core.lineage import continue_problem, continued_config, variant_config
 from core.run_catalog import RunCatalog
+from core.run_info import RunInfo, config_dict
 from core.runs import resume_problem
 from sft_tui.format.compare import eval_metrics, shared_metrics
 from sft_tui.screens.base import StepScreen
@@ -142,7 +142,7 @@ class RunsScreen(StepScreen):
         self.query_one(RunCurves).show(runs, metric)
         marked = self.table.marked_infos
         diff = self.query_one(ConfigDiff)
-        diff.show([info.name for info in marked], [_config_of(info) for info in marked])
+        diff.show([info.name for info in marked], [config_dict(info.paths) for info in marked])
         hint = self.query_one("#diff-hint", Static)
         if len(marked) < 2:
             hint.update(DIFF_HINT)
@@ -185,9 +185,14 @@ class RunsScreen(StepScreen):
 
     # ---- acting on the run under the cursor -------------------------------------------------
     def _current(self) -> RunInfo | None:
+        """The run under the cursor to act on; None, said why, when there is none or it is unreadable
+        (the table's row has no room for the reason)."""
         info = self.table.current
         if info is None:
             self.notify("no run here: a run appears in the table once it starts", severity="warning")
+        elif info.state == "unreadable":
+            self._refuse("Cannot use this run", f"run {info.name} cannot be read: {info.reason}")
+            return None
         return info
 
     def action_open(self) -> None:
@@ -251,12 +256,3 @@ class RunsScreen(StepScreen):
 
     def _refuse(self, title: str, message: str) -> None:
         self.notify(message, title=title, severity="warning", markup=False)
-
-
-def _config_of(info: RunInfo) -> dict:
-    """The run's config.yaml as plain data; {} when unreadable (the diff then shows its keys missing)."""
-    try:
-        data = yaml.safe_load(info.paths.config.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
