@@ -225,7 +225,7 @@ def not_a_stub_problem(paths: RunPaths) -> UserError | None:
             load_config(paths.config)
         except UserError:
             foreign.append(paths.config.name)
-    if paths.events.is_file() and paths.events.stat().st_size and not read_events(paths.events):
+    if paths.events.is_file() and paths.events.stat().st_size and not _has_events(paths):
         foreign.append(paths.events.name)
     if paths.checkpoints.is_dir():
         foreign += [f"{paths.checkpoints.name}/{p.name}" for p in paths.checkpoints.iterdir()
@@ -234,6 +234,13 @@ def not_a_stub_problem(paths: RunPaths) -> UserError | None:
         return None
     return UserError(f"{paths.root} exists and is not an sft-tui run folder: it holds {', '.join(foreign)}",
                      "choose another output.run_name (the folder is left as it is)")
+
+
+def _has_events(paths: RunPaths) -> bool:
+    try:
+        return bool(read_events(paths.events))
+    except OSError:  # not a regular file: not an event log of ours
+        return False
 
 
 def anchored(config: RunConfig) -> RunConfig:
@@ -282,8 +289,12 @@ def open_run(run_dir: str | Path) -> tuple[RunPaths, RunConfig]:
 def resume_problem(paths: RunPaths) -> UserError | None:
     """Why the run in `paths` cannot be resumed (it is complete, its config was edited, or it has no
     checkpoint), or None. Cheap: no torch, no model, so a resume fails before any loading."""
-    finished = [e for e in read_events(paths.events) if e.type in ("run_started", "run_finished")] \
-        if paths.events.exists() else []
+    try:
+        finished = [e for e in read_events(paths.events) if e.type in ("run_started", "run_finished")] \
+            if paths.events.exists() else []
+    except OSError as err:  # a FIFO or a link where the event log belongs (core.safe_read)
+        return UserError(f"run {paths.root} cannot be read: {paths.events.name}: {err.strerror or err}",
+                         "a run folder holds files of its own: copy it with `cp -rL` to resume it")
     if finished and finished[-1].type == "run_finished" and finished[-1].reason != "stopped":
         return UserError(f"run {paths.root} is complete ({finished[-1].reason} at step {finished[-1].step}"
                          + (", model in final/)" if paths.final.exists() else ")"),

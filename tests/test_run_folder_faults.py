@@ -147,6 +147,9 @@ def test_a_fifo_events_log_is_an_unreadable_run_not_a_hang(tmp_path):
     attach = sft("attach", "--plain", fifo.root)
     assert attach.returncode == 2 and attach.stderr.startswith(
         f"error: run {fifo.root} cannot be read: not a regular file: events.jsonl\n"), attach.stderr
+    assert "unreadable (not a regular file: events.jsonl)" in " ".join(out.stdout.split())
+    resumed = sft("train", "--resume", fifo.root)  # refused with the reason, not a hang or a traceback
+    assert resumed.returncode == 2 and f"run {fifo.root} cannot be read: events.jsonl" in resumed.stderr, resumed.stderr
 
 
 @pytest.mark.parametrize("where", ["engine.json", "failed-rank-1.json", "checkpoints/step-2/manifest.json"])

@@ -25,6 +25,8 @@ def state_text(info: RunInfo) -> str:
         return f"{info.state} (pid {info.engine.pid})" if info.engine.here else f"{info.state} ({info.engine.describe()})"
     if info.state == "finished" and info.reason == "early-stopped":
         return "finished (early-stopped)"
+    if info.state == "unreadable":  # nothing else of the run can be shown: why, so it can be fixed
+        return f"unreadable ({info.reason})"
     return info.state
 
 
