@@ -59,12 +59,15 @@ def unique_run_name(runs_dir: str | Path, base: str) -> str:
     return name
 
 
-def continued_config(run_dir: str | Path, *, epochs: float | None = None, max_steps: int | None = None) -> RunConfig:
+def continued_config(run_dir: str | Path, *, epochs: float | None = None, max_steps: int | None = None,
+                     lr: float | None = None) -> RunConfig:
     """The config of a new run that trains the finished model of the run in `run_dir` for `epochs`
     more epochs or `max_steps` more steps (one of the two), under a new name `<name>-cont[N]` beside
     its parent (the folder the parent is in now, whatever runs_dir it was started with). The
-    optimizer and schedule start afresh: the finished run saved weights, not optimizer state.
-    Raises UserError when the run has no final model or the amount is invalid."""
+    optimizer and schedule start afresh: the finished run saved weights, not optimizer state. So its
+    warmup climbs to the peak lr again, the parent's unless `lr`: at the parent's peak a review's
+    continued demo ended worse than it started, where a lower one keeps what was learned.
+    Raises UserError when the run has no final model or the amount or lr is invalid."""
     if (epochs is None) == (max_steps is None):
         raise ValueError("pass exactly one of epochs and max_steps")
     paths = RunPaths(Path(run_dir))
@@ -82,6 +85,7 @@ def continued_config(run_dir: str | Path, *, epochs: float | None = None, max_st
         "schedule.max_steps": max_steps,
         "output.runs_dir": str(paths.root.parent),
         "output.run_name": unique_run_name(paths.root.parent, base),
+        **({"optim.lr": lr} if lr is not None else {}),
     }
     for dotted, value in changes.items():
         set_dotted(data, dotted, value)

@@ -207,15 +207,20 @@ async def test_n_continues_a_finished_run_from_its_final_model(real_runs, launch
         assert config.output.run_name == "lr-3e-3-cont" and config.output.runs_dir == str(runs)
         assert config.optim.lr == 3e-3  # the rest is the parent's config
 
-        await pilot.press("n")  # steps instead: the unit is a radio button
+        await pilot.press("n")  # steps instead: the unit is a radio button; and a lower peak lr
         dialog = app.screen
+        assert dialog.query_one("#continue-lr").value == "0.003"  # the parent's, which the schedule climbs to again
         dialog.query_one("#continue-amount").value = "5"
         dialog.query_one("#unit-steps").value = True
+        dialog.query_one("#continue-lr").value = "fast"
         await pilot.pause()
         dialog.query_one("#continue-amount").focus()
         await pilot.press("enter")
+        assert "type a learning rate, e.g. 0.0003" in app.screen.error and len(launched) == 1
+        dialog.query_one("#continue-lr").value = "3e-4"
+        await pilot.press("enter")
         await pilot.pause()
-        assert launched[-1]["config"].schedule.max_steps == 5
+        assert launched[-1]["config"].schedule.max_steps == 5 and launched[-1]["config"].optim.lr == 3e-4
 
         await pilot.press("n")  # a bad amount is told in the dialog, which stays open
         app.screen.query_one("#continue-amount").value = "many"

@@ -224,16 +224,18 @@ class RunsScreen(StepScreen):
         if problem := continue_problem(info):
             self._refuse("Cannot continue", f"{problem.message}: {problem.hint}")
             return
+        from core.config import load_config
         from sft_tui.screens.dialogs.continue_run import ContinueDialog
 
-        def build(epochs: float | None, max_steps: int | None):
-            return continued_config(info.paths.root, epochs=epochs, max_steps=max_steps)
+        def build(epochs: float | None, max_steps: int | None, lr: float):
+            return continued_config(info.paths.root, epochs=epochs, max_steps=max_steps, lr=lr)
 
         def launch(config) -> None:
             if config is not None:
                 self.app.launch_run(config=config)
 
-        self.app.push_screen(ContinueDialog(info.name, build), launch)
+        parent_lr = load_config(info.paths.config).optim.lr
+        self.app.push_screen(ContinueDialog(info.name, build, parent_lr), launch)
 
     def action_load_config(self) -> None:
         """Put the run's config into the draft (a new run name) to edit a variant in steps 1-5."""
