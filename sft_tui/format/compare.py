@@ -39,11 +39,16 @@ def format_value(value: Any) -> str:
     return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS - 1] + "…"
 
 
+NOT_DIFFED = ("output.run_name",)
+"""Keys that differ between any two runs and say nothing of how they trained: the run's name is
+the column's header already."""
+
+
 def config_diff(configs: Iterable[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
     """(dotted key, each config's value) for every key whose values are not all equal, in the order
     the keys first appear; a key one config lacks shows MISSING there."""
     flats = [flatten(config) for config in configs]
-    keys = list(dict.fromkeys(key for flat in flats for key in flat))
+    keys = [key for key in dict.fromkeys(key for flat in flats for key in flat) if key not in NOT_DIFFED]
     absent = object()
     diff = []
     for key in keys:

@@ -12,7 +12,7 @@ from textual.widgets import Static
 from core.run_info import RunInfo
 from sft_tui.format.safe import safe_text
 from sft_tui.format.compare import eval_curve, loss_curve
-from sft_tui.widgets.train.charts import CachedPlot
+from sft_tui.widgets.train.charts import CachedPlot, row_ticks
 
 PALETTE = [(86, 180, 233), (230, 159, 0), (0, 158, 115), (204, 121, 167), (240, 228, 66), (213, 94, 0),
            (0, 114, 178), (170, 170, 170)]
@@ -47,8 +47,12 @@ class RunCurves(Container):
     def compose(self) -> ComposeResult:
         yield Static(id="curves-legend")
         with Horizontal(id="curves-plots"):
-            yield CachedPlot(id="curves-loss")
-            yield CachedPlot(id="curves-eval")
+            yield CachedPlot(id="curves-loss", fit=lambda plot: row_ticks(plot, self._values(1)))
+            yield CachedPlot(id="curves-eval", fit=lambda plot: row_ticks(plot, self._values(2)))
+
+    def _values(self, part: int) -> list[float]:
+        """Every value drawn in the loss (`part` 1) or eval (2) plot."""
+        return [value for shown in self.shown for _, value in shown[part]]
 
     def show(self, runs: list[RunInfo], metric: str | None) -> None:
         """Draw the train loss and the eval `metric` of `runs` (None: the runs share no metric)."""

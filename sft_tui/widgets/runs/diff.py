@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.markup import escape
 from rich.text import Text
 from textual.widgets import DataTable
 
 from sft_tui.format.compare import MISSING, config_diff
+from sft_tui.format.paths import cut_middle
 from sft_tui.format.safe import safe_text
 from sft_tui.widgets.runs.curves import colour_style
+
+HEADER_WIDTH = 18
+"""Widest run name over a column: whole, two long generated names pushed the second run's values out
+of a 120-column diff."""
 
 
 class ConfigDiff(DataTable):
@@ -17,7 +24,7 @@ class ConfigDiff(DataTable):
     """
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        super().__init__(cursor_type="row", zebra_stripes=True, fixed_columns=1, **kwargs)  # keys stay in view
         self.diff: list[tuple[str, list[str]]] = []
 
     def show(self, names: list[str], configs: list[dict]) -> None:
@@ -28,13 +35,20 @@ class ConfigDiff(DataTable):
         self.diff = config_diff(configs) if len(configs) >= 2 else []
         self.add_column("key", key="key")
         for i, name in enumerate(names):
-            self.add_column(Text(safe_text(name, one_line=True), style=f"bold {colour_style(i)}"), key=f"run-{i}")
+            self.add_column(Text(_header(name), style=f"bold {colour_style(i)}"), key=f"run-{i}")
         for key, values in self.diff:
             self.add_row(_cell(key), *(Text(v, style="dim") if v == MISSING else _cell(v) for v in values), key=key)
 
     @property
     def keys(self) -> list[str]:
         return [key for key, _ in self.diff]
+
+
+def _header(name: str) -> str:
+    """A run's column header: its name without the date of a generated one (`020851-deep-llama`; the
+    runs compared are mostly a day's), cut in its middle to HEADER_WIDTH; the colour is its curve's."""
+    name = re.sub(r"^\d{8}-(?=\d{6}-)", "", safe_text(name, one_line=True))
+    return cut_middle(name, HEADER_WIDTH)
 
 
 def _cell(text: str) -> str:

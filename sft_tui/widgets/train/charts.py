@@ -58,6 +58,34 @@ class Curve:
         self.points = [p for p in self.points if p[0] <= x]
 
 
+def _decimals(values: list[float]):
+    """Labels with one number of decimals for the whole axis, as many as its values' size wants."""
+    top = max(abs(v) for v in values)
+    if 0 < top < 0.1:
+        return lambda v: f"{v:.2e}"
+    places = 3 if top < 1 else 2 if top < 10 else 1 if top < 100 else 0
+    return lambda v: f"{v:,.{places}f}"
+
+
+def row_ticks(plot: "CachedPlot", values: list[float], label=None) -> None:
+    """Y-axis labels, each on the row of the value it names. plotext's own were more than a short
+    plot's rows and were merged onto rows they do not name (6.22 beside the row of 5.86: a review read
+    evaluations of 4.1-4.9 as 3.79); labels sharing a row were drawn in an order that changed from one
+    process to the next. Here they are values of whole rows: the lowest and the highest, and between
+    them as many as the rows space well, written by `label` (decimals to the values' size)."""
+    if not values:
+        return
+    low, high = min(values), max(values)
+    rows = plot.size.height - 3  # the frame's top line, the x axis and its labels take the others
+    if high <= low or rows < 2:
+        ticks = [low]
+    else:
+        count = min(rows, 5 if rows >= 12 else 4 if rows >= 8 else 3 if rows >= 5 else 2)
+        ticks = [low + (high - low) * round(k * (rows - 1) / (count - 1)) / (rows - 1) for k in range(count)]
+    label = label or _decimals(values)
+    plot.plt.yticks(ticks, [label(t) for t in ticks])
+
+
 class CachedPlot(PlotextPlot):
     """A PlotextPlot that rebuilds its text only after `changed()` or a resize.
 
@@ -105,8 +133,10 @@ class TrainCharts(Container):
         self._dirty = False
 
     def compose(self) -> ComposeResult:
-        yield CachedPlot(id="loss-plot")
-        yield CachedPlot(id="lr-plot", fit=self._lr_ticks)
+        yield CachedPlot(id="loss-plot", fit=lambda plot: row_ticks(plot, [v for _, v in (*self.train_loss,
+                                                                                        *self.eval_loss)]))
+        yield CachedPlot(id="lr-plot", fit=lambda plot: row_ticks(  # plotext writes 1e-5 as 0.0000100
+            plot, [v for _, v in self.planned_lr or self.lr], lambda v: f"{v:.1e}"))
 
     def on_mount(self) -> None:
         self.query_one("#loss-plot").border_title = "loss: train ⠉⠒⠤ eval •"
@@ -199,14 +229,3 @@ class TrainCharts(Container):
         self._step_ticks(plt, [*line, *(dots or [])])
         plot.changed()
 
-    def _lr_ticks(self, plot: CachedPlot) -> None:
-        """Labels of the LR axis in scientific notation (plotext's own print 1e-5 as 0.0000100): four
-        where the plot has the rows, else the lowest and highest only; labels sharing a row would
-        be drawn in an order that changes from one process to the next."""
-        values = [v for _, v in self.planned_lr or self.lr]
-        if not values:
-            return
-        low, high = min(values), max(values)
-        count = 4 if plot.size.height >= 10 else 2
-        ticks = [low + (high - low) * i / (count - 1) for i in range(count)] if high > low else [low]
-        plot.plt.yticks(ticks, [f"{t:.1e}" for t in ticks])
