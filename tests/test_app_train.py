@@ -991,3 +991,22 @@ async def test_the_setup_says_a_run_trains_lora_adapters_and_how_it_computes_at_
         shown = squeezed(visible_text(app))
         assert "! optim.lr 5e-05 is low for LoRA: adapters usually train at 1e-4 to 5e-4" in shown
         assert "no problems: ready to start" in shown
+
+
+@pytest.mark.parametrize("height", [5, 7, 8, 9, 11, 13, 17, 30])
+def test_each_y_label_names_the_value_of_its_own_row(height):
+    """plotext's own labels, more than a short plot's rows, were merged onto rows they do not name:
+    a review read evaluations of 4.1-4.9 beside the row labelled 3.79."""
+    from types import SimpleNamespace
+
+    from sft_tui.widgets.train.charts import row_ticks
+
+    drawn = {}
+    plot = SimpleNamespace(size=SimpleNamespace(height=height),
+                           plt=SimpleNamespace(yticks=lambda ticks, labels: drawn.update(zip(ticks, labels))))
+    row_ticks(plot, [7.0, 2.18, 4.4])
+    rows = height - 3
+    positions = [(tick - 2.18) / (7.0 - 2.18) * (rows - 1) for tick in drawn]
+    assert all(abs(p - round(p)) < 1e-9 for p in positions) and len(set(map(round, positions))) == len(drawn)
+    assert min(drawn) == 2.18 and max(drawn) == 7.0 and 2 <= len(drawn) <= 5
+    assert len({len(label.split(".")[-1]) for label in drawn.values()}) == 1  # one number of decimals
