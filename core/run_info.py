@@ -89,14 +89,16 @@ def run_info(root: str | Path) -> RunInfo:
         elif kind in ("run_finished", "run_failed"):
             final = event
             info.step = event.step or info.step
-    if final is not None:
+    # an engine started after the run's last end: a resume, whose run_started is yet to come
+    resuming = final is not None and engine is not None and engine.since > final.time
+    if final is not None and not resuming:
         if final.type == "run_failed":
             info.state, info.reason = "failed", final.message
         else:
             info.state = "stopped" if final.reason == "stopped" else "finished"
             info.reason = final.reason
     elif engine is not None:
-        info.state = "paused" if paused else "running" if info.planned_steps else "starting"
+        info.state = "starting" if resuming or not info.planned_steps else "paused" if paused else "running"
     else:  # crashed: one of several processes may have said why before rank 0 was ended for it
         info.reason = crash_reason(paths.root, since=started)
     return info

@@ -76,8 +76,8 @@ def follow_plain(info: RunInfo, display) -> int:
 
     try:
         for events, alive in follow(follower, lambda: live_record(info.paths.engine) is not None, POLL_S):
-            if (code := show(events)) is not None:
-                return code
+            if (code := show(events)) is not None and not run_info(info.paths.root).live:
+                return code  # (live after its end: resumed, by an engine whose first event is to come)
             if not alive:
                 crash = ended_problem(run_info(info.paths.root))
                 display.note(f"{crash.message}\nhint: {crash.hint.strip()}")

@@ -160,6 +160,34 @@ def test_an_ended_run_prints_its_history_and_exits_with_its_status(root):
     assert "paused at step 1" in history and "resumed at step 1" in history  # both of its engines' events
 
 
+def test_a_run_resumed_a_moment_ago_is_starting_and_attach_waits_for_it(tmp_path):
+    """Just after `train --resume RUN --detach`, `runs` said "stopped" and `attach --plain` replayed the
+    old stop and exited 3, while the new engine was still importing torch."""
+    from core.events import JsonlSink, RunFinished, RunStarted
+
+    paths = RunPaths(tmp_path / "runs" / "again")
+    paths.root.mkdir(parents=True)
+    paths.config.write_text("task: causal-lm\n", encoding="utf-8")
+    sink = JsonlSink(paths.events)
+    sink.emit(RunStarted(run_id="again", run_dir=str(paths.root), task="causal-lm", model="m", config_digest="0",
+                         total_params=1, trainable_params=1, planned_steps=10, steps_per_epoch=10, train_rows=8,
+                         validation_rows=0, device="cpu", precision="fp32", time=time.time() - 60))
+    sink.emit(RunFinished(step=4, reason="stopped", final_metrics={}, best_metrics={}, best_step=None,
+                          output_path=None, last_checkpoint=None, elapsed_s=1.0, time=time.time() - 30))
+    sink.close()
+    assert run_info(paths.root).state == "stopped"
+    engine = subprocess.Popen(["sleep", "3"])  # the resumed engine, loading: alive, no event yet
+    write_record(paths.engine, ProcessRecord.of_process(engine.pid))
+    info = run_info(paths.root)
+    assert info.state == "starting" and info.live
+    attached = sft(tmp_path, "attach", "--plain", str(paths.root))
+    engine.wait()
+    printed = " ".join((attached.stdout + attached.stderr).split())
+    # followed until that engine ended, without a word: then the run stands where its events leave it
+    assert attached.returncode == 4 and "run stopped at step 4" in printed
+    assert "is not training: it stopped at step 4" in printed
+
+
 # ---- the protocol's parts, in-process ---------------------------------------------------------
 def test_a_record_of_a_reused_pid_is_not_alive(tmp_path):
     mine = write_record(tmp_path / "engine.json")
