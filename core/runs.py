@@ -135,7 +135,10 @@ class RunLock:
     def __init__(self, paths: RunPaths) -> None:
         import fcntl
 
-        self._file = open(paths.lock, "a+", encoding="utf-8")  # noqa: SIM115 - closed by release()
+        # 0600: flock needs only a descriptor, so a lock file other users can read, they could hold
+        # (a review locked another user out of resuming); never through a link (foreign_problem)
+        self._file = open(paths.lock, "a+", encoding="utf-8",  # noqa: SIM115 - closed by release()
+                          opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW, 0o600))
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

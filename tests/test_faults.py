@@ -390,4 +390,5 @@ def test_checkpoint_files_share_one_mode_that_follows_the_umask(setup):
     files = [p for folder in (run_dir / "checkpoints" / f"step-{EVERY}",) for p in folder.iterdir()]
     assert {p.name for p in files} >= {"model.safetensors", "optimizer.pt", MANIFEST}
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}
+    assert oct((run_dir / ".lock").stat().st_mode & 0o777) == oct(0o600)  # readable, any user could hold it
     shutil.rmtree(run_dir)
