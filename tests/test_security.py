@@ -287,3 +287,24 @@ def test_the_apps_approval_reaches_its_detached_engine_and_only_for_that_model(l
         update={"run_name": "approved"})}), trusted=True)
     assert approved.process.wait(timeout=300) == 0
     assert marker.exists() and run_info(approved.paths.root).state == "finished"
+
+
+def test_an_app_traceback_that_cannot_go_to_runs_dir_goes_to_the_users_cache_never_through_a_link(tmp_path,
+                                                                                                   monkeypatch):
+    """It went to the shared temp folder, where another user could have put a link under its name."""
+    from sft_tui.error_log import write_traceback
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "a-file").write_text("not a folder")
+    unwritable = tmp_path / "a-file" / "sft-tui-error.log"
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as err:
+        written = write_traceback(err, unwritable, "a test")
+        assert written == tmp_path / "cache" / "sft-tui" / "sft-tui-error.log"
+        assert "RuntimeError: boom" in written.read_text()
+        written.unlink()
+        (tmp_path / "victim").write_text("precious")
+        written.symlink_to(tmp_path / "victim")
+        assert write_traceback(err, unwritable, "a test") is None
+    assert (tmp_path / "victim").read_text() == "precious"
