@@ -49,7 +49,7 @@ def foreign_problem(paths: RunPaths) -> UserError | None:
     ~/.bashrc and had an engine delete every *.json of another folder. None for a folder to be made."""
     try:
         owner = paths.root.stat().st_uid
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # to be made (or runs_dir is a file: said when made)
         return None
     if owner != os.getuid():
         return UserError(f"run folder {paths.root} belongs to another user (uid {owner})",
