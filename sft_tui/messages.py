@@ -85,6 +85,14 @@ class EngineGone(Message):
 
 
 @dataclass
+class ControlTaken(Message):
+    """This app, a viewer of the followed run, controls it now: the client that did has gone
+    (its app quit, or its terminal was killed), and its keys would otherwise stay off for good."""
+
+    client: Any = None
+
+
+@dataclass
 class RunFollowed(Message):
     """The app follows a run from now on: the train screen starts over with its `history`, what the
     run wrote before (an attach, a resume), drawn in one update before the screen's first frame. It

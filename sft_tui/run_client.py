@@ -66,6 +66,13 @@ class RunClient:
             return
         self.controller, self._record = None, write_record(self.paths.controller)
 
+    def take_over(self) -> bool:
+        """A viewer's look at its controller: when that client has gone, control the run in its
+        place; whether this client controls it now."""
+        if self.controller is not None and live_record(self.paths.controller) is None:
+            self.claim()
+        return self.controls
+
     def release(self) -> None:
         """Stop controlling the run (another client may take over); its record is removed if it is ours."""
         if self._record is not None and read_record(self.paths.controller) == self._record:

@@ -9,6 +9,7 @@ first screen draws before either is imported), post their outcome as a message
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from textual.message import Message
@@ -20,13 +21,15 @@ from core.control import Control
 from core.errors import UserError
 from core.events import Event, LogMessage, RunFailed, RunStarted
 from core.follow import follow
-from sft_tui.messages import EngineEvent, EngineEvents, EngineGone, LoadFailed
+from sft_tui.messages import ControlTaken, EngineEvent, EngineEvents, EngineGone, LoadFailed
 from sft_tui.run_client import InProcessClient, RunClient
 from sft_tui.session import ModelInfo
 
 FOLLOW_POLL_S = 0.2
 """How often a detached run's events.jsonl is read: the engine reports four times a second, and a
 screen update per read (not per event) keeps the UI thread's share small."""
+CONTROLLER_LOOK_S = 2.0
+"""How often a viewer looks whether the client that controls the run is still there."""
 
 _import_lock = threading.Lock()
 
@@ -143,6 +146,7 @@ def follow_run(client: RunClient, target: MessagePump, ended: bool, poll_s: floa
     the engine ends (then EngineGone) or this worker is cancelled."""
     worker = get_current_worker()
     heard = False
+    looked = time.monotonic()
     for events, alive in follow(client.follower, client.engine_alive, poll_s, lambda: worker.is_cancelled):
         if client.fresh:  # older events are a replaced start's
             events = [e for e in events if e.time >= client.since]
@@ -150,6 +154,10 @@ def follow_run(client: RunClient, target: MessagePump, ended: bool, poll_s: floa
             target.post_message(EngineEvents(events, client=client))
             heard = True
         ended = run_ended(events, ended)
+        if client.controller is not None and alive and not ended and time.monotonic() - looked >= CONTROLLER_LOOK_S:
+            looked = time.monotonic()
+            if client.take_over():
+                target.post_message(ControlTaken(client))
         if not alive:
             silent = client.process is not None and not heard
             target.post_message(EngineGone(None if ended else _crash_problem(client),

@@ -22,14 +22,17 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from textual.widgets import Input, RichLog, Static
 
 from core.commands import send_command
+from core.config import parse_config
 from core.events import LogMessage, RunFinished, RunStarted, SampleGenerated, StepMetrics, read_events
 from core.liveness import ProcessRecord, live_record, read_record, write_record
 from core.run_info import run_info
 from core.runs import RunPaths
 from sft_tui.app import create_app
+from sft_tui.detach import start_detached
 from sft_tui.screens.dialogs import ConfirmDialog, ErrorDialog, PathDialog, QuitDialog
 from sft_tui.widgets.train.charts import TrainCharts
 from sft_tui.widgets.train.evals import EvalTable
@@ -150,6 +153,32 @@ async def test_every_control_key_round_trips_and_a_second_app_only_views(tiny_mo
             assert "no final model was saved" in text_of(screen.query_one("#results-text", Static))
             assert screen.resumable == str(run)
             assert read_record(RunPaths(run).controller) is None  # an ended run needs no controller
+    finally:
+        stop_engine(run)
+
+
+async def test_a_viewer_takes_control_once_the_controlling_app_has_gone(tiny_model_factory, tmp_path):
+    """A review killed the terminal of the app that controlled a run: the app that viewed it kept its
+    pause, stop, checkpoint and eval keys off for good."""
+    config = parse_config(yaml.safe_load(long_run_config(tmp_path, tiny_model_factory("llama")).read_text()))
+    started = start_detached(config)
+    run = started.paths.root
+    controller = subprocess.Popen(["sleep", "4"])  # the other app, whose terminal is killed in 4 s
+    write_record(started.paths.controller, ProcessRecord.of_process(controller.pid))
+    app = create_app(attach=run)
+    try:
+        async with app.run_test(size=(120, 40), notifications=True) as pilot:
+            await wait_until(pilot, lambda: app.followed is not None and app.followed.controller is not None)
+            screen = app.screen
+            assert not screen.controls
+            controller.wait()
+            await wait_until(pilot, lambda: app.followed.controls, ENGINE_START_S)
+            assert read_record(started.paths.controller) == app.followed._record
+            await wait_until(pilot, lambda: "this app controls it now" in " ".join(log_text(screen).split()))
+            assert any(n.title == "Control" for n in app._notifications)
+            await wait_until(pilot, lambda: app.run_state == "running", ENGINE_START_S)
+            await pilot.press("s")  # its keys work: the run stops at a checkpoint
+            await wait_until(pilot, lambda: app.run_state == "stopped", ENGINE_START_S)
     finally:
         stop_engine(run)
 

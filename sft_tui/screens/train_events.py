@@ -31,7 +31,8 @@ from core.runs import RunPaths, open_run
 from sft_tui.format.numbers import format_duration
 from sft_tui.format.safe import safe_text
 from sft_tui.format.train import format_eta, untrained_head_note
-from sft_tui.messages import EngineEvent, EngineEvents, EngineGone, RunFollowed, RunState, RunStateChanged
+from sft_tui.messages import (ControlTaken, EngineEvent, EngineEvents, EngineGone, RunFollowed, RunState,
+                              RunStateChanged)
 from sft_tui.screens.dialogs import ErrorDialog
 from sft_tui.widgets.train.log import RunLog
 from sft_tui.widgets.train.progress import RunProgress
@@ -269,6 +270,17 @@ class RunEvents:
         self._set_state(RunState.FAILED)
         if not self._history and self.app.followed is not None:
             self.app.push_screen(ErrorDialog.for_run_failed(e))
+
+    def on_control_taken(self, message: ControlTaken) -> None:
+        """The app that controlled the followed run has gone: this one controls it now."""
+        message.stop()
+        if message.client is not self.app.followed:
+            return
+        note = "the app that controlled this run has gone: this app controls it now (pause, stop, checkpoint, eval)"
+        self._log(note, "yellow")
+        self.notify(note, title="Control", markup=False)
+        self.refresh_bindings()
+        self._flush()
 
     def on_engine_gone(self, message: EngineGone) -> None:
         """The detached engine has ended. With a final event it ended as that says (an attached run
