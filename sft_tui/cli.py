@@ -113,6 +113,8 @@ def _train(args: argparse.Namespace) -> int:
         config = apply_overrides(config, overrides)
     elif args.resume and overrides:
         raise UserError("--set and --nproc cannot change a run being resumed", "resume it as it was, or start a new run")
+    if args.dry_run and config is None:
+        raise UserError("--dry-run plans a new run, not a resumed one", "pass a config (or --demo) instead of --resume")
     _check_trust(config, args)
     if args.dry_run:
         return _dry_run(config)
@@ -145,8 +147,6 @@ def _dry_run(config) -> int:
     from core.dry_run import prepare, report
     from core.launch import check_launch
 
-    if config is None:
-        raise UserError("--dry-run plans a new run, not a resumed one", "pass a config (or --demo) instead of --resume")
     check_launch(config)
     print(report(prepare(config)))
     return 0
