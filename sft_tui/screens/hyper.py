@@ -52,6 +52,17 @@ def value_at(config: RunConfig, dotted: str) -> Any:
     return reduce(getattr, dotted.split("."), config)
 
 
+class FormScroll(VerticalScroll):
+    """The form's scroll, which keeps the field being edited in view when it gets shorter: the help
+    line under it takes the rows a long docstring needs, and a scroll made before that layout left
+    the focused field out of view (at 80x24, compute.labelled_logits_only's help takes 9 rows)."""
+
+    def on_resize(self, event: events.Resize) -> None:
+        focused = self.screen.focused
+        if focused is not None and self in focused.ancestors:  # once laid out in the new size
+            self.call_after_refresh(self.scroll_to_widget, focused, animate=False)
+
+
 class HyperScreen(StepScreen):
     STEP = "hyper"
     CSS_PATH = "hyper.tcss"
@@ -63,7 +74,7 @@ class HyperScreen(StepScreen):
         config = self.session.config
         with Horizontal(id="hyper-body"):
             with Vertical(id="hyper-left"):
-                with VerticalScroll(id="hyper-form", can_focus=False):
+                with FormScroll(id="hyper-form", can_focus=False):
                     for title, specs in form_sections(config.task):
                         yield Static(title, classes="form-section")
                         for spec in specs:
