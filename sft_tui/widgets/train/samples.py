@@ -59,7 +59,10 @@ class SamplesPanel(VerticalScroll):
                 text.append("\nprompt ", style="dim")
                 text.append(safe_text(sample.prompt))  # the data set's text, and what the model made of it
                 text.append("\nmodel  ", style="dim")
-                text.append(safe_text(sample.output), style="bold")
+                if sample.output.strip():
+                    text.append(safe_text(sample.output), style="bold")
+                else:  # an untrained model often answers with its end token at once: say so, not a blank
+                    text.append("(nothing)", style="dim italic")
                 text.append("\nref    ", style="dim")
                 text.append(safe_text(sample.reference))
         self.query_one("#samples-text", Static).update(text)
