@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from core.config import config_to_dict, example_config, parse_config, save_config
@@ -157,28 +158,20 @@ def data_config(tmp_path: Path, model: Path, rows: list[dict]) -> Path:
     return config
 
 
-async def test_data_screen_shows_crafted_cells_escaped(tmp_path, tiny_model_factory):
-    rows = [{"prompt": f"Question {i}{TITLE}?", "completion": f" answer{CSI} {i}."} for i in range(20)]
+@pytest.mark.parametrize(("rows", "state", "shown"), [
+    ([{"prompt": f"Question {i}{TITLE}?", "completion": f" answer{CSI} {i}."} for i in range(20)], "ready",
+     "\\x1b]0;HACKED"),  # the preview's cells and the highlighted row in full
+    ([{TITLE: f"text {i}", "lab": "x"} for i in range(20)], "failed", TITLE_SHOWN),  # the load names the columns
+], ids=["cells", "column-name"])
+async def test_data_screen_shows_crafted_data_escaped(rows, state, shown, tmp_path, tiny_model_factory):
     app = create_app(data_config(tmp_path, tiny_model_factory("gpt2"), rows))
     async with app.run_test(size=(160, 50)) as pilot:
         await pilot.press("escape", "2")
         await settle(pilot)
-        assert app.data_state == "ready"
+        assert app.data_state == state
         text = visible_text(app)
         assert_inert(text)
-        assert "\\x1b]0;HACKED" in text, text  # the preview's cells and the highlighted row in full
-
-
-async def test_data_screen_shows_a_crafted_column_name_escaped(tmp_path, tiny_model_factory):
-    rows = [{TITLE: f"text {i}", "lab": "x"} for i in range(20)]  # no prompt/completion: the load names the columns
-    app = create_app(data_config(tmp_path, tiny_model_factory("gpt2"), rows))
-    async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("escape", "2")
-        await settle(pilot)
-        assert app.data_state == "failed"
-        text = visible_text(app)
-        assert_inert(text)
-        assert TITLE_SHOWN in text, text
+        assert shown in text, text
 
 
 async def test_status_line_and_model_step_show_a_crafted_model_name_escaped(tmp_path):
