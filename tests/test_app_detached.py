@@ -68,9 +68,10 @@ def stop_engine(run: Path) -> None:
 
 
 async def test_a_run_outlives_the_app_and_a_new_app_shows_its_whole_history(tiny_model_factory, tmp_path):
-    config = lm_config_file(tmp_path, tiny_model_factory("llama"), schedule={"max_steps": 60},
-                            eval={"every_steps": 10, "num_samples": 1, "max_new_tokens": 4},
-                            checkpoint={"every_steps": 20},
+    # 240 steps: on a loaded machine a run of 60 was over before the test saw it train
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"), schedule={"max_steps": 240},
+                            eval={"every_steps": 40, "num_samples": 1, "max_new_tokens": 4},
+                            checkpoint={"every_steps": 80},
                             freeze={"rules": [{"match": "no.such.module", "train": False}]})  # the engine logs it
     run = tmp_path / "runs" / "lm"
     app = create_app(config)
@@ -97,17 +98,17 @@ async def test_a_run_outlives_the_app_and_a_new_app_shows_its_whole_history(tiny
         await wait_until(pilot, lambda: again.run_state == "finished", ENGINE_START_S)
         await pilot.pause()
         events = read_events(run / "events.jsonl")
-        assert [e.step for e in events if isinstance(e, RunFinished)] == [60]
-        assert screen.query_one(RunProgress).progress == 60
+        assert [e.step for e in events if isinstance(e, RunFinished)] == [240]
+        assert screen.query_one(RunProgress).progress == 240
         charts = screen.query_one(TrainCharts)
         steps = [e.step for e in events if isinstance(e, StepMetrics)]
         assert [s for s, _ in charts.train_loss] == steps  # from the first report on: the whole curve
-        assert [s for s, _ in charts.eval_loss] == [0, 10, 20, 30, 40, 50, 60]  # from the evaluation before training
-        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == ["0", "10", "20", "30", "40", "50", "60"]
+        assert [s for s, _ in charts.eval_loss] == list(range(0, 241, 40))  # from the evaluation before training
+        assert [r[0] for r in screen.query_one(EvalTable).rows_as_text()] == [str(s) for s in range(0, 241, 40)]
         sample = [e for e in events if isinstance(e, SampleGenerated)][-1]
         assert sample.output in screen.query_one(SamplesPanel).text
         log = log_text(screen)
-        assert "run lm started" in log and "checkpoint step-20 saved" in log and "run completed at step 60" in log
+        assert "run lm started" in log and "checkpoint step-80 saved" in log and "run completed at step 240" in log
         warning = next(e for e in events if isinstance(e, LogMessage) and "matches no parameter" in e.message)
         assert f"warning {warning.logger}: {warning.message}" in log.replace("\n", "")  # the engine's, from events.jsonl
         assert log.count(" started: ") == 1  # each line once
