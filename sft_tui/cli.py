@@ -253,7 +253,9 @@ def _detach(config, resume: str | None) -> int:
     print(f"starting the engine for {run.paths.root} ...", file=sys.stderr)
     while not run.engine_started(record := read_record(run.paths.engine)):
         if run.process.poll() is not None:
-            print(run.paths.engine_log.read_text(encoding="utf-8", errors="replace").strip(), file=sys.stderr)
+            from sft_tui.format.safe import safe_text  # the log quotes the run's files: a data set's columns
+
+            print(safe_text(run.paths.engine_log.read_text(encoding="utf-8", errors="replace").strip()), file=sys.stderr)
             return run.process.returncode
         time.sleep(0.1)
     pid = record.pid  # under torchrun, rank 0: a SIGTERM to it stops every process at one step
