@@ -46,6 +46,9 @@ class Eta:
     checkpoint_bytes: int
     """What a checkpoint writes (the weights and the optimizer's state)."""
     save_final: bool
+    first: tuple[float, int] | None = None
+    """(seconds, steps) of this process's first report: the first steps build caches and allocate
+    (after a resume, 10 times a later step's time), so once later steps are timed they set the pace."""
     train_s: float = 0.0
     steps: int = 0
     eval_s: list[float] = field(default_factory=list)
@@ -54,8 +57,11 @@ class Eta:
 
     def stepped(self, seconds: float, steps: int) -> None:
         """`steps` optimizer steps took `seconds` (evaluations, saves and pauses left out)."""
-        self.train_s += seconds
-        self.steps += steps
+        if self.first is None:
+            self.first = (seconds, steps)
+        else:
+            self.train_s += seconds
+            self.steps += steps
 
     def evaluated(self, seconds: float, samples_seconds: float | None) -> None:
         self.eval_s.append(seconds)
@@ -68,9 +74,10 @@ class Eta:
     def remaining(self, step: int) -> Remaining | None:
         """The time from the report of optimizer step `step` (sent before the evaluation and the
         checkpoint due after that step) to the end of the run; None before a step was timed."""
-        if self.steps == 0:
+        if self.first is None:
             return None
-        plan, step_s = self.plan, self.train_s / self.steps
+        train_s, steps = (self.train_s, self.steps) if self.steps else self.first
+        plan, step_s = self.plan, train_s / steps
         estimated = False
 
         def measured_or(values: list[float], guess: float) -> float:

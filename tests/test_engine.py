@@ -443,6 +443,20 @@ def test_the_eta_counts_evaluations_generations_checkpoints_and_the_final_save(t
     assert eta_for(tmp_path).remaining(0) is None  # nothing timed yet
 
 
+def test_the_first_steps_warm_up_and_do_not_set_the_pace(tmp_path):
+    """After a resume the first report's step took 10 times a later one's: the ETA read 1:38:41, then
+    13:01 ten seconds later."""
+    eta = eta_for(tmp_path)
+
+    def step_time() -> float:  # one step more done: the ETA's step time, whatever comes after the steps
+        return eta.remaining(3).seconds - eta.remaining(4).seconds
+
+    eta.stepped(10.0, 1)  # caches built, memory allocated
+    assert step_time() == pytest.approx(10.0)  # nothing better known yet
+    eta.stepped(2.0, 2)
+    assert step_time() == pytest.approx(1.0)
+
+
 def test_reported_etas_say_when_they_are_estimates(tiny_model_factory, sft_file, tmp_path):
     config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=6, eval__every_steps=3,
                        eval__num_samples=1, eval__max_new_tokens=2)
