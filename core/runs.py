@@ -72,6 +72,10 @@ CONTINUED = "-cont"
 """What a continued run's name adds to its parent's (core.lineage, new_run_id)."""
 
 
+STARTED = re.compile(r"\d{8}-\d{6}-")
+"""The start time (`YYYYmmdd-HHMMSS-`) a generated run name begins with (new_run_id)."""
+
+
 def run_of_final(model: str) -> Path | None:
     """The run whose final model `model` is, or None: a continued run starts from `<parent>/final`,
     and that path is the whole record of its lineage (core.run_info, core.lineage)."""
@@ -86,7 +90,7 @@ def new_run_id(config: RunConfig) -> str:
     if config.output.run_name:
         return config.output.run_name
     if (parent := run_of_final(config.model.name_or_path)) is not None:  # `final` here: the working folder's name
-        model = re.sub(r"^\d{8}-\d{6}-", "", parent.absolute().name) + CONTINUED
+        model = STARTED.sub("", parent.absolute().name, count=1) + CONTINUED
     else:
         model = Path(config.model.name_or_path.replace("demo:", "")).name or "model"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-")[:40]

@@ -509,6 +509,23 @@ def test_the_status_line_gives_up_details_before_essentials():
     assert running.startswith("RUNNING · ") and "lr 5e-05" in running and len(running) <= 78
 
 
+def test_a_continued_runs_model_is_named_by_its_parent_run_not_final(tmp_path):
+    """A continued run trains `<parent>/final`: the status line said `RUNNING · final`."""
+    from types import SimpleNamespace
+
+    from core.config import example_config
+    from sft_tui.messages import RunState
+    from sft_tui.widgets.draft_bar import status_line
+
+    parent = tmp_path / "runs" / "20261205-020726-tiny-lm"
+    (parent / "final").mkdir(parents=True)
+    (parent / "config.yaml").write_text("task: causal-lm\n")
+    config = example_config("causal-lm")
+    config.model.name_or_path = str(parent / "final")
+    session = SimpleNamespace(config=config, trainable_share=1.0, problems=dict)
+    assert " · tiny-lm/final · " in status_line(session, RunState.RUNNING, 200).plain
+
+
 def test_before_the_model_loads_the_status_line_says_what_the_preset_trains():
     """Until the model is loaded the trainable share cannot be counted; the line showed `freeze all`
     for the preset that trains everything."""

@@ -8,6 +8,7 @@ from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import Static
 
+from core.runs import STARTED, run_of_final
 from sft_tui.format.numbers import format_share
 from sft_tui.format.paths import cut_middle
 from sft_tui.format.safe import safe_text
@@ -45,7 +46,8 @@ def status_line(session, state: RunState, width: int, run_config=None) -> Text:
     following = run_config is not None and state.live  # a run from step 6 or continued is not the draft
     config = run_config if following else session.config
     model = config.model.name_or_path.removeprefix("demo:")
-    model = Path(model).name or model
+    parent = run_of_final(model)  # a continued run's model is its parent's final/: named by the parent
+    model = f"{STARTED.sub('', parent.name, count=1)}/final" if parent is not None else Path(model).name or model
     share = None if following else session.trainable_share
     plain = {
         "model": model, "task": config.task, "data": Path(config.data.train.removeprefix("demo:")).name,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 from rich.markup import escape
 from rich.text import Text
 from textual.widgets import DataTable
 
+from core.runs import STARTED
 from sft_tui.format.compare import MISSING, config_diff
 from sft_tui.format.paths import cut_middle
 from sft_tui.format.safe import safe_text
@@ -47,7 +46,8 @@ class ConfigDiff(DataTable):
 def _header(name: str) -> str:
     """A run's column header: its name without the date of a generated one (`020851-deep-llama`; the
     runs compared are mostly a day's), cut in its middle to HEADER_WIDTH; the colour is its curve's."""
-    name = re.sub(r"^\d{8}-(?=\d{6}-)", "", safe_text(name, one_line=True))
+    name = safe_text(name, one_line=True)
+    name = name[len("YYYYmmdd-"):] if STARTED.match(name) else name
     return cut_middle(name, HEADER_WIDTH)
 
 

@@ -3,8 +3,6 @@ column: the marked runs are the ones compared."""
 
 from __future__ import annotations
 
-import re
-
 from rich.cells import cell_len
 from rich.markup import escape
 from rich.text import Text
@@ -12,6 +10,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable
 
 from core.run_info import RunInfo
+from core.runs import STARTED
 from sft_tui.format.paths import cut_middle
 from sft_tui.format.runs import COLUMNS, STATE_STYLES, run_row
 
@@ -122,14 +121,12 @@ class RunTable(DataTable):
         self.marked = []
 
 
-_STARTED = re.compile(r"\d{8}-\d{6}-")
-"""The start time that generated run names begin with (core.runs.new_run_id)."""
 
 
 def _cut_run_name(name: str, room: int) -> str:
     """A run name in `room` cells: the start time kept whole, which is what tells runs of one model
     apart (cut in the middle, three runs read `20261205-00…1-deep-llama`), the rest cut in its middle."""
-    started = _STARTED.match(name)
+    started = STARTED.match(name)
     if started and cell_len(name) > room and room > started.end() + 4:
         return name[: started.end()] + cut_middle(name[started.end():], room - started.end())
     return cut_middle(name, room)
