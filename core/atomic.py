@@ -24,6 +24,23 @@ def no_follow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW, 0o666)
 
 
+def replace_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically, a reader never seeing half of it: through a temporary file
+    of a random name created exclusively (mkstemp), not a name one could guess and plant a link
+    under (`.engine.json.<pid>.tmp` was written through one, for every pid a folder had links for)."""
+    import tempfile
+
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
 def _umask() -> int:
     """The process umask, read without changing it where the system allows (Linux)."""
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 from pydantic import TypeAdapter
 
+from core.atomic import replace_text
 from core.safe_read import read_small
 
 START_TIME_TOLERANCE_S = 0.05
@@ -71,9 +72,7 @@ _RECORD = TypeAdapter(ProcessRecord)
 def write_record(path: Path, record: ProcessRecord | None = None) -> ProcessRecord:
     """Write `record` (this process by default) to `path` atomically: a reader never sees half of it."""
     record = record or ProcessRecord.of_this_process()
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(asdict(record)), encoding="utf-8")
-    os.replace(temp, path)
+    replace_text(path, json.dumps(asdict(record)))
     return record
 
 

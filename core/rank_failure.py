@@ -17,6 +17,7 @@ import os
 import time
 from pathlib import Path
 
+from core.atomic import replace_text
 from core.errors import UserError
 from core.safe_read import read_small
 
@@ -47,12 +48,9 @@ def share_failure(root: Path, rank: int, processes: int, err: Exception) -> User
 def record_failure(root: Path, rank: int, message: str, hint: str, *, user: bool) -> None:
     """Leave this process's failure where rank 0 looks (atomically: a reader never sees half of it).
     `user`: a problem the user can fix (a UserError), rather than a bug or a broken collective."""
-    path = root / f"failed-rank-{rank}.json"
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        temp.write_text(json.dumps({"launch": _launch(), "rank": rank, "message": message, "hint": hint, "user": user}),
-                        encoding="utf-8")
-        os.replace(temp, path)
+        replace_text(root / f"failed-rank-{rank}.json",
+                     json.dumps({"launch": _launch(), "rank": rank, "message": message, "hint": hint, "user": user}))
     except OSError:
         pass  # the folder is gone or full: rank 0 then reports the broken collective as it is
 

@@ -34,16 +34,10 @@ class RunPaths:
         self.commands = self.root / "commands"  # the control channel (core.commands)
         self.controller = self.root / "controller.json"  # the client that sends the commands
 
-    def written(self) -> tuple[Path, ...]:
-        """Every name in the folder that an engine or a client writes, appends to, truncates or
-        cleans up."""
-        return (self.config, self.events, self.checkpoints, self.final, self.error_log, self.lock, self.engine,
-                self.engine_log, self.commands, self.controller)
-
 
 def foreign_problem(paths: RunPaths) -> UserError | None:
-    """Why this user must not write the run folder `paths`: it belongs to another user, or a name
-    sft-tui writes there is a symbolic link. Run folders are shared by copying (cp -r and tar keep
+    """Why this user must not write the run folder `paths`: it belongs to another user, or it (or its
+    checkpoints/) holds a symbolic link. Run folders are shared by copying (cp -r and tar keep
     links), and a link named events.jsonl, engine.log or commands turned the engine's appends,
     truncations and clean-ups on a file of the link's choosing: a review appended a command to
     ~/.bashrc and had an engine delete every *.json of another folder. None for a folder to be made."""
@@ -55,11 +49,24 @@ def foreign_problem(paths: RunPaths) -> UserError | None:
         return UserError(f"run folder {paths.root} belongs to another user (uid {owner})",
                          "copy it to a folder of your own to resume it: `cp -rL RUN my-runs/` (-L copies the files "
                          "links point at)")
-    if links := [path.name for path in paths.written() if path.is_symlink()]:
-        return UserError(f"run folder {paths.root} has symbolic links where sft-tui writes: {', '.join(links)}",
+    if links := _links(paths):
+        shown = ", ".join(links[:5]) + (f" and {len(links) - 5} more" if len(links) > 5 else "")
+        return UserError(f"run folder {paths.root} has symbolic links in it: {shown}",
                          "a run folder holds files of its own: copy it with `cp -rL`, which replaces links by "
                          "the files they point at, or remove the links")
     return None
+
+
+def _links(paths: RunPaths) -> list[str]:
+    """The symbolic links among the run folder's entries and its checkpoints': any name there may be
+    one sft-tui writes, its temporary files' included (a folder held a link for every pid)."""
+    found = []
+    for folder in (paths.root, paths.checkpoints):
+        try:
+            found += [str(entry.relative_to(paths.root)) for entry in sorted(folder.iterdir()) if entry.is_symlink()]
+        except (NotADirectoryError, FileNotFoundError):
+            continue
+    return found
 
 
 def config_digest(config: RunConfig) -> str:

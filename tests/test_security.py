@@ -139,7 +139,8 @@ def test_no_environment_secret_is_written_into_a_run_folder(lm, tmp_path, monkey
 
 
 # ---- run folders handed over with links in them, or owned by someone else ----------------------
-@pytest.mark.parametrize("name", ["events.jsonl", "engine.log", ".lock", "commands", "error.log"])
+@pytest.mark.parametrize("name", ["events.jsonl", "engine.log", ".lock", "commands", "error.log",
+                                  f".engine.json.{os.getpid() + 1}.tmp", "checkpoints/.tmp-step-6"])
 @pytest.mark.parametrize("detached", [False, True], ids=["foreground", "detached"])
 def test_a_link_where_the_engine_writes_is_refused_and_its_target_left_alone(name, detached, lm, tmp_path, capsys):
     """A review handed over a run folder whose engine.log was a link to ~/.bashrc: the resume appended
@@ -158,7 +159,7 @@ def test_a_link_where_the_engine_writes_is_refused_and_its_target_left_alone(nam
 
     assert main(["train", "--resume", str(run_dir), *(["--detach"] if detached else [])]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert f"run folder {run_dir} has symbolic links where sft-tui writes: {name}" in err and "cp -rL" in err
+    assert f"run folder {run_dir} has symbolic links in it: {name}" in err and "cp -rL" in err
     assert (target / "notes.txt").read_text() == "precious" and (target / "settings.json").exists()
 
 
