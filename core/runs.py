@@ -3,6 +3,7 @@ final model (layout in DESIGN.md). Everything about a past run is read back from
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -150,6 +151,8 @@ class RunLock:
         # (a review locked another user out of resuming); never through a link (foreign_problem)
         self._file = open(paths.lock, "a+", encoding="utf-8",  # noqa: SIM115 - closed by release()
                           opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW, 0o600))
+        with contextlib.suppress(OSError):  # one made before, or copied with its mode, is narrowed too
+            os.fchmod(self._file.fileno(), 0o600)
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

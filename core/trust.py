@@ -4,7 +4,7 @@ With it, transformers imports and runs the Python modules a model folder ships, 
 rights. A config file or a run folder can come from anyone (SECURITY.md), and a review showed one
 with `trust_remote_code: true` running its model's code on `sft-tui train --resume` and on merely
 opening the config in the app. So the setting in a file counts only with an approval given now:
-`--trust-remote-code` (or `--set model.trust_remote_code=true`) on the command line, the box ticked
+`--trust-remote-code` on the command line (not a `--set`: `--set model=...` sets it too), the box ticked
 in the app, or the app's confirmation before it starts such a run. An approving process hands the
 approval to the engine processes it starts (a detached engine, torchrun's) in TRUSTED_ENV, bound to
 the one model it was given for.

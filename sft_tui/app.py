@@ -213,11 +213,12 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         display = super().get_key_display(binding)
         return display.upper() if display[:1] == "f" and display[1:].isdigit() else display
 
-    def notify(self, message: str, *, title: str = "", **kwargs) -> None:
-        """Every notification (a screen's and a widget's come here too) with its control characters
-        escaped: many name a run folder, a path or an engine's message, which files chose. Callers
-        that quote them pass markup=False as well."""
-        super().notify(safe_text(message), title=safe_text(title, one_line=True), **kwargs)
+    def notify(self, message: str, *, title: str = "", markup: bool = False, **kwargs) -> None:
+        """Every notification (a screen's and a widget's come here too, with markup=True unless they
+        say otherwise) with its control characters escaped and no markup read from it: many name a
+        run folder, a path or an engine's message, which files chose. None of sft-tui's uses markup."""
+        del markup
+        super().notify(safe_text(message), title=safe_text(title, one_line=True), markup=False, **kwargs)
 
     def action_help(self) -> None:
         from sft_tui.screens.help import HelpScreen

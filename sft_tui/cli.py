@@ -135,8 +135,7 @@ def _check_trust(config, args: argparse.Namespace) -> None:
     from core.trust import trust_problem, trusted_env
 
     run_config = config or open_run(args.resume)[1]
-    typed = any(o.split("=", 1)[0].strip() == "model.trust_remote_code" for o in args.overrides)
-    if problem := trust_problem(run_config, approved=args.trust_remote_code or typed):
+    if problem := trust_problem(run_config, approved=args.trust_remote_code):  # only the flag: a --set can be any
         raise problem
     os.environ.update(trusted_env(run_config))
 

@@ -391,4 +391,7 @@ def test_checkpoint_files_share_one_mode_that_follows_the_umask(setup):
     assert {p.name for p in files} >= {"model.safetensors", "optimizer.pt", MANIFEST}
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}
     assert oct((run_dir / ".lock").stat().st_mode & 0o777) == oct(0o600)  # readable, any user could hold it
+    (run_dir / ".lock").chmod(0o644)  # made before this rule, or copied with its mode
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert oct((run_dir / ".lock").stat().st_mode & 0o777) == oct(0o600)
     shutil.rmtree(run_dir)

@@ -248,6 +248,9 @@ def test_a_config_or_run_folder_cannot_approve_its_models_code(lm, code_model, t
         assert f"model.trust_remote_code is true: the run would import and run the Python code that {folder} " \
                "ships" in err and "--trust-remote-code" in err
         assert not marker.exists(), argv
+    sneaked = ["--set", "model.trust_remote_code=false", "--set",  # a --set is no approval, whatever it names
+               f'model={{"name_or_path": "{folder}", "trust_remote_code": true}}']
+    assert main(["train", str(tmp_path / "theirs.yaml"), "--dry-run", *sneaked]) == 2 and not marker.exists()
     main(["train", str(config), "--dry-run", "--trust-remote-code"])  # approved now: the code is live
     assert marker.exists(), "the model's code must be live, or this test proves nothing"
 

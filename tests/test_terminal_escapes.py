@@ -186,3 +186,31 @@ async def test_status_line_and_model_step_show_a_crafted_model_name_escaped(tmp_
         status, load = lines[0], [line for line in lines if "could not load" in line or "does not exist" in line]
         assert "m\\x1b]0;HACKED" in status and len(load) == 2, lines  # the status line; the load's line and error
         assert_inert(status + "".join(load))
+
+
+def test_the_load_snippet_quotes_a_crafted_path_as_python_reads_it():
+    """The path comes from events.jsonl: `x")\nimport os; os.system("...")\n("` put lines of its own in
+    what the copy key puts on the clipboard, under a panel line showing only the harmless last one."""
+    import ast
+
+    from sft_tui.format.train import load_snippet
+
+    path = 'runs/x")\nimport os; os.system("touch pwned")\n("'
+    for task in ("classification", "causal-lm"):
+        tree = ast.parse(load_snippet(task, path))
+        assert [type(node).__name__ for node in tree.body] == ["ImportFrom", "Expr"]  # no statement smuggled in
+        assert any(isinstance(node, ast.Constant) and node.value == path for node in ast.walk(tree))
+
+
+def test_direction_marks_and_invisible_characters_are_shown_too():
+    """A run or model name with U+202E read backwards, in the question before a model's code runs too."""
+    assert safe_text("model\u202eelif.py\u200b") == "model\\u202eelif.py\\u200b"
+
+
+async def test_no_notification_reads_markup_from_a_file(tmp_path):
+    app = create_app()
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        app.screen.notify("run [link=https://example.com]x[/link] [bold]y")  # a widget's default is markup
+        await pilot.pause()
+        assert any(n.message == "run [link=https://example.com]x[/link] [bold]y" and not n.markup
+                   for n in app._notifications)

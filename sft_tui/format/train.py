@@ -3,6 +3,7 @@ ETA and a smoothed throughput. Pure code, so the wording is tested without a UI.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from pathlib import Path
 
@@ -18,22 +19,24 @@ from sft_tui.format.numbers import format_duration, format_metric, format_metric
 from sft_tui.format.paths import TailPath
 
 LOADERS = {
-    "classification": ("AutoModelForSequenceClassification",
-                       'AutoModelForSequenceClassification.from_pretrained("{}")'),
-    "causal-lm": ("pipeline", 'pipeline("text-generation", model="{}")'),
+    "classification": ("AutoModelForSequenceClassification", "AutoModelForSequenceClassification.from_pretrained({})"),
+    "causal-lm": ("pipeline", 'pipeline("text-generation", model={})'),
 }
-"""Per task: what to import from transformers, and the call that loads the exported folder."""
+"""Per task: what to import from transformers, and the call that loads the exported folder (a string
+literal goes in the braces)."""
 
 
 def load_snippet(task: str, path: str) -> str:
     """Lines of Python that load the exported model, to copy into a notebook; the last one loads it.
     A classification adapter is loaded over its base with the class names it keeps (core.export)."""
     name, call = LOADERS.get(task, LOADERS["causal-lm"])
+    literal = json.dumps(path)  # quoted as Python reads it: the path comes from events.jsonl, and a
+    # crafted one put lines of its own in the copied snippet
     if task == "classification" and (Path(path) / LABELS_FILE).is_file():
-        labels = f"{path}/{LABELS_FILE}"
+        labels = json.dumps(f"{path}/{LABELS_FILE}")
         return (f"import json\nfrom transformers import {name}\n"
-                f'{name}.from_pretrained("{path}", id2label=dict(enumerate(json.load(open("{labels}")))))')
-    return f"from transformers import {name}\n{call.format(path)}"
+                f"{name}.from_pretrained({literal}, id2label=dict(enumerate(json.load(open({labels})))))")
+    return f"from transformers import {name}\n{call.format(literal)}"
 
 
 def untrained_head_note(task: str) -> str:
