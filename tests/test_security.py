@@ -140,7 +140,7 @@ def test_no_environment_secret_is_written_into_a_run_folder(lm, tmp_path, monkey
 
 # ---- run folders handed over with links in them, or owned by someone else ----------------------
 @pytest.mark.parametrize("name", ["events.jsonl", "engine.log", ".lock", "commands", "error.log",
-                                  f".engine.json.{os.getpid() + 1}.tmp", "checkpoints/.tmp-step-6"])
+                                  ".engine.json.4242.tmp", "checkpoints/.tmp-step-6"])
 @pytest.mark.parametrize("detached", [False, True], ids=["foreground", "detached"])
 def test_a_link_where_the_engine_writes_is_refused_and_its_target_left_alone(name, detached, lm, tmp_path, capsys):
     """A review handed over a run folder whose engine.log was a link to ~/.bashrc: the resume appended
