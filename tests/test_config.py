@@ -115,13 +115,36 @@ def test_overrides_are_parsed_and_validated():
 
 
 @pytest.mark.parametrize(
-    "name", ["..", ".", "", "  ", "/abs/run", "a/b", "../../etc", "a\\b", "C:run", "run\x00x", "runs/"])
+    "name", ["..", ".", "", "  ", "/abs/run", "a/b", "../../etc", "a\\b", "C:run", "runs/"])
 def test_run_name_must_be_one_folder_name(name):
     """Defect: output.run_name `..` (or any path) put the run folder outside runs_dir and overwrote files."""
     with pytest.raises(UserError) as err:
         parse_config({"output": {"run_name": name}})
     assert err.value.message.startswith("invalid config:\n  output.run_name: must be a single folder name")
     assert "a plain folder name such as my-run" in err.value.hint
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("output.run_name", "run\x00x"), ("model.name_or_path", "m\x1b]0;HACKED\x1b\\"), ("data.train", "a\x9b2J.jsonl"),
+    ("freeze.rules", [{"match": "layer\u202e.0", "train": True}]), ("lora.targets", ["q_proj\x07"]),
+])
+def test_a_control_character_in_any_text_of_a_config_is_refused(field, value):
+    """A config may come from anyone, and its paths and names are shown where text is edited as it
+    is (the app's input boxes): an escape sequence there reached the terminal."""
+    from core.config import set_dotted
+
+    data = config_to_dict(example_config("causal-lm"))
+    set_dotted(data, field, value)
+    with pytest.raises(UserError) as err:
+        parse_config(data)
+    assert f"{field.split('.')[0]}" in err.value.message and "holds a control character" in err.value.message
+    assert "\x1b" not in err.value.message  # named as an escape, not sent to the terminal
+
+
+def test_line_breaks_and_tabs_stay_allowed_where_text_has_them():
+    data = config_to_dict(example_config("causal-lm"))
+    data["data"]["chat_template"] = "{% for m in messages %}\n\t{{ m.content }}\r\n{% endfor %}"
+    assert "\t" in parse_config(data).data.chat_template
 
 
 @pytest.mark.parametrize("name", ["my-run", "run.2", ".hidden", "2024-01-01_lr3e-5"])
