@@ -174,7 +174,8 @@ async def test_causal_lm_run_shows_progress_evals_samples_results_and_try_it(tin
         before, after = evals[0].metrics, evals[-1].metrics  # after: the last evaluation, the run's final metrics
         assert finished.before_metrics == before and finished.final_metrics == after
         assert "before -> after: " + "\n                 ".join(  # one metric a line, aligned under the first
-            f"{name} {format_metric(before[name])} -> {format_metric(after[name])}" for name in ("loss", "perplexity")
+            f"{name} {format_metric(before[name], name)} -> {format_metric(after[name], name)}"
+            for name in ("loss", "perplexity")
         ) in results
         assert "untrained" not in results
 
@@ -695,7 +696,7 @@ async def test_a_fixed_event_sequence_fills_every_pane():
         assert "1,010 tok/s" in stats and "RSS 1.1 GB" in stats and "no GPU" in stats
         results = text_of(screen.query_one("#results-text", Static))
         assert "best eval @ step 40: loss 2.3500" in results
-        assert "before -> after: loss 4.6000 -> 2.3500\n                 perplexity 99.5000 -> 10.5000" in results
+        assert "before -> after: loss 4.6000 -> 2.3500\n                 perplexity 99.50 -> 10.50" in results
         assert "untrained" not in results  # a causal LM keeps its pretrained head
         snippet = screen.query_one(ResultsPanel).snippet
         assert snippet == 'from transformers import pipeline\npipeline("text-generation", model="runs/demo-run/final")'

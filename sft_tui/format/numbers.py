@@ -30,10 +30,13 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def format_metric(value: float) -> str:
-    """Four significant decimals for losses and scores; large values (perplexity) get fewer."""
+def format_metric(value: float, name: str = "") -> str:
+    """Four decimals for losses and scores; a perplexity, which runs from thousands before training
+    to a few units, two throughout, so that its column reads alike (`1,044.3` stood beside `71.2210`)."""
+    if name == "perplexity":
+        return f"{value:,.2f}"
     return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    return " · ".join(f"{name} {format_metric(value)}" for name, value in metrics.items()) or "-"
+    return " · ".join(f"{name} {format_metric(value, name)}" for name, value in metrics.items()) or "-"

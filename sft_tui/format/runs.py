@@ -35,6 +35,6 @@ def run_row(info: RunInfo) -> tuple[str, ...]:
     metric names come from its files: whoever can write in the runs folder chose them, so their
     control characters are escaped (sft_tui.format.safe); the callers show the cells as Text."""
     step = f"{info.step}/{info.planned_steps}" if info.planned_steps else str(info.step or "-")
-    best = f"{info.best[0]} {format_metric(info.best[1])} @{info.best[2]}" if info.best else "-"
+    best = f"{info.best[0]} {format_metric(info.best[1], info.best[0])} @{info.best[2]}" if info.best else "-"
     cells = (info.name, state_text(info), step, best, format_age(info.age_s), info.parent.name if info.parent else "-")
     return tuple(safe_text(cell, one_line=True) for cell in cells)

@@ -73,7 +73,7 @@ def before_after(before: dict[str, float], after: dict[str, float], task: str,
 
 
 def _shown(metrics: dict[str, float], name: str) -> str:
-    return format_metric(metrics[name]) if name in metrics else "-"
+    return format_metric(metrics[name], name) if name in metrics else "-"
 
 
 def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tuple[str, RenderableType]]:

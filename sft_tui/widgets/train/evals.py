@@ -51,7 +51,7 @@ class EvalTable(DataTable):
         self.results.append(result)
         key = str(self.row_count)
         cells = [str(result.step), f"{result.epoch:.2f}"]
-        cells += [format_metric(result.metrics[n]) if n in result.metrics else "-" for n in self.metric_names]
+        cells += [format_metric(result.metrics[n], n) if n in result.metrics else "-" for n in self.metric_names]
         cells.append(BEFORE if result.before_training else BEST if result.is_best else "")
         # Text, not str: no markup to parse (a run's history adds hundreds); escaped: an events.jsonl's
         self.add_row(*(Text(safe_text(cell, one_line=True)) for cell in cells), key=key)
