@@ -122,7 +122,8 @@ def test_progress_goes_to_stderr_and_the_result_to_stdout(lm_setup, tmp_path):
     evals = [e for e in read_events(tmp_path / "runs" / "cli" / "events.jsonl") if isinstance(e, EvalResult)]
     before, after = evals[0].metrics, evals[-1].metrics  # after: the last evaluation (final_metrics)
     assert lines[-2] == "before -> after: " + " · ".join(
-        f"{name} {format_metric(before[name])} -> {format_metric(after[name])}" for name in ("loss", "perplexity"))
+        f"{name} {format_metric(before[name], name)} -> {format_metric(after[name], name)}"
+        for name in ("loss", "perplexity"))
     assert "untrained" not in out.stdout  # the causal LM keeps its pretrained head
 
 
