@@ -63,17 +63,22 @@ def write_fake_run(runs_dir: Path, name: str, lr: float, end: str | None = "comp
     return root
 
 
+def draft_over(runs: Path) -> Path:
+    """The causal-LM demo's config with `runs` as its runs_dir, saved beside that folder as draft.yaml."""
+    draft = config_to_dict(example_config("causal-lm"))
+    draft["output"]["runs_dir"] = str(runs)
+    path = runs.parent / "draft.yaml"
+    save_config(parse_config(draft), path)
+    return path
+
+
 def fake_runs_config(tmp_path: Path) -> Path:
     """A draft config whose runs_dir holds three synthetic runs: finished, stopped and crashed."""
     runs = tmp_path / "runs"
     write_fake_run(runs, "lm-lr3e-3", 3e-3)
     write_fake_run(runs, "lm-lr1e-3", 1e-3, end="stopped")
     write_fake_run(runs, "lm-crashed", 2e-3, end=None)
-    draft = config_to_dict(example_config("causal-lm"))
-    draft["output"]["runs_dir"] = str(runs)
-    path = tmp_path / "draft.yaml"
-    save_config(parse_config(draft), path)
-    return path
+    return draft_over(runs)
 
 
 async def open_runs(pilot) -> RunsScreen:
@@ -300,11 +305,7 @@ async def test_the_table_follows_the_folder_and_skips_what_is_not_a_run(tmp_path
 
 
 async def test_a_runs_dir_that_does_not_exist_says_where_it_looked(tmp_path):
-    draft = config_to_dict(example_config("causal-lm"))
-    draft["output"]["runs_dir"] = str(tmp_path / "nowhere")
-    path = tmp_path / "draft.yaml"
-    save_config(parse_config(draft), path)
-    app = create_app(path)
+    app = create_app(draft_over(tmp_path / "nowhere"))
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await open_runs(pilot)
         assert screen.query_one(RunTable).row_count == 0
@@ -335,10 +336,7 @@ async def test_at_80_columns_long_run_names_give_up_their_middle_and_state_to_ag
     long_name = "20261203-114237-smollm2-135m-instruct-finetuned-v3"
     write_fake_run(runs, long_name, 3e-3)
     write_fake_run(runs, "20261203-120000-minilm", 1e-3, end="stopped")
-    draft = config_to_dict(example_config("causal-lm"))
-    draft["output"]["runs_dir"] = str(runs)
-    save_config(parse_config(draft), tmp_path / "draft.yaml")
-    app = create_app(tmp_path / "draft.yaml")
+    app = create_app(draft_over(runs))
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await open_runs(pilot)
         table = screen.query_one(RunTable)

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from core.checkpoint import TrainState, load_latest, save_checkpoint
-from core.config import config_to_dict, example_config, parse_config, save_config
+from core.config import parse_config
 from core.errors import UserError
 from core.events import MAX_LINE_BYTES, LogMessage, RunStarted, StepMetrics, read_events
 from core.liveness import ProcessRecord, live_record, read_record, write_record
@@ -32,7 +32,7 @@ from core.run_info import config_dict, list_runs, newest_live_run, run_info
 from core.runs import RunLock, RunPaths
 from sft_tui.format.compare import MAX_VALUE_CHARS, MISSING, config_diff
 from helpers import StopAt, tiny_lm_config
-from test_app_runs import notes, open_runs, select, write_fake_run
+from test_app_runs import draft_over, notes, open_runs, select, write_fake_run
 
 T0 = 1_700_000_000.0
 
@@ -243,12 +243,10 @@ async def test_the_runs_screen_lists_an_unreadable_run_says_why_and_diffs_no_ali
     os.mkfifo(fifo.events)
     bomb = run_folder(runs, "bomb", started("bomb"))
     bomb.config.write_text(alias_bomb(6), encoding="utf-8")
-    draft = config_to_dict(example_config("causal-lm"))
-    draft["output"]["runs_dir"] = str(runs)
-    save_config(parse_config(draft), tmp_path / "draft.yaml")
+    draft = draft_over(runs)
     launched = []
     monkeypatch.setattr(SftApp, "launch_run", lambda self, **kw: launched.append(kw), raising=False)
-    app = create_app(tmp_path / "draft.yaml")
+    app = create_app(draft)
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
         screen = await open_runs(pilot)
         table = screen.query_one(RunTable)

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import config_to_dict, example_config, parse_config, save_config
 from core.events import EvalResult, JsonlSink, LogMessage, RunFailed, RunStarted, SampleGenerated
 from sft_tui.app import create_app
 from sft_tui.cli import main
 from sft_tui.format.safe import safe_text
 from sft_tui.screens.dialogs import ErrorDialog
 from helpers import settle, visible_text
-from test_app_runs import open_runs, write_fake_run
+from test_app_runs import draft_over, open_runs, write_fake_run
 
 TITLE = "ok\x1b]0;HACKED\x1b\\\x1b[2J"
 """Sets the terminal's title, then clears the screen."""
@@ -113,10 +112,8 @@ async def test_runs_screen_shows_crafted_run_names_escaped(tmp_path):
     runs = tmp_path / "runs"
     crafted_run(runs, TITLE, 3e-3)
     crafted_run(runs, MARKUP, 1e-3, end="stopped")
-    draft = config_to_dict(example_config("causal-lm"))
-    draft["output"]["runs_dir"] = str(runs)
-    save_config(parse_config(draft), tmp_path / "draft.yaml")
-    app = create_app(tmp_path / "draft.yaml")
+    draft = draft_over(runs)
+    app = create_app(draft)
     async with app.run_test(size=(160, 40)) as pilot:
         screen = await open_runs(pilot)
         await pilot.press("space", "down", "space")  # both marked: the legend and the config diff name them
