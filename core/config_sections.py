@@ -8,13 +8,14 @@ assignments, so the app's form and `--set` overrides get the same checks as a YA
 from __future__ import annotations
 
 import difflib
-import re
 from pathlib import PureWindowsPath
 from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
+
+from core.unshown import holds_controls
 
 Task = Literal["causal-lm", "classification"]
 TASKS: tuple[str, ...] = get_args(Task)
@@ -50,23 +51,6 @@ def _invalid(kind: str, message: str, hint: str, field: str | None = None) -> Py
     return PydanticCustomError(kind, message, {"hint": hint} if field is None else {"hint": hint, "field": field})
 
 
-CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-"""C0 and C1 controls but tab and line breaks (a chat template has them), and the direction marks."""
-
-
-def _strings(value: Any):
-    """Every str in `value`, a field's value: a str, or lists and dicts of them."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _strings(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(key)
-            yield from _strings(item)
-
-
 class _Section(BaseModel):
     """Base of every section: unknown keys are rejected, assignments are validated, and a float must be
     finite (`.inf` or `.nan` in YAML would otherwise train, or compare as "best", without a word)."""
@@ -80,7 +64,7 @@ class _Section(BaseModel):
         """No path, name or pattern holds a terminal control character or a direction mark: none is
         ever meant, and a config may come from anyone, to be shown where text is edited as it is
         (the app's input boxes) or printed."""
-        if any(CONTROL_CHARACTERS.search(text) for text in _strings(value)):
+        if holds_controls(value):
             raise PydanticCustomError("control_characters", "holds a control character (an escape sequence?)",
                                       {"hint": "write it without control characters"})
         return value

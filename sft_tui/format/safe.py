@@ -15,11 +15,9 @@ through `rich.markup.escape` where it sits in markup), never as a `str` they wou
 
 from __future__ import annotations
 
-_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
-_ESCAPES.update({code: f"\\u{code:04x}" for code in (0x061C, *range(0x200B, 0x2010), *range(0x202A, 0x202F),
-                                                     *range(0x2060, 0x2065), *range(0x2066, 0x206A), 0xFEFF)})
-"""Unicode's direction marks and invisible characters too: a run or model name could be shown in an
-order other than its own (in the app's question before it runs a model's code) or hide a part."""
+from core.unshown import UNSHOWN
+
+_ESCAPES = {code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" for code in UNSHOWN}
 _ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
 _ONE_LINE = {code: escape for code, escape in _ESCAPES.items() if code != ord("\t")}
 """Tab is kept: it moves the cursor, nothing more. Newline is escaped where the text has one line."""
