@@ -90,6 +90,11 @@ def effective_keys(binding: Binding, keymap: dict[str, str]) -> str:
     return keymap.get(binding.id or "", binding.key)
 
 
+def first_key_label(binding: Binding, keymap: dict[str, str]) -> str:
+    """The first of `binding`'s keys under `keymap`, as people write it: what a line names the key by."""
+    return key_label(effective_keys(binding, keymap).split(",")[0])
+
+
 def print_keymap() -> str:
     """The defaults in the keymap file's format: saved as is, the file changes nothing."""
     lines = [f"# sft-tui keymap: save as {default_path()} (or pass --keymap FILE, or set ${ENV}),",

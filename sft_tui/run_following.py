@@ -91,7 +91,7 @@ class RunFollowing:
         user detached, or the connection dropped, and opened the app anew), so that nobody starts a
         second run beside one that goes on unseen, and say how to follow it."""
         from core.run_info import list_runs
-        from sft_tui.keymap import effective_keys, key_label
+        from sft_tui.keymap import first_key_label
 
         try:
             live = [info for info in list_runs(self.session.config.output.runs_dir) if info.live]
@@ -100,7 +100,7 @@ class RunFollowing:
         if not live:
             return
         binding = next(b for b in self.BINDINGS if b.id == "go-runs")
-        key = key_label(effective_keys(binding, self.keymap).split(",")[0])
+        key = first_key_label(binding, self.keymap)
         newest = live[0]
         more = f" (and {len(live) - 1} more)" if len(live) > 1 else ""
         where = f"{newest.state}, step {newest.step}/{newest.planned_steps}" if newest.planned_steps else "starting"

@@ -19,9 +19,9 @@ class StepTabs(Static):
         """The keys shown are those in effect: the user's keymap may have moved them. (Help, quit
         and the palette are pinned in the footer.)"""
         from sft_tui.app import STEPS
-        from sft_tui.keymap import effective_keys, key_label
+        from sft_tui.keymap import first_key_label
 
-        keys = {binding.id: key_label(effective_keys(binding, self.app.keymap).split(",")[0])
+        keys = {binding.id: first_key_label(binding, self.app.keymap)
                 for binding in self.app.BINDINGS}
         text = Text()
         for name, label in STEPS:
