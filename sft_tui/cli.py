@@ -100,6 +100,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from core.config import apply_overrides, example_config, load_config
+    from core.runs import open_run
 
     config = None
     if args.demo:
@@ -115,12 +116,13 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError("--set and --nproc cannot change a run being resumed", "resume it as it was, or start a new run")
     if args.dry_run and config is None:
         raise UserError("--dry-run plans a new run, not a resumed one", "pass a config (or --demo) instead of --resume")
-    _check_trust(config, args)
+    run_config = config or open_run(args.resume)[1]  # read once: the trust check and the launch both ask
+    _check_trust(run_config, args.trust_remote_code)
     if args.dry_run:
         return _dry_run(config)
     if args.detach:
         return _detach(config, args.resume)
-    if not args.engine and _needs_torchrun(config, args.resume):
+    if not args.engine and _needs_torchrun(run_config):
         return _run_processes(config, args.resume)
     code = _run_engine(config, args.resume, detached=args.engine)
     # One of torchrun's processes: how the run ended is in its events, which the launcher reads; a
@@ -128,14 +130,12 @@ def _train(args: argparse.Namespace) -> int:
     return 0 if code in (2, EXIT_STOPPED) and os.environ.get("TORCHELASTIC_RUN_ID") else code
 
 
-def _check_trust(config, args: argparse.Namespace) -> None:
-    """Refuse a config (or resumed run) that trusts its model's code unless this command line
-    approves it (core.trust); an approval is handed to the engine processes started from here."""
-    from core.runs import open_run
+def _check_trust(run_config, approved: bool) -> None:
+    """Refuse the config of the run to start (or resume) when it trusts its model's code unless this
+    command line approves it (core.trust); an approval is handed to the engine processes started from here."""
     from core.trust import trust_problem, trusted_env
 
-    run_config = config or open_run(args.resume)[1]
-    if problem := trust_problem(run_config, approved=args.trust_remote_code):  # only the flag: a --set can be any
+    if problem := trust_problem(run_config, approved=approved):  # only the flag: a --set can be any
         raise problem
     os.environ.update(trusted_env(run_config))
 
@@ -151,14 +151,12 @@ def _dry_run(config) -> int:
     return 0
 
 
-def _needs_torchrun(config, resume: str | None) -> bool:
+def _needs_torchrun(run_config) -> bool:
     """Whether this run trains on several processes that are still to be started (a process that
     torchrun started is one of them already)."""
     from core.launch import world_size
-    from core.runs import open_run
 
-    nproc = (config or open_run(resume)[1]).compute.nproc
-    return nproc > 1 and world_size() == 1
+    return run_config.compute.nproc > 1 and world_size() == 1
 
 
 def _run_processes(config, resume: str | None) -> int:
