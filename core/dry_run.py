@@ -75,7 +75,7 @@ def prepare(config: RunConfig) -> DryRun:
     device = "cuda" if torch.cuda.is_available() and config.compute.devices != "cpu" else "cpu"
     tokenizer, data = setup.setup_data(config)
     baseline = process_memory()["rss_bytes"] if device == "cpu" else 0
-    model, rules, _ = setup.setup_model(config, tokenizer, data)
+    model, rules, summary = setup.setup_model(config, tokenizer, data)
     if config.compute.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     setup.setup_optimizer(config, model, rules, torch.device(device))
@@ -96,8 +96,8 @@ def prepare(config: RunConfig) -> DryRun:
                               activation_bytes=4 if precision == "no" else 2, device=device,
                               labelled_share=share, prefix_cache_bytes=prefix.bytes, l2sp=config.optim.l2sp_alpha > 0,
                               vocab=vocab, quantized=config.lora.quantized, cls_only=config.compute.last_block_cls_only)
-    return DryRun(plan=plan, evaluates=bool(data.validation), total_params=sum(p.numel() for p in model.parameters()),
-                  trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad), device=device,
+    return DryRun(plan=plan, evaluates=bool(data.validation), total_params=summary.total_params,  # as the run counts
+                  trainable_params=summary.trainable_params, device=device,
                   batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline,
                   prefix=prefix, vocab=vocab, before_training=config.eval.before_training and bool(data.validation),
                   unfreezing=unfreezer.schedule if (unfreezer := Unfreezer.for_run(config, model, plan.steps_per_epoch))

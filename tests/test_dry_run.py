@@ -168,3 +168,24 @@ def test_a_run_that_could_not_start_here_fails_its_dry_run_with_the_same_message
     assert "compute.devices: cpu" in err  # the way to try it anyway
     code, out, _ = dry_run(capsys, str(config_path), "--set", "compute.nproc=4", "--set", "compute.devices=cpu")
     assert code == 0 and "x 4 processes" in out
+
+
+def test_a_lora_classifier_counts_what_its_run_counts(tmp_path, tiny_model_factory, cls_file, capsys, monkeypatch):
+    """peft keeps a frozen original beside the head it trains in full (modules_to_save): the dry run
+    leaves it out of the total as the run's started event does, or the two disagree by the head."""
+    from core.events import RunStarted, read_events
+
+    monkeypatch.chdir(tmp_path)
+    config = {"task": "classification", "model": {"name_or_path": str(tiny_model_factory("bert"))},
+              "data": {"train": str(cls_file), "max_length": 12, "val_ratio": 0},
+              "schedule": {"max_steps": 1}, "lora": {"enabled": True},
+              "output": {"runs_dir": "runs", "run_name": "lora-cls"}}
+    path = tmp_path / "cls.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    code, out, err = dry_run(capsys, str(path))
+    assert code == 0, err
+    trainable, total = (int(n.replace(",", "")) for n in
+                        re.search(r"trainable parameters: ([\d,]+) of ([\d,]+)", out).groups())
+    assert main(["train", str(path)]) == 0
+    started = next(e for e in read_events(tmp_path / "runs" / "lora-cls" / "events.jsonl") if isinstance(e, RunStarted))
+    assert (trainable, total) == (started.trainable_params, started.total_params)
