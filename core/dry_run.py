@@ -66,6 +66,7 @@ def prepare(config: RunConfig) -> DryRun:
 
     from core import setup
     from core.describe import describe_model
+    from core.launch import launch_warnings
     from core.loss import trained_tokens
     from core.memory import enable_gradient_checkpointing
     from core.vocab_plan import plan_compact_vocab
@@ -81,6 +82,8 @@ def prepare(config: RunConfig) -> DryRun:
     setup.setup_optimizer(config, model, rules, torch.device(device))
     vocab = plan_compact_vocab(config, model, len(data.token_ids), config.compute.nproc)
     plan = setup.setup_plan(config, len(data.train), config.compute.nproc)
+    for warning in launch_warnings(config, device == "cpu", lambda: summary.total_params):
+        setup.log.warning(warning)
     length = max(len(example.input_ids) for example in data.train)
     tokens = sum(len(example.input_ids) for example in data.train)
     trained = sum(trained_tokens(example.labels) for example in data.train) if config.task == "causal-lm" else 0
@@ -143,7 +146,10 @@ def report(dry: DryRun) -> str:
     line of its own (`peak_memory_bytes: N`) for scripts."""
     plan, memory = dry.plan, dry.estimate
     share = dry.trainable_params / dry.total_params if dry.total_params else 0.0
-    where = "process (CPU)" if dry.device == "cpu" else "per GPU"
+    processes = plan.processes
+    where = ("each GPU" if dry.device != "cpu" else "the process (CPU)" if processes == 1
+             else f"each of the {processes} processes (CPU)")
+    in_all = f" ({format_bytes(processes * dry.peak_bytes)} in all)" if dry.device == "cpu" and processes > 1 else ""
     parts = [("weights", memory.weights), ("gradients", memory.gradients), ("AdamW state", memory.optimizer),
              (f"activations (batch {dry.batch} x {dry.length} tokens)", memory.activations)]
     parts += [("logits and loss", memory.logits)] if memory.logits else []
@@ -164,7 +170,7 @@ def report(dry: DryRun) -> str:
         *_unfreezing_line(dry.unfreezing),
         _prefix_line(dry.prefix, plan.epochs),
         *_vocab_line(dry.vocab),
-        f"estimated peak memory of the {where}: {format_bytes(dry.peak_bytes)}",
+        f"estimated peak memory of {where}: {format_bytes(dry.peak_bytes)}{in_all}",
         *(f"  {name}: {format_bytes(size)}" for name, size in parts),
         f"peak_memory_bytes: {dry.peak_bytes}",
     ]

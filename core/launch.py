@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.config import RunConfig, precision_problem
@@ -134,6 +135,9 @@ def accelerator_options(config: RunConfig) -> dict:
                         "start it with `sft-tui train CONFIG` or from the app (without --in-process): they "
                         "start the processes through torchrun", {"compute.nproc": "needs a torchrun launch"})
     cpu = config.compute.devices == "cpu" or not local_gpus().indices
+    if os.environ.get("RANK", "0") == "0":  # said once, not by every process
+        for warning in launch_warnings(config, cpu, lambda: model_params(config)):
+            logging.getLogger("core.engine").warning(warning)
     return {"cpu": cpu, "fsdp_plugin": fsdp_plugin(config, cpu) if world_size() > 1 else None}
 
 
@@ -171,25 +175,37 @@ class AgreedControl(Control):
 
 def fsdp_plugin(config: RunConfig, cpu: bool = False):
     """accelerate's FSDP2 plugin, wrapping each transformer block (the model's `_no_split_modules`)
-    and saving full state dicts, or None for DDP. A model too small to gain from sharding gets a
-    warning, not a refusal; so do CPU processes, which accelerate does not shard (they train as DDP)."""
-    if config.compute.distributed != "fsdp":
+    and saving full state dicts, or None for DDP, and for CPU processes, which accelerate does not
+    shard (launch_warnings says so before the run)."""
+    if config.compute.distributed != "fsdp" or cpu:
         return None
     from accelerate import FullyShardedDataParallelPlugin
 
-    warn = logging.getLogger("core.engine").warning if os.environ.get("RANK", "0") == "0" else _quiet
-    if cpu:
-        warn("compute.distributed fsdp shards across GPUs: processes on the CPU train as ddp")
-        return None
-    if (params := model_params(config)) is not None and params < FSDP_MIN_PARAMS:
-        warn("compute.distributed fsdp: the model has %s parameters, too few to gain from sharding "
-             "(below %s); distributed: ddp trains it faster", f"{params:,}", f"{FSDP_MIN_PARAMS:,}")
     return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
                                           state_dict_type="FULL_STATE_DICT")
 
 
-def _quiet(*args) -> None:
-    """A warning every process would repeat is said by rank 0 alone."""
+def launch_warnings(config: RunConfig, cpu: bool, params: Callable[[], int | None]) -> list[str]:
+    """What the run's processes would do other than the config asks, or slower than it could, said
+    before it starts (the dry run, the app's step 5) and in its log: FSDP on CPU processes trains as
+    DDP, FSDP of a model too small to shard, more CPU processes than cores. `params` counts the
+    model's parameters, or None where they are not known yet; it is asked only under FSDP."""
+    compute, warnings = config.compute, []
+    if compute.nproc > 1 and compute.distributed == "fsdp":
+        if cpu:
+            warnings.append("compute.distributed fsdp shards across GPUs: processes on the CPU train as ddp")
+        elif (count := params()) is not None and count < FSDP_MIN_PARAMS:
+            warnings.append(f"compute.distributed fsdp: the model has {count:,} parameters, too few to gain from "
+                            f"sharding (below {FSDP_MIN_PARAMS:,}); distributed: ddp trains it faster")
+    if cpu and compute.nproc > (cores := usable_cores()):
+        warnings.append(f"compute.nproc {compute.nproc}: {compute.nproc} processes share {cores} CPU core"
+                        f"{'s' * (cores != 1)} and slow each other down; {cores} or fewer train faster")
+    return warnings
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container's or taskset's share, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def model_params(config: RunConfig) -> int | None:

@@ -16,7 +16,7 @@ from typing import Any
 from core.config import RunConfig, config_to_dict, parse_config, set_dotted
 from core.errors import UserError
 from core.freeze import FreezeSummary, effective_rules, rule_problems, summarize_freeze, training_problem
-from core.launch import Gpus, launch_problems, local_gpus
+from core.launch import Gpus, launch_problems, launch_warnings, local_gpus, run_gpus
 from core.lora import preview as lora_preview
 from core.lora import quantize_problem
 from core.memory import NO_ADAPTERS, Adapters
@@ -170,6 +170,13 @@ class Session:
                 (where, what), = error.fields.items()
                 problems[where] = f"{what}; {error.hint}"
         return problems
+
+    def launch_warnings(self) -> list[str]:
+        """What the run's processes would do other than the config asks (FSDP on the CPU, of a model
+        too small to shard; more CPU processes than cores): said before Start, as the dry run says it."""
+        summary = self.freeze_summary
+        return launch_warnings(self.config, not run_gpus(self.config, self.gpus),
+                               lambda: summary.total_params if summary is not None else None)
 
     @property
     def trainable_share(self) -> float | None:

@@ -994,6 +994,24 @@ async def test_the_setup_says_a_run_trains_lora_adapters_and_how_it_computes_at_
         assert "no problems: ready to start" in shown
 
 
+async def test_the_setup_says_what_the_processes_will_do_other_than_asked(tiny_model_factory, tmp_path, monkeypatch):
+    """FSDP on CPU processes trains as DDP, and three processes on two cores slow each other down:
+    the dry run says so, and so does step 5 before Start, without blocking it."""
+    from core import launch
+
+    monkeypatch.setattr(launch, "usable_cores", lambda: 2)
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"),
+                            compute={"nproc": 3, "devices": "cpu", "distributed": "fsdp"})
+    app = create_app(config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("escape", "5")
+        await settle(pilot)
+        shown = squeezed(visible_text(app))
+        assert "! compute.distributed fsdp shards across GPUs: processes on the CPU train as ddp" in shown
+        assert "! compute.nproc 3: 3 processes share 2 CPU cores and slow each other down; 2 or fewer train faster" in shown
+        assert "no problems: ready to start" in shown
+
+
 @pytest.mark.parametrize("height", [5, 7, 8, 9, 11, 13, 17, 30])
 def test_each_y_label_names_the_value_of_its_own_row(height):
     """plotext's own labels, more than a short plot's rows, were merged onto rows they do not name:

@@ -258,21 +258,36 @@ def test_every_process_takes_rank_0s_commands_at_each_poll(monkeypatch):
     assert signalled.stop_requested and signalled.local.stop_requested
 
 
-def test_fsdp_on_a_model_too_small_to_shard_is_a_warning_not_a_refusal(tiny_model_factory, caplog):
+def test_fsdp_on_a_model_too_small_to_shard_is_a_warning_not_a_refusal(tiny_model_factory):
     small = RunConfig(task="causal-lm", model={"name_or_path": str(tiny_model_factory("llama"))},
-                      compute={"distributed": "fsdp", "nproc": 2, "devices": "cpu"})
-    assert launch_problems(small, Gpus({})) == []
-    with caplog.at_level(logging.WARNING, logger="core.engine"):
-        plugin = launch.fsdp_plugin(small)
-    assert plugin.fsdp_version == 2
-    assert any("too few to gain from sharding" in r.getMessage() and "distributed: ddp" in r.getMessage()
-               for r in caplog.records)
+                      compute={"distributed": "fsdp", "nproc": 2, "devices": "0,1"})
+    assert launch_problems(small, Gpus({0: True, 1: True})) == []
+    warning, = launch.launch_warnings(small, cpu=False, params=lambda: launch.model_params(small))
+    assert "too few to gain from sharding" in warning and "distributed: ddp" in warning
+    assert launch.fsdp_plugin(small).fsdp_version == 2
+    assert launch.launch_warnings(small, cpu=False, params=lambda: 10**9) == []
+    assert launch.launch_warnings(small, cpu=False, params=lambda: None) == [], "not known yet: nothing to say"
     assert launch.fsdp_plugin(RunConfig()) is None
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="core.engine"):
-        assert launch.fsdp_plugin(small, cpu=True) is None, "accelerate shards no CPU processes"
-    assert [r.getMessage() for r in caplog.records] == [
-        "compute.distributed fsdp shards across GPUs: processes on the CPU train as ddp"]
+    assert launch.fsdp_plugin(small, cpu=True) is None, "accelerate shards no CPU processes"
+
+
+def test_fsdp_on_cpu_processes_and_more_processes_than_cores_are_said_once_before_training(monkeypatch, caplog):
+    """The engine's processes train on the CPU as DDP and share its cores: rank 0 says so in the run's
+    log, the other ranks say nothing; a model that is never counted (params) costs no skeleton."""
+    monkeypatch.setattr(launch, "usable_cores", lambda: 2)
+    config = RunConfig(compute={"distributed": "fsdp", "nproc": 3, "devices": "cpu"})
+    expected = ["compute.distributed fsdp shards across GPUs: processes on the CPU train as ddp",
+                "compute.nproc 3: 3 processes share 2 CPU cores and slow each other down; 2 or fewer train faster"]
+    assert launch.launch_warnings(config, cpu=True, params=lambda: pytest.fail("counted")) == expected
+    assert launch.launch_warnings(config.model_copy(update={"compute": config.compute.model_copy(update={"nproc": 2})}),
+                                  cpu=True, params=lambda: 0) == expected[:1]
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="core.engine"):
+            assert launch.accelerator_options(config) == {"cpu": True, "fsdp_plugin": None}
+        assert [r.getMessage() for r in caplog.records] == (expected if rank == "0" else [])
 
 
 def test_the_command_line_refuses_more_processes_than_devices_before_starting_any(tmp_path):

@@ -155,9 +155,11 @@ def test_a_bad_config_exits_2_with_its_message(config_path, capsys):
     assert code == 2 and "--dry-run" in err
 
 
-def test_a_run_that_could_not_start_here_fails_its_dry_run_with_the_same_message(config_path, capsys, monkeypatch):
+def test_a_run_that_could_not_start_here_fails_its_dry_run_with_the_same_message(config_path, capsys, monkeypatch,
+                                                                                 caplog):
     """Four processes on a machine without a GPU: the dry run printed a plan for 4 processes and
-    exited 0, while `sft-tui train` refused to start."""
+    exited 0, while `sft-tui train` refused to start. On the CPU they may train, with the launch's
+    warnings said first, and the peak is each process's."""
     from core import launch
     from core.launch import Gpus
 
@@ -166,8 +168,16 @@ def test_a_run_that_could_not_start_here_fails_its_dry_run_with_the_same_message
     assert code == 2 and out == ""
     assert "compute.nproc 4 asks for more processes than devices: the run has no NVIDIA GPU" in err
     assert "compute.devices: cpu" in err  # the way to try it anyway
-    code, out, _ = dry_run(capsys, str(config_path), "--set", "compute.nproc=4", "--set", "compute.devices=cpu")
+    monkeypatch.setattr(launch, "usable_cores", lambda: 2)
+    code, out, _ = dry_run(capsys, str(config_path), "--set", "compute.nproc=4", "--set", "compute.devices=cpu",
+                           "--set", "compute.distributed=fsdp")
     assert code == 0 and "x 4 processes" in out
+    assert launch.launch_warnings(parse_config(yaml.safe_load(config_path.read_text()) | {
+        "compute": {"nproc": 4, "devices": "cpu", "distributed": "fsdp"}}), cpu=True, params=lambda: 0) == [
+        message for message in caplog.messages if "compute." in message]
+    assert any("processes share 2 CPU cores" in message for message in caplog.messages)
+    each = peak(out)
+    assert f"estimated peak memory of each of the 4 processes (CPU): {format_bytes(each)} ({format_bytes(4 * each)} in all)" in out
 
 
 def test_a_lora_classifier_counts_what_its_run_counts(tmp_path, tiny_model_factory, cls_file, capsys, monkeypatch):

@@ -46,7 +46,7 @@ def test_the_setup_shows_the_file_names_of_deep_paths_at_80_columns():
     table = Table.grid(padding=(0, 2))
     table.add_column(no_wrap=True)
     table.add_column()
-    rows = draft_summary(config, 0.5)
+    rows = draft_summary(config, 0.5, [])
     for label, value in rows:
         table.add_row(label, value)
     lines = rendered(table, 78)

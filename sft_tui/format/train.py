@@ -76,10 +76,11 @@ def _shown(metrics: dict[str, float], name: str) -> str:
     return format_metric(metrics[name], name) if name in metrics else "-"
 
 
-def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tuple[str, RenderableType]]:
+def draft_summary(config: RunConfig, trainable_share: float | None,
+                  launch_warnings: list[str]) -> list[tuple[str, RenderableType]]:
     """(label, value) rows describing what Start would train, with a word where LoRA's learning rate
-    looks too low (core.lora.lr_advice). Paths lose their start, not their file name, where the row
-    would not fit its line."""
+    looks too low (core.lora.lr_advice) and under compute each of `launch_warnings` (Session's). Paths
+    lose their start, not their file name, where the row would not fit its line."""
     optim, schedule, evals = config.optim, config.schedule, config.eval
     length = f"{schedule.max_steps} steps" if schedule.max_steps else f"{schedule.epochs:g} epoch(s)"
     warmup = (f"warmup {schedule.warmup_steps} steps" if schedule.warmup_steps
@@ -101,6 +102,7 @@ def draft_summary(config: RunConfig, trainable_share: float | None) -> list[tupl
         ("evaluate", f"{before}{when_evaluated(config)} · metric {evals.metric}{patience}"),
         ("checkpoint", f"{when_checkpointed(config)} · keep {config.checkpoint.keep_last}"),
         ("compute", compute_summary(config)),
+        *(("", Text(f"! {warning}", "yellow")) for warning in launch_warnings),
         ("output", TailPath(f"{config.output.runs_dir}/{config.output.run_name or '<time>-<model>'}",
                             f" · seed {config.seed}")),
     ]

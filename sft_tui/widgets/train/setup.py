@@ -33,7 +33,7 @@ class SetupPanel(Vertical):
         table = Table.grid(padding=(0, 2))
         table.add_column(style="dim", no_wrap=True)
         table.add_column()
-        for label, value in draft_summary(session.config, session.trainable_share):
+        for label, value in draft_summary(session.config, session.trainable_share, session.launch_warnings()):
             table.add_row(label, value)
         self.query_one("#draft-summary", Static).update(table)
         problems = session.problems()
