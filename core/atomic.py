@@ -18,10 +18,11 @@ TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
 
 
-def no_follow(path: str, flags: int) -> int:
+def no_follow(path: str, flags: int, mode: int = 0o666) -> int:
     """An `opener` for open(): a run folder's file, never a symbolic link in its place (which would
-    aim an append or a truncation at a file of the link's choosing; core.runs.foreign_problem)."""
-    return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    aim an append or a truncation at a file of the link's choosing; core.runs.foreign_problem).
+    `mode`: a new file's, before the umask (functools.partial(no_follow, mode=0o600) for a private one)."""
+    return os.open(path, flags | os.O_NOFOLLOW, mode)
 
 
 def replace_text(path: Path, text: str) -> None:

@@ -4,6 +4,7 @@ final model (layout in DESIGN.md). Everything about a past run is read back from
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+from core.atomic import TMP_PREFIX, no_follow
 from core.config import RunConfig, config_to_dict, is_folder_name, load_config, save_config
 from core.errors import UserError, train_command
 from core.events import read_events
@@ -150,7 +152,7 @@ class RunLock:
         # 0600: flock needs only a descriptor, so a lock file other users can read, they could hold
         # (a review locked another user out of resuming); never through a link (foreign_problem)
         self._file = open(paths.lock, "a+", encoding="utf-8",  # noqa: SIM115 - closed by release()
-                          opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW, 0o600))
+                          opener=functools.partial(no_follow, mode=0o600))
         with contextlib.suppress(OSError):  # one made before, or copied with its mode, is narrowed too
             os.fchmod(self._file.fileno(), 0o600)
         try:
@@ -232,7 +234,6 @@ def not_a_stub_problem(paths: RunPaths) -> UserError | None:
     """An existing folder under the new run's name that holds files sft-tui did not write: a config
     that is not a run's, an event log of something else, checkpoints not named step-N. Taking it
     over deleted them (an output.run_name equal to a project folder's name lost its checkpoints)."""
-    from core.atomic import TMP_PREFIX
 
     if not paths.root.is_dir():
         return None
