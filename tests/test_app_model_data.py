@@ -664,8 +664,9 @@ async def test_a_chat_row_folds_the_system_prompt_and_opens_at_the_answer(tmp_pa
         assert folded in visible_text(app) and SYSTEM_PROMPT[:30] not in visible_text(app)
 
 
-def test_while_a_run_trains_the_status_line_describes_that_run_not_the_draft():
-    """A live run opened from step 6 was described by the draft's model, task and lr."""
+def test_while_a_run_is_shown_the_status_line_describes_that_run_not_the_draft():
+    """A live run opened from step 6 was described by the draft's model, task and lr; once it ended,
+    FINISHED stood beside the draft's model until an edit made the draft the subject again (IDLE)."""
     from types import SimpleNamespace
 
     from core.config import example_config
@@ -677,4 +678,6 @@ def test_while_a_run_trains_the_status_line_describes_that_run_not_the_draft():
     session = SimpleNamespace(config=draft, trainable_share=1.0, problems=dict)
     line = status_line(session, RunState.RUNNING, 200, run).plain
     assert line.startswith("sft-tui RUNNING · deep-llama · causal-lm · instructions · ") and "lr 0.0005" in line
-    assert status_line(session, RunState.FINISHED, 200, run).plain.startswith("sft-tui FINISHED · minilm")  # draft again
+    for state in (RunState.FINISHED, RunState.FAILED):
+        assert status_line(session, state, 200, run).plain.startswith(f"sft-tui {state.value.upper()} · deep-llama · ")
+    assert status_line(session, RunState.IDLE, 200, run).plain.startswith("sft-tui ready · minilm")  # the draft again

@@ -43,7 +43,9 @@ def status_line(session, state: RunState, width: int, run_config=None) -> Text:
     the problem list is cut (to its count when no name fits). What stays at 80 columns: the state,
     model, task, trainable share and lr.
     """
-    following = run_config is not None and state.live  # a run from step 6 or continued is not the draft
+    # A run from step 6 or continued is not the draft: it is described until an edit makes the draft
+    # the subject again (IDLE), or FINISHED stood beside the draft's model
+    following = run_config is not None and state != RunState.IDLE
     config = run_config if following else session.config
     model = config.model.name_or_path.removeprefix("demo:")
     parent = run_of_final(model)  # a continued run's model is its parent's final/: named by the parent
