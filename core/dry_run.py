@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from core.config import RunConfig
 from core.device_usage import process_memory
-from core.memory import MemoryEstimate, estimate_model, format_bytes, labelled_share
+from core.memory import MemoryEstimate, estimate_model, format_bytes, fsdp_shards, labelled_share
 from core.plan import StepPlan
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 from core.unfreezing import UnfreezeSchedule, Unfreezer
@@ -53,6 +53,8 @@ class DryRun:
     """Whether the run evaluates once before its first step (eval.before_training, with validation rows)."""
     unfreezing: UnfreezeSchedule | None = None
     """The stages of freeze.unfreezing, None when everything trains from the first step."""
+    shards: int = 1
+    """The GPUs FSDP spreads the model over (core.memory.fsdp_shards)."""
 
     @property
     def peak_bytes(self) -> int:
@@ -98,13 +100,14 @@ def prepare(config: RunConfig) -> DryRun:
                               checkpointing=config.compute.gradient_checkpointing,
                               activation_bytes=4 if precision == "no" else 2, device=device,
                               labelled_share=share, prefix_cache_bytes=prefix.bytes, l2sp=config.optim.l2sp_alpha > 0,
-                              vocab=vocab, quantized=config.lora.quantized, cls_only=config.compute.last_block_cls_only)
+                              vocab=vocab, quantized=config.lora.quantized, cls_only=config.compute.last_block_cls_only,
+                              shards=(shards := fsdp_shards(config.compute, device)))
     return DryRun(plan=plan, evaluates=bool(data.validation), total_params=summary.total_params,  # as the run counts
                   trainable_params=summary.trainable_params, device=device,
                   batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline,
                   prefix=prefix, vocab=vocab, before_training=config.eval.before_training and bool(data.validation),
                   unfreezing=unfreezer.schedule if (unfreezer := Unfreezer.for_run(config, model, plan.steps_per_epoch))
-                  else None)
+                  else None, shards=shards)
 
 
 def _steps(steps: list[int]) -> str:
@@ -147,7 +150,8 @@ def report(dry: DryRun) -> str:
     plan, memory = dry.plan, dry.estimate
     share = dry.trainable_params / dry.total_params if dry.total_params else 0.0
     processes = plan.processes
-    where = ("each GPU" if dry.device != "cpu" else "the process (CPU)" if processes == 1
+    sharded = f" (FSDP: weights, gradients and AdamW state split over {dry.shards})" if dry.shards > 1 else ""
+    where = (f"each GPU{sharded}" if dry.device != "cpu" else "the process (CPU)" if processes == 1
              else f"each of the {processes} processes (CPU)")
     in_all = f" ({format_bytes(processes * dry.peak_bytes)} in all)" if dry.device == "cpu" and processes > 1 else ""
     parts = [("weights", memory.weights), ("gradients", memory.gradients), ("AdamW state", memory.optimizer),

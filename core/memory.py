@@ -243,7 +243,7 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
                   batch: int, length: int, task: str, checkpointing: bool = False,
                   activation_bytes: int = 4, device: str = "cpu", adapters: Adapters = NO_ADAPTERS,
                   labelled_share: float = 1.0, prefix_cache_bytes: int = 0, reference_params: int = 0,
-                  quantized: bool = False, first_token_top: str | None = None) -> MemoryEstimate:
+                  quantized: bool = False, first_token_top: str | None = None, shards: int = 1) -> MemoryEstimate:
     """The peak of one training step on a micro-batch of `batch` rows of `length` tokens.
 
     `blocks`: (trained, passed) from blocks_in_backward. Weights are fp32 (the engine keeps fp32
@@ -257,8 +257,17 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
     `quantized`: the blocks' linear layers are 4-bit (QLoRA), which keep their packed weights for the
     backward pass, not half-precision copies. `first_token_top`: "trained" or "passed" where the top
     block, trained or passed through, runs at the first token only (core.cls_only.first_token_top;
-    never under checkpointing, which this then ignores), None where it runs whole."""
-    static = estimate_training_memory(total_params, trainable_params)
+    never under checkpointing, which this then ignores), None where it runs whole. `shards`: the GPUs
+    FSDP spreads the model over (fsdp_shards), 1 where each holds all of it."""
+    static = {name: size // shards for name, size in estimate_training_memory(total_params, trainable_params).items()}
+    if shards > 1:
+        # FSDP gathers a whole unit to compute it, in the compute precision (accelerate's policy):
+        # the root's own parameters (embeddings, final norm, head) for the whole step, and two blocks
+        # at once (the one computing, the next prefetched), whose gradients are whole until they are
+        # reduce-scattered. The gathered weights are what the layers compute with: no autocast copies.
+        block = block_linear_params(shape)
+        static["weights"] += (max(total_params - shape.layers * block, 0) + 2 * block) * activation_bytes
+        static["gradients"] += (2 * block * activation_bytes) if trainable_params else 0
     tokens = batch * length
     trained, passed = blocks
     recomputed = 0
@@ -284,14 +293,20 @@ def estimate_peak(total_params: int, trainable_params: int, shape: ModelShape, b
     elif trainable_params:
         per_row += shape.hidden  # a classification head reads one vector a row
     in_backward = min(trained + passed, 1) if checkpointing else trained + passed
-    copies = weight_copies(shape, 0 if quantized else in_backward, task == "causal-lm" and trainable_params > 0,
-                           activation_bytes)
+    copies = 0 if shards > 1 else weight_copies(shape, 0 if quantized else in_backward,
+                                                task == "causal-lm" and trainable_params > 0, activation_bytes)
     labelled = batch * math.ceil(length * labelled_share)  # positions with logits, whole ones per row
     logits = labelled * shape.vocab * (activation_bytes + LOSS_BUFFER_BYTES) if task == "causal-lm" else 0
     return MemoryEstimate(static["weights"], static["gradients"], static["optimizer"],
                           (tokens * per_token + batch * per_row) * activation_bytes, logits, prefix_cache_bytes,
-                          copies, reference_params * 4,
+                          copies, reference_params * 4 // shards,
                           allocator_kept(tokens, adapters, recomputed, activation_bytes, device))
+
+
+def fsdp_shards(compute, device: str) -> int:
+    """The GPUs a run's compute section spreads the model over: its processes under FSDP on GPUs,
+    else 1 (DDP copies the whole model to each; accelerate shards no CPU processes)."""
+    return compute.nproc if compute.distributed == "fsdp" and compute.nproc > 1 and device != "cpu" else 1
 
 
 def labelled_share(tokens: int, trained: int, labelled_logits_only: bool) -> float:
@@ -335,13 +350,14 @@ def adapter_sizes(model) -> Adapters:
 def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: bool,
                    activation_bytes: int = 4, device: str = "cpu", labelled_share: float = 1.0,
                    prefix_cache_bytes: int = 0, l2sp: bool = False, vocab=None, quantized: bool = False,
-                   cls_only: bool = False) -> MemoryEstimate:
+                   cls_only: bool = False, shards: int = 1) -> MemoryEstimate:
     """estimate_peak for a built model (LoRA adapters and the freeze map applied): its parameter
     counts, and the blocks its trainable parameters put in the backward pass. `l2sp`: L2-SP keeps
     a reference copy of the trained pretrained weights (optim.l2sp_alpha above 0). `vocab`: the run's
     core.vocab_plan.VocabPlan, whose rows left out hold no gradient or optimizer state, and whose
     used rows train as a copy beside the embedding. `quantized`: QLoRA's 4-bit base. `cls_only`:
-    compute.last_block_cls_only is on (core.cls_only.first_token_top says where it applies)."""
+    compute.last_block_cls_only is on (core.cls_only.first_token_top says where it applies). `shards`:
+    fsdp_shards."""
     from core.cls_only import first_token_top
     from core.describe import describe_model
     from core.l2sp import reference_params
@@ -357,7 +373,7 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
                          batch=batch, length=length, task=task, checkpointing=checkpointing,
                          activation_bytes=activation_bytes, device=device, adapters=adapter_sizes(model),
                          labelled_share=labelled_share, prefix_cache_bytes=prefix_cache_bytes,
-                         reference_params=reference, quantized=quantized,
+                         reference_params=reference, quantized=quantized, shards=shards,
                          first_token_top=first_token_top(model, description.blocks, trainable) if cls_only else None)
 
 

@@ -11,6 +11,7 @@ from core.describe import describe_model
 from core.memory import (
     KEPT_OUTPUTS,
     MemoryEstimate,
+    ModelShape,
     blocks_in_backward,
     enable_gradient_checkpointing,
     estimate_model,
@@ -413,3 +414,31 @@ def test_the_prefix_plan_names_the_fix_for_a_tied_head_and_for_dropout():
     quiet = _meta(GPT2Config(n_embd=64, n_layer=3, n_head=4, vocab_size=500, tie_word_embeddings=False,
                              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
     assert _plan(quiet, ["transformer.h.2", "lm_head"]).on  # the head's own dropout settings are not the prefix's
+
+
+def test_fsdp_splits_the_weights_and_their_state_over_its_gpus_and_gathers_a_unit_at_a_time():
+    """A 70B Llama's shape over 8 GPUs: each holds an eighth of the weights, gradients and AdamW
+    state, plus what FSDP gathers whole (the root's embeddings, norm and head; two blocks); the
+    estimate said 1.3 TB for each GPU, as if every one held all of it. Activations do not shrink:
+    each process computes its own micro-batch."""
+    from core.config_sections import ComputeConfig
+    from core.memory import block_linear_params, fsdp_shards
+
+    shape = ModelShape(layers=80, hidden=8192, intermediate=28672, heads=64, kv_heads=8, vocab=128256,
+                       rms_norm=True, activation="silu", attention_dropout=0.0)
+    total = 70_553_706_496
+    args = {"batch": 1, "length": 512, "task": "causal-lm", "activation_bytes": 2, "device": "cuda"}
+    whole = estimate_peak(total, total, shape, (80, 0), **args)
+    split = estimate_peak(total, total, shape, (80, 0), shards=8, **args)
+    block = block_linear_params(shape)
+    root = total - 80 * block
+    assert root == 2 * 128256 * 8192 + 161 * 8192  # untied embedding and head, 161 norm weights
+    assert split.weights == total * 4 // 8 + (root + 2 * block) * 2  # gathered in bf16, accelerate's FSDP policy
+    assert split.gradients == total * 4 // 8 + 2 * block * 2
+    assert split.optimizer == whole.optimizer // 8
+    assert (split.activations, split.logits) == (whole.activations, whole.logits)
+    assert split.weight_copies == 0 < whole.weight_copies  # the gathered bf16 weights are the ones computed with
+    assert whole.total > 1.1e12 and split.total < whole.total / 6
+    assert fsdp_shards(ComputeConfig(nproc=8, distributed="fsdp"), "cuda") == 8
+    assert fsdp_shards(ComputeConfig(nproc=8, distributed="ddp"), "cuda") == 1  # a whole copy each
+    assert fsdp_shards(ComputeConfig(nproc=8, distributed="fsdp"), "cpu") == 1  # CPU processes train as ddp

@@ -18,7 +18,7 @@ from textual.widgets import Static
 
 from core.cls_only import first_token_top
 from core.freeze import resolve
-from core.memory import blocks_in_backward, estimate_peak, format_bytes, labelled_share, model_shape
+from core.memory import blocks_in_backward, estimate_peak, format_bytes, fsdp_shards, labelled_share, model_shape
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 from core.vocab_plan import VocabPlan, plan_compact_vocab
 from sft_tui.format.model import training_memory
@@ -113,7 +113,8 @@ class FreezeSummaryBar(Static):
                 "adapters": session.freeze_preview.adapters, "labelled_share": share,
                 "prefix_cache_bytes": prefix.bytes,
                 "quantized": config.lora.quantized,
-                "first_token_top": top if config.compute.last_block_cls_only else None}
+                "first_token_top": top if config.compute.last_block_cls_only else None,
+                "shards": fsdp_shards(config.compute, device)}
         shape, on = model_shape(model.skeleton.config), config.compute.gradient_checkpointing
         held = summary.total_params + summary.originals_params  # peft keeps the originals of what trains in full
         stepped, reference = summary.trainable_params, reference if config.optim.l2sp_alpha else 0
