@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,12 @@ from core.safe_read import read_small
 
 START_TIME_TOLERANCE_S = 0.05
 """psutil reports start times rounded to the clock tick (10 ms on Linux)."""
+HEARTBEAT_S = 30.0
+"""How often a live engine or controlling client touches its record (Heartbeat): the one sign of
+life that another host sharing the runs folder can read, where a pid cannot be checked."""
+REMOTE_SILENCE_S = 300.0
+"""A record from another host that has not been touched for this long is of a process gone (its
+host crashed or lost the shared folder): ten heartbeats missed, room for clocks that differ."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class ProcessRecord:
 
     def alive(self) -> bool:
         """True while this very process runs, as this user. A record from another host cannot be
-        checked from here: it counts as alive, so a client never takes over a run it cannot see."""
+        checked from here: it counts as alive (live_record asks its heartbeat instead)."""
         if not self.here:
             return True
         try:
@@ -87,6 +94,36 @@ def read_record(path: Path) -> ProcessRecord | None:
 
 
 def live_record(path: Path) -> ProcessRecord | None:
-    """The record in `path` if its process still runs, else None."""
+    """The record in `path` if its process still runs, else None. One from another host is live
+    while its Heartbeat keeps the file fresh: its pid means nothing here, and counting it alive for
+    good left a run whose host had crashed "training" everywhere else, its resume refused."""
     record = read_record(path)
-    return record if record is not None and record.alive() else None
+    if record is None or not record.alive():
+        return None
+    if not record.here:
+        try:
+            if time.time() - path.stat().st_mtime > REMOTE_SILENCE_S:
+                return None
+        except OSError:
+            return None
+    return record
+
+
+class Heartbeat:
+    """Touches a process's record every HEARTBEAT_S while it holds it (an engine its run, a client
+    its control), from a daemon thread: a step, an evaluation or a save that takes minutes does not
+    stop it, and the process's end does. It stops by itself once the record is another's or gone."""
+
+    def __init__(self, path: Path, record: ProcessRecord) -> None:
+        self._stopped = threading.Event()
+        threading.Thread(target=self._beat, args=(path, record), name=f"heartbeat-{path.name}", daemon=True).start()
+
+    def _beat(self, path: Path, record: ProcessRecord) -> None:
+        while not self._stopped.wait(HEARTBEAT_S) and read_record(path) == record:
+            try:
+                os.utime(path, follow_symlinks=False)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()

@@ -17,7 +17,7 @@ from core.atomic import TMP_PREFIX, no_follow
 from core.config import RunConfig, config_to_dict, is_folder_name, load_config, save_config
 from core.errors import UserError, train_command
 from core.events import read_events
-from core.liveness import live_record, write_record
+from core.liveness import Heartbeat, live_record, write_record
 from core.manifest import incomplete_checkpoints, latest_checkpoint
 
 class RunPaths:
@@ -167,7 +167,9 @@ class RunLock:
         self._file.write(str(os.getpid()))
         self._file.flush()
         self._record = paths.engine
-        write_record(paths.engine)  # for clients: the lock says "someone", this says who, and since when
+        # for clients: the lock says "someone", this says who, and since when; the heartbeat that it
+        # still trains, to another host sharing the folder
+        self._heartbeat = Heartbeat(paths.engine, write_record(paths.engine))
 
     @staticmethod
     def _refusal(paths: RunPaths, holder: str) -> UserError:
@@ -188,6 +190,7 @@ class RunLock:
         (the app's --in-process runs, tests) would otherwise seem to train the run still. An engine
         that dies without releasing leaves its record, whose dead process says the run crashed."""
         if not self._file.closed:
+            self._heartbeat.stop()
             self._record.unlink(missing_ok=True)
             self._file.close()
 

@@ -24,7 +24,7 @@ from core.commands import send_command
 from core.control import Control
 from core.events import Event
 from core.follow import EventFollower
-from core.liveness import ProcessRecord, live_record, read_record, write_record
+from core.liveness import Heartbeat, ProcessRecord, live_record, read_record, write_record
 from core.runs import RunPaths
 
 ENGINE_LOG_TAIL = 2000
@@ -49,6 +49,7 @@ class RunClient:
         self.controller: ProcessRecord | None = None
         """Another client that controls the run (this app is a viewer); None when this app does."""
         self._record: ProcessRecord | None = None
+        self._heartbeat: Heartbeat | None = None
 
     @property
     def controls(self) -> bool:
@@ -65,6 +66,9 @@ class RunClient:
             self.controller = current
             return
         self.controller, self._record = None, write_record(self.paths.controller)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        self._heartbeat = Heartbeat(self.paths.controller, self._record)  # for a viewer on another host
 
     def take_over(self) -> bool:
         """A viewer's look at its controller: when that client has gone, control the run in its
@@ -75,9 +79,11 @@ class RunClient:
 
     def release(self) -> None:
         """Stop controlling the run (another client may take over); its record is removed if it is ours."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         if self._record is not None and read_record(self.paths.controller) == self._record:
             self.paths.controller.unlink(missing_ok=True)
-        self._record = None
+        self._record = self._heartbeat = None
 
     def leave(self) -> None:
         """The app stops following the run, which trains on. An engine this app started is waited

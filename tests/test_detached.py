@@ -201,6 +201,36 @@ def test_a_record_of_a_reused_pid_is_not_alive(tmp_path):
     assert read_record(tmp_path / "engine.json") is None
 
 
+def test_a_record_from_another_host_is_alive_while_its_heartbeat_keeps_it_fresh(tmp_path, monkeypatch):
+    """A runs folder shared between hosts: another host's pid cannot be checked from here, and such a
+    record counted as alive for good, so a run whose host crashed stayed "training" and refused its
+    resume everywhere else. Its engine's heartbeat touches it; one silent for REMOTE_SILENCE_S is gone."""
+    from core import liveness
+    from sft_tui.detach import live_engine_problem
+
+    path = tmp_path / "engine.json"
+    remote = write_record(path, ProcessRecord(4242, 1.0, "gpu-node-7", time.time()))
+    assert live_record(path) == remote
+    assert "engine pid 4242 on gpu-node-7" in live_engine_problem(RunPaths(tmp_path)).message
+    silent = time.time() - liveness.REMOTE_SILENCE_S - 5
+    os.utime(path, (silent, silent))
+    assert live_record(path) is None and live_engine_problem(RunPaths(tmp_path)) is None
+
+    monkeypatch.setattr(liveness, "HEARTBEAT_S", 0.01)
+    beat = liveness.Heartbeat(path, remote)  # as the engine on gpu-node-7 keeps it
+    deadline = time.monotonic() + 10
+    while live_record(path) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert live_record(path) == remote
+    beat.stop()
+    beating = liveness.Heartbeat(path, remote)
+    write_record(path, ProcessRecord(4343, 1.0, "gpu-node-8", time.time()))  # taken over: not its to touch
+    os.utime(path, (silent, silent))
+    time.sleep(0.2)
+    beating.stop()
+    assert live_record(path) is None
+
+
 def test_an_ended_engine_not_yet_collected_by_its_parent_is_not_alive():
     child = subprocess.Popen(["sleep", "0.1"])
     record = ProcessRecord.of_process(child.pid)
