@@ -226,16 +226,29 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         self.push_screen(HelpScreen())
 
     async def action_quit(self) -> None:
-        """q and ctrl+q: quit at once; while a run trains, ask first whether to leave it training."""
+        """q and ctrl+q: quit at once, unless that loses something. While a run trains, ask whether to
+        leave it training; with edits of the draft that no file or run keeps, whether to drop them
+        (a `q` typed where a letter is a key quit and lost steps 1-4's work)."""
         run = self.followed
         if run is None or not self.run_state.live:
-            self._leave_run()
-            self.exit()
+            if self.session.unsaved:
+                from sft_tui.screens.dialogs import ConfirmDialog
+
+                question = ("Quit sft-tui? The draft's edits (model, data, freeze map, settings) are not saved: "
+                            "Cancel, then ctrl+s saves them as YAML, which `sft-tui FILE.yaml` opens again.")
+                self.push_screen(ConfirmDialog(question, yes="Quit without saving", no="Cancel"),
+                                 lambda yes: self._quit_now() if yes else None)
+                return
+            self._quit_now()
             return
         from sft_tui.screens.dialogs import QuitDialog
 
         name = run.paths.root.name if run.paths is not None else "the run"
         self.push_screen(QuitDialog(name, in_process=run.in_process, controls=run.controls), self._quit_answer)
+
+    def _quit_now(self) -> None:
+        self._leave_run()
+        self.exit()
 
     def _quit_answer(self, choice: str) -> None:
         run = self.followed
@@ -285,6 +298,7 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         def save(path: Path) -> None:
             save_config(self.session.config, path)
             self.session.config_path = path
+            self.session.keep()
 
         def saved(path: Path | None) -> None:
             if path is not None:

@@ -59,6 +59,8 @@ class RunFollowing:
             client = RunClient(started.paths, started.process, fresh=resume_dir is None)
             client.claim()
             self._follow(client, screen, RunFollowed(str(started.paths.root), controller=client.controller))
+        if resume_dir is None and config is self.session.config:
+            self.session.keep()  # its run folder keeps it (step 6, l)
         self.post_message(RunStateChanged(RunState.RUNNING))
 
     def _confirm_code(self, config: RunConfig, start) -> None:

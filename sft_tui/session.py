@@ -95,10 +95,24 @@ class Session:
     in_process: bool = False
     """Runs train in a thread of the app (`--in-process`): one process, on the app's own devices."""
     version: int = 0
+    kept: RunConfig | None = None
+    """The draft as last opened, saved, loaded or started: what quitting would not lose."""
     _share: tuple | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.kept = self.config
 
     def touch(self) -> None:
         self.version += 1
+
+    def keep(self) -> None:
+        """The draft is kept somewhere now (a YAML file, a run folder): quitting loses nothing."""
+        self.kept = self.config
+
+    @property
+    def unsaved(self) -> bool:
+        """Edits since the draft was last kept, valid or not: steps 1-4's work that quitting would lose."""
+        return self.config != self.kept or bool(self.invalid)
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply dotted-path changes ({"optim.lr": 3e-5}) through pydantic; raises UserError if invalid
@@ -128,6 +142,8 @@ class Session:
         if path is not None:
             self.invalid.clear()
         self.config, self.config_path = config, path or self.config_path
+        if path is not None:
+            self.keep()
         if model_changed:
             self.model = None
         if data_changed:

@@ -293,6 +293,53 @@ async def test_typing_a_demo_name_is_picking_it():
         assert "LlamaForCausalLM" in shown(app, "#model-description")
 
 
+async def test_the_model_step_gives_its_path_box_the_focus_on_every_visit():
+    """A Tab to Load, then 2 and 1: the focus stayed on Load, a model id typed went nowhere and Enter
+    loaded the old model again."""
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("tab")
+        assert app.focused.id == "model-load"
+        await pilot.press("escape", "2")
+        await settle(pilot)
+        await pilot.press("1")
+        await settle(pilot)
+        assert app.focused.id == "model-path"
+
+
+async def test_typing_a_path_after_a_tab_on_the_data_step_lands_in_the_train_box_and_never_quits(tmp_path):
+    """The first Tab reached the preview, not the Train box, and the q of `qa.jsonl` typed there quit
+    the app; a draft with edits that no file keeps asks before it quits, one without does not."""
+    from sft_tui.screens.dialogs import ConfirmDialog
+
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_data(pilot)
+        await pilot.press("tab", *"qa.jsonl")
+        assert app.is_running and app.screen.query_one("#data-train", Input).value.endswith("qa.jsonl")
+        assert not app.session.unsaved  # typed, not applied: the draft is as it was opened
+        await pilot.press("escape", "4")
+        await settle(pilot)
+        app.session.update({"optim.lr": 1e-4})  # as the form does
+        await pilot.press("q")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, ConfirmDialog) and "not saved" in dialog.question and "ctrl+s" in dialog.question
+        await pilot.press("enter")  # Cancel has the focus: an Enter does not lose the draft
+        await pilot.pause()
+        assert app.is_running and app.session.config.optim.lr == 1e-4
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        app.screen.query_one(Input).value = str(tmp_path / "kept.yaml")
+        await pilot.press("enter")  # saved: nothing left to lose
+        await pilot.pause()
+        assert (tmp_path / "kept.yaml").exists() and not app.session.unsaved
+        await pilot.press("q")
+        await pilot.pause()
+    assert not app.is_running
+
+
 # ---- the data screen ------------------------------------------------------------------------------
 
 
@@ -658,8 +705,9 @@ async def test_a_chat_row_folds_the_system_prompt_and_opens_at_the_answer(tmp_pa
         text = visible_text(app)
         assert f"{ANSWER_MARK}The old teacher does." in text
         assert "Who paints the red ball?" in text  # the line before the answer, for context
-        await pilot.press("tab")
-        assert app.focused is detail
+        await pilot.press("tab")  # the first Tab reaches the form's first box, not the preview
+        assert app.focused.id == "data-train"
+        detail.focus()
         await pilot.press("home")
         assert folded in visible_text(app) and SYSTEM_PROMPT[:30] not in visible_text(app)
 

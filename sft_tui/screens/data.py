@@ -48,6 +48,10 @@ class DataScreen(StepScreen):
     CSS_PATH = "data.tcss"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     BINDINGS = [Binding("ctrl+l", "load", "Load data", id="load-data")]
+    AUTO_FOCUS = ""
+    """Nothing takes the focus on arrival: the number keys switch steps, and the first Tab reaches the
+    Train box. (With the preview focused it took three Tabs, and a path typed after one went to the
+    app's keys: the q of `qa.jsonl` quit.)"""
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="data-form"):
@@ -78,7 +82,6 @@ class DataScreen(StepScreen):
         self._synced = None
         self._field_errors: dict[str, str] = {}
         self._sync_form()
-        self.query_one("#data-preview").focus()
         self.watch(self.app, "data_state", self._show_results)
         self.watch(self.app, "model_state", self._show_results)
 

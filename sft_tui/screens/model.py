@@ -35,7 +35,7 @@ class ModelScreen(StepScreen):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     AUTO_FOCUS = "#model-path"
     """A model id typed at once lands in its box, focused as the screen is composed (not after its
-    mount, when keys could already come); again on every visit. Esc leaves it."""
+    mount, when keys could already come); again on every visit (on_screen_resume). Esc leaves it."""
     BINDINGS = [
         Binding("ctrl+l", "load", "Load model", id="load-model"),
         Binding("ctrl+r", "rescan_cache", "Rescan HF cache", id="rescan-hf-cache"),
@@ -70,7 +70,11 @@ class ModelScreen(StepScreen):
         self.watch(self.app, "model_state", self._show_state)
 
     def on_screen_resume(self) -> None:
-        """Each time the screen is shown (the first time too): catch up with the session."""
+        """Each time the screen is shown (the first time too): catch up with the session, with the
+        focus back in the path box. Textual gives a screen back the focus it had, and AUTO_FOCUS
+        only applies where there was none: a Tab to Load, then 2 and 1, left the focus there, so a
+        model id typed went nowhere and Enter loaded the old model again."""
+        self.query_one("#model-path", PathInput).focus()
         self._sync_form()
         self._load_if_missing()
 
@@ -158,6 +162,7 @@ class ModelScreen(StepScreen):
         self._task_proposal = None
         if (config.model.name_or_path, config.task) != (name, task):
             self.session.replace_config(example_config(task))
+            self.session.keep()  # `sft-tui --demo` gives it again: nothing of the user's to lose
             self._after_change()
         else:
             self._synced = None  # drop unapplied edits: the form shows the demo again

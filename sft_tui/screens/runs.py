@@ -249,6 +249,7 @@ class RunsScreen(StepScreen):
         config, note = untrusted(config, f"run {info.name}'s config")
         self.session.invalid.clear()
         self.session.replace_config(config)
+        self.session.keep()  # the run folder keeps it
         self.app.changed()
         if note:
             self.notify(note, title="Remote code", severity="warning", timeout=20, markup=False)
