@@ -192,7 +192,7 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
     from core.launch import AgreedControl, world_size
     from sft_tui.headless import ProgressDisplay
 
-    display = ProgressDisplay()
+    display = ProgressDisplay(training=True)
     control = Control()
     main = os.environ.get("RANK", "0") == "0"  # torchrun's rank 0 holds the run folder and speaks for the run
     launched = bool(os.environ.get("TORCHELASTIC_RUN_ID"))  # its launcher reads the end from the events
@@ -208,12 +208,13 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
     def on_signal(signum, frame):
         if signum == signal.SIGINT and control.stop_requested:
             raise KeyboardInterrupt  # a person pressing Ctrl+C twice means it
+        first = not control.stop_requested
+        control.stop()  # before any write: one to a closed terminal or pipe must not lose the stop
         if signum == signal.SIGHUP:
             display.detach()  # the terminal is gone: writing to it would fail
-        if not control.stop_requested and main:
+        if first and main:
             display.note(f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint"
                          + ("; press Ctrl+C again to abort without saving" if signum == signal.SIGINT else ""))
-        control.stop()
 
     # `nohup` ignores SIGHUP so that the run outlives the terminal: keep a signal ignored if it is.
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS

@@ -22,17 +22,32 @@ from sft_tui.format.safe import safe_text
 from sft_tui.format.train import SmoothedRate, before_after, best_weights_note, format_eta, untrained_head_note
 
 
+class QuietOnBrokenPipe(Console):
+    """A Console that goes quiet when the reader of its pipe has gone (`| tee log` after an SSH
+    drop, `| head`). rich's own exits the process (SystemExit 1), which ended the run at that step
+    without its checkpoint or its failure event; the run goes on to its end or its stop instead."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        try:  # the stream's later writes, and Python's flush of it at exit, go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.file.fileno())
+        except (OSError, ValueError):
+            pass
+
+
 class ProgressDisplay:
     """An EventSink that draws a progress bar (step, epoch, loss, smoothed tokens/s, ETA) and prints
-    evaluations on `console` (stderr), and the run's result on `out` (stdout).
+    evaluations on `console` (stderr), and the run's result on `out` (stdout). `training`: the
+    display of the run it trains, which a closed pipe must not end (QuietOnBrokenPipe).
 
     `sft-tui attach --plain` feeds it a run folder's events.jsonl, which anyone who can write there
     may have crafted: every field an event brings is shown through sft_tui.format.safe, and as a
     Text or escaped markup, so that none writes to the terminal or is read as Rich markup."""
 
-    def __init__(self, console: Console | None = None, out: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
-        self.out = out or Console(file=sys.stdout, soft_wrap=True, highlight=False)
+    def __init__(self, console: Console | None = None, out: Console | None = None, *, training: bool = False) -> None:
+        kind = QuietOnBrokenPipe if training else Console  # `attach --plain | head` may end with its pipe
+        self.console = console or kind(stderr=True)
+        self.out = out or kind(file=sys.stdout, soft_wrap=True, highlight=False)
         self.rate = SmoothedRate()
         self.run_dir: str | None = None
         self.run_task = ""

@@ -150,6 +150,30 @@ def test_sighup_from_a_closed_terminal_saves_a_checkpoint_and_resumes(setup, cap
     setup.assert_same_weights(name)
 
 
+def test_a_run_whose_pipe_closes_goes_on_and_a_sighup_still_saves(setup, capsys):
+    """`sft-tui train ... 2>&1 | tee train.log` over SSH: the drop ends tee and sends SIGHUP. rich
+    exited the process at its next write into the closed pipe, so the run crashed without a
+    checkpoint; and `| head` killed a run at its first line after head had read enough."""
+    name = "pipe-SIGHUP"
+    proc = start(setup, name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for(setup.run_dir(name) / "events.jsonl", '"type": "step"')
+    proc.stdout.close()  # tee has gone...
+    proc.send_signal(signal.SIGHUP)  # ...with the terminal
+    assert proc.wait(timeout=120) == EXIT_STOPPED
+    finished = read_events(setup.run_dir(name) / "events.jsonl")[-1]
+    assert finished.type == "run_finished" and finished.reason == "stopped"
+    assert latest_checkpoint(setup.run_dir(name) / "checkpoints").name == f"step-{finished.step}"
+    resume(setup.run_dir(name), capsys)
+    setup.assert_same_weights(name)
+
+    name = "pipe-head"
+    proc = start(setup, name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc.stdout.readline()
+    proc.stdout.close()  # head -1 has what it wanted
+    assert proc.wait(timeout=120) == 0
+    assert read_events(setup.run_dir(name) / "events.jsonl")[-1].reason == "completed"
+
+
 class AbortAt(Control):
     """A second Ctrl+C at optimizer step `at`: the CLI's handler raises KeyboardInterrupt there."""
 
