@@ -221,6 +221,9 @@ class EvalConfig(_Section):
 class CheckpointConfig(_Section):
     every_steps: int = Field(0, ge=0)
     """Save a checkpoint every N optimizer steps; 0 saves after each evaluation."""
+    every_minutes: float = Field(30, ge=0)
+    """Also save once this many minutes have passed since the last checkpoint (0: never), so that a
+    crash loses at most that much: a one-epoch run otherwise saves none before its final model."""
     keep_last: int = Field(2, ge=1)
     """How many of the newest checkpoints to keep; older ones are deleted, but the best (eval.metric)."""
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from core.config import RunConfig
 from core.device_usage import process_memory
 from core.memory import MemoryEstimate, estimate_model, format_bytes, fsdp_shards, labelled_share
-from core.plan import StepPlan
+from core.plan import StepPlan, checkpoint_clock
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 from core.unfreezing import UnfreezeSchedule, Unfreezer
 
@@ -55,6 +55,8 @@ class DryRun:
     """The stages of freeze.unfreezing, None when everything trains from the first step."""
     shards: int = 1
     """The GPUs FSDP spreads the model over (core.memory.fsdp_shards)."""
+    clock: str = ""
+    """The checkpoints the run's clock adds (core.plan.checkpoint_clock)."""
 
     @property
     def peak_bytes(self) -> int:
@@ -107,7 +109,7 @@ def prepare(config: RunConfig) -> DryRun:
                   batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline,
                   prefix=prefix, vocab=vocab, before_training=config.eval.before_training and bool(data.validation),
                   unfreezing=unfreezer.schedule if (unfreezer := Unfreezer.for_run(config, model, plan.steps_per_epoch))
-                  else None, shards=shards)
+                  else None, shards=shards, clock=checkpoint_clock(config))
 
 
 def _steps(steps: list[int]) -> str:
@@ -169,7 +171,7 @@ def report(dry: DryRun) -> str:
         f"(batch {plan.batch_size} x accumulation {plan.grad_accum} x {plan.processes} process"
         f"{'es' if plan.processes > 1 else ''}), {plan.warmup_steps} warmup steps, {plan.scheduler} schedule"),
         f"evaluations: {('before training, then ' if dry.before_training else '') + _steps(plan.eval_steps) if dry.evaluates else 'none (no validation rows)'}",
-        f"checkpoints: {_steps(plan.checkpoint_steps)}",
+        f"checkpoints: {_steps(plan.checkpoint_steps)}{dry.clock}",
         f"trainable parameters: {dry.trainable_params:,} of {dry.total_params:,} ({share:.2%})",
         *_unfreezing_line(dry.unfreezing),
         _prefix_line(dry.prefix, plan.epochs),

@@ -187,6 +187,7 @@ class _Training(Milestones, StepReports):
         self.prefix = None  # the frozen-prefix cache, built once the run has announced itself
         self.state, self.last_checkpoint = state, last_checkpoint
         self.started = time.perf_counter() - state.elapsed_s  # the clock continues a resumed run's; pauses move it
+        self.saved_at_s = state.elapsed_s  # the run's time at its last checkpoint (checkpoint.every_minutes)
         self._reset_window()
         self.final_metrics: dict[str, float] = {}
         self.sample_prompts = ([ex for ex in data.validation if getattr(ex, "prompt_ids", None)][: config.eval.num_samples]

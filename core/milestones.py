@@ -25,6 +25,8 @@ class Milestones:
         """Evaluate and checkpoint as planned or asked, then obey pause and stop; the reason to end
         the run, or 'completed' to go on."""
         control, step = self.control, self.state.step
+        if self._checkpoint_due():  # rank 0's clock decides, and every process saves with it (AgreedControl)
+            getattr(control, "local", control).save_now()
         control.poll()
         reason = "completed"
         planned = self.plan.evaluates_after(step)
@@ -49,6 +51,13 @@ class Milestones:
             self._checkpoint()
             return "stopped"
         return reason
+
+    def _checkpoint_due(self) -> bool:
+        """checkpoint.every_minutes of the run's time (pauses left out) have passed since the last
+        checkpoint or the start, on rank 0."""
+        minutes = self.config.checkpoint.every_minutes
+        return (minutes > 0 and self.acc.is_main_process
+                and time.perf_counter() - self.started - self.saved_at_s >= minutes * 60)
 
     def _agreed(self, flag: bool) -> bool:
         """Every process must stop at the same step: any rank's stop request stops all of them."""
@@ -147,4 +156,5 @@ class Milestones:
         self.eta.checkpointed(seconds)
         self.window.excluded_s += seconds
         self.out.emit(CheckpointSaved(step=self.state.step, path=str(self.last_checkpoint), seconds=seconds))
+        self.saved_at_s = time.perf_counter() - self.started
         acc.wait_for_everyone()

@@ -121,3 +121,9 @@ def when_checkpointed(config: RunConfig) -> str:
     """When checkpoints are saved, in the words every screen uses."""
     every = config.checkpoint.every_steps
     return f"every {every} steps" if every else "at each eval but the last"
+
+
+def checkpoint_clock(config: RunConfig) -> str:
+    """The checkpoints checkpoint.every_minutes adds to when_checkpointed's, as words that follow it."""
+    minutes = config.checkpoint.every_minutes
+    return f"; also after {minutes:g} min without one" if minutes else ""

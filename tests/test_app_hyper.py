@@ -45,6 +45,7 @@ BAD_VALUES = {
     "eval.max_new_tokens": ("0", "greater than or equal to 1", "9"),
     "checkpoint.every_steps": ("-1", "greater than or equal to 0", "5"),
     "checkpoint.keep_last": ("0", "greater than or equal to 1", "3"),
+    "checkpoint.every_minutes": ("-1", "greater than or equal to 0", "10"),
     "seed": ("-", "valid integer", "7"),
     "lora.r": ("0", "greater than or equal to 1", "8"),
     "lora.alpha": ("0", "greater than 0", "16"),

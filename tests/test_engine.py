@@ -374,6 +374,20 @@ def test_save_now_and_eval_now_from_the_control(tiny_model_factory, sft_file, tm
     assert [e.step for e in sink.of_type(EvalResult)] == [0, 2, 6]  # before training, on request, at the end
 
 
+def test_the_runs_clock_saves_a_checkpoint_where_no_step_plan_does(tiny_model_factory, sft_file, tmp_path):
+    """A one-epoch run with the defaults evaluates once, at its end, and so saved no checkpoint: a crash
+    lost it all. checkpoint.every_minutes saves one once that much of the run's time has passed
+    without one: here a nanosecond, so after every step, the last one's tail included."""
+    over = {"schedule__max_steps": 4, "eval__every_steps": 100, "eval__num_samples": 0}
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, checkpoint__every_minutes=1e-11, **over)
+    _, sink = run(config)
+    assert [e.step for e in sink.of_type(CheckpointSaved)] == [1, 2, 3, 4]
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, checkpoint__every_minutes=0,
+                       output__run_name="off", **over)
+    _, sink = run(config)
+    assert sink.of_type(CheckpointSaved) == []
+
+
 def test_checkpoint_now_while_paused_saves_at_once(tiny_model_factory, sft_file, tmp_path):
     """Issue 10.14: "checkpoint now" on a paused run said "saved after the current step" and saved
     nothing until the user resumed. Resumed here only once the checkpoint is on disk (or, with the

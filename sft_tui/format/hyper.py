@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.config import RunConfig
-from core.plan import StepPlan, plan_steps, when_checkpointed, when_evaluated
+from core.plan import StepPlan, checkpoint_clock, plan_steps, when_checkpointed, when_evaluated
 from sft_tui.format.train import regulariser, uses_l2sp
 
 NO_DATA = "load the data (step 2) to see steps"
@@ -43,4 +43,5 @@ def describe_plan(config: RunConfig, plan: StepPlan | None, validation_rows: int
         when_eval += f"; stops after {evals.patience} without a better {evals.metric}"
     if uses_l2sp(config):  # the form still shows weight_decay, which it replaces
         lines.append(("regulariser", regulariser(config)))
-    return lines + [("evaluation", when_eval), ("checkpoints", f"{when_save}; keep {ckpt.keep_last}")]
+    return lines + [("evaluation", when_eval),
+                    ("checkpoints", f"{when_save}{checkpoint_clock(config)}; keep {ckpt.keep_last}")]

@@ -14,7 +14,7 @@ from core.config import RunConfig
 from core.events import StepMetrics
 from core.final_layout import LABELS_FILE
 from core.lora import lr_advice
-from core.plan import when_checkpointed, when_evaluated
+from core.plan import checkpoint_clock, when_checkpointed, when_evaluated
 from sft_tui.format.numbers import format_duration, format_metric, format_metrics, format_share
 from sft_tui.format.paths import TailPath
 
@@ -100,7 +100,7 @@ def draft_summary(config: RunConfig, trainable_share: float | None,
                       f"{regulariser(config)} · clip {optim.max_grad_norm:g}"),
         ("schedule", f"{length} · {schedule.scheduler} · {warmup}"),
         ("evaluate", f"{before}{when_evaluated(config)} · metric {evals.metric}{patience}"),
-        ("checkpoint", f"{when_checkpointed(config)} · keep {config.checkpoint.keep_last}"),
+        ("checkpoint", f"{when_checkpointed(config)}{checkpoint_clock(config)} · keep {config.checkpoint.keep_last}"),
         ("compute", compute_summary(config)),
         *(("", Text(f"! {warning}", "yellow")) for warning in launch_warnings),
         ("output", TailPath(f"{config.output.runs_dir}/{config.output.run_name or '<time>-<model>'}",
