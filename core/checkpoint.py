@@ -22,7 +22,6 @@ import dataclasses
 import errno
 import json
 import random
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,15 +34,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from core.atomic import atomic_folder
+from core.disk import DISK_FAULTS, write_errno
 from core.errors import UserError, train_command
 from core.full_state import STATE, agree, by_name, gather, is_sharded, is_writer, scatter
 from core.manifest import PREFIX, checkpoint_problem, list_checkpoints, step_of, write_manifest
 
 STATE_FILE = "state.json"
-_FULL_DISK = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
-              errno.EFBIG: "the file size limit (ulimit -f) is reached"}
-
-
 @dataclass
 class TrainState:
     """Where a run stands between optimizer steps, exactly as a checkpoint's state.json holds it:
@@ -109,15 +105,6 @@ def _set_rng_state(path: Path) -> None:
 
         kind, pos, has_gauss, cached = json.loads(meta["numpy"])
         np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-def _os_errno(err: Exception) -> int | None:
-    """The errno behind a failed write: an OSError's, or the one safetensors' Rust writer quotes
-    in its message ("I/O error: File too large (os error 27)")."""
-    if isinstance(err, OSError):
-        return err.errno
-    found = re.search(r"\(os error (\d+)\)", str(err))
-    return int(found.group(1)) if found else None
 
 
 def _needed_mb(weights: dict[str, torch.Tensor], moments: dict[Any, dict[str, Any]]) -> int:
@@ -276,16 +263,18 @@ def save_checkpoint(
             write_manifest(tmp, step)
     except Exception as err:
         needed = _needed_mb(weights or model.state_dict(), optim_state[STATE] if optim_state else optimizer.state)
-        code = _os_errno(err)
+        code = write_errno(err)
         if code is None and shutil.disk_usage(checkpoints_dir).free < needed << 20:
             code = errno.ENOSPC  # torch.save's zip writer says "unexpected pos" or "file write failed", no errno
-        if code not in _FULL_DISK:
+        if code not in DISK_FAULTS:
             raise
         kept = list_checkpoints(checkpoints_dir)
+        # the peak holds keep_last + 1 of them: the new one is written before the oldest goes
         raise UserError(
-            f"cannot write checkpoint {final}: {_FULL_DISK[code]} "
-            f"(a checkpoint needs about {needed:,} MB)",
-            "free space under " + str(checkpoints_dir) + " (or lower checkpoint.keep_last), then "
+            f"cannot write checkpoint {final}: {DISK_FAULTS[code]} "
+            f"(a checkpoint needs about {needed:,} MB, and {keep_last + 1} of them are on the disk while the newest "
+            "is written)",
+            f"{'make it writable' if code == errno.EROFS else 'free space'} under {checkpoints_dir}, then "
             + (f"resume with `{train_command('--resume', checkpoints_dir.parent)}`; the last complete checkpoint "
                f"is {kept[-1].name}" if kept else
                f"start the run again: `{train_command(checkpoints_dir.parent / 'config.yaml')}`"),

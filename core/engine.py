@@ -13,6 +13,7 @@ and the Control (core.milestones).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from core import setup
 from core.checkpoint import TrainState
 from core.config import RunConfig
 from core.control import Control
+from core.disk import disk_problem
 from core.events import Broadcast, EventSink, JsonlSink, MicroBatchHalved, RunFailed, RunFinished, RunStarted
 from core.errors import ABORTED, UserError, train_command
 from core.eta import Eta
@@ -82,56 +84,83 @@ def train(
         with logs_to_events(out):
             training = _set_up(config, paths, accelerator, out, control, report_interval_s, resume=resumed is not None)
             return training.run()
-    except UserError as err:
+    except Exception as caught:
         step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
+        # a full or read-only disk (events, final/, a tracker's files) is the user's to fix, not a bug
+        err = caught if isinstance(caught, UserError) else disk_problem(caught, paths.root,
+                                                                         _how_to_go_on(paths, last_checkpoint))
+        if err is None:
+            _fail_on_a_bug(caught, paths, accelerator, out, step, last_checkpoint)
+            raise
         share_failure(paths.root, accelerator.process_index, accelerator.num_processes, err)
         out.emit_failure(RunFailed(message=err.message, hint=err.hint, last_checkpoint=_str(last_checkpoint),
                                    step=step))
         if main and resumed is None and step == 0 and not keep_failed_start:
-            jsonl.close()
+            _close(jsonl)
             discard_stub(paths)  # a start that failed on its input must not block its run name
-        raise
+        if err is caught:
+            raise
+        raise err from caught
     except KeyboardInterrupt:  # a second Ctrl+C: the person wants out now, without the checkpoint
         step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
         out.emit_failure(RunFailed(message=f"aborted at step {step} {ABORTED}",
                                    hint=_after_abort(paths, last_checkpoint), last_checkpoint=_str(last_checkpoint),
                                    step=step))
         raise
-    except Exception as err:
-        step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
-        if peer := share_failure(paths.root, accelerator.process_index, accelerator.num_processes, err):
-            out.emit_failure(RunFailed(message=peer.message, hint=peer.hint, last_checkpoint=_str(last_checkpoint),
-                                       step=step))  # `err` is the collective that the failed peer broke
-            raise peer from None
-        log_file = _write_traceback(paths) if main else None
-        out.emit_failure(RunFailed(message=f"{type(err).__name__}: {err}",
-                                   hint=f"this looks like a bug in sft-tui or a library; the traceback is in {log_file}",
-                                   last_checkpoint=_str(last_checkpoint), step=step, log_file=_str(log_file)))
-        raise
     finally:
         close_trackers(out.sinks)
         if jsonl:
-            jsonl.close()
+            _close(jsonl)
         if lock:
             lock.release()
 
 
-def _write_traceback(paths: RunPaths) -> Path:
-    """Append the exception being handled to the run's error log, so a front end can name a file."""
+def _fail_on_a_bug(err: Exception, paths: RunPaths, accelerator, out: Broadcast, step: int,
+                   last_checkpoint: Path | None) -> None:
+    """Report an exception that is no fault of the input: another process's failure that broke a
+    collective (raised as that one's UserError), else a bug, with its traceback in the error log."""
+    if peer := share_failure(paths.root, accelerator.process_index, accelerator.num_processes, err):
+        out.emit_failure(RunFailed(message=peer.message, hint=peer.hint, last_checkpoint=_str(last_checkpoint),
+                                   step=step))  # `err` is the collective that the failed peer broke
+        raise peer from None
+    log_file = _write_traceback(paths) if accelerator.is_main_process else None
+    out.emit_failure(RunFailed(message=f"{type(err).__name__}: {err}",
+                               hint="this looks like a bug in sft-tui or a library"
+                               + (f"; the traceback is in {log_file}" if log_file else ""),
+                               last_checkpoint=_str(last_checkpoint), step=step, log_file=_str(log_file)))
+
+
+def _close(jsonl: JsonlSink) -> None:
+    """Close the events file; on a full disk its last flush fails, which must not hide why the run ended."""
+    with contextlib.suppress(OSError):
+        jsonl.close()
+
+
+def _write_traceback(paths: RunPaths) -> Path | None:
+    """Append the exception being handled to the run's error log, so a front end can name a file;
+    None where it cannot be written (the disk is full: the message says what failed)."""
     import traceback
 
     from core.atomic import no_follow
 
-    with open(paths.error_log, "a", encoding="utf-8", opener=no_follow) as f:
-        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} step failure\n{traceback.format_exc()}\n")
+    try:
+        with open(paths.error_log, "a", encoding="utf-8", opener=no_follow) as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} step failure\n{traceback.format_exc()}\n")
+    except OSError:
+        return None
     return paths.error_log
+
+
+def _how_to_go_on(paths: RunPaths, last_checkpoint: Path | None) -> str:
+    if last_checkpoint:
+        return f"resume with `{train_command('--resume', paths.root)}`"
+    return f"start it again with `{train_command(paths.config)}`"
 
 
 def _after_abort(paths: RunPaths, last_checkpoint: Path | None) -> str:
     """An aborted run is not a crash: it says how to go on, as a stopped one does."""
-    if last_checkpoint:
-        return f"the steps after the last checkpoint are lost; resume with `{train_command('--resume', paths.root)}`"
-    return f"no checkpoint was saved yet; start it again with `{train_command(paths.config)}`"
+    lost = "the steps after the last checkpoint are lost" if last_checkpoint else "no checkpoint was saved yet"
+    return f"{lost}; {_how_to_go_on(paths, last_checkpoint)}"
 
 
 def _str(path: Path | None) -> str | None:

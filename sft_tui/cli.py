@@ -363,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UserError as err:
         return _refuse(err)
+    except OSError as err:  # a full or read-only disk before a run could say so (its lock, its folder)
+        from core.disk import disk_problem
+
+        if (problem := disk_problem(err, Path(err.filename or ".").parent, "try again")) is None:
+            raise
+        return _refuse(problem)
 
 
 def _serve(args: argparse.Namespace) -> int:

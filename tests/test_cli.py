@@ -199,3 +199,25 @@ def test_a_stopped_runs_resume_command_goes_to_stdout(lm_setup, tmp_path):
     lines = stdout.splitlines()
     assert lines[0].startswith("run stopped at step ")
     assert lines[-1] == f"resume with: sft-tui train --resume {tmp_path / 'runs' / 'cli'}"  # works from any folder
+
+
+def test_a_start_on_a_full_disk_is_refused_with_the_reason_not_a_traceback(lm_setup, tmp_path, monkeypatch, capsys):
+    """The run folder's lock and record are written before the run can report anything: on a full
+    disk that was a raw traceback from `sft-tui train`."""
+    import errno
+
+    import core.runs
+    from sft_tui.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path / "run.yaml", **lm_setup)
+    lock = tmp_path / "runs" / "cli" / "engine.json"
+
+    def full(path, *args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(lock))
+
+    monkeypatch.setattr(core.runs, "write_record", full)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write {lock}: no space left on the device" in err
+    assert f"hint: free space under {lock.parent}, then try again" in err and "Traceback" not in err

@@ -176,6 +176,39 @@ def test_interrupted_checkpoint_write_keeps_previous(tiny_model_factory, sft_fil
     assert resumed.reason == "completed" and resumed.step == 8
 
 
+def test_a_full_disk_at_the_final_save_and_in_the_events_is_said_not_called_a_bug(tiny_model_factory, sft_file,
+                                                                                   tmp_path, monkeypatch):
+    """final/ on a full disk ended with "SafetensorError ... this looks like a bug", and an events
+    file that could not flush its last line buried that under three chained tracebacks."""
+    import errno
+
+    import core.export
+    from core.events import JsonlSink
+
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=6,
+                       checkpoint__every_steps=3, eval__num_samples=0)
+    root = Path(config.output.runs_dir) / "lm"
+
+    def full(*args, **kwargs):
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(core.export, "save_final", full)
+    real_close = JsonlSink.close
+
+    def close_on_a_full_disk(self):
+        real_close(self)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(JsonlSink, "close", close_on_a_full_disk)
+    with pytest.raises(UserError) as failed:
+        run(config)
+    assert failed.value.message == f"cannot write {root}: no space left on the device"
+    assert failed.value.hint == f"free space under {root}, then resume with `sft-tui train --resume {root.absolute()}`"
+    last = read_events(root / "events.jsonl")[-1]
+    assert last.type == "run_failed" and "bug" not in last.hint and last.last_checkpoint.endswith("step-6")
+    assert not (root / "error.log").exists()
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_factory, sft_file, tmp_path, monkeypatch):
     import core.loss
 
