@@ -238,6 +238,9 @@ class _Training(Milestones, StepReports):
         self._unfreeze()
         if self.state.step == 0 and self.config.eval.before_training:
             self._evaluate(before_training=True)
+        patience = self.config.eval.patience
+        if self.state.step and patience and self.state.bad_evals >= patience:  # it had stopped early, then
+            return self._finish("early-stopped")  # failed before its end (final/): it ends there again
         with fast_dropout(self.config, self.acc.device):  # its log line follows run_started
             self.model.train()
             reason = "completed"

@@ -351,6 +351,36 @@ def test_early_stopping_after_patience_evaluations_without_improvement(tiny_mode
     assert torch.equal(final[name], best[name]) and not torch.equal(final[name], last[name])
 
 
+def test_a_run_that_stopped_early_and_failed_at_final_ends_there_on_resume(tiny_model_factory, sft_file, tmp_path,
+                                                                            monkeypatch):
+    """Its checkpoint holds the count that stopped it: the resume trained on, past the step where the
+    uninterrupted run had stopped, and could have ended with another model."""
+    import core.evaluate
+    import core.export
+
+    losses = iter([0.1, 1.0, 0.9, 0.95, 0.97])  # no sixth: an evaluation after the resume would raise
+
+    def scripted(*args, **kwargs):
+        loss = next(losses)
+        return {"loss": loss, "perplexity": 2.718 ** loss}
+
+    monkeypatch.setattr(core.evaluate, "evaluate", scripted)
+    save_final = core.export.save_final
+
+    def crashed(*args, **kwargs):
+        raise RuntimeError("killed while writing final/")
+
+    monkeypatch.setattr(core.export, "save_final", crashed)
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=20, eval__every_steps=2,
+                       eval__patience=2, eval__num_samples=0, checkpoint__every_steps=2)
+    with pytest.raises(RuntimeError):
+        run(config)
+    monkeypatch.setattr(core.export, "save_final", save_final)
+    result, sink = run(None, resume_dir=Path(config.output.runs_dir) / "lm")
+    assert result.reason == "early-stopped" and result.step == 8 and not sink.of_type(StepMetrics)
+    assert sink.of_type(RunFinished)[0].output_step == 4 and (result.run_dir / "final" / "model.safetensors").exists()
+
+
 def test_evaluations_asked_for_change_neither_the_best_step_nor_early_stopping(tiny_model_factory, sft_file,
                                                                               tmp_path, monkeypatch):
     """A review paused a run with eval.patience 2 and pressed `e` three times: three evaluations of the
