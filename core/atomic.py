@@ -77,6 +77,19 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def sweep_leftovers(folder: Path) -> list[str]:
+    """Remove what a killed atomic_folder left in `folder` (its temporary and replaced copies), which
+    nothing saves under that name again: a save at a stop or on request, a final/ written once. Only
+    the run's engine calls it, holding the run's lock. The names removed, for the log."""
+    if not folder.is_dir():
+        return []
+    left = [p for p in folder.iterdir() if p.name.startswith((TMP_PREFIX, _OLD_PREFIX)) and p.is_dir()
+            and not p.is_symlink()]
+    for path in left:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in left]
+
+
 @contextlib.contextmanager
 def atomic_folder(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder; on a clean exit it replaces `final` in one rename.

@@ -73,3 +73,13 @@ def incomplete_checkpoints(checkpoints_dir: Path) -> list[str]:
     steps = sorted((p for p in checkpoints_dir.iterdir() if p.is_dir() and step_of(p) is not None),
                    key=step_of, reverse=True)
     return [problem for p in steps if (problem := checkpoint_problem(p))]
+
+
+def superseded_remains(checkpoints_dir: Path) -> list[Path]:
+    """Incomplete `step-N` folders older than the newest complete checkpoint: what a kill while
+    keep_last pruned one left (a resume never reads them, and pruning lists complete ones only)."""
+    newest = latest_checkpoint(checkpoints_dir)
+    if newest is None:
+        return []
+    return [p for p in checkpoints_dir.iterdir() if p.is_dir() and not p.is_symlink()
+            and (step := step_of(p)) is not None and step < step_of(newest) and checkpoint_problem(p) is not None]

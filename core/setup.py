@@ -51,6 +51,7 @@ def claim_run_folder(config: RunConfig, acc, resumed: RunPaths | None) -> tuple[
             if problem:
                 lock.release()
                 raise problem
+            _sweep(paths)
     else:
         holder = [claim_run_id(config) if acc.is_main_process else None]
         broadcast_object_list(holder)
@@ -60,6 +61,23 @@ def claim_run_folder(config: RunConfig, acc, resumed: RunPaths | None) -> tuple[
             paths = RunPaths(Path(config.output.runs_dir) / holder[0])
     acc.wait_for_everyone()
     return paths, lock
+
+
+def _sweep(paths: RunPaths) -> None:
+    """What a kill left in a run folder that nothing will reuse: half-written or replaced copies of a
+    checkpoint or final/ (.tmp-*, .old-*), and checkpoints a prune had half deleted; a 7B run's
+    stop-time save left tens of GB hidden for good."""
+    import shutil
+
+    from core.atomic import sweep_leftovers
+    from core.manifest import superseded_remains
+
+    removed = sweep_leftovers(paths.checkpoints) + sweep_leftovers(paths.root)
+    for remains in superseded_remains(paths.checkpoints):
+        shutil.rmtree(remains, ignore_errors=True)
+        removed.append(remains.name)
+    if removed:
+        log.info("removed what an interrupted save left: %s", ", ".join(sorted(removed)))
 
 
 def setup_data(config: RunConfig):

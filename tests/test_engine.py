@@ -121,6 +121,30 @@ def test_resume_equals_uninterrupted(tiny_model_factory, sft_file, tmp_path):
     assert read_events(first.run_dir / "events.jsonl")[-1].type == "run_finished"
 
 
+def test_a_resume_removes_what_killed_saves_left_and_keeps_every_complete_checkpoint(tiny_model_factory, sft_file,
+                                                                                     tmp_path):
+    """A kill during a save at a stop left its hidden .tmp-step-N for good (87 MB on MiniLM, tens of
+    GB on a 7B model), and a kill while keep_last pruned left a step-N of a manifest alone."""
+    import shutil
+
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=8,
+                       checkpoint__every_steps=2, checkpoint__keep_last=3, eval__num_samples=0)
+    first, _ = run(config, StopAt(5))
+    checkpoints = first.run_dir / "checkpoints"
+    assert [p.name for p in list_checkpoints(checkpoints)] == ["step-2", "step-4", "step-5"]
+    (checkpoints / ".tmp-step-7").mkdir()  # a stop's save, killed
+    (checkpoints / ".tmp-step-7" / "model.safetensors").write_bytes(b"0" * 1000)
+    (first.run_dir / ".old-final").mkdir()
+    for name in ("model.safetensors", "optimizer.pt"):  # a prune of step-2, killed half way
+        (checkpoints / "step-2" / name).unlink()
+    shutil.copytree(checkpoints / "step-5", checkpoints / "step-9")  # newer and broken: not a leftover to judge
+    (checkpoints / "step-9" / "optimizer.pt").write_bytes(b"")
+    resumed, _ = run(None, resume_dir=first.run_dir)
+    assert resumed.reason == "completed"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-5", "step-6", "step-8", "step-9"]
+    assert not (first.run_dir / ".old-final").exists() and (first.run_dir / "final").is_dir()
+
+
 def test_a_run_started_with_relative_paths_resumes_from_another_folder(tiny_model_factory, sft_file, tmp_path,
                                                                     monkeypatch):
     """The run's config named its data relative to the folder it started in: a resume from anywhere
