@@ -30,7 +30,6 @@ Usage (2 CPU cores: run one case per invocation to stay under a few minutes each
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -82,15 +81,6 @@ def prepared(cfg):
 
     tokenizer = load_tokenizer(cfg.model)
     return tokenizer, prepare_data(cfg, tokenizer, model_max_positions(cfg.model))
-
-
-def data_digest(data) -> str:
-    h = hashlib.sha256()
-    for split in (data.train, data.validation):
-        for ex in split:
-            h.update(json.dumps([ex.input_ids, ex.labels]).encode())
-        h.update(b"|")
-    return h.hexdigest()[:16]
 
 
 def peak_rss_bytes() -> int:
@@ -198,7 +188,7 @@ def run_engine(spec: dict) -> dict:
             "real_tokens_per_s": real / train_s, "padded_tokens_per_s": padded / train_s,
             "eval_loss": evals[-1].metrics["loss"], "eval_metrics": evals[-1].metrics,
             "train_loss_last_window": last.loss, "reports": len(steps), **cpu,
-            "digest": data_digest(data), "train_rows": len(data.train), "validation_rows": len(data.validation),
+            "digest": data.digest, "train_rows": len(data.train), "validation_rows": len(data.validation),
             "peak_rss_bytes": peak_rss_bytes(),
         }
 
@@ -319,7 +309,7 @@ def run_trainer(spec: dict) -> dict:
             **cpu, "order": spec["trainer_order"],
             "optimizer": f"{type(getattr(optimizer, 'optimizer', optimizer)).__name__}(fused={optimizer.defaults.get('fused')}, "
                          f"foreach={optimizer.defaults.get('foreach')})",
-            "digest": data_digest(data), "train_rows": len(data.train), "validation_rows": len(data.validation),
+            "digest": data.digest, "train_rows": len(data.train), "validation_rows": len(data.validation),
             "peak_rss_bytes": peak_rss_bytes(),
         }
 

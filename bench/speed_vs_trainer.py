@@ -53,7 +53,6 @@ if str(ROOT) not in sys.path:
 from bench.engine_vs_trainer import (
     MARKER,
     CpuWindow,
-    data_digest,
     peak_rss_bytes,
     prepared,
     quiet,
@@ -95,7 +94,7 @@ def run_config(spec: dict, runs_dir: str):
 def side_result(train_s: float, real: int, labels: int, rows: int, metrics: dict, data, **extra) -> dict:
     return {"train_s": train_s, "real_tokens": real, "labelled_tokens": labels, "rows_trained": rows,
             "real_tokens_per_s": real / train_s, "eval_loss": metrics["loss"], "accuracy": metrics.get("accuracy"),
-            "digest": data_digest(data), "train_rows": len(data.train), "validation_rows": len(data.validation),
+            "digest": data.digest, "train_rows": len(data.train), "validation_rows": len(data.validation),
             "peak_rss_bytes": peak_rss_bytes(), **extra}
 
 

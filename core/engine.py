@@ -179,6 +179,8 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
 
     set_seed(config.seed)
     tokenizer, data = setup.setup_data(config)
+    if resume and (problem := setup.changed_data(paths, data)):
+        raise problem
     model, rules, freeze = setup.setup_model(config, tokenizer, data, resumed=resume)
     if config.compute.gradient_checkpointing:
         from core.memory import enable_gradient_checkpointing
@@ -267,7 +269,7 @@ class _Training(Milestones, StepReports):
             steps_per_epoch=plan.steps_per_epoch, train_rows=len(self.data.train),
             validation_rows=len(self.data.validation), device=str(acc.device),
             precision={"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision), world_size=acc.num_processes,
-            resumed_from_step=self.state.step,
+            resumed_from_step=self.state.step, data_digest=self.data.digest,
         ))
 
     def _unfreeze(self) -> None:

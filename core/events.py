@@ -60,6 +60,8 @@ class RunStarted(Event, tag="run_started"):
     precision: str
     world_size: int = 1
     resumed_from_step: int = 0
+    data_digest: str = ""
+    """core.data.PreparedData.digest of the rows it trains and evaluates ("" in runs started before it)."""
 
 
 @dataclass(frozen=True)

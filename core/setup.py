@@ -80,6 +80,23 @@ def _sweep(paths: RunPaths) -> None:
         log.info("removed what an interrupted save left: %s", ", ".join(sorted(removed)))
 
 
+def changed_data(paths: RunPaths, data) -> UserError | None:
+    """A resumed run whose rows are not those it started with (the file was edited or regenerated):
+    its plan, schedule, data position and validation split would change without a word, and "best"
+    would compare losses on other rows. Runs started before the digest was recorded are not checked."""
+    from core.events import RunStarted, read_events
+
+    started = [e for e in read_events(paths.events) if isinstance(e, RunStarted) and e.data_digest]
+    if not started or started[-1].data_digest == data.digest:
+        return None
+    then = started[-1]
+    now = (len(data.train), len(data.validation))
+    rows = (f"{then.train_rows:,} training and {then.validation_rows:,} validation rows then, {now[0]:,} and {now[1]:,} now"
+            if (then.train_rows, then.validation_rows) != now else "as many rows, with other tokens")
+    return UserError(f"the data of run {paths.root} changed since it started ({rows})",
+                     "put the data back as it was to resume this run, or start a new run on the data as it is")
+
+
 def setup_data(config: RunConfig):
     """The tokenizer, and the training and validation rows tokenized with it."""
     from core.data import prepare_data

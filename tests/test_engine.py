@@ -145,6 +145,27 @@ def test_a_resume_removes_what_killed_saves_left_and_keeps_every_complete_checkp
     assert not (first.run_dir / ".old-final").exists() and (first.run_dir / "final").is_dir()
 
 
+def test_a_resume_on_data_that_changed_since_the_start_is_refused(tiny_model_factory, sft_file, tmp_path):
+    """Only the config was compared: a data file cut from 1,500 to 700 rows resumed into a plan of 160
+    steps instead of 340, another validation split and a data position among other rows."""
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=8,
+                       checkpoint__every_steps=2, eval__num_samples=0)
+    first, sink = run(config, StopAt(3))
+    started = sink.of_type(RunStarted)[0]
+    assert len(started.data_digest) == 16 and started.train_rows > 40
+    rows = sft_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    sft_file.write_text("".join(rows[:40]), encoding="utf-8")
+    with pytest.raises(UserError) as refused:
+        run(None, resume_dir=first.run_dir)
+    assert refused.value.message == (
+        f"the data of run {first.run_dir} changed since it started ({started.train_rows:,} training and "
+        f"{started.validation_rows:,} validation rows then, 32 and 8 now)")
+    assert "put the data back as it was" in refused.value.hint
+    sft_file.write_text("".join(rows), encoding="utf-8")  # put back: it resumes
+    resumed, _ = run(None, resume_dir=first.run_dir)
+    assert resumed.reason == "completed" and resumed.step == 8
+
+
 def test_a_run_started_with_relative_paths_resumes_from_another_folder(tiny_model_factory, sft_file, tmp_path,
                                                                     monkeypatch):
     """The run's config named its data relative to the folder it started in: a resume from anywhere

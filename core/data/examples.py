@@ -7,6 +7,9 @@ the evaluation, the data screen) reads them without needing to know how rows wer
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from array import array
 from dataclasses import dataclass, field
 
 from core.config import ColumnMap
@@ -74,3 +77,17 @@ class PreparedData:
     warnings: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     """The distinct token ids of the training rows and the padding id, ascending (core.vocab_plan.used_ids)."""
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A fingerprint of the tokenized rows of both splits, in order: a resume compares it with
+        the run's start (the data file changed, or the split drew other rows), and a benchmark checks
+        that its sides train the same rows. Computed once (the rows do not change after prepare_data)."""
+        h = hashlib.sha256()
+        for split in (self.train, self.validation):
+            for ex in split:
+                labels = ex.labels if isinstance(ex.labels, list) else [ex.labels]
+                h.update(len(ex.input_ids).to_bytes(4, "little") + array("q", ex.input_ids).tobytes())
+                h.update(array("q", labels).tobytes())
+            h.update(b"|")
+        return h.hexdigest()[:16]
