@@ -35,7 +35,7 @@ from core.logs import logs_to_events
 from core.milestones import Milestones
 from core.oom import host_out_of_memory, out_of_memory, step_advice, why_not_halved
 from core.rank_failure import share_failure
-from core.runs import RunPaths, anchored, config_digest, discard_stub, open_run
+from core.runs import RunPaths, anchored, config_digest, discard_stub, folder_identity, open_run
 from core.step_reports import StepReports
 from core.trackers import close_trackers, tracker_sinks
 from core.unfreezing import Unfreezer
@@ -219,6 +219,7 @@ class _Training(Milestones, StepReports):
         self.state, self.last_checkpoint = state, last_checkpoint
         self.started = time.perf_counter() - state.elapsed_s  # the clock continues a resumed run's; pauses move it
         self.saved_at_s = state.elapsed_s  # the run's time at its last checkpoint (checkpoint.every_minutes)
+        self.folder = folder_identity(paths.root)  # a save checks that the folder was not moved (moved_problem)
         self._reset_window()
         self.final_metrics: dict[str, float] = {}
         self.sample_prompts = ([ex for ex in data.validation if getattr(ex, "prompt_ids", None)][: config.eval.num_samples]
@@ -397,6 +398,7 @@ class _Training(Milestones, StepReports):
 
         output = output_step = None
         if reason != "stopped" and self.config.output.save_final:
+            self._check_folder()
             output_step = self._weights_for_final()
             save_final(self.acc.unwrap_model(self.model), self.tokenizer, self.paths.final)  # every process, as a save
             output = self.paths.final

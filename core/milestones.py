@@ -16,6 +16,7 @@ from core.errors import UserError
 from core.events import CheckpointSaved, EvalResult, Paused, Resumed, SampleGenerated
 from core.l2sp import NEW_WEIGHTS_ATTR
 from core.manifest import list_checkpoints, step_of
+from core.runs import moved_problem
 
 log = logging.getLogger("core.engine")
 
@@ -51,6 +52,11 @@ class Milestones:
             self._checkpoint()
             return "stopped"
         return reason
+
+    def _check_folder(self) -> None:
+        """Before a save: the run folder is where it was (core.runs.moved_problem), on rank 0."""
+        if self.acc.is_main_process and (problem := moved_problem(self.paths, self.folder)):
+            raise problem
 
     def _checkpoint_due(self) -> bool:
         """checkpoint.every_minutes of the run's time (pauses left out) have passed since the last
@@ -146,6 +152,7 @@ class Milestones:
         acc = self.acc
         if self.last_checkpoint is not None and step_of(self.last_checkpoint) == self.state.step:
             return  # e.g. a stop right after a scheduled save: that checkpoint is this step's
+        self._check_folder()
         self._report()  # the divergence check, before weights are saved
         acc.wait_for_everyone()
         started = time.perf_counter()  # every process saves: FSDP gathers a sharded model's state onto rank 0

@@ -195,6 +195,26 @@ class RunLock:
             self._file.close()
 
 
+def folder_identity(root: Path) -> tuple[int, int] | None:
+    """The run folder's device and inode, None once no folder is at `root`: what moved_problem compares."""
+    try:
+        found = root.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def moved_problem(paths: RunPaths, identity: tuple[int, int] | None) -> UserError | None:
+    """The run folder was moved or deleted under its engine, which writes by path: a save would make
+    a new folder at the old place with only its checkpoints and final/, which no client lists, while
+    the moved one's events said the run finished there."""
+    if identity is None or folder_identity(paths.root) == identity:
+        return None
+    return UserError(f"run folder {paths.root} was moved or deleted while the run trained",
+                     f"its checkpoints so far went with it: put it back at {paths.root} and resume it with "
+                     f"`{train_command('--resume', paths.root)}` (or resume it where it is now)")
+
+
 def holds_a_run(paths: RunPaths) -> bool:
     """Whether a run folder holds something worth keeping: a complete checkpoint or a final model.
     A folder of a start that failed (or was killed) before its first checkpoint does not."""

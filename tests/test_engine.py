@@ -166,6 +166,27 @@ def test_a_resume_on_data_that_changed_since_the_start_is_refused(tiny_model_fac
     assert resumed.reason == "completed" and resumed.step == 8
 
 
+def test_a_run_folder_moved_while_it_trains_ends_the_run_instead_of_splitting_it(tiny_model_factory, sft_file,
+                                                                                  tmp_path):
+    """The engine writes by path: a save after a `mv` made a new folder at the old place holding only
+    checkpoints and final/, which no client lists, while the moved folder said the run finished."""
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=8,
+                       checkpoint__every_steps=3, eval__num_samples=0)
+    root = Path(config.output.runs_dir) / "lm"
+    moved = root.with_name("lm-old")
+
+    class MoveAtTwo(ListSink):
+        def emit(self, event):
+            super().emit(event)
+            if isinstance(event, StepMetrics) and event.step == 2:
+                root.rename(moved)
+
+    with pytest.raises(UserError, match="was moved or deleted while the run trained"):
+        train(config, [MoveAtTwo()], None, report_interval_s=0)
+    assert not root.exists()
+    assert read_events(moved / "events.jsonl")[-1].type == "run_failed"
+
+
 def test_a_run_started_with_relative_paths_resumes_from_another_folder(tiny_model_factory, sft_file, tmp_path,
                                                                     monkeypatch):
     """The run's config named its data relative to the folder it started in: a resume from anywhere
