@@ -108,6 +108,8 @@ class ProgressDisplay:
                       + (f" · resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""), one_line=True),
         ))
         self.run_dir, self.run_task, self.rate, self.last_eval = e.run_dir, e.task, SmoothedRate(), None
+        if self.task is not None:  # a resumed run's history: one bar, not the stopped start's beside it
+            self.progress.remove_task(self.task)
         self.progress.start()
         self.task = self.progress.add_task("train", total=e.planned_steps, completed=e.resumed_from_step,
                                            epoch=0.0, loss="-", tps="-", eta=format_duration(None))
@@ -141,6 +143,8 @@ class ProgressDisplay:
 
     def _on_paused(self, e: Paused) -> None:
         self.console.print(f"paused at step {safe_text(e.step)}", markup=False)
+        if self.task is not None:  # an ETA ticking on a run that waits for `p` says it trains
+            self.progress.update(self.task, eta="paused")
 
     def _on_resumed(self, e: Resumed) -> None:
         self.console.print(f"resumed at step {safe_text(e.step)}", markup=False)

@@ -221,3 +221,27 @@ def test_a_start_on_a_full_disk_is_refused_with_the_reason_not_a_traceback(lm_se
     err = capsys.readouterr().err
     assert f"error: cannot write {lock}: no space left on the device" in err
     assert f"hint: free space under {lock.parent}, then try again" in err and "Traceback" not in err
+
+
+def test_a_resumed_then_paused_run_shows_one_bar_that_says_paused():
+    """`attach --plain` on a run resumed and then paused drew the stopped start's bar beside the
+    resumed one, and an ETA that ticked on while the run waited for `p`."""
+    import io
+
+    from rich.console import Console
+
+    from core.events import Paused, StepMetrics
+    from sft_tui.headless import ProgressDisplay
+
+    def step(n):
+        return StepMetrics(step=n, epoch=n / 4, loss=1.0, grad_norm=1.0, lr=1e-3, tokens_per_s=100, samples_per_s=10,
+                           tokens_seen=100 * n, elapsed_s=n, eta_s=4 - n, time=0)
+
+    resumed = dataclasses.replace(CLS_STARTED, resumed_from_step=2)
+    display = ProgressDisplay(Console(file=io.StringIO(), width=200), Console(file=io.StringIO(), width=200))
+    stopped = RunFinished(step=2, reason="stopped", final_metrics={}, best_metrics={}, best_step=0, output_path=None,
+                          last_checkpoint=None, elapsed_s=2, time=0)
+    for event in (CLS_STARTED, step(1), step(2), stopped, resumed, step(3), Paused(step=3, time=0)):
+        display.emit(event)
+    tasks = display.progress.tasks
+    assert len(tasks) == 1 and tasks[0].completed == 3 and tasks[0].fields["eta"] == "paused"
