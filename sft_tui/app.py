@@ -387,9 +387,27 @@ def create_app(config_path: str | Path | None = None, task: str = "classificatio
     a thread of the app instead of an engine process of their own. `keymap`: binding id -> keys
     over the defaults (sft_tui.keymap.load_keymap reads the user's file).
     """
-    config: RunConfig = load_config(config_path) if config_path else example_config(task)
-    config, note = untrusted(config, str(config_path))
+    attached = Path(attach) if attach is not None and RunPaths(Path(attach)).config.is_file() else None
+    run = attached or _run_of_config(config_path)  # (a run just started may not have written it yet)
+    source = str(RunPaths(run).config if run is not None else config_path)
+    if run is not None:  # the draft of a new run: the run's own name and file stay the run's
+        from core.lineage import variant_config
+
+        config, config_path = variant_config(run), None
+    else:
+        config = load_config(config_path) if config_path else example_config(task)
+    config, note = untrusted(config, source)
     app = SftApp(Session(config, Path(config_path) if config_path else None),
                  attach=Path(attach) if attach is not None else None, in_process=in_process, keymap=keymap)
     app.startup_note = note
     return app
+
+
+def _run_of_config(config_path: str | Path | None) -> Path | None:
+    """The run folder whose own config.yaml `config_path` is, if it is one. As the draft's file it
+    named the run's folder (Start refused: it holds a run) and ctrl+s offered to overwrite it, which
+    a resume then refuses as a changed config."""
+    if config_path is None:
+        return None
+    paths = RunPaths(Path(config_path).resolve().parent)
+    return paths.root if Path(config_path).name == paths.config.name and paths.events.is_file() else None

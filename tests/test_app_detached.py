@@ -368,3 +368,24 @@ def test_a_sighup_to_the_apps_terminal_does_not_stop_its_run(tiny_model_factory,
     finally:
         stop_engine(paths.root)
         tmux.kill()
+
+
+def test_a_runs_own_config_opens_as_the_draft_of_a_new_run(tmp_path):
+    """`sft-tui attach` and `sft-tui runs/X/config.yaml` made the run's config the draft, name and
+    file included: Start said "ready" and then was refused (the folder holds a run), and ctrl+s
+    offered to overwrite the run's config.yaml, whose resume would then refuse the changed config."""
+    from core.config import example_config, save_config
+
+    root = tmp_path / "runs" / "r1"
+    root.mkdir(parents=True)
+    config = example_config("classification")
+    config.output.run_name, config.optim.lr = "r1", 3e-4
+    save_config(config, root / "config.yaml")
+    (root / "events.jsonl").write_text("", encoding="utf-8")
+    for app in (create_app(root / "config.yaml"), create_app(root / "config.yaml", attach=root)):
+        draft = app.session.config
+        assert draft.output.run_name is None and draft.optim.lr == 3e-4 and app.session.config_path is None
+    other = tmp_path / "mine.yaml"  # a config of one's own keeps its name and file
+    save_config(config, other)
+    app = create_app(other)
+    assert app.session.config.output.run_name == "r1" and app.session.config_path == other
