@@ -12,7 +12,7 @@ from pathlib import PureWindowsPath
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from core.unshown import holds_controls
@@ -95,6 +95,25 @@ class ColumnMap(_Section):
     """Answer for prompt/completion SFT; the loss is computed on these tokens."""
     messages: str | None = None
     """List of {role, content} chat turns; the loss is on assistant turns only."""
+
+    @field_validator("text", "label", "prompt", "completion", "messages")
+    @classmethod
+    def _one_role_per_column(cls, column: str | None, info: ValidationInfo) -> str | None:
+        """No two roles name the same column: text and label in one column trained a classifier that
+        reads its own label (100% accuracy, nothing learnt), a prompt that is its completion teaches
+        copying. Roles of different formats are never read together, but a column cannot sensibly be
+        both either, and one rule is clearer than a table of pairs. Checked against the roles
+        validated before this one (on assignment: all the others), so the later role is the one marked."""
+        if column is None:
+            return column
+        for other, name in info.data.items():
+            if name == column and other != info.field_name:
+                raise _invalid("shared_column",
+                               f"data.columns.{other} and data.columns.{info.field_name} both name column {column!r}: "
+                               "each role needs a column of its own",
+                               f"point data.columns.{info.field_name} at another column, or clear the role the data's "
+                               "format does not read (empty: detected from the column names)")
+        return column
 
 
 class DataConfig(_Section):

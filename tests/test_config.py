@@ -289,3 +289,23 @@ def test_a_bare_off_in_yaml_is_the_word_off(tmp_path):
     with pytest.raises(UserError) as err:
         apply_overrides(RunConfig(), ["compute.prefix_cache=on"])
     assert "compute.prefix_cache" in err.value.fields
+
+
+@pytest.mark.parametrize(("columns", "first", "second"), [
+    ({"text": "sentiment", "label": "sentiment"}, "text", "label"),
+    ({"prompt": "q", "completion": "q"}, "prompt", "completion"),
+    ({"text": "body", "messages": "body"}, "text", "messages"),
+])
+def test_two_roles_on_one_column_are_refused_naming_both(columns, first, second, tmp_path):
+    """A newcomer's review: text and label mapped to one column loaded as valid, and the classifier
+    read its own label. The YAML, --set and the app's data form (Session.update) all refuse it."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"columns": columns}}), encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    expected = f"data.columns.{first} and data.columns.{second} both name column {columns[first]!r}"
+    assert expected in err.value.message
+    assert f"data.columns.{second}" in err.value.fields and f"point data.columns.{second} at another" in err.value.hint
+    with pytest.raises(UserError, match=expected):
+        apply_overrides(example_config("classification"), [f"data.columns.{k}={v}" for k, v in columns.items()])
+    assert parse_config({"data": {"columns": {"text": "review", "label": "sentiment"}}}).data.columns.label == "sentiment"
