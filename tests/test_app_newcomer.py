@@ -24,6 +24,31 @@ def notices(app) -> str:
     return "\n".join(str(n.message) for n in app._notifications)
 
 
+# ---- 1. Enter on the view of a run that ended ------------------------------------------------------
+async def test_enter_on_an_ended_runs_view_shows_the_setup_says_so_and_starts_nothing(monkeypatch):
+    """Enter did nothing and said nothing after a run ended (Start was off unless the setup showed).
+    Now the first Enter shows the setup of the next run and says that Enter starts it; only a
+    second one, on the setup, starts a run."""
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("escape")  # out of the model screen's text box
+        await post_finished_run(pilot)
+        switcher = app.screen.query_one(ContentSwitcher)
+        assert switcher.current == "run" and app.run_state == "finished"
+        started = []
+        monkeypatch.setattr(app, "launch_run", lambda: started.append(True))
+        monkeypatch.setattr(app.session, "problems", lambda: {})
+        app.screen.set_focus(None)  # Enter reaches the screen, as on the charts pane
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not started and switcher.current == "setup"
+        assert "setup of the next run" in notices(app) and "v shows run demo-run again" in notices(app)
+        assert "ready to start" in visible_text(app)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert started == [True]
+
+
 # ---- 3. two roles on one column ----------------------------------------------------------------------
 async def test_text_and_label_on_one_column_are_refused_on_the_data_step():
     """The model read its own label: the demo's `label` column as both text and label loaded as valid."""

@@ -41,6 +41,10 @@ class TrainScreen(RunEvents, StepScreen):
         Binding("enter", "start", "Start training", id="train-start",
                 tooltip="Train the draft run in an engine process of its own; while the draft has problems, "
                         "says what to fix"),
+        # Enter on a run's view, where it starts nothing: kept out of the footer, whose room at 80x24
+        # the run's own keys need (t, y).
+        Binding("enter", "show_setup", "Next run's setup (on a run's view)", show=False, id="train-show-setup",
+                tooltip="On the view of a run that ended: show the setup of the next run, to start it from there"),
         Binding("R", "resume_run", "Resume a run", id="train-resume-run",
                 tooltip="Continue a stopped run from its newest checkpoint, with the config it started with"),
         Binding("p", "pause", "Pause/resume", id="train-pause", tooltip="Pause after the current step, or go on"),
@@ -108,6 +112,8 @@ class TrainScreen(RunEvents, StepScreen):
         has_run = self.run_dir is not None
         if action == "start":  # only on the setup view: after a run, Enter must not start the next one by accident
             return not self.live and self.query_one(ContentSwitcher).current == "setup"
+        if action == "show_setup":  # Enter on a run's view, instead (action_show_setup)
+            return not self.live and self.query_one(ContentSwitcher).current != "setup"
         if action == "resume_run":
             return not self.live
         if action in ("pause", "stop", "save_now", "eval_now"):
@@ -133,6 +139,24 @@ class TrainScreen(RunEvents, StepScreen):
                         title="Cannot start yet", severity="warning", markup=False)
             return
         self.app.launch_run()
+
+    def action_show_setup(self) -> None:
+        """Enter on a run's view (one that ended, or one opened from step 6): show the setup of the
+        next run and say that Enter starts it there. It starts nothing itself: an Enter after a run,
+        perhaps meant for a pane, must not start another one by accident, and the setup is where the
+        draft that would train is read before it starts. Enter had done nothing and said nothing (a
+        newcomer's review); a notice alone would still leave the user to find `v`, and the run's
+        view stays one `v` away."""
+        if self.live:
+            return
+        from sft_tui.keymap import first_key_label
+
+        self.query_one(ContentSwitcher).current = "setup"
+        start, toggle = (first_key_label(next(b for b in self.BINDINGS if b.id == binding_id), self.app.keymap)
+                         for binding_id in ("train-start", "train-toggle-view"))
+        run = f"run {Path(self.run_dir).name}" if self.run_dir else "the run"
+        self.notify(f"This is the setup of the next run, the draft: {start} starts it; {toggle} shows {run} again.",
+                    title="Setup of the next run", markup=False)
 
     def action_resume_run(self) -> None:
         if self.live:
