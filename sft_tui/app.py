@@ -244,7 +244,8 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         from sft_tui.screens.dialogs import QuitDialog
 
         name = run.paths.root.name if run.paths is not None else "the run"
-        self.push_screen(QuitDialog(name, in_process=run.in_process, controls=run.controls), self._quit_answer)
+        self.push_screen(QuitDialog(name, in_process=run.in_process, controls=run.controls,
+                                    paused=self.run_state == RunState.PAUSED), self._quit_answer)
 
     def _quit_now(self) -> None:
         self._leave_run()

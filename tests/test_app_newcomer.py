@@ -49,6 +49,31 @@ async def test_enter_on_an_ended_runs_view_shows_the_setup_says_so_and_starts_no
         assert started == [True]
 
 
+# ---- 2. quitting while a detached run is paused ----------------------------------------------------
+async def test_quitting_while_a_detached_run_is_paused_says_it_stays_paused(tmp_path):
+    """The dialog said "Detach: it goes on" of a paused run, which in fact waits, holding its memory."""
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        app.followed = SimpleNamespace(paths=RunPaths(tmp_path / "r1"), in_process=False, controls=True,
+                                       send=lambda command: None, release=lambda: None)
+        app.run_state = RunState.PAUSED
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, QuitDialog)
+        text = str(dialog.query_one(".dialog-text", Static).render())
+        assert "it goes on" not in text
+        assert "r1 is paused" in text and "stays paused" in text and "p resumes it" in text and "`sft-tui attach`" in text
+        await pilot.press("escape")
+        app.run_state = RunState.RUNNING
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert "it goes on" in str(app.screen.query_one(".dialog-text", Static).render())
+        await pilot.press("escape")
+        app.followed, app.run_state = None, RunState.IDLE
+
+
 # ---- 3. two roles on one column ----------------------------------------------------------------------
 async def test_text_and_label_on_one_column_are_refused_on_the_data_step():
     """The model read its own label: the demo's `label` column as both text and label loaded as valid."""
