@@ -20,6 +20,7 @@ from core.launch import Gpus, launch_problems, launch_warnings, local_gpus, run_
 from core.lora import preview as lora_preview
 from core.lora import quantize_problem
 from core.memory import NO_ADAPTERS, Adapters
+from core.runs import RunPaths, occupied_problem, run_root
 
 
 def untrusted(config: RunConfig, source: str) -> tuple[RunConfig, str | None]:
@@ -185,7 +186,27 @@ class Session:
             if error is not None:
                 (where, what), = error.fields.items()
                 problems[where] = f"{what}; {error.hint}"
+        if (occupied := self._occupied_run_folder()) is not None:
+            problems["output.run_name"] = occupied
         return problems
+
+    def _occupied_run_folder(self) -> str | None:
+        """Why output.run_name cannot be a new run: its folder already holds one (the check Start
+        makes, core.runs.occupied_problem). A draft taken from a run (`sft-tui attach`, a run's
+        config.yaml) names that run, and step 5 said "ready to start" before Start was refused.
+        Cheap enough for every keystroke: nothing without a run_name, else a stat of final/ and of
+        the checkpoints' manifests (keep_last of them)."""
+        output = self.config.output
+        if not output.run_name:
+            return None
+        try:
+            error = occupied_problem(RunPaths(run_root(output.runs_dir, output.run_name)))
+        except (UserError, OSError):  # not a folder name (the field says so), or unreadable: Start's to say
+            return None
+        if error is None:
+            return None
+        return (f"{error.message}; set another output.run_name on step 4 (empty: a fresh name from the time), "
+                "or resume that run with R")
 
     def launch_warnings(self) -> list[str]:
         """What the run's processes would do other than the config asks (FSDP on the CPU, of a model

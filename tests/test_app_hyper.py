@@ -47,6 +47,7 @@ BAD_VALUES = {
     "checkpoint.keep_last": ("0", "greater than or equal to 1", "3"),
     "checkpoint.every_minutes": ("-1", "greater than or equal to 0", "10"),
     "seed": ("-", "valid integer", "7"),
+    "output.run_name": ("../x", "single folder name", "my-run"),
     "lora.r": ("0", "greater than or equal to 1", "8"),
     "lora.alpha": ("0", "greater than 0", "16"),
     "lora.dropout": ("1", "less than 1", "0.1"),
@@ -177,7 +178,7 @@ async def test_every_field_shows_pydantic_message_inline_and_clears_when_fixed()
             await type_into(pilot, field, good)
             assert field.error == "" and not field.query_one(".field-error").display
             assert dotted not in app.session.invalid and len(app.session.invalid) == count
-            texts = {"lora.targets": [good], "compute.devices": good}  # a list of names, a device list
+            texts = {"lora.targets": [good], "compute.devices": good, "output.run_name": good}  # lists, text
             expected = texts[dotted] if dotted in texts else pytest.approx(float(good))
             assert value_at(app.session.config, dotted) == expected
         assert "ready" in draft_bar_text(app)

@@ -92,3 +92,58 @@ async def test_text_and_label_on_one_column_are_refused_on_the_data_step():
         assert app.session.config.data.columns.label is None  # nothing applied
 
 
+# ---- 4. a draft named after a run folder that holds a run -------------------------------------------
+def finished_run_config(tmp_path: Path, name: str = "done") -> Path:
+    """A run's config.yaml, as `sft-tui runs/done/config.yaml` opens it: its folder holds a final model."""
+    config = example_config("classification")
+    config = config.model_copy(update={"output": config.output.model_copy(
+        update={"runs_dir": str(tmp_path / "runs"), "run_name": name})})
+    paths = RunPaths(tmp_path / "runs" / name)
+    paths.final.mkdir(parents=True)
+    save_config(config, paths.config)
+    return paths.config
+
+
+def test_a_run_name_whose_folder_holds_a_run_is_a_problem_of_output_run_name(tmp_path):
+    session = Session(example_config("classification").model_copy())
+    session.update({"output.runs_dir": str(tmp_path / "runs"), "output.run_name": "done"})
+    assert "output.run_name" not in session.problems()  # no such folder yet
+    (tmp_path / "runs" / "done" / "checkpoints").mkdir(parents=True)  # a failed start's stub: Start takes it over
+    assert "output.run_name" not in session.problems()
+    RunPaths(tmp_path / "runs" / "done").final.mkdir()
+    problem = session.problems()["output.run_name"]
+    assert "already holds a run" in problem and "output.run_name on step 4" in problem and "R" in problem
+    session.update({"output.run_name": None})
+    assert "output.run_name" not in session.problems()
+
+
+async def test_a_runs_config_opened_says_its_folder_holds_a_run_and_step_4_renames_it(tmp_path):
+    """Step 5 said "ready to start", Start was then refused, and no step could edit output.run_name."""
+    app = create_app(finished_run_config(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("escape", "5")
+        await pilot.pause()
+        text = visible_text(app)
+        assert "ready to start" not in text and "output.run_name" in text
+
+        await pilot.press("4")
+        await pilot.pause()
+        field = app.screen.fields["output.run_name"]
+        assert field.control.value == "done"
+        field.control.focus()
+        await pilot.press("end", "shift+home", "backspace")  # empty: a fresh name from the time
+        await pilot.pause()
+        assert app.session.config.output.run_name is None and field.error == ""
+        field.control.focus()
+        await pilot.press(*"../x")
+        await pilot.pause()
+        assert "single folder name" in field.error and "output.run_name" in app.session.invalid
+        await pilot.press("end", "shift+home", *"second")
+        await pilot.pause()
+        assert app.session.config.output.run_name == "second" and not app.session.invalid
+
+        await pilot.press("escape", "5")
+        await pilot.pause()
+        assert "ready to start" in visible_text(app)
+        assert yaml.safe_load((tmp_path / "runs" / "done" / "config.yaml").read_text())["output"]["run_name"] == "done"

@@ -28,6 +28,9 @@ from sft_tui.widgets.hyper.preview import SchedulePreview
 SECTIONS = [("Optimizer", "optim"), ("Schedule", "schedule"), ("Evaluation", "eval"), ("Checkpoints", "checkpoint"),
             ("Compute", "compute"), ("LoRA", "lora")]
 TOP_LEVEL = ("Run", ["seed", "precision"])
+RUN_FIELDS = [("output", "run_name")]
+"""Fields of other sections shown in the Run section: output.run_name, empty for a fresh name from
+the time, is the one way in the app to leave a run folder that a config taken from a run names."""
 
 """The eval.metric values RunConfig accepts per task (its cross-field check)."""
 
@@ -38,7 +41,9 @@ def form_sections(task: str) -> list[tuple[str, list[FieldSpec]]]:
     """(title, field specs) of the form; eval.metric offers the metrics of `task`."""
     sections = [(title, section_specs(RunConfig.model_fields[name].annotation, name)) for title, name in SECTIONS]
     title, names = TOP_LEVEL
-    sections.append((title, [field_spec(RunConfig, name) for name in names]))
+    sections.append((title, [field_spec(RunConfig, name) for name in names]
+                     + [field_spec(RunConfig.model_fields[section].annotation, name, section)
+                        for section, name in RUN_FIELDS]))
     return [(title, [_with_metrics(spec, task) for spec in specs]) for title, specs in sections]
 
 
