@@ -321,6 +321,7 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
         def loaded(path: Path | None) -> None:
             if path is not None:
                 self.changed()
+                self.load_what_changed()
                 self.notify(f"loaded {path}", title="Config", markup=False)
 
         self.push_screen(PathDialog("Load a config from YAML", "Load", self._config_path(), load,

@@ -27,6 +27,15 @@ class Loading:
         labels = self.session.data.labels if self.session.data is not None else None
         self._load("model", config, lambda: ModelLoaded(load_model_info(config, labels), config))
 
+    def load_what_changed(self) -> None:
+        """After the draft was replaced (a config loaded, a run's config taken on step 6): load its
+        model, and its data after it, as at start-up, so that steps 3-5 show them without a visit
+        to steps 1 and 2 (they said "load the data (step 2) to see steps")."""
+        if self.session.model is None and self.model_state in ("none", "ready"):
+            self.load_model()
+        elif self.session.data is None and self.data_state in ("none", "ready"):
+            self.load_data()
+
     def load_data(self) -> None:
         """(Re)tokenize the configured data, loading the model's tokenizer first when there is none
         for this task; DataLoaded or LoadFailed."""

@@ -1012,6 +1012,26 @@ async def test_the_setup_says_what_the_processes_will_do_other_than_asked(tiny_m
         assert "no problems: ready to start" in shown
 
 
+async def test_a_loaded_config_loads_its_model_and_data_without_a_visit_to_steps_1_and_2(tiny_model_factory,
+                                                                                         tmp_path):
+    """After ctrl+o (or l on step 6) the draft's model and data loaded only once steps 1 and 2 were
+    visited: step 4 said "load the data (step 2) to see steps" and step 5 "known once the model is loaded"."""
+    config = lm_config_file(tmp_path, tiny_model_factory("llama"))
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("escape", "4")
+        await settle(pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        app.screen.query_one(Input).value = str(config)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.session.data is not None and app.session.model is not None)
+        assert app.session.model.task == "causal-lm" and on_screen(app) == "hyper"
+        await settle(pilot)
+        assert "load the data" not in visible_text(app)
+
+
 @pytest.mark.parametrize("height", [5, 7, 8, 9, 11, 13, 17, 30])
 def test_each_y_label_names_the_value_of_its_own_row(height):
     """plotext's own labels, more than a short plot's rows, were merged onto rows they do not name:

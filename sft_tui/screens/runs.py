@@ -251,6 +251,7 @@ class RunsScreen(StepScreen):
         self.session.replace_config(config)
         self.session.keep()  # the run folder keeps it
         self.app.changed()
+        self.app.load_what_changed()
         if note:
             self.notify(note, title="Remote code", severity="warning", timeout=20, markup=False)
         self.notify(f"the draft is now run {info.name}'s config, with output.run_name cleared so that the new "
