@@ -1,6 +1,6 @@
 """What a newcomer's review of the app found, driven through the real app at 80x24: Enter on a run's
 view of step 5, the quit question for a paused run, two data roles on one column, and a draft that
-names a run folder already holding a run (after `sft-tui attach`, or a run's config.yaml opened)."""
+names a run folder already holding a run."""
 
 from __future__ import annotations
 
@@ -94,14 +94,17 @@ async def test_text_and_label_on_one_column_are_refused_on_the_data_step():
 
 # ---- 4. a draft named after a run folder that holds a run -------------------------------------------
 def finished_run_config(tmp_path: Path, name: str = "done") -> Path:
-    """A run's config.yaml, as `sft-tui runs/done/config.yaml` opens it: its folder holds a final model."""
+    """A config of the user's that names its run (output.run_name), once that run has trained: its
+    folder holds a final model. (A run's own config.yaml, opened or attached to, gets its name cleared
+    by the app; a file of the user's keeps it.)"""
     config = example_config("classification")
     config = config.model_copy(update={"output": config.output.model_copy(
         update={"runs_dir": str(tmp_path / "runs"), "run_name": name})})
     paths = RunPaths(tmp_path / "runs" / name)
     paths.final.mkdir(parents=True)
     save_config(config, paths.config)
-    return paths.config
+    save_config(config, tmp_path / "my-run.yaml")
+    return tmp_path / "my-run.yaml"
 
 
 def test_a_run_name_whose_folder_holds_a_run_is_a_problem_of_output_run_name(tmp_path):
@@ -117,7 +120,7 @@ def test_a_run_name_whose_folder_holds_a_run_is_a_problem_of_output_run_name(tmp
     assert "output.run_name" not in session.problems()
 
 
-async def test_a_runs_config_opened_says_its_folder_holds_a_run_and_step_4_renames_it(tmp_path):
+async def test_a_config_naming_a_run_that_trained_says_so_and_step_4_renames_it(tmp_path):
     """Step 5 said "ready to start", Start was then refused, and no step could edit output.run_name."""
     app = create_app(finished_run_config(tmp_path))
     async with app.run_test(size=(80, 24)) as pilot:
@@ -146,4 +149,4 @@ async def test_a_runs_config_opened_says_its_folder_holds_a_run_and_step_4_renam
         await pilot.press("escape", "5")
         await pilot.pause()
         assert "ready to start" in visible_text(app)
-        assert yaml.safe_load((tmp_path / "runs" / "done" / "config.yaml").read_text())["output"]["run_name"] == "done"
+        assert yaml.safe_load((tmp_path / "my-run.yaml").read_text())["output"]["run_name"] == "done"  # not saved
