@@ -97,6 +97,16 @@ def test_explicit_columns_and_format_win():
     assert detect_format(["text", "label"], "causal-lm", data) == ("text", ColumnMap(text="text"))
 
 
+def test_a_column_named_for_one_role_is_not_found_again_for_another():
+    """text: label, with the label left to detection, found the label column again: the map then
+    failed its own check (two roles, one column), which the data step showed as a bug."""
+    data = DataConfig(columns=ColumnMap(text="label"))
+    with pytest.raises(UserError) as refused:  # the usual words: no text-label columns here
+        detect_format(["label", "score"], "classification", data)
+    assert "data.columns.label" in refused.value.hint
+    assert detect_format(["label", "sentiment"], "classification", data)[1] == ColumnMap(text="label", label="sentiment")
+
+
 def test_unknown_column_names_it_and_lists_columns():
     data = DataConfig(columns=ColumnMap(label="sentimnt"))
     with pytest.raises(UserError) as err:

@@ -34,7 +34,8 @@ def column_list(columns: list[str]) -> str:
 def detect_format(column_names: list[str], task: str, data: DataConfig) -> tuple[str, ColumnMap]:
     """The row format and the column that plays each of its roles.
 
-    Explicit `data.columns` entries always win over names found by synonym; `data.format` other
+    Explicit `data.columns` entries always win over names found by synonym, which never pick a column
+    an explicit entry names (text: label found label again for the label); `data.format` other
     than "auto" skips detection. The result must fit the task: classification reads text-label
     rows, causal LM reads prompt-completion, chat or plain text.
     """
@@ -48,8 +49,9 @@ def detect_format(column_names: list[str], task: str, data: DataConfig) -> tuple
                 f"set data.columns.{role} to one of those columns",
             )
     lowered = {c.lower(): c for c in reversed(columns)}
+    taken = {column for column in explicit.values() if column}  # a role the user gave a column keeps it
     found = {
-        role: explicit[role] or next((lowered[s] for s in names if s in lowered), None)
+        role: explicit[role] or next((lowered[s] for s in names if s in lowered and lowered[s] not in taken), None)
         for role, names in _SYNONYMS.items()
     }
     fmt = data.format
