@@ -184,6 +184,34 @@ async def test_two_real_runs_are_listed_compared_and_diffed(real_runs):
         assert not table.marked and len(curves.shown) == 1 and not diff.display
 
 
+async def test_at_80x24_compared_runs_leave_their_curves_room_in_a_long_list(real_runs, tmp_path):
+    """Eight runs, two compared that differ in five keys: the table's 7 rows and the diff's 5 left
+    the curves two rows of plot. While runs are marked the table and the diff give rows up (both scroll)."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(real_runs.parent / "runs", runs)
+    base = load_config(runs / "lr-1e-3" / "config.yaml")
+    for i in range(6):
+        shutil.copytree(runs / "lr-1e-3", runs / f"x{i}")
+        save_config(with_changes(base, output__run_name=f"x{i}", optim__batch_size=4 + i, optim__max_grad_norm=2.0 + i,
+                                 optim__weight_decay=0.1 * i, schedule__warmup_steps=i, eval__every_steps=3 + i),
+                    runs / f"x{i}" / "config.yaml")
+    draft = tmp_path / "draft.yaml"
+    save_config(with_changes(base, output__runs_dir=str(runs), output__run_name=None), draft)
+    app = create_app(draft)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_runs(pilot)
+        await select(pilot, screen, "lr-3e-3")
+        await pilot.press("space")
+        await select(pilot, screen, "x5")
+        await pilot.press("space")
+        await settle(pilot)
+        assert len(screen.query_one(ConfigDiff).keys) >= 5
+        plots = screen.query("#curves-plots > *")
+        assert plots and all(plot.size.height >= 8 for plot in plots)
+
+
 async def test_l_loads_a_runs_config_into_the_draft_with_a_new_name(real_runs):
     app = create_app(real_runs)
     async with app.run_test(size=(120, 40)) as pilot:

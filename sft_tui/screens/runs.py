@@ -150,6 +150,7 @@ class RunsScreen(StepScreen):
             hint.update("the marked runs' configs are the same")
         hint.display = len(marked) < 2 or not diff.diff
         diff.display = not hint.display
+        self.set_class(len(marked) >= 2, "-comparing")  # at 80x24 the curves need the rows (runs.tcss)
         self.refresh_bindings()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
