@@ -126,4 +126,4 @@ def when_checkpointed(config: RunConfig) -> str:
 def checkpoint_clock(config: RunConfig) -> str:
     """The checkpoints checkpoint.every_minutes adds to when_checkpointed's, as words that follow it."""
     minutes = config.checkpoint.every_minutes
-    return f"; also after {minutes:g} min without one" if minutes else ""
+    return f"; at most {minutes:g} min apart" if minutes else ""
