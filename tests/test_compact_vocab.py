@@ -124,6 +124,11 @@ def test_resuming_on_changed_training_data_is_refused_by_name(tiny_model_factory
         f.writelines(json.dumps({"text": f"novel{i} words{i}", "label": "neg"}) + "\n" for i in range(40))
     with pytest.raises(UserError) as err:
         _train(None, resume_dir=first.run_dir)
+    assert f"the data of run {first.run_dir} changed since it started" in err.value.message  # core.setup.changed_data
+    events = first.run_dir / "events.jsonl"  # a run started before its data's digest was recorded:
+    events.write_text(events.read_text(encoding="utf-8").replace('"data_digest"', '"no_digest"'), encoding="utf-8")
+    with pytest.raises(UserError) as err:  # the optimizer state's rows still tell
+        _train(None, resume_dir=first.run_dir)
     assert "the training data changed since the run started" in err.value.message
 
 
