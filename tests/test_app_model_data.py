@@ -326,6 +326,7 @@ async def test_typing_a_path_after_a_tab_on_the_data_step_lands_in_the_train_box
         await pilot.pause()
         dialog = app.screen
         assert isinstance(dialog, ConfirmDialog) and "not saved" in dialog.question and "ctrl+s" in dialog.question
+        assert "opens again" in " ".join(visible_text(app).split())  # the whole question: a Label cut it at one line
         await pilot.press("enter")  # Cancel has the focus: an Enter does not lose the draft
         await pilot.pause()
         assert app.is_running and app.session.config.optim.lr == 1e-4

@@ -32,7 +32,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(safe_text(self.question), classes="dialog-text", markup=False)
+            yield Static(safe_text(self.question), classes="dialog-text", markup=False)  # wraps: a Label cut it
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self.yes, variant="error", id="yes")
                 yield Button(self.no, variant="primary", id="no")
