@@ -660,6 +660,29 @@ async def test_at_80x24_tab_brings_the_row_detail_and_the_label_bars_into_view()
         assert "Labels (training rows)" in text and "negative ████" in text and "positive ████" in text
 
 
+async def test_at_80x24_other_rows_show_from_their_top(tmp_path):
+    """The results scroll as one at 80 columns: loading another file kept the offset of the last,
+    the header and the first rows above the view."""
+    rows = [{"text": f"row {i} says good things", "label": "pos" if i % 2 else "neg"} for i in range(40)]
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_data(pilot)
+        results = app.screen.query_one("#data-results")
+        results.scroll_to(y=results.max_scroll_y, animate=False)
+        await pilot.pause()
+        assert results.scroll_y > 0
+        app.screen.query_one("#data-train", Input).value = str(other)
+        await pilot.press("ctrl+l")
+        deadline = asyncio.get_running_loop().time() + 60
+        while app.session.data is None or app.session.data.stats.rows_out["train"] != 36:
+            assert asyncio.get_running_loop().time() < deadline, "the data did not load"
+            await pilot.pause(0.1)
+        await settle(pilot)
+        assert results.scroll_y == 0 and "row " in visible_text(app)
+
+
 SYSTEM_PROMPT = ("You are a careful assistant. Answer the question about the story in a few words, "
                  "and say when the story does not tell.")
 SYSTEM_TEMPLATE = (

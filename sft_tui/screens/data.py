@@ -80,6 +80,8 @@ class DataScreen(StepScreen):
 
     def on_mount(self) -> None:
         self._synced = None
+        self._shown = None
+        """The data the results show, whose scroll offset they keep."""
         self._field_errors: dict[str, str] = {}
         self._sync_form()
         self.watch(self.app, "data_state", self._show_results)
@@ -227,6 +229,9 @@ class DataScreen(StepScreen):
         self.query_one("#data-stats", Static).update(data_stats(data, self.session.config.data))
         # The model may be reloading with the data's labels: its tokenizer, the same, comes with it.
         self.query_one(DataPreview).show(data, self.session.model.tokenizer if self.session.model is not None else None)
+        if data is not self._shown:  # other rows: from their top (at 80x24 the results scroll as one, and a
+            self._shown = data  # reload kept the old offset, with the header and the first rows above the view)
+            self.query_one("#data-results").scroll_home(animate=False)
 
     def _clear_results(self) -> None:
         self.query_one(DataPreview).reset()
