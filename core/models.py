@@ -247,6 +247,13 @@ def _task_config(cfg: ModelConfig, path: str, task: str, labels: list[str] | Non
             hint=f"task is one of: {', '.join(TASK_CLASSES)}",
         )
     config = _model_config(cfg, path)
+    if task == "causal-lm" and _reads_both_ways(config):
+        raise UserError(
+            f"model {cfg.name_or_path} is an encoder ({config.model_type}): it reads a row both ways, so as a causal "
+            "LM it would see the tokens it learns to predict, and its loss would fall to nothing",
+            hint="set task: classification for this model, or pick a decoder (Llama, Qwen2, GPT-2, SmolLM2) "
+                 "for causal-LM SFT",
+        )
     if task == "classification":
         if not labels or len(labels) < 2:
             raise UserError(
@@ -258,6 +265,17 @@ def _task_config(cfg: ModelConfig, path: str, task: str, labels: list[str] | Non
         if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:
             config.pad_token_id = pad_token_id
     return config
+
+
+def _reads_both_ways(config) -> bool:
+    """An encoder with a causal-LM class (BERT, RoBERTa, ELECTRA, XLM-R...): transformers gives its
+    family a masked-LM head, and that class attends to the whole row unless the config says it is a
+    decoder. (One without such a class, DistilBERT, fails its load with its own message.)"""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    return (config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and not config.is_encoder_decoder and not getattr(config, "is_decoder", False))
 
 
 def load_model(

@@ -343,3 +343,17 @@ def test_skeleton_has_the_loaded_models_structure_without_weights(arch, task, ti
     assert all(p.device.type == "meta" for p in skeleton.parameters())
     a, b = describe_model(skeleton), describe_model(loaded)
     assert (a.total_params, a.blocks, a.embeddings, a.head, a.top) == (b.total_params, b.blocks, b.embeddings, b.head, b.top)
+
+
+def test_an_encoder_is_refused_as_a_causal_lm(tiny_model_factory):
+    """A bare BERT loaded with the task left at causal-lm built BertLMHeadModel, whose attention reads
+    the whole row: it trained on the tokens it predicted, without a word."""
+    from core.config_sections import ModelConfig
+
+    bert = ModelConfig(name_or_path=str(tiny_model_factory("bert")))
+    for load in (load_model, build_skeleton):
+        with pytest.raises(UserError, match=r"is an encoder \(bert\): it reads a row both ways") as refused:
+            load(bert, "causal-lm")
+        assert "set task: classification" in refused.value.hint
+    assert build_skeleton(ModelConfig(name_or_path=str(tiny_model_factory("llama"))), "causal-lm") is not None
+    assert build_skeleton(bert, "classification") is not None
