@@ -421,7 +421,7 @@ def memory_line(app, checkpointing: bool) -> tuple[str, str]:
     sizes = [estimate_peak(truth.total_params, truth.trainable_params, model_shape(model.skeleton.config), blocks,
                            batch=config.optim.batch_size, length=length, task=config.task, checkpointing=on,
                            labelled_share=data_share(app)).total for on in (checkpointing, not checkpointing)]
-    return (f"memory {format_bytes(sizes[0])} + process", f"at batch {config.optim.batch_size} x {length} tokens · "
+    return (f"memory {format_bytes(sizes[0])} + process", f"batch {config.optim.batch_size} x {length} · "
             f"{'without' if checkpointing else 'with'} gradient checkpointing: {format_bytes(sizes[1])}")
 
 
@@ -435,7 +435,7 @@ async def test_the_memory_estimate_follows_the_freeze_map_and_the_form(tmp_path,
         app.session.update({"optim.batch_size": 64, "data.max_length": 128})  # as the form's fields do
         app.changed()
         await pilot.pause()
-        assert all(part in summary(app) for part in memory_line(app, False)) and "at batch 64 x 128 tokens" in summary(app)
+        assert all(part in summary(app) for part in memory_line(app, False)) and "batch 64 x 128 ·" in summary(app)
         assert summary(app) != before
         app.session.update({"compute.gradient_checkpointing": True})
         app.changed()
@@ -859,6 +859,20 @@ def test_the_memory_parts_break_between_parts_at_80_columns():
     lines = training_memory(estimate, estimate, False, 8, 32, "cpu").plain.splitlines()
     assert lines[1:3] == ["  weights 4.3 MB · grads 4.3 MB · AdamW 8.6 MB · activations 31.9 MB", "  logits 1.2 MB"]
     assert all(len(line) <= PARTS_WIDTH + 2 for line in lines[1:3])
+
+
+def test_checkpointing_that_would_take_more_memory_says_why():
+    """A small BERT's top 2 blocks: 5.5 MB, and 8.7 MB with gradient checkpointing, with no word,
+    read as an error. The line says why either way round."""
+    from core.memory import MemoryEstimate
+    from sft_tui.format.model import training_memory
+
+    small, recomputing = MemoryEstimate(1, 1, 2, 3, 0), MemoryEstimate(1, 1, 2, 3, 0, allocator_kept=9)
+    off = training_memory(small, recomputing, False, 8, 32, "cpu").plain
+    assert "  batch 8 x 32 · with gradient checkpointing: 16 B (no saving here)\n" in off
+    on = training_memory(recomputing, small, True, 8, 32, "cpu").plain
+    assert "  batch 8 x 32 · without gradient checkpointing: 7 B (less here)\n" in on
+    assert "here" not in training_memory(recomputing, small, False, 8, 32, "cpu").plain  # it saves: nothing to say
 
 
 async def test_a_preset_key_pressed_while_the_model_loads_is_kept(monkeypatch, tmp_path, tiny_model_dir):

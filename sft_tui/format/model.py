@@ -159,8 +159,15 @@ def training_memory(estimate: MemoryEstimate, other: MemoryEstimate, checkpointi
     text.append("".join(f"  {line}\n" for line in lines), "dim")
     if estimate.reference:  # a line of its own: the parts above fill 80 columns already
         text.append(f"  L2-SP's copy of the starting weights {format_bytes(estimate.reference)}\n", "dim")
-    text.append(f"  at batch {batch} x {length} tokens · {'without' if checkpointing else 'with'} gradient "
-                f"checkpointing: {format_bytes(other.total)}\n", "dim")
+    # Checkpointing costs memory where the whole blocks it recomputes outweigh what the run keeps
+    # (a small model, a few trained blocks): said in a word, or the higher figure read as an error.
+    more = ""
+    if not checkpointing and other.total > estimate.total:
+        more = " (no saving here)"
+    elif checkpointing and other.total < estimate.total:
+        more = " (less here)"
+    text.append(f"  batch {batch} x {length} · {'without' if checkpointing else 'with'} gradient "
+                f"checkpointing: {format_bytes(other.total)}{more}\n", "dim")
     return text
 
 
