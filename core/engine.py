@@ -236,6 +236,9 @@ class _Training(Milestones, StepReports):
         from core.prefix_cache import PrefixCache
 
         self._announce()
+        self.control.poll()  # a stop asked while the run was set up (a scheduler's SIGTERM): nothing to save
+        if self._agreed(self.control.should_stop(self.state.step)):  # yet, and an evaluation, a step and a
+            return self._finish("stopped")  # save first can outlast the scheduler's grace before its SIGKILL
         self.prefix = PrefixCache.for_run(self.config, self.acc, self.model, self.data.train,
                                            self.data.validation)  # frozen blocks once per row, by the whole map
         self._unfreeze()

@@ -190,6 +190,7 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
     from core.control import Control
     from core.engine import train
     from core.launch import AgreedControl, world_size
+    from core.runs import RunPaths, run_root
     from sft_tui.headless import ProgressDisplay
 
     display = ProgressDisplay(training=True)
@@ -198,7 +199,6 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
     launched = bool(os.environ.get("TORCHELASTIC_RUN_ID"))  # its launcher reads the end from the events
     if detached and main:
         from core.commands import FolderControl
-        from core.runs import RunPaths, run_root
 
         root = Path(resume) if resume else run_root(config.output.runs_dir, config.output.run_name)
         control = FolderControl(RunPaths(root).commands)
@@ -234,8 +234,11 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if result.reason == "stopped":
-        if main:  # one line for the run, not one per process
+        if main and result.last_checkpoint is not None:  # one line for the run, not one per process
             display.result(f"resume with: {train_command('--resume', Path(result.run_dir))}")
+        elif main:  # stopped before its first step: nothing was saved, nothing was lost
+            display.result(f"stopped before training; start it again with: "
+                           f"{train_command(RunPaths(Path(result.run_dir)).config)}")
         return EXIT_STOPPED
     return 0
 

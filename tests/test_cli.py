@@ -245,3 +245,25 @@ def test_a_resumed_then_paused_run_shows_one_bar_that_says_paused():
         display.emit(event)
     tasks = display.progress.tasks
     assert len(tasks) == 1 and tasks[0].completed == 3 and tasks[0].fields["eta"] == "paused"
+
+
+def test_a_run_stopped_before_training_says_to_start_it_again_and_that_works(lm_setup, tmp_path, monkeypatch, capsys):
+    """It has no checkpoint: "resume with" named a resume that would be refused."""
+    import core.control
+    from sft_tui.cli import main
+
+    class StoppedAtOnce(core.control.Control):
+        def __init__(self):
+            super().__init__()
+            self.stop()
+
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path / "run.yaml", **lm_setup)
+    with monkeypatch.context() as patched:
+        patched.setattr(core.control, "Control", StoppedAtOnce)
+        assert main(["train", str(path)]) == 3
+    out = " ".join(capsys.readouterr().out.split())
+    again = tmp_path / "runs" / "cli" / "config.yaml"
+    assert f"stopped before training; start it again with: sft-tui train {again}" in out and "resume with" not in out
+    assert main(["train", str(again)]) == 0
+    assert "run completed at step 6" in capsys.readouterr().out

@@ -517,6 +517,28 @@ def test_the_runs_clock_saves_a_checkpoint_where_no_step_plan_does(tiny_model_fa
     assert sink.of_type(CheckpointSaved) == []
 
 
+def test_a_stop_asked_while_the_run_is_set_up_ends_it_before_any_work(tiny_model_factory, sft_file, tmp_path):
+    """A scheduler's SIGTERM during setup still ran the evaluation before training, a step and a
+    checkpoint, which on a large model outlast the grace before its SIGKILL; a resumed run keeps
+    the checkpoint it has."""
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=6,
+                       checkpoint__every_steps=2, eval__num_samples=0)
+    stopped = Control()
+    stopped.stop()
+    result, sink = run(config, stopped)
+    assert (result.reason, result.step, result.last_checkpoint) == ("stopped", 0, None)
+    assert not sink.of_type(EvalResult) and not sink.of_type(StepMetrics) and not sink.of_type(CheckpointSaved)
+
+    config = lm_config(tiny_model_factory("llama"), sft_file, tmp_path, schedule__max_steps=6,
+                       checkpoint__every_steps=2, eval__num_samples=0, output__run_name="later")
+    first, _ = run(config, StopAt(3))
+    stopped = Control()
+    stopped.stop()
+    again, sink = run(None, stopped, resume_dir=first.run_dir)
+    assert (again.reason, again.step, again.last_checkpoint.name) == ("stopped", 3, "step-3")
+    assert not sink.of_type(StepMetrics) and not sink.of_type(CheckpointSaved)
+
+
 def test_checkpoint_now_while_paused_saves_at_once(tiny_model_factory, sft_file, tmp_path):
     """Issue 10.14: "checkpoint now" on a paused run said "saved after the current step" and saved
     nothing until the user resumed. Resumed here only once the checkpoint is on disk (or, with the
