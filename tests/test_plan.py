@@ -86,3 +86,15 @@ def test_one_wording_for_evaluations_and_checkpoints():
     assert when_evaluated(config()) == "at each epoch end"
     assert when_checkpointed(config(save_every=40)) == "every 40 steps"
     assert when_checkpointed(config()) == "at each eval but the last"
+
+
+def test_a_run_shorter_than_its_evaluation_interval_is_said_to_evaluate_at_the_end_only():
+    """A 14-step run with eval.every_steps 15 read "every 15 steps: 14 (1×)"."""
+    from sft_tui.format.hyper import describe_plan
+
+    short = config(eval_every=15, max_steps=4)
+    lines = dict(describe_plan(short, plan_steps(short, 100), 10, ""))
+    before = "before training, then " if short.eval.before_training else ""
+    assert lines["evaluation"] == f"{before}at the end only: step 4"
+    longer = config(eval_every=2, max_steps=4)
+    assert "every 2 steps: 2, 4 (2×)" in dict(describe_plan(longer, plan_steps(longer, 100), 10, ""))["evaluation"]

@@ -35,7 +35,10 @@ def describe_plan(config: RunConfig, plan: StepPlan | None, validation_rows: int
                   ("total steps", f"{plan.total_steps:,} ({why})"), ("warmup", f"{plan.warmup_steps:,} steps ({source})")]
         if plan.warmup_problem:
             lines.append(("warning", plan.warmup_problem))
-        when_eval += ": " + _some(plan.eval_steps)
+        if evals.every_steps and plan.eval_steps == [plan.total_steps]:  # not "every 15 steps: 14 (1×)"
+            when_eval = when_eval.replace(when_evaluated(config), f"at the end only: step {plan.total_steps}")
+        else:
+            when_eval += ": " + _some(plan.eval_steps)
         when_save += ": " + (_some(plan.checkpoint_steps) if plan.checkpoint_steps else "none")
     if validation_rows == 0:
         when_eval = "never: no validation rows"
