@@ -34,12 +34,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from core.atomic import atomic_folder
-from core.disk import DISK_FAULTS, write_errno
-from core.errors import UserError, train_command
+from core.disk import DISK_FAULTS, remedy, write_errno
+from core.errors import UserError
 from core.full_state import STATE, agree, by_name, gather, is_sharded, is_writer, scatter
 from core.manifest import PREFIX, checkpoint_problem, list_checkpoints, step_of, write_manifest
+from core.runs import RunPaths, how_to_go_on
 
 STATE_FILE = "state.json"
+
+
 @dataclass
 class TrainState:
     """Where a run stands between optimizer steps, exactly as a checkpoint's state.json holds it:
@@ -274,10 +277,8 @@ def save_checkpoint(
             f"cannot write checkpoint {final}: {DISK_FAULTS[code]} "
             f"(a checkpoint needs about {needed:,} MB, and {keep_last + 1} of them are on the disk while the newest "
             "is written)",
-            f"{'make it writable' if code == errno.EROFS else 'free space'} under {checkpoints_dir}, then "
-            + (f"resume with `{train_command('--resume', checkpoints_dir.parent)}`; the last complete checkpoint "
-               f"is {kept[-1].name}" if kept else
-               f"start the run again: `{train_command(checkpoints_dir.parent / 'config.yaml')}`"),
+            f"{remedy(code)} under {checkpoints_dir}, then {how_to_go_on(RunPaths(checkpoints_dir.parent), bool(kept))}"
+            + (f"; the last complete checkpoint is {kept[-1].name}" if kept else ""),
         ) from None
     for old in list_checkpoints(checkpoints_dir)[:-keep_last]:
         if step_of(old) != state.best_step:  # eval.metric picks it: the one checkpoint worth more than the newest
@@ -322,5 +323,5 @@ def load_latest(checkpoints_dir: Path, model: torch.nn.Module, optimizer: torch.
     raise UserError(
         f"{checkpoints_dir.parent} has no checkpoint to resume from"
         + (": " + "; ".join(problems) if problems else ""),
-        "start the run again with `sft-tui train " + str(checkpoints_dir.parent / "config.yaml") + "`",
+        how_to_go_on(RunPaths(checkpoints_dir.parent), resumable=False),
     )

@@ -31,5 +31,9 @@ def disk_problem(err: BaseException, folder: Path, then: str) -> UserError | Non
     if code not in DISK_FAULTS:
         return None
     written = getattr(err, "filename", None) or folder
-    fix = "make it writable" if code == errno.EROFS else "free space"
-    return UserError(f"cannot write {written}: {DISK_FAULTS[code]}", f"{fix} under {folder}, then {then}")
+    return UserError(f"cannot write {written}: {DISK_FAULTS[code]}", f"{remedy(code)} under {folder}, then {then}")
+
+
+def remedy(code: int) -> str:
+    """What the user does about DISK_FAULTS[code], before carrying on."""
+    return "make it writable" if code == errno.EROFS else "free space"

@@ -27,7 +27,7 @@ from core.config import RunConfig
 from core.control import Control
 from core.disk import disk_problem
 from core.events import Broadcast, EventSink, JsonlSink, MicroBatchHalved, RunFailed, RunFinished, RunStarted
-from core.errors import ABORTED, UserError, train_command
+from core.errors import ABORTED, UserError
 from core.eta import Eta
 from core.l2sp import L2SP
 from core.launch import accelerator_options
@@ -35,7 +35,7 @@ from core.logs import logs_to_events
 from core.milestones import Milestones
 from core.oom import host_out_of_memory, out_of_memory, step_advice, why_not_halved
 from core.rank_failure import share_failure
-from core.runs import RunPaths, anchored, config_digest, discard_stub, folder_identity, open_run
+from core.runs import RunPaths, anchored, config_digest, discard_stub, folder_identity, how_to_go_on, open_run
 from core.step_reports import StepReports
 from core.trackers import close_trackers, tracker_sinks
 from core.unfreezing import Unfreezer
@@ -88,7 +88,7 @@ def train(
         step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
         # a full or read-only disk (events, final/, a tracker's files) is the user's to fix, not a bug
         err = caught if isinstance(caught, UserError) else disk_problem(caught, paths.root,
-                                                                         _how_to_go_on(paths, last_checkpoint))
+                                                                         how_to_go_on(paths, last_checkpoint is not None))
         if err is None:
             _fail_on_a_bug(caught, paths, accelerator, out, step, last_checkpoint)
             raise
@@ -151,16 +151,10 @@ def _write_traceback(paths: RunPaths) -> Path | None:
     return paths.error_log
 
 
-def _how_to_go_on(paths: RunPaths, last_checkpoint: Path | None) -> str:
-    if last_checkpoint:
-        return f"resume with `{train_command('--resume', paths.root)}`"
-    return f"start it again with `{train_command(paths.config)}`"
-
-
 def _after_abort(paths: RunPaths, last_checkpoint: Path | None) -> str:
     """An aborted run is not a crash: it says how to go on, as a stopped one does."""
     lost = "the steps after the last checkpoint are lost" if last_checkpoint else "no checkpoint was saved yet"
-    return f"{lost}; {_how_to_go_on(paths, last_checkpoint)}"
+    return f"{lost}; {how_to_go_on(paths, last_checkpoint is not None)}"
 
 
 def _str(path: Path | None) -> str | None:

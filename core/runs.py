@@ -20,6 +20,7 @@ from core.events import read_events
 from core.liveness import Heartbeat, live_record, write_record
 from core.manifest import incomplete_checkpoints, latest_checkpoint
 
+
 class RunPaths:
     """Where each part of a run lives in its folder (the layout in DESIGN.md); every module that
     reads or writes a run folder names its files through this."""
@@ -195,6 +196,14 @@ class RunLock:
             self._file.close()
 
 
+def how_to_go_on(paths: RunPaths, resumable: bool) -> str:
+    """The command that carries on a run that ended early, for a hint: its resume when it has a
+    checkpoint to resume from, else a new start of its config."""
+    if resumable:
+        return f"resume with `{train_command('--resume', paths.root)}`"
+    return f"start it again with `{train_command(paths.config)}`"
+
+
 def folder_identity(root: Path) -> tuple[int, int] | None:
     """The run folder's device and inode, None once no folder is at `root`: what moved_problem compares."""
     try:
@@ -257,7 +266,6 @@ def not_a_stub_problem(paths: RunPaths) -> UserError | None:
     """An existing folder under the new run's name that holds files sft-tui did not write: a config
     that is not a run's, an event log of something else, checkpoints not named step-N. Taking it
     over deleted them (an output.run_name equal to a project folder's name lost its checkpoints)."""
-
     if not paths.root.is_dir():
         return None
     foreign = []
@@ -344,7 +352,7 @@ def resume_problem(paths: RunPaths) -> UserError | None:
         found = incomplete_checkpoints(paths.checkpoints)
         return UserError(f"run {paths.root} has no complete checkpoint to resume from"
                          + (f" ({'; '.join(found)})" if found else " (it ended before its first checkpoint)"),
-                         f"start it again: `{train_command(paths.config)}`")
+                         how_to_go_on(paths, resumable=False))
     started = next((e for e in finished if e.type == "run_started"), None)
     return _changed_config(paths, started.config_digest) if started is not None else None
 
