@@ -24,8 +24,6 @@ def describe_plan(config: RunConfig, plan: StepPlan | None, validation_rows: int
     lines = [("effective batch", f"{batch.effective_batch} = {batch.batch_size} × {batch.grad_accum} accum × "
                                  f"{batch.processes} proc")]
     when_eval, when_save = when_evaluated(config), when_checkpointed(config)
-    if evals.before_training:
-        when_eval = "before training, then " + when_eval
     if plan is None:
         lines.append(("steps", waiting))
     else:
@@ -36,10 +34,12 @@ def describe_plan(config: RunConfig, plan: StepPlan | None, validation_rows: int
         if plan.warmup_problem:
             lines.append(("warning", plan.warmup_problem))
         if evals.every_steps and plan.eval_steps == [plan.total_steps]:  # not "every 15 steps: 14 (1×)"
-            when_eval = when_eval.replace(when_evaluated(config), f"at the end only: step {plan.total_steps}")
+            when_eval = f"at the end only: step {plan.total_steps}"
         else:
             when_eval += ": " + _some(plan.eval_steps)
         when_save += ": " + (_some(plan.checkpoint_steps) if plan.checkpoint_steps else "none")
+    if evals.before_training:
+        when_eval = "before training, then " + when_eval
     if validation_rows == 0:
         when_eval = "never: no validation rows"
     elif evals.patience:
