@@ -4,7 +4,7 @@ accelerate handles device placement, mixed precision and distribution (torchrun 
 the loop itself is ours so that the freeze map's parameter groups, loss masking, throttled reporting,
 cooperative control and exact resume stay visible in one place.
 
-`train` claims the run folder and turns failures into a RunFailed event. `_set_up` calls the steps
+`train` claims the run folder and turns failures into a RunFailed event (core.failures tells them). `_set_up` calls the steps
 of core.setup in order (data, the model with its freeze map, the optimizer, the step plan and its
 learning-rate schedule, the state to start from), each returning what it builds. `_Training.run` is
 the loop: an optimizer step, a throttled report (core.step_reports), then evaluation, checkpoints
@@ -13,7 +13,6 @@ and the Control (core.milestones).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from core.control import Control
 from core.disk import disk_problem
 from core.events import Broadcast, EventSink, JsonlSink, MicroBatchHalved, RunFailed, RunFinished, RunStarted
 from core.errors import ABORTED, UserError
+from core.failures import after_abort, close_events, path_text, report_bug
 from core.eta import Eta
 from core.l2sp import L2SP
 from core.launch import accelerator_options
@@ -90,13 +90,13 @@ def train(
         err = caught if isinstance(caught, UserError) else disk_problem(caught, paths.root,
                                                                          how_to_go_on(paths, last_checkpoint is not None))
         if err is None:
-            _fail_on_a_bug(caught, paths, accelerator, out, step, last_checkpoint)
+            report_bug(caught, paths, accelerator, out, step, last_checkpoint)
             raise
         share_failure(paths.root, accelerator.process_index, accelerator.num_processes, err)
-        out.emit_failure(RunFailed(message=err.message, hint=err.hint, last_checkpoint=_str(last_checkpoint),
+        out.emit_failure(RunFailed(message=err.message, hint=err.hint, last_checkpoint=path_text(last_checkpoint),
                                    step=step))
         if main and resumed is None and step == 0 and not keep_failed_start:
-            _close(jsonl)
+            close_events(jsonl)
             discard_stub(paths)  # a start that failed on its input must not block its run name
         if err is caught:
             raise
@@ -104,61 +104,15 @@ def train(
     except KeyboardInterrupt:  # a second Ctrl+C: the person wants out now, without the checkpoint
         step, last_checkpoint = (training.state.step, training.last_checkpoint) if training else (0, None)
         out.emit_failure(RunFailed(message=f"aborted at step {step} {ABORTED}",
-                                   hint=_after_abort(paths, last_checkpoint), last_checkpoint=_str(last_checkpoint),
+                                   hint=after_abort(paths, last_checkpoint), last_checkpoint=path_text(last_checkpoint),
                                    step=step))
         raise
     finally:
         close_trackers(out.sinks)
         if jsonl:
-            _close(jsonl)
+            close_events(jsonl)
         if lock:
             lock.release()
-
-
-def _fail_on_a_bug(err: Exception, paths: RunPaths, accelerator, out: Broadcast, step: int,
-                   last_checkpoint: Path | None) -> None:
-    """Report an exception that is no fault of the input: another process's failure that broke a
-    collective (raised as that one's UserError), else a bug, with its traceback in the error log."""
-    if peer := share_failure(paths.root, accelerator.process_index, accelerator.num_processes, err):
-        out.emit_failure(RunFailed(message=peer.message, hint=peer.hint, last_checkpoint=_str(last_checkpoint),
-                                   step=step))  # `err` is the collective that the failed peer broke
-        raise peer from None
-    log_file = _write_traceback(paths) if accelerator.is_main_process else None
-    out.emit_failure(RunFailed(message=f"{type(err).__name__}: {err}",
-                               hint="this looks like a bug in sft-tui or a library"
-                               + (f"; the traceback is in {log_file}" if log_file else ""),
-                               last_checkpoint=_str(last_checkpoint), step=step, log_file=_str(log_file)))
-
-
-def _close(jsonl: JsonlSink) -> None:
-    """Close the events file; on a full disk its last flush fails, which must not hide why the run ended."""
-    with contextlib.suppress(OSError):
-        jsonl.close()
-
-
-def _write_traceback(paths: RunPaths) -> Path | None:
-    """Append the exception being handled to the run's error log, so a front end can name a file;
-    None where it cannot be written (the disk is full: the message says what failed)."""
-    import traceback
-
-    from core.atomic import no_follow
-
-    try:
-        with open(paths.error_log, "a", encoding="utf-8", opener=no_follow) as f:
-            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} step failure\n{traceback.format_exc()}\n")
-    except OSError:
-        return None
-    return paths.error_log
-
-
-def _after_abort(paths: RunPaths, last_checkpoint: Path | None) -> str:
-    """An aborted run is not a crash: it says how to go on, as a stopped one does."""
-    lost = "the steps after the last checkpoint are lost" if last_checkpoint else "no checkpoint was saved yet"
-    return f"{lost}; {how_to_go_on(paths, last_checkpoint is not None)}"
-
-
-def _str(path: Path | None) -> str | None:
-    return str(path) if path else None
 
 
 # ---- setup ------------------------------------------------------------------------------------------
@@ -402,8 +356,8 @@ class _Training(Milestones, StepReports):
         self.acc.wait_for_everyone()
         self.out.emit(RunFinished(
             step=self.state.step, reason=reason, final_metrics=self.final_metrics,
-            best_metrics=self.state.best_metrics, best_step=self.state.best_step, output_path=_str(output),
-            last_checkpoint=_str(self.last_checkpoint), elapsed_s=time.perf_counter() - self.started,
+            best_metrics=self.state.best_metrics, best_step=self.state.best_step, output_path=path_text(output),
+            last_checkpoint=path_text(self.last_checkpoint), elapsed_s=time.perf_counter() - self.started,
             before_metrics=self.state.before_metrics, before_untrained_head=self.state.before_untrained_head,
             output_step=output_step,
         ))
