@@ -19,7 +19,7 @@ from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSe
 
 from core.config import DEMO_MODELS, TASKS, example_config
 from core.errors import UserError
-from core.models import read_checkpoint
+from core.saved_model import read_checkpoint
 from sft_tui.format.model import head_note, model_summary
 from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.load_status import LoadStatus
