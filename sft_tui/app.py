@@ -28,9 +28,10 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from core.config import RunConfig, example_config, load_config, save_config
+from core.config import RunConfig, example_config, load_config
 from core.logs import ROUTED_LOGGERS, EventLogHandler
 from core.runs import RunPaths
+from sft_tui.draft_files import DraftFiles
 from sft_tui.error_log import APP_ERROR_LOG
 from sft_tui.format.safe import safe_text
 from sft_tui.loading import Loading
@@ -58,7 +59,7 @@ def _screen(name: str):
     return make
 
 
-class SftApp(Loading, RunFollowing, StepPrebuild, App):
+class SftApp(Loading, RunFollowing, StepPrebuild, DraftFiles, App):
     CSS_PATH = "app.tcss"
     TITLE = "sft-tui"
     MODES = {name: _screen(name) for name, _ in STEPS}
@@ -286,49 +287,6 @@ class SftApp(Loading, RunFollowing, StepPrebuild, App):
                 titles.add(binding.description)
                 yield SystemCommand(f"{binding.description}  ({keys_label(effective_keys(binding, self.keymap))})",
                                     binding.tooltip, _runner(target, binding.action))
-
-    # ---- the draft as YAML (every step) --------------------------------------------------------
-    def action_save_config(self) -> None:
-        from sft_tui.screens.dialogs import PathDialog
-
-        if self.session.invalid:
-            self.notify(f"fix the invalid field(s) first: {', '.join(self.session.invalid)}",
-                        title="Not saved", severity="error", markup=False)
-            return
-
-        def save(path: Path) -> None:
-            save_config(self.session.config, path)
-            self.session.config_path = path
-            self.session.keep()
-
-        def saved(path: Path | None) -> None:
-            if path is not None:
-                self.notify(f"saved {path}", title="Config", markup=False)
-
-        self.push_screen(PathDialog("Save the whole config as YAML", "Save", self._config_path(), save,
-                                    placeholder="path/to/config.yaml", confirm_overwrite=True), saved)
-
-    def action_load_config(self) -> None:
-        """The loaded config replaces the draft; each step shows it when next shown (ScreenResume)."""
-        from sft_tui.screens.dialogs import PathDialog
-
-        def load(path: Path) -> None:
-            config, note = untrusted(load_config(path), str(path))
-            self.session.replace_config(config, path)
-            if note:
-                self.notify(note, title="Remote code", severity="warning", timeout=20, markup=False)
-
-        def loaded(path: Path | None) -> None:
-            if path is not None:
-                self.changed()
-                self.load_what_changed()
-                self.notify(f"loaded {path}", title="Config", markup=False)
-
-        self.push_screen(PathDialog("Load a config from YAML", "Load", self._config_path(), load,
-                                    placeholder="path/to/config.yaml"), loaded)
-
-    def _config_path(self) -> str:
-        return str(self.session.config_path or "sft.yaml")
 
     # ---- workers and log records ---------------------------------------------------------------
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
