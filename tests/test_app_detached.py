@@ -176,7 +176,8 @@ async def test_a_viewer_takes_control_once_the_controlling_app_has_gone(tiny_mod
             await wait_until(pilot, lambda: app.followed.controls, ENGINE_START_S)
             assert read_record(started.paths.controller) == app.followed._record
             await wait_until(pilot, lambda: "this app controls it now" in " ".join(log_text(screen).split()))
-            assert any(n.title == "Control" for n in app._notifications)
+            # notify posts a message: the toast lands a moment after the log line written beside it
+            await wait_until(pilot, lambda: any(n.title == "Control" for n in app._notifications))
             await wait_until(pilot, lambda: app.run_state == "running", ENGINE_START_S)
             await pilot.press("s")  # its keys work: the run stops at a checkpoint
             await wait_until(pilot, lambda: app.run_state == "stopped", ENGINE_START_S)
