@@ -265,6 +265,11 @@ class ComputeConfig(_Section):
     """Classification with a BERT-family encoder (BERT, MiniLM, RoBERTa, XLM-R, CamemBERT, ELECTRA):
     compute the last block at the first token only, the one its head reads (the same loss and
     gradients; core.cls_only). Other models run as they are."""
+    unpadded_encoder: bool = True
+    """Classification with a BERT-family encoder: each block computes its projections, feed-forward
+    network and norms at the real tokens only, not at the padding (the same loss and gradients;
+    core.unpadded). It pays most with random batches (data.group_by_length: false), which are
+    mostly padding on short texts. Other models run as they are."""
     prefix_cache: Literal["auto", "off"] = "auto"
     """auto: where nothing below the lowest trained block trains and the frozen blocks below it draw
     no dropout, compute their output once per row and reuse it in later epochs and evaluations (the same

@@ -316,7 +316,8 @@ class _Training(Milestones, StepReports):
             with (nullcontext() if k == len(chunks) - 1 else acc.no_sync(model)), acc.autocast(), \
                     self.prefix.serving(rows[k * size : (k + 1) * size], batch):
                 loss_sum, _ = batch_loss_sum(model, batch, task, labelled_only=self.config.compute.labelled_logits_only,
-                                             cls_only=self.config.compute.last_block_cls_only)
+                                             cls_only=self.config.compute.last_block_cls_only,
+                                             unpadded=self.config.compute.unpadded_encoder)
                 acc.backward(loss_sum / items)
             loss = loss + loss_sum.detach().float() / items
         return (acc.reduce(loss, "sum") if acc.num_processes > 1 else loss) / acc.num_processes  # the step's mean

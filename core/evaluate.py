@@ -75,11 +75,13 @@ def eval_batches(lengths: list[int], batch_size: int, processes: int, rank: int)
 
 @torch.no_grad()
 def evaluate(model, examples, *, task, num_labels, batch_size, pad_token_id, accelerator,
-             labelled_only: bool = False, cls_only: bool = False, prefix=None) -> dict[str, float]:
+             labelled_only: bool = False, cls_only: bool = False, unpadded: bool = False,
+             prefix=None) -> dict[str, float]:
     """Metrics over this rank's share of `examples` (eval_batches), reduced over all ranks.
     `labelled_only` (compute.labelled_logits_only): causal-LM logits at the labelled positions only
     (core.loss); `cls_only` (compute.last_block_cls_only): a BERT-family classifier's last block at
-    the first token only (core.cls_only). `prefix`: the run's core.prefix_cache.PrefixCache, which
+    the first token only (core.cls_only); `unpadded` (compute.unpadded_encoder): its blocks at the real
+    tokens only (core.unpadded). `prefix`: the run's core.prefix_cache.PrefixCache, which
     keeps the frozen prefix's output for each validation row from the first evaluation on
     (`examples` are the validation rows). no_grad rather than inference_mode: a model that caches a
     tensor during a forward (rotary tables) would hand later training steps an inference tensor,
@@ -95,7 +97,8 @@ def evaluate(model, examples, *, task, num_labels, batch_size, pad_token_id, acc
             batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id, task).items()}
             cached = prefix.serving([prefix.validation_key + i for i in rows], batch) if prefix and rows else None
             with accelerator.autocast(), cached or contextlib.nullcontext():
-                loss, logits = batch_loss_sum(model, batch, task, labelled_only=labelled_only, cls_only=cls_only)
+                loss, logits = batch_loss_sum(model, batch, task, labelled_only=labelled_only, cls_only=cls_only,
+                                              unpadded=unpadded)
             if not rows:
                 continue
             loss_sum += loss.double()

@@ -107,21 +107,24 @@ def labelled_lm_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor])
 
 
 def batch_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: str, *,
-                   labelled_only: bool = False, cls_only: bool = False) -> tuple[torch.Tensor, Any]:
+                   labelled_only: bool = False, cls_only: bool = False,
+                   unpadded: bool = False) -> tuple[torch.Tensor, Any]:
     """(summed loss, logits) of one batch; the caller divides by the items of the whole step.
     `labelled_only` (compute.labelled_logits_only): a causal LM computes logits at the labelled
     positions only (labelled_lm_loss_sum), where the model supports it; `cls_only`
     (compute.last_block_cls_only): a BERT-family classifier computes its last block at the first
-    token only (core.cls_only). The same loss either way."""
+    token only (core.cls_only); `unpadded` (compute.unpadded_encoder): its blocks at the real tokens
+    only (core.unpadded). The same loss either way."""
     import torch.nn.functional as F
 
     from core.cls_only import last_block_at_cls
     from core.data.batching import model_inputs
+    from core.unpadded import real_tokens_only
 
     if task == "causal-lm" and labelled_only and keeps_labelled_logits(model):
         return labelled_lm_loss_sum(model, batch)
     if task == "classification":
-        with last_block_at_cls(model, cls_only):
+        with last_block_at_cls(model, cls_only), real_tokens_only(model, unpadded):
             logits = model(**model_inputs(batch)).logits
         return F.cross_entropy(logits.float(), batch["labels"], reduction="sum"), logits
     logits = model(**model_inputs(batch)).logits

@@ -94,7 +94,8 @@ class Milestones:
             metrics = evaluate(self.model, data.validation, task=cfg.task, num_labels=len(data.labels or []),
                                batch_size=batch_size, pad_token_id=self.tokenizer.pad_token_id, accelerator=acc,
                                labelled_only=cfg.compute.labelled_logits_only,
-                               cls_only=cfg.compute.last_block_cls_only, prefix=self.prefix)
+                               cls_only=cfg.compute.last_block_cls_only, unpadded=cfg.compute.unpadded_encoder,
+                               prefix=self.prefix)
         except torch.OutOfMemoryError:
             when = "before training" if before_training else f"after step {state.step}"
             raise UserError(f"out of device memory evaluating {when} ({batch_size} rows a batch)",

@@ -62,7 +62,8 @@ CHOICES = {"schedule.scheduler": "cosine", "eval.metric": "f1", "precision": "fp
 BLOCKS = re.compile("[\u2580-\u259f]+")
 """The block characters a scrollbar is drawn with."""
 TOGGLES = {"compute.gradient_checkpointing": True, "compute.oom_recovery": False,
-           "compute.labelled_logits_only": False, "compute.last_block_cls_only": False, "eval.before_training": False,
+           "compute.labelled_logits_only": False, "compute.last_block_cls_only": False, "compute.unpadded_encoder": False,
+           "eval.before_training": False,
            "compute.frozen_eval_mode": True, "lora.enabled": True,
            "lora.use_dora": True, "lora.use_rslora": True, "lora.merge_on_export": True}
 """Checkbox fields and the value a press of space gives them (the opposite of the default)."""

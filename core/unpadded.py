@@ -1,0 +1,86 @@
+"""A BERT-family encoder's blocks computed at the real tokens only, not at the padding.
+
+A batch is padded to its longest row, and every block computes its projections, feed-forward
+network and norms at every position, although nothing reads the padding's output: the attention
+mask hides it as a key, and the head reads the first token. In random batches of short texts
+(`data.group_by_length: false`, Trainer's default) about two thirds of the positions are padding.
+Here each block gathers its input's real tokens into one [tokens, hidden] matrix and runs its
+linear layers and norms on that; only the attention itself, which needs the rows, sees queries,
+keys and values spread back to the padded [rows, heads, length, width] shape. The block's output
+is zero at the padding. The loss and every gradient are the same (tests/test_unpadded.py); in
+training, dropout draws masks for the real tokens only, so the numbers depend on the seed
+differently.
+
+The blocks' forwards are swapped for one loss forward (core.loss.batch_loss_sum), as core.cls_only
+swaps the last one: anything else that reads the model's hidden states sees the real blocks. Left
+alone (the plain forward runs): the architectures core.cls_only leaves alone, decoders, attention
+implementations other than eager and sdpa, a batch without padding (transformers passes no mask),
+blocks under gradient checkpointing (their recomputation in the backward pass would run the real
+forward on the unpadded input) or torch.compile, the prefix cache's stand-ins, and the last block
+when core.cls_only computes it at the first token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+from collections.abc import Iterator
+
+
+def unpadded_blocks(model) -> list:
+    """The encoder blocks of `model` (through DDP and peft wrappers) that can run at the real tokens
+    only; empty where none can."""
+    from core.cls_only import FIRST_TOKEN_CLASSIFIERS
+    from core.prefix_cache import inner_model
+
+    inner = inner_model(model)
+    config = inner.config
+    if (config.model_type not in FIRST_TOKEN_CLASSIFIERS or not type(inner).__name__.endswith("ForSequenceClassification")
+            or config.is_decoder or config._attn_implementation not in ("eager", "sdpa")):
+        return []
+    return [block for block in getattr(inner, inner.base_model_prefix).encoder.layer
+            if not getattr(block, "gradient_checkpointing", False) and getattr(block, "_compiled_call_impl", None) is None
+            and next(block.parameters(), None) is not None and "forward" not in vars(block)]
+
+
+def _forward_unpadded(block, hidden_states, attention_mask=None, *args, **kwargs):
+    """The block's output, computed at the tokens the mask lets a query attend to; zero elsewhere."""
+    import torch
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if attention_mask is None or attention_mask.dim() != 4:  # no padding, or a mask we do not read
+        return type(block).forward(block, hidden_states, attention_mask, *args, **kwargs)
+    rows, length, hidden = hidden_states.shape
+    allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0  # sdpa's, eager's
+    real = allowed.any(dim=-2)[:, 0].expand(rows, length).reshape(-1).nonzero().squeeze(1)
+    tokens = hidden_states.reshape(rows * length, hidden).index_select(0, real)
+    attention = block.attention.self
+    width = attention.attention_head_size
+
+    def spread(projected):  # [tokens, heads x width] -> [rows, heads, length, width], zero at the padding
+        padded = projected.new_zeros(rows * length, projected.shape[-1]).index_copy(0, real, projected)
+        return padded.view(rows, length, -1, width).transpose(1, 2)
+
+    eager = sys.modules[type(attention).__module__].eager_attention_forward
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager)
+    context, _ = interface(attention, spread(attention.query(tokens)), spread(attention.key(tokens)),
+                           spread(attention.value(tokens)), attention_mask,
+                           dropout=attention.dropout.p if attention.training else 0.0, scaling=attention.scaling)
+    attended = block.attention.output(context.reshape(rows * length, -1).index_select(0, real), tokens)
+    output = block.feed_forward_chunk(attended)
+    return output.new_zeros(rows * length, output.shape[-1]).index_copy(0, real, output).view(rows, length, -1)
+
+
+@contextlib.contextmanager
+def real_tokens_only(model, enabled: bool = True) -> Iterator[None]:
+    """Within it, `model`'s encoder blocks compute at the real tokens only, where unpadded_blocks
+    finds them (compute.unpadded_encoder). Enter it inside core.cls_only's swap, which it leaves be."""
+    blocks = unpadded_blocks(model) if enabled else []
+    for block in blocks:
+        block.forward = types.MethodType(_forward_unpadded, block)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward

@@ -1,0 +1,124 @@
+"""compute.unpadded_encoder: a BERT-family classifier's blocks at the real tokens only give the same
+loss and gradients as the padded blocks, compute at fewer positions, and every other model runs as
+it is."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from core.cls_only import last_block_at_cls
+from core.loss import batch_loss_sum
+from core.unpadded import real_tokens_only, unpadded_blocks
+from test_cls_only import LENGTHS, batch, classifier, electra
+
+
+def loss_and_grads(model, inputs, unpadded: bool, cls_only: bool = False):
+    model.zero_grad(set_to_none=True)
+    loss, logits = batch_loss_sum(model, inputs, "classification", cls_only=cls_only, unpadded=unpadded)
+    loss.backward()
+    return loss.detach(), logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_numbers(model, cls_only: bool = False):
+    """Loss, logits and every gradient at the real tokens only and padded, in eval mode (dropout
+    draws masks for other shapes)."""
+    model.eval()
+    inputs = batch()
+    real = loss_and_grads(model, inputs, True, cls_only)
+    padded = loss_and_grads(model, inputs, False, cls_only)
+    assert_close(real[0], padded[0], rtol=1e-5, atol=1e-6)
+    assert_close(real[1], padded[1], rtol=1e-5, atol=1e-6)
+    assert real[2].keys() == padded[2].keys() and real[2]
+    for name in padded[2]:
+        assert_close(real[2][name], padded[2][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_real_tokens_only_give_the_same_loss_and_gradients(tiny_model_factory, arch, attn):
+    model = classifier(tiny_model_factory(arch), attn)
+    assert unpadded_blocks(model) == list(getattr(model, model.base_model_prefix).encoder.layer)
+    assert_same_numbers(model)
+    assert_same_numbers(model, cls_only=True)  # beside the last block at the first token
+
+
+def test_electra_and_a_lora_wrapped_bert_too(tiny_model_factory):
+    from peft import LoraConfig, get_peft_model
+
+    assert_same_numbers(electra())
+    wrapped = get_peft_model(classifier(tiny_model_factory("bert")),
+                             LoraConfig(r=4, target_modules=["query", "key", "value", "dense"], modules_to_save=["classifier"]))
+    assert len(unpadded_blocks(wrapped)) == wrapped.config.num_hidden_layers
+    assert_same_numbers(wrapped)
+
+
+def test_the_blocks_compute_the_real_tokens_and_get_their_forwards_back(tiny_model_factory):
+    model = classifier(tiny_model_factory("bert")).eval()
+    blocks = unpadded_blocks(model)
+    seen = []
+    for block in blocks:
+        block.intermediate.register_forward_hook(lambda module, args, output: seen.append(tuple(output.shape[:-1])))
+    inputs = batch()
+    with last_block_at_cls(model), real_tokens_only(model):
+        assert "forward" in vars(blocks[0]) and blocks[-1].forward.__name__ == "_forward_at_cls"  # left to cls_only
+        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    assert not any("forward" in vars(block) for block in blocks)  # checkpoints and exports see the real blocks
+    assert seen == [(sum(LENGTHS),)] * (len(blocks) - 1) + [(len(LENGTHS), 1)]
+    seen.clear()
+    with real_tokens_only(model):  # a batch without padding: transformers passes no mask, the block runs as it is
+        model(input_ids=inputs["input_ids"][:, :2], attention_mask=inputs["attention_mask"][:, :2])
+    assert seen == [(len(LENGTHS), 2)] * len(blocks)
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "gpt2", "llama"])
+def test_other_classifiers_run_as_they_are(tiny_model_factory, arch):
+    model = classifier(tiny_model_factory(arch))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = 0
+    assert unpadded_blocks(model) == []
+    model.eval()
+    inputs = batch(model.config.pad_token_id)
+    assert_close(loss_and_grads(model, inputs, True)[0], loss_and_grads(model, inputs, False)[0])
+
+
+def test_gradient_checkpointing_and_flash_attention_keep_the_padded_blocks(tiny_model_factory):
+    from core.memory import enable_gradient_checkpointing
+
+    model = classifier(tiny_model_factory("bert"))
+    enable_gradient_checkpointing(model)
+    assert unpadded_blocks(model) == []
+    model = classifier(tiny_model_factory("bert"))
+    model.config._attn_implementation = "flash_attention_2"
+    assert unpadded_blocks(model) == []
+
+
+def test_a_run_trains_and_evaluates_the_same_numbers_and_says_so(tiny_model_factory, cls_file, tmp_path):
+    """Two runs of random batches, with the model's dropout at 0 so that both draw nothing: the same
+    evaluations after the same steps, whether the blocks saw the padding or not."""
+    from core.config import parse_config
+    from core.engine import train
+    from core.events import EvalResult, ListSink, LogMessage
+
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_model_factory("bert"), folder)
+    config_file = folder / "config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text())
+                                      | {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    config = {"task": "classification", "model": {"name_or_path": str(folder)},
+              "data": {"train": str(cls_file), "max_length": 24, "val_ratio": 0.25, "group_by_length": False},
+              "optim": {"batch_size": 4}, "schedule": {"max_steps": 6}, "eval": {"every_steps": 2},
+              "checkpoint": {"every_steps": 0}, "output": {"runs_dir": str(tmp_path), "save_final": False}}
+    line = "the encoder's blocks compute at the real tokens only, not the padding (compute.unpadded_encoder)"
+    runs = {}
+    for on in (True, False):
+        sink = ListSink()
+        train(parse_config(config | {"compute": {"unpadded_encoder": on}}), [sink])
+        assert (line in [e.message for e in sink.of_type(LogMessage)]) is on
+        runs[on] = [(e.step, e.metrics["loss"]) for e in sink.of_type(EvalResult)]
+    assert [step for step, _ in runs[True]] == [0, 2, 4, 6]  # before training, then every 2 steps
+    assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-6)
