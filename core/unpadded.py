@@ -14,7 +14,7 @@ differently.
 The blocks' forwards are swapped for one loss forward (core.loss.batch_loss_sum), as core.cls_only
 swaps the last one: anything else that reads the model's hidden states sees the real blocks. Left
 alone (the plain forward runs): the architectures core.cls_only leaves alone, decoders, attention
-implementations other than eager and sdpa, a batch without padding (transformers passes no mask),
+implementations other than eager and sdpa, a batch with little or no padding (LEAST_PADDING),
 blocks under gradient checkpointing (their recomputation in the backward pass would run the real
 forward on the unpadded input) or torch.compile, the prefix cache's stand-ins, and the last block
 when core.cls_only computes it at the first token.
@@ -26,6 +26,11 @@ import contextlib
 import sys
 import types
 from collections.abc import Iterator
+
+LEAST_PADDING = 0.1
+"""The share of a batch's positions that must be padding for a block to gather its real tokens: below
+it the gathering and spreading cost what they save (length-grouped batches, bench/engine_ab.py), and
+the padded block runs as it is."""
 
 
 def unpadded_blocks(model) -> list:
@@ -54,6 +59,8 @@ def _forward_unpadded(block, hidden_states, attention_mask=None, *args, **kwargs
     rows, length, hidden = hidden_states.shape
     allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0  # sdpa's, eager's
     real = allowed.any(dim=-2)[:, 0].expand(rows, length).reshape(-1).nonzero().squeeze(1)
+    if real.numel() > rows * length * (1 - LEAST_PADDING):
+        return type(block).forward(block, hidden_states, attention_mask, *args, **kwargs)
     tokens = hidden_states.reshape(rows * length, hidden).index_select(0, real)
     attention = block.attention.self
     width = attention.attention_head_size

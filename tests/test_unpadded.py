@@ -73,6 +73,12 @@ def test_the_blocks_compute_the_real_tokens_and_get_their_forwards_back(tiny_mod
     with real_tokens_only(model):  # a batch without padding: transformers passes no mask, the block runs as it is
         model(input_ids=inputs["input_ids"][:, :2], attention_mask=inputs["attention_mask"][:, :2])
     assert seen == [(len(LENGTHS), 2)] * len(blocks)
+    seen.clear()
+    mask = torch.ones(4, 10, dtype=torch.long)
+    mask[0, -1] = 0  # 1 position of 40 is padding: less than LEAST_PADDING, not worth the gathering
+    with real_tokens_only(model):
+        model(input_ids=torch.randint(5, 200, (4, 10)), attention_mask=mask)
+    assert seen == [(4, 10)] * len(blocks)
 
 
 @pytest.mark.parametrize("arch", ["distilbert", "gpt2", "llama"])
