@@ -25,17 +25,30 @@ def no_follow(path: str, flags: int, mode: int = 0o666) -> int:
     return os.open(path, flags | os.O_NOFOLLOW, mode)
 
 
-def replace_text(path: Path, text: str) -> None:
+def replace_text(path: Path, text: str, *, durable: bool = False) -> None:
     """Write `text` to `path` atomically, a reader never seeing half of it: through a temporary file
     of a random name created exclusively (mkstemp), not a name one could guess and plant a link
-    under (`.engine.json.<pid>.tmp` was written through one, for every pid a folder had links for)."""
+    under (`.engine.json.<pid>.tmp` was written through one, for every pid a folder had links for).
+    The file is private (0600), as a record of processes is. `durable`, for a file the user keeps (a
+    config): it is on disk before it takes the name, so a crash or power cut leaves the old file or
+    the new one, never an empty one, and it gets the mode a plain write would give it: the old
+    file's, or what the umask leaves of 0666."""
+    import errno
     import tempfile
 
+    if durable and path.exists() and not os.access(path, os.W_OK):  # the rename would replace a read-only file
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            if durable:
+                f.flush()
+                os.fchmod(f.fileno(), path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
+                os.fsync(f.fileno())
         os.replace(temp, path)
+        if durable:
+            _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)

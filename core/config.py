@@ -115,8 +115,12 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    """Write the config as YAML, in field order, so it reads like the example."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+    """Write the config as YAML, in field order, so it reads like the example. Whole or not at all
+    (core.atomic.replace_text): a crash while ctrl+s overwrote a user's config left it empty. A
+    symbolic link (a config kept in a dotfiles repository) is written through, not replaced."""
+    from core.atomic import replace_text
+
+    replace_text(Path(path).resolve(), yaml.safe_dump(config_to_dict(config), sort_keys=False), durable=True)
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:

@@ -21,6 +21,38 @@ def test_yaml_round_trip(task, tmp_path):
     assert load_config(tmp_path / "c.yaml") == config
 
 
+def test_saving_over_a_config_is_whole_or_not_at_all(tmp_path, monkeypatch):
+    """ctrl+s over a user's config: a crash mid-write left an empty file. The old text survives a
+    failed write, the file keeps its mode, a symbolic link is written through, and a read-only file
+    is refused as a plain write refuses it."""
+    import os
+
+    config = RunConfig(task="classification")
+    path = tmp_path / "mine.yaml"
+    path.write_text("# my notes\n")
+    path.chmod(0o640)
+
+    def crash(*args):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "replace", crash)
+        with pytest.raises(OSError):
+            save_config(config, path)
+    assert path.read_text() == "# my notes\n" and [p.name for p in tmp_path.iterdir()] == ["mine.yaml"]
+    save_config(config, path)
+    assert load_config(path) == config and path.stat().st_mode & 0o777 == 0o640
+    link = tmp_path / "link.yaml"
+    link.symlink_to(path)
+    save_config(apply_overrides(config, ["optim.lr=0.5"]), link)
+    assert link.is_symlink() and load_config(path).optim.lr == 0.5
+    path.chmod(0o440)
+    monkeypatch.setattr(os, "access", lambda *args: False)  # as a user who is not root sees 0440
+    with pytest.raises(PermissionError):
+        save_config(config, path)
+    assert load_config(path).optim.lr == 0.5
+
+
 @pytest.mark.parametrize("task", ["classification", "causal-lm"])
 def test_commented_example_is_valid_and_documents_every_field(task):
     text = commented_yaml(example_config(task))
