@@ -33,22 +33,35 @@ FIRST_TOKEN_CLASSIFIERS = {"bert", "roberta", "xlm-roberta", "camembert", "elect
 output, and whose blocks are BERT's (attention.self, attention.output, feed_forward_chunk)."""
 
 
-def cls_only_block(model):
-    """The last encoder block of `model` (through DDP and peft wrappers) where computing it at the
-    first token only leaves the loss unchanged and saves work; None elsewhere."""
+def swappable_blocks(model) -> list:
+    """The encoder blocks of a BERT-family sequence classifier `model` (through DDP and peft
+    wrappers) whose forward this module or core.unpadded may swap for one loss forward: not under
+    gradient checkpointing (its recomputation in the backward pass runs the real forward) or
+    torch.compile, not the prefix cache's stand-ins (which serve a block's cached output), not
+    swapped already. Empty for other models and for attention other than eager and sdpa."""
     from core.prefix_cache import inner_model
 
     inner = inner_model(model)
     config = inner.config
     if (config.model_type not in FIRST_TOKEN_CLASSIFIERS or not type(inner).__name__.endswith("ForSequenceClassification")
             or config.is_decoder or config._attn_implementation not in ("eager", "sdpa")):
+        return []
+    return [block for block in getattr(inner, inner.base_model_prefix).encoder.layer
+            if not getattr(block, "gradient_checkpointing", False) and getattr(block, "_compiled_call_impl", None) is None
+            and next(block.parameters(), None) is not None and "forward" not in vars(block)]
+
+
+def cls_only_block(model):
+    """The last encoder block of `model` where computing it at the first token only leaves the loss
+    unchanged and saves work; None elsewhere."""
+    from core.prefix_cache import inner_model
+
+    blocks = swappable_blocks(model)
+    if not blocks:
         return None
-    block = getattr(inner, inner.base_model_prefix).encoder.layer[-1]
-    if getattr(block, "gradient_checkpointing", False) or getattr(block, "_compiled_call_impl", None) is not None:
-        return None
-    if next(block.parameters(), None) is None:  # the prefix cache's stand-in, serving the block's cached output
-        return None
-    return block
+    inner = inner_model(model)
+    last = getattr(inner, inner.base_model_prefix).encoder.layer[-1]
+    return last if blocks[-1] is last else None
 
 
 def first_token_top(model, blocks: list[str], trainable: list[str]) -> str | None:

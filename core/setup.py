@@ -163,9 +163,9 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
         if cls_only_block(model) is not None:
             log.info("the last block runs at the first token only, the one the head reads (compute.last_block_cls_only)")
     if config.task == "classification" and config.compute.unpadded_encoder and not config.compute.gradient_checkpointing:
-        from core.unpadded import unpadded_blocks
+        from core.cls_only import swappable_blocks
 
-        if unpadded_blocks(model):
+        if swappable_blocks(model):
             log.info("the encoder's blocks compute at the real tokens only, not the padding (compute.unpadded_encoder)")
     return model, rules, summary
 

@@ -23,6 +23,7 @@ when core.cls_only computes it at the first token.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import types
 from collections.abc import Iterator
@@ -33,32 +34,26 @@ it the gathering and spreading cost what they save (length-grouped batches, benc
 the padded block runs as it is."""
 
 
-def unpadded_blocks(model) -> list:
-    """The encoder blocks of `model` (through DDP and peft wrappers) that can run at the real tokens
-    only; empty where none can."""
-    from core.cls_only import FIRST_TOKEN_CLASSIFIERS
-    from core.prefix_cache import inner_model
-
-    inner = inner_model(model)
-    config = inner.config
-    if (config.model_type not in FIRST_TOKEN_CLASSIFIERS or not type(inner).__name__.endswith("ForSequenceClassification")
-            or config.is_decoder or config._attn_implementation not in ("eager", "sdpa")):
-        return []
-    return [block for block in getattr(inner, inner.base_model_prefix).encoder.layer
-            if not getattr(block, "gradient_checkpointing", False) and getattr(block, "_compiled_call_impl", None) is None
-            and next(block.parameters(), None) is not None and "forward" not in vars(block)]
-
-
-def _forward_unpadded(block, hidden_states, attention_mask=None, *args, **kwargs):
-    """The block's output, computed at the tokens the mask lets a query attend to; zero elsewhere."""
+def real_positions(attention_mask, rows: int, length: int, found: dict):
+    """The flat indices (into rows x length) of the positions the 4D mask lets a query attend to:
+    the real tokens. Found once per forward, as every block gets the same mask: `nonzero` waits for
+    the device. `found` maps the mask tensor (by identity) to them."""
     import torch
+
+    if found.get("mask") is not attention_mask:
+        allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0  # sdpa's, eager's
+        found.update(mask=attention_mask, real=allowed.any(dim=-2)[:, 0].expand(rows, length).reshape(-1).nonzero().squeeze(1))
+    return found["real"]
+
+
+def _forward_unpadded(block, hidden_states, attention_mask=None, *args, found: dict, **kwargs):
+    """The block's output, computed at the tokens the mask lets a query attend to; zero elsewhere."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     if attention_mask is None or attention_mask.dim() != 4:  # no padding, or a mask we do not read
         return type(block).forward(block, hidden_states, attention_mask, *args, **kwargs)
     rows, length, hidden = hidden_states.shape
-    allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0  # sdpa's, eager's
-    real = allowed.any(dim=-2)[:, 0].expand(rows, length).reshape(-1).nonzero().squeeze(1)
+    real = real_positions(attention_mask, rows, length, found)
     if real.numel() > rows * length * (1 - LEAST_PADDING):
         return type(block).forward(block, hidden_states, attention_mask, *args, **kwargs)
     tokens = hidden_states.reshape(rows * length, hidden).index_select(0, real)
@@ -81,11 +76,15 @@ def _forward_unpadded(block, hidden_states, attention_mask=None, *args, **kwargs
 
 @contextlib.contextmanager
 def real_tokens_only(model, enabled: bool = True) -> Iterator[None]:
-    """Within it, `model`'s encoder blocks compute at the real tokens only, where unpadded_blocks
-    finds them (compute.unpadded_encoder). Enter it inside core.cls_only's swap, which it leaves be."""
-    blocks = unpadded_blocks(model) if enabled else []
+    """Within it, `model`'s encoder blocks compute at the real tokens only, where
+    core.cls_only.swappable_blocks finds them (compute.unpadded_encoder). Enter it inside
+    core.cls_only's swap, which it leaves be."""
+    from core.cls_only import swappable_blocks
+
+    blocks = swappable_blocks(model) if enabled else []
+    found: dict = {}
     for block in blocks:
-        block.forward = types.MethodType(_forward_unpadded, block)
+        block.forward = types.MethodType(functools.partial(_forward_unpadded, found=found), block)
     try:
         yield
     finally:

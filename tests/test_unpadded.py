@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from core.cls_only import last_block_at_cls
+from core.cls_only import last_block_at_cls, swappable_blocks
 from core.loss import batch_loss_sum
-from core.unpadded import real_tokens_only, unpadded_blocks
+from core.unpadded import real_tokens_only
 from test_cls_only import LENGTHS, batch, classifier, electra
 
 
@@ -42,7 +42,7 @@ def assert_same_numbers(model, cls_only: bool = False):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_real_tokens_only_give_the_same_loss_and_gradients(tiny_model_factory, arch, attn):
     model = classifier(tiny_model_factory(arch), attn)
-    assert unpadded_blocks(model) == list(getattr(model, model.base_model_prefix).encoder.layer)
+    assert swappable_blocks(model) == list(getattr(model, model.base_model_prefix).encoder.layer)
     assert_same_numbers(model)
     assert_same_numbers(model, cls_only=True)  # beside the last block at the first token
 
@@ -53,13 +53,13 @@ def test_electra_and_a_lora_wrapped_bert_too(tiny_model_factory):
     assert_same_numbers(electra())
     wrapped = get_peft_model(classifier(tiny_model_factory("bert")),
                              LoraConfig(r=4, target_modules=["query", "key", "value", "dense"], modules_to_save=["classifier"]))
-    assert len(unpadded_blocks(wrapped)) == wrapped.config.num_hidden_layers
+    assert len(swappable_blocks(wrapped)) == wrapped.config.num_hidden_layers
     assert_same_numbers(wrapped)
 
 
 def test_the_blocks_compute_the_real_tokens_and_get_their_forwards_back(tiny_model_factory):
     model = classifier(tiny_model_factory("bert")).eval()
-    blocks = unpadded_blocks(model)
+    blocks = swappable_blocks(model)
     seen = []
     for block in blocks:
         block.intermediate.register_forward_hook(lambda module, args, output: seen.append(tuple(output.shape[:-1])))
@@ -86,7 +86,7 @@ def test_other_classifiers_run_as_they_are(tiny_model_factory, arch):
     model = classifier(tiny_model_factory(arch))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = 0
-    assert unpadded_blocks(model) == []
+    assert swappable_blocks(model) == []
     model.eval()
     inputs = batch(model.config.pad_token_id)
     assert_close(loss_and_grads(model, inputs, True)[0], loss_and_grads(model, inputs, False)[0])
@@ -97,10 +97,10 @@ def test_gradient_checkpointing_and_flash_attention_keep_the_padded_blocks(tiny_
 
     model = classifier(tiny_model_factory("bert"))
     enable_gradient_checkpointing(model)
-    assert unpadded_blocks(model) == []
+    assert swappable_blocks(model) == []
     model = classifier(tiny_model_factory("bert"))
     model.config._attn_implementation = "flash_attention_2"
-    assert unpadded_blocks(model) == []
+    assert swappable_blocks(model) == []
 
 
 def test_a_run_trains_and_evaluates_the_same_numbers_and_says_so(tiny_model_factory, cls_file, tmp_path):
