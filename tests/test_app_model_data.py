@@ -736,6 +736,30 @@ async def test_a_chat_row_folds_the_system_prompt_and_opens_at_the_answer(tmp_pa
         assert folded in visible_text(app) and SYSTEM_PROMPT[:30] not in visible_text(app)
 
 
+async def test_at_80x24_a_chat_rows_answer_is_on_screen(tmp_path, tiny_model_factory):
+    """At 80x24 the nine-row table pushed the row detail's last five rows, the answer among them,
+    below the screen: a newcomer saw the system prompt and the question, and no answer."""
+    model = tmp_path / "chat-model"
+    shutil.copytree(tiny_model_factory("llama"), model)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = SYSTEM_TEMPLATE
+    tokenizer.save_pretrained(model)
+    rows = [{"messages": [{"role": "user", "content": f"What does itertools function {i} do, and when would I use it?"},
+                          {"role": "assistant", "content": "It yields items lazily."}]} for i in range(6)]
+    train = tmp_path / "chat.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    config = write_config(tmp_path / "run.yaml", task="causal-lm", eval={"metric": "loss"},
+                          model={"name_or_path": str(model)}, data={"train": str(train), "max_length": 256})
+    app = create_app(config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_data(pilot)
+        text = visible_text(app)
+        assert f"{ANSWER_MARK}It yields items lazily." in text and "<|im_start|>user" in text
+        assert text.count("[system prompt: ") >= 3  # table rows above the detail, besides its own
+
+
 def test_while_a_run_is_shown_the_status_line_describes_that_run_not_the_draft():
     """A live run opened from step 6 was described by the draft's model, task and lr; once it ended,
     FINISHED stood beside the draft's model until an edit made the draft the subject again (IDLE)."""

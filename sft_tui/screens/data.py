@@ -47,6 +47,7 @@ class DataScreen(StepScreen):
     STEP = "data"
     CSS_PATH = "data.tcss"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     BINDINGS = [Binding("ctrl+l", "load", "Load data", id="load-data")]
     AUTO_FOCUS = ""
     """Nothing takes the focus on arrival: the number keys switch steps, and the first Tab reaches the
