@@ -28,6 +28,7 @@ import yaml
 
 from core.atomic import no_follow
 from core.config import RunConfig, config_to_dict, save_config
+from core.disk import disk_problem
 from core.errors import UserError
 from core.events import Event, read_events
 from core.launch import check_launch, launch_env
@@ -129,8 +130,9 @@ def start_detached(config: RunConfig | None = None, resume_dir: str | Path | Non
         env.update(trusted_env(start.config))
     try:
         log = open(paths.engine_log, "ab", opener=no_follow)  # noqa: SIM115 - the child holds it; ours closes below
-    except OSError as err:
-        raise UserError(f"cannot create run folder {paths.root}: {err.strerror}", "check output.runs_dir") from None
+    except OSError as err:  # a resume's folder exists: its disk, or who may write in it, is what to fix
+        raise disk_problem(err, paths.root, "try again") or UserError(
+            f"cannot write {paths.engine_log}: {err.strerror}", f"check who may write in {paths.root}") from None
     with log:
         process = subprocess.Popen(
             command, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

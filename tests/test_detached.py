@@ -23,6 +23,7 @@ import yaml
 
 from core.commands import FolderControl, send_command
 from core.config import parse_config
+from core.errors import UserError
 from core.events import StepMetrics
 from core.follow import EventFollower
 from core.liveness import ProcessRecord, live_record, read_record, write_record
@@ -249,6 +250,27 @@ def test_a_run_being_launched_shows_as_starting_not_crashed(root):
     send_command(run.paths.commands, "stop")
     assert run.process.wait(timeout=120) == 3  # stopped after its first step, a checkpoint saved
     assert run_info(run.paths.root).state == "stopped"
+
+
+def test_a_start_on_a_read_only_disk_says_so_and_starts_nothing(root, monkeypatch):
+    """A resume with --detach on a file system remounted read-only said "cannot create run folder
+    ...: check output.runs_dir" of a folder that was there, named in no config."""
+    import errno
+
+    import sft_tui.detach
+
+    def read_only(path, flags, mode=0o666):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    config = parse_config(yaml.safe_load((root / "killed.yaml").read_text()))
+    config = config.model_copy(update={"output": config.output.model_copy(update={"run_name": "read-only"})})
+    monkeypatch.setattr(sft_tui.detach, "no_follow", read_only)
+    with pytest.raises(UserError) as caught:
+        start_detached(config)
+    paths = RunPaths(root / "runs" / "read-only")
+    assert caught.value.message == f"cannot write {paths.engine_log}: the file system is read-only"
+    assert caught.value.hint == f"make it writable under {paths.root}, then try again"
+    assert live_record(paths.engine) is None
 
 
 def test_commands_apply_in_order_once_and_stale_ones_are_dropped(tmp_path):
