@@ -697,9 +697,9 @@ SYSTEM_TEMPLATE = (
 """ChatML that adds a default system prompt, as SmolLM2-Instruct's template does."""
 
 
-async def test_a_chat_row_folds_the_system_prompt_and_opens_at_the_answer(tmp_path, tiny_model_factory, tiny_texts):
-    """With a template that adds a system prompt, the 8-line row detail showed the system prompt and
-    part of the question, never the answer."""
+def system_prompt_chat(tmp_path, tiny_model_factory, conversations: list[list[dict]]):
+    """(tokenizer, config file) of a tiny Llama whose chat template adds SYSTEM_PROMPT, trained on
+    `conversations` (a chat JSONL file of them, max_length 256)."""
     from transformers import AutoTokenizer
 
     model = tmp_path / "chat-model"
@@ -707,13 +707,19 @@ async def test_a_chat_row_folds_the_system_prompt_and_opens_at_the_answer(tmp_pa
     tokenizer = AutoTokenizer.from_pretrained(model)
     tokenizer.chat_template = SYSTEM_TEMPLATE
     tokenizer.save_pretrained(model)
-    story = "\n".join(tiny_texts[:14])
-    rows = [{"messages": [{"role": "user", "content": f"{story}\nWho paints the red ball?"},
-                          {"role": "assistant", "content": "The old teacher does."}]}] * 6
     train = tmp_path / "chat.jsonl"
-    train.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    config = write_config(tmp_path / "run.yaml", task="causal-lm", eval={"metric": "loss"},
-                          model={"name_or_path": str(model)}, data={"train": str(train), "max_length": 256})
+    train.write_text("".join(json.dumps({"messages": turns}) + "\n" for turns in conversations), encoding="utf-8")
+    return tokenizer, write_config(tmp_path / "run.yaml", task="causal-lm", eval={"metric": "loss"},
+                                   model={"name_or_path": str(model)}, data={"train": str(train), "max_length": 256})
+
+
+async def test_a_chat_row_folds_the_system_prompt_and_opens_at_the_answer(tmp_path, tiny_model_factory, tiny_texts):
+    """With a template that adds a system prompt, the 8-line row detail showed the system prompt and
+    part of the question, never the answer."""
+    story = "\n".join(tiny_texts[:14])
+    tokenizer, config = system_prompt_chat(tmp_path, tiny_model_factory, [
+        [{"role": "user", "content": f"{story}\nWho paints the red ball?"},
+         {"role": "assistant", "content": "The old teacher does."}]] * 6)
     app = create_app(config)
     async with app.run_test(size=(120, 40)) as pilot:
         await open_data(pilot)
@@ -739,19 +745,9 @@ async def test_a_chat_row_folds_the_system_prompt_and_opens_at_the_answer(tmp_pa
 async def test_at_80x24_a_chat_rows_answer_is_on_screen(tmp_path, tiny_model_factory):
     """At 80x24 the nine-row table pushed the row detail's last five rows, the answer among them,
     below the screen: a newcomer saw the system prompt and the question, and no answer."""
-    model = tmp_path / "chat-model"
-    shutil.copytree(tiny_model_factory("llama"), model)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    tokenizer.chat_template = SYSTEM_TEMPLATE
-    tokenizer.save_pretrained(model)
-    rows = [{"messages": [{"role": "user", "content": f"What does itertools function {i} do, and when would I use it?"},
-                          {"role": "assistant", "content": "It yields items lazily."}]} for i in range(6)]
-    train = tmp_path / "chat.jsonl"
-    train.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    config = write_config(tmp_path / "run.yaml", task="causal-lm", eval={"metric": "loss"},
-                          model={"name_or_path": str(model)}, data={"train": str(train), "max_length": 256})
+    _, config = system_prompt_chat(tmp_path, tiny_model_factory, [
+        [{"role": "user", "content": f"What does itertools function {i} do, and when would I use it?"},
+         {"role": "assistant", "content": "It yields items lazily."}] for i in range(6)])
     app = create_app(config)
     async with app.run_test(size=(80, 24)) as pilot:
         await open_data(pilot)

@@ -39,25 +39,27 @@ def batch(pad_token_id: int = 0) -> dict[str, torch.Tensor]:
     return collate(rows, pad_token_id, "classification")
 
 
-def loss_and_grads(model, inputs, cls_only: bool):
+def loss_and_grads(model, inputs, **options):
+    """(loss, logits, gradients) of a classification batch through core.loss with `options`."""
     model.zero_grad(set_to_none=True)
-    loss, logits = batch_loss_sum(model, inputs, "classification", cls_only=cls_only)
+    loss, logits = batch_loss_sum(model, inputs, "classification", **options)
     loss.backward()
     return loss.detach(), logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def assert_same_numbers(model):
-    """The loss, logits and every gradient with the last block at the first token only and whole:
-    in eval mode, as dropout's masks are drawn for other shapes."""
+def assert_same_numbers(model, swapped: dict | None = None, plain: dict | None = None):
+    """The loss, logits and every gradient with a swap of core.loss's on (`swapped`, by default the
+    last block at the first token only) and off (`plain`): in eval mode, as dropout's masks are
+    drawn for other shapes."""
     model.eval()
     inputs = batch()
-    cls = loss_and_grads(model, inputs, True)
-    whole = loss_and_grads(model, inputs, False)
-    assert_close(cls[0], whole[0], rtol=1e-5, atol=1e-6)
-    assert_close(cls[1], whole[1], rtol=1e-5, atol=1e-6)
-    assert cls[2].keys() == whole[2].keys() and cls[2]
-    for name in whole[2]:
-        assert_close(cls[2][name], whole[2][name], rtol=1e-4, atol=1e-6, msg=name)
+    on = loss_and_grads(model, inputs, **(swapped or {"cls_only": True}))
+    off = loss_and_grads(model, inputs, **(plain or {}))
+    assert_close(on[0], off[0], rtol=1e-5, atol=1e-6)
+    assert_close(on[1], off[1], rtol=1e-5, atol=1e-6)
+    assert on[2].keys() == off[2].keys() and on[2]
+    for name in off[2]:
+        assert_close(on[2][name], off[2][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
@@ -101,7 +103,7 @@ def test_other_classifiers_run_as_they_are(tiny_model_factory, arch):
     assert cls_only_block(model) is None
     model.eval()
     inputs = batch(model.config.pad_token_id)
-    assert_close(loss_and_grads(model, inputs, True)[0], loss_and_grads(model, inputs, False)[0])
+    assert_close(loss_and_grads(model, inputs, cls_only=True)[0], loss_and_grads(model, inputs)[0])
 
 
 def test_gradient_checkpointing_and_flash_attention_keep_the_whole_block(tiny_model_factory):

@@ -12,30 +12,11 @@ import torch
 from torch.testing import assert_close
 
 from core.cls_only import last_block_at_cls, swappable_blocks
-from core.loss import batch_loss_sum
 from core.unpadded import real_tokens_only
-from test_cls_only import LENGTHS, batch, classifier, electra
+from test_cls_only import LENGTHS, assert_same_numbers, batch, classifier, electra, loss_and_grads
 
-
-def loss_and_grads(model, inputs, unpadded: bool, cls_only: bool = False):
-    model.zero_grad(set_to_none=True)
-    loss, logits = batch_loss_sum(model, inputs, "classification", cls_only=cls_only, unpadded=unpadded)
-    loss.backward()
-    return loss.detach(), logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def assert_same_numbers(model, cls_only: bool = False):
-    """Loss, logits and every gradient at the real tokens only and padded, in eval mode (dropout
-    draws masks for other shapes)."""
-    model.eval()
-    inputs = batch()
-    real = loss_and_grads(model, inputs, True, cls_only)
-    padded = loss_and_grads(model, inputs, False, cls_only)
-    assert_close(real[0], padded[0], rtol=1e-5, atol=1e-6)
-    assert_close(real[1], padded[1], rtol=1e-5, atol=1e-6)
-    assert real[2].keys() == padded[2].keys() and real[2]
-    for name in padded[2]:
-        assert_close(real[2][name], padded[2][name], rtol=1e-4, atol=1e-6, msg=name)
+UNPADDED = {"unpadded": True}
+"""core.loss's option for the blocks at the real tokens only, compared with the padded blocks."""
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
@@ -43,18 +24,18 @@ def assert_same_numbers(model, cls_only: bool = False):
 def test_real_tokens_only_give_the_same_loss_and_gradients(tiny_model_factory, arch, attn):
     model = classifier(tiny_model_factory(arch), attn)
     assert swappable_blocks(model) == list(getattr(model, model.base_model_prefix).encoder.layer)
-    assert_same_numbers(model)
-    assert_same_numbers(model, cls_only=True)  # beside the last block at the first token
+    assert_same_numbers(model, UNPADDED, {})
+    assert_same_numbers(model, UNPADDED | {"cls_only": True}, {"cls_only": True})  # beside the first-token last block
 
 
 def test_electra_and_a_lora_wrapped_bert_too(tiny_model_factory):
     from peft import LoraConfig, get_peft_model
 
-    assert_same_numbers(electra())
+    assert_same_numbers(electra(), UNPADDED, {})
     wrapped = get_peft_model(classifier(tiny_model_factory("bert")),
                              LoraConfig(r=4, target_modules=["query", "key", "value", "dense"], modules_to_save=["classifier"]))
     assert len(swappable_blocks(wrapped)) == wrapped.config.num_hidden_layers
-    assert_same_numbers(wrapped)
+    assert_same_numbers(wrapped, UNPADDED, {})
 
 
 def test_the_blocks_compute_the_real_tokens_and_get_their_forwards_back(tiny_model_factory):
@@ -89,7 +70,7 @@ def test_other_classifiers_run_as_they_are(tiny_model_factory, arch):
     assert swappable_blocks(model) == []
     model.eval()
     inputs = batch(model.config.pad_token_id)
-    assert_close(loss_and_grads(model, inputs, True)[0], loss_and_grads(model, inputs, False)[0])
+    assert_close(loss_and_grads(model, inputs, unpadded=True)[0], loss_and_grads(model, inputs)[0])
 
 
 def test_gradient_checkpointing_and_flash_attention_keep_the_padded_blocks(tiny_model_factory):
