@@ -153,6 +153,24 @@ async def select(pilot, screen: RunsScreen, name: str) -> None:
     await pilot.pause()
 
 
+def test_an_early_ended_run_lists_where_its_resume_starts(tmp_path):
+    """`sft-tui runs` and the runs screen said "crashed 20/40" of a run whose last checkpoint was
+    step 10: read as a resume from step 20, and a run with no checkpoint at all read the same. They
+    list the steps a resume keeps."""
+    from core.manifest import write_manifest
+    from sft_tui.format.runs import step_text
+
+    crashed = write_fake_run(tmp_path, "crashed", 1e-3, end=None)  # its last step logged: 20
+    assert step_text(run_info(crashed)) == "0/40"
+    for step in (10, 20):
+        folder = crashed / "checkpoints" / f"step-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+        write_manifest(folder, step)
+        assert step_text(run_info(crashed)) == f"{step}/40"
+    assert step_text(run_info(write_fake_run(tmp_path, "done", 1e-3))) == "40/40"
+
+
 async def test_two_real_runs_are_listed_compared_and_diffed(real_runs):
     runs = real_runs.parent / "runs"
     app = create_app(real_runs)

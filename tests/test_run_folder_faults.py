@@ -100,7 +100,7 @@ def test_events_of_wrong_types_or_shapes_are_skipped_and_the_run_is_still_read(t
     assert info.state == "crashed" and info.step == 8 and info.best is None and info.updated == T0 + 8
 
     out = sft("runs", "--runs-dir", tmp_path / "runs")
-    assert out.returncode == 0 and out.stdout.splitlines()[1].split()[:3] == ["odd", "crashed", "8/40"], out.stderr
+    assert out.returncode == 0 and out.stdout.splitlines()[1].split()[:3] == ["odd", "crashed", "0/40"], out.stderr  # no checkpoint kept
 
 
 @pytest.mark.parametrize("record", [
