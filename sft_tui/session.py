@@ -72,10 +72,15 @@ class LoadError:
     """What the load read (see `_load_source`): the error stands until those settings change."""
 
 
+BATCHING_ONLY = {"group_by_length"}
+"""data fields that only decide which rows share a batch, in the engine: the prepared rows do not
+depend on them, so a change keeps them loaded (step 4 edits group_by_length)."""
+
+
 def _load_source(kind: str, config: RunConfig) -> tuple:
     """The settings a model or data load depends on (the data is tokenized with the model's tokenizer)."""
     model = (config.model, config.task)
-    return model if kind == "model" else (*model, config.data)
+    return model if kind == "model" else (*model, config.data.model_copy(update=dict.fromkeys(BATCHING_ONLY)))
 
 
 @dataclass
@@ -138,8 +143,8 @@ class Session:
     def replace_config(self, config: RunConfig, path: Path | None = None) -> None:
         """Take a new config; what was loaded for the old model or data is dropped if they changed.
         A loaded config replaces whatever invalid text the forms held."""
-        model_changed = (config.model, config.task) != (self.config.model, self.config.task)
-        data_changed = model_changed or config.data != self.config.data
+        model_changed = _load_source("model", config) != _load_source("model", self.config)
+        data_changed = _load_source("data", config) != _load_source("data", self.config)
         if path is not None:
             self.invalid.clear()
         self.config, self.config_path = config, path or self.config_path

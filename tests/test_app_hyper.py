@@ -62,7 +62,7 @@ CHOICES = {"schedule.scheduler": "cosine", "eval.metric": "f1", "precision": "fp
 BLOCKS = re.compile("[\u2580-\u259f]+")
 """The block characters a scrollbar is drawn with."""
 TOGGLES = {"compute.gradient_checkpointing": True, "compute.oom_recovery": False,
-           "compute.labelled_logits_only": False, "compute.last_block_cls_only": False, "compute.unpadded_encoder": False,
+           "compute.labelled_logits_only": False, "compute.last_block_cls_only": False, "compute.unpadded_encoder": False, "data.group_by_length": False,
            "eval.before_training": False,
            "compute.frozen_eval_mode": True, "lora.enabled": True,
            "lora.use_dora": True, "lora.use_rslora": True, "lora.merge_on_export": True}
@@ -269,6 +269,11 @@ async def test_step_preview_counts_like_the_engine_and_follows_the_form():
             assert plan.checkpoint_steps == plan.eval_steps[:-1]
             shown = dict(preview.lines)
             assert shown["steps / epoch"] == f"{per_epoch:,}" and shown["total steps"].startswith(f"{total:,} (")
+        screen.fields["data.group_by_length"].control.focus()  # which rows share a step: the rows stay loaded
+        await pilot.press("space")
+        await pilot.pause()
+        assert app.session.config.data.group_by_length is False and app.session.data is data
+        assert preview.plan is not None and app.data_state == "ready"
         app.session.update({"data.max_length": 48})  # as step 2's form does: the rows must be tokenized again
         app.changed()
         await pilot.pause()

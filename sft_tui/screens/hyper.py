@@ -28,9 +28,11 @@ from sft_tui.widgets.hyper.preview import SchedulePreview
 SECTIONS = [("Optimizer", "optim"), ("Schedule", "schedule"), ("Evaluation", "eval"), ("Checkpoints", "checkpoint"),
             ("Compute", "compute"), ("LoRA", "lora")]
 TOP_LEVEL = ("Run", ["seed", "precision"])
-RUN_FIELDS = [("output", "run_name")]
-"""Fields of other sections shown in the Run section: output.run_name, empty for a fresh name from
-the time, is the one way in the app to leave a run folder that a config taken from a run names."""
+BORROWED = {"Optimizer": [("data", "group_by_length")], "Run": [("output", "run_name")]}
+"""Fields of other sections shown in a section of this form. data.group_by_length decides which rows
+share a step, beside the batch size (the data step loads and previews the rows, whichever it is).
+output.run_name, empty for a fresh name from the time, is the one way in the app to leave a run
+folder that a config taken from a run names."""
 
 """The eval.metric values RunConfig accepts per task (its cross-field check)."""
 
@@ -41,9 +43,9 @@ def form_sections(task: str) -> list[tuple[str, list[FieldSpec]]]:
     """(title, field specs) of the form; eval.metric offers the metrics of `task`."""
     sections = [(title, section_specs(RunConfig.model_fields[name].annotation, name)) for title, name in SECTIONS]
     title, names = TOP_LEVEL
-    sections.append((title, [field_spec(RunConfig, name) for name in names]
-                     + [field_spec(RunConfig.model_fields[section].annotation, name, section)
-                        for section, name in RUN_FIELDS]))
+    sections.append((title, [field_spec(RunConfig, name) for name in names]))
+    sections = [(title, specs + [field_spec(RunConfig.model_fields[section].annotation, name, section)
+                                 for section, name in BORROWED.get(title, [])]) for title, specs in sections]
     return [(title, [_with_metrics(spec, task) for spec in specs]) for title, specs in sections]
 
 
