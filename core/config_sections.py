@@ -141,7 +141,7 @@ class DataConfig(_Section):
     group_by_length: bool = True
     """Batch rows of similar length together so less compute is spent on padding. It changes which
     rows share a step: on short-text classification it cost 1-2% of eval loss against random
-    batches (BENCHMARKS.md). Off, BERT-family classifiers still skip most of the padding
+    batches. Off, BERT-family classifiers still skip most of the padding
     (compute.unpadded_encoder), at about three quarters of the grouped speed."""
     packing: bool = False
     """Causal LM only: pack whole rows into blocks of up to `max_length` tokens, each row attending
