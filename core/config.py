@@ -25,7 +25,6 @@ from core.config_sections import (
     TASKS,
     CheckpointConfig,
     ColumnMap,
-    ComputeConfig,
     DataConfig,
     DataFormat,
     EvalConfig,
@@ -42,6 +41,7 @@ from core.config_sections import (
     _Section,
     is_folder_name,
 )
+from core.config_compute import ComputeConfig
 from core.config_yaml import read_config_file
 from core.errors import UserError
 

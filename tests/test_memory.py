@@ -421,7 +421,7 @@ def test_fsdp_splits_the_weights_and_their_state_over_its_gpus_and_gathers_a_uni
     state, plus what FSDP gathers whole (the root's embeddings, norm and head; two blocks); the
     estimate said 1.3 TB for each GPU, as if every one held all of it. Activations do not shrink:
     each process computes its own micro-batch."""
-    from core.config_sections import ComputeConfig
+    from core.config_compute import ComputeConfig
     from core.memory import block_linear_params, fsdp_shards
 
     shape = ModelShape(layers=80, hidden=8192, intermediate=28672, heads=64, kv_heads=8, vocab=128256,
