@@ -166,7 +166,8 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
         from core.cls_only import swappable_blocks
 
         if swappable_blocks(model):
-            log.info("the encoder's blocks compute at the real tokens only, not the padding (compute.unpadded_encoder)")
+            log.info("the encoder's blocks skip the padding of batches that are a tenth or more padding "
+                     "(compute.unpadded_encoder)")
     return model, rules, summary
 
 

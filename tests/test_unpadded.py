@@ -100,7 +100,7 @@ def test_a_run_trains_and_evaluates_the_same_numbers_and_says_so(tiny_model_fact
               "data": {"train": str(cls_file), "max_length": 24, "val_ratio": 0.25, "group_by_length": False},
               "optim": {"batch_size": 4}, "schedule": {"max_steps": 6}, "eval": {"every_steps": 2},
               "checkpoint": {"every_steps": 0}, "output": {"runs_dir": str(tmp_path), "save_final": False}}
-    line = "the encoder's blocks compute at the real tokens only, not the padding (compute.unpadded_encoder)"
+    line = "the encoder's blocks skip the padding of batches that are a tenth or more padding (compute.unpadded_encoder)"
     runs = {}
     for on in (True, False):
         sink = ListSink()
