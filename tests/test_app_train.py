@@ -680,6 +680,22 @@ async def post_finished_run(pilot) -> None:
     await pilot.pause()
 
 
+async def test_y_shows_the_snippet_it_sends_to_the_clipboard():
+    """Over SSH a terminal may refuse OSC 52: "copied to the clipboard" was said of nothing copied,
+    and the snippet's import line was nowhere on screen."""
+    from sft_tui.format.train import load_snippet
+
+    app = create_app(task="causal-lm")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await post_finished_run(pilot)
+        await pilot.press("y")
+        await pilot.pause()
+        snippet = load_snippet("causal-lm", "runs/demo-run/final")
+        assert app.clipboard == snippet
+        assert [(n.title, n.message.endswith(f":\n{snippet}"), n.markup) for n in app._notifications
+                if n.title == "Load snippet"] == [("Load snippet", True, False)]
+
+
 async def test_a_fixed_event_sequence_fills_every_pane():
     app = create_app(task="causal-lm")
     async with app.run_test(size=(120, 40)) as pilot:

@@ -224,9 +224,10 @@ class TrainScreen(RunEvents, StepScreen):
 
     def action_copy_snippet(self) -> None:
         snippet = self.query_one(ResultsPanel).snippet
-        if snippet:
-            self.app.copy_to_clipboard(snippet)
-            self.notify("load snippet copied to the clipboard")
+        if snippet:  # OSC 52: a terminal that refuses it (often over SSH, or tmux without set-clipboard)
+            self.app.copy_to_clipboard(snippet)  # copies nothing and says nothing, so the lines are shown too
+            self.notify(f"sent to the terminal's clipboard (OSC 52, which a terminal may refuse):\n{snippet}",
+                        title="Load snippet", markup=False, timeout=15)
 
 
 
