@@ -34,8 +34,6 @@ share a step, beside the batch size (the data step loads and previews the rows, 
 output.run_name, empty for a fresh name from the time, is the one way in the app to leave a run
 folder that a config taken from a run names."""
 
-"""The eval.metric values RunConfig accepts per task (its cross-field check)."""
-
 HELP = "Tab / shift+tab move between fields, Esc leaves them · ctrl+s saves the config as YAML, ctrl+o loads one"
 
 
