@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,9 +113,6 @@ def train(
             close_events(jsonl)
         if lock:
             lock.release()
-        if accelerator.num_processes > 1:  # torch.distributed's teardown, before the interpreter's: left to it,
-            with suppress(Exception):      # a 2-process CI run ended "completed" with a rank killed by SIGABRT;
-                accelerator.end_training()  # its own failure (a peer gone) must not hide how the run ended
 
 
 # ---- setup ------------------------------------------------------------------------------------------
