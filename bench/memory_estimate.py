@@ -197,7 +197,7 @@ def step_memory(checkpointing: bool, batch: int = 16, length: int = 256, steps: 
 
     from core.logs import quiet_libraries
     from core.loss import lm_loss_sum
-    from core.memory import enable_gradient_checkpointing
+    from core.setup import enable_gradient_checkpointing
     from core.tiny import demo_tiny_lm
 
     quiet_libraries()

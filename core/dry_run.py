@@ -72,7 +72,6 @@ def prepare(config: RunConfig) -> DryRun:
     from core.describe import describe_model
     from core.launch import launch_warnings
     from core.loss import trained_tokens
-    from core.memory import enable_gradient_checkpointing
     from core.vocab_plan import plan_compact_vocab
 
     set_seed(config.seed)
@@ -81,8 +80,6 @@ def prepare(config: RunConfig) -> DryRun:
     tokenizer, data = setup.setup_data(config)
     baseline = process_memory()["rss_bytes"] if device == "cpu" else 0
     model, rules, summary = setup.setup_model(config, tokenizer, data)
-    if config.compute.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
     setup.setup_optimizer(config, model, rules, torch.device(device))
     vocab = plan_compact_vocab(config, model, len(data.token_ids), config.compute.nproc)
     plan = setup.setup_plan(config, len(data.train), config.compute.nproc)

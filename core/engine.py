@@ -130,10 +130,6 @@ def _set_up(config: RunConfig, paths: RunPaths, acc, out: Broadcast, control: Co
     if resume and (problem := setup.changed_data(paths, data)):
         raise problem
     model, rules, freeze = setup.setup_model(config, tokenizer, data, resumed=resume)
-    if config.compute.gradient_checkpointing:
-        from core.memory import enable_gradient_checkpointing
-
-        enable_gradient_checkpointing(model)
     compact = compact_vocab(config, model, data.token_ids, acc.num_processes)
     optimizer = setup.setup_optimizer(config, model, rules, acc.device, compact)
     model, optimizer = acc.prepare(model, optimizer)

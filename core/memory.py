@@ -23,7 +23,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from core.errors import UserError
 
 ADAMW_STATE_BYTES = 8
 """AdamW keeps two fp32 moments (exp_avg, exp_avg_sq) per trainable parameter."""
@@ -375,20 +374,6 @@ def estimate_model(model, *, batch: int, length: int, task: str, checkpointing: 
                          labelled_share=labelled_share, prefix_cache_bytes=prefix_cache_bytes,
                          reference_params=reference, quantized=quantized, shards=shards,
                          first_token_top=first_token_top(model, description.blocks, trainable) if cls_only else None)
-
-
-def enable_gradient_checkpointing(model) -> None:
-    """Recompute each block's activations in the backward pass instead of keeping them.
-
-    Non-reentrant checkpointing (transformers' default, named here because it matters) works when a
-    block's input needs no gradient, so transformers' hook that makes the embeddings' output require
-    one (needed only by the reentrant kind) is removed again: with it, backward would run through
-    every frozen block below the trained ones for nothing."""
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise UserError(f"{type(model).__name__} does not support gradient checkpointing",
-                        "set compute.gradient_checkpointing: false")
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model.disable_input_require_grads()
 
 
 def format_bytes(n: float) -> str:

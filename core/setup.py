@@ -119,7 +119,8 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
     and the summary of what they left trainable. With lora.enabled the model comes back wrapped by
     peft (core.lora), the rules are the map's under LoRA, and the summary counts the adapters. A
     resumed run's checkpoint replaces a new task head's random weights next, so its log does not
-    announce a new head."""
+    announce a new head. Under compute.gradient_checkpointing its blocks recompute their activations
+    (enable_gradient_checkpointing)."""
     import torch
 
     from core.describe import describe_model
@@ -157,18 +158,31 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
         summary = apply_freeze_map(model, rules)
     for warning in summary.warnings:
         log.warning(warning)
-    if config.task == "classification" and config.compute.last_block_cls_only and not config.compute.gradient_checkpointing:
-        from core.cls_only import cls_only_block
+    if config.compute.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if config.task == "classification":  # checkpointed blocks run as they are: neither swap takes them
+        from core.cls_only import cls_only_block, swappable_blocks
 
-        if cls_only_block(model) is not None:
+        if config.compute.last_block_cls_only and cls_only_block(model) is not None:
             log.info("the last block runs at the first token only, the one the head reads (compute.last_block_cls_only)")
-    if config.task == "classification" and config.compute.unpadded_encoder and not config.compute.gradient_checkpointing:
-        from core.cls_only import swappable_blocks
-
-        if swappable_blocks(model):
+        if config.compute.unpadded_encoder and swappable_blocks(model):
             log.info("the encoder's blocks skip the padding of batches that are a tenth or more padding "
                      "(compute.unpadded_encoder)")
     return model, rules, summary
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them.
+
+    Non-reentrant checkpointing (transformers' default, named here because it matters) works when a
+    block's input needs no gradient, so transformers' hook that makes the embeddings' output require
+    one (needed only by the reentrant kind) is removed again: with it, backward would run through
+    every frozen block below the trained ones for nothing."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"{type(model).__name__} does not support gradient checkpointing",
+                        "set compute.gradient_checkpointing: false")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.disable_input_require_grads()
 
 
 def setup_optimizer(config: RunConfig, model, rules, device, compact=None):

@@ -109,7 +109,7 @@ def test_other_classifiers_run_as_they_are(tiny_model_factory, arch):
 def test_gradient_checkpointing_and_flash_attention_keep_the_whole_block(tiny_model_factory):
     """Checkpointing recomputes the block in the backward pass, after the swap is undone; flash
     attention's unpadding takes a lone query row for the last position."""
-    from core.memory import enable_gradient_checkpointing
+    from core.setup import enable_gradient_checkpointing
 
     model = classifier(tiny_model_factory("bert"))
     enable_gradient_checkpointing(model)

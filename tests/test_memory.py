@@ -13,11 +13,11 @@ from core.memory import (
     MemoryEstimate,
     ModelShape,
     blocks_in_backward,
-    enable_gradient_checkpointing,
     estimate_model,
     estimate_peak,
     model_shape,
 )
+from core.setup import enable_gradient_checkpointing
 
 
 def load(folder, task="causal-lm"):

@@ -74,7 +74,7 @@ def test_other_classifiers_run_as_they_are(tiny_model_factory, arch):
 
 
 def test_gradient_checkpointing_and_flash_attention_keep_the_padded_blocks(tiny_model_factory):
-    from core.memory import enable_gradient_checkpointing
+    from core.setup import enable_gradient_checkpointing
 
     model = classifier(tiny_model_factory("bert"))
     enable_gradient_checkpointing(model)
