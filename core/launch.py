@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from core.config import RunConfig, precision_problem
 from core.control import Control
@@ -123,6 +125,19 @@ def launch_env(config: RunConfig) -> dict[str, str]:
 def world_size() -> int:
     """How many processes train this run: torchrun tells each of them."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def exit_process(code: int) -> NoReturn:
+    """End one of a run's several processes with `code` once its train() has returned (its files,
+    events and trackers closed), skipping the interpreter's teardown. Left to it, gloo's threads
+    still held the process group's last work while Python and C++ objects were destroyed, and now and
+    then a rank that had finished was killed by SIGABRT ("terminate called without an active
+    exception"), which torchrun reports as the run's failure. NCCL's destroy would be collective (a
+    hang when a peer has failed), so none is called: the process's end frees what the group held."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def accelerator_options(config: RunConfig) -> dict:

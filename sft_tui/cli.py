@@ -395,4 +395,9 @@ def _refuse(err: UserError) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.launch import exit_process, world_size
+
+    status = main()
+    if world_size() > 1:  # one of torchrun's processes, which `sft-tui train` starts as `-m sft_tui.cli`
+        exit_process(status)
+    sys.exit(status)

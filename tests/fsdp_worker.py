@@ -25,6 +25,7 @@ from torch.distributed.fsdp import fully_shard
 from core.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from core.export import save_final
 from core.full_state import gather
+from core.launch import exit_process
 
 
 def build(model_dir: str, mode: str, shard: bool):
@@ -103,8 +104,8 @@ def main(model_dir: str, out: Path, mode: str) -> None:
         torch.save(weights, out / "next-sharded.pt")
         torch.save({n: t.detach().clone() for n, t in plain.state_dict().items()}, out / "next-plain.pt")
     dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], Path(sys.argv[2]), sys.argv[3])
+    exit_process(0)  # as the engine's processes end, past gloo's teardown
