@@ -232,11 +232,9 @@ class SftApp(Loading, RunFollowing, StepPrebuild, DraftFiles, App):
         (a `q` typed where a letter is a key quit and lost steps 1-4's work)."""
         run = self.followed
         if run is None or not self.run_state.live:
-            if self.session.unsaved:
+            if question := self._quit_question():
                 from sft_tui.screens.dialogs import ConfirmDialog
 
-                question = ("Quit sft-tui? The draft's edits (model, data, freeze map, settings) are not saved: "
-                            "Cancel, then ctrl+s saves them as YAML, which `sft-tui FILE.yaml` opens again.")
                 self.push_screen(ConfirmDialog(question, yes="Quit without saving", no="Cancel"),
                                  lambda yes: self._quit_now() if yes else None)
                 return
@@ -247,6 +245,22 @@ class SftApp(Loading, RunFollowing, StepPrebuild, DraftFiles, App):
         name = run.paths.root.name if run.paths is not None else "the run"
         self.push_screen(QuitDialog(name, in_process=run.in_process, controls=run.controls,
                                     paused=self.run_state == RunState.PAUSED), self._quit_answer)
+
+    def _quit_question(self) -> str:
+        """What quitting now would lose, as a question, or "" when it loses nothing: the draft's
+        edits that no file or run keeps, and what a step's form shows but has not applied (a
+        model id typed, a data path not loaded yet), which ctrl+s would not save either."""
+        from sft_tui.screens.base import StepScreen
+
+        unapplied = [text for stack in self._screen_stacks.values() for screen in stack
+                     if isinstance(screen, StepScreen) and screen.is_mounted and (text := screen.unapplied())]
+        lost = []
+        if self.session.unsaved:
+            lost.append("The draft's edits (model, data, freeze map, settings) are not saved: Cancel, then ctrl+s "
+                        "saves them as YAML, which `sft-tui FILE.yaml` opens again.")
+        if unapplied:
+            lost.append(f"Typed but not applied: {', '.join(unapplied)}.")
+        return " ".join(["Quit sft-tui?", *lost]) if lost else ""
 
     def _quit_now(self) -> None:
         self._leave_run()

@@ -310,7 +310,8 @@ async def test_the_model_step_gives_its_path_box_the_focus_on_every_visit():
 
 async def test_typing_a_path_after_a_tab_on_the_data_step_lands_in_the_train_box_and_never_quits(tmp_path):
     """The first Tab reached the preview, not the Train box, and the q of `qa.jsonl` typed there quit
-    the app; a draft with edits that no file keeps asks before it quits, one without does not."""
+    the app; a draft with edits that no file keeps asks before it quits, and so does a form that
+    holds text not applied yet (ctrl+s does not save it either)."""
     from sft_tui.screens.dialogs import ConfirmDialog
 
     app = create_app()
@@ -337,6 +338,36 @@ async def test_typing_a_path_after_a_tab_on_the_data_step_lands_in_the_train_box
         await pilot.pause()
         assert (tmp_path / "kept.yaml").exists() and not app.session.unsaved
         await pilot.press("q")
+        await pilot.pause()
+        dialog = app.screen  # the draft is kept, but qa.jsonl is still only typed in step 2's form
+        assert isinstance(dialog, ConfirmDialog) and "not saved" not in dialog.question
+        assert "Typed but not applied: step 2's data form (Enter loads it)" in dialog.question
+        await pilot.click("#yes")
+        await pilot.pause()
+    assert not app.is_running
+
+
+async def test_quitting_asks_about_a_model_typed_but_not_loaded_and_not_once_it_is_loaded(tmp_path):
+    """A model id typed in step 1 and not loaded is work the draft does not have: q asks. Typed
+    back to the draft's model, the form holds nothing new and q quits at once."""
+    from sft_tui.screens.dialogs import ConfirmDialog
+
+    app = create_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        box = app.screen.query_one("#model-path", Input)
+        loaded = box.value
+        box.value = "my-org/my-model"
+        await pilot.press("escape", "q")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, ConfirmDialog) and "step 1's model form (Enter loads it)" in dialog.question
+        assert "not saved" not in dialog.question
+        await pilot.press("enter")  # Cancel
+        await pilot.pause()
+        assert app.is_running and box.value == "my-org/my-model"
+        box.value = loaded
+        await pilot.press("escape", "q")
         await pilot.pause()
     assert not app.is_running
 

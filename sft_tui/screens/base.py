@@ -92,6 +92,11 @@ class StepScreen(Screen):
         if self._compositor.size != size:
             super()._screen_resized(size)
 
+    def unapplied(self) -> str:
+        """What this step's form shows that the draft does not have yet (typed, not loaded), named
+        for the quit question, or "" when the form shows the draft."""
+        return ""
+
     @property
     def in_form(self) -> bool:
         """The focus is on a text box, or on a button, checkbox or choice of a form."""

@@ -171,15 +171,20 @@ class DataScreen(StepScreen):
         if self.session.invalid.get(key) != before:
             self.app.changed()
 
-    def _show_pending(self) -> None:
-        """Say when the form holds edits that Load has not applied yet."""
+    def _edited(self) -> bool:
+        """The form holds edits that Load has not applied yet."""
         data = self.session.config.data
         current = {"data.train": data.train, "data.validation": data.validation, "data.format": data.format,
                    "data.val_ratio": data.val_ratio, "data.max_length": data.max_length,
                    **{f"data.columns.{role}": getattr(data.columns, role) for role in ROLES}}
-        edited = self._form_changes() != current or bool(self._field_errors)
+        return self._form_changes() != current or bool(self._field_errors)
+
+    def _show_pending(self) -> None:
         self.query_one("#data-pending", Static).update(
-            Text("edited: Enter applies", style="yellow") if edited else "")
+            Text("edited: Enter applies", style="yellow") if self._edited() else "")
+
+    def unapplied(self) -> str:
+        return "step 2's data form (Enter loads it)" if self._edited() else ""
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id in NUMBER_FIELDS:

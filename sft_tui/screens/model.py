@@ -92,6 +92,13 @@ class ModelScreen(StepScreen):
         self.query_one("#model-trust", Checkbox).value = config.model.trust_remote_code
         self.query_one(ModelSources).highlight_model(config.model.name_or_path)
 
+    def unapplied(self) -> str:
+        config = self.session.config
+        shown = (self.query_one("#model-path", Input).value.strip(), self._form_task(),
+                 self.query_one("#model-trust", Checkbox).value)
+        edited = shown != (config.model.name_or_path, config.task, config.model.trust_remote_code)
+        return "step 1's model form (Enter loads it)" if edited else ""
+
     def _form_task(self) -> str:
         pressed = self.query_one("#model-task", RadioSet).pressed_button
         return str(pressed.label) if pressed is not None else self.session.config.task
