@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.config import RunConfig
-from core.errors import UserError, train_command
+from core.errors import UserError
+from core.runs import RunPaths, how_to_go_on
 
 
 def why_not_halved(size: int, oom_recovery: bool, processes: int) -> str:
@@ -31,8 +32,8 @@ def out_of_memory(step: int, why: str, advice: list[str], last_checkpoint: Path 
                   memory: str = "device memory") -> UserError:
     """The failure of a step out of `memory`: what would make a run fit, and that the last
     checkpoint still resumes this one as it was (on a device with more free memory)."""
-    kept = (f"; the last checkpoint ({last_checkpoint.name}) resumes this run as it was, where more "
-            f"memory is free: `{train_command('--resume', run_dir)}`" if last_checkpoint else "")
+    kept = (f"; or, where more memory is free, {how_to_go_on(RunPaths(run_dir), resumable=True)}: its last "
+            f"checkpoint ({last_checkpoint.name}) holds it as it was" if last_checkpoint else "")
     return UserError(f"out of {memory} at step {step} {why}",
                      "start a new run that needs less memory: " + ", ".join(advice) + kept)
 

@@ -220,8 +220,8 @@ def moved_problem(paths: RunPaths, identity: tuple[int, int] | None) -> UserErro
     if identity is None or folder_identity(paths.root) == identity:
         return None
     return UserError(f"run folder {paths.root} was moved or deleted while the run trained",
-                     f"its checkpoints so far went with it: put it back at {paths.root} and resume it with "
-                     f"`{train_command('--resume', paths.root)}` (or resume it where it is now)")
+                     f"its checkpoints so far went with it: put it back at {paths.root} and "
+                     f"{how_to_go_on(paths, resumable=True)} (or resume it where it is now)")
 
 
 def holds_a_run(paths: RunPaths) -> bool:
@@ -235,7 +235,7 @@ def occupied_problem(paths: RunPaths) -> UserError | None:
     if not holds_a_run(paths):
         return None
     return UserError(f"run folder {paths.root} already holds a run",
-                     f"choose another output.run_name, or resume it with `{train_command('--resume', paths.root)}`")
+                     f"choose another output.run_name, or {how_to_go_on(paths, resumable=True)}")
 
 
 def create_run(config: RunConfig, run_id: str) -> tuple[RunPaths, RunLock]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.errors import UserError, train_command
+from core.errors import UserError
 from core.follow import EventFollower, follow
 from core.liveness import live_record
 from core.run_info import RunInfo, newest_live_run, read_run, run_info
-from core.runs import RunPaths
+from core.runs import RunPaths, how_to_go_on
 
 POLL_S = 0.25
 EXIT_FAILED = 1
@@ -39,12 +39,11 @@ def find_run(run_dir: str | None, runs_dir: str) -> RunInfo:
 def ended_problem(info: RunInfo) -> UserError | None:
     """Why `info` has nothing live to attach to: it ended, or its engine died without a word."""
     if info.state == "crashed":
-        checkpoint = f" its last complete checkpoint is {info.last_checkpoint.name};" if info.last_checkpoint else ""
+        kept = f"its last complete checkpoint is {info.last_checkpoint.name}" if info.last_checkpoint else \
+            "it saved no checkpoint"
         why = f"; {info.reason}" if info.reason else ""  # which process failed first, when one said
         return UserError(f"run {info.paths.root} crashed: its engine ended without a final event at step "
-                         f"{info.step}{why}",
-                         f"{checkpoint} resume it with `{train_command('--resume', info.paths.root)}`" if checkpoint
-                         else f"it saved no checkpoint; start it again: `{train_command(info.paths.config)}`")
+                         f"{info.step}{why}", f"{kept}; {how_to_go_on(info.paths, info.last_checkpoint is not None)}")
     if not info.live:
         how = info.reason if info.state != "failed" else f"failed: {info.reason}"
         return UserError(f"run {info.paths.root} is not training: it {info.state} at step {info.step} ({how})",

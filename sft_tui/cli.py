@@ -190,7 +190,7 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
     from core.control import Control
     from core.engine import train
     from core.launch import AgreedControl, world_size
-    from core.runs import RunPaths, run_root
+    from core.runs import RunPaths, how_to_go_on, run_root
     from sft_tui.headless import ProgressDisplay
 
     display = ProgressDisplay(training=True)
@@ -234,11 +234,10 @@ def _run_engine(config, resume: str | None, detached: bool) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if result.reason == "stopped":
-        if main and result.last_checkpoint is not None:  # one line for the run, not one per process
-            display.result(f"resume with: {train_command('--resume', Path(result.run_dir))}")
-        elif main:  # stopped before its first step: nothing was saved, nothing was lost
-            display.result(f"stopped before training; start it again with: "
-                           f"{train_command(RunPaths(Path(result.run_dir)).config)}")
+        if main:  # one line for the run, not one per process; before its first step nothing was saved or lost
+            resumable = result.last_checkpoint is not None
+            display.result(("" if resumable else "stopped before training; ")
+                           + how_to_go_on(RunPaths(Path(result.run_dir)), resumable))
         return EXIT_STOPPED
     return 0
 

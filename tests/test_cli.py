@@ -198,7 +198,7 @@ def test_a_stopped_runs_resume_command_goes_to_stdout(lm_setup, tmp_path):
     assert "SIGTERM: stopping after this step" in stderr
     lines = stdout.splitlines()
     assert lines[0].startswith("run stopped at step ")
-    assert lines[-1] == f"resume with: sft-tui train --resume {tmp_path / 'runs' / 'cli'}"  # works from any folder
+    assert lines[-1] == f"resume with `sft-tui train --resume {tmp_path / 'runs' / 'cli'}`"  # works from any folder
 
 
 def test_a_start_on_a_full_disk_is_refused_with_the_reason_not_a_traceback(lm_setup, tmp_path, monkeypatch, capsys):
@@ -264,6 +264,6 @@ def test_a_run_stopped_before_training_says_to_start_it_again_and_that_works(lm_
         assert main(["train", str(path)]) == 3
     out = " ".join(capsys.readouterr().out.split())
     again = tmp_path / "runs" / "cli" / "config.yaml"
-    assert f"stopped before training; start it again with: sft-tui train {again}" in out and "resume with" not in out
+    assert f"stopped before training; start it again with `sft-tui train {again}`" in out and "resume with" not in out
     assert main(["train", str(again)]) == 0
     assert "run completed at step 6" in capsys.readouterr().out

@@ -131,7 +131,7 @@ def test_a_killed_engine_shows_as_crashed_and_resumes_to_its_planned_step(root):
     printed = " ".join((attached.stdout + attached.stderr).split())
     assert attached.returncode == 4 and "checkpoint saved" in printed and "paused at step 1" in printed
     assert "crashed: its engine ended without a final event at step 1" in printed
-    assert f"resume it with `sft-tui train --resume {paths.root}`" in printed
+    assert f"its last complete checkpoint is step-1; resume with `sft-tui train --resume {paths.root}`" in printed
 
     resumed = sft(root, "train", "--resume", str(paths.root), timeout=300)
     assert resumed.returncode == 0, resumed.stderr

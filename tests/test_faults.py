@@ -124,7 +124,7 @@ def test_a_stop_signal_saves_a_checkpoint_exits_3_and_resumes(sig, setup, capsys
     assert proc.returncode == EXIT_STOPPED, err
     err = " ".join(err.split())
     assert f"{sig.name}: stopping after this step" in err and "Traceback" not in err
-    assert f"resume with: sft-tui train --resume {setup.run_dir(name)}" in " ".join(out.split())
+    assert f"resume with `sft-tui train --resume {setup.run_dir(name)}`" in " ".join(out.split())
     finished = read_events(events)[-1]
     assert finished.type == "run_finished" and finished.reason == "stopped" and 0 < finished.step < STEPS
     assert latest_checkpoint(setup.run_dir(name) / "checkpoints").name == f"step-{finished.step}"
