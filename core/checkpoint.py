@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import logging
 import random
 import shutil
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from core.errors import UserError
 from core.full_state import STATE, agree, by_name, gather, is_sharded, is_writer, scatter
 from core.manifest import PREFIX, checkpoint_problem, list_checkpoints, step_of, write_manifest
 from core.runs import RunPaths, how_to_go_on
+
+log = logging.getLogger("core.engine")
 
 STATE_FILE = "state.json"
 
@@ -255,6 +258,7 @@ def save_checkpoint(
     if not is_writer():
         return final
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    _make_room(final, keep_last, state.best_step)
     try:
         with atomic_folder(final) as tmp:
             _save_weights(model, tmp / "model.safetensors", weights)
@@ -272,11 +276,9 @@ def save_checkpoint(
         if code not in DISK_FAULTS:
             raise
         kept = list_checkpoints(checkpoints_dir)
-        # the peak holds keep_last + 1 of them: the new one is written before the oldest goes
         raise UserError(
-            f"cannot write checkpoint {final}: {DISK_FAULTS[code]} "
-            f"(a checkpoint needs about {needed:,} MB, and {keep_last + 1} of them are on the disk while the newest "
-            "is written)",
+            f"cannot write checkpoint {final}: {DISK_FAULTS[code]} (a checkpoint needs about {needed:,} MB, and "
+            f"the run needs room for at least {max(keep_last, 2)} of them)",
             f"{remedy(code)} under {checkpoints_dir}, then {how_to_go_on(RunPaths(checkpoints_dir.parent), bool(kept))}"
             + (f"; the last complete checkpoint is {kept[-1].name}" if kept else ""),
         ) from None
@@ -284,6 +286,25 @@ def save_checkpoint(
         if step_of(old) != state.best_step:  # eval.metric picks it: the one checkpoint worth more than the newest
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _make_room(new: Path, keep_last: int, best_step: int | None) -> None:
+    """Remove the checkpoints that the save of `new` removes once it is complete, before it is written, when
+    the disk lacks room for one more beside them: the run then needs room for keep_last checkpoints
+    rather than keep_last + 1, so a disk that holds what the config keeps finishes the run in place.
+    With keep_last 1 the one to go is the newest, and it stays until its successor is complete: a
+    failed write must leave a checkpoint to resume from. A checkpoint takes what the newest took."""
+    kept = list_checkpoints(new.parent)
+    if keep_last < 2 or len(kept) < keep_last:
+        return
+    size = sum(f.stat().st_size for f in kept[-1].iterdir() if f.is_file())
+    if shutil.disk_usage(new.parent).free > size + size // 20:  # 5%: a file system's own blocks
+        return
+    for old in kept[:-(keep_last - 1)]:
+        if step_of(old) != best_step:
+            log.warning("the disk has no room for %s beside the %d checkpoints kept: %s, which it replaces, is "
+                        "removed before it is written rather than after", new.name, len(kept), old.name)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

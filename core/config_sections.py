@@ -246,7 +246,9 @@ class CheckpointConfig(_Section):
     """Also save once this many minutes have passed since the last checkpoint (0: never), so that a
     crash loses at most that much: a one-epoch run otherwise saves none before its final model."""
     keep_last: int = Field(2, ge=1)
-    """How many of the newest checkpoints to keep; older ones are deleted, but the best (eval.metric)."""
+    """How many of the newest checkpoints to keep; older ones are deleted, but the best (eval.metric).
+    From 2 up, a disk that holds this many (not one more) is enough: the oldest then goes before a
+    new one is written."""
 
 
 LoraQuantize = Literal["none", "4bit"]

@@ -337,3 +337,44 @@ def test_a_held_lock_names_a_pid_to_kill_only_for_the_live_engine_on_record(tmp_
         assert other.message == (f"run folder {paths.root} is in use: a process holds its lock ({paths.lock}), "
                                  "and it is not a live sft-tui engine on record"), text
         assert other.hint == f"wait for it to end; `fuser -v {paths.lock}` names the process" and "kill" not in other.hint
+
+
+# ---- a disk with room for keep_last checkpoints, not one more ------------------------------------
+def _checkpoint_set(tmp_path, monkeypatch, free: int, keep_last: int, best_step: int | None = None) -> list[str]:
+    """Save steps 1-4 of a small model with keep_last, the disk reporting `free` bytes once step 2
+    is written; the checkpoints left, and each save's view of the folder just before it wrote."""
+    import shutil
+
+    from core.manifest import list_checkpoints
+
+    model = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    real_usage = shutil.disk_usage
+    for n in (1, 2, 3, 4):
+        if n == 3:
+            monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=free))
+        save_checkpoint(tmp_path, model, optimizer, scheduler, TrainState(step=n, step_in_epoch=n, best_step=best_step),
+                        keep_last=keep_last)
+    return [p.name for p in list_checkpoints(tmp_path)]
+
+
+def test_a_disk_without_room_for_one_more_checkpoint_loses_the_oldest_before_the_write(tmp_path, monkeypatch, caplog):
+    """A disk that holds keep_last checkpoints but not keep_last + 1 failed the save, although the
+    save would have removed the oldest right after: now it is removed first and the run goes on,
+    saying so; the best evaluated checkpoint stays, as after a save."""
+    with caplog.at_level("WARNING", logger="core.engine"):
+        assert _checkpoint_set(tmp_path / "a", monkeypatch, free=1000, keep_last=2) == ["step-3", "step-4"]
+    assert "the disk has no room for step-3 beside the 2 checkpoints kept: step-1, which it replaces, is removed " \
+           "before it is written rather than after" in caplog.messages
+    assert _checkpoint_set(tmp_path / "b", monkeypatch, free=1000, keep_last=2, best_step=1) == \
+        ["step-1", "step-3", "step-4"]
+
+
+def test_a_disk_with_room_or_keep_last_1_removes_nothing_before_the_write(tmp_path, monkeypatch, caplog):
+    """With room the old ones go after the new one is complete, as before; with keep_last 1 the one
+    to go is the only one, which a failed write must leave to resume from."""
+    with caplog.at_level("WARNING", logger="core.engine"):
+        assert _checkpoint_set(tmp_path / "room", monkeypatch, free=1 << 40, keep_last=2) == ["step-3", "step-4"]
+        assert _checkpoint_set(tmp_path / "one", monkeypatch, free=1000, keep_last=1) == ["step-4"]
+    assert not [m for m in caplog.messages if "no room" in m]
