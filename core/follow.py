@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from core.events import Event, parse_event_lines
+from core.events import HISTORY_STEPS, Event, parse_event_lines
 
 HEAD_BYTES = 256
 
@@ -35,10 +35,11 @@ class EventFollower:
         except FileNotFoundError:
             return []
         end = chunk.rfind(b"\n") + 1
-        if self._offset == 0:
+        history = self._offset == 0  # the run so far, of which a client needs only some step reports
+        if history:
             self._head = head[:end] if end < HEAD_BYTES else head
         self._offset += end
-        return parse_event_lines(chunk[:end].splitlines())
+        return parse_event_lines(chunk[:end].splitlines(), HISTORY_STEPS if history else None)
 
 
 def follow(follower: EventFollower, engine_alive: Callable[[], bool], poll_s: float,

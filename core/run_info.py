@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from core.events import Event, read_events
+from core.events import HISTORY_STEPS, Event, read_events
 from core.liveness import ProcessRecord, live_record
 from core.manifest import latest_checkpoint
 from core.rank_failure import crash_reason
@@ -64,7 +64,7 @@ class RunInfo:
 def run_info(root: str | Path) -> RunInfo:
     """The state of the run in `root`, read from its event log, its checkpoints and its engine record."""
     paths = RunPaths(Path(root))
-    events = read_events(paths.events) if paths.events.exists() else []
+    events = read_events(paths.events, HISTORY_STEPS) if paths.events.exists() else []
     engine = live_record(paths.engine)
     config = config_dict(paths)
     info = RunInfo(paths, "crashed", engine, events=events,

@@ -339,7 +339,7 @@ def resume_problem(paths: RunPaths) -> UserError | None:
     """Why the run in `paths` cannot be resumed (it is complete, its config was edited, or it has no
     checkpoint), or None. Cheap: no torch, no model, so a resume fails before any loading."""
     try:
-        finished = [e for e in read_events(paths.events) if e.type in ("run_started", "run_finished")] \
+        finished = [e for e in read_events(paths.events, most_steps=0) if e.type in ("run_started", "run_finished")] \
             if paths.events.exists() else []
     except OSError as err:  # a FIFO or a link where the event log belongs (core.safe_read)
         return UserError(f"run {paths.root} cannot be read: {paths.events.name}: {err.strerror or err}",

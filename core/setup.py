@@ -86,7 +86,7 @@ def changed_data(paths: RunPaths, data) -> UserError | None:
     would compare losses on other rows. Runs started before the digest was recorded are not checked."""
     from core.events import RunStarted, read_events
 
-    started = [e for e in read_events(paths.events) if isinstance(e, RunStarted) and e.data_digest]
+    started = [e for e in read_events(paths.events, most_steps=0) if isinstance(e, RunStarted) and e.data_digest]
     if not started or started[-1].data_digest == data.digest:
         return None
     then = started[-1]

@@ -179,7 +179,7 @@ def run_processes(config: RunConfig | None = None, resume_dir: str | Path | None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    ends = [e for e in read_events(start.paths.events) if e.type in ("run_finished", "run_failed")
+    ends = [e for e in read_events(start.paths.events, most_steps=0) if e.type in ("run_finished", "run_failed")
             and e.time >= started] if start.paths.events.exists() else []  # not a resumed run's earlier end
     if ends and ends[-1].type == "run_failed" and ends[-1].step == 0 and resume_dir is None:
         discard_stub(start.paths)  # as one process does: a start that failed leaves no run behind

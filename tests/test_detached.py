@@ -309,6 +309,61 @@ def test_the_follower_reads_whole_lines_only_and_starts_over_on_a_new_file(tmp_p
     assert len(follower.read_new()) == 1
 
 
+def _day_of_reports(path: Path, steps: int) -> None:
+    """An events.jsonl as a long run leaves it: a start, a step report a step and an evaluation every
+    1,000 steps (the best at step 3,000), written by the engine's own sink."""
+    from core.events import EvalResult, JsonlSink, RunStarted
+
+    sink = JsonlSink(path)
+    sink.emit(RunStarted(run_id="long", run_dir=str(path.parent), task="causal-lm", model="m", config_digest="0",
+                         total_params=10, trainable_params=10, planned_steps=steps, steps_per_epoch=steps,
+                         train_rows=steps, validation_rows=1, device="cpu", precision="fp32"))
+    for step in range(1, steps + 1):
+        sink.emit(StepMetrics(step=step, epoch=step / steps, loss=10_000.0 / step, grad_norm=1.0, lr=1e-4,
+                              tokens_per_s=100.0, samples_per_s=1.0, tokens_seen=step * 50, elapsed_s=step / 4,
+                              eta_s=(steps - step) / 4))
+        if step % 1000 == 0:
+            sink.emit(EvalResult(step=step, epoch=step / steps, metrics={"loss": abs(step - 3000) + 1.0},
+                                 is_best=step <= 3000, seconds=1.0))
+    sink.close()
+
+
+def test_a_long_history_is_read_with_every_event_but_only_some_step_reports(tmp_path):
+    """A day's run reports 345,600 times, and listing or attaching to it parsed every report (5.4 s to
+    draw an attach, bench/attach_replay.py): run_info and a follower's first read now parse at most
+    HISTORY_STEPS of them, the newest RECENT_STEPS all and the others spread from the first on, in
+    the file's order, with every other event; what the follower reads later comes whole."""
+    from core.events import HISTORY_STEPS, RECENT_STEPS, JsonlSink, read_events
+
+    path = tmp_path / "long" / "events.jsonl"
+    path.parent.mkdir()
+    (path.parent / "config.yaml").write_text("task: causal-lm\n", encoding="utf-8")
+    steps = 3 * HISTORY_STEPS
+    _day_of_reports(path, steps)
+    everything = read_events(path)
+    assert len([e for e in everything if e.type == "step"]) == steps
+
+    info = run_info(path.parent)
+    follower = EventFollower(path)
+    for events in (info.events, follower.read_new()):
+        reports = [e.step for e in events if e.type == "step"]
+        assert len(reports) == HISTORY_STEPS and reports == sorted(reports) and reports[0] == 1
+        assert reports[-RECENT_STEPS:] == list(range(steps - RECENT_STEPS + 1, steps + 1))
+        gaps = {b - a for a, b in zip(reports[:-RECENT_STEPS], reports[1:-RECENT_STEPS + 1])}
+        assert max(gaps) <= -(-(steps - RECENT_STEPS) // (HISTORY_STEPS - RECENT_STEPS)), "spread evenly"
+        assert [e for e in events if e.type != "step"] == [e for e in everything if e.type != "step"]
+        assert [e.step for e in events if e.type == "eval"] == list(range(1000, steps + 1, 1000))
+    assert info.step == steps and info.best == ("loss", 1.0, 3000)
+
+    sink = JsonlSink(path)
+    later = [StepMetrics(step=steps + n, epoch=1.0, loss=1.0, grad_norm=None, lr=0.0, tokens_per_s=1.0,
+                         samples_per_s=1.0, tokens_seen=0, elapsed_s=0.0, eta_s=None) for n in (1, 2, 3)]
+    for event in later:
+        sink.emit(event)
+    sink.close()
+    assert [e.step for e in follower.read_new()] == [steps + 1, steps + 2, steps + 3]
+
+
 def test_a_crashed_run_names_the_process_that_failed_first(tmp_path, monkeypatch):
     """Under NCCL, rank 0 can be ended inside the collective that a failed peer broke, before it
     writes a final event: the run is crashed, and the peer's record (core.rank_failure) says why, in
