@@ -165,6 +165,21 @@ def test_the_summary_shows_every_metric_before_and_after_and_says_the_head_was_u
     ]
 
 
+def test_the_summary_says_when_training_left_the_eval_loss_higher_than_it_started():
+    """A continued run, or one with too high a learning rate, can save a model worse than the one it
+    started from, which before -> after showed as two numbers only. An untrained head's start is no
+    model to keep, so it gets no such line."""
+    worse = {"loss": 0.9, "accuracy": 0.5, "f1": 0.5}
+    finished = RunFinished(step=4, reason="completed", final_metrics=worse, best_metrics=worse, best_step=4,
+                           output_path=None, last_checkpoint=None, elapsed_s=3.0, before_metrics=BEFORE, time=0)
+    evaluated = EvalResult(step=4, epoch=1.0, metrics=worse, is_best=True, seconds=1.0, time=0)
+    _, out = summary(CLS_STARTED, evaluated, finished)
+    assert out.splitlines()[-1] == ("worse: eval loss above the model's before training · a lower optim.lr or fewer "
+                                    "epochs may keep what it knew")
+    _, out = summary(CLS_STARTED, evaluated, dataclasses.replace(finished, before_untrained_head=True))
+    assert "worse" not in out and out.splitlines()[-1] == "before: the new classification head is untrained"
+
+
 def test_the_summary_without_an_evaluation_before_training_is_unchanged_and_one_without_after_says_so():
     """eval.before_training false (or an events.jsonl from before it existed): no before line. A run
     stopped before its first evaluation after step 0 has only the before."""

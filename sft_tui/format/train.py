@@ -4,6 +4,7 @@ ETA and a smoothed throughput. Pure code, so the wording is tested without a UI.
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from pathlib import Path
 
@@ -58,8 +59,10 @@ def before_after(before: dict[str, float], after: dict[str, float], task: str,
                  untrained_head: bool = False) -> list[tuple[str, list[str]]]:
     """(label, parts) lines comparing the evaluation before training (`before`, empty without one:
     then nothing) with the saved model's (`after`: RunFinished.output_metrics): a part per metric of
-    either (`loss 0.6951 -> 0.6404`). The headless summary joins the parts on one line; the results
-    panel, 80 columns at the smallest, puts each on a line of its own rather than cut one in two."""
+    either (`loss 0.6951 -> 0.6404`), then a line when the saved model's loss is higher than the one
+    it started from had (a continued run, too high a learning rate: final/ is worse than its start),
+    unless that start was an untrained head. The headless summary joins the parts on one line; the
+    results panel, 80 columns at the smallest, puts each on a line of its own rather than cut one in two."""
     if not before:
         return []
     if after:
@@ -69,6 +72,9 @@ def before_after(before: dict[str, float], after: dict[str, float], task: str,
         lines = [("before training", [format_metrics({n: v}) for n, v in before.items()])]
     if untrained_head:
         lines.append(("before", [untrained_head_note(task)]))
+    elif after.get("loss", -math.inf) > before.get("loss", math.inf):  # a head it started with: its loss counts
+        lines.append(("worse", ["eval loss above the model's before training",
+                                "a lower optim.lr or fewer epochs may keep what it knew"]))
     return lines
 
 
