@@ -135,7 +135,8 @@ class RunsScreen(StepScreen):
         runs = self.compared
         self.metrics = shared_metrics([eval_metrics(info.events) for info in runs])
         metric = self.current_metric
-        key = (tuple((str(info.paths.root), len(info.events)) for info in runs), metric)
+        # a run's last event, not how many were read: a long run's history holds HISTORY_STEPS step reports however it grows
+        key = (tuple((str(info.paths.root), info.updated) for info in runs), metric)
         if key == self._compared:
             return
         self._compared = key
