@@ -133,7 +133,7 @@ def exit_process(code: int) -> NoReturn:
     still held the process group's last work while Python and C++ objects were destroyed, and now and
     then a rank that had finished was killed by SIGABRT ("terminate called without an active
     exception"), which torchrun reports as the run's failure: two gloo processes that end after an
-    all_reduce and a barrier did so in 13 of 30 runs on the 2-core CI machine, in none of 30 that end
+    all_reduce and a barrier did so in 13 of 30 runs on a 2-core machine, in none of 30 that end
     here. NCCL's destroy would be collective (a hang when a peer has failed), so none is called: the
     process's end frees what the group held."""
     logging.shutdown()
