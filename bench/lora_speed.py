@@ -2,6 +2,12 @@
 over its baseline, on the bundled tiny causal LM and on the pretrained MiniLM.
 
     .venv/bin/python bench/lora_speed.py [--repeats 3] [--steps-lm 300] [--steps-cls 30]
+    .venv/bin/python bench/lora_speed.py --long [--repeats 3] [--steps-lm 60]
+
+`--long`: the causal LM alone, on prompt/completion rows of installed packages' docstrings (a
+docstring's body, then its summary line) at max_length 256, about 4,000 tokens a step where the
+demo's rows give about 150: a step's time is then its arithmetic more than the count of its
+operations, which LoRA multiplies.
 
 Each run trains through core.engine.train in a fresh process (`--child` below), so its peak RSS is its own. The
 baseline is the RSS once torch, transformers and peft are imported, before the model loads; the
@@ -32,7 +38,18 @@ METHODS = {"full": None, "LoRA r=16 all-linear": 0.05, "LoRA r=16 all-linear, dr
 """Each method's lora.dropout (None: LoRA off). 0.05 is the config's default."""
 
 
-def child(task: str, dropout: float | None, steps: int, folder: str) -> None:
+def long_rows() -> list[str]:
+    """Overrides that train on longer rows (--long): a JSONL of docstrings, built once."""
+    from _cases import _cached, docstrings
+
+    def build():
+        pairs = [(summary, body) for summary, body in docstrings("transformers") if len(body) > 400]
+        return [{"prompt": f"{body[:1200]}\nSummary:", "completion": f" {summary}"} for summary, body in pairs[:2000]]
+
+    return [f"data.train={_cached('lora-long-rows.jsonl', build)}", "data.max_length=256"]
+
+
+def child(task: str, dropout: float | None, steps: int, folder: str, extra: list[str]) -> None:
     """One run in this process; prints {"tokens_per_s", "peak_mb"} as the last line."""
     import peft  # noqa: F401 - in the baseline for both kinds of run
     import torch  # noqa: F401
@@ -46,7 +63,7 @@ def child(task: str, dropout: float | None, steps: int, folder: str) -> None:
         f"schedule.max_steps={steps}", "eval.every_steps=1000000", "eval.num_samples=0",
         "checkpoint.every_steps=1000000", "output.save_final=false", f"output.runs_dir={folder}",
         "output.run_name=run", f"lora.enabled={str(dropout is not None).lower()}", "lora.r=16",
-        "lora.targets=all-linear", f"lora.dropout={dropout or 0.0}", "data.val_ratio=0.01",
+        "lora.targets=all-linear", f"lora.dropout={dropout or 0.0}", "data.val_ratio=0.01", *extra,
     ])
     train(config, report_interval_s=0.5)
     events = [json.loads(line) for line in (Path(folder) / config.output.run_name / "events.jsonl").open()]
@@ -106,9 +123,9 @@ def _rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def measure(task: str, dropout: float | None, steps: int) -> dict:
+def measure(task: str, dropout: float | None, steps: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as folder:
-        out = subprocess.run([sys.executable, __file__, "--child", task, str(dropout), str(steps), folder],
+        out = subprocess.run([sys.executable, __file__, "--child", task, str(dropout), str(steps), folder, *extra],
                              capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -120,8 +137,10 @@ def main() -> None:
     parser.add_argument("--steps-cls", type=int, default=30)
     parser.add_argument("--cpu-steps", type=int, default=5, help="steps per CPU-time measurement")
     parser.add_argument("--cpu-only", action="store_true", help="only the CPU-time table")
+    parser.add_argument("--long", action="store_true", help="the causal LM on rows of up to 256 tokens, no CPU table")
     args = parser.parse_args()
-    measured = {} if args.cpu_only else CASES
+    extra = long_rows() if args.long else []
+    measured = {} if args.cpu_only else {n: t for n, t in CASES.items() if t == "causal-lm" or not args.long}
     print(f"| model | method | trainable params | tokens/s (best of {args.repeats}) | peak RSS over baseline |")
     print("|---|---|---|---|---|")
     for name, task in measured.items():
@@ -129,13 +148,15 @@ def main() -> None:
         runs: dict[str, list[dict]] = {method: [] for method in METHODS}
         for i in range(args.repeats):
             for method in (list(METHODS) if i % 2 == 0 else list(reversed(METHODS))):
-                runs[method].append(measure(task, METHODS[method], steps))
+                runs[method].append(measure(task, METHODS[method], steps, extra))
                 print(f"  {task} {method}: {runs[method][-1]}", file=sys.stderr)
         for method, done in runs.items():
             best = max(r["tokens_per_s"] for r in done)
             peak = min(r["peak_mb"] for r in done)
             print(f"| {name} | {method} | {done[0]['trainable']:,} of {done[0]['total']:,} "
                   f"| {best:,.0f} | {peak:,.0f} MB |")
+    if args.long:
+        return
     print(f"\n| model | method | CPU s per step, 1 thread (best of {args.repeats}) | relative to full |")
     print("|---|---|---|---|")
     for name, task in CASES.items():
@@ -146,6 +167,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], None if sys.argv[3] == "None" else float(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+        child(sys.argv[2], None if sys.argv[3] == "None" else float(sys.argv[3]), int(sys.argv[4]), sys.argv[5],
+              sys.argv[6:])
     else:
         main()
