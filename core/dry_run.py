@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING
 
 from core.config import RunConfig
 from core.device_usage import process_memory
+from core.launch import local_gpus, run_gpus
 from core.memory import MemoryEstimate, estimate_model, format_bytes, fsdp_shards, labelled_share
+from core.memory_fit import overflow
+from core.oom import step_advice
 from core.plan import StepPlan, checkpoint_clock
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 from core.unfreezing import UnfreezeSchedule, Unfreezer
@@ -57,6 +60,8 @@ class DryRun:
     """The GPUs FSDP spreads the model over (core.memory.fsdp_shards)."""
     clock: str = ""
     """The checkpoints the run's clock adds (core.plan.checkpoint_clock)."""
+    overflow: str = ""
+    """Where the peak would not fit (core.memory_fit) and what needs less; empty where it fits."""
 
     @property
     def peak_bytes(self) -> int:
@@ -106,7 +111,17 @@ def prepare(config: RunConfig) -> DryRun:
                   batch=config.optim.batch_size, length=length, estimate=estimate, baseline_bytes=baseline,
                   prefix=prefix, vocab=vocab, before_training=config.eval.before_training and bool(data.validation),
                   unfreezing=unfreezer.schedule if (unfreezer := Unfreezer.for_run(config, model, plan.steps_per_epoch))
-                  else None, shards=shards, clock=checkpoint_clock(config))
+                  else None, shards=shards, clock=checkpoint_clock(config),
+                  overflow=_overflow(config, baseline + estimate.total, device))
+
+
+def _overflow(config: RunConfig, peak: int, device: str) -> str:
+    """The report's warning where the estimated peak is more than the run's device holds."""
+    over = overflow(peak, config.compute.nproc, run_gpus(config, local_gpus()) if device == "cuda" else [])
+    if over is None:
+        return ""
+    return (f"warning: that is more than {over.where} ({format_bytes(over.total)}): the run would run out of "
+            f"memory; it needs less with: {', '.join(step_advice(config, config.optim.batch_size))}")
 
 
 def _steps(steps: list[int]) -> str:
@@ -175,6 +190,7 @@ def report(dry: DryRun) -> str:
         *_vocab_line(dry.vocab),
         f"estimated peak memory of {where}: {format_bytes(dry.peak_bytes)}{in_all}",
         *(f"  {name}: {format_bytes(size)}" for name, size in parts),
+        *([dry.overflow] if dry.overflow else []),
         f"peak_memory_bytes: {dry.peak_bytes}",
     ]
     return "\n".join(lines)

@@ -20,9 +20,9 @@ def why_not_halved(size: int, oom_recovery: bool, processes: int) -> str:
 
 
 def step_advice(config: RunConfig, size: int) -> list[str]:
-    """What makes a step fit: LoRA, checkpointing (when off), shorter rows, and a smaller batch
-    (no help at 1 row)."""
-    return ["train LoRA adapters (lora.enabled: true)",
+    """What makes a step fit: LoRA and checkpointing (each when off), shorter rows, and a smaller
+    batch (no help at 1 row)."""
+    return [*([] if config.lora.enabled else ["train LoRA adapters (lora.enabled: true)"]),
             *([] if config.compute.gradient_checkpointing else ["turn on compute.gradient_checkpointing"]),
             f"shorten data.max_length (now {config.data.max_length})",
             *([f"lower optim.batch_size (now {config.optim.batch_size})"] if size > 1 else [])]

@@ -446,6 +446,41 @@ async def test_the_memory_estimate_follows_the_freeze_map_and_the_form(tmp_path,
         assert all(part in summary(app) for part in memory_line(app, True))
 
 
+async def test_an_estimate_over_the_machines_memory_says_so_and_what_needs_less(tmp_path, tiny_model_dir, monkeypatch):
+    """A 70B model's full fine-tune on a 24 GB machine read "memory 1005.9 GB + process" and nothing
+    more, and Start said ready: the run was found out at its first step. On a machine whose RAM the
+    estimate exceeds (here, RAM reported as 1 MB) the summary says so under the estimate, at 80x24,
+    in one line that leaves the presets on the screen, with what the draft has not tried or that the
+    weights alone are too many; with the RAM back it says nothing."""
+    import psutil
+
+    real = psutil.virtual_memory
+    app = causal_lm_app(tmp_path, tiny_model_dir("llama"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_freeze(pilot)
+        assert "run out of memory" not in summary(app)
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: real()._replace(total=2**20))
+        app.changed()
+        await pilot.pause()
+        lines = summary(app).splitlines()
+        warning = next(i for i, line in enumerate(lines) if line.startswith("! more than"))
+        assert lines[warning] == "! more than this machine's RAM (1.0 MB): try LoRA or gradient checkpointing"
+        assert lines[warning - 1].startswith("  batch ") and max(map(len, lines)) <= 78  # under the estimate; fits
+        assert "Presets" in visible_text(app)  # the keys below it stay on the screen
+        app.session.update({"lora.enabled": True})  # what it suggests is what the draft has not tried
+        app.changed()
+        await pilot.pause()
+        assert "! more than this machine's RAM (1.0 MB): try gradient checkpointing" in summary(app)
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: real()._replace(total=1024))
+        app.changed()
+        await pilot.pause()
+        assert "! more than this machine's RAM (1.0 KB): the weights alone are more" in summary(app)
+        monkeypatch.setattr(psutil, "virtual_memory", real)
+        app.changed()
+        await pilot.pause()
+        assert "run out of memory" not in summary(app)
+
+
 async def test_under_lora_the_draft_bar_and_the_estimate_are_the_wrapped_models(tmp_path, tiny_model_dir):
     """The session's summary used to ignore LoRA: the draft bar said 100.0% trainable, and the
     estimate counted the map's full modules and no adapter outputs. Now both are what the engine's

@@ -73,6 +73,43 @@ def test_dry_run_prints_the_plan_and_the_memory_without_training(config_path, ca
     assert "step 1" not in err  # nothing trained
 
 
+def test_a_peak_over_the_machines_memory_is_a_warning_with_what_needs_less(config_path, capsys, monkeypatch):
+    """The dry run printed a peak beyond the machine's RAM as any other number. Now a line says so,
+    with the advice an out-of-memory failure gives, and the peak stays the last line for scripts."""
+    import psutil
+
+    code, out, _ = dry_run(capsys, str(config_path))
+    assert code == 0 and "warning" not in out
+    real = psutil.virtual_memory
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real()._replace(total=2**20))
+    code, out, _ = dry_run(capsys, str(config_path))
+    lines = out.splitlines()
+    assert code == 0 and lines[-1].startswith("peak_memory_bytes: ")
+    assert lines[-2] == ("warning: that is more than this machine's RAM (1.0 MB): the run would run out of memory; it "
+                         "needs less with: train LoRA adapters (lora.enabled: true), turn on "
+                         "compute.gradient_checkpointing, shorten data.max_length (now 12), lower optim.batch_size (now 4)")
+
+
+def test_processes_share_the_ram_and_each_has_its_gpu(monkeypatch):
+    """On the CPU, N processes need N peaks of the one RAM; on GPUs each needs its peak on the
+    smallest of the run's GPUs, read through NVML (here a fake one of 80 and 40 GB)."""
+    import types
+
+    import psutil
+
+    import core.memory_fit as fit
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(total=100))
+    assert fit.overflow(60, 1, []) is None
+    assert fit.overflow(60, 2, []) == fit.Overflow(120, 100, "this machine's RAM")
+    sizes = {0: 80 << 30, 1: 40 << 30}
+    nvml = types.SimpleNamespace(NVMLError=RuntimeError, nvmlDeviceGetHandleByIndex=lambda i: i,
+                                 nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(total=sizes[handle]))
+    monkeypatch.setattr(fit, "_nvml", lambda: nvml)
+    assert fit.overflow(50 << 30, 2, [0]) is None
+    assert fit.overflow(50 << 30, 2, [0, 1]) == fit.Overflow(50 << 30, 40 << 30, "GPU 1's memory")
+
+
 def test_a_lora_run_on_the_cpu_shows_the_freed_memory_malloc_keeps(config_path, capsys):
     """Its own part of the peak (core.memory.allocator_kept), absent without LoRA."""
     label = "freed memory the allocator keeps (on the CPU)"

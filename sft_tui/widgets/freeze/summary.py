@@ -17,8 +17,12 @@ from rich.text import Text
 from textual.widgets import Static
 
 from core.cls_only import first_token_top
+from core.config import RunConfig
 from core.freeze import resolve
-from core.memory import blocks_in_backward, estimate_peak, format_bytes, fsdp_shards, labelled_share, model_shape
+from core.launch import run_gpus
+from core.memory import (MemoryEstimate, blocks_in_backward, estimate_peak, format_bytes, fsdp_shards, labelled_share,
+                         model_shape)
+from core.memory_fit import Overflow, overflow
 from core.prefix_plan import PrefixPlan, blocks_name, plan_prefix_cache
 from core.vocab_plan import VocabPlan, plan_compact_vocab
 from sft_tui.format.model import training_memory
@@ -125,8 +129,27 @@ class FreezeSummaryBar(Static):
         estimate, other = (estimate_peak(held, stepped, shape, blocks, checkpointing=checkpointing,
                                          reference_params=reference, **args) for checkpointing in (on, not on))
         text = training_memory(estimate, other, on, config.optim.batch_size, length, device)
+        gpus = run_gpus(config, session.gpus) if device == "cuda" else []
+        text.append_text(overflow_line(overflow(estimate.total, config.compute.nproc, gpus), estimate, config))
         text.append_text(prefix_line(prefix, stats is not None, config.schedule.epochs))
         return text.append_text(vocab_line(vocab))
+
+
+def overflow_line(over: Overflow | None, estimate: MemoryEstimate, config: RunConfig) -> Text:
+    """A line where the estimate is more than the run's device holds (core.memory_fit): the run would
+    end at its first step, out of memory. It names what the draft has not tried yet, or that the
+    weights alone are too many. One line, or at 80x24 the presets below it are cut (the dry run gives
+    the whole advice)."""
+    text = Text()
+    if over is None:
+        return text
+    untried = [*([] if config.lora.enabled else ["LoRA"]),
+               *([] if config.compute.gradient_checkpointing else ["gradient checkpointing"])]
+    if estimate.weights * over.need > over.total * estimate.total:  # the weights of every process that shares it
+        advice = "the weights alone are more"
+    else:
+        advice = f"try {' or '.join(untried)}" if untried else "try shorter rows or a smaller batch"
+    return text.append(f"! more than {over.where} ({format_bytes(over.total)}): {advice}\n", "bold yellow")
 
 
 def vocab_line(vocab: VocabPlan | None) -> Text:
