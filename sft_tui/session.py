@@ -19,8 +19,9 @@ from core.freeze import FreezeSummary, effective_rules, rule_problems, summarize
 from core.launch import Gpus, launch_problems, launch_warnings, local_gpus, run_gpus
 from core.lora import preview as lora_preview
 from core.lora import quantize_problem
-from core.memory import NO_ADAPTERS, Adapters
+from core.memory import NO_ADAPTERS, Adapters, format_bytes
 from core.runs import RunPaths, occupied_problem, run_root
+from sft_tui.draft_memory import DraftMemory, draft_memory, draft_overflow, trained_map
 
 
 def untrusted(config: RunConfig, source: str) -> tuple[RunConfig, str | None]:
@@ -104,6 +105,7 @@ class Session:
     kept: RunConfig | None = None
     """The draft as last opened, saved, loaded or started: what quitting would not lose."""
     _share: tuple | None = field(default=None, repr=False, compare=False)
+    _trained: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.kept = self.config
@@ -215,10 +217,27 @@ class Session:
 
     def launch_warnings(self) -> list[str]:
         """What the run's processes would do other than the config asks (FSDP on the CPU, of a model
-        too small to shard; more CPU processes than cores): said before Start, as the dry run says it."""
+        too small to shard; more CPU processes than cores), and a peak memory more than their device
+        holds: said before Start, as the dry run says them."""
         summary = self.freeze_summary
-        return launch_warnings(self.config, not run_gpus(self.config, self.gpus),
-                               lambda: summary.total_params if summary is not None else None)
+        warnings = launch_warnings(self.config, not run_gpus(self.config, self.gpus),
+                                   lambda: summary.total_params if summary is not None else None)
+        if (memory := self.memory) is not None and (over := draft_overflow(self, memory)) is not None:
+            warnings.append(f"estimated peak memory {format_bytes(memory.estimate.total)}: more than {over.where} "
+                            f"({format_bytes(over.total)}), see step 3")
+        return warnings
+
+    @property
+    def memory(self) -> DraftMemory | None:
+        """The draft's memory estimate (sft_tui.draft_memory), once its model is known and its freeze
+        map valid. What the map trains is kept until the model, the map or LoRA change; the
+        arithmetic on it is redone on each call."""
+        if self.model is None or self.freeze_summary is None:
+            return None
+        key = (self.config.freeze, self.config.lora)
+        if self._trained is None or self._trained[0] is not self.model or self._trained[1] != key:
+            self._trained = (self.model, key, trained_map(self))
+        return draft_memory(self, self._trained[2])
 
     @property
     def trainable_share(self) -> float | None:

@@ -475,6 +475,12 @@ async def test_an_estimate_over_the_machines_memory_says_so_and_what_needs_less(
         app.changed()
         await pilot.pause()
         assert "! more than this machine's RAM (1.0 KB): the weights alone are more" in summary(app)
+        await pilot.press("5")  # and where Start is
+        await pilot.pause()
+        shown = " ".join(visible_text(app).split())
+        assert "more than this machine's RAM (1.0 KB), see step 3" in shown
+        await pilot.press("3")
+        await pilot.pause()
         monkeypatch.setattr(psutil, "virtual_memory", real)
         app.changed()
         await pilot.pause()
