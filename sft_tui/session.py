@@ -106,6 +106,7 @@ class Session:
     """The draft as last opened, saved, loaded or started: what quitting would not lose."""
     _share: tuple | None = field(default=None, repr=False, compare=False)
     _trained: tuple | None = field(default=None, repr=False, compare=False)
+    _memory: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.kept = self.config
@@ -230,14 +231,20 @@ class Session:
     @property
     def memory(self) -> DraftMemory | None:
         """The draft's memory estimate (sft_tui.draft_memory), once its model is known and its freeze
-        map valid. What the map trains is kept until the model, the map or LoRA change; the
-        arithmetic on it is redone on each call."""
+        map valid. Steps 3 and 5 ask on every change of the session (10 ms for an 80-block model),
+        so it is kept until the draft, its model or its data change, and what the map trains (its
+        rules matched against every tensor) until the model, the map or LoRA change."""
         if self.model is None or self.freeze_summary is None:
             return None
         key = (self.config.freeze, self.config.lora)
         if self._trained is None or self._trained[0] is not self.model or self._trained[1] != key:
             self._trained = (self.model, key, trained_map(self))
-        return draft_memory(self, self._trained[2])
+        cached = self._memory
+        if cached is None or cached[0] is not self._trained[2] or cached[1] is not self.data or \
+                (cached[2], cached[3]) != (self.config, self.cuda):
+            self._memory = cached = (self._trained[2], self.data, self.config, self.cuda,
+                                     draft_memory(self, self._trained[2]))
+        return cached[4]
 
     @property
     def trainable_share(self) -> float | None:
