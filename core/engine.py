@@ -173,7 +173,7 @@ class _Training(Milestones, StepReports):
         self.eta = Eta(plan, validation_rows=len(data.validation), samples_per_eval=len(self.sample_prompts),
                        max_new_tokens=config.eval.max_new_tokens, model_bytes=model_bytes,
                        checkpoint_bytes=model_bytes + 8 * sum(p.numel() for p in self.trainable),  # + AdamW's 2 fp32
-                       save_final=config.output.save_final)
+                       save_final=config.output.save_final, clock_s=config.checkpoint.every_minutes * 60)
 
     def run(self) -> RunResult:
         from core.dropout_masks import fast_dropout

@@ -11,6 +11,7 @@ gives it seconds instead of a clock.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from core.plan import StepPlan
@@ -46,6 +47,10 @@ class Eta:
     checkpoint_bytes: int
     """What a checkpoint writes (the weights and the optimizer's state)."""
     save_final: bool
+    clock_s: float = 0.0
+    """checkpoint.every_minutes in seconds (0: off): the checkpoints the run's clock adds between the
+    planned ones. A long run without evaluations saved one every 30 minutes that the ETA left out:
+    on a 7B model with its AdamW state, minutes of writing each."""
     first: tuple[float, int] | None = None
     """(seconds, steps) of this process's first report: the first steps build caches and allocate
     (after a resume, 10 times a later step's time), so once later steps are timed they set the pace."""
@@ -71,9 +76,11 @@ class Eta:
     def checkpointed(self, seconds: float) -> None:
         self.checkpoint_s.append(seconds)
 
-    def remaining(self, step: int) -> Remaining | None:
+    def remaining(self, step: int, since_save_s: float = 0.0) -> Remaining | None:
         """The time from the report of optimizer step `step` (sent before the evaluation and the
-        checkpoint due after that step) to the end of the run; None before a step was timed."""
+        checkpoint due after that step) to the end of the run; None before a step was timed.
+        `since_save_s`: the run's time since its last checkpoint (or its start), where the clock's
+        next one counts from."""
         if self.first is None:
             return None
         train_s, steps = (self.train_s, self.steps) if self.steps else self.first
@@ -97,7 +104,9 @@ class Eta:
                 per_token = step_s * FORWARD_SHARE / max(plan.grad_accum * plan.batch_size, 1)  # a row's share
                 guess = self.samples_per_eval * self.max_new_tokens * per_token
                 seconds += evals_left * measured_or(self.samples_s, guess)
-        checkpoints_left = sum(s >= step for s in plan.checkpoint_steps)
+        planned = [s for s in plan.checkpoint_steps if s >= step]
+        checkpoints_left = len(planned) + self._clock_saves([(s - step) * step_s for s in planned],
+                                                            (plan.total_steps - step) * step_s, since_save_s)
         if checkpoints_left:
             seconds += checkpoints_left * measured_or(self.checkpoint_s, self.checkpoint_bytes / WRITE_BYTES_PER_S)
         if self.save_final:
@@ -107,3 +116,14 @@ class Eta:
                 estimated = True
                 seconds += self.model_bytes / WRITE_BYTES_PER_S
         return Remaining(seconds, estimated)
+
+    def _clock_saves(self, planned_at: list[float], end: float, since_save: float) -> int:
+        """The checkpoints the clock adds before `end` (the last step), in training time from now:
+        one each clock_s after the last save, which each planned one (at `planned_at`) resets."""
+        if self.clock_s <= 0:
+            return 0
+        count, last = 0, -since_save
+        for mark in [*planned_at, end]:
+            count += max(0, math.ceil((mark - last) / self.clock_s) - 1)  # strictly before the mark
+            last = mark
+        return count

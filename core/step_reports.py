@@ -46,9 +46,9 @@ class StepReports:
         raise_if_diverged(loss, self.state.step)
         seconds = window.step_seconds  # after the sync above: the steps' device work is done
         self.eta.stepped(seconds, window.steps)
-        remaining = self.eta.remaining(self.state.step)
-        self.state.tokens_seen += window.tokens * world
         elapsed = time.perf_counter() - self.started
+        remaining = self.eta.remaining(self.state.step, since_save_s=elapsed - self.saved_at_s)
+        self.state.tokens_seen += window.tokens * world
         self.out.emit(StepMetrics(
             step=self.state.step, epoch=round(self.state.epoch_progress, 4), loss=loss,
             lr=self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0]["lr_scale"],

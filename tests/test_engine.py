@@ -608,6 +608,26 @@ def test_the_eta_counts_evaluations_generations_checkpoints_and_the_final_save(t
     assert eta_for(tmp_path).remaining(0) is None  # nothing timed yet
 
 
+def test_the_eta_counts_the_checkpoints_the_clock_adds(tmp_path):
+    """checkpoint.every_minutes saves between the planned checkpoints, and the ETA left those out: a
+    long run without evaluations writes one every 30 minutes, minutes each for a 7B model's AdamW
+    state. Here the clock saves every 2 s of training; from step 6 (1 s after the save at step 5,
+    4 steps of 1 s left, none planned) it saves 1 s and 3 s from now, 1.5 s each."""
+    def timed(eta):
+        eta.stepped(5.0, 5)
+        eta.evaluated(3.0, 2.0)
+        eta.checkpointed(1.5)
+        eta.stepped(1.0, 1)
+        return eta
+
+    plain, clocked = timed(eta_for(tmp_path)), timed(eta_for(tmp_path))
+    clocked.clock_s = 2.0
+    assert clocked.remaining(6, since_save_s=1.0).seconds - plain.remaining(6).seconds == pytest.approx(2 * 1.5)
+    assert clocked.remaining(6, since_save_s=1.5).seconds - plain.remaining(6).seconds == pytest.approx(2 * 1.5)
+    # from step 5, its planned save next: that one resets the clock, which then saves 2 s and 4 s on
+    assert clocked.remaining(5, since_save_s=1.9).seconds - plain.remaining(5).seconds == pytest.approx(2 * 1.5)
+
+
 def test_the_first_steps_warm_up_and_do_not_set_the_pace(tmp_path):
     """After a resume the first report's step took 10 times a later one's: the ETA read 1:38:41, then
     13:01 ten seconds later."""
