@@ -174,8 +174,26 @@ def run_ended(events: list[Event], ended: bool = False) -> bool:
 
 
 def _crash_problem(client: RunClient):
-    """Why a run whose engine ended without a final event is not training (sft_tui.attach)."""
+    """Why a run whose engine ended without a final event is not training (sft_tui.attach), with
+    the signal that ended the engine when this app started it and so knows."""
     from core.run_info import run_info
     from sft_tui.attach import ended_problem
 
-    return ended_problem(run_info(client.paths.root))
+    problem = ended_problem(run_info(client.paths.root))
+    if problem is not None and (killed := killed_by(client.process)):
+        problem = UserError(f"{problem.message}; {killed}", problem.hint, problem.fields)
+    return problem
+
+
+def killed_by(process) -> str:
+    """How a signal ended `process` (a Popen that has ended), or "": a crash with no final event
+    said nothing of it, though SIGKILL is how the kernel ends a process that ran the machine out of
+    memory (loading a model bigger than the RAM, say)."""
+    import signal
+
+    code = process.returncode if process is not None else None
+    if code is None or code >= 0:
+        return ""
+    name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+    why = " (as the kernel's out-of-memory killer does: `dmesg` says whether it did)" if -code == signal.SIGKILL else ""
+    return f"the engine was killed by {name}{why}"

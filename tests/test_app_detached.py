@@ -236,6 +236,7 @@ async def test_a_killed_engine_shows_crashed_and_the_resumed_run_keeps_its_histo
             dialog = app.screen
             checkpoint = run_info(run).last_checkpoint
             assert dialog.title_text == "Training crashed" and "crashed: its engine ended without a final event" in dialog.message
+            assert "the engine was killed by SIGKILL (as the kernel's out-of-memory killer does" in dialog.message
             assert f"its last complete checkpoint is {checkpoint.name}" in dialog.hint
             assert f"--resume {run}" in dialog.hint and "R on this screen" in dialog.hint
             assert "crashed" in screen.query_one(RunProgress).label
