@@ -295,18 +295,28 @@ STEP_LINE = b'{"type": "step", '
 """How JsonlSink starts a step report's line: a line so started is known without parsing it."""
 
 
-def _thinned(lines: list[bytes], most: int) -> list[bytes]:
-    """`lines` with at most `most` step reports: the RECENT_STEPS newest and the others evenly spread
-    over the run, the first among them. A line of another kind, or in another writer's form, stays."""
-    steps = [i for i, line in enumerate(lines) if line.startswith(STEP_LINE)]
+def _dropped(steps: list[int], most: int) -> set[int]:
+    """Of the step reports at indices `steps`, those to leave out to keep `most`: the RECENT_STEPS
+    newest stay, and of the others some evenly spread over the run, the first among them."""
     if len(steps) <= most:
-        return lines
+        return set()
     recent = min(RECENT_STEPS, most)
     older, spread = steps[:-recent] if recent else steps, most - recent
-    kept = set(steps[len(steps) - recent:])
-    kept.update(older[k * len(older) // spread] for k in range(spread))
-    dropped = set(steps) - kept
-    return [line for i, line in enumerate(lines) if i not in dropped]
+    kept = {older[k * len(older) // spread] for k in range(spread)}
+    return set(older) - kept
+
+
+def _thinned(lines: list[bytes], most: int) -> list[bytes]:
+    """`lines` with at most `most` step reports (_dropped), known by STEP_LINE: a line of another
+    kind, or in another writer's form, stays."""
+    dropped = _dropped([i for i, line in enumerate(lines) if line.startswith(STEP_LINE)], most)
+    return [line for i, line in enumerate(lines) if i not in dropped] if dropped else lines
+
+
+def thin_steps(events: list[Event], most: int) -> list[Event]:
+    """`events` with at most `most` step reports, as _thinned leaves a log's lines."""
+    dropped = _dropped([i for i, event in enumerate(events) if event.type == "step"], most)
+    return [event for i, event in enumerate(events) if i not in dropped] if dropped else events
 
 
 def parse_event_lines(lines: Iterable[bytes] | Iterable[str], most_steps: int | None = None) -> list[Event]:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from core.events import HISTORY_STEPS, Event, parse_event_lines
+from core.safe_read import open_regular
 
 HEAD_BYTES = 256
 
@@ -23,10 +24,14 @@ class EventFollower:
         self.path = Path(path)
         self._offset = 0
         self._head = b""
+        self.starts = 0
+        """How many times it has read the file from its start: once, and again for each new file."""
 
     def read_new(self) -> list[Event]:
+        """The whole lines appended since the last call; OSError where the log is no regular file
+        (core.safe_read: a FIFO put there would hang the reader)."""
         try:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:
                 head = f.read(HEAD_BYTES)
                 if head[: len(self._head)] != self._head or len(head) < len(self._head):
                     self._offset = 0
@@ -37,6 +42,7 @@ class EventFollower:
         end = chunk.rfind(b"\n") + 1
         history = self._offset == 0  # the run so far, of which a client needs only some step reports
         if history:
+            self.starts += 1
             self._head = head[:end] if end < HEAD_BYTES else head
         self._offset += end
         return parse_event_lines(chunk[:end].splitlines(), HISTORY_STEPS if history else None)

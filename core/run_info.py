@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from core.events import HISTORY_STEPS, Event, read_events
+from core.events import HISTORY_STEPS, Event, read_events, thin_steps
 from core.liveness import ProcessRecord, live_record
 from core.manifest import latest_checkpoint
 from core.rank_failure import crash_reason
@@ -61,34 +61,59 @@ class RunInfo:
         return self.state in ("stopped", "crashed", "failed") and self.last_checkpoint is not None
 
 
-def run_info(root: str | Path) -> RunInfo:
-    """The state of the run in `root`, read from its event log, its checkpoints and its engine record."""
+@dataclass
+class EventFold:
+    """What a run's events say, fed in the order of its log: run_info folds a whole log at once, and
+    core.run_catalog feeds a live run's fold what its engine appended since, rather than read the log
+    again every two seconds (0.26 s for a day's run, with HISTORY_STEPS of its step reports)."""
+
+    events: list[Event] = field(default_factory=list)
+    planned_steps: int | None = None
+    step: int = 0
+    task: str = ""
+    best: Event | None = None
+    """The last evaluation that was the best."""
+    paused: bool = False
+    final: Event | None = None
+    """The run_finished or run_failed event of its latest start."""
+    started: float = 0.0
+
+    def feed(self, events: list[Event]) -> None:
+        for event in events:
+            kind = event.type
+            if kind == "run_started":
+                self.planned_steps, self.step, self.task = event.planned_steps, event.resumed_from_step, event.task
+                self.final, self.paused, self.started = None, False, event.time
+            elif kind == "step":
+                self.step = event.step
+            elif kind == "eval" and event.is_best and event.metrics:
+                self.best = event
+            elif kind in ("paused", "resumed"):
+                self.paused = kind == "paused"
+            elif kind in ("run_finished", "run_failed"):
+                self.final = event
+                self.step = event.step or self.step
+        self.events = thin_steps([*self.events, *events], HISTORY_STEPS)  # a live run's fold grows 4 a second
+
+
+def run_info(root: str | Path, fold: EventFold | None = None) -> RunInfo:
+    """The state of the run in `root`, read from its event log (or from `fold`, fed with it), its
+    checkpoints and its engine record."""
     paths = RunPaths(Path(root))
-    events = read_events(paths.events, HISTORY_STEPS) if paths.events.exists() else []
+    if fold is None:
+        fold = EventFold()
+        fold.feed(read_events(paths.events, HISTORY_STEPS) if paths.events.exists() else [])
+    events = fold.events
     engine = live_record(paths.engine)
     config = config_dict(paths)
-    info = RunInfo(paths, "crashed", engine, events=events,
-                   updated=events[-1].time if events else _mtime(paths.root),
+    info = RunInfo(paths, "crashed", engine, step=fold.step, planned_steps=fold.planned_steps, task=fold.task,
+                   events=list(events), updated=events[-1].time if events else _mtime(paths.root),
                    parent=_parent(config), last_checkpoint=latest_checkpoint(paths.checkpoints))
-    chosen = (config.get("eval") or {}).get("metric")
-    final = None
-    paused = False
-    started = 0.0
-    for event in events:
-        kind = event.type
-        if kind == "run_started":
-            info.planned_steps, info.step, info.task = event.planned_steps, event.resumed_from_step, event.task
-            final, paused, started = None, False, event.time
-        elif kind == "step":
-            info.step = event.step
-        elif kind == "eval" and event.is_best and event.metrics:
-            metric = chosen if chosen in event.metrics else next(iter(event.metrics))
-            info.best = (metric, event.metrics[metric], event.step)
-        elif kind in ("paused", "resumed"):
-            paused = kind == "paused"
-        elif kind in ("run_finished", "run_failed"):
-            final = event
-            info.step = event.step or info.step
+    if (best := fold.best) is not None:
+        chosen = (config.get("eval") or {}).get("metric")
+        metric = chosen if chosen in best.metrics else next(iter(best.metrics))
+        info.best = (metric, best.metrics[metric], best.step)
+    final, paused, started = fold.final, fold.paused, fold.started
     # an engine started after the run's last end: a resume, whose run_started is yet to come
     resuming = final is not None and engine is not None and engine.since > final.time
     if final is not None and not resuming:
@@ -104,12 +129,12 @@ def run_info(root: str | Path) -> RunInfo:
     return info
 
 
-def read_run(root: Path) -> RunInfo:
+def read_run(root: Path, fold: EventFold | None = None) -> RunInfo:
     """run_info, or the run as unreadable with the reason when its folder cannot be read as a run:
     one damaged or hostile folder in a shared runs folder must not hide (or crash) the list of
     every run, in `sft-tui runs`, `sft-tui attach` and the app."""
     try:
-        return run_info(root)
+        return run_info(root, fold)
     except Exception as err:  # noqa: BLE001 - whatever the folder holds, the other runs are still listed
         why = f"{err.strerror}: {Path(err.filename).name}" if isinstance(err, OSError) and err.filename \
             else f"{type(err).__name__}: {err}"

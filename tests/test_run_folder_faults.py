@@ -138,6 +138,10 @@ def test_a_fifo_events_log_is_an_unreadable_run_not_a_hang(tmp_path):
     assert not infos["fifo"].live and infos["fifo"].events == []
     assert {info.name: info.state for info in within(30, lambda: RunCatalog().read(runs))} == \
         {"fine": "crashed", "fifo": "unreadable", "link": "unreadable"}
+    write_record(fifo.engine)  # a live engine's record beside it: the catalog follows live runs' logs
+    assert {info.name: info.state for info in within(30, lambda: RunCatalog().read(runs))} == \
+        {"fine": "crashed", "fifo": "unreadable", "link": "unreadable"}
+    fifo.engine.unlink()
     out = sft("runs", "--runs-dir", runs)
     assert out.returncode == 0 and "Traceback" not in out.stderr
     assert {line.split()[0]: line.split()[1] for line in out.stdout.splitlines()[1:]} == \
