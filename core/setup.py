@@ -125,6 +125,7 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
 
     from core.describe import describe_model
     from core.freeze import apply_freeze_map, effective_rules
+    from core.memory_fit import load_problem
     from core.models import load_model
 
     lora = config.lora if config.lora.enabled else None
@@ -136,6 +137,8 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
 
         if problem := quantize_problem(lora, torch.cuda.is_available()) or lora_problem(lora):
             raise problem
+    if problem := load_problem(config, _params(config, tokenizer, data)):  # before the kernel ends the loading
+        raise problem
     model = load_model(config.model, config.task, data.labels, dtype=torch.float32,
                        pad_token_id=tokenizer.pad_token_id, announce_new_head=not resumed,
                        quantize=lora.quantize if lora is not None else "none")
@@ -169,6 +172,15 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
             log.info("the encoder's blocks skip the padding of batches that are a tenth or more padding "
                      "(compute.unpadded_encoder)")
     return model, rules, summary
+
+
+def _params(config: RunConfig, tokenizer, data) -> int:
+    """The parameters the model will have, counted on its skeleton on the meta device: no weights
+    read (33 ms for a 64B config)."""
+    from core.models import build_skeleton
+
+    skeleton = build_skeleton(config.model, config.task, data.labels, tokenizer.pad_token_id)
+    return sum(p.numel() for p in skeleton.parameters())
 
 
 def enable_gradient_checkpointing(model) -> None:

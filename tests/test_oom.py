@@ -235,3 +235,44 @@ def test_running_out_outside_the_micro_batches_fails_with_its_own_advice(where, 
     with pytest.raises(UserError, match=said.replace("(", r"\(").replace(")", r"\)")):
         train(cfg, [sink], report_interval_s=0)
     assert advice in sink.of_type(RunFailed)[0].hint
+
+
+def test_weights_more_than_the_machine_holds_are_refused_before_they_load(tiny_model_factory, sft_file, tmp_path,
+                                                                         monkeypatch):
+    """Every process loads the float32 weights into RAM first: a model bigger than RAM and swap was
+    ended by the kernel's out-of-memory killer minutes into the loading, with no word (a crashed run).
+    Now the engine counts the parameters on the meta skeleton and refuses, naming the field, before
+    it loads anything. Where one process's copy fits and two do not, only the two-process run is."""
+    import types
+
+    import psutil
+
+    import core.models
+    from core.memory_fit import load_problem
+    from core.models import build_skeleton
+
+    model_dir = tiny_model_factory("llama")
+    cfg = config(model_dir, sft_file, tmp_path, "big", 4, 1, compute={"nproc": 1})
+    params = sum(p.numel() for p in build_skeleton(cfg.model, "causal-lm").parameters())
+    memory = 6 * params  # a machine with room for one float32 copy of the weights, not two
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(total=memory - 1000, available=0))
+    monkeypatch.setattr(psutil, "swap_memory", lambda: types.SimpleNamespace(total=1000))
+    two = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"nproc": 2})})
+    problem = load_problem(two, params)
+    assert problem.message.startswith(f"model.name_or_path: its {params:,} parameters take ")
+    assert "as the float32 weights a run loads in each of its 2 processes" in problem.message
+    assert "on fewer processes (compute.nproc)" in problem.hint and "lora.quantize: 4bit" in problem.hint
+    qlora = two.model_copy(update={"lora": two.lora.model_copy(update={"enabled": True, "quantize": "4bit"})})
+    assert load_problem(qlora, params) is None  # loaded in 4 bits, onto the GPU
+    assert load_problem(cfg, params) is None
+
+    small = memory // 12  # not even one copy: the engine refuses before it loads anything
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(total=small, available=0))
+    monkeypatch.setattr(psutil, "swap_memory", lambda: types.SimpleNamespace(total=0))
+    loaded = []
+    real = core.models.load_model
+    monkeypatch.setattr(core.models, "load_model", lambda *a, **k: loaded.append(1) or real(*a, **k))
+    with pytest.raises(UserError) as refused:
+        train(cfg)
+    assert refused.value.message.startswith("model.name_or_path: its") and not loaded
+    assert not (tmp_path / "runs" / "big").exists()  # a start that failed on its input leaves no run behind
