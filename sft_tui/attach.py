@@ -55,7 +55,7 @@ def follow_plain(info: RunInfo, display) -> int:
     """Print the run's whole history, then its live progress, until it ends (its exit status as
     `sft-tui train` would give it) or Ctrl+C, which leaves the run training. A run that has ended
     is its history and its status."""
-    from sft_tui.cli import EXIT_STOPPED
+    from sft_tui.train_command import EXIT_STOPPED
 
     follower = EventFollower(info.paths.events)
 

@@ -31,7 +31,8 @@ from core.engine import train
 from core.events import read_events
 from core.manifest import MANIFEST, latest_checkpoint, list_checkpoints
 from core.run_info import run_info
-from sft_tui.cli import EXIT_STOPPED, main
+from sft_tui.cli import main
+from sft_tui.train_command import EXIT_STOPPED
 from helpers import StopAt, tiny_lm_config, write_jsonl
 
 STEPS, EVERY = 200, 20
@@ -212,7 +213,7 @@ def test_an_aborted_run_of_several_processes_exits_as_aborted(setup, monkeypatch
     traceback: it exited 2, bad input, where one process exits 130."""
     from core.errors import ABORTED
     from core.events import RunFailed
-    from sft_tui.cli import EXIT_ABORTED
+    from sft_tui.train_command import EXIT_ABORTED
 
     ended = {"aborted": RunFailed(last_checkpoint=None, message=f"aborted at step 3 {ABORTED}", hint=""),
              "refused": RunFailed(last_checkpoint=None, message="data.train: no such file", hint="")}
