@@ -233,17 +233,16 @@ class Session:
         """The draft's memory estimate (sft_tui.draft_memory), once its model is known and its freeze
         map valid. Steps 3 and 5 ask on every change of the session (10 ms for an 80-block model),
         so it is kept until the draft, its model or its data change, and what the map trains (its
-        rules matched against every tensor) until the model, the map or LoRA change."""
-        if self.model is None or self.freeze_summary is None:
+        rules matched against every tensor) as long as the freeze preview it comes from."""
+        preview = self.freeze_preview
+        if preview is None or preview.summary is None:
             return None
-        key = (self.config.freeze, self.config.lora)
-        if self._trained is None or self._trained[0] is not self.model or self._trained[1] != key:
-            self._trained = (self.model, key, trained_map(self))
-        cached = self._memory
-        if cached is None or cached[0] is not self._trained[2] or cached[1] is not self.data or \
+        if self._trained is None or self._trained[0] is not preview:
+            self._trained = (preview, trained_map(self))
+        trained, cached = self._trained[1], self._memory
+        if cached is None or cached[0] is not trained or cached[1] is not self.data or \
                 (cached[2], cached[3]) != (self.config, self.cuda):
-            self._memory = cached = (self._trained[2], self.data, self.config, self.cuda,
-                                     draft_memory(self, self._trained[2]))
+            self._memory = cached = (trained, self.data, self.config, self.cuda, draft_memory(self, trained))
         return cached[4]
 
     @property
