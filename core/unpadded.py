@@ -60,9 +60,11 @@ def _forward_unpadded(block, hidden_states, attention_mask=None, *args, found: d
     attention = block.attention.self
     width = attention.attention_head_size
 
-    def spread(projected):  # [tokens, heads x width] -> [rows, heads, length, width], zero at the padding
-        padded = projected.new_zeros(rows * length, projected.shape[-1]).index_copy(0, real, projected)
-        return padded.view(rows, length, -1, width).transpose(1, 2)
+    def padded(flat):  # [tokens, features] -> [rows x length, features], zero at the padding
+        return flat.new_zeros(rows * length, flat.shape[-1]).index_copy(0, real, flat)
+
+    def spread(projected):  # [tokens, heads x width] -> [rows, heads, length, width]
+        return padded(projected).view(rows, length, -1, width).transpose(1, 2)
 
     eager = sys.modules[type(attention).__module__].eager_attention_forward
     interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager)
@@ -71,7 +73,7 @@ def _forward_unpadded(block, hidden_states, attention_mask=None, *args, found: d
                            dropout=attention.dropout.p if attention.training else 0.0, scaling=attention.scaling)
     attended = block.attention.output(context.reshape(rows * length, -1).index_select(0, real), tokens)
     output = block.feed_forward_chunk(attended)
-    return output.new_zeros(rows * length, output.shape[-1]).index_copy(0, real, output).view(rows, length, -1)
+    return padded(output).view(rows, length, -1)
 
 
 @contextlib.contextmanager
