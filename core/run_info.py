@@ -93,7 +93,8 @@ class EventFold:
             elif kind in ("run_finished", "run_failed"):
                 self.final = event
                 self.step = event.step or self.step
-        self.events = thin_steps([*self.events, *events], HISTORY_STEPS)  # a live run's fold grows 4 a second
+        if events:  # a live run's fold grows 4 a second
+            self.events = thin_steps([*self.events, *events], HISTORY_STEPS)
 
 
 def run_info(root: str | Path, fold: EventFold | None = None) -> RunInfo:
