@@ -2,8 +2,10 @@
 
 Cases (data and models from bench/_cases.py, built offline and cached in a temp folder):
 - c1-full: all-MiniLM-L6-v2 (demo:minilm), full fine-tune, on first sentences of installed packages'
-  docstrings labelled by package (16 labels); 3 epochs, batch 32, max_length 64, lr 5e-5.
+  docstrings labelled by package (16 labels); 3 epochs, batch 32, max_length 64, lr 5e-5; evaluated
+  on 1,600 held-out rows (100 a label), enough to resolve accuracy to about a point.
   Trainer sides: its defaults (random sampler), and with train_sampling_strategy="group_by_length".
+  Engine sides: its defaults (length-grouped batches), and in random batches as Trainer's default.
 - c1-top2: the same with freeze preset top-n (n=2: the top 2 blocks, the pooler and the head), lr 1e-4.
 - c2: a Llama of SmolLM2-135M's shape (random weights, 49,152-wide tied logits), the top 2 blocks and
   the final norm trained (the tied lm_head, hence the embedding, frozen), on chat rows whose answers
@@ -15,12 +17,14 @@ compared), the same model with the same freeze map (core.setup.setup_model), see
 hyperparameters, linear schedule and integer warmup (10% of the steps). Each side trains in its own
 subprocess (peak RSS is its own); sides alternate order across repeats and the fastest repeat of
 each is reported. The engine runs with its defaults plus any `--engine-set section.key=value`
-(applied with core.config.apply_overrides to the engine side only), to measure engine options.
+(applied with core.config.apply_overrides to the engine sides only), to measure engine options; the
+"engine-random" side adds data.group_by_length=false, Trainer's default batch order, so that eval
+loss and accuracy can be compared without the cost or gain of length grouping in them.
 
 Reported per side:
 - real tokens/s: non-padding tokens trained / training seconds (engine: elapsed_s of the final
-  step's report, before the final evaluation; Trainer: wall time of trainer.train()); the engine's
-  ratio against each Trainer side.
+  step's report, before the final evaluation; Trainer: wall time of trainer.train()); each engine
+  side's ratio against each Trainer side.
 - eval loss and (C1) accuracy: core.evaluate.evaluate on the same validation rows, both sides.
 - peak RSS of the side's process (getrusage).
 - useful MFU: useful FLOPs / training seconds / the fp32 matmul peak this script measures first
@@ -61,16 +65,19 @@ from bench.engine_vs_trainer import (
 )
 
 BIG = 10**9  # "never" for eval.every_steps / checkpoint.every_steps
-C1 = {"task": "classification", "data": "c1", "model": "demo:minilm", "rows": 3000, "epochs": 3, "batch_size": 32,
-      "max_length": 64}
+C1 = {"task": "classification", "data": "c1", "model": "demo:minilm", "rows": 3000, "eval_rows": 1600, "epochs": 3,
+      "batch_size": 32, "max_length": 64, "engines": ["engine", "engine-random"]}
 CASES = {
     "c1-full": {**C1, "lr": 5e-5, "freeze": {"preset": "all"}, "trainers": ["trainer", "trainer-grouped"]},
     "c1-top2": {**C1, "lr": 1e-4, "freeze": {"preset": "top-n", "top_n": 2}, "trainers": ["trainer"]},
     "c2": {"task": "causal-lm", "data": "c2", "model": "smol", "rows": 300, "epochs": 3, "batch_size": 8,
-           "max_length": 128, "lr": 3e-4, "trainers": ["trainer"],
+           "max_length": 128, "lr": 3e-4, "engines": ["engine"], "trainers": ["trainer"],
            "freeze": {"preset": "top-n", "top_n": 2, "rules": [{"match": "lm_head", "train": False}]}},
 }
-"""Per case: rows before the validation split, and the Trainer sides it runs beside the engine."""
+"""Per case: training rows (C1; C2: rows before its 10% validation split), C1's held-out validation
+rows, and the engine and Trainer sides it runs."""
+ENGINE_SIDES = {"engine": [], "engine-random": ["data.group_by_length=false"]}
+"""Each engine side's overrides on top of --engine-set."""
 
 
 def run_config(spec: dict, runs_dir: str):
@@ -80,7 +87,8 @@ def run_config(spec: dict, runs_dir: str):
     return parse_config({
         "task": spec["task"], "seed": spec["seed"], "precision": "fp32",
         "model": {"name_or_path": spec["model_path"]},
-        "data": {"train": spec["data_path"], "max_length": spec["max_length"], "val_ratio": 0.1},
+        "data": {"train": spec["data_path"], "validation": spec.get("validation_path"),
+                 "max_length": spec["max_length"], "val_ratio": 0.1},
         "freeze": spec["freeze"],
         "optim": {"lr": spec["lr"], "weight_decay": 0.01, "batch_size": spec["batch_size"], "grad_accum": 1,
                   "max_grad_norm": 1.0, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
@@ -104,7 +112,7 @@ def run_engine(spec: dict) -> dict:
     from core.loss import count_items
 
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
-        cfg = apply_overrides(run_config(spec, tmp), spec["engine_set"])
+        cfg = apply_overrides(run_config(spec, tmp), [*spec["engine_set"], *ENGINE_SIDES[spec["side"]]])
         _, data = prepared(cfg)  # for the digest and the counts; the engine tokenizes again itself
         result, sink, cpu = train_timed(cfg)
         for said in sink.of_type(LogMessage):  # which speed-ups the run had (core.prefix_cache says)
@@ -186,7 +194,8 @@ def run_trainer(spec: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ driver
 
-SIDES = {"engine": "engine", "trainer": "Trainer default", "trainer-grouped": "Trainer group_by_length"}
+SIDES = {"engine": "engine", "engine-random": "engine, random batches", "trainer": "Trainer default",
+         "trainer-grouped": "Trainer group_by_length"}
 
 
 def spawn(spec: dict, env: dict, idle_s: float) -> dict:
@@ -202,7 +211,8 @@ def engine_case_arguments(p, case: str) -> None:
     """The options of a bench that trains one case's engine side alone (bench/engine_ab.py,
     bench/profile_engine.py), named as prepare_case reads them; one epoch unless told."""
     p.add_argument("--case", choices=list(CASES), default=case)
-    p.add_argument("--rows", type=int, default=None, help="rows before the 10%% validation split (default: per case)")
+    p.add_argument("--rows", type=int, default=None,
+                   help="training rows (C2: rows before its 10%% validation split; default: per case)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=42)
 
@@ -211,11 +221,12 @@ def prepare_case(name: str, args) -> dict:
     """The case's spec with its data file and model folder built (cached across invocations)."""
     from bench import _cases
 
-    spec = {k: v for k, v in CASES[name].items() if k != "trainers"}
+    spec = {k: v for k, v in CASES[name].items() if k not in ("engines", "trainers")}
     spec.update(case=name, seed=args.seed, engine_set=args.engine_set,
                 rows=args.rows or spec["rows"], epochs=args.epochs or spec["epochs"])
     if spec["data"] == "c1":
         spec["data_path"] = str(_cases.c1_data(spec["rows"], args.seed))
+        spec["validation_path"] = str(_cases.c1_held_out(spec["rows"], spec["eval_rows"], args.seed))
     else:
         spec["data_path"] = str(_cases.c2_data(spec["rows"], args.seed))
     if spec["model"] == "smol":
@@ -236,7 +247,7 @@ def prepare_case(name: str, args) -> dict:
 
 def run_case(name: str, args, env: dict, peak: float) -> dict:
     spec = prepare_case(name, args)
-    sides = ["engine", *(args.trainers or CASES[name]["trainers"])]
+    sides = [*(args.engines or CASES[name]["engines"]), *(args.trainers or CASES[name]["trainers"])]
     print(f"\n== {name}: {spec['model']}, {spec['rows']} rows, {spec['epochs']} epochs, batch {spec['batch_size']}, "
           f"max_length {spec['max_length']}, lr {spec['lr']}, freeze {spec['freeze']}, engine --set {spec['engine_set']}",
           flush=True)
@@ -247,7 +258,7 @@ def run_case(name: str, args, env: dict, peak: float) -> dict:
     best = {side: min(results, key=lambda r: r["train_s"]) for side, results in runs.items()}
     if len({r["digest"] for r in best.values()}) > 1:
         raise SystemExit(f"the sides tokenized different data: { {s: r['digest'] for s, r in best.items()} }")
-    rates = best[sides[1]]["flop_rates"]
+    rates = next(r["flop_rates"] for r in best.values() if "flop_rates" in r)
     for side, r in best.items():
         flops = (rates["per_token"] * r["real_tokens"] + rates["per_label"] * r["labelled_tokens"]
                  + rates["per_row"] * r["rows_trained"])
@@ -260,14 +271,16 @@ def run_case(name: str, args, env: dict, peak: float) -> dict:
 def print_case(s: dict) -> None:
     """The case as a markdown table, one column per side, ready for BENCHMARKS.md."""
     sides = s["sides"]
-    eng, first = sides["engine"], next(iter(sides.values()))
-    trn = sides[next(k for k in sides if k != "engine")]
+    engines = [k for k in sides if k in ENGINE_SIDES]
+    first, eng = next(iter(sides.values())), sides[engines[0]]
+    trn = sides[next(k for k in sides if k not in ENGINE_SIDES)]
     lm = s["spec"]["task"] == "causal-lm"
     rows = [
         ("train time (s), fastest", lambda r: f"{r['train_s']:.1f}"),
         ("real tokens trained", lambda r: f"{r['real_tokens']:,}"),
         ("real tokens/s", lambda r: f"{r['real_tokens_per_s']:,.0f}"),
-        ("engine / this side", lambda r: f"x{eng['real_tokens_per_s'] / r['real_tokens_per_s']:.2f}"),
+        *((f"{SIDES[e]} / this side", lambda r, e=e: f"x{sides[e]['real_tokens_per_s'] / r['real_tokens_per_s']:.2f}")
+          for e in engines),
         ("eval loss", lambda r: f"{r['eval_loss']:.4f}"),
         *([] if lm else [("eval accuracy", lambda r: f"{r['accuracy']:.3f}")]),
         ("peak RSS (MB)", lambda r: f"{r['peak_rss_bytes'] / 2**20:,.0f}"),
@@ -283,7 +296,7 @@ def print_case(s: dict) -> None:
              if lm else "")
     print(f"\n{first['train_rows']} train / {first['validation_rows']} validation rows; trainable "
           f"{trn['trainable_params']:,} of {trn['total_params']:,} parameters{share}; useful FLOPs "
-          f"{eng['useful_flops']:.3e} (engine) / {trn['useful_flops']:.3e} (Trainer); matmul peak "
+          f"{eng['useful_flops']:.3e} ({engines[0]}) / {trn['useful_flops']:.3e} (Trainer); matmul peak "
           f"{s['matmul_peak_flops'] / 1e9:.0f} GFLOP/s; Trainer optimizer {trn['optimizer']}", flush=True)
     if eng["real_tokens"] != trn["real_tokens"] or eng["labelled_tokens"] != trn["labelled_tokens"]:
         print("NOTE: the sides trained different token counts", flush=True)
@@ -292,12 +305,15 @@ def print_case(s: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", choices=[*CASES, "all"], default="c1-full")
-    p.add_argument("--rows", type=int, default=None, help="rows before the 10%% validation split (default: per case)")
+    p.add_argument("--rows", type=int, default=None,
+                   help="training rows (C2: rows before its 10%% validation split; default: per case)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 3)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating order; the fastest is shown")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--engine-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="a RunConfig override for the engine side only (repeatable), e.g. compute.prefix_cache=true")
+    p.add_argument("--engines", nargs="+", choices=list(ENGINE_SIDES), default=None,
+                   help="the engine sides to run (default: the case's)")
     p.add_argument("--trainers", nargs="+", choices=["trainer", "trainer-grouped"], default=None,
                    help="the Trainer sides to run (default: the case's)")
     p.add_argument("--wait-idle-s", type=float, default=0.0,
@@ -311,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         quiet()
         spec = json.loads(args.child)
-        out = run_engine(spec) if spec["side"] == "engine" else run_trainer(spec)
+        out = run_engine(spec) if spec["side"] in ENGINE_SIDES else run_trainer(spec)
         print(MARKER + json.dumps(out), flush=True)
         return out
 
