@@ -5,7 +5,8 @@ Cases (data and models from bench/_cases.py, built offline and cached in a temp 
   docstrings labelled by package (16 labels); 3 epochs, batch 32, max_length 64, lr 5e-5; evaluated
   on 1,600 held-out rows (100 a label), enough to resolve accuracy to about a point.
   Trainer sides: its defaults (random sampler), and with train_sampling_strategy="group_by_length".
-  Engine sides: its defaults (length-grouped batches), and in random batches as Trainer's default.
+  Engine sides: its defaults (random batches for this classifier, as Trainer's default), and in
+  length-grouped batches (data.group_by_length=true) as the second Trainer side.
 - c1-top2: the same with freeze preset top-n (n=2: the top 2 blocks, the pooler and the head), lr 1e-4.
 - c2: a Llama of SmolLM2-135M's shape (random weights, 49,152-wide tied logits), the top 2 blocks and
   the final norm trained (the tied lm_head, hence the embedding, frozen), on chat rows whose answers
@@ -18,8 +19,8 @@ hyperparameters, linear schedule and integer warmup (10% of the steps). Each sid
 subprocess (peak RSS is its own); sides alternate order across repeats and the fastest repeat of
 each is reported. The engine runs with its defaults plus any `--engine-set section.key=value`
 (applied with core.config.apply_overrides to the engine sides only), to measure engine options; the
-"engine-random" side adds data.group_by_length=false, Trainer's default batch order, so that eval
-loss and accuracy can be compared without the cost or gain of length grouping in them.
+"engine-grouped" and "engine-random" sides add data.group_by_length=true or false, so that a side
+can be compared with the Trainer side that orders its batches the same way.
 
 Reported per side:
 - real tokens/s: non-padding tokens trained / training seconds (engine: elapsed_s of the final
@@ -66,7 +67,7 @@ from bench.engine_vs_trainer import (
 
 BIG = 10**9  # "never" for eval.every_steps / checkpoint.every_steps
 C1 = {"task": "classification", "data": "c1", "model": "demo:minilm", "rows": 3000, "eval_rows": 1600, "epochs": 3,
-      "batch_size": 32, "max_length": 64, "engines": ["engine", "engine-random"]}
+      "batch_size": 32, "max_length": 64, "engines": ["engine", "engine-grouped"]}
 CASES = {
     "c1-full": {**C1, "lr": 5e-5, "freeze": {"preset": "all"}, "trainers": ["trainer", "trainer-grouped"]},
     "c1-top2": {**C1, "lr": 1e-4, "freeze": {"preset": "top-n", "top_n": 2}, "trainers": ["trainer"]},
@@ -76,7 +77,8 @@ CASES = {
 }
 """Per case: training rows (C1; C2: rows before its 10% validation split), C1's held-out validation
 rows, and the engine and Trainer sides it runs."""
-ENGINE_SIDES = {"engine": [], "engine-random": ["data.group_by_length=false"]}
+ENGINE_SIDES = {"engine": [], "engine-grouped": ["data.group_by_length=true"],
+                "engine-random": ["data.group_by_length=false"]}
 """Each engine side's overrides on top of --engine-set."""
 
 
@@ -194,7 +196,8 @@ def run_trainer(spec: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ driver
 
-SIDES = {"engine": "engine", "engine-random": "engine, random batches", "trainer": "Trainer default",
+SIDES = {"engine": "engine", "engine-grouped": "engine group_by_length", "engine-random": "engine random batches",
+         "trainer": "Trainer default",
          "trainer-grouped": "Trainer group_by_length"}
 
 

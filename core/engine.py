@@ -39,6 +39,7 @@ from core.runs import RunPaths, anchored, config_digest, discard_stub, folder_id
 from core.step_reports import StepReports
 from core.trackers import close_trackers, tracker_sinks
 from core.unfreezing import Unfreezer
+from core.unpadded import groups_by_length
 
 @dataclass
 class RunResult:
@@ -159,6 +160,7 @@ class _Training(Milestones, StepReports):
         self.trainable = [p for p in model.parameters() if p.requires_grad]  # the whole map's: clipping skips
         # those of a later unfreezing stage, which have no gradient yet
         self.unfreezer = Unfreezer.for_run(config, model, plan.steps_per_epoch)  # None without freeze.unfreezing
+        self.grouped = groups_by_length(config, model)  # before the prefix cache stands in for blocks
         self.prefix = None  # the frozen-prefix cache, built once the run has announced itself
         self.state, self.last_checkpoint = state, last_checkpoint
         self.started = time.perf_counter() - state.elapsed_s  # the clock continues a resumed run's; pauses move it
@@ -244,7 +246,7 @@ class _Training(Milestones, StepReports):
         lengths = [len(ex.input_ids) for ex in self.data.train]
         first_epoch, first_index = state.epoch, state.step_in_epoch
         for epoch in range(first_epoch, plan.epochs):
-            steps = batch_plan(lengths, plan.effective_batch, cfg.seed, epoch, cfg.data.group_by_length)
+            steps = batch_plan(lengths, plan.effective_batch, cfg.seed, epoch, self.grouped)
             for index in range(first_index if epoch == first_epoch else 0, plan.steps_per_epoch):
                 if state.step >= plan.total_steps:
                     return

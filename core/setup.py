@@ -169,8 +169,11 @@ def setup_model(config: RunConfig, tokenizer, data, resumed: bool = False):
         if config.compute.last_block_cls_only and cls_only_block(model) is not None:
             log.info("the last block runs at the first token only, the one the head reads (compute.last_block_cls_only)")
         if config.compute.unpadded_encoder and swappable_blocks(model):
+            from core.unpadded import groups_by_length
+
+            order = "" if groups_by_length(config, model) else "; batches are random, as Trainer's (data.group_by_length)"
             log.info("the encoder's blocks skip the padding of batches that are a tenth or more padding "
-                     "(compute.unpadded_encoder)")
+                     f"(compute.unpadded_encoder){order}")
     return model, rules, summary
 
 

@@ -3,7 +3,8 @@
 A batch is padded to its longest row, and every block computes its projections, feed-forward
 network and norms at every position, although nothing reads the padding's output: the attention
 mask hides it as a key, and the head reads the first token. In random batches of short texts
-(`data.group_by_length: false`, Trainer's default) about two thirds of the positions are padding.
+(Trainer's default, and this engine's for these models: groups_by_length) about two thirds of the
+positions are padding.
 Here each block gathers its input's real tokens into one [tokens, hidden] matrix and runs its
 linear layers and norms on that; only the attention itself, which needs the rows, sees queries,
 keys and values spread back to the padded [rows, heads, length, width] shape. The block's output
@@ -74,6 +75,18 @@ def _forward_unpadded(block, hidden_states, attention_mask=None, *args, found: d
     attended = block.attention.output(context.reshape(rows * length, -1).index_select(0, real), tokens)
     output = block.feed_forward_chunk(attended)
     return padded(output).view(rows, length, -1)
+
+
+def groups_by_length(config, model) -> bool:
+    """Whether the run's batches hold rows of similar length (data.group_by_length). auto groups them
+    except where `model`'s blocks skip the padding here: random batches then run at three quarters
+    of the grouped speed, and grouping, which makes a batch's rows alike, cost 1-2% of eval loss on
+    short-text classification (BENCHMARKS.md, "Random batches by default for a classifier")."""
+    if config.data.group_by_length != "auto":
+        return config.data.group_by_length
+    from core.cls_only import swappable_blocks
+
+    return not (config.task == "classification" and config.compute.unpadded_encoder and swappable_blocks(model))
 
 
 @contextlib.contextmanager

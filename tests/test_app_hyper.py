@@ -62,11 +62,13 @@ CHOICES = {"schedule.scheduler": "cosine", "eval.metric": "f1", "precision": "fp
 BLOCKS = re.compile("[\u2580-\u259f]+")
 """The block characters a scrollbar is drawn with."""
 TOGGLES = {"compute.gradient_checkpointing": True, "compute.oom_recovery": False,
-           "compute.labelled_logits_only": False, "compute.last_block_cls_only": False, "compute.unpadded_encoder": False, "data.group_by_length": False,
+           "compute.labelled_logits_only": False, "compute.last_block_cls_only": False, "compute.unpadded_encoder": False,
            "eval.before_training": False,
            "compute.frozen_eval_mode": True, "lora.enabled": True,
            "lora.use_dora": True, "lora.use_rslora": True, "lora.merge_on_export": True}
 """Checkbox fields and the value a press of space gives them (the opposite of the default)."""
+AUTO_OR_BOOL = {"data.group_by_length": True}
+"""Fields of auto, true or false, and a value other than their default."""
 
 
 def value_at(config, dotted):
@@ -161,7 +163,7 @@ async def test_every_field_shows_pydantic_message_inline_and_clears_when_fixed()
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_hyper(pilot)
         fields = screen.fields
-        assert set(fields) == set(BAD_VALUES) | set(CHOICES) | set(TOGGLES), "every field of the screen is covered"
+        assert set(fields) == set(BAD_VALUES) | set(CHOICES) | set(TOGGLES) | set(AUTO_OR_BOOL), "every field of the screen is covered"
         before = app.session.config
         for count, (dotted, (bad, allowed, _)) in enumerate(BAD_VALUES.items(), 1):
             field = fields[dotted]
@@ -217,6 +219,14 @@ async def test_select_fields_offer_what_pydantic_allows_and_cross_field_errors_s
             await pilot.press("enter", *choice, "enter")  # open the list, type to search, pick
             await pilot.pause()
             assert value_at(app.session.config, dotted) == choice
+        for dotted, value in AUTO_OR_BOOL.items():
+            overlay = screen.fields[dotted].query_one("SelectOverlay")
+            assert [str(overlay.get_option_at_index(i).prompt) for i in range(overlay.option_count)] == [
+                "auto", "true", "false"]  # as YAML writes them
+            screen.fields[dotted].control.focus()
+            await pilot.press("enter", *str(value).lower(), "enter")
+            await pilot.pause()
+            assert value_at(app.session.config, dotted) is value
 
         field = screen.fields["eval.metric"]
         field.post_message(ConfigField.Edited(field, "perplexity"))  # a causal-LM metric
@@ -270,7 +280,7 @@ async def test_step_preview_counts_like_the_engine_and_follows_the_form():
             shown = dict(preview.lines)
             assert shown["steps / epoch"] == f"{per_epoch:,}" and shown["total steps"].startswith(f"{total:,} (")
         screen.fields["data.group_by_length"].control.focus()  # which rows share a step: the rows stay loaded
-        await pilot.press("space")
+        await pilot.press("enter", "down", "down", "enter")  # auto, true, false
         await pilot.pause()
         assert app.session.config.data.group_by_length is False and app.session.data is data
         assert preview.plan is not None and app.data_state == "ready"

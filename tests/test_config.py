@@ -233,9 +233,11 @@ def test_a_nan_evaluation_is_never_the_best():
          "set eval.metric to one of: loss, perplexity"),
         ({"schedule": {"scheduler": "step"}}, "schedule.scheduler: Input should be 'linear', 'cosine' or 'constant'",
          "set schedule.scheduler to 'linear', 'cosine' or 'constant'"),
+        ({"data": {"group_by_length": "sometimes"}}, "data.group_by_length: Input should be auto, true or false",
+         "set data.group_by_length to auto, true or false"),
     ],
     ids=["unknown-field", "misspelt-field", "misspelt-section", "misspelt-rule-field", "number-for-text",
-         "not-a-bool", "not-a-section", "metric-for-other-task", "not-a-choice"],
+         "not-a-bool", "not-a-section", "metric-for-other-task", "not-a-choice", "not-auto-or-a-bool"],
 )
 def test_each_error_comes_with_a_hint_that_says_what_to_do(data, expected, hint):
     """Defect: every validation error had the one hint "fix the fields named above"."""
@@ -321,6 +323,20 @@ def test_a_bare_off_in_yaml_is_the_word_off(tmp_path):
     with pytest.raises(UserError) as err:
         apply_overrides(RunConfig(), ["compute.prefix_cache=on"])
     assert "compute.prefix_cache" in err.value.fields
+
+
+def test_a_run_that_set_group_by_length_before_auto_resumes_with_its_digest(tmp_path):
+    """Runs written before `auto` saved true or false; a resume refuses a config whose digest moved,
+    so those must read back as the same booleans."""
+    for value in (True, False):
+        saved = config_to_dict(RunConfig()) | {"data": config_to_dict(RunConfig())["data"] | {"group_by_length": value}}
+        path = tmp_path / f"{value}.yaml"
+        path.write_text(yaml.safe_dump(saved, sort_keys=False))
+        loaded = load_config(path)
+        assert loaded.data.group_by_length is value
+        assert config_to_dict(loaded) == saved  # what config_digest hashes: the digest the run started with
+    assert apply_overrides(RunConfig(), ["data.group_by_length=off"]).data.group_by_length is False
+    assert RunConfig().data.group_by_length == "auto"
 
 
 @pytest.mark.parametrize(("columns", "first", "second"), [

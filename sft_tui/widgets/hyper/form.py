@@ -29,7 +29,8 @@ class FieldSpec:
     kind: Literal["int", "float", "bool", "choice", "text"]
     optional: bool
     """None is allowed: an empty input means None."""
-    choices: tuple[str, ...]
+    choices: tuple[str | bool, ...]
+    """A choice's values: words of a Literal, and True and False where it also takes a yes or no."""
     limits: str
     """The allowed range in short form, e.g. "> 0, < 1"."""
     help: str
@@ -51,9 +52,12 @@ def field_spec(model: type[BaseModel], name: str, prefix: str = "") -> FieldSpec
     if get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation):
         optional = True
         (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
-    choices: tuple[str, ...] = ()
+    choices: tuple[str | bool, ...] = ()
     if get_origin(annotation) is Literal:
         kind, choices = "choice", get_args(annotation)
+    elif get_origin(annotation) in (Union, types.UnionType) and bool in get_args(annotation):  # "auto" or a yes/no
+        words = [word for part in get_args(annotation) if get_origin(part) is Literal for word in get_args(part)]
+        kind, choices = "choice", (*words, True, False)
     else:
         kind = {bool: "bool", int: "int", float: "float"}.get(annotation, "text")
     limits = [f"{sign} {getattr(m, attr):g}"
@@ -90,6 +94,11 @@ def parse_text(spec: FieldSpec, text: str) -> Any:
     return text
 
 
+def _label(choice: str | bool) -> str:
+    """A choice as YAML writes it: true and false for a yes or no."""
+    return str(choice).lower() if isinstance(choice, bool) else choice
+
+
 class ConfigField(Widget):
     """One config field: its name, a control fitting its type, its limits, and room for an error.
 
@@ -113,7 +122,7 @@ class ConfigField(Widget):
         spec = self.spec
         yield Label(spec.name, classes="field-name")
         if spec.kind == "choice":
-            yield Select([(c, c) for c in spec.choices], value=self._value, allow_blank=False, compact=True,
+            yield Select([(_label(c), c) for c in spec.choices], value=self._value, allow_blank=False, compact=True,
                          classes="field-control")
         elif spec.kind == "bool":
             yield Checkbox(value=self._value, compact=True, classes="field-control")
