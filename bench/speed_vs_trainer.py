@@ -4,7 +4,10 @@ Cases (data and models from bench/_cases.py, built offline and cached in a temp 
 - c1-full: all-MiniLM-L6-v2 (demo:minilm), full fine-tune, on first sentences of installed packages'
   docstrings labelled by package (16 labels); 3 epochs, batch 32, max_length 64, lr 5e-5; evaluated
   on 1,600 held-out rows (100 a label), enough to resolve accuracy to about a point.
-  Trainer sides: its defaults (random sampler), and with train_sampling_strategy="group_by_length".
+  Trainer sides: its defaults (random sampler), and with train_sampling_strategy="group_by_length";
+  on request its defaults with another batch order (data_seed = seed + 1, the same initial weights):
+  how far Trainer is from itself when only the order of its batches changes, the yardstick for
+  how close the engine's eval loss and accuracy can be expected to come.
   Engine sides: its defaults (random batches for this classifier, as Trainer's default), and in
   length-grouped batches (data.group_by_length=true) as the second Trainer side.
 - c1-top2: the same with freeze preset top-n (n=2: the top 2 blocks, the pooler and the head), lr 1e-4.
@@ -175,6 +178,7 @@ def run_trainer(spec: dict) -> dict:
             eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
             remove_unused_columns=False,
             **({"train_sampling_strategy": "group_by_length"} if spec["side"] == "trainer-grouped" else {}),
+            **({"data_seed": cfg.seed + 1} if spec["side"] == "trainer-reordered" else {}),
         )
         trainer = CountingTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
                                   processing_class=tokenizer)
@@ -198,7 +202,7 @@ def run_trainer(spec: dict) -> dict:
 
 SIDES = {"engine": "engine", "engine-grouped": "engine group_by_length", "engine-random": "engine random batches",
          "trainer": "Trainer default",
-         "trainer-grouped": "Trainer group_by_length"}
+         "trainer-grouped": "Trainer group_by_length", "trainer-reordered": "Trainer default, another batch order"}
 
 
 def spawn(spec: dict, env: dict, idle_s: float) -> dict:
@@ -317,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="a RunConfig override for the engine side only (repeatable), e.g. compute.prefix_cache=true")
     p.add_argument("--engines", nargs="+", choices=list(ENGINE_SIDES), default=None,
                    help="the engine sides to run (default: the case's)")
-    p.add_argument("--trainers", nargs="+", choices=["trainer", "trainer-grouped"], default=None,
+    p.add_argument("--trainers", nargs="+", choices=["trainer", "trainer-grouped", "trainer-reordered"], default=None,
                    help="the Trainer sides to run (default: the case's)")
     p.add_argument("--wait-idle-s", type=float, default=0.0,
                    help="before each side wait up to this long for other CPU work to stop (0: don't)")

@@ -35,8 +35,9 @@ class ComputeConfig(_Section):
     unpadded_encoder: bool = True
     """Classification with a BERT-family encoder: each block computes its projections, feed-forward
     network and norms at the real tokens only, not at the padding (the same loss and gradients;
-    core.unpadded). It pays most with random batches (data.group_by_length: false), which are
-    mostly padding on short texts. Other models run as they are."""
+    core.unpadded). It pays most with random batches, which are mostly padding on short texts and
+    which such a classifier trains in by default (data.group_by_length: auto). Other models run as
+    they are."""
     prefix_cache: Literal["auto", "off"] = "auto"
     """auto: where nothing below the lowest trained block trains and the frozen blocks below it draw
     no dropout, compute their output once per row and reuse it in later epochs and evaluations (the same
